@@ -1,0 +1,484 @@
+//! The recording loop: start tracking the target, drain frames and process events from the ring
+//! buffer on a timer, hook graphics libraries as tracked processes map them, and stop at the
+//! duration, when every tracked process has exited, or on SIGINT/SIGTERM. The result is a
+//! [`Capture`], which `report::build` turns into a report.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use nvbind_common::{
+    present_source, PreemptorKey, PreemptorValue, ProcessEvent, ProcessHistograms, ThreadCounters,
+    ThreadState,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    probes::{comm_str, libraries, monotonic_ns, Event, LoadOptions, ProbeStatus, Probes, ProgramCost},
+    target::{self, Launched, TargetSpec},
+};
+
+/// How often the ring buffer is drained. Producers never wake the agent (BPF_RB_NO_WAKEUP): at
+/// several hundred frames per second a wakeup per frame would cost more than the frames.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often tracked processes are checked for new graphics libraries and for liveness.
+const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A frame as the kernel reported it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Frame {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub source: u32,
+    pub cpu: u32,
+    pub delta: ThreadCounters,
+    pub max_runq_wait_ns: u64,
+    pub max_blocked_ns: u64,
+    pub last_preemptor_tid: u32,
+}
+
+/// A tracked process and its frames.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub tracked_at_ns: u64,
+    pub exited_ns: Option<u64>,
+    pub frames: Vec<Frame>,
+    /// Files (and offsets) of learned `vkQueuePresentKHR` implementations.
+    pub resolved_present: Vec<String>,
+    /// Whether it was already running when tracking began (not launched or exec'd under us).
+    pub preexisting: bool,
+}
+
+/// Everything a recording gathered.
+#[derive(Debug, Clone, Default)]
+pub struct Capture {
+    pub target: String,
+    pub started_ns: u64,
+    pub ended_ns: u64,
+    pub started_unix_s: f64,
+    pub end_reason: String,
+    pub processes: BTreeMap<u32, ProcessRecord>,
+    pub threads: Vec<(u32, ThreadState)>,
+    pub thread_names: HashMap<u32, String>,
+    pub histograms: HashMap<u32, ProcessHistograms>,
+    pub preemptors: Vec<(PreemptorKey, PreemptorValue)>,
+    pub dropped_events: u64,
+    pub program_costs: Vec<ProgramCost>,
+    pub probe_statuses: Vec<ProbeStatus>,
+    pub drm_counts: [u64; 3],
+    pub notes: Vec<String>,
+    pub agent_cpu_s: f64,
+    pub agent_peak_rss_bytes: u64,
+    pub kernel: String,
+    pub hostname: String,
+    pub cpus: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub target: TargetSpec,
+    pub duration: Option<Duration>,
+    pub wait_timeout: Option<Duration>,
+    pub follow_children: bool,
+    pub mount_tracefs: bool,
+}
+
+/// A finished recording and the exit code the agent should end with.
+pub struct Outcome {
+    pub capture: Capture,
+    /// The launched command's exit code when it ended by itself, else 0.
+    pub exit_code: i32,
+}
+
+struct Session {
+    probes: Probes,
+    capture: Capture,
+    follow_children: bool,
+}
+
+impl Session {
+    fn track(&mut self, pid: u32, preexisting: bool) -> Result<()> {
+        self.probes
+            .track_process(pid, self.follow_children)
+            .with_context(|| format!("cannot track pid {pid}"))?;
+        self.note_process(pid, 0, preexisting);
+        Ok(())
+    }
+
+    /// Records a process the kernel or we started tracking, and hooks the libraries it has mapped.
+    fn note_process(&mut self, pid: u32, ppid: u32, preexisting: bool) {
+        let now = monotonic_ns();
+        let record = self.capture.processes.entry(pid).or_insert_with(|| ProcessRecord {
+            pid,
+            ppid,
+            tracked_at_ns: now,
+            preexisting,
+            ..Default::default()
+        });
+        refresh_identity(record);
+        for lib in self.probes.attach_process_libraries(pid) {
+            log::info!("pid {pid}: hooked {lib}");
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Present(e) => {
+                let pid = e.header.tgid;
+                if !self.capture.processes.contains_key(&pid) {
+                    self.note_process(pid, 0, false);
+                }
+                if let Some(p) = self.capture.processes.get_mut(&pid) {
+                    p.frames.push(Frame {
+                        ts_ns: e.header.ts_ns,
+                        tid: e.header.tid,
+                        source: e.header.aux,
+                        cpu: e.cpu,
+                        delta: e.delta,
+                        max_runq_wait_ns: e.max_runq_wait_ns,
+                        max_blocked_ns: e.max_blocked_ns,
+                        last_preemptor_tid: e.last_preemptor_tid,
+                    });
+                }
+            }
+            Event::VulkanPresentResolved(e) => {
+                let pid = e.header.tgid;
+                match self.probes.attach_resolved_present(pid, e.address) {
+                    Ok(Some(file)) => {
+                        log::info!("pid {pid}: hooked vkQueuePresentKHR at {:#x} in {file}", e.address);
+                        if let Some(p) = self.capture.processes.get_mut(&pid) {
+                            p.resolved_present.push(file);
+                        }
+                    }
+                    Ok(None) => {
+                        if let Some(p) = self.capture.processes.get_mut(&pid) {
+                            if let Some((m, _)) = libraries::locate(pid, e.address) {
+                                if !p.resolved_present.contains(&m.path) {
+                                    p.resolved_present.push(m.path);
+                                }
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        let note = format!("pid {pid}: cannot hook its vkQueuePresentKHR: {why}");
+                        log::warn!("{note}");
+                        self.capture.notes.push(note);
+                    }
+                }
+            }
+            Event::ProcessTracked(e) => self.note_process(e.header.tgid, e.header.aux, false),
+            Event::ProcessExec(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
+                    p.comm = comm_name(&e);
+                    refresh_identity(p);
+                }
+            }
+            Event::ProcessExit(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
+                    p.exited_ns.get_or_insert(e.header.ts_ns);
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut events = Vec::new();
+        self.probes.drain_events(|e| events.push(e));
+        for e in events {
+            self.handle(e);
+        }
+    }
+
+    /// Hooks newly mapped libraries, remembers thread names, and notices exits.
+    fn scan(&mut self) {
+        let now = monotonic_ns();
+        let pids: Vec<u32> = self
+            .capture
+            .processes
+            .values()
+            .filter(|p| p.exited_ns.is_none())
+            .map(|p| p.pid)
+            .collect();
+        for pid in pids {
+            if !target::is_alive(pid) {
+                if let Some(p) = self.capture.processes.get_mut(&pid) {
+                    p.exited_ns = Some(now);
+                }
+                continue;
+            }
+            for lib in self.probes.attach_process_libraries(pid) {
+                log::info!("pid {pid}: hooked {lib}");
+            }
+            for tid in crate::probes::thread_ids(pid) {
+                if !self.capture.thread_names.contains_key(&tid) {
+                    if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
+                        self.capture.thread_names.insert(tid, name.trim_end().to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn all_exited(&self) -> bool {
+        !self.capture.processes.is_empty()
+            && self.capture.processes.values().all(|p| p.exited_ns.is_some())
+    }
+}
+
+fn comm_name(e: &ProcessEvent) -> String {
+    comm_str(&e.comm)
+}
+
+/// Re-reads a process's name, binary, command line and parent from /proc.
+fn refresh_identity(record: &mut ProcessRecord) {
+    let Ok(proc) = procfs::process::Process::new(record.pid as i32) else {
+        return;
+    };
+    if let Ok(stat) = proc.stat() {
+        record.comm = stat.comm;
+        record.ppid = stat.ppid as u32;
+    }
+    if let Ok(exe) = proc.exe() {
+        record.exe = exe.display().to_string();
+    }
+    if let Ok(cmdline) = proc.cmdline() {
+        record.cmdline = cmdline;
+    }
+}
+
+fn cpu_time_and_peak_rss() -> (f64, u64) {
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+        usage.ru_maxrss as u64 * 1024,
+    )
+}
+
+/// Records until the duration, the targets' exit, or a signal.
+pub async fn record(options: RecordOptions) -> Result<Outcome> {
+    // Validate the target before loading anything.
+    if let TargetSpec::Pid(pid) = options.target {
+        target::check_pid(pid)?;
+    }
+    if let TargetSpec::Command(argv) = &options.target {
+        target::resolve_program(&argv[0])?;
+    }
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+
+    let probes = Probes::load(LoadOptions {
+        mount_tracefs: options.mount_tracefs,
+        require_core: true,
+    })?;
+    let (cpu_at_start, _) = cpu_time_and_peak_rss();
+    let mut session = Session {
+        probes,
+        capture: Capture {
+            target: options.target.to_string(),
+            ..Default::default()
+        },
+        follow_children: options.follow_children,
+    };
+
+    let mut launched: Option<Launched> = None;
+    match &options.target {
+        TargetSpec::Pid(pid) => {
+            session.track(*pid, true)?;
+            for child in target::descendants(*pid) {
+                // A child that exits meanwhile is simply not tracked.
+                let _ = session.track(child, true);
+            }
+        }
+        TargetSpec::Comm(name) => {
+            if name.len() > 15 {
+                session.capture.notes.push(format!(
+                    "process names are matched on their first 15 bytes (the kernel's limit): {:?}",
+                    &name[..15]
+                ));
+            }
+            session.probes.watch_comm(name, options.follow_children)?;
+            for pid in target::processes_named(name) {
+                let _ = session.track(pid, true);
+            }
+        }
+        TargetSpec::Command(argv) => {
+            let mut child = Launched::spawn(argv)?;
+            session.track(child.pid, false)?;
+            child.release();
+            launched = Some(child);
+        }
+    }
+
+    let waiting_since = Instant::now();
+    let mut started: Option<Instant> = None;
+    let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
+    let mut last_scan = Instant::now();
+    let end_reason: &str = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = sigint.recv() => break "signal",
+            _ = sigterm.recv() => break "signal",
+        }
+        session.drain();
+        if last_scan.elapsed() >= SCAN_INTERVAL {
+            last_scan = Instant::now();
+            session.scan();
+        }
+        if let Some(child) = launched.as_mut() {
+            if child.try_wait().is_some() {
+                let now = monotonic_ns();
+                if let Some(p) = session.capture.processes.get_mut(&child.pid) {
+                    p.exited_ns.get_or_insert(now);
+                }
+            }
+        }
+        if started.is_none() && !session.capture.processes.is_empty() {
+            started = Some(Instant::now());
+            session.capture.started_ns = monotonic_ns();
+            session.capture.started_unix_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+        }
+        match started {
+            None => {
+                if let Some(timeout) = options.wait_timeout {
+                    if waiting_since.elapsed() >= timeout {
+                        if let TargetSpec::Comm(name) = &options.target {
+                            bail!(
+                                "no process named {name:?} appeared within {} s: start it, check the \
+                                 name with `ps -o comm`, or raise --wait-timeout",
+                                timeout.as_secs_f64()
+                            );
+                        }
+                        bail!("the target did not appear within {} s", timeout.as_secs_f64());
+                    }
+                }
+            }
+            Some(t) => {
+                if options.duration.is_some_and(|d| t.elapsed() >= d) {
+                    break "duration";
+                }
+                if session.all_exited() {
+                    break "targets-exited";
+                }
+            }
+        }
+    };
+    // Let in-flight records land, then read everything once more.
+    tokio::time::sleep(DRAIN_INTERVAL).await;
+    session.drain();
+    session.scan();
+
+    let mut capture = std::mem::take(&mut session.capture);
+    capture.ended_ns = monotonic_ns();
+    if capture.started_ns == 0 {
+        capture.started_ns = capture.ended_ns;
+    }
+    capture.end_reason = end_reason.to_string();
+    capture.threads = session.probes.threads()?;
+    for (tid, t) in &capture.threads {
+        if !capture.thread_names.contains_key(tid) {
+            if let Ok(name) = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", t.tgid)) {
+                capture.thread_names.insert(*tid, name.trim_end().to_string());
+            }
+        }
+    }
+    for pid in capture.processes.keys() {
+        if let Some(h) = session.probes.histograms(*pid)? {
+            capture.histograms.insert(*pid, h);
+        }
+    }
+    capture.preemptors = session.probes.preemptors()?;
+    capture.dropped_events = session.probes.dropped_events();
+    capture.program_costs = session.probes.program_costs();
+    capture.probe_statuses = session.probes.statuses().to_vec();
+    capture.drm_counts = session.probes.drm_event_counts();
+    explain_sources(&mut capture);
+    if capture.dropped_events > 0 {
+        capture.notes.push(format!(
+            "{} kernel records were lost (ring buffer full): frame counts are lower bounds",
+            capture.dropped_events
+        ));
+    }
+
+    let exit_code = match launched.as_mut() {
+        Some(child) => match child.try_wait() {
+            Some(code) => code,
+            None => {
+                child.stop(Duration::from_secs(2));
+                capture.notes.push(format!(
+                    "the launched command (pid {}) was still running when the capture ended and was stopped",
+                    child.pid
+                ));
+                0
+            }
+        },
+        None => 0,
+    };
+    let (cpu_at_end, peak_rss) = cpu_time_and_peak_rss();
+    capture.agent_cpu_s = cpu_at_end - cpu_at_start;
+    capture.agent_peak_rss_bytes = peak_rss;
+    let uts = rustix_uname();
+    capture.kernel = uts.0;
+    capture.hostname = uts.1;
+    capture.cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Outcome { capture, exit_code })
+}
+
+/// Says, for processes whose frames could not come from the best source, why.
+fn explain_sources(capture: &mut Capture) {
+    let mut notes = Vec::new();
+    for p in capture.processes.values() {
+        let has = |s: u32| p.frames.iter().any(|f| f.source == s);
+        let uses_vulkan = !p.resolved_present.is_empty()
+            || libraries::process_libraries(p.pid)
+                .iter()
+                .any(|l| l.kind.name == "vulkan");
+        if p.preexisting && uses_vulkan && !has(present_source::VULKAN_RESOLVED) {
+            notes.push(format!(
+                "pid {} ({}) was already running when tracking began and loads Vulkan: its \
+                 vkQueuePresentKHR pointer was resolved before nvbind could see it, so its frames \
+                 come from {}; start it under the agent (`record -- COMMAND` or `--comm NAME`) to \
+                 capture every Vulkan present",
+                p.pid,
+                p.comm,
+                if p.frames.is_empty() {
+                    "no source".to_string()
+                } else {
+                    let mut sources: Vec<&str> =
+                        p.frames.iter().map(|f| present_source::name(f.source)).collect();
+                    sources.dedup();
+                    sources.join(", ")
+                }
+            ));
+        }
+    }
+    capture.notes.extend(notes);
+}
+
+/// (kernel release, hostname).
+fn rustix_uname() -> (String, String) {
+    // SAFETY: zeroed utsname is a valid out-parameter.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return (String::new(), String::new());
+    }
+    let text = |field: &[libc::c_char]| {
+        let bytes: Vec<u8> = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    (text(&uts.release), text(&uts.nodename))
+}

@@ -1,0 +1,127 @@
+//! `nvbind-agent doctor`: every probe, attached or unavailable, with the reason and the fix.
+//! It attaches for real (and detaches on exit), so what it says is what `record` would get.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::probes::{
+    self, libraries::LIBRARY_KINDS, tracefs, LoadOptions, ProbeError, ProbeStatus, Probes,
+    TRACEPOINTS,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Diagnosis {
+    /// Whether `record` can run: the scheduler and process probes attach.
+    pub ready: bool,
+    pub root: bool,
+    pub kernel: String,
+    /// Kernel BTF (/sys/kernel/btf/vmlinux). The current probes do not need it.
+    pub btf: bool,
+    pub tracefs: Option<String>,
+    /// Why loading failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub probes: Vec<ProbeStatus>,
+}
+
+/// Probes the machine.
+pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let loaded = Probes::load(LoadOptions {
+        mount_tracefs,
+        require_core: false,
+    });
+    let tracefs = tracefs::find().ok().map(|p| p.display().to_string());
+    match loaded {
+        Ok(p) => {
+            let statuses = p.statuses().to_vec();
+            let ready = TRACEPOINTS
+                .iter()
+                .filter(|t| t.4)
+                .all(|t| statuses.iter().any(|s| s.program == t.1 && s.attached));
+            Diagnosis {
+                ready,
+                root: true,
+                kernel,
+                btf,
+                tracefs,
+                error: None,
+                probes: statuses,
+            }
+        }
+        Err(e) => {
+            let fix = match &e {
+                ProbeError::NotRoot => Some("run it with sudo".to_string()),
+                ProbeError::Tracefs(_) => {
+                    Some("mount -t tracefs nodev /sys/kernel/tracing (or pass --mount-tracefs)".into())
+                }
+                ProbeError::MissingObject => Some("cargo xtask setup, then rebuild".into()),
+                _ => None,
+            };
+            let reason = e.to_string();
+            let unavailable = |name: String, family: &'static str, program: &'static str| ProbeStatus {
+                name,
+                family,
+                program,
+                attached: false,
+                reason: Some(reason.clone()),
+                fix: fix.clone(),
+            };
+            let mut statuses: Vec<ProbeStatus> = TRACEPOINTS
+                .iter()
+                .map(|(family, program, cat, name, _)| unavailable(format!("{cat}:{name}"), family, program))
+                .collect();
+            statuses.extend(
+                LIBRARY_KINDS
+                    .iter()
+                    .map(|k| unavailable(format!("uprobe:{}", k.sonames[0]), "present", "nvbind_present")),
+            );
+            Diagnosis {
+                ready: false,
+                root: probes::is_root(),
+                kernel,
+                btf,
+                tracefs,
+                error: Some(reason),
+                probes: statuses,
+            }
+        }
+    }
+}
+
+/// The human-readable table.
+pub fn render(d: &Diagnosis) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "kernel {}  root: {}  BTF: {}  tracefs: {}\n",
+        d.kernel,
+        if d.root { "yes" } else { "no" },
+        if d.btf { "yes" } else { "no" },
+        d.tracefs.as_deref().unwrap_or("not mounted"),
+    ));
+    if let Some(e) = &d.error {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    let width = d.probes.iter().map(|p| p.name.len()).max().unwrap_or(10).min(90);
+    for p in &d.probes {
+        let state = if p.attached { "attached" } else { "unavailable" };
+        out.push_str(&format!("{:<10} {:<width$}  {state}", p.family, p.name));
+        if let Some(r) = &p.reason {
+            out.push_str(&format!(": {r}"));
+        }
+        if let Some(f) = &p.fix {
+            out.push_str(&format!(" (fix: {f})"));
+        }
+        out.push('\n');
+    }
+    out.push_str(if d.ready {
+        "ready: record can run\n"
+    } else {
+        "not ready: record cannot run until the errors above are fixed\n"
+    });
+    out
+}

@@ -1,0 +1,14 @@
+//! nvbind-agent: frame-pacing and GPU telemetry for Linux gaming hosts.
+//!
+//! - [`probes`]: loads the eBPF programs, attaches what the kernel offers, reads their maps.
+//! - [`target`]: which processes to record (pid, name, or a command launched under the agent).
+//! - [`capture`]: the recording loop: frames from the ring buffer, per-thread kernel evidence.
+//! - [`report`]: the `nvbind.report/v1` document, frame statistics, CSV export.
+//! - [`doctor`]: what is attached and what is not, with reasons and fixes.
+
+pub mod capture;
+pub mod cli;
+pub mod doctor;
+pub mod probes;
+pub mod report;
+pub mod target;

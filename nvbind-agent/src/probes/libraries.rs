@@ -1,0 +1,268 @@
+//! Graphics libraries whose present functions nvbind probes, and where to find them: on the host
+//! (the dynamic linker's search path) and inside each tracked process (its memory map, which also
+//! covers containers and the Steam runtime: a uprobe is attached to a file, through
+//! `/proc/PID/map_files`, whatever mount namespace it lives in).
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use nvbind_common::present_source;
+
+/// A probe point within a library, by exported symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    /// Exported function.
+    pub symbol: &'static str,
+    /// Which eBPF program to attach (`nvbind_present`, `nvbind_vk_procaddr`, ...).
+    pub program: &'static str,
+    /// The cookie: the present source for `nvbind_present`, 0 otherwise.
+    pub cookie: u64,
+}
+
+/// A library kind and the hooks nvbind places in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LibraryKind {
+    /// Short name used in statuses and reports.
+    pub name: &'static str,
+    /// File names (sonames) that identify it.
+    pub sonames: &'static [&'static str],
+    pub hooks: &'static [Hook],
+}
+
+const fn present(symbol: &'static str, source: u32) -> Hook {
+    Hook {
+        symbol,
+        program: "nvbind_present",
+        cookie: source as u64,
+    }
+}
+
+const fn plain(symbol: &'static str, program: &'static str) -> Hook {
+    Hook {
+        symbol,
+        program,
+        cookie: 0,
+    }
+}
+
+/// Every library kind nvbind hooks.
+pub const LIBRARY_KINDS: &[LibraryKind] = &[
+    LibraryKind {
+        name: "vulkan",
+        sonames: &["libvulkan.so.1", "libvulkan.so"],
+        hooks: &[
+            present("vkQueuePresentKHR", present_source::VULKAN_LOADER),
+            plain("vkQueuePresentKHR", "nvbind_present_loader_ret"),
+            plain("vkGetDeviceProcAddr", "nvbind_vk_procaddr"),
+            plain("vkGetDeviceProcAddr", "nvbind_vk_procaddr_ret"),
+            plain("vkGetInstanceProcAddr", "nvbind_vk_procaddr"),
+            plain("vkGetInstanceProcAddr", "nvbind_vk_procaddr_ret"),
+        ],
+    },
+    LibraryKind {
+        // libglvnd's GLX front end (its libGL.so.1 forwards here, so hooking both would count
+        // every frame twice).
+        name: "glx",
+        sonames: &["libGLX.so.0"],
+        hooks: &[present("glXSwapBuffers", present_source::GLX)],
+    },
+    LibraryKind {
+        name: "egl",
+        sonames: &["libEGL.so.1"],
+        hooks: &[present("eglSwapBuffers", present_source::EGL)],
+    },
+];
+
+/// A library file found on disk or in a process's memory map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryFile {
+    pub kind: &'static LibraryKind,
+    /// A path the kernel can open to reach the file (possibly a `/proc/PID/map_files` link).
+    pub path: PathBuf,
+    /// The path as the process or the host names it (for people).
+    pub display: String,
+    /// Identity of the file: uprobes live on inodes.
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The library kind a file name belongs to.
+pub fn kind_of(file_name: &str) -> Option<&'static LibraryKind> {
+    LIBRARY_KINDS
+        .iter()
+        .find(|k| k.sonames.iter().any(|s| file_name == *s))
+}
+
+/// The directories the dynamic linker searches on Debian-like and Fedora-like x86-64 hosts.
+const HOST_LIBRARY_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+
+/// The host's copies of every hooked library (deduplicated by inode).
+pub fn host_libraries() -> Vec<LibraryFile> {
+    let mut found: Vec<LibraryFile> = Vec::new();
+    for kind in LIBRARY_KINDS {
+        for dir in HOST_LIBRARY_DIRS {
+            for soname in kind.sonames {
+                let path = Path::new(dir).join(soname);
+                let Ok(meta) = fs::metadata(&path) else { continue };
+                if found.iter().any(|f| f.dev == meta.dev() && f.ino == meta.ino()) {
+                    continue;
+                }
+                let real = fs::canonicalize(&path).unwrap_or(path.clone());
+                found.push(LibraryFile {
+                    kind,
+                    display: real.display().to_string(),
+                    path: real,
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                });
+            }
+        }
+    }
+    found
+}
+
+/// One file-backed mapping of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub path: String,
+}
+
+impl Mapping {
+    /// A path to the mapped file that works from any mount namespace.
+    pub fn open_path(&self, pid: u32) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            self.start, self.end
+        ))
+    }
+}
+
+/// The file-backed mappings of a process (empty if it is gone).
+pub fn mappings(pid: u32) -> Vec<Mapping> {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+/// Parses one line of `/proc/PID/maps`:
+/// `7f2c4a000000-7f2c4a021000 r-xp 00002000 fe:01 1835110  /usr/lib/x86_64-linux-gnu/libEGL.so.1.1.0`
+pub fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let _perms = fields.next()?;
+    let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let dev = fields.next()?;
+    let ino: u64 = fields.next()?.parse().ok()?;
+    let path = fields.next()?.trim_start().to_string();
+    if ino == 0 || !path.starts_with('/') {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    let (major, minor) = dev.split_once(':')?;
+    let major = u64::from_str_radix(major, 16).ok()?;
+    let minor = u64::from_str_radix(minor, 16).ok()?;
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset,
+        dev: libc::makedev(major as u32, minor as u32),
+        ino,
+        path,
+    })
+}
+
+/// The hooked libraries a process has mapped (one entry per file).
+pub fn process_libraries(pid: u32) -> Vec<LibraryFile> {
+    let mut found: Vec<LibraryFile> = Vec::new();
+    for m in mappings(pid) {
+        let file_name = m.path.rsplit('/').next().unwrap_or("");
+        // Mapped files carry their real name (libEGL.so.1.1.0), not the soname.
+        let Some(kind) = LIBRARY_KINDS.iter().find(|k| {
+            k.sonames
+                .iter()
+                .any(|s| file_name == *s || file_name.starts_with(&format!("{s}.")))
+        }) else {
+            continue;
+        };
+        if found.iter().any(|f| f.dev == m.dev && f.ino == m.ino) {
+            continue;
+        }
+        found.push(LibraryFile {
+            kind,
+            path: m.open_path(pid),
+            display: m.path.clone(),
+            dev: m.dev,
+            ino: m.ino,
+        });
+    }
+    found
+}
+
+/// Where `address` lives in `pid`: the mapping and the file offset to probe.
+pub fn locate(pid: u32, address: u64) -> Option<(Mapping, u64)> {
+    mappings(pid)
+        .into_iter()
+        .find(|m| (m.start..m.end).contains(&address))
+        .map(|m| {
+            let file_offset = address - m.start + m.offset;
+            (m, file_offset)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_maps_line() {
+        let m = parse_maps_line(
+            "7f2c4a000000-7f2c4a021000 r-xp 00002000 fe:01 1835110                    /usr/lib/x86_64-linux-gnu/libEGL.so.1.1.0",
+        )
+        .expect("a file mapping");
+        assert_eq!(m.start, 0x7f2c4a000000);
+        assert_eq!(m.end, 0x7f2c4a021000);
+        assert_eq!(m.offset, 0x2000);
+        assert_eq!(m.ino, 1835110);
+        assert_eq!(m.dev, libc::makedev(0xfe, 0x01));
+        assert_eq!(m.path, "/usr/lib/x86_64-linux-gnu/libEGL.so.1.1.0");
+        assert_eq!(m.open_path(42), PathBuf::from("/proc/42/map_files/7f2c4a000000-7f2c4a021000"));
+    }
+
+    #[test]
+    fn skips_anonymous_and_special_mappings() {
+        assert!(parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]").is_none());
+        assert!(parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0").is_none());
+    }
+
+    #[test]
+    fn knows_the_hooked_sonames() {
+        assert_eq!(kind_of("libvulkan.so.1").map(|k| k.name), Some("vulkan"));
+        assert_eq!(kind_of("libEGL.so.1").map(|k| k.name), Some("egl"));
+        assert!(kind_of("libc.so.6").is_none());
+    }
+
+    #[test]
+    fn locates_this_process_code() {
+        let here = locates_this_process_code as usize as u64;
+        let (m, off) = locate(std::process::id(), here).expect("own code is file-backed");
+        assert!(off >= m.offset);
+        assert!(m.path.contains("nvbind_agent"));
+    }
+}

@@ -1,0 +1,648 @@
+//! Loading nvbind's eBPF programs, attaching what the running kernel offers, and reading back what
+//! they gathered. Everything the capture and `doctor` need from the kernel goes through [`Probes`].
+
+pub mod libraries;
+pub mod tracefs;
+
+use std::{
+    collections::HashSet,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        Program, TracePoint, UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use nvbind_common::{
+    event_kind, present_source, track_flags, EventHeader, PreemptorKey, PreemptorValue,
+    PresentEvent, ProcessEvent, ProcessHistograms, ResolvedPresentEvent, ThreadState,
+    TASK_COMM_LEN,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+use self::{
+    libraries::{LibraryFile, LIBRARY_KINDS},
+    tracefs::Format,
+};
+
+/// The eBPF object built from `nvbind-ebpf` (see build.rs).
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nvbind-probes.o"));
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("nvbind-agent needs root to load eBPF programs (CAP_BPF and CAP_PERFMON): run it with sudo")]
+    NotRoot,
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error(
+        "this nvbind-agent was built without its eBPF programs (the eBPF toolchain was missing): \
+         run `cargo xtask setup` and rebuild"
+    )]
+    MissingObject,
+    #[error("cannot load the eBPF programs: {0}")]
+    Load(String),
+    #[error("required probe {probe} is unavailable: {reason}")]
+    Required { probe: String, reason: String },
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Whether a probe is attached, and if not, why and what would fix it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    /// What is probed: `sched:sched_switch`, `uprobe:/usr/lib/.../libvulkan.so.1:vkQueuePresentKHR`.
+    pub name: String,
+    /// Probe family: scheduler, ioctl, process, present, drm.
+    pub family: &'static str,
+    /// The eBPF program.
+    pub program: &'static str,
+    pub attached: bool,
+    /// Why it is unavailable (absent when attached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What to do about it, when something can be done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// Per-program cost from the kernel's bpf_stats.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramCost {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub mean_ns_per_run: f64,
+}
+
+/// A record read from the ring buffer.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    Present(PresentEvent),
+    VulkanPresentResolved(ResolvedPresentEvent),
+    ProcessTracked(ProcessEvent),
+    ProcessExec(ProcessEvent),
+    ProcessExit(ProcessEvent),
+}
+
+/// Tracepoint programs: (family, program, category, tracepoint, required for capture).
+pub const TRACEPOINTS: &[(&str, &str, &str, &str, bool)] = &[
+    ("scheduler", "nvbind_sched_switch", "sched", "sched_switch", true),
+    ("scheduler", "nvbind_sched_wakeup", "sched", "sched_wakeup", true),
+    ("scheduler", "nvbind_sched_wakeup_new", "sched", "sched_wakeup_new", true),
+    ("ioctl", "nvbind_ioctl_enter", "syscalls", "sys_enter_ioctl", false),
+    ("ioctl", "nvbind_ioctl_exit", "syscalls", "sys_exit_ioctl", false),
+    ("process", "nvbind_newtask", "task", "task_newtask", true),
+    ("process", "nvbind_exec", "sched", "sched_process_exec", true),
+    ("process", "nvbind_exit", "sched", "sched_process_exit", true),
+    ("drm", "nvbind_drm_vblank", "drm", "drm_vblank_event", false),
+    ("drm", "nvbind_drm_queued", "drm", "drm_vblank_event_queued", false),
+    ("drm", "nvbind_drm_delivered", "drm", "drm_vblank_event_delivered", false),
+];
+
+/// How to load.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Mount tracefs at /sys/kernel/tracing when it is not mounted.
+    pub mount_tracefs: bool,
+    /// Fail unless the scheduler and process probes attach (capture needs them; doctor does not).
+    pub require_core: bool,
+}
+
+/// The loaded programs, their attachments and their maps.
+pub struct Probes {
+    ebpf: Ebpf,
+    statuses: Vec<ProbeStatus>,
+    /// (dev, inode, offset, program) of every uprobe placed, so no point is probed twice.
+    uprobe_points: HashSet<(u64, u64, u64, &'static str)>,
+    /// Files whose exported hooks were attached (by dev, inode).
+    hooked_files: HashSet<(u64, u64)>,
+    events: RingBuf<MapData>,
+    /// Keeps the kernel's bpf_stats collection on while the probes live.
+    _stats: Option<OwnedFd>,
+    pub tracefs: PathBuf,
+}
+
+/// Whether the agent runs with root privileges.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether the embedded object holds programs (false when the build had no eBPF toolchain).
+pub fn object_available() -> bool {
+    !PROBES_OBJECT.is_empty()
+}
+
+impl Probes {
+    /// Loads every program and attaches the kernel tracepoints and the host's graphics libraries.
+    pub fn load(options: LoadOptions) -> Result<Probes, ProbeError> {
+        if !is_root() {
+            return Err(ProbeError::NotRoot);
+        }
+        if !object_available() {
+            return Err(ProbeError::MissingObject);
+        }
+        let tracefs = if options.mount_tracefs {
+            tracefs::ensure_mounted()?
+        } else {
+            tracefs::find()?
+        };
+        raise_memlock_limit();
+
+        let formats: Vec<(&str, Option<Format>)> = TRACEPOINTS
+            .iter()
+            .map(|(_, _, cat, name, _)| (*name, Format::read(&tracefs, cat, name)))
+            .collect();
+        let format = |name: &str| formats.iter().find(|(n, _)| *n == name).and_then(|(_, f)| f.as_ref());
+        let offset = |tp: &str, field: &str| format(tp).and_then(|f| f.field(field)).map(|f| f.offset);
+
+        let mut loader = EbpfLoader::new();
+        let globals: [(&str, Option<u32>); 8] = [
+            ("SWITCH_PREV_STATE_OFF", offset("sched_switch", "prev_state")),
+            ("SWITCH_NEXT_COMM_OFF", offset("sched_switch", "next_comm")),
+            ("SWITCH_NEXT_PID_OFF", offset("sched_switch", "next_pid")),
+            ("WAKEUP_PID_OFF", offset("sched_wakeup", "pid")),
+            ("IOCTL_CMD_OFF", offset("sys_enter_ioctl", "cmd")),
+            ("NEWTASK_PID_OFF", offset("task_newtask", "pid")),
+            ("NEWTASK_FLAGS_OFF", offset("task_newtask", "clone_flags")),
+            ("EXIT_GROUP_DEAD_OFF", offset("sched_process_exit", "group_dead")),
+        ];
+        let values: Vec<(&str, u32)> = globals
+            .iter()
+            .filter_map(|(name, v)| v.map(|v| (*name, v)))
+            .collect();
+        for (name, value) in &values {
+            loader.override_global(name, value, true);
+        }
+        let report_max = format("sched_switch")
+            .and_then(Format::task_report_max)
+            .unwrap_or(0x100);
+        loader.override_global("TASK_REPORT_MAX", &report_max, true);
+        let mut ebpf = loader
+            .load(PROBES_OBJECT)
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+
+        // bpf_stats costs ~20 ns per run; the per-program cost it gives is part of every report.
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+
+        let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
+            map: "EVENTS",
+            source,
+        })?;
+
+        let mut probes = Probes {
+            ebpf,
+            statuses: Vec::new(),
+            uprobe_points: HashSet::new(),
+            hooked_files: HashSet::new(),
+            events,
+            _stats: stats,
+            tracefs: tracefs.clone(),
+        };
+        for &(family, program, category, name, required) in TRACEPOINTS {
+            let has_format = format(name).is_some();
+            let status = probes.attach_tracepoint(family, program, category, name, has_format);
+            if required && options.require_core && !status.attached {
+                return Err(ProbeError::Required {
+                    probe: status.name.clone(),
+                    reason: status.reason.clone().unwrap_or_default(),
+                });
+            }
+            probes.statuses.push(status);
+        }
+        let host_libraries = libraries::host_libraries();
+        for lib in &host_libraries {
+            probes.attach_library(lib);
+        }
+        for kind in LIBRARY_KINDS {
+            if host_libraries.iter().any(|lib| lib.kind.name == kind.name) {
+                continue;
+            }
+            probes.statuses.push(ProbeStatus {
+                name: format!("uprobe:{}", kind.sonames[0]),
+                family: "present",
+                program: "nvbind_present",
+                attached: false,
+                reason: Some(format!("{} is not installed on the host", kind.sonames[0])),
+                fix: Some(
+                    "none needed unless games use it; copies inside containers and runtimes \
+                     are hooked when a tracked process maps them"
+                        .into(),
+                ),
+            });
+        }
+        Ok(probes)
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        family: &'static str,
+        program: &'static str,
+        category: &str,
+        name: &str,
+        has_format: bool,
+    ) -> ProbeStatus {
+        let mut status = ProbeStatus {
+            name: format!("{category}:{name}"),
+            family,
+            program,
+            attached: false,
+            reason: None,
+            fix: None,
+        };
+        if !has_format {
+            status.reason = Some(if category == "drm" {
+                "this kernel has no DRM tracepoints (no DRM driver loaded or built)".into()
+            } else {
+                format!("this kernel has no {category}:{name} tracepoint")
+            });
+            status.fix = (category == "drm")
+                .then(|| "load a DRM driver (amdgpu, i915, nvidia-drm with modeset=1, vkms)".into());
+            return status;
+        }
+        let result = (|| -> Result<(), String> {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or("program missing from the object")?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            prog.load().map_err(|e| error_chain(&e))?;
+            prog.attach(category, name).map_err(|e| error_chain(&e))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => status.attached = true,
+            Err(e) => status.reason = Some(e),
+        }
+        status
+    }
+
+    /// Attaches every hook of a library file once (by inode). Returns how many hooks attached.
+    pub fn attach_library(&mut self, lib: &LibraryFile) -> usize {
+        if !self.hooked_files.insert((lib.dev, lib.ino)) {
+            return 0;
+        }
+        let mut attached = 0;
+        for hook in lib.kind.hooks {
+            let result = self.attach_uprobe(
+                hook.program,
+                &lib.path,
+                UProbeAttachLocation::Symbol(hook.symbol),
+                hook.cookie,
+                (lib.dev, lib.ino, 0),
+                hook.symbol,
+            );
+            // Only the frame hooks are worth a line each in doctor.
+            if hook.program != "nvbind_present" && result.is_ok() {
+                attached += 1;
+                continue;
+            }
+            let ok = result.is_ok();
+            attached += ok as usize;
+            self.statuses.push(ProbeStatus {
+                name: format!("uprobe:{}:{}", lib.display, hook.symbol),
+                family: "present",
+                program: hook.program,
+                attached: ok,
+                reason: result.err(),
+                fix: None,
+            });
+        }
+        attached
+    }
+
+    /// Probes a `vkQueuePresentKHR` implementation that `pid` learned at `address`.
+    /// Returns the mapped file's name when a new probe was placed.
+    pub fn attach_resolved_present(&mut self, pid: u32, address: u64) -> Result<Option<String>, String> {
+        let (mapping, offset) = libraries::locate(pid, address)
+            .ok_or_else(|| format!("address {address:#x} is not in a file mapping of pid {pid}"))?;
+        let key = (mapping.dev, mapping.ino, offset, "nvbind_present");
+        if self.uprobe_points.contains(&key) {
+            return Ok(None);
+        }
+        // The loader's own trampoline is probed already through its export.
+        self.attach_uprobe(
+            "nvbind_present",
+            &mapping.open_path(pid),
+            UProbeAttachLocation::AbsoluteOffset(offset),
+            present_source::VULKAN_RESOLVED as u64,
+            (mapping.dev, mapping.ino, offset),
+            "",
+        )?;
+        self.statuses.push(ProbeStatus {
+            name: format!("uprobe:{}+{offset:#x}:vkQueuePresentKHR", mapping.path),
+            family: "present",
+            program: "nvbind_present",
+            attached: true,
+            reason: None,
+            fix: None,
+        });
+        Ok(Some(mapping.path))
+    }
+
+    fn attach_uprobe(
+        &mut self,
+        program: &'static str,
+        target: &Path,
+        location: UProbeAttachLocation<'_>,
+        cookie: u64,
+        (dev, ino, offset): (u64, u64, u64),
+        symbol: &str,
+    ) -> Result<(), String> {
+        // Symbol hooks are keyed by symbol name (offset 0 in the key), learned ones by offset.
+        let key = (dev, ino, offset ^ fxhash(symbol), program);
+        if self.uprobe_points.contains(&key) {
+            return Ok(());
+        }
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| error_chain(&e))?;
+        }
+        let point = UProbeAttachPoint {
+            location,
+            cookie: (cookie != 0).then_some(cookie),
+        };
+        prog.attach(point, target, UProbeScope::AllProcesses)
+            .map_err(|e| error_chain(&e))?;
+        self.uprobe_points.insert(key);
+        Ok(())
+    }
+
+    /// Attaches hooks in every not-yet-hooked graphics library `pid` has mapped.
+    /// Returns the names of the newly hooked files.
+    pub fn attach_process_libraries(&mut self, pid: u32) -> Vec<String> {
+        let mut hooked = Vec::new();
+        for lib in libraries::process_libraries(pid) {
+            if !self.hooked_files.contains(&(lib.dev, lib.ino)) && self.attach_library(&lib) > 0 {
+                hooked.push(lib.display);
+            }
+        }
+        hooked
+    }
+
+    pub fn statuses(&self) -> &[ProbeStatus] {
+        &self.statuses
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, ProbeError> {
+        self.ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
+        self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))
+    }
+
+    /// Starts tracking a process and the threads it has now (new ones are tracked by the kernel).
+    pub fn track_process(&mut self, pid: u32, follow_children: bool) -> Result<(), ProbeError> {
+        let flags = if follow_children { track_flags::FOLLOW_CHILDREN } else { 0 };
+        let err = |source| ProbeError::Map { map: "TRACKED_PROCESSES", source };
+        {
+            let mut hists: BpfHashMap<_, u32, ProcessHistograms> =
+                BpfHashMap::try_from(self.map_mut("PROC_HISTS")?).map_err(err)?;
+            if hists.get(&pid, 0).is_err() {
+                hists.insert(pid, ProcessHistograms::default(), 0).map_err(err)?;
+            }
+        }
+        // The process first, so threads it creates from now on are caught by the kernel...
+        let mut tracked: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(self.map_mut("TRACKED_PROCESSES")?).map_err(err)?;
+        tracked.insert(pid, flags, 0).map_err(err)?;
+        // ...then the threads it already has.
+        let now = monotonic_ns();
+        let mut threads: BpfHashMap<_, u32, ThreadState> =
+            BpfHashMap::try_from(self.map_mut("THREADS")?).map_err(err)?;
+        for tid in thread_ids(pid) {
+            if threads.get(&tid, 0).is_ok() {
+                continue;
+            }
+            let state = ThreadState {
+                tgid: pid,
+                since_ns: now,
+                last_cpu: u32::MAX,
+                ..Default::default()
+            };
+            // BPF_NOEXIST: the kernel may have added it meanwhile.
+            let _ = threads.insert(tid, state, 1);
+        }
+        Ok(())
+    }
+
+    /// Tracks every process whose `execve` gives it this name (comm, at most 15 bytes).
+    pub fn watch_comm(&mut self, name: &str, follow_children: bool) -> Result<(), ProbeError> {
+        let flags = if follow_children { track_flags::FOLLOW_CHILDREN } else { 0 };
+        let err = |source| ProbeError::Map { map: "WATCHED_COMMS", source };
+        let mut comms: BpfHashMap<_, [u8; TASK_COMM_LEN], u32> =
+            BpfHashMap::try_from(self.map_mut("WATCHED_COMMS")?).map_err(err)?;
+        comms.insert(comm_key(name), flags, 0).map_err(err)
+    }
+
+    /// Reads every record waiting in the ring buffer.
+    pub fn drain_events(&mut self, mut on_event: impl FnMut(Event)) {
+        while let Some(item) = self.events.next() {
+            if let Some(event) = decode(&item) {
+                on_event(event);
+            }
+        }
+    }
+
+    /// Every tracked thread's state, by tid.
+    pub fn threads(&self) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
+        let err = |source| ProbeError::Map { map: "THREADS", source };
+        let threads: BpfHashMap<_, u32, ThreadState> =
+            BpfHashMap::try_from(self.map("THREADS")?).map_err(err)?;
+        Ok(threads.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The in-kernel run-queue and blocked-time histograms of a tracked process.
+    pub fn histograms(&self, tgid: u32) -> Result<Option<ProcessHistograms>, ProbeError> {
+        let err = |source| ProbeError::Map { map: "PROC_HISTS", source };
+        let hists: BpfHashMap<_, u32, ProcessHistograms> =
+            BpfHashMap::try_from(self.map("PROC_HISTS")?).map_err(err)?;
+        Ok(hists.get(&tgid, 0).ok())
+    }
+
+    /// Who preempted tracked processes: (victim tgid, preemptor tid, count, preemptor comm).
+    pub fn preemptors(&self) -> Result<Vec<(PreemptorKey, PreemptorValue)>, ProbeError> {
+        let err = |source| ProbeError::Map { map: "PREEMPTORS", source };
+        let map: BpfHashMap<_, PreemptorKey, PreemptorValue> =
+            BpfHashMap::try_from(self.map("PREEMPTORS")?).map_err(err)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Ring-buffer records lost because the buffer was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.sum_per_cpu("DROPPED_EVENTS", 0)
+    }
+
+    /// DRM events seen: (vblank, queued, delivered).
+    pub fn drm_event_counts(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.sum_per_cpu("DRM_EVENT_COUNTS", i))
+    }
+
+    fn sum_per_cpu(&self, map: &'static str, index: u32) -> u64 {
+        let Ok(map) = self.map(map) else { return 0 };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        array
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Run count and time of every loaded program (bpf_stats).
+    pub fn program_costs(&self) -> Vec<ProgramCost> {
+        let mut costs: Vec<ProgramCost> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, prog): (&str, &Program)| {
+                let info = prog.info().ok()?;
+                let run_count = info.run_count();
+                let run_time_ns = info.run_time().as_nanos() as u64;
+                Some(ProgramCost {
+                    program: name.to_string(),
+                    run_count,
+                    run_time_ns,
+                    mean_ns_per_run: if run_count > 0 {
+                        run_time_ns as f64 / run_count as f64
+                    } else {
+                        0.0
+                    },
+                })
+            })
+            .collect();
+        costs.sort_by(|a, b| a.program.cmp(&b.program));
+        costs
+    }
+}
+
+/// The NUL-padded `comm` key for a process name (the kernel keeps 15 bytes).
+pub fn comm_key(name: &str) -> [u8; TASK_COMM_LEN] {
+    let mut key = [0u8; TASK_COMM_LEN];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(TASK_COMM_LEN - 1);
+    key[..n].copy_from_slice(&bytes[..n]);
+    key
+}
+
+/// A `comm` array as text.
+pub fn comm_str(comm: &[u8; TASK_COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn decode(bytes: &[u8]) -> Option<Event> {
+    fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+        (bytes.len() >= size_of::<T>())
+            // SAFETY: length checked; T is a plain-old-data record (see nvbind-common).
+            .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    }
+    let header: EventHeader = read(bytes)?;
+    Some(match header.kind {
+        event_kind::PRESENT => Event::Present(read(bytes)?),
+        event_kind::VULKAN_PRESENT_RESOLVED => Event::VulkanPresentResolved(read(bytes)?),
+        event_kind::PROCESS_TRACKED => Event::ProcessTracked(read(bytes)?),
+        event_kind::PROCESS_EXEC => Event::ProcessExec(read(bytes)?),
+        event_kind::PROCESS_EXIT => Event::ProcessExit(read(bytes)?),
+        _ => return None,
+    })
+}
+
+/// The threads of a process now (empty if it is gone).
+pub fn thread_ids(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn raise_memlock_limit() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn fxhash(s: &str) -> u64 {
+    s.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+        * (!s.is_empty()) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_keys_are_truncated_like_the_kernel() {
+        assert_eq!(comm_str(&comm_key("vkcube")), "vkcube");
+        assert_eq!(comm_str(&comm_key("a-very-long-game-name")), "a-very-long-gam");
+    }
+
+    #[test]
+    fn decodes_records_by_kind() {
+        let mut e = PresentEvent::default();
+        e.header.kind = event_kind::PRESENT;
+        e.header.tgid = 7;
+        e.delta.on_cpu_ns = 5;
+        // SAFETY: reading the bytes of a plain-old-data value.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&e as *const PresentEvent).cast::<u8>(), size_of::<PresentEvent>())
+        };
+        match decode(bytes) {
+            Some(Event::Present(p)) => {
+                assert_eq!(p.header.tgid, 7);
+                assert_eq!(p.delta.on_cpu_ns, 5);
+            }
+            other => panic!("decoded {other:?}"),
+        }
+        assert!(decode(&bytes[..10]).is_none(), "a short record is rejected");
+    }
+}

@@ -1,0 +1,285 @@
+//! What to record: a running process (`--pid`), a process by name that may not exist yet
+//! (`--comm`), or a command the agent launches (`-- COMMAND ARGS`).
+//!
+//! A launched command is forked, held before `execve` until the agent has put it in the tracked
+//! set, then released: its first instruction, first thread and first frame are all seen.
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    Pid(u32),
+    Comm(String),
+    Command(Vec<String>),
+}
+
+impl std::fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetSpec::Pid(pid) => write!(f, "pid {pid}"),
+            TargetSpec::Comm(name) => write!(f, "comm {name}"),
+            TargetSpec::Command(argv) => write!(f, "command {}", argv.join(" ")),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error("no process with pid {0}: check the pid with `ps -p {0}`")]
+    NoSuchPid(u32),
+    #[error("command not found: {0}: check the name or give a full path")]
+    CommandNotFound(String),
+    #[error("invalid command argument (contains a NUL byte): {0:?}")]
+    BadArgument(String),
+    #[error("cannot launch {command}: {source}")]
+    Launch {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) {
+        Ok(stat) => !matches!(stat.state, 'Z' | 'X' | 'x'),
+        Err(_) => false,
+    }
+}
+
+/// Checks a `--pid` target before anything is loaded.
+pub fn check_pid(pid: u32) -> Result<(), TargetError> {
+    if pid == 0 || !is_alive(pid) {
+        return Err(TargetError::NoSuchPid(pid));
+    }
+    Ok(())
+}
+
+/// Running processes whose `comm` is `name` (compared on the 15 bytes the kernel keeps).
+pub fn processes_named(name: &str) -> Vec<u32> {
+    let want = &name.as_bytes()[..name.len().min(15)];
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.filter_map(Result::ok)
+        .filter_map(|p| {
+            let stat = p.stat().ok()?;
+            (stat.comm.as_bytes() == want && !matches!(stat.state, 'Z' | 'X')).then_some(p.pid as u32)
+        })
+        .collect()
+}
+
+/// Every live descendant of `pid` (children, grandchildren, ...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = all
+        .filter_map(Result::ok)
+        .filter_map(|p| Some((p.pid as u32, p.stat().ok()?.ppid as u32)))
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Finds a program the way `execvp` would.
+pub fn resolve_program(program: &str) -> Result<PathBuf, TargetError> {
+    let is_executable = |p: &Path| {
+        p.is_file()
+            && CString::new(p.as_os_str().as_bytes())
+                // SAFETY: a valid NUL-terminated path.
+                .map(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0)
+                .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(TargetError::CommandNotFound(program.into()))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| TargetError::CommandNotFound(program.into()))
+}
+
+/// A command forked by the agent and held before `execve`.
+pub struct Launched {
+    pub pid: u32,
+    release_fd: libc::c_int,
+    exit: Option<i32>,
+}
+
+impl Launched {
+    /// Forks `argv`; the child waits for [`Launched::release`] before `execve`. The child gets its
+    /// own process group so the agent can stop it and everything it started.
+    pub fn spawn(argv: &[String]) -> Result<Launched, TargetError> {
+        let program = resolve_program(&argv[0])?;
+        let to_c = |s: &[u8]| CString::new(s).map_err(|_| TargetError::BadArgument(String::from_utf8_lossy(s).into()));
+        let path = to_c(program.as_os_str().as_bytes())?;
+        let args: Vec<CString> = argv.iter().map(|a| to_c(a.as_bytes())).collect::<Result<_, _>>()?;
+        let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        arg_ptrs.push(std::ptr::null());
+        let env: Vec<CString> = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        env_ptrs.push(std::ptr::null());
+
+        let launch_err = |source| TargetError::Launch {
+            command: argv.join(" "),
+            source,
+        };
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid array of two ints.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(launch_err(std::io::Error::last_os_error()));
+        }
+        let [read_fd, write_fd] = fds;
+        // SAFETY: after fork the child only calls async-signal-safe functions (setpgid, close,
+        // read, execve, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(launch_err(std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            unsafe {
+                libc::setpgid(0, 0);
+                libc::close(write_fd);
+                let mut byte = 0u8;
+                let n = libc::read(read_fd, (&mut byte as *mut u8).cast(), 1);
+                if n != 1 {
+                    // The agent went away before releasing us: do not run untracked.
+                    libc::_exit(127);
+                }
+                libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        // SAFETY: closing our copy of the read end.
+        unsafe { libc::close(read_fd) };
+        // Also set the group from the parent side, so a kill of the group cannot race the child.
+        // SAFETY: plain syscall.
+        unsafe { libc::setpgid(pid, pid) };
+        Ok(Launched {
+            pid: pid as u32,
+            release_fd: write_fd,
+            exit: None,
+        })
+    }
+
+    /// Lets the child `execve`.
+    pub fn release(&mut self) {
+        if self.release_fd >= 0 {
+            let byte = 1u8;
+            // SAFETY: writing one byte from a valid buffer to our pipe end.
+            unsafe {
+                libc::write(self.release_fd, (&byte as *const u8).cast(), 1);
+                libc::close(self.release_fd);
+            }
+            self.release_fd = -1;
+        }
+    }
+
+    /// The exit code once the child has ended (`128 + signal` for a signal), reaping it.
+    pub fn try_wait(&mut self) -> Option<i32> {
+        if self.exit.is_none() {
+            let mut status = 0;
+            // SAFETY: valid out-pointer; WNOHANG never blocks.
+            let r = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
+            if r == self.pid as i32 {
+                self.exit = Some(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                });
+            }
+        }
+        self.exit
+    }
+
+    /// Stops the command and its process group: SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: std::time::Duration) {
+        self.release();
+        if self.try_wait().is_some() {
+            return;
+        }
+        let group = -(self.pid as i32);
+        // SAFETY: plain syscalls on our own child's process group.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if self.try_wait().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        while self.try_wait().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.stop(std::time::Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_programs_like_execvp() {
+        assert!(resolve_program("sh").is_ok());
+        assert!(matches!(
+            resolve_program("no-such-program-nvbind"),
+            Err(TargetError::CommandNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn launched_command_waits_for_release_and_reports_exit() {
+        let mut child = Launched::spawn(&["sh".into(), "-c".into(), "exit 3".into()]).expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(child.try_wait(), None, "held before exec");
+        child.release();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while child.try_wait().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(child.try_wait(), Some(3));
+    }
+
+    #[test]
+    fn unknown_pid_is_an_error() {
+        assert!(matches!(check_pid(u32::MAX - 1), Err(TargetError::NoSuchPid(_))));
+        assert!(check_pid(std::process::id()).is_ok());
+    }
+}

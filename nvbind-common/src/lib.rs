@@ -1,0 +1,428 @@
+//! Types shared by nvbind's kernel programs (`nvbind-ebpf`) and its userspace agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of pointers so the same bytes mean the same thing
+//! on both sides of a BPF map or ring buffer. The `user` feature adds `aya::Pod` impls.
+#![no_std]
+
+/// Length of a kernel task name (`TASK_COMM_LEN`), including the NUL.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Buckets of the in-kernel latency histograms: bucket `i` counts values in `[2^i, 2^(i+1))` ns
+/// (bucket 0 also holds 0 and 1 ns); the last bucket holds everything above ~9 minutes.
+pub const HIST_BUCKETS: usize = 40;
+
+/// Classes of ioctl the probes separate, by the ioctl's "type" byte (`_IOC_TYPE(cmd)`).
+pub mod ioctl_class {
+    /// DRM core and every DRM driver (`DRM_IOCTL_BASE` is `'d'`).
+    pub const DRM: usize = 0;
+    /// NVIDIA's proprietary driver (`NV_IOCTL_MAGIC` is `'F'`).
+    pub const NVIDIA: usize = 1;
+    /// AMD's compute driver `/dev/kfd` (`AMDKFD_IOCTL_BASE` is `'K'`).
+    pub const AMDKFD: usize = 2;
+    /// Anything else (terminals, sockets, input devices, ...).
+    pub const OTHER: usize = 3;
+    /// Number of classes.
+    pub const COUNT: usize = 4;
+    /// Names in index order, as they appear in reports.
+    pub const NAMES: [&str; COUNT] = ["drm", "nvidia", "amdkfd", "other"];
+
+    /// The class of an ioctl request number.
+    #[inline(always)]
+    pub const fn of(cmd: u32) -> usize {
+        match (cmd >> 8) & 0xff {
+            0x64 => DRM,    // 'd'
+            0x46 => NVIDIA, // 'F'
+            0x4b => AMDKFD, // 'K'
+            _ => OTHER,
+        }
+    }
+
+    /// Whether an ioctl of this class talks to a GPU driver.
+    #[inline(always)]
+    pub const fn is_gpu(class: usize) -> bool {
+        class < OTHER
+    }
+}
+
+/// Where a frame event came from: the attach cookie of the present uprobe.
+pub mod present_source {
+    /// The Vulkan loader's exported `vkQueuePresentKHR` trampoline.
+    pub const VULKAN_LOADER: u32 = 1;
+    /// A `vkQueuePresentKHR` implementation learned from `vkGet{Device,Instance}ProcAddr`
+    /// (driver or layer code that apps such as DXVK, volk and vkcube call through a pointer).
+    pub const VULKAN_RESOLVED: u32 = 2;
+    /// `glXSwapBuffers` (libglvnd's libGLX or a legacy libGL).
+    pub const GLX: u32 = 3;
+    /// `eglSwapBuffers` (libglvnd's libEGL).
+    pub const EGL: u32 = 4;
+    /// Largest valid value.
+    pub const MAX: u32 = EGL;
+
+    /// Stable names used in reports and CSVs.
+    pub const fn name(source: u32) -> &'static str {
+        match source {
+            VULKAN_LOADER => "vulkan-loader",
+            VULKAN_RESOLVED => "vulkan",
+            GLX => "glx",
+            EGL => "egl",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Scheduler state of a tracked thread, as the probes last saw it.
+pub mod thread_status {
+    /// Tracked, but no scheduler event seen yet.
+    pub const UNKNOWN: u32 = 0;
+    /// On a CPU since `ThreadState::since_ns`.
+    pub const RUNNING: u32 = 1;
+    /// Runnable, waiting for a CPU since `since_ns` (woken or preempted).
+    pub const RUNNABLE: u32 = 2;
+    /// Off-CPU and not runnable (sleeping, waiting on I/O, a lock or a fence) since `since_ns`.
+    pub const BLOCKED: u32 = 3;
+    /// The thread has exited; its counters are final.
+    pub const EXITED: u32 = 4;
+}
+
+/// Flags stored as the value of the tracked-process map.
+pub mod track_flags {
+    /// New processes forked by this one are tracked too (Proton/Wine spawn chains, launchers).
+    pub const FOLLOW_CHILDREN: u32 = 1;
+}
+
+/// Kinds of ring-buffer records; every record starts with an [`EventHeader`].
+pub mod event_kind {
+    /// [`crate::PresentEvent`]: a frame was handed over.
+    pub const PRESENT: u32 = 1;
+    /// [`crate::ResolvedPresentEvent`]: a process learned a `vkQueuePresentKHR` address.
+    pub const VULKAN_PRESENT_RESOLVED: u32 = 2;
+    /// [`crate::ProcessEvent`]: a process started being tracked (child of a tracked one, or an exec
+    /// whose name is watched).
+    pub const PROCESS_TRACKED: u32 = 3;
+    /// [`crate::ProcessEvent`]: a tracked process called `execve` (its name and binary changed).
+    pub const PROCESS_EXEC: u32 = 4;
+    /// [`crate::ProcessEvent`]: the last thread of a tracked process exited.
+    pub const PROCESS_EXIT: u32 = 5;
+}
+
+/// Counters of one thread. They only grow; a frame's evidence is the difference of two snapshots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadCounters {
+    /// Time spent running on a CPU.
+    pub on_cpu_ns: u64,
+    /// Time runnable but waiting for a CPU (woken or preempted, until switched in).
+    pub runq_wait_ns: u64,
+    /// Time off-CPU and not runnable (until woken).
+    pub blocked_ns: u64,
+    /// The part of `blocked_ns` spent blocked inside an ioctl to a GPU driver (DRM, NVIDIA, amdkfd).
+    pub blocked_in_gpu_ioctl_ns: u64,
+    /// Times the thread was switched in.
+    pub switches_in: u64,
+    /// Times the thread was preempted while it still wanted to run.
+    pub involuntary_switches: u64,
+    /// Times the thread gave up the CPU to wait for something.
+    pub voluntary_switches: u64,
+    /// Times the thread was switched in on a different CPU than last time.
+    pub migrations: u64,
+    /// Times the thread was woken from a blocked state.
+    pub wakeups: u64,
+    /// Completed ioctls, per [`ioctl_class`].
+    pub ioctl_count: [u64; ioctl_class::COUNT],
+    /// Time spent inside ioctls (entry to return, on or off CPU), per [`ioctl_class`].
+    pub ioctl_ns: [u64; ioctl_class::COUNT],
+}
+
+impl ThreadCounters {
+    /// `self - earlier`, counter by counter (saturating: a counter never goes backwards, but a
+    /// thread that was re-tracked starts from zero again).
+    pub fn since(&self, earlier: &ThreadCounters) -> ThreadCounters {
+        let mut d = ThreadCounters {
+            on_cpu_ns: self.on_cpu_ns.saturating_sub(earlier.on_cpu_ns),
+            runq_wait_ns: self.runq_wait_ns.saturating_sub(earlier.runq_wait_ns),
+            blocked_ns: self.blocked_ns.saturating_sub(earlier.blocked_ns),
+            blocked_in_gpu_ioctl_ns: self
+                .blocked_in_gpu_ioctl_ns
+                .saturating_sub(earlier.blocked_in_gpu_ioctl_ns),
+            switches_in: self.switches_in.saturating_sub(earlier.switches_in),
+            involuntary_switches: self
+                .involuntary_switches
+                .saturating_sub(earlier.involuntary_switches),
+            voluntary_switches: self
+                .voluntary_switches
+                .saturating_sub(earlier.voluntary_switches),
+            migrations: self.migrations.saturating_sub(earlier.migrations),
+            wakeups: self.wakeups.saturating_sub(earlier.wakeups),
+            ioctl_count: [0; ioctl_class::COUNT],
+            ioctl_ns: [0; ioctl_class::COUNT],
+        };
+        let mut i = 0;
+        while i < ioctl_class::COUNT {
+            d.ioctl_count[i] = self.ioctl_count[i].saturating_sub(earlier.ioctl_count[i]);
+            d.ioctl_ns[i] = self.ioctl_ns[i].saturating_sub(earlier.ioctl_ns[i]);
+            i += 1;
+        }
+        d
+    }
+
+    /// Adds `other` into `self`, counter by counter.
+    pub fn add(&mut self, other: &ThreadCounters) {
+        self.on_cpu_ns += other.on_cpu_ns;
+        self.runq_wait_ns += other.runq_wait_ns;
+        self.blocked_ns += other.blocked_ns;
+        self.blocked_in_gpu_ioctl_ns += other.blocked_in_gpu_ioctl_ns;
+        self.switches_in += other.switches_in;
+        self.involuntary_switches += other.involuntary_switches;
+        self.voluntary_switches += other.voluntary_switches;
+        self.migrations += other.migrations;
+        self.wakeups += other.wakeups;
+        let mut i = 0;
+        while i < ioctl_class::COUNT {
+            self.ioctl_count[i] += other.ioctl_count[i];
+            self.ioctl_ns[i] += other.ioctl_ns[i];
+            i += 1;
+        }
+    }
+}
+
+/// Per-thread state kept by the probes, keyed by tid (the kernel's `pid`) in the `THREADS` map.
+/// A thread is tracked exactly when it has an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadState {
+    /// The process (thread group) this thread belongs to.
+    pub tgid: u32,
+    /// One of [`thread_status`].
+    pub status: u32,
+    /// When the current status began (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub since_ns: u64,
+    /// CPU the thread last ran on, `u32::MAX` before the first switch-in.
+    pub last_cpu: u32,
+    /// Class of the ioctl in flight ([`ioctl_class`]), valid while `ioctl_start_ns != 0`.
+    pub ioctl_class: u32,
+    /// Entry time of the ioctl in flight, 0 when none.
+    pub ioctl_start_ns: u64,
+    /// Whether the current blocked period began inside a GPU driver ioctl.
+    pub blocked_in_gpu_ioctl: u32,
+    /// Depth of calls into the Vulkan loader's own `vkQueuePresentKHR` (so the driver function it
+    /// forwards to is not counted as a second frame).
+    pub in_loader_present: u32,
+    /// tid of the task that last preempted this thread (0: never).
+    pub last_preemptor_tid: u32,
+    /// Set between a `vkGet*ProcAddr("vkQueuePresentKHR")` call and its return.
+    pub resolving_present: u32,
+    /// Longest single run-queue wait since the last present.
+    pub frame_max_runq_wait_ns: u64,
+    /// Longest single blocked period since the last present.
+    pub frame_max_blocked_ns: u64,
+    /// Counters since the thread was tracked.
+    pub totals: ThreadCounters,
+    /// `totals` as of this thread's last present (the base of the next frame's evidence).
+    pub at_last_present: ThreadCounters,
+}
+
+/// In-kernel histograms of one tracked process (`PROC_HISTS`, keyed by tgid): every run-queue wait
+/// and every blocked period of its threads, in log2 buckets of nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessHistograms {
+    /// Run-queue waits (wakeup or preemption until switch-in).
+    pub runq_wait: [u64; HIST_BUCKETS],
+    /// Blocked periods (switch-out while not runnable until wakeup).
+    pub blocked: [u64; HIST_BUCKETS],
+}
+
+impl Default for ProcessHistograms {
+    fn default() -> Self {
+        Self {
+            runq_wait: [0; HIST_BUCKETS],
+            blocked: [0; HIST_BUCKETS],
+        }
+    }
+}
+
+/// The bucket a nanosecond value falls in: `floor(log2(ns))`, capped to the last bucket.
+#[inline(always)]
+pub fn hist_bucket(ns: u64) -> usize {
+    // Branchy binary search: the BPF backend has no count-leading-zeros instruction.
+    let mut v = ns;
+    let mut r = 0usize;
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    if r >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        r
+    }
+}
+
+/// Key of the `PREEMPTORS` map: who took the CPU from a tracked process's threads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PreemptorKey {
+    /// The tracked process that lost the CPU.
+    pub victim_tgid: u32,
+    /// The task (tid) that was switched in instead.
+    pub preemptor_tid: u32,
+}
+
+/// Value of the `PREEMPTORS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PreemptorValue {
+    /// Times this task preempted one of the victim's threads.
+    pub count: u64,
+    /// The preemptor's name at the last preemption.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// The start of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// The process concerned.
+    pub tgid: u32,
+    /// The thread concerned.
+    pub tid: u32,
+    /// Record-specific small value (the present source for frames).
+    pub aux: u32,
+    /// When it happened (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+/// A frame handed over by a tracked thread, with what the kernel saw that thread do since its
+/// previous present.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PresentEvent {
+    /// `kind` = [`event_kind::PRESENT`], `aux` = [`present_source`].
+    pub header: EventHeader,
+    /// CPU the present was called on.
+    pub cpu: u32,
+    /// tid of the task that last preempted the presenting thread (0: never).
+    pub last_preemptor_tid: u32,
+    /// Longest single run-queue wait of the presenting thread in this frame interval.
+    pub max_runq_wait_ns: u64,
+    /// Longest single blocked period of the presenting thread in this frame interval.
+    pub max_blocked_ns: u64,
+    /// The presenting thread's counters since its previous present (or since it was tracked).
+    pub delta: ThreadCounters,
+}
+
+/// A `vkGet{Device,Instance}ProcAddr("vkQueuePresentKHR")` call returned `address` in `tgid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResolvedPresentEvent {
+    /// `kind` = [`event_kind::VULKAN_PRESENT_RESOLVED`].
+    pub header: EventHeader,
+    /// The function pointer handed to the application.
+    pub address: u64,
+}
+
+/// A process lifecycle record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEvent {
+    /// `kind` = one of the `PROCESS_*` [`event_kind`]s; `aux` = parent tgid for `PROCESS_TRACKED`.
+    pub header: EventHeader,
+    /// The process's name at the time of the record.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Why a present uprobe asked for the name passed to `vkGet*ProcAddr`: the bytes we compare.
+pub const VK_QUEUE_PRESENT_NAME: &[u8; 18] = b"vkQueuePresentKHR\0";
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and integer arrays, and
+    // laid out without implicit padding, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ThreadCounters {}
+    unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::ProcessHistograms {}
+    unsafe impl aya::Pod for super::PreemptorKey {}
+    unsafe impl aya::Pod for super::PreemptorValue {}
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::PresentEvent {}
+    unsafe impl aya::Pod for super::ResolvedPresentEvent {}
+    unsafe impl aya::Pod for super::ProcessEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_floor_log2() {
+        assert_eq!(hist_bucket(0), 0);
+        assert_eq!(hist_bucket(1), 0);
+        assert_eq!(hist_bucket(2), 1);
+        assert_eq!(hist_bucket(3), 1);
+        assert_eq!(hist_bucket(1023), 9);
+        assert_eq!(hist_bucket(1024), 10);
+        assert_eq!(hist_bucket(1_000_000), 19);
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn ioctl_classes_follow_the_type_byte() {
+        // DRM_IOCTL_MODE_PAGE_FLIP = _IOWR('d', 0xB0, 24 bytes)
+        assert_eq!(ioctl_class::of(0xC01864B0), ioctl_class::DRM);
+        // NV_ESC_RM_CONTROL = _IOWR('F', 0x2A, ...)
+        assert_eq!(ioctl_class::of(0xC020462A), ioctl_class::NVIDIA);
+        // AMDKFD_IOC_GET_VERSION = _IOR('K', 0x01, 8 bytes)
+        assert_eq!(ioctl_class::of(0x80084B01), ioctl_class::AMDKFD);
+        // TCGETS
+        assert_eq!(ioctl_class::of(0x5401), ioctl_class::OTHER);
+    }
+
+    #[test]
+    fn deltas_are_counterwise() {
+        let mut a = ThreadCounters::default();
+        a.on_cpu_ns = 10;
+        a.ioctl_count[ioctl_class::DRM] = 3;
+        let mut b = a;
+        b.on_cpu_ns = 25;
+        b.ioctl_count[ioctl_class::DRM] = 7;
+        let d = b.since(&a);
+        assert_eq!(d.on_cpu_ns, 15);
+        assert_eq!(d.ioctl_count[ioctl_class::DRM], 4);
+        let mut sum = a;
+        sum.add(&d);
+        assert_eq!(sum, b);
+    }
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<ThreadCounters>(), 8 * (9 + 2 * ioctl_class::COUNT));
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(
+            size_of::<ThreadState>(),
+            8 + 8 + 8 + 8 + 16 + 16 + 2 * size_of::<ThreadCounters>()
+        );
+        assert_eq!(size_of::<PresentEvent>(), 24 + 8 + 16 + size_of::<ThreadCounters>());
+    }
+}

@@ -1,0 +1,130 @@
+//! Present probes: one ring-buffer record per frame a tracked thread hands over, carrying that
+//! thread's scheduler and ioctl counters since its previous present.
+//!
+//! The agent attaches `nvbind_present` with a cookie naming the source (`present_source`) to
+//! `vkQueuePresentKHR`, `glXSwapBuffers` and `eglSwapBuffers`, and to every `vkQueuePresentKHR`
+//! implementation it learns about through `nvbind_vk_procaddr{,_ret}`: Vulkan apps (DXVK, volk,
+//! vkcube) call the driver's or a layer's function through a pointer from `vkGet*ProcAddr`, never
+//! the loader's export.
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_probe_read_user_buf},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use nvbind_common::{
+    event_kind, present_source, thread_status, EventHeader, PresentEvent, ResolvedPresentEvent,
+    ThreadState, VK_QUEUE_PRESENT_NAME,
+};
+
+use crate::state::{count_drop, current_thread, now_ns, EVENTS};
+
+#[uprobe]
+pub fn nvbind_present(ctx: ProbeContext) -> u32 {
+    // SAFETY: the context pointer is the program's own.
+    let source = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Some((tgid, tid, t)) = current_thread() else {
+        return 0;
+    };
+    match source {
+        present_source::VULKAN_LOADER => t.in_loader_present += 1,
+        // The loader's trampoline forwards to the driver: that is the same frame.
+        present_source::VULKAN_RESOLVED if t.in_loader_present != 0 => return 0,
+        _ => {}
+    }
+    emit_present(t, tgid, tid, source);
+    0
+}
+
+/// Return of the loader's `vkQueuePresentKHR`.
+#[uretprobe]
+pub fn nvbind_present_loader_ret(_ctx: RetProbeContext) -> u32 {
+    if let Some((_, _, t)) = current_thread() {
+        t.in_loader_present = t.in_loader_present.saturating_sub(1);
+    }
+    0
+}
+
+#[inline(always)]
+fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32) {
+    let now = now_ns();
+    // Close the running slice so this frame's on-CPU time includes it.
+    if t.status == thread_status::RUNNING {
+        t.totals.on_cpu_ns += now.saturating_sub(t.since_ns);
+        t.since_ns = now;
+    }
+    let Some(mut entry) = EVENTS.reserve::<PresentEvent>(0) else {
+        // Keep the snapshot: the next frame's record then carries this interval's evidence too.
+        count_drop();
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points at reserved ring-buffer memory large enough for a PresentEvent; every
+    // field is written before submit.
+    unsafe {
+        (*e).header = EventHeader {
+            kind: event_kind::PRESENT,
+            tgid,
+            tid,
+            aux: source,
+            ts_ns: now,
+        };
+        (*e).cpu = bpf_get_smp_processor_id();
+        (*e).last_preemptor_tid = t.last_preemptor_tid;
+        (*e).max_runq_wait_ns = t.frame_max_runq_wait_ns;
+        (*e).max_blocked_ns = t.frame_max_blocked_ns;
+        (*e).delta = t.totals.since(&t.at_last_present);
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    t.at_last_present = t.totals;
+    t.frame_max_runq_wait_ns = 0;
+    t.frame_max_blocked_ns = 0;
+}
+
+/// Entry of `vkGetDeviceProcAddr(device, name)` / `vkGetInstanceProcAddr(instance, name)`.
+#[uprobe]
+pub fn nvbind_vk_procaddr(ctx: ProbeContext) -> u32 {
+    let Some((_, _, t)) = current_thread() else {
+        return 0;
+    };
+    let Some(name) = ctx.arg::<*const u8>(1) else {
+        return 0;
+    };
+    let mut buf = [0u8; VK_QUEUE_PRESENT_NAME.len()];
+    // SAFETY: a checked read of user memory; failure leaves `buf` unequal to the name.
+    let read = unsafe { bpf_probe_read_user_buf(name, &mut buf) };
+    t.resolving_present = (read.is_ok() && buf == *VK_QUEUE_PRESENT_NAME) as u32;
+    0
+}
+
+/// Return of `vkGet{Device,Instance}ProcAddr`: report the pointer if the name was ours.
+#[uretprobe]
+pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
+    let Some((tgid, tid, t)) = current_thread() else {
+        return 0;
+    };
+    if t.resolving_present == 0 {
+        return 0;
+    }
+    t.resolving_present = 0;
+    let address: u64 = ctx.ret();
+    if address == 0 {
+        return 0;
+    }
+    let event = ResolvedPresentEvent {
+        header: EventHeader {
+            kind: event_kind::VULKAN_PRESENT_RESOLVED,
+            tgid,
+            tid,
+            aux: 0,
+            ts_ns: now_ns(),
+        },
+        address,
+    };
+    if EVENTS.output::<ResolvedPresentEvent>(&event, 0).is_err() {
+        count_drop();
+    }
+    0
+}

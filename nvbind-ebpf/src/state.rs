@@ -1,0 +1,143 @@
+//! Maps and load-time settings shared by the probe families.
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    Global,
+};
+use nvbind_common::{
+    thread_status, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState, TASK_COMM_LEN,
+};
+
+/// Tracked threads, by tid. Presence means "tracked".
+#[map]
+pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384, 0);
+
+/// Tracked processes, by tgid; the value holds `track_flags`.
+#[map]
+pub static TRACKED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Process names (as `comm`, NUL-padded) whose next `execve` starts tracking; value = flags.
+#[map]
+pub static WATCHED_COMMS: HashMap<[u8; TASK_COMM_LEN], u32> = HashMap::with_max_entries(64, 0);
+
+/// Run-queue and blocked-time histograms per tracked process.
+#[map]
+pub static PROC_HISTS: HashMap<u32, ProcessHistograms> =
+    HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// One zeroed histogram to insert from: a `ProcessHistograms` does not fit on the BPF stack.
+#[map]
+pub static ZERO_HISTS: Array<ProcessHistograms> = Array::with_max_entries(1, 0);
+
+/// Who preempted tracked processes' threads, and how often.
+#[map]
+pub static PREEMPTORS: LruHashMap<PreemptorKey, PreemptorValue> =
+    LruHashMap::with_max_entries(8192, 0);
+
+/// Frames and process events. Producers never wake the reader: the agent drains it on a timer.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
+
+/// Records that did not fit in `EVENTS` (index 0), so the report can say what was lost.
+#[map]
+pub static DROPPED_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Field offsets of classic tracepoints, read from tracefs `format` files by the agent at load time
+/// (Rust eBPF has no CO-RE; these formats are the kernel's stable ABI for the records).
+#[unsafe(no_mangle)]
+pub static SWITCH_PREV_STATE_OFF: Global<u32> = Global::new(32);
+#[unsafe(no_mangle)]
+pub static SWITCH_NEXT_COMM_OFF: Global<u32> = Global::new(40);
+#[unsafe(no_mangle)]
+pub static SWITCH_NEXT_PID_OFF: Global<u32> = Global::new(56);
+#[unsafe(no_mangle)]
+pub static WAKEUP_PID_OFF: Global<u32> = Global::new(24);
+#[unsafe(no_mangle)]
+pub static IOCTL_CMD_OFF: Global<u32> = Global::new(24);
+#[unsafe(no_mangle)]
+pub static NEWTASK_PID_OFF: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+pub static NEWTASK_FLAGS_OFF: Global<u32> = Global::new(32);
+#[unsafe(no_mangle)]
+pub static EXIT_GROUP_DEAD_OFF: Global<u32> = Global::new(32);
+/// `TASK_REPORT_MAX`: what `sched_switch` reports as `prev_state` for a preempted task.
+#[unsafe(no_mangle)]
+pub static TASK_REPORT_MAX: Global<u64> = Global::new(0x100);
+
+/// Reads a field of a classic tracepoint record at an offset set at load time.
+#[inline(always)]
+pub fn field<T>(ctx: &aya_ebpf::programs::TracePointContext, offset: &Global<u32>) -> Option<T> {
+    // SAFETY: the offset comes from the tracepoint's own format file; the read is a checked
+    // bpf_probe_read_kernel, which fails instead of faulting.
+    unsafe { ctx.read_at::<T>(offset.load() as usize).ok() }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// (tgid, tid) of the current task.
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+/// The tracked-thread record of `tid`, if the thread is tracked.
+#[inline(always)]
+pub fn thread(tid: u32) -> Option<&'static mut ThreadState> {
+    // SAFETY: the pointer is to a live, preallocated map value; concurrent updates of one thread's
+    // record from two CPUs can lose an increment, which costs accuracy, never memory safety.
+    THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+}
+
+/// The current thread's record: tracked already, or belonging to a tracked process (a thread
+/// that appeared before tracking began and was not seen by the agent's /proc scan).
+#[inline(always)]
+pub fn current_thread() -> Option<(u32, u32, &'static mut ThreadState)> {
+    let (tgid, tid) = current_ids();
+    if let Some(t) = thread(tid) {
+        return Some((tgid, tid, t));
+    }
+    // SAFETY: plain lookup of a u32 value.
+    unsafe { TRACKED_PROCESSES.get(tgid) }?;
+    start_tracking_thread(tgid, tid, thread_status::RUNNING);
+    thread(tid).map(|t| (tgid, tid, t))
+}
+
+/// Adds a thread to the tracked set (no-op if it is there already).
+#[inline(always)]
+pub fn start_tracking_thread(tgid: u32, tid: u32, status: u32) {
+    let state = ThreadState {
+        tgid,
+        status,
+        since_ns: now_ns(),
+        last_cpu: u32::MAX,
+        ..Default::default()
+    };
+    let _ = THREADS.insert(tid, state, BPF_NOEXIST as u64);
+}
+
+/// Adds a process to the tracked set with its histograms.
+#[inline(always)]
+pub fn start_tracking_process(tgid: u32, flags: u32) {
+    let _ = TRACKED_PROCESSES.insert(tgid, flags, BPF_NOEXIST as u64);
+    if let Some(zero) = ZERO_HISTS.get_ptr(0) {
+        // SAFETY: `zero` points at a map value, which the helper may read from.
+        let _ = PROC_HISTS.insert(tgid, unsafe { &*zero }, BPF_NOEXIST as u64);
+    }
+}
+
+/// Counts a ring-buffer record that could not be reserved.
+#[inline(always)]
+pub fn count_drop() {
+    if let Some(p) = DROPPED_EVENTS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *p += 1 };
+    }
+}

@@ -1,0 +1,197 @@
+//! Project tasks: `cargo xtask <setup|build|run|test|bench>`.
+
+mod demo;
+mod setup;
+mod util;
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use util::{cargo_cmd, run, step, target_dir, workspace_root};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "nvbind project tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (Debian packages, bpf-linker, tracefs). Idempotent.
+    Setup {
+        /// Also install the benchmark peers (bpftrace, bcc, stress-ng, perf, MangoHud).
+        #[arg(long)]
+        bench: bool,
+    },
+    /// Setup, then build the release agent (with its eBPF object).
+    Build,
+    /// Setup, build, then run the agent: with ARGS as given, without ARGS its main job
+    /// (doctor, then record vkcube under Xvfb for 10 s and summarize the report).
+    Run {
+        /// Arguments for nvbind-agent.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Setup, then fmt, clippy, build, unit tests and the root integration tests.
+    Test {
+        /// Extra arguments for the integration-test harness (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Setup with the bench peers, build, then benchmark (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<ExitCode> {
+    let root = workspace_root()?;
+    match cmd {
+        Cmd::Setup { bench } => setup::setup(bench)?,
+        Cmd::Build => {
+            setup::setup(false)?;
+            let agent = build(&root)?;
+            println!("{}", agent.display());
+        }
+        Cmd::Run { args } => {
+            setup::setup(false)?;
+            let agent = build(&root)?;
+            if args.is_empty() {
+                demo::main_job(&root, &agent)?;
+            } else {
+                step("nvbind-agent");
+                let mut cmd = Command::new(&agent);
+                cmd.args(&args).current_dir(&root);
+                let line = util::display(&cmd);
+                eprintln!("    $ {line}");
+                // exec only returns on failure; on success the agent's exit code is ours.
+                let err = cmd.exec();
+                return Err(err).with_context(|| format!("could not exec `{line}`"));
+            }
+        }
+        Cmd::Test { args } => {
+            if !util::is_root() {
+                bail!("the integration tests load eBPF programs: run as root");
+            }
+            setup::setup(false)?;
+            test(&root, &args)?;
+        }
+        Cmd::Bench => {
+            setup::setup(true)?;
+            build(&root)?;
+            eprintln!("bench: not implemented yet");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the release agent; returns the path of its binary.
+fn build(root: &Path) -> Result<PathBuf> {
+    step("build nvbind-agent (release)");
+    run(cargo_cmd(root)
+        .args(["build", "--release", "-p", "nvbind-agent"])
+        .env("NVBIND_REQUIRE_EBPF", "1"))?;
+    let agent = target_dir(root).join("release/nvbind-agent");
+    if !agent.exists() {
+        bail!(
+            "cargo built nvbind-agent but {} does not exist",
+            agent.display()
+        );
+    }
+    Ok(agent)
+}
+
+fn test(root: &Path, extra: &[OsString]) -> Result<()> {
+    let debug = target_dir(root).join("debug");
+    let agent = debug.join("nvbind-agent");
+    let game = debug.join("synthetic-game");
+
+    // Every cargo step sets NVBIND_REQUIRE_EBPF the same way: the agent's build script reruns
+    // whenever it changes, so mixing would rebuild the agent between steps.
+    let steps: [(&str, Command); 5] = [
+        ("fmt", {
+            let mut c = cargo_cmd(root);
+            c.args(["fmt", "--all", "--check"]);
+            c
+        }),
+        ("clippy", {
+            let mut c = cargo_cmd(root);
+            c.args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("NVBIND_REQUIRE_EBPF", "1");
+            c
+        }),
+        ("build", {
+            let mut c = cargo_cmd(root);
+            c.args([
+                "build",
+                "-p",
+                "nvbind-agent",
+                "-p",
+                "nvbind-tests",
+                "--bins",
+            ])
+            .env("NVBIND_REQUIRE_EBPF", "1");
+            c
+        }),
+        ("unit tests", {
+            let mut c = cargo_cmd(root);
+            c.args(["test", "--workspace", "--exclude", "nvbind-tests"])
+                .env("NVBIND_REQUIRE_EBPF", "1");
+            c
+        }),
+        ("integration tests", {
+            let mut c = cargo_cmd(root);
+            c.args(["test", "-p", "nvbind-tests", "--", "--test-threads=1"])
+                .args(extra)
+                .env("NVBIND_AGENT_BIN", &agent)
+                .env("NVBIND_SYNTHETIC_GAME_BIN", &game)
+                .env("NVBIND_XVFB", "1")
+                .env("NVBIND_REQUIRE_EBPF", "1");
+            c
+        }),
+    ];
+
+    let total = steps.len();
+    for (i, (name, mut cmd)) in steps.into_iter().enumerate() {
+        step(&format!("test {}/{total}: {name}", i + 1));
+        if name == "integration tests" {
+            for bin in [&agent, &game] {
+                if !bin.exists() {
+                    bail!("test step `{name}`: {} was not built", bin.display());
+                }
+            }
+        }
+        run(&mut cmd).with_context(|| format!("test step `{name}` failed"))?;
+    }
+    eprintln!("==> all {total} test steps passed");
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `cargo xtask setup`: make this (Debian) machine able to build and test nvbind.
+//! Idempotent: everything already present is reported and skipped.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{self, cargo, output_of, run, step};
+
+/// Debian packages every build and test needs.
+const PACKAGES: &[&str] = &[
+    // eBPF toolchain: Debian's rustc with a prebuilt `core` for bpfel-unknown-none, the LLVM that
+    // bpf-linker links against, and bpftool for inspecting loaded programs.
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "bpftool",
+    // Test workloads: real Vulkan/GL programs rendering on the CPU under a virtual X server.
+    "xvfb",
+    "mesa-vulkan-drivers",
+    "vulkan-tools",
+    "mesa-utils",
+    "libegl1",
+    "libgl1",
+    "libglx-mesa0",
+    "libegl-mesa0",
+    "libvulkan1",
+    "xauth",
+];
+
+/// Peers the benchmarks compare against or load the machine with (`setup --bench`).
+const BENCH_PACKAGES: &[&str] = &[
+    "bpftrace",
+    "bpfcc-tools",
+    "stress-ng",
+    "linux-perf",
+    "mangohud",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn setup(bench: bool) -> Result<()> {
+    step(if bench { "setup --bench" } else { "setup" });
+    if !util::is_root() {
+        bail!("setup installs packages: run as root");
+    }
+    add_cargo_bin_to_path();
+
+    let mut packages = PACKAGES.to_vec();
+    if bench {
+        packages.extend_from_slice(BENCH_PACKAGES);
+    }
+    debian_packages(&packages)?;
+    bpf_linker()?;
+    tracefs()?;
+    Ok(())
+}
+
+fn debian_packages(packages: &[&str]) -> Result<()> {
+    let mut missing = Vec::new();
+    for &pkg in packages {
+        if !dpkg_installed(pkg)? {
+            missing.push(pkg);
+        }
+    }
+    if missing.is_empty() {
+        eprintln!(
+            "    skip: all {} Debian packages installed ({})",
+            packages.len(),
+            packages.join(" ")
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "    do: install missing Debian packages: {}",
+        missing.join(" ")
+    );
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> Result<bool> {
+    // A missing package makes dpkg-query exit 1 with nothing on stdout; that is "not installed".
+    // A multi-arch package prints one status per architecture.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}\n", pkg])
+        .output()
+        .context("could not run dpkg-query (setup supports Debian only)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(stdout.lines().any(|l| l.trim() == "install ok installed"))
+}
+
+/// Cargo installs bpf-linker into `$CARGO_HOME/bin` (default `~/.cargo/bin`); make sure the
+/// lookups below and every child process (rustc runs bpf-linker) see it.
+fn add_cargo_bin_to_path() {
+    let Some(bin) = cargo_home_bin() else {
+        return;
+    };
+    let path = env::var_os("PATH").unwrap_or_default();
+    if env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = env::join_paths(std::iter::once(bin).chain(env::split_paths(&path)));
+    if let Ok(joined) = joined {
+        // Single-threaded at this point; children inherit it.
+        env::set_var("PATH", joined);
+    }
+}
+
+fn cargo_home_bin() -> Option<PathBuf> {
+    env::var_os("CARGO_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .map(|home| home.join("bin"))
+}
+
+/// The version `bpf-linker --version` reports, or None if it cannot be run.
+fn bpf_linker_version() -> Option<String> {
+    let out = output_of(Command::new("bpf-linker").arg("--version"))?;
+    // "bpf-linker 0.13.0"
+    out.split_whitespace().nth(1).map(str::to_string)
+}
+
+fn bpf_linker() -> Result<()> {
+    let found = bpf_linker_version();
+    if found.as_deref() == Some(BPF_LINKER_VERSION) {
+        eprintln!("    skip: bpf-linker {BPF_LINKER_VERSION} installed");
+        return Ok(());
+    }
+    match &found {
+        Some(v) => eprintln!("    do: install bpf-linker {BPF_LINKER_VERSION} (found {v})"),
+        None => eprintln!("    do: install bpf-linker {BPF_LINKER_VERSION} (not found)"),
+    }
+    let path = env::var_os("PATH").unwrap_or_default();
+    let path =
+        env::join_paths(std::iter::once(PathBuf::from(LLVM_BIN)).chain(env::split_paths(&path)))
+            .context("PATH contains an entry that cannot be joined")?;
+    run(Command::new(cargo())
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("PATH", path))?;
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => Ok(()),
+        other => bail!(
+            "installed bpf-linker {BPF_LINKER_VERSION}, but `bpf-linker --version` now reports {}: \
+             put {} first in PATH",
+            other.as_deref().unwrap_or("nothing"),
+            cargo_home_bin().map_or_else(|| "~/.cargo/bin".into(), |p| p.display().to_string())
+        ),
+    }
+}
+
+fn tracefs() -> Result<()> {
+    let events = Path::new(TRACEFS).join("events");
+    if events.exists() {
+        eprintln!("    skip: tracefs mounted at {TRACEFS}");
+        return Ok(());
+    }
+    eprintln!("    do: mount tracefs at {TRACEFS}");
+    run(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
+        .context("tracefs is needed for tracepoint formats")?;
+    if !events.exists() {
+        bail!(
+            "mounted tracefs at {TRACEFS} but {} is still missing",
+            events.display()
+        );
+    }
+    Ok(())
+}
