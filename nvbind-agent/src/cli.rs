@@ -36,6 +36,9 @@ pub enum Command {
     },
     /// Record a game's frames and what the scheduler and GPU driver did to its threads.
     Record(RecordArgs),
+    /// Internal: resolve the installed Vulkan drivers' vkQueuePresentKHR (run by the agent).
+    #[command(name = "__resolve-vulkan-present", hide = true)]
+    ResolveVulkanPresent,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +96,11 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(if d.ready { 0 } else { 1 })
         }
         Command::Record(args) => record(args),
+        Command::ResolveVulkanPresent => {
+            let found = crate::probes::vulkan::resolve_here()?;
+            print!("{}", crate::probes::vulkan::format_lines(&found));
+            Ok(0)
+        }
     }
 }
 

@@ -204,9 +204,9 @@ pub struct ThreadState {
     pub ioctl_start_ns: u64,
     /// Whether the current blocked period began inside a GPU driver ioctl.
     pub blocked_in_gpu_ioctl: u32,
-    /// Depth of calls into the Vulkan loader's own `vkQueuePresentKHR` (so the driver function it
-    /// forwards to is not counted as a second frame).
-    pub in_loader_present: u32,
+    /// Depth of nested `vkQueuePresentKHR` calls on this thread (loader trampoline, layers, driver):
+    /// only the outermost one is a frame.
+    pub in_vulkan_present: u32,
     /// tid of the task that last preempted this thread (0: never).
     pub last_preemptor_tid: u32,
     /// Set between a `vkGet*ProcAddr("vkQueuePresentKHR")` call and its return.

@@ -8,7 +8,7 @@
 //! the loader's export.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_probe_read_user_buf},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
@@ -28,21 +28,24 @@ pub fn nvbind_present(ctx: ProbeContext) -> u32 {
     let Some((tgid, tid, t)) = current_thread() else {
         return 0;
     };
-    match source {
-        present_source::VULKAN_LOADER => t.in_loader_present += 1,
-        // The loader's trampoline forwards to the driver: that is the same frame.
-        present_source::VULKAN_RESOLVED if t.in_loader_present != 0 => return 0,
-        _ => {}
+    if source == present_source::VULKAN_LOADER || source == present_source::VULKAN_RESOLVED {
+        // The loader's trampoline calls the first layer, which calls the next, down to the
+        // driver: one frame, however many of them are hooked. Every Vulkan hook also has a
+        // return probe (`nvbind_present_vk_ret`), attached before the entry probe.
+        t.in_vulkan_present += 1;
+        if t.in_vulkan_present > 1 {
+            return 0;
+        }
     }
     emit_present(t, tgid, tid, source);
     0
 }
 
-/// Return of the loader's `vkQueuePresentKHR`.
+/// Return of a hooked `vkQueuePresentKHR`.
 #[uretprobe]
-pub fn nvbind_present_loader_ret(_ctx: RetProbeContext) -> u32 {
+pub fn nvbind_present_vk_ret(_ctx: RetProbeContext) -> u32 {
     if let Some((_, _, t)) = current_thread() {
-        t.in_loader_present = t.in_loader_present.saturating_sub(1);
+        t.in_vulkan_present = t.in_vulkan_present.saturating_sub(1);
     }
     0
 }
@@ -123,7 +126,10 @@ pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
         },
         address,
     };
-    if EVENTS.output::<ResolvedPresentEvent>(&event, 0).is_err() {
+    // Wakes the agent at once: the game is about to present through this pointer, and frames
+    // before the agent hooks it are lost.
+    // Forced: the kernel's adaptive wakeup stays silent while earlier frame records wait.
+    if EVENTS.output::<ResolvedPresentEvent>(&event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
         count_drop();
     }
     0

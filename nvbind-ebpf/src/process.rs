@@ -2,7 +2,7 @@
 //! processes whose name is watched are tracked from their `execve`, and exits are reported.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP, helpers::bpf_get_current_comm, macros::tracepoint,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP}, helpers::bpf_get_current_comm, macros::tracepoint,
     programs::TracePointContext,
 };
 use nvbind_common::{
@@ -31,7 +31,15 @@ fn emit(kind: u32, tgid: u32, tid: u32, aux: u32) {
         },
         comm,
     };
-    if EVENTS.output::<ProcessEvent>(&event, BPF_RB_NO_WAKEUP as u64).is_err() {
+    // New and exec'd processes wake the agent at once (it hooks their graphics libraries before
+    // the first frame); exits can wait for the next drain.
+    // (Forced: the kernel's adaptive wakeup stays silent while earlier no-wakeup records wait.)
+    let flags = if kind == event_kind::PROCESS_EXIT {
+        BPF_RB_NO_WAKEUP as u64
+    } else {
+        BPF_RB_FORCE_WAKEUP as u64
+    };
+    if EVENTS.output::<ProcessEvent>(&event, flags).is_err() {
         count_drop();
     }
 }

@@ -52,16 +52,16 @@ fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64) {
     }
     let state: i64 = field(ctx, &SWITCH_PREV_STATE_OFF).unwrap_or(0);
     let report_max = TASK_REPORT_MAX.load() as i64;
-    // A preempted task is reported as TASK_REPORT_MAX (not its real state); a task that yielded
-    // reports 0 (TASK_RUNNING). Both stay runnable; anything else is a sleep.
-    let preempted = state & report_max != 0;
+    // A task preempted in the kernel is reported as TASK_REPORT_MAX (not its real state); one
+    // preempted on its way back to user space, or that yielded, reports 0 (TASK_RUNNING). Either
+    // way it still wanted the CPU: runnable, and an involuntary switch (the kernel's nivcsw).
+    // Anything else is a sleep.
+    let preempted = state & report_max != 0 || state == 0;
     prev.since_ns = now;
-    if preempted || state == 0 {
+    if preempted {
         prev.status = thread_status::RUNNABLE;
-        if preempted {
-            prev.totals.involuntary_switches += 1;
-            note_preemptor(ctx, prev);
-        }
+        prev.totals.involuntary_switches += 1;
+        note_preemptor(ctx, prev);
     } else {
         prev.status = thread_status::BLOCKED;
         prev.totals.voluntary_switches += 1;

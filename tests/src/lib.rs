@@ -1,1 +1,179 @@
+//! Helpers for nvbind's root integration tests: locate the binaries xtask built, run the agent,
+//! start real workloads under a private Xvfb, read reports.
+//!
+//! These tests load real eBPF programs into the running kernel. They need root: without it they
+//! fail loudly (never skip silently), naming the command that runs them properly.
 
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+fn bin_from_env(var: &str, fallback: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
+    // `cargo test -p nvbind-tests` from the workspace: debug binaries next to the test binary.
+    let here = std::env::current_exe().expect("test binary path");
+    let debug_dir = here.parent().and_then(Path::parent).expect("target/debug");
+    debug_dir.join(fallback)
+}
+
+/// The nvbind-agent binary under test.
+pub fn agent_bin() -> PathBuf {
+    bin_from_env("NVBIND_AGENT_BIN", "nvbind-agent")
+}
+
+/// The synthetic game.
+pub fn game_bin() -> PathBuf {
+    bin_from_env("NVBIND_SYNTHETIC_GAME_BIN", "synthetic-game")
+}
+
+/// Panics unless the tests can really run: root, and the binaries built.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "NOT RUN: these integration tests load eBPF programs and must run as root: use `sudo cargo xtask test`"
+    );
+    for bin in [agent_bin(), game_bin()] {
+        assert!(
+            bin.exists(),
+            "NOT RUN: {} is missing: build with `cargo xtask test`",
+            bin.display()
+        );
+    }
+}
+
+/// Runs the agent to completion.
+pub fn agent(args: &[&str]) -> Output {
+    agent_with_env(args, &[])
+}
+
+pub fn agent_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run nvbind-agent")
+}
+
+/// Starts the agent in the background.
+pub fn spawn_agent(args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn nvbind-agent")
+}
+
+/// Waits for a child with a deadline, killing it if it overstays.
+pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("collect output");
+    panic!(
+        "process did not finish within {limit:?}; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Reads a JSON report.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// The report's entry for the process with the most frames.
+pub fn busiest(report: &serde_json::Value) -> &serde_json::Value {
+    &report["processes"][0]
+}
+
+/// A private X server (Xvfb) for one test, stopped on drop.
+pub struct Xvfb {
+    child: Child,
+    pub display: String,
+}
+
+static NEXT_DISPLAY: AtomicU32 = AtomicU32::new(0);
+
+impl Xvfb {
+    pub fn start() -> Result<Xvfb> {
+        let n = 150 + (std::process::id() % 50) * 10 + NEXT_DISPLAY.fetch_add(1, Ordering::Relaxed);
+        let display = format!(":{n}");
+        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
+        let child = Command::new("Xvfb")
+            .args([display.as_str(), "-screen", "0", "640x480x24", "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start Xvfb (cargo xtask setup installs it)")?;
+        let mut x = Xvfb { child, display };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("Xvfb {} did not start within 10 s", x.display);
+            }
+            if let Ok(Some(status)) = x.child.try_wait() {
+                bail!("Xvfb {} exited: {status}", x.display);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(x)
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        // SIGTERM lets Xvfb remove its socket and lock file.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Nearest-rank percentile of a sorted slice.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    assert!(!sorted.is_empty());
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Parses the per-frame CSV into rows of (column → value).
+pub fn read_csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .expect("CSV header")
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    lines
+        .map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect())
+        .collect()
+}

@@ -13,7 +13,10 @@ use nvbind_common::{
     present_source, PreemptorKey, PreemptorValue, ProcessEvent, ProcessHistograms, ThreadCounters,
     ThreadState,
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
 
 use crate::{
     probes::{comm_str, libraries, monotonic_ns, Event, LoadOptions, ProbeStatus, Probes, ProgramCost},
@@ -114,12 +117,19 @@ impl Session {
 
     /// Records a process the kernel or we started tracking, and hooks the libraries it has mapped.
     fn note_process(&mut self, pid: u32, ppid: u32, preexisting: bool) {
+        self.note_process_named(pid, ppid, preexisting, String::new());
+    }
+
+    /// As `note_process`, with the name the kernel reported (kept if the process is already gone
+    /// when /proc is read: a fast game can start and exit between two drains).
+    fn note_process_named(&mut self, pid: u32, ppid: u32, preexisting: bool, comm: String) {
         let now = monotonic_ns();
         let record = self.capture.processes.entry(pid).or_insert_with(|| ProcessRecord {
             pid,
             ppid,
             tracked_at_ns: now,
             preexisting,
+            comm,
             ..Default::default()
         });
         refresh_identity(record);
@@ -150,18 +160,27 @@ impl Session {
             }
             Event::VulkanPresentResolved(e) => {
                 let pid = e.header.tgid;
+                log::debug!(
+                    "pid {pid}: vkQueuePresentKHR resolved {} µs ago",
+                    monotonic_ns().saturating_sub(e.header.ts_ns) / 1000
+                );
                 match self.probes.attach_resolved_present(pid, e.address) {
                     Ok(Some(file)) => {
-                        log::info!("pid {pid}: hooked vkQueuePresentKHR at {:#x} in {file}", e.address);
+                        log::info!(
+                            "pid {pid}: hooked vkQueuePresentKHR at {:#x} in {file}, {} µs after it was resolved",
+                            e.address,
+                            monotonic_ns().saturating_sub(e.header.ts_ns) / 1000
+                        );
                         if let Some(p) = self.capture.processes.get_mut(&pid) {
                             p.resolved_present.push(file);
                         }
                     }
                     Ok(None) => {
                         if let Some(p) = self.capture.processes.get_mut(&pid) {
-                            if let Some((m, _)) = libraries::locate(pid, e.address) {
-                                if !p.resolved_present.contains(&m.path) {
-                                    p.resolved_present.push(m.path);
+                            if let Some((m, offset)) = libraries::locate(pid, e.address) {
+                                let function = format!("{}+{offset:#x}", m.path);
+                                if !p.resolved_present.contains(&function) {
+                                    p.resolved_present.push(function);
                                 }
                             }
                         }
@@ -173,7 +192,9 @@ impl Session {
                     }
                 }
             }
-            Event::ProcessTracked(e) => self.note_process(e.header.tgid, e.header.aux, false),
+            Event::ProcessTracked(e) => {
+                self.note_process_named(e.header.tgid, e.header.aux, false, comm_name(&e))
+            }
             Event::ProcessExec(e) => {
                 if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
                     p.comm = comm_name(&e);
@@ -193,6 +214,24 @@ impl Session {
         self.probes.drain_events(|e| events.push(e));
         for e in events {
             self.handle(e);
+        }
+    }
+
+    /// Hooks graphics libraries newly mapped by processes that have not presented yet. Run on every
+    /// drain: a game maps its Vulkan loader at startup and resolves vkQueuePresentKHR soon after,
+    /// so a copy outside the host's library path (container, Steam runtime) must be hooked fast.
+    fn scan_new_libraries(&mut self) {
+        let pids: Vec<u32> = self
+            .capture
+            .processes
+            .values()
+            .filter(|p| p.exited_ns.is_none() && p.frames.is_empty())
+            .map(|p| p.pid)
+            .collect();
+        for pid in pids {
+            for lib in self.probes.attach_process_libraries(pid) {
+                log::info!("pid {pid}: hooked {lib}");
+            }
         }
     }
 
@@ -323,14 +362,29 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     let waiting_since = Instant::now();
     let mut started: Option<Instant> = None;
     let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
+    // A duplicate of the ring buffer's descriptor (same file description), owned by the poller.
+    // SAFETY: the borrowed descriptor is open for as long as `session.probes` lives.
+    let events_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(session.probes.events_fd()) }
+        .try_clone_to_owned()
+        .context("cannot duplicate the eBPF ring buffer descriptor")?;
+    // SAFETY: `events_fd` is owned by the AsyncFd, open and unchanged for its whole life.
+    let wakeups = unsafe { AsyncFd::register_with_interest(events_fd, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("cannot poll the eBPF ring buffer")?;
     let mut last_scan = Instant::now();
     let end_reason: &str = loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            ready = wakeups.readable() => {
+                if let Ok(mut guard) = ready {
+                    guard.clear_ready();
+                }
+            }
             _ = sigint.recv() => break "signal",
             _ = sigterm.recv() => break "signal",
         }
         session.drain();
+        session.scan_new_libraries();
         if last_scan.elapsed() >= SCAN_INTERVAL {
             last_scan = Instant::now();
             session.scan();

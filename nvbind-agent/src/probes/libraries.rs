@@ -54,8 +54,9 @@ pub const LIBRARY_KINDS: &[LibraryKind] = &[
         name: "vulkan",
         sonames: &["libvulkan.so.1", "libvulkan.so"],
         hooks: &[
+            // The return probe first: an entry is never seen without its return.
+            plain("vkQueuePresentKHR", "nvbind_present_vk_ret"),
             present("vkQueuePresentKHR", present_source::VULKAN_LOADER),
-            plain("vkQueuePresentKHR", "nvbind_present_loader_ret"),
             plain("vkGetDeviceProcAddr", "nvbind_vk_procaddr"),
             plain("vkGetDeviceProcAddr", "nvbind_vk_procaddr_ret"),
             plain("vkGetInstanceProcAddr", "nvbind_vk_procaddr"),

@@ -3,6 +3,7 @@
 
 pub mod libraries;
 pub mod tracefs;
+pub mod vulkan;
 
 use std::{
     collections::HashSet,
@@ -223,6 +224,7 @@ impl Probes {
             }
             probes.statuses.push(status);
         }
+        probes.hook_installed_vulkan_drivers();
         let host_libraries = libraries::host_libraries();
         for lib in &host_libraries {
             probes.attach_library(lib);
@@ -325,6 +327,67 @@ impl Probes {
         attached
     }
 
+    /// Hooks every installed Vulkan driver's `vkQueuePresentKHR` (see [`vulkan`]).
+    fn hook_installed_vulkan_drivers(&mut self) {
+        let found = match vulkan::resolve_with_helper(std::time::Duration::from_secs(15)) {
+            Ok(found) => found,
+            Err(e) => {
+                self.statuses.push(ProbeStatus {
+                    name: "uprobe:vkQueuePresentKHR (installed Vulkan drivers)".into(),
+                    family: "present",
+                    program: "nvbind_present",
+                    attached: false,
+                    reason: Some(format!("cannot resolve the drivers' present functions: {e}")),
+                    fix: Some(
+                        "install the Vulkan loader and a driver; games are still hooked when \
+                         they resolve vkQueuePresentKHR, minus their first frames"
+                            .into(),
+                    ),
+                });
+                return;
+            }
+        };
+        for f in found {
+            let Ok(meta) = std::fs::metadata(&f.path) else { continue };
+            use std::os::unix::fs::MetadataExt;
+            let result = self.attach_vulkan_present(&f.path, meta.dev(), meta.ino(), f.offset);
+            self.statuses.push(ProbeStatus {
+                name: format!(
+                    "uprobe:{}+{:#x}:vkQueuePresentKHR ({})",
+                    f.path.display(),
+                    f.offset,
+                    f.device
+                ),
+                family: "present",
+                program: "nvbind_present",
+                attached: result.is_ok(),
+                reason: result.err(),
+                fix: None,
+            });
+        }
+    }
+
+    /// Hooks a `vkQueuePresentKHR` implementation at a file offset: return probe first, so an
+    /// entry is never counted without its return (see `in_vulkan_present` in the kernel).
+    fn attach_vulkan_present(&mut self, file: &Path, dev: u64, ino: u64, offset: u64) -> Result<(), String> {
+        self.attach_uprobe(
+            "nvbind_present_vk_ret",
+            file,
+            UProbeAttachLocation::AbsoluteOffset(offset),
+            0,
+            (dev, ino, offset),
+            "",
+        )?;
+        self.attach_uprobe(
+            "nvbind_present",
+            file,
+            UProbeAttachLocation::AbsoluteOffset(offset),
+            present_source::VULKAN_RESOLVED as u64,
+            (dev, ino, offset),
+            "",
+        )
+    }
+
     /// Probes a `vkQueuePresentKHR` implementation that `pid` learned at `address`.
     /// Returns the mapped file's name when a new probe was placed.
     pub fn attach_resolved_present(&mut self, pid: u32, address: u64) -> Result<Option<String>, String> {
@@ -334,15 +397,7 @@ impl Probes {
         if self.uprobe_points.contains(&key) {
             return Ok(None);
         }
-        // The loader's own trampoline is probed already through its export.
-        self.attach_uprobe(
-            "nvbind_present",
-            &mapping.open_path(pid),
-            UProbeAttachLocation::AbsoluteOffset(offset),
-            present_source::VULKAN_RESOLVED as u64,
-            (mapping.dev, mapping.ino, offset),
-            "",
-        )?;
+        self.attach_vulkan_present(&mapping.open_path(pid), mapping.dev, mapping.ino, offset)?;
         self.statuses.push(ProbeStatus {
             name: format!("uprobe:{}+{offset:#x}:vkQueuePresentKHR", mapping.path),
             family: "present",
@@ -351,7 +406,7 @@ impl Probes {
             reason: None,
             fix: None,
         });
-        Ok(Some(mapping.path))
+        Ok(Some(format!("{}+{offset:#x}", mapping.path)))
     }
 
     fn attach_uprobe(
@@ -462,6 +517,13 @@ impl Probes {
                 on_event(event);
             }
         }
+    }
+
+    /// The ring buffer's descriptor: readable when a record that asked for a wakeup (a resolved
+    /// Vulkan present function, a new process) is waiting. Frames never wake it.
+    pub fn events_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.events.as_raw_fd()
     }
 
     /// Every tracked thread's state, by tid.

@@ -1,0 +1,53 @@
+//! `doctor` on this kernel: every probe listed, DRM unavailable with a reason, the rest attached.
+
+use nvbind_tests::{agent, require_root, stderr};
+
+#[test]
+fn doctor_lists_every_probe_with_its_state() {
+    require_root();
+    let out = agent(&["doctor", "--json"]);
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", stderr(&out)));
+    assert!(out.status.success(), "doctor says not ready: {d}");
+    assert_eq!(d["ready"], true);
+    let probes = d["probes"].as_array().expect("probes");
+    let state = |name: &str| {
+        probes
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed"))
+    };
+    for name in [
+        "sched:sched_switch",
+        "sched:sched_wakeup",
+        "sched:sched_wakeup_new",
+        "syscalls:sys_enter_ioctl",
+        "syscalls:sys_exit_ioctl",
+        "task:task_newtask",
+        "sched:sched_process_exec",
+        "sched:sched_process_exit",
+    ] {
+        assert_eq!(state(name)["attached"], true, "{name}: {}", state(name));
+    }
+    let has_drm = std::path::Path::new("/sys/kernel/tracing/events/drm").exists();
+    for name in ["drm:drm_vblank_event", "drm:drm_vblank_event_queued", "drm:drm_vblank_event_delivered"] {
+        let p = state(name);
+        assert_eq!(p["attached"], has_drm, "{name}: {p}");
+        if !has_drm {
+            assert!(p["reason"].as_str().unwrap_or("").contains("no DRM"), "{p}");
+        }
+    }
+    for symbol in ["vkQueuePresentKHR", "glXSwapBuffers", "eglSwapBuffers"] {
+        assert!(
+            probes.iter().any(|p| p["family"] == "present"
+                && p["attached"] == true
+                && p["name"].as_str().unwrap_or("").ends_with(symbol)),
+            "no attached present probe on {symbol}"
+        );
+    }
+
+    let table = agent(&["doctor"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("sched:sched_switch") && text.contains("attached"), "{text}");
+    assert!(text.contains("ready: record can run"), "{text}");
+}
