@@ -14,19 +14,25 @@ use std::{
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest_dir.parent().expect("agent crate lives in the workspace");
+    let workspace = manifest_dir
+        .parent()
+        .expect("agent crate lives in the workspace");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     let object = out_dir.join("nvbind-probes.o");
 
     for dir in ["nvbind-ebpf/src", "nvbind-common/src"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", workspace.join("nvbind-ebpf/Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("nvbind-ebpf/Cargo.toml").display()
+    );
     println!("cargo:rerun-if-env-changed=NVBIND_EBPF_OBJECT");
     println!("cargo:rerun-if-env-changed=NVBIND_REQUIRE_EBPF");
 
     if let Ok(prebuilt) = env::var("NVBIND_EBPF_OBJECT") {
-        fs::copy(&prebuilt, &object).unwrap_or_else(|e| panic!("NVBIND_EBPF_OBJECT={prebuilt}: {e}"));
+        fs::copy(&prebuilt, &object)
+            .unwrap_or_else(|e| panic!("NVBIND_EBPF_OBJECT={prebuilt}: {e}"));
         return;
     }
 

@@ -86,7 +86,10 @@ fn seconds(value: Option<f64>, flag: &str) -> Result<Option<Duration>> {
 /// Runs a command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Doctor { json, mount_tracefs } => {
+        Command::Doctor {
+            json,
+            mount_tracefs,
+        } => {
             let d = doctor::diagnose(mount_tracefs);
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);

@@ -56,30 +56,35 @@ pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
         Err(e) => {
             let fix = match &e {
                 ProbeError::NotRoot => Some("run it with sudo".to_string()),
-                ProbeError::Tracefs(_) => {
-                    Some("mount -t tracefs nodev /sys/kernel/tracing (or pass --mount-tracefs)".into())
-                }
+                ProbeError::Tracefs(_) => Some(
+                    "mount -t tracefs nodev /sys/kernel/tracing (or pass --mount-tracefs)".into(),
+                ),
                 ProbeError::MissingObject => Some("cargo xtask setup, then rebuild".into()),
                 _ => None,
             };
             let reason = e.to_string();
-            let unavailable = |name: String, family: &'static str, program: &'static str| ProbeStatus {
-                name,
-                family,
-                program,
-                attached: false,
-                reason: Some(reason.clone()),
-                fix: fix.clone(),
-            };
+            let unavailable =
+                |name: String, family: &'static str, program: &'static str| ProbeStatus {
+                    name,
+                    family,
+                    program,
+                    attached: false,
+                    reason: Some(reason.clone()),
+                    fix: fix.clone(),
+                };
             let mut statuses: Vec<ProbeStatus> = TRACEPOINTS
                 .iter()
-                .map(|(family, program, cat, name, _)| unavailable(format!("{cat}:{name}"), family, program))
+                .map(|(family, program, cat, name, _)| {
+                    unavailable(format!("{cat}:{name}"), family, program)
+                })
                 .collect();
-            statuses.extend(
-                LIBRARY_KINDS
-                    .iter()
-                    .map(|k| unavailable(format!("uprobe:{}", k.sonames[0]), "present", "nvbind_present")),
-            );
+            statuses.extend(LIBRARY_KINDS.iter().map(|k| {
+                unavailable(
+                    format!("uprobe:{}", k.sonames[0]),
+                    "present",
+                    "nvbind_present",
+                )
+            }));
             Diagnosis {
                 ready: false,
                 root: probes::is_root(),
@@ -106,9 +111,19 @@ pub fn render(d: &Diagnosis) -> String {
     if let Some(e) = &d.error {
         out.push_str(&format!("error: {e}\n"));
     }
-    let width = d.probes.iter().map(|p| p.name.len()).max().unwrap_or(10).min(90);
+    let width = d
+        .probes
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(10)
+        .min(90);
     for p in &d.probes {
-        let state = if p.attached { "attached" } else { "unavailable" };
+        let state = if p.attached {
+            "attached"
+        } else {
+            "unavailable"
+        };
         out.push_str(&format!("{:<10} {:<width$}  {state}", p.family, p.name));
         if let Some(r) = &p.reason {
             out.push_str(&format!(": {r}"));

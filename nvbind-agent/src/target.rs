@@ -70,7 +70,8 @@ pub fn processes_named(name: &str) -> Vec<u32> {
     all.filter_map(Result::ok)
         .filter_map(|p| {
             let stat = p.stat().ok()?;
-            (stat.comm.as_bytes() == want && !matches!(stat.state, 'Z' | 'X')).then_some(p.pid as u32)
+            (stat.comm.as_bytes() == want && !matches!(stat.state, 'Z' | 'X'))
+                .then_some(p.pid as u32)
         })
         .collect()
 }
@@ -88,7 +89,12 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < found.len() {
         let parent = found[i];
-        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     found.remove(0);
@@ -131,9 +137,14 @@ impl Launched {
     /// own process group so the agent can stop it and everything it started.
     pub fn spawn(argv: &[String]) -> Result<Launched, TargetError> {
         let program = resolve_program(&argv[0])?;
-        let to_c = |s: &[u8]| CString::new(s).map_err(|_| TargetError::BadArgument(String::from_utf8_lossy(s).into()));
+        let to_c = |s: &[u8]| {
+            CString::new(s).map_err(|_| TargetError::BadArgument(String::from_utf8_lossy(s).into()))
+        };
         let path = to_c(program.as_os_str().as_bytes())?;
-        let args: Vec<CString> = argv.iter().map(|a| to_c(a.as_bytes())).collect::<Result<_, _>>()?;
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| to_c(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
         let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         arg_ptrs.push(std::ptr::null());
         let env: Vec<CString> = std::env::vars_os()
@@ -266,7 +277,8 @@ mod tests {
 
     #[test]
     fn launched_command_waits_for_release_and_reports_exit() {
-        let mut child = Launched::spawn(&["sh".into(), "-c".into(), "exit 3".into()]).expect("spawn");
+        let mut child =
+            Launched::spawn(&["sh".into(), "-c".into(), "exit 3".into()]).expect("spawn");
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert_eq!(child.try_wait(), None, "held before exec");
         child.release();
@@ -279,7 +291,10 @@ mod tests {
 
     #[test]
     fn unknown_pid_is_an_error() {
-        assert!(matches!(check_pid(u32::MAX - 1), Err(TargetError::NoSuchPid(_))));
+        assert!(matches!(
+            check_pid(u32::MAX - 1),
+            Err(TargetError::NoSuchPid(_))
+        ));
         assert!(check_pid(std::process::id()).is_ok());
     }
 }

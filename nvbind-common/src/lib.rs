@@ -400,8 +400,10 @@ mod tests {
 
     #[test]
     fn deltas_are_counterwise() {
-        let mut a = ThreadCounters::default();
-        a.on_cpu_ns = 10;
+        let mut a = ThreadCounters {
+            on_cpu_ns: 10,
+            ..Default::default()
+        };
         a.ioctl_count[ioctl_class::DRM] = 3;
         let mut b = a;
         b.on_cpu_ns = 25;
@@ -417,12 +419,18 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         use core::mem::size_of;
-        assert_eq!(size_of::<ThreadCounters>(), 8 * (9 + 2 * ioctl_class::COUNT));
+        assert_eq!(
+            size_of::<ThreadCounters>(),
+            8 * (9 + 2 * ioctl_class::COUNT)
+        );
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(
             size_of::<ThreadState>(),
             8 + 8 + 8 + 8 + 16 + 16 + 2 * size_of::<ThreadCounters>()
         );
-        assert_eq!(size_of::<PresentEvent>(), 24 + 8 + 16 + size_of::<ThreadCounters>());
+        assert_eq!(
+            size_of::<PresentEvent>(),
+            24 + 8 + 16 + size_of::<ThreadCounters>()
+        );
     }
 }

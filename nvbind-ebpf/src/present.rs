@@ -129,7 +129,10 @@ pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
     // Wakes the agent at once: the game is about to present through this pointer, and frames
     // before the agent hooks it are lost.
     // Forced: the kernel's adaptive wakeup stays silent while earlier frame records wait.
-    if EVENTS.output::<ResolvedPresentEvent>(&event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
+    if EVENTS
+        .output::<ResolvedPresentEvent>(&event, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
         count_drop();
     }
     0

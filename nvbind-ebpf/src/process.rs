@@ -2,7 +2,9 @@
 //! processes whose name is watched are tracked from their `execve`, and exits are reported.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP}, helpers::bpf_get_current_comm, macros::tracepoint,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_get_current_comm,
+    macros::tracepoint,
     programs::TracePointContext,
 };
 use nvbind_common::{

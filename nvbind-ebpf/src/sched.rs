@@ -65,9 +65,8 @@ fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64) {
     } else {
         prev.status = thread_status::BLOCKED;
         prev.totals.voluntary_switches += 1;
-        prev.blocked_in_gpu_ioctl = (prev.ioctl_start_ns != 0
-            && ioctl_class::is_gpu(prev.ioctl_class as usize))
-            as u32;
+        prev.blocked_in_gpu_ioctl =
+            (prev.ioctl_start_ns != 0 && ioctl_class::is_gpu(prev.ioctl_class as usize)) as u32;
     }
 }
 

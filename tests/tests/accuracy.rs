@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use nvbind_tests::{agent, busiest, game_bin, percentile, read_csv, read_json, require_root, stderr};
+use nvbind_tests::{
+    agent, busiest, game_bin, percentile, read_csv, read_json, require_root, stderr,
+};
 
 struct Run {
     report: serde_json::Value,
@@ -38,7 +40,11 @@ fn record_game(dir: &Path, command: &[&str], game_args: &[&str]) -> Run {
     }
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = agent(&arg_refs);
-    assert!(result.status.success(), "record failed: {}", stderr(&result));
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        stderr(&result)
+    );
     let truth: Vec<u64> = std::fs::read_to_string(&truth)
         .expect("ground truth written")
         .lines()
@@ -59,7 +65,11 @@ fn intervals_ms(ts: &[u64]) -> Vec<f64> {
 
 fn assert_matches_truth(run: &Run, expected_frames: usize) {
     let p = busiest(&run.report);
-    assert_eq!(run.truth.len(), expected_frames, "the game presented every frame");
+    assert_eq!(
+        run.truth.len(),
+        expected_frames,
+        "the game presented every frame"
+    );
     assert_eq!(
         p["frames"]["count"].as_u64(),
         Some(expected_frames as u64),
@@ -70,10 +80,11 @@ fn assert_matches_truth(run: &Run, expected_frames: usize) {
 
     // Per-frame timestamps: the probe fires at the entry of eglSwapBuffers, microseconds after the
     // game's own clock read.
+    let pid = p["pid"].to_string();
     let captured: Vec<u64> = run
         .rows
         .iter()
-        .filter(|r| r["pid"] == p["pid"].to_string())
+        .filter(|r| r["pid"] == pid)
         .map(|r| r["present_ns"].parse().expect("present_ns"))
         .collect();
     assert_eq!(captured.len(), expected_frames, "one CSV row per frame");
@@ -84,7 +95,10 @@ fn assert_matches_truth(run: &Run, expected_frames: usize) {
         .collect();
     errors_us.sort_by(f64::total_cmp);
     let p99_err = percentile(&errors_us, 0.99);
-    assert!(p99_err <= 100.0, "per-frame error p99 {p99_err:.1} µs > 100 µs");
+    assert!(
+        p99_err <= 100.0,
+        "per-frame error p99 {p99_err:.1} µs > 100 µs"
+    );
 
     let truth_ms = intervals_ms(&run.truth);
     for (q, field) in [(0.50, "p50"), (0.99, "p99")] {
@@ -98,7 +112,10 @@ fn assert_matches_truth(run: &Run, expected_frames: usize) {
     let fps = p["frames"]["fps_avg"].as_f64().expect("fps_avg");
     let truth_fps = (run.truth.len() - 1) as f64
         / ((run.truth[run.truth.len() - 1] - run.truth[0]) as f64 / 1e9);
-    assert!((fps - truth_fps).abs() <= 0.01 * truth_fps, "fps_avg {fps} vs {truth_fps}");
+    assert!(
+        (fps - truth_fps).abs() <= 0.01 * truth_fps,
+        "fps_avg {fps} vs {truth_fps}"
+    );
 }
 
 #[test]
@@ -108,7 +125,16 @@ fn synthetic_game_frames_match_ground_truth() {
     let run = record_game(
         dir.path(),
         &[],
-        &["--frames", "300", "--interval-ms", "10", "--stall-every", "50", "--stall-ms", "40"],
+        &[
+            "--frames",
+            "300",
+            "--interval-ms",
+            "10",
+            "--stall-every",
+            "50",
+            "--stall-ms",
+            "40",
+        ],
     );
     assert_matches_truth(&run, 300);
 
@@ -122,14 +148,21 @@ fn synthetic_game_frames_match_ground_truth() {
     assert_eq!(stalled.len(), 6, "300 frames with a stall every 50th");
     for r in stalled {
         let blocked: f64 = r["blocked_ms"].parse().expect("blocked_ms");
-        assert!(blocked >= 35.0, "stalled frame {} shows only {blocked} ms blocked", r["frame"]);
+        assert!(
+            blocked >= 35.0,
+            "stalled frame {} shows only {blocked} ms blocked",
+            r["frame"]
+        );
     }
     let max = p["frames"]["frame_time_ms"]["max"].as_f64().expect("max");
     assert!(max >= 40.0, "max frame time {max} must include the stall");
     // One sleep per frame, except the frame after each stall, whose deadline has already passed.
     let voluntary = p["sched"]["voluntary_switches"].as_u64().unwrap_or(0);
     assert!(voluntary >= 280, "voluntary switches {voluntary}");
-    assert!(p["sched"]["on_cpu_s"].as_f64().unwrap_or(0.0) >= 0.25, "~1 ms of work per frame");
+    assert!(
+        p["sched"]["on_cpu_s"].as_f64().unwrap_or(0.0) >= 0.25,
+        "~1 ms of work per frame"
+    );
 }
 
 #[test]
@@ -141,7 +174,15 @@ fn frames_from_a_child_process_and_a_later_thread_are_captured() {
     let run = record_game(
         dir.path(),
         &["sh", "-c"],
-        &["--frames", "120", "--interval-ms", "8", "--render-thread", ";", "true"],
+        &[
+            "--frames",
+            "120",
+            "--interval-ms",
+            "8",
+            "--render-thread",
+            ";",
+            "true",
+        ],
     );
     assert_matches_truth(&run, 120);
     let p = busiest(&run.report);
@@ -149,10 +190,16 @@ fn frames_from_a_child_process_and_a_later_thread_are_captured() {
     let main_pid = p["pid"].as_u64().expect("pid");
     let presenting = p["frames"]["presenting_tids"].as_array().expect("tids");
     assert_eq!(presenting.len(), 1);
-    assert_ne!(presenting[0].as_u64(), Some(main_pid), "frames came from the render thread");
+    assert_ne!(
+        presenting[0].as_u64(),
+        Some(main_pid),
+        "frames came from the render thread"
+    );
     let threads = p["threads"].as_array().expect("threads");
     assert!(
-        threads.iter().any(|t| t["comm"] == "render" && t["presents"] == 120),
+        threads
+            .iter()
+            .any(|t| t["comm"] == "render" && t["presents"] == 120),
         "the render thread is named with its presents: {threads:?}"
     );
 }

@@ -26,7 +26,13 @@ fn unknown_pid() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("r.json");
-    let r = agent(&["record", "--pid", "3999999", "--out", &out.display().to_string()]);
+    let r = agent(&[
+        "record",
+        "--pid",
+        "3999999",
+        "--out",
+        &out.display().to_string(),
+    ]);
     assert_clean_failure(&r, &out, &["no process with pid 3999999", "ps -p"]);
 }
 
@@ -44,7 +50,11 @@ fn a_comm_that_never_appears() {
         "--out",
         &out.display().to_string(),
     ]);
-    assert_clean_failure(&r, &out, &["nvbind-nosuch", "appeared within 1 s", "--wait-timeout"]);
+    assert_clean_failure(
+        &r,
+        &out,
+        &["nvbind-nosuch", "appeared within 1 s", "--wait-timeout"],
+    );
 }
 
 #[test]
@@ -52,7 +62,11 @@ fn unwritable_out() {
     require_root();
     let out = Path::new("/nonexistent-nvbind-dir/r.json");
     let r = agent(&["record", "--out", &out.display().to_string(), "--", "true"]);
-    assert_clean_failure(&r, out, &["cannot write /nonexistent-nvbind-dir/r.json", "writable"]);
+    assert_clean_failure(
+        &r,
+        out,
+        &["cannot write /nonexistent-nvbind-dir/r.json", "writable"],
+    );
 }
 
 #[test]
@@ -60,7 +74,13 @@ fn unknown_command() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("r.json");
-    let r = agent(&["record", "--out", &out.display().to_string(), "--", "nvbind-no-such-game"]);
+    let r = agent(&[
+        "record",
+        "--out",
+        &out.display().to_string(),
+        "--",
+        "nvbind-no-such-game",
+    ]);
     assert_clean_failure(&r, &out, &["command not found: nvbind-no-such-game"]);
 }
 
@@ -102,7 +122,11 @@ fn tracefs_unmounted() {
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .output()
         .expect("run unshare");
-    assert!(r.status.success(), "--mount-tracefs fixes it: {}", stderr(&r));
+    assert!(
+        r.status.success(),
+        "--mount-tracefs fixes it: {}",
+        stderr(&r)
+    );
     assert!(out.exists());
 }
 
@@ -126,7 +150,15 @@ fn launched_command_exit_code_is_passed_on() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("r.json");
-    let r = agent(&["record", "--out", &out.display().to_string(), "--", "sh", "-c", "exit 7"]);
+    let r = agent(&[
+        "record",
+        "--out",
+        &out.display().to_string(),
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
     assert_eq!(r.status.code(), Some(7), "{}", stderr(&r));
     // The capture itself succeeded: a complete report exists.
     let report: serde_json::Value =

@@ -30,7 +30,11 @@ fn doctor_lists_every_probe_with_its_state() {
         assert_eq!(state(name)["attached"], true, "{name}: {}", state(name));
     }
     let has_drm = std::path::Path::new("/sys/kernel/tracing/events/drm").exists();
-    for name in ["drm:drm_vblank_event", "drm:drm_vblank_event_queued", "drm:drm_vblank_event_delivered"] {
+    for name in [
+        "drm:drm_vblank_event",
+        "drm:drm_vblank_event_queued",
+        "drm:drm_vblank_event_delivered",
+    ] {
         let p = state(name);
         assert_eq!(p["attached"], has_drm, "{name}: {p}");
         if !has_drm {
@@ -48,6 +52,9 @@ fn doctor_lists_every_probe_with_its_state() {
 
     let table = agent(&["doctor"]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("sched:sched_switch") && text.contains("attached"), "{text}");
+    assert!(
+        text.contains("sched:sched_switch") && text.contains("attached"),
+        "{text}"
+    );
     assert!(text.contains("ready: record can run"), "{text}");
 }

@@ -23,11 +23,20 @@ fn assert_real_capture(report: &serde_json::Value, comm: &str, source: &str, min
     let fps = f["fps_avg"].as_f64().expect("fps_avg");
     let span = f["duration_s"].as_f64().expect("duration_s");
     let expected = (count - 1) as f64 / span;
-    assert!((fps - expected).abs() <= 1e-6 * expected, "fps_avg {fps} vs {expected}");
+    assert!(
+        (fps - expected).abs() <= 1e-6 * expected,
+        "fps_avg {fps} vs {expected}"
+    );
     let mean = f["frame_time_ms"]["mean"].as_f64().expect("mean");
-    assert!((1000.0 / mean - fps).abs() <= 1e-6 * fps, "mean frame time agrees with fps");
+    assert!(
+        (1000.0 / mean - fps).abs() <= 1e-6 * fps,
+        "mean frame time agrees with fps"
+    );
     for field in ["min", "p50", "p90", "p95", "p99", "p99_9", "max"] {
-        assert!(f["frame_time_ms"][field].as_f64().is_some(), "{field} missing");
+        assert!(
+            f["frame_time_ms"][field].as_f64().is_some(),
+            "{field} missing"
+        );
     }
     assert!(p["sched"]["on_cpu_s"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(report["capture"]["duration_s"].as_f64().unwrap_or(0.0) > 0.0);
@@ -50,7 +59,11 @@ fn launched(app: &[&str], source: &str, comm: &str, min_frames: u64) {
     let mut args = vec!["record", "--duration", "3", "--out", out_s.as_str(), "--"];
     args.extend_from_slice(app);
     let result = agent_with_env(&args, &[("DISPLAY", x.display.as_str())]);
-    assert!(result.status.success(), "record failed: {}", stderr(&result));
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        stderr(&result)
+    );
     assert_real_capture(&read_json(&out), comm, source, min_frames);
 }
 
@@ -76,7 +89,15 @@ fn started_while_waiting(
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("report.json");
     let out_s = out.display().to_string();
-    let mut args = vec!["record", "--comm", comm, "--wait-timeout", "30", "--out", out_s.as_str()];
+    let mut args = vec![
+        "record",
+        "--comm",
+        comm,
+        "--wait-timeout",
+        "30",
+        "--out",
+        out_s.as_str(),
+    ];
     args.extend_from_slice(agent_args);
     let agent = spawn_agent(&args, &[]);
     // Give the agent time to load and attach before the app exists.
@@ -94,7 +115,11 @@ fn started_while_waiting(
     let result = wait_with_deadline(agent, Duration::from_secs(60));
     let _ = app_proc.kill();
     let _ = app_proc.wait();
-    assert!(result.status.success(), "record failed: {}", stderr(&result));
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        stderr(&result)
+    );
     read_json(&out)
 }
 
@@ -103,7 +128,11 @@ fn vkcube_started_while_the_agent_waits_is_captured_from_its_first_frame() {
     // vkcube --c N presents exactly N frames and exits; the agent ends when it exits.
     let report = started_while_waiting(&["vkcube", "--c", "300"], "vkcube", &[], &[]);
     assert_real_capture(&report, "vkcube", "vulkan", 300);
-    assert_eq!(busiest(&report)["frames"]["count"], 300, "every frame, from the first");
+    assert_eq!(
+        busiest(&report)["frames"]["count"],
+        300,
+        "every frame, from the first"
+    );
     assert_eq!(report["capture"]["end_reason"], "targets-exited");
 }
 
@@ -134,8 +163,14 @@ fn vkcube_with_its_own_vulkan_loader_is_captured() {
         .as_array()
         .expect("sources")
         .iter()
-        .any(|s| s["attached"] == true && s["name"].as_str().unwrap_or("").contains(lib_dir.as_str()));
-    assert!(hooked_private_copy, "the private loader copy was hooked: {}", report["capture"]["sources"]);
+        .any(|s| {
+            s["attached"] == true && s["name"].as_str().unwrap_or("").contains(lib_dir.as_str())
+        });
+    assert!(
+        hooked_private_copy,
+        "the private loader copy was hooked: {}",
+        report["capture"]["sources"]
+    );
 }
 
 #[test]
@@ -153,12 +188,24 @@ fn a_vulkan_game_running_before_the_agent_is_captured() {
     let out = dir.path().join("report.json");
     let pid = app.id().to_string();
     let result = agent_with_env(
-        &["record", "--pid", &pid, "--duration", "2", "--out", &out.display().to_string()],
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "--duration",
+            "2",
+            "--out",
+            &out.display().to_string(),
+        ],
         &[],
     );
     let _ = app.kill();
     let _ = app.wait();
-    assert!(result.status.success(), "record failed: {}", stderr(&result));
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        stderr(&result)
+    );
     let report = read_json(&out);
     // Its present pointer was resolved long before the agent started; the driver's present
     // function was hooked at the agent's start, so its frames are still seen, and the report

@@ -19,7 +19,9 @@ use tokio::{
 };
 
 use crate::{
-    probes::{comm_str, libraries, monotonic_ns, Event, LoadOptions, ProbeStatus, Probes, ProgramCost},
+    probes::{
+        comm_str, libraries, monotonic_ns, Event, LoadOptions, ProbeStatus, Probes, ProgramCost,
+    },
     target::{self, Launched, TargetSpec},
 };
 
@@ -124,14 +126,18 @@ impl Session {
     /// when /proc is read: a fast game can start and exit between two drains).
     fn note_process_named(&mut self, pid: u32, ppid: u32, preexisting: bool, comm: String) {
         let now = monotonic_ns();
-        let record = self.capture.processes.entry(pid).or_insert_with(|| ProcessRecord {
-            pid,
-            ppid,
-            tracked_at_ns: now,
-            preexisting,
-            comm,
-            ..Default::default()
-        });
+        let record = self
+            .capture
+            .processes
+            .entry(pid)
+            .or_insert_with(|| ProcessRecord {
+                pid,
+                ppid,
+                tracked_at_ns: now,
+                preexisting,
+                comm,
+                ..Default::default()
+            });
         refresh_identity(record);
         for lib in self.probes.attach_process_libraries(pid) {
             log::info!("pid {pid}: hooked {lib}");
@@ -256,9 +262,13 @@ impl Session {
                 log::info!("pid {pid}: hooked {lib}");
             }
             for tid in crate::probes::thread_ids(pid) {
-                if !self.capture.thread_names.contains_key(&tid) {
-                    if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
-                        self.capture.thread_names.insert(tid, name.trim_end().to_string());
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    self.capture.thread_names.entry(tid)
+                {
+                    if let Ok(name) =
+                        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                    {
+                        slot.insert(name.trim_end().to_string());
                     }
                 }
             }
@@ -267,7 +277,11 @@ impl Session {
 
     fn all_exited(&self) -> bool {
         !self.capture.processes.is_empty()
-            && self.capture.processes.values().all(|p| p.exited_ns.is_some())
+            && self
+                .capture
+                .processes
+                .values()
+                .all(|p| p.exited_ns.is_some())
     }
 }
 
@@ -416,7 +430,10 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
                                 timeout.as_secs_f64()
                             );
                         }
-                        bail!("the target did not appear within {} s", timeout.as_secs_f64());
+                        bail!(
+                            "the target did not appear within {} s",
+                            timeout.as_secs_f64()
+                        );
                     }
                 }
             }
@@ -445,7 +462,9 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     for (tid, t) in &capture.threads {
         if !capture.thread_names.contains_key(tid) {
             if let Ok(name) = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", t.tgid)) {
-                capture.thread_names.insert(*tid, name.trim_end().to_string());
+                capture
+                    .thread_names
+                    .insert(*tid, name.trim_end().to_string());
             }
         }
     }
@@ -511,8 +530,11 @@ fn explain_sources(capture: &mut Capture) {
                 if p.frames.is_empty() {
                     "no source".to_string()
                 } else {
-                    let mut sources: Vec<&str> =
-                        p.frames.iter().map(|f| present_source::name(f.source)).collect();
+                    let mut sources: Vec<&str> = p
+                        .frames
+                        .iter()
+                        .map(|f| present_source::name(f.source))
+                        .collect();
                     sources.dedup();
                     sources.join(", ")
                 }
@@ -531,7 +553,11 @@ fn rustix_uname() -> (String, String) {
         return (String::new(), String::new());
     }
     let text = |field: &[libc::c_char]| {
-        let bytes: Vec<u8> = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = field
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     (text(&uts.release), text(&uts.nodename))

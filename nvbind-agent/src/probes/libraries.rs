@@ -94,7 +94,7 @@ pub struct LibraryFile {
 pub fn kind_of(file_name: &str) -> Option<&'static LibraryKind> {
     LIBRARY_KINDS
         .iter()
-        .find(|k| k.sonames.iter().any(|s| file_name == *s))
+        .find(|k| k.sonames.contains(&file_name))
 }
 
 /// The directories the dynamic linker searches on Debian-like and Fedora-like x86-64 hosts.
@@ -114,8 +114,13 @@ pub fn host_libraries() -> Vec<LibraryFile> {
         for dir in HOST_LIBRARY_DIRS {
             for soname in kind.sonames {
                 let path = Path::new(dir).join(soname);
-                let Ok(meta) = fs::metadata(&path) else { continue };
-                if found.iter().any(|f| f.dev == meta.dev() && f.ino == meta.ino()) {
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                if found
+                    .iter()
+                    .any(|f| f.dev == meta.dev() && f.ino == meta.ino())
+                {
                     continue;
                 }
                 let real = fs::canonicalize(&path).unwrap_or(path.clone());
@@ -243,7 +248,10 @@ mod tests {
         assert_eq!(m.ino, 1835110);
         assert_eq!(m.dev, libc::makedev(0xfe, 0x01));
         assert_eq!(m.path, "/usr/lib/x86_64-linux-gnu/libEGL.so.1.1.0");
-        assert_eq!(m.open_path(42), PathBuf::from("/proc/42/map_files/7f2c4a000000-7f2c4a021000"));
+        assert_eq!(
+            m.open_path(42),
+            PathBuf::from("/proc/42/map_files/7f2c4a000000-7f2c4a021000")
+        );
     }
 
     #[test]
@@ -261,7 +269,7 @@ mod tests {
 
     #[test]
     fn locates_this_process_code() {
-        let here = locates_this_process_code as usize as u64;
+        let here = locates_this_process_code as fn() as usize as u64;
         let (m, off) = locate(std::process::id(), here).expect("own code is file-backed");
         assert!(off >= m.offset);
         assert!(m.path.contains("nvbind_agent"));

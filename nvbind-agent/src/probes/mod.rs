@@ -33,11 +33,14 @@ use self::{
 };
 
 /// The eBPF object built from `nvbind-ebpf` (see build.rs).
-static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nvbind-probes.o"));
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nvbind-probes.o"));
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
-    #[error("nvbind-agent needs root to load eBPF programs (CAP_BPF and CAP_PERFMON): run it with sudo")]
+    #[error(
+        "nvbind-agent needs root to load eBPF programs (CAP_BPF and CAP_PERFMON): run it with sudo"
+    )]
     NotRoot,
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
@@ -99,17 +102,71 @@ pub enum Event {
 
 /// Tracepoint programs: (family, program, category, tracepoint, required for capture).
 pub const TRACEPOINTS: &[(&str, &str, &str, &str, bool)] = &[
-    ("scheduler", "nvbind_sched_switch", "sched", "sched_switch", true),
-    ("scheduler", "nvbind_sched_wakeup", "sched", "sched_wakeup", true),
-    ("scheduler", "nvbind_sched_wakeup_new", "sched", "sched_wakeup_new", true),
-    ("ioctl", "nvbind_ioctl_enter", "syscalls", "sys_enter_ioctl", false),
-    ("ioctl", "nvbind_ioctl_exit", "syscalls", "sys_exit_ioctl", false),
+    (
+        "scheduler",
+        "nvbind_sched_switch",
+        "sched",
+        "sched_switch",
+        true,
+    ),
+    (
+        "scheduler",
+        "nvbind_sched_wakeup",
+        "sched",
+        "sched_wakeup",
+        true,
+    ),
+    (
+        "scheduler",
+        "nvbind_sched_wakeup_new",
+        "sched",
+        "sched_wakeup_new",
+        true,
+    ),
+    (
+        "ioctl",
+        "nvbind_ioctl_enter",
+        "syscalls",
+        "sys_enter_ioctl",
+        false,
+    ),
+    (
+        "ioctl",
+        "nvbind_ioctl_exit",
+        "syscalls",
+        "sys_exit_ioctl",
+        false,
+    ),
     ("process", "nvbind_newtask", "task", "task_newtask", true),
-    ("process", "nvbind_exec", "sched", "sched_process_exec", true),
-    ("process", "nvbind_exit", "sched", "sched_process_exit", true),
+    (
+        "process",
+        "nvbind_exec",
+        "sched",
+        "sched_process_exec",
+        true,
+    ),
+    (
+        "process",
+        "nvbind_exit",
+        "sched",
+        "sched_process_exit",
+        true,
+    ),
     ("drm", "nvbind_drm_vblank", "drm", "drm_vblank_event", false),
-    ("drm", "nvbind_drm_queued", "drm", "drm_vblank_event_queued", false),
-    ("drm", "nvbind_drm_delivered", "drm", "drm_vblank_event_delivered", false),
+    (
+        "drm",
+        "nvbind_drm_queued",
+        "drm",
+        "drm_vblank_event_queued",
+        false,
+    ),
+    (
+        "drm",
+        "nvbind_drm_delivered",
+        "drm",
+        "drm_vblank_event_delivered",
+        false,
+    ),
 ];
 
 /// How to load.
@@ -166,19 +223,31 @@ impl Probes {
             .iter()
             .map(|(_, _, cat, name, _)| (*name, Format::read(&tracefs, cat, name)))
             .collect();
-        let format = |name: &str| formats.iter().find(|(n, _)| *n == name).and_then(|(_, f)| f.as_ref());
-        let offset = |tp: &str, field: &str| format(tp).and_then(|f| f.field(field)).map(|f| f.offset);
+        let format = |name: &str| {
+            formats
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, f)| f.as_ref())
+        };
+        let offset =
+            |tp: &str, field: &str| format(tp).and_then(|f| f.field(field)).map(|f| f.offset);
 
         let mut loader = EbpfLoader::new();
         let globals: [(&str, Option<u32>); 8] = [
-            ("SWITCH_PREV_STATE_OFF", offset("sched_switch", "prev_state")),
+            (
+                "SWITCH_PREV_STATE_OFF",
+                offset("sched_switch", "prev_state"),
+            ),
             ("SWITCH_NEXT_COMM_OFF", offset("sched_switch", "next_comm")),
             ("SWITCH_NEXT_PID_OFF", offset("sched_switch", "next_pid")),
             ("WAKEUP_PID_OFF", offset("sched_wakeup", "pid")),
             ("IOCTL_CMD_OFF", offset("sys_enter_ioctl", "cmd")),
             ("NEWTASK_PID_OFF", offset("task_newtask", "pid")),
             ("NEWTASK_FLAGS_OFF", offset("task_newtask", "clone_flags")),
-            ("EXIT_GROUP_DEAD_OFF", offset("sched_process_exit", "group_dead")),
+            (
+                "EXIT_GROUP_DEAD_OFF",
+                offset("sched_process_exit", "group_dead"),
+            ),
         ];
         let values: Vec<(&str, u32)> = globals
             .iter()
@@ -198,7 +267,9 @@ impl Probes {
         // bpf_stats costs ~20 ns per run; the per-program cost it gives is part of every report.
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
 
-        let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
         let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
             map: "EVENTS",
             source,
@@ -271,8 +342,9 @@ impl Probes {
             } else {
                 format!("this kernel has no {category}:{name} tracepoint")
             });
-            status.fix = (category == "drm")
-                .then(|| "load a DRM driver (amdgpu, i915, nvidia-drm with modeset=1, vkms)".into());
+            status.fix = (category == "drm").then(|| {
+                "load a DRM driver (amdgpu, i915, nvidia-drm with modeset=1, vkms)".into()
+            });
             return status;
         }
         let result = (|| -> Result<(), String> {
@@ -337,7 +409,9 @@ impl Probes {
                     family: "present",
                     program: "nvbind_present",
                     attached: false,
-                    reason: Some(format!("cannot resolve the drivers' present functions: {e}")),
+                    reason: Some(format!(
+                        "cannot resolve the drivers' present functions: {e}"
+                    )),
                     fix: Some(
                         "install the Vulkan loader and a driver; games are still hooked when \
                          they resolve vkQueuePresentKHR, minus their first frames"
@@ -348,7 +422,9 @@ impl Probes {
             }
         };
         for f in found {
-            let Ok(meta) = std::fs::metadata(&f.path) else { continue };
+            let Ok(meta) = std::fs::metadata(&f.path) else {
+                continue;
+            };
             use std::os::unix::fs::MetadataExt;
             let result = self.attach_vulkan_present(&f.path, meta.dev(), meta.ino(), f.offset);
             self.statuses.push(ProbeStatus {
@@ -369,7 +445,13 @@ impl Probes {
 
     /// Hooks a `vkQueuePresentKHR` implementation at a file offset: return probe first, so an
     /// entry is never counted without its return (see `in_vulkan_present` in the kernel).
-    fn attach_vulkan_present(&mut self, file: &Path, dev: u64, ino: u64, offset: u64) -> Result<(), String> {
+    fn attach_vulkan_present(
+        &mut self,
+        file: &Path,
+        dev: u64,
+        ino: u64,
+        offset: u64,
+    ) -> Result<(), String> {
         self.attach_uprobe(
             "nvbind_present_vk_ret",
             file,
@@ -390,7 +472,11 @@ impl Probes {
 
     /// Probes a `vkQueuePresentKHR` implementation that `pid` learned at `address`.
     /// Returns the mapped file's name when a new probe was placed.
-    pub fn attach_resolved_present(&mut self, pid: u32, address: u64) -> Result<Option<String>, String> {
+    pub fn attach_resolved_present(
+        &mut self,
+        pid: u32,
+        address: u64,
+    ) -> Result<Option<String>, String> {
         let (mapping, offset) = libraries::locate(pid, address)
             .ok_or_else(|| format!("address {address:#x} is not in a file mapping of pid {pid}"))?;
         let key = (mapping.dev, mapping.ino, offset, "nvbind_present");
@@ -468,13 +554,22 @@ impl Probes {
 
     /// Starts tracking a process and the threads it has now (new ones are tracked by the kernel).
     pub fn track_process(&mut self, pid: u32, follow_children: bool) -> Result<(), ProbeError> {
-        let flags = if follow_children { track_flags::FOLLOW_CHILDREN } else { 0 };
-        let err = |source| ProbeError::Map { map: "TRACKED_PROCESSES", source };
+        let flags = if follow_children {
+            track_flags::FOLLOW_CHILDREN
+        } else {
+            0
+        };
+        let err = |source| ProbeError::Map {
+            map: "TRACKED_PROCESSES",
+            source,
+        };
         {
             let mut hists: BpfHashMap<_, u32, ProcessHistograms> =
                 BpfHashMap::try_from(self.map_mut("PROC_HISTS")?).map_err(err)?;
             if hists.get(&pid, 0).is_err() {
-                hists.insert(pid, ProcessHistograms::default(), 0).map_err(err)?;
+                hists
+                    .insert(pid, ProcessHistograms::default(), 0)
+                    .map_err(err)?;
             }
         }
         // The process first, so threads it creates from now on are caught by the kernel...
@@ -503,8 +598,15 @@ impl Probes {
 
     /// Tracks every process whose `execve` gives it this name (comm, at most 15 bytes).
     pub fn watch_comm(&mut self, name: &str, follow_children: bool) -> Result<(), ProbeError> {
-        let flags = if follow_children { track_flags::FOLLOW_CHILDREN } else { 0 };
-        let err = |source| ProbeError::Map { map: "WATCHED_COMMS", source };
+        let flags = if follow_children {
+            track_flags::FOLLOW_CHILDREN
+        } else {
+            0
+        };
+        let err = |source| ProbeError::Map {
+            map: "WATCHED_COMMS",
+            source,
+        };
         let mut comms: BpfHashMap<_, [u8; TASK_COMM_LEN], u32> =
             BpfHashMap::try_from(self.map_mut("WATCHED_COMMS")?).map_err(err)?;
         comms.insert(comm_key(name), flags, 0).map_err(err)
@@ -528,7 +630,10 @@ impl Probes {
 
     /// Every tracked thread's state, by tid.
     pub fn threads(&self) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
-        let err = |source| ProbeError::Map { map: "THREADS", source };
+        let err = |source| ProbeError::Map {
+            map: "THREADS",
+            source,
+        };
         let threads: BpfHashMap<_, u32, ThreadState> =
             BpfHashMap::try_from(self.map("THREADS")?).map_err(err)?;
         Ok(threads.iter().filter_map(Result::ok).collect())
@@ -536,7 +641,10 @@ impl Probes {
 
     /// The in-kernel run-queue and blocked-time histograms of a tracked process.
     pub fn histograms(&self, tgid: u32) -> Result<Option<ProcessHistograms>, ProbeError> {
-        let err = |source| ProbeError::Map { map: "PROC_HISTS", source };
+        let err = |source| ProbeError::Map {
+            map: "PROC_HISTS",
+            source,
+        };
         let hists: BpfHashMap<_, u32, ProcessHistograms> =
             BpfHashMap::try_from(self.map("PROC_HISTS")?).map_err(err)?;
         Ok(hists.get(&tgid, 0).ok())
@@ -544,7 +652,10 @@ impl Probes {
 
     /// Who preempted tracked processes: (victim tgid, preemptor tid, count, preemptor comm).
     pub fn preemptors(&self) -> Result<Vec<(PreemptorKey, PreemptorValue)>, ProbeError> {
-        let err = |source| ProbeError::Map { map: "PREEMPTORS", source };
+        let err = |source| ProbeError::Map {
+            map: "PREEMPTORS",
+            source,
+        };
         let map: BpfHashMap<_, PreemptorKey, PreemptorValue> =
             BpfHashMap::try_from(self.map("PREEMPTORS")?).map_err(err)?;
         Ok(map.iter().filter_map(Result::ok).collect())
@@ -641,7 +752,10 @@ pub fn thread_ids(pid: u32) -> Vec<u32> {
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -673,9 +787,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn fxhash(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-        * (!s.is_empty()) as u64
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }) * (!s.is_empty()) as u64
 }
 
 #[cfg(test)]
@@ -685,7 +799,10 @@ mod tests {
     #[test]
     fn comm_keys_are_truncated_like_the_kernel() {
         assert_eq!(comm_str(&comm_key("vkcube")), "vkcube");
-        assert_eq!(comm_str(&comm_key("a-very-long-game-name")), "a-very-long-gam");
+        assert_eq!(
+            comm_str(&comm_key("a-very-long-game-name")),
+            "a-very-long-gam"
+        );
     }
 
     #[test]
@@ -696,7 +813,10 @@ mod tests {
         e.delta.on_cpu_ns = 5;
         // SAFETY: reading the bytes of a plain-old-data value.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&e as *const PresentEvent).cast::<u8>(), size_of::<PresentEvent>())
+            std::slice::from_raw_parts(
+                (&e as *const PresentEvent).cast::<u8>(),
+                size_of::<PresentEvent>(),
+            )
         };
         match decode(bytes) {
             Some(Event::Present(p)) => {

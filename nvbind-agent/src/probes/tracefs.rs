@@ -71,8 +71,14 @@ pub struct Format {
 impl Format {
     /// Reads `events/<category>/<name>/format`; `None` if the kernel has no such tracepoint.
     pub fn read(tracefs: &Path, category: &str, name: &str) -> Option<Format> {
-        let text = fs::read_to_string(tracefs.join("events").join(category).join(name).join("format"))
-            .ok()?;
+        let text = fs::read_to_string(
+            tracefs
+                .join("events")
+                .join(category)
+                .join(name)
+                .join("format"),
+        )
+        .ok()?;
         Some(Format::parse(&text))
     }
 
@@ -108,7 +114,9 @@ impl Format {
                 .next()
                 .unwrap_or("");
             if let (Some(offset), Some(size), false) = (offset, size, name.is_empty()) {
-                format.fields.insert(name.to_string(), Field { offset, size });
+                format
+                    .fields
+                    .insert(name.to_string(), Field { offset, size });
             }
         }
         format
@@ -121,7 +129,8 @@ impl Format {
     /// `TASK_REPORT_MAX` as `sched_switch` reports a preempted task: the print format masks
     /// `prev_state` with `((((A | B | ...) + 1) << 1) - 1)`, i.e. `TASK_REPORT_MAX - 1`.
     pub fn task_report_max(&self) -> Option<u64> {
-        let start = self.print_fmt.find("(REC->prev_state & ((((")? + "(REC->prev_state & ((((".len();
+        let start =
+            self.print_fmt.find("(REC->prev_state & ((((")? + "(REC->prev_state & ((((".len();
         let inner = &self.print_fmt[start..];
         let end = inner.find(')')?;
         let mut mask = 0u64;
@@ -153,9 +162,27 @@ print fmt: \"prev_comm=%s prev_pid=%d\", REC->prev_comm, (REC->prev_state & ((((
     #[test]
     fn parses_fields_and_arrays() {
         let f = Format::parse(SCHED_SWITCH);
-        assert_eq!(f.field("prev_state"), Some(Field { offset: 32, size: 8 }));
-        assert_eq!(f.field("next_comm"), Some(Field { offset: 40, size: 16 }));
-        assert_eq!(f.field("next_pid"), Some(Field { offset: 56, size: 4 }));
+        assert_eq!(
+            f.field("prev_state"),
+            Some(Field {
+                offset: 32,
+                size: 8
+            })
+        );
+        assert_eq!(
+            f.field("next_comm"),
+            Some(Field {
+                offset: 40,
+                size: 16
+            })
+        );
+        assert_eq!(
+            f.field("next_pid"),
+            Some(Field {
+                offset: 56,
+                size: 4
+            })
+        );
         assert_eq!(f.field("missing"), None);
     }
 
@@ -168,6 +195,12 @@ print fmt: \"prev_comm=%s prev_pid=%d\", REC->prev_comm, (REC->prev_state & ((((
     #[test]
     fn pointer_fields_keep_their_names() {
         let f = Format::parse("\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;");
-        assert_eq!(f.field("filename"), Some(Field { offset: 24, size: 8 }));
+        assert_eq!(
+            f.field("filename"),
+            Some(Field {
+                offset: 24,
+                size: 8
+            })
+        );
     }
 }

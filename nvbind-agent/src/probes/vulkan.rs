@@ -69,8 +69,10 @@ pub fn resolve_here() -> Result<Vec<PresentFunction>> {
             let Ok(device) = instance.create_device(physical, &info, None) else {
                 continue;
             };
-            let function =
-                (instance.fp_v1_0().get_device_proc_addr)(device.handle(), c"vkQueuePresentKHR".as_ptr());
+            let function = (instance.fp_v1_0().get_device_proc_addr)(
+                device.handle(),
+                c"vkQueuePresentKHR".as_ptr(),
+            );
             if let Some(function) = function {
                 if let Some((mapping, offset)) =
                     libraries::locate(std::process::id(), function as usize as u64)
@@ -107,7 +109,11 @@ pub fn parse_lines(text: &str) -> Vec<PresentFunction> {
             let offset = u64::from_str_radix(parts.next()?.trim_start_matches("0x"), 16).ok()?;
             let path = PathBuf::from(parts.next()?);
             let device = parts.next().unwrap_or("").to_string();
-            Some(PresentFunction { path, offset, device })
+            Some(PresentFunction {
+                path,
+                offset,
+                device,
+            })
         })
         .collect()
 }

@@ -243,7 +243,9 @@ fn secs(ns: u64) -> f64 {
 fn gpu_ioctls(c: &ThreadCounters) -> (u64, u64) {
     (0..ioctl_class::COUNT)
         .filter(|&i| ioctl_class::is_gpu(i))
-        .fold((0, 0), |(n, t), i| (n + c.ioctl_count[i], t + c.ioctl_ns[i]))
+        .fold((0, 0), |(n, t), i| {
+            (n + c.ioctl_count[i], t + c.ioctl_ns[i])
+        })
 }
 
 /// Builds the report and the per-frame rows from a finished capture.
@@ -339,7 +341,11 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                     IoctlClassReport {
                         count,
                         total_ms: ms(ns),
-                        mean_us: if count > 0 { ns as f64 / count as f64 / 1e3 } else { 0.0 },
+                        mean_us: if count > 0 {
+                            ns as f64 / count as f64 / 1e3
+                        } else {
+                            0.0
+                        },
                     },
                 )
             })
@@ -466,7 +472,10 @@ mod tests {
         let (source, frames) = chosen_frames(&p);
         assert_eq!(source, present_source::VULKAN_RESOLVED);
         assert_eq!(frames.len(), 2);
-        assert_eq!(frames[1].delta.on_cpu_ns, 10, "the EGL present's evidence is kept");
+        assert_eq!(
+            frames[1].delta.on_cpu_ns, 10,
+            "the EGL present's evidence is kept"
+        );
     }
 
     #[test]

@@ -164,7 +164,11 @@ mod tests {
         assert!(close(s.frame_time_ms.p50, 10.0, 0.001));
         assert!(close(s.frame_time_ms.p99_9, 50.0, 0.001));
         assert_eq!(s.frame_time_ms.max, 50.0);
-        assert!(close(s.low_fps.p1_average, 20.0, 0.001), "{}", s.low_fps.p1_average);
+        assert!(
+            close(s.low_fps.p1_average, 20.0, 0.001),
+            "{}",
+            s.low_fps.p1_average
+        );
         // Average FPS is frames over time, not a mean of per-frame FPS.
         let total_s = (990.0 * 10.0 + 10.0 * 50.0) / 1000.0;
         assert!(close(s.fps_avg, 1000.0 / total_s, 1e-9));

@@ -3,12 +3,7 @@
 //! surfaceless platform, so no display is needed) and writes its own ground truth: the
 //! CLOCK_MONOTONIC time just before each present, one nanosecond value per line.
 
-use std::{
-    ffi::c_void,
-    io::Write,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{ffi::c_void, io::Write, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -83,7 +78,9 @@ impl Egl {
 
             let display = get_display(std::ptr::null_mut());
             let mut surface = std::ptr::null_mut();
-            if !display.is_null() && initialize(display, std::ptr::null_mut(), std::ptr::null_mut()) != 0 {
+            if !display.is_null()
+                && initialize(display, std::ptr::null_mut(), std::ptr::null_mut()) != 0
+            {
                 let attrs = [EGL_SURFACE_TYPE, EGL_PBUFFER_BIT, EGL_NONE];
                 let mut config: EglConfig = std::ptr::null_mut();
                 let mut n = 0;
@@ -109,7 +106,10 @@ impl Egl {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -122,7 +122,12 @@ fn sleep_until(deadline_ns: u64) {
     };
     // SAFETY: valid timespec; an interrupted sleep just ends early.
     unsafe {
-        libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut())
+        libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &ts,
+            std::ptr::null_mut(),
+        )
     };
 }
 
@@ -139,7 +144,11 @@ fn frame_loop(args: &Args) -> Result<Vec<u64>> {
     eprintln!(
         "synthetic-game: presenting {} frames through eglSwapBuffers ({})",
         args.frames,
-        if egl.real_surface { "pbuffer surface" } else { "no surface: EGL rejects each swap" }
+        if egl.real_surface {
+            "pbuffer surface"
+        } else {
+            "no surface: EGL rejects each swap"
+        }
     );
     std::thread::sleep(Duration::from_secs_f64(args.startup_delay_ms / 1000.0));
     let interval = (args.interval_ms * 1e6) as u64;
