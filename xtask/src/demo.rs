@@ -54,7 +54,7 @@ pub fn main_job(root: &Path, agent: &Path) -> Result<()> {
 }
 
 /// Stops Xvfb when dropped.
-struct Xvfb(Child);
+pub(crate) struct Xvfb(Child);
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
@@ -77,7 +77,7 @@ impl Drop for Xvfb {
 }
 
 /// The X display to render on: `$DISPLAY` if set, else a fresh `Xvfb :99`.
-fn x_display(out_dir: &Path) -> Result<(OsString, Option<Xvfb>)> {
+pub(crate) fn x_display(out_dir: &Path) -> Result<(OsString, Option<Xvfb>)> {
     if let Some(display) = env::var_os("DISPLAY").filter(|d| !d.is_empty()) {
         eprintln!("==> using DISPLAY={}", display.to_string_lossy());
         return Ok((display, None));

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <setup|build|run|test|bench>`.
 
+mod bench;
 mod demo;
 mod setup;
 mod util;
@@ -98,10 +99,12 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             test(&root, &args)?;
         }
         Cmd::Bench => {
+            if !util::is_root() {
+                bail!("the benchmarks load eBPF programs: run as root");
+            }
             setup::setup(true)?;
-            build(&root)?;
-            eprintln!("bench: not implemented yet");
-            return Ok(ExitCode::FAILURE);
+            let agent = build(&root)?;
+            bench::bench(&root, &agent, &target_dir(&root))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,183 @@
+//! `cargo xtask bench`: the capture pipeline's cost, measured in one run, side by side.
+//!
+//! 1. Kernel cost per event: bpf_stats mean ns per run of each scheduler program during a
+//!    context-switch storm (`perf bench sched pipe`), when the switching tasks are untracked
+//!    (the agent tracks an idle `sleep`) and when they are tracked (the agent launched the storm).
+//! 2. System cost: the storm's throughput in each case as a ratio to a bare run, interleaved.
+//! 3. Agent footprint: CPU share and peak RSS while recording vkcube at several hundred fps.
+//!
+//! Prints Markdown tables for BENCHMARKS.md. The machine is small and noisy: compare within one
+//! run, never against remembered numbers.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{demo::x_display, util::step};
+
+const STORM_LOOPS: &str = "40000";
+const ROUNDS: usize = 3;
+
+fn storm_ops_per_sec(text: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.contains("ops/sec"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+fn bare_storm() -> Result<f64> {
+    let out = Command::new("perf")
+        .args(["bench", "sched", "pipe", "-l", STORM_LOOPS])
+        .output()
+        .context("run perf bench (cargo xtask setup --bench installs linux-perf)")?;
+    storm_ops_per_sec(&String::from_utf8_lossy(&out.stdout)).context("perf bench printed no ops/sec")
+}
+
+fn read_report(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+/// (run_count, mean ns) of a program in a report.
+fn cost(report: &Value, program: &str) -> (u64, f64) {
+    report["agent"]["bpf"]
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["program"] == program))
+        .map(|b| {
+            (
+                b["run_count"].as_u64().unwrap_or(0),
+                b["mean_ns_per_run"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .unwrap_or((0, 0.0))
+}
+
+/// The storm while the agent tracks only an idle process.
+fn untracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
+    let mut idle = Command::new("sleep").arg("600").spawn().context("start sleep")?;
+    let mut rec = Command::new(agent)
+        .args(["record", "--pid", &idle.id().to_string(), "--out"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start the agent")?;
+    sleep(Duration::from_millis(1500)); // load and attach
+    let ops = bare_storm();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    let status = rec.wait()?;
+    let _ = idle.kill();
+    let _ = idle.wait();
+    if !status.success() {
+        bail!("the agent failed during the untracked storm ({status})");
+    }
+    Ok((ops?, read_report(out)?))
+}
+
+/// The storm launched and tracked by the agent.
+fn tracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
+    let rec = Command::new(agent)
+        .args(["record", "--out"])
+        .arg(out)
+        .args(["--", "perf", "bench", "sched", "pipe", "-l", STORM_LOOPS])
+        .output()
+        .context("run the agent")?;
+    if !rec.status.success() {
+        bail!("tracked storm failed: {}", String::from_utf8_lossy(&rec.stderr));
+    }
+    let ops = storm_ops_per_sec(&String::from_utf8_lossy(&rec.stdout)).context("no ops/sec")?;
+    Ok((ops, read_report(out)?))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn bench(root: &Path, agent: &Path, target: &Path) -> Result<()> {
+    let dir: PathBuf = target.join("nvbind-bench");
+    fs::create_dir_all(&dir)?;
+    let programs = ["nvbind_sched_switch", "nvbind_sched_wakeup", "nvbind_ioctl_enter", "nvbind_ioctl_exit"];
+
+    let mut bare = Vec::new();
+    let mut untracked = Vec::new();
+    let mut tracked = Vec::new();
+    let mut untracked_costs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); programs.len()];
+    let mut tracked_costs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); programs.len()];
+    for round in 1..=ROUNDS {
+        step(&format!("round {round}/{ROUNDS}: bare, untracked, tracked storms"));
+        bare.push(bare_storm()?);
+        let (ops, report) = untracked_storm(agent, &dir.join("untracked.json"))?;
+        untracked.push(ops);
+        for (i, p) in programs.iter().enumerate() {
+            untracked_costs[i].push(cost(&report, p));
+        }
+        let (ops, report) = tracked_storm(agent, &dir.join("tracked.json"))?;
+        tracked.push(ops);
+        for (i, p) in programs.iter().enumerate() {
+            tracked_costs[i].push(cost(&report, p));
+        }
+    }
+
+    step("agent footprint: recording vkcube for 10 s");
+    let (display, _xvfb) = x_display(&dir)?;
+    let vk_report = dir.join("vkcube.json");
+    let status = Command::new(agent)
+        .args(["record", "--duration", "10", "--out"])
+        .arg(&vk_report)
+        .args(["--", "vkcube"])
+        .env("DISPLAY", &display)
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("recording vkcube failed ({status})");
+    }
+    let vk = read_report(&vk_report)?;
+
+    let b = median(bare.clone());
+    println!("\n### Context-switch storm (`perf bench sched pipe -l {STORM_LOOPS}`), medians of {ROUNDS} interleaved rounds\n");
+    println!("| case | storm ops/s | ratio to bare |");
+    println!("|---|---:|---:|");
+    println!("| bare (no agent) | {b:.0} | 1.000 |");
+    let u = median(untracked);
+    let t = median(tracked);
+    println!("| agent running, storm untracked | {u:.0} | {:.3} |", u / b);
+    println!("| agent tracking the storm | {t:.0} | {:.3} |", t / b);
+    println!("\n### Kernel cost per event (bpf_stats), median of {ROUNDS} rounds\n");
+    println!("| program | untracked: runs | untracked: ns/run | tracked: runs | tracked: ns/run |");
+    println!("|---|---:|---:|---:|---:|");
+    for (i, p) in programs.iter().enumerate() {
+        let runs = |c: &[(u64, f64)]| median(c.iter().map(|x| x.0 as f64).collect());
+        let ns = |c: &[(u64, f64)]| median(c.iter().map(|x| x.1).collect());
+        println!(
+            "| {p} | {:.0} | {:.1} | {:.0} | {:.1} |",
+            runs(&untracked_costs[i]),
+            ns(&untracked_costs[i]),
+            runs(&tracked_costs[i]),
+            ns(&tracked_costs[i])
+        );
+    }
+    let duration = vk["capture"]["duration_s"].as_f64().unwrap_or(0.0);
+    let cpu = vk["agent"]["cpu_s"].as_f64().unwrap_or(0.0);
+    let rss = vk["agent"]["peak_rss_bytes"].as_f64().unwrap_or(0.0);
+    let p = &vk["processes"][0];
+    let (present_runs, present_ns) = cost(&vk, "nvbind_present");
+    println!("\n### Agent footprint while recording vkcube (lavapipe, Xvfb)\n");
+    println!("| metric | value | goal |");
+    println!("|---|---:|---:|");
+    println!("| vkcube frames / fps | {} / {:.0} | several hundred fps |", p["frames"]["count"], p["frames"]["fps_avg"].as_f64().unwrap_or(0.0));
+    println!("| agent CPU, share of one core | {:.2}% | ≤ 2% |", 100.0 * cpu / duration.max(1e-9));
+    println!("| agent peak RSS | {:.1} MiB | ≤ 30 MiB |", rss / 1048576.0);
+    println!("| nvbind_present runs / ns per run | {present_runs} / {present_ns:.0} | |");
+    println!("| dropped events | {} | 0 |", vk["capture"]["dropped_events"]);
+    Ok(())
+}
