@@ -37,7 +37,8 @@ fn bare_storm() -> Result<f64> {
         .args(["bench", "sched", "pipe", "-l", STORM_LOOPS])
         .output()
         .context("run perf bench (cargo xtask setup --bench installs linux-perf)")?;
-    storm_ops_per_sec(&String::from_utf8_lossy(&out.stdout)).context("perf bench printed no ops/sec")
+    storm_ops_per_sec(&String::from_utf8_lossy(&out.stdout))
+        .context("perf bench printed no ops/sec")
 }
 
 fn read_report(path: &Path) -> Result<Value> {
@@ -61,7 +62,10 @@ fn cost(report: &Value, program: &str) -> (u64, f64) {
 
 /// The storm while the agent tracks only an idle process.
 fn untracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
-    let mut idle = Command::new("sleep").arg("600").spawn().context("start sleep")?;
+    let mut idle = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .context("start sleep")?;
     let mut rec = Command::new(agent)
         .args(["record", "--pid", &idle.id().to_string(), "--out"])
         .arg(out)
@@ -91,7 +95,10 @@ fn tracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
         .output()
         .context("run the agent")?;
     if !rec.status.success() {
-        bail!("tracked storm failed: {}", String::from_utf8_lossy(&rec.stderr));
+        bail!(
+            "tracked storm failed: {}",
+            String::from_utf8_lossy(&rec.stderr)
+        );
     }
     let ops = storm_ops_per_sec(&String::from_utf8_lossy(&rec.stdout)).context("no ops/sec")?;
     Ok((ops, read_report(out)?))
@@ -105,7 +112,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn bench(root: &Path, agent: &Path, target: &Path) -> Result<()> {
     let dir: PathBuf = target.join("nvbind-bench");
     fs::create_dir_all(&dir)?;
-    let programs = ["nvbind_sched_switch", "nvbind_sched_wakeup", "nvbind_ioctl_enter", "nvbind_ioctl_exit"];
+    let programs = [
+        "nvbind_sched_switch",
+        "nvbind_sched_wakeup",
+        "nvbind_ioctl_enter",
+        "nvbind_ioctl_exit",
+    ];
 
     let mut bare = Vec::new();
     let mut untracked = Vec::new();
@@ -113,7 +125,9 @@ pub fn bench(root: &Path, agent: &Path, target: &Path) -> Result<()> {
     let mut untracked_costs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); programs.len()];
     let mut tracked_costs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); programs.len()];
     for round in 1..=ROUNDS {
-        step(&format!("round {round}/{ROUNDS}: bare, untracked, tracked storms"));
+        step(&format!(
+            "round {round}/{ROUNDS}: bare, untracked, tracked storms"
+        ));
         bare.push(bare_storm()?);
         let (ops, report) = untracked_storm(agent, &dir.join("untracked.json"))?;
         untracked.push(ops);
@@ -174,10 +188,20 @@ pub fn bench(root: &Path, agent: &Path, target: &Path) -> Result<()> {
     println!("\n### Agent footprint while recording vkcube (lavapipe, Xvfb)\n");
     println!("| metric | value | goal |");
     println!("|---|---:|---:|");
-    println!("| vkcube frames / fps | {} / {:.0} | several hundred fps |", p["frames"]["count"], p["frames"]["fps_avg"].as_f64().unwrap_or(0.0));
-    println!("| agent CPU, share of one core | {:.2}% | ≤ 2% |", 100.0 * cpu / duration.max(1e-9));
+    println!(
+        "| vkcube frames / fps | {} / {:.0} | several hundred fps |",
+        p["frames"]["count"],
+        p["frames"]["fps_avg"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "| agent CPU, share of one core | {:.2}% | ≤ 2% |",
+        100.0 * cpu / duration.max(1e-9)
+    );
     println!("| agent peak RSS | {:.1} MiB | ≤ 30 MiB |", rss / 1048576.0);
     println!("| nvbind_present runs / ns per run | {present_runs} / {present_ns:.0} | |");
-    println!("| dropped events | {} | 0 |", vk["capture"]["dropped_events"]);
+    println!(
+        "| dropped events | {} | 0 |",
+        vk["capture"]["dropped_events"]
+    );
     Ok(())
 }
