@@ -51,7 +51,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Setup with the bench peers, build, then benchmark (not implemented yet).
+    /// Setup with the bench peers, build, then measure the capture pipeline's cost (BENCHMARKS.md).
     Bench,
 }
 
