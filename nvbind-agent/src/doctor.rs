@@ -39,10 +39,11 @@ pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
     match loaded {
         Ok(p) => {
             let statuses = p.statuses().to_vec();
-            let ready = TRACEPOINTS
-                .iter()
-                .filter(|t| t.4)
-                .all(|t| statuses.iter().any(|s| s.program == t.1 && s.attached));
+            let ready = TRACEPOINTS.iter().filter(|t| t.required).all(|t| {
+                statuses
+                    .iter()
+                    .any(|s| s.program == t.program && s.attached)
+            });
             Diagnosis {
                 ready,
                 root: true,
@@ -74,9 +75,7 @@ pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
                 };
             let mut statuses: Vec<ProbeStatus> = TRACEPOINTS
                 .iter()
-                .map(|(family, program, cat, name, _)| {
-                    unavailable(format!("{cat}:{name}"), family, program)
-                })
+                .map(|t| unavailable(format!("{}:{}", t.category, t.name), t.family, t.program))
                 .collect();
             statuses.extend(LIBRARY_KINDS.iter().map(|k| {
                 unavailable(

@@ -22,31 +22,28 @@ use crate::state::{
 #[tracepoint]
 pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
     let now = now_ns();
+    // pid 0 is every CPU's idle task: never tracked, never a preemptor worth naming.
+    let next_tid = field::<i32>(&ctx, &SWITCH_NEXT_PID_OFF)
+        .filter(|&pid| pid > 0)
+        .map(|pid| pid as u32);
     // The tracepoint runs in the context of the task being switched out.
     let (_, prev_tid) = current_ids();
     if prev_tid != 0 {
         if let Some(prev) = thread(prev_tid) {
             // An exited thread's counters are final (sched_process_exit closed them).
             if prev.status != thread_status::EXITED {
-                switched_out(&ctx, prev, now);
+                switched_out(&ctx, prev, now, next_tid);
             }
         }
     }
-    let next_tid: i32 = match field(&ctx, &SWITCH_NEXT_PID_OFF) {
-        Some(pid) => pid,
-        None => return 0,
-    };
-    // pid 0 is every CPU's idle task.
-    if next_tid > 0 {
-        if let Some(next) = thread(next_tid as u32) {
-            switched_in(next, now);
-        }
+    if let Some(next) = next_tid.and_then(thread) {
+        switched_in(next, now);
     }
     0
 }
 
 #[inline(always)]
-fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64) {
+fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64, next_tid: Option<u32>) {
     if prev.status == thread_status::RUNNING {
         prev.totals.on_cpu_ns += now.saturating_sub(prev.since_ns);
     }
@@ -61,7 +58,9 @@ fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64) {
     if preempted {
         prev.status = thread_status::RUNNABLE;
         prev.totals.involuntary_switches += 1;
-        note_preemptor(ctx, prev);
+        if let Some(next_tid) = next_tid {
+            note_preemptor(ctx, prev, next_tid);
+        }
     } else {
         prev.status = thread_status::BLOCKED;
         prev.totals.voluntary_switches += 1;
@@ -71,14 +70,11 @@ fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64) {
 }
 
 #[inline(always)]
-fn note_preemptor(ctx: &TracePointContext, victim: &mut ThreadState) {
-    let Some(next_tid) = field::<i32>(ctx, &SWITCH_NEXT_PID_OFF) else {
-        return;
-    };
-    victim.last_preemptor_tid = next_tid as u32;
+fn note_preemptor(ctx: &TracePointContext, victim: &mut ThreadState, next_tid: u32) {
+    victim.last_preemptor_tid = next_tid;
     let key = PreemptorKey {
         victim_tgid: victim.tgid,
-        preemptor_tid: next_tid as u32,
+        preemptor_tid: next_tid,
     };
     let comm: [u8; TASK_COMM_LEN] = field(ctx, &SWITCH_NEXT_COMM_OFF).unwrap_or_default();
     match PREEMPTORS.get_ptr_mut(key) {

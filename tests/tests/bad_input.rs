@@ -4,6 +4,13 @@ use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use nvbind_tests::{agent, agent_bin, require_root, stderr};
 
+/// A fresh directory and a report path in it (kept alive by the returned TempDir).
+fn report_in_tempdir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("r.json");
+    (dir, out)
+}
+
 fn assert_clean_failure(out: &std::process::Output, report: &Path, expect: &[&str]) {
     let err = stderr(out);
     assert!(!out.status.success(), "must fail: {err}");
@@ -24,8 +31,7 @@ fn assert_clean_failure(out: &std::process::Output, report: &Path, expect: &[&st
 #[test]
 fn unknown_pid() {
     require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
+    let (_dir, out) = report_in_tempdir();
     let r = agent(&[
         "record",
         "--pid",
@@ -39,8 +45,7 @@ fn unknown_pid() {
 #[test]
 fn a_comm_that_never_appears() {
     require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
+    let (_dir, out) = report_in_tempdir();
     let r = agent(&[
         "record",
         "--comm",
@@ -72,8 +77,7 @@ fn unwritable_out() {
 #[test]
 fn unknown_command() {
     require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
+    let (_dir, out) = report_in_tempdir();
     let r = agent(&[
         "record",
         "--out",
@@ -87,8 +91,7 @@ fn unknown_command() {
 #[test]
 fn no_target() {
     require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
+    let (_dir, out) = report_in_tempdir();
     let r = agent(&["record", "--out", &out.display().to_string()]);
     assert_clean_failure(&r, &out, &["nothing to record", "--pid"]);
 }
@@ -96,8 +99,7 @@ fn no_target() {
 #[test]
 fn tracefs_unmounted() {
     require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
+    let (_dir, out) = report_in_tempdir();
     // A private mount namespace: tracefs disappears for the agent only, not for other tests.
     let script = format!(
         "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
@@ -148,8 +150,7 @@ fn not_root() {
 #[test]
 fn launched_command_exit_code_is_passed_on() {
     require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
+    let (_dir, out) = report_in_tempdir();
     let r = agent(&[
         "record",
         "--out",

@@ -113,14 +113,19 @@ fn started_while_waiting(
     }
     let mut app_proc = app_cmd.spawn().expect("start the app");
     let result = wait_with_deadline(agent, Duration::from_secs(60));
-    let _ = app_proc.kill();
-    let _ = app_proc.wait();
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        stderr(&result)
-    );
-    read_json(&out)
+    stop_and_read(&mut app_proc, &result, &out)
+}
+
+/// Stops the app, checks the agent succeeded, and reads its report.
+fn stop_and_read(
+    app: &mut std::process::Child,
+    result: &std::process::Output,
+    out: &Path,
+) -> serde_json::Value {
+    let _ = app.kill();
+    let _ = app.wait();
+    assert!(result.status.success(), "record failed: {}", stderr(result));
+    read_json(out)
 }
 
 #[test]
@@ -199,14 +204,7 @@ fn a_vulkan_game_running_before_the_agent_is_captured() {
         ],
         &[],
     );
-    let _ = app.kill();
-    let _ = app.wait();
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        stderr(&result)
-    );
-    let report = read_json(&out);
+    let report = stop_and_read(&mut app, &result, &out);
     // Its present pointer was resolved long before the agent started; the driver's present
     // function was hooked at the agent's start, so its frames are still seen, and the report
     // names the source.

@@ -10,8 +10,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use nvbind_common::{
-    present_source, PreemptorKey, PreemptorValue, ProcessEvent, ProcessHistograms, ThreadCounters,
-    ThreadState,
+    present_source, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadCounters, ThreadState,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -30,6 +29,9 @@ use crate::{
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// How often tracked processes are checked for new graphics libraries and for liveness.
 const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// For this long after it is tracked, a process that has not presented yet is checked for new
+/// graphics libraries on every drain (see `scan_new_libraries`); afterwards every SCAN_INTERVAL.
+const YOUNG_PROCESS: Duration = Duration::from_secs(5);
 
 /// A frame as the kernel reported it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -199,11 +201,11 @@ impl Session {
                 }
             }
             Event::ProcessTracked(e) => {
-                self.note_process_named(e.header.tgid, e.header.aux, false, comm_name(&e))
+                self.note_process_named(e.header.tgid, e.header.aux, false, comm_str(&e.comm))
             }
             Event::ProcessExec(e) => {
                 if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
-                    p.comm = comm_name(&e);
+                    p.comm = comm_str(&e.comm);
                     refresh_identity(p);
                 }
             }
@@ -227,11 +229,14 @@ impl Session {
     /// drain: a game maps its Vulkan loader at startup and resolves vkQueuePresentKHR soon after,
     /// so a copy outside the host's library path (container, Steam runtime) must be hooked fast.
     fn scan_new_libraries(&mut self) {
+        let young_since = monotonic_ns().saturating_sub(YOUNG_PROCESS.as_nanos() as u64);
         let pids: Vec<u32> = self
             .capture
             .processes
             .values()
-            .filter(|p| p.exited_ns.is_none() && p.frames.is_empty())
+            .filter(|p| {
+                p.exited_ns.is_none() && p.frames.is_empty() && p.tracked_at_ns >= young_since
+            })
             .map(|p| p.pid)
             .collect();
         for pid in pids {
@@ -283,10 +288,6 @@ impl Session {
                 .values()
                 .all(|p| p.exited_ns.is_some())
     }
-}
-
-fn comm_name(e: &ProcessEvent) -> String {
-    comm_str(&e.comm)
 }
 
 /// Re-reads a process's name, binary, command line and parent from /proc.
@@ -503,7 +504,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     let (cpu_at_end, peak_rss) = cpu_time_and_peak_rss();
     capture.agent_cpu_s = cpu_at_end - cpu_at_start;
     capture.agent_peak_rss_bytes = peak_rss;
-    let uts = rustix_uname();
+    let uts = uname();
     capture.kernel = uts.0;
     capture.hostname = uts.1;
     capture.cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -545,7 +546,7 @@ fn explain_sources(capture: &mut Capture) {
 }
 
 /// (kernel release, hostname).
-fn rustix_uname() -> (String, String) {
+fn uname() -> (String, String) {
     // SAFETY: zeroed utsname is a valid out-parameter.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer.

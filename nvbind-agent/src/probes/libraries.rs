@@ -201,9 +201,11 @@ pub fn process_libraries(pid: u32) -> Vec<LibraryFile> {
         let file_name = m.path.rsplit('/').next().unwrap_or("");
         // Mapped files carry their real name (libEGL.so.1.1.0), not the soname.
         let Some(kind) = LIBRARY_KINDS.iter().find(|k| {
-            k.sonames
-                .iter()
-                .any(|s| file_name == *s || file_name.starts_with(&format!("{s}.")))
+            k.sonames.iter().any(|s| {
+                file_name
+                    .strip_prefix(s)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
         }) else {
             continue;
         };

@@ -17,7 +17,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
         Program, TracePoint, UProbe,
     },
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
 };
 use nvbind_common::{
     event_kind, present_source, track_flags, EventHeader, PreemptorKey, PreemptorValue,
@@ -100,74 +100,66 @@ pub enum Event {
     ProcessExit(ProcessEvent),
 }
 
-/// Tracepoint programs: (family, program, category, tracepoint, required for capture).
-pub const TRACEPOINTS: &[(&str, &str, &str, &str, bool)] = &[
-    (
-        "scheduler",
-        "nvbind_sched_switch",
-        "sched",
-        "sched_switch",
-        true,
-    ),
-    (
-        "scheduler",
-        "nvbind_sched_wakeup",
-        "sched",
-        "sched_wakeup",
-        true,
-    ),
-    (
-        "scheduler",
-        "nvbind_sched_wakeup_new",
-        "sched",
-        "sched_wakeup_new",
-        true,
-    ),
-    (
-        "ioctl",
-        "nvbind_ioctl_enter",
-        "syscalls",
-        "sys_enter_ioctl",
-        false,
-    ),
-    (
-        "ioctl",
-        "nvbind_ioctl_exit",
-        "syscalls",
-        "sys_exit_ioctl",
-        false,
-    ),
-    ("process", "nvbind_newtask", "task", "task_newtask", true),
-    (
-        "process",
-        "nvbind_exec",
-        "sched",
-        "sched_process_exec",
-        true,
-    ),
-    (
-        "process",
-        "nvbind_exit",
-        "sched",
-        "sched_process_exit",
-        true,
-    ),
-    ("drm", "nvbind_drm_vblank", "drm", "drm_vblank_event", false),
-    (
-        "drm",
-        "nvbind_drm_queued",
-        "drm",
-        "drm_vblank_event_queued",
-        false,
-    ),
-    (
-        "drm",
-        "nvbind_drm_delivered",
-        "drm",
-        "drm_vblank_event_delivered",
-        false,
-    ),
+/// A classic tracepoint and the program nvbind attaches to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracepoint {
+    pub family: &'static str,
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+    /// `record` cannot run without it.
+    pub required: bool,
+}
+
+const fn tp(
+    family: &'static str,
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    required: bool,
+) -> Tracepoint {
+    Tracepoint {
+        family,
+        program,
+        category,
+        name,
+        required,
+    }
+}
+
+/// Every tracepoint program, one row each.
+#[rustfmt::skip]
+pub const TRACEPOINTS: &[Tracepoint] = &[
+    tp("scheduler", "nvbind_sched_switch", "sched", "sched_switch", true),
+    tp("scheduler", "nvbind_sched_wakeup", "sched", "sched_wakeup", true),
+    tp("scheduler", "nvbind_sched_wakeup_new", "sched", "sched_wakeup_new", true),
+    tp("ioctl", "nvbind_ioctl_enter", "syscalls", "sys_enter_ioctl", false),
+    tp("ioctl", "nvbind_ioctl_exit", "syscalls", "sys_exit_ioctl", false),
+    tp("process", "nvbind_newtask", "task", "task_newtask", true),
+    tp("process", "nvbind_exec", "sched", "sched_process_exec", true),
+    tp("process", "nvbind_exit", "sched", "sched_process_exit", true),
+    tp("drm", "nvbind_drm_vblank", "drm", "drm_vblank_event", false),
+    tp("drm", "nvbind_drm_queued", "drm", "drm_vblank_event_queued", false),
+    tp("drm", "nvbind_drm_delivered", "drm", "drm_vblank_event_delivered", false),
 ];
+
+/// Where in a file a uprobe goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ProbeAt {
+    /// An exported function.
+    Symbol(&'static str),
+    /// A file offset (a function learned at run time).
+    Offset(u64),
+}
+
+/// One uprobe: a program at a place in a file (identified by device and inode, as the kernel does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct UprobePoint {
+    dev: u64,
+    ino: u64,
+    at: ProbeAt,
+    program: &'static str,
+}
 
 /// How to load.
 #[derive(Debug, Clone, Copy, Default)]
@@ -182,8 +174,8 @@ pub struct LoadOptions {
 pub struct Probes {
     ebpf: Ebpf,
     statuses: Vec<ProbeStatus>,
-    /// (dev, inode, offset, program) of every uprobe placed, so no point is probed twice.
-    uprobe_points: HashSet<(u64, u64, u64, &'static str)>,
+    /// Every uprobe placed, so no point is probed twice.
+    uprobe_points: HashSet<UprobePoint>,
     /// Files whose exported hooks were attached (by dev, inode).
     hooked_files: HashSet<(u64, u64)>,
     events: RingBuf<MapData>,
@@ -221,7 +213,7 @@ impl Probes {
 
         let formats: Vec<(&str, Option<Format>)> = TRACEPOINTS
             .iter()
-            .map(|(_, _, cat, name, _)| (*name, Format::read(&tracefs, cat, name)))
+            .map(|t| (t.name, Format::read(&tracefs, t.category, t.name)))
             .collect();
         let format = |name: &str| {
             formats
@@ -284,10 +276,9 @@ impl Probes {
             _stats: stats,
             tracefs: tracefs.clone(),
         };
-        for &(family, program, category, name, required) in TRACEPOINTS {
-            let has_format = format(name).is_some();
-            let status = probes.attach_tracepoint(family, program, category, name, has_format);
-            if required && options.require_core && !status.attached {
+        for tp in TRACEPOINTS {
+            let status = probes.attach_tracepoint(tp, format(tp.name).is_some());
+            if tp.required && options.require_core && !status.attached {
                 return Err(ProbeError::Required {
                     probe: status.name.clone(),
                     reason: status.reason.clone().unwrap_or_default(),
@@ -320,14 +311,14 @@ impl Probes {
         Ok(probes)
     }
 
-    fn attach_tracepoint(
-        &mut self,
-        family: &'static str,
-        program: &'static str,
-        category: &str,
-        name: &str,
-        has_format: bool,
-    ) -> ProbeStatus {
+    fn attach_tracepoint(&mut self, tp: &Tracepoint, has_format: bool) -> ProbeStatus {
+        let &Tracepoint {
+            family,
+            program,
+            category,
+            name,
+            ..
+        } = tp;
         let mut status = ProbeStatus {
             name: format!("{category}:{name}"),
             family,
@@ -372,14 +363,13 @@ impl Probes {
         }
         let mut attached = 0;
         for hook in lib.kind.hooks {
-            let result = self.attach_uprobe(
-                hook.program,
-                &lib.path,
-                UProbeAttachLocation::Symbol(hook.symbol),
-                hook.cookie,
-                (lib.dev, lib.ino, 0),
-                hook.symbol,
-            );
+            let point = UprobePoint {
+                dev: lib.dev,
+                ino: lib.ino,
+                at: ProbeAt::Symbol(hook.symbol),
+                program: hook.program,
+            };
+            let result = self.attach_uprobe(point, &lib.path, hook.cookie);
             // Only the frame hooks are worth a line each in doctor.
             if hook.program != "nvbind_present" && result.is_ok() {
                 attached += 1;
@@ -452,21 +442,17 @@ impl Probes {
         ino: u64,
         offset: u64,
     ) -> Result<(), String> {
+        let at = |program| UprobePoint {
+            dev,
+            ino,
+            at: ProbeAt::Offset(offset),
+            program,
+        };
+        self.attach_uprobe(at("nvbind_present_vk_ret"), file, 0)?;
         self.attach_uprobe(
-            "nvbind_present_vk_ret",
+            at("nvbind_present"),
             file,
-            UProbeAttachLocation::AbsoluteOffset(offset),
-            0,
-            (dev, ino, offset),
-            "",
-        )?;
-        self.attach_uprobe(
-            "nvbind_present",
-            file,
-            UProbeAttachLocation::AbsoluteOffset(offset),
             present_source::VULKAN_RESOLVED as u64,
-            (dev, ino, offset),
-            "",
         )
     }
 
@@ -479,7 +465,12 @@ impl Probes {
     ) -> Result<Option<String>, String> {
         let (mapping, offset) = libraries::locate(pid, address)
             .ok_or_else(|| format!("address {address:#x} is not in a file mapping of pid {pid}"))?;
-        let key = (mapping.dev, mapping.ino, offset, "nvbind_present");
+        let key = UprobePoint {
+            dev: mapping.dev,
+            ino: mapping.ino,
+            at: ProbeAt::Offset(offset),
+            program: "nvbind_present",
+        };
         if self.uprobe_points.contains(&key) {
             return Ok(None);
         }
@@ -495,20 +486,18 @@ impl Probes {
         Ok(Some(format!("{}+{offset:#x}", mapping.path)))
     }
 
+    /// Places one uprobe (once: a point already probed is left alone). `target` is a path the
+    /// kernel can open to reach the file named by `point`.
     fn attach_uprobe(
         &mut self,
-        program: &'static str,
+        point: UprobePoint,
         target: &Path,
-        location: UProbeAttachLocation<'_>,
         cookie: u64,
-        (dev, ino, offset): (u64, u64, u64),
-        symbol: &str,
     ) -> Result<(), String> {
-        // Symbol hooks are keyed by symbol name (offset 0 in the key), learned ones by offset.
-        let key = (dev, ino, offset ^ fxhash(symbol), program);
-        if self.uprobe_points.contains(&key) {
+        if self.uprobe_points.contains(&point) {
             return Ok(());
         }
+        let program = point.program;
         let prog: &mut UProbe = self
             .ebpf
             .program_mut(program)
@@ -518,13 +507,17 @@ impl Probes {
         if prog.fd().is_err() {
             prog.load().map_err(|e| error_chain(&e))?;
         }
-        let point = UProbeAttachPoint {
+        let location = match point.at {
+            ProbeAt::Symbol(symbol) => UProbeAttachLocation::Symbol(symbol),
+            ProbeAt::Offset(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+        };
+        let attach_point = UProbeAttachPoint {
             location,
             cookie: (cookie != 0).then_some(cookie),
         };
-        prog.attach(point, target, UProbeScope::AllProcesses)
+        prog.attach(attach_point, target, UProbeScope::AllProcesses)
             .map_err(|e| error_chain(&e))?;
-        self.uprobe_points.insert(key);
+        self.uprobe_points.insert(point);
         Ok(())
     }
 
@@ -533,7 +526,7 @@ impl Probes {
     pub fn attach_process_libraries(&mut self, pid: u32) -> Vec<String> {
         let mut hooked = Vec::new();
         for lib in libraries::process_libraries(pid) {
-            if !self.hooked_files.contains(&(lib.dev, lib.ino)) && self.attach_library(&lib) > 0 {
+            if self.attach_library(&lib) > 0 {
                 hooked.push(lib.display);
             }
         }
@@ -544,12 +537,34 @@ impl Probes {
         &self.statuses
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, ProbeError> {
-        self.ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))
-    }
-
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
         self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))
+    }
+
+    /// A hash map of the object, read-only.
+    fn hash_map<K: Pod, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&MapData, K, V>, ProbeError> {
+        BpfHashMap::try_from(self.map(name)?)
+            .map_err(|source| ProbeError::Map { map: name, source })
+    }
+
+    /// A hash map of the object, writable.
+    fn hash_map_mut<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
+    }
+
+    /// Wraps a map operation's error with the map's name.
+    fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+        move |source| ProbeError::Map { map: name, source }
     }
 
     /// Starts tracking a process and the threads it has now (new ones are tracked by the kernel).
@@ -559,27 +574,21 @@ impl Probes {
         } else {
             0
         };
-        let err = |source| ProbeError::Map {
-            map: "TRACKED_PROCESSES",
-            source,
-        };
         {
-            let mut hists: BpfHashMap<_, u32, ProcessHistograms> =
-                BpfHashMap::try_from(self.map_mut("PROC_HISTS")?).map_err(err)?;
+            let mut hists = self.hash_map_mut::<u32, ProcessHistograms>("PROC_HISTS")?;
             if hists.get(&pid, 0).is_err() {
                 hists
                     .insert(pid, ProcessHistograms::default(), 0)
-                    .map_err(err)?;
+                    .map_err(Self::map_err("PROC_HISTS"))?;
             }
         }
         // The process first, so threads it creates from now on are caught by the kernel...
-        let mut tracked: BpfHashMap<_, u32, u32> =
-            BpfHashMap::try_from(self.map_mut("TRACKED_PROCESSES")?).map_err(err)?;
-        tracked.insert(pid, flags, 0).map_err(err)?;
+        self.hash_map_mut::<u32, u32>("TRACKED_PROCESSES")?
+            .insert(pid, flags, 0)
+            .map_err(Self::map_err("TRACKED_PROCESSES"))?;
         // ...then the threads it already has.
         let now = monotonic_ns();
-        let mut threads: BpfHashMap<_, u32, ThreadState> =
-            BpfHashMap::try_from(self.map_mut("THREADS")?).map_err(err)?;
+        let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
         for tid in thread_ids(pid) {
             if threads.get(&tid, 0).is_ok() {
                 continue;
@@ -603,13 +612,9 @@ impl Probes {
         } else {
             0
         };
-        let err = |source| ProbeError::Map {
-            map: "WATCHED_COMMS",
-            source,
-        };
-        let mut comms: BpfHashMap<_, [u8; TASK_COMM_LEN], u32> =
-            BpfHashMap::try_from(self.map_mut("WATCHED_COMMS")?).map_err(err)?;
-        comms.insert(comm_key(name), flags, 0).map_err(err)
+        self.hash_map_mut::<[u8; TASK_COMM_LEN], u32>("WATCHED_COMMS")?
+            .insert(comm_key(name), flags, 0)
+            .map_err(Self::map_err("WATCHED_COMMS"))
     }
 
     /// Reads every record waiting in the ring buffer.
@@ -630,34 +635,19 @@ impl Probes {
 
     /// Every tracked thread's state, by tid.
     pub fn threads(&self) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: "THREADS",
-            source,
-        };
-        let threads: BpfHashMap<_, u32, ThreadState> =
-            BpfHashMap::try_from(self.map("THREADS")?).map_err(err)?;
+        let threads = self.hash_map::<u32, ThreadState>("THREADS")?;
         Ok(threads.iter().filter_map(Result::ok).collect())
     }
 
     /// The in-kernel run-queue and blocked-time histograms of a tracked process.
     pub fn histograms(&self, tgid: u32) -> Result<Option<ProcessHistograms>, ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: "PROC_HISTS",
-            source,
-        };
-        let hists: BpfHashMap<_, u32, ProcessHistograms> =
-            BpfHashMap::try_from(self.map("PROC_HISTS")?).map_err(err)?;
+        let hists = self.hash_map::<u32, ProcessHistograms>("PROC_HISTS")?;
         Ok(hists.get(&tgid, 0).ok())
     }
 
     /// Who preempted tracked processes: (victim tgid, preemptor tid, count, preemptor comm).
     pub fn preemptors(&self) -> Result<Vec<(PreemptorKey, PreemptorValue)>, ProbeError> {
-        let err = |source| ProbeError::Map {
-            map: "PREEMPTORS",
-            source,
-        };
-        let map: BpfHashMap<_, PreemptorKey, PreemptorValue> =
-            BpfHashMap::try_from(self.map("PREEMPTORS")?).map_err(err)?;
+        let map = self.hash_map::<PreemptorKey, PreemptorValue>("PREEMPTORS")?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
@@ -784,12 +774,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-fn fxhash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    }) * (!s.is_empty()) as u64
 }
 
 #[cfg(test)]
