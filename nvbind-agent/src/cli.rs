@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     capture::{self, RecordOptions},
     doctor, report,
+    stutter::DetectorConfig,
     target::TargetSpec,
 };
 
@@ -36,6 +37,8 @@ pub enum Command {
     },
     /// Record a game's frames and what the scheduler and GPU driver did to its threads.
     Record(RecordArgs),
+    /// Summarise a recorded report for people; optionally draw it as an SVG chart.
+    Report(ReportArgs),
     /// Internal: resolve the installed Vulkan drivers' vkQueuePresentKHR (run by the agent).
     #[command(name = "__resolve-vulkan-present", hide = true)]
     ResolveVulkanPresent,
@@ -67,9 +70,55 @@ pub struct RecordArgs {
     /// Mount tracefs at /sys/kernel/tracing if it is not mounted.
     #[arg(long)]
     pub mount_tracefs: bool,
+    /// A stutter is a frame longer than this many times the trailing average frame time.
+    #[arg(long, value_name = "FACTOR", default_value_t = DetectorConfig::default().factor)]
+    pub stutter_factor: f64,
+    /// ...and longer than this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = DetectorConfig::default().floor_ms)]
+    pub stutter_floor_ms: f64,
+    /// Count ioctls with this type byte (`_IOC_TYPE`, e.g. 0x64 or 'd') as GPU driver calls, for
+    /// drivers nvbind does not know (DRM, NVIDIA and amdkfd are built in). Repeatable.
+    #[arg(long, value_name = "TYPE", value_parser = parse_ioctl_type)]
+    pub gpu_ioctl_type: Vec<u8>,
     /// Launch this command and record it (everything after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A report written by `nvbind-agent record`.
+    pub file: PathBuf,
+    /// Also draw frame time over the capture (stutters coloured by cause) and the frame-time
+    /// distribution into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Which process to draw (default: the one with the most frames).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// How many of the worst stutters to describe per process.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub worst: usize,
+}
+
+/// An ioctl type byte: a number (`0x64`, `100`) or one ASCII character (`d`).
+fn parse_ioctl_type(text: &str) -> Result<u8, String> {
+    let trimmed = text.trim().trim_matches('\'');
+    let parsed = match trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+    {
+        Some(hex) => u8::from_str_radix(hex, 16).ok(),
+        None if trimmed.len() == 1 && !trimmed.as_bytes()[0].is_ascii_digit() => {
+            Some(trimmed.as_bytes()[0])
+        }
+        None => trimmed.parse().ok(),
+    };
+    parsed.ok_or_else(|| {
+        format!(
+            "{text:?} is not an ioctl type byte: give 0x00-0xff, 0-255 or one character such as d"
+        )
+    })
 }
 
 fn seconds(value: Option<f64>, flag: &str) -> Result<Option<Duration>> {
@@ -99,6 +148,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(if d.ready { 0 } else { 1 })
         }
         Command::Record(args) => record(args),
+        Command::Report(args) => show_report(args),
         Command::ResolveVulkanPresent => {
             let found = crate::probes::vulkan::resolve_here()?;
             print!("{}", crate::probes::vulkan::format_lines(&found));
@@ -116,6 +166,11 @@ fn record(args: RecordArgs) -> Result<u8> {
             "nothing to record: give one of --pid PID, --comm NAME or -- COMMAND [ARGS]"
         ),
     };
+    let stutter = DetectorConfig {
+        factor: args.stutter_factor,
+        floor_ms: args.stutter_floor_ms,
+    };
+    stutter.validate().map_err(anyhow::Error::msg)?;
     let duration = seconds(args.duration, "--duration")?;
     let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
     // Refuse early rather than record for an hour and lose it.
@@ -133,6 +188,8 @@ fn record(args: RecordArgs) -> Result<u8> {
         wait_timeout,
         follow_children: !args.no_follow_children,
         mount_tracefs: args.mount_tracefs,
+        stutter,
+        gpu_ioctl_types: args.gpu_ioctl_type,
     }))?;
     let (report, rows) = report::build(&outcome.capture);
     report::write::report_json(&args.out, &report)?;
@@ -141,13 +198,14 @@ fn record(args: RecordArgs) -> Result<u8> {
     }
     for p in report.processes.iter().filter(|p| p.frames.count > 0) {
         eprintln!(
-            "{} (pid {}): {} frames from {}, {:.1} fps average, p99 frame time {:.2} ms",
+            "{} (pid {}): {} frames from {}, {:.1} fps average, p99 frame time {:.2} ms, {} stutters",
             p.comm,
             p.pid,
             p.frames.count,
             p.frames.source,
             p.frames.fps_avg.unwrap_or(0.0),
             p.frames.frame_time_ms.as_ref().map_or(0.0, |f| f.p99),
+            p.stutters.count,
         );
     }
     if report.processes.iter().all(|p| p.frames.count == 0) {
@@ -158,4 +216,71 @@ fn record(args: RecordArgs) -> Result<u8> {
     }
     eprintln!("report written to {}", args.out.display());
     Ok(outcome.exit_code.clamp(0, 255) as u8)
+}
+
+fn show_report(args: ReportArgs) -> Result<u8> {
+    let report = report::write::read_report(&args.file)?;
+    if let Some(svg_path) = &args.svg {
+        let process = match args.pid {
+            Some(pid) => report
+                .processes
+                .iter()
+                .find(|p| p.pid == pid)
+                .with_context(|| {
+                    format!(
+                        "pid {pid} is not in {}: it holds {}",
+                        args.file.display(),
+                        pid_list(&report)
+                    )
+                })?,
+            None => report
+                .processes
+                .iter()
+                .find(|p| p.frames.count > 1)
+                .with_context(|| {
+                    format!(
+                        "{} holds no process with frames to draw",
+                        args.file.display()
+                    )
+                })?,
+        };
+        report::write::check_writable(svg_path)?;
+        let svg = report::svg::render(process)?;
+        report::write::text(svg_path, &svg)?;
+        eprintln!(
+            "chart of pid {} written to {}",
+            process.pid,
+            svg_path.display()
+        );
+    }
+    print!("{}", report::summary::render(&report, args.worst));
+    Ok(0)
+}
+
+fn pid_list(report: &report::Report) -> String {
+    let pids: Vec<String> = report
+        .processes
+        .iter()
+        .map(|p| format!("{} ({})", p.pid, p.comm))
+        .collect();
+    if pids.is_empty() {
+        "no processes".into()
+    } else {
+        pids.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_types_are_numbers_or_characters() {
+        assert_eq!(parse_ioctl_type("0xAE"), Ok(0xae));
+        assert_eq!(parse_ioctl_type("100"), Ok(100));
+        assert_eq!(parse_ioctl_type("d"), Ok(b'd'));
+        assert_eq!(parse_ioctl_type("'F'"), Ok(b'F'));
+        assert!(parse_ioctl_type("0x1ff").is_err());
+        assert!(parse_ioctl_type("dd").is_err());
+    }
 }

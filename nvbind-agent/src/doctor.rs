@@ -67,8 +67,8 @@ pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
             let unavailable =
                 |name: String, family: &'static str, program: &'static str| ProbeStatus {
                     name,
-                    family,
-                    program,
+                    family: family.into(),
+                    program: program.into(),
                     attached: false,
                     reason: Some(reason.clone()),
                     fix: fix.clone(),

@@ -3,7 +3,9 @@
 //! - [`probes`]: loads the eBPF programs, attaches what the kernel offers, reads their maps.
 //! - [`target`]: which processes to record (pid, name, or a command launched under the agent).
 //! - [`capture`]: the recording loop: frames from the ring buffer, per-thread kernel evidence.
-//! - [`report`]: the `nvbind.report/v1` document, frame statistics, CSV export.
+//! - [`stutter`]: which frames are stutters (CapFrameX's rule) and why (a verdict with evidence).
+//! - [`report`]: the `nvbind.report/v1` document, frame statistics, CSV export, the human summary
+//!   and the SVG chart.
 //! - [`doctor`]: what is attached and what is not, with reasons and fixes.
 
 pub mod capture;
@@ -11,4 +13,5 @@ pub mod cli;
 pub mod doctor;
 pub mod probes;
 pub mod report;
+pub mod stutter;
 pub mod target;

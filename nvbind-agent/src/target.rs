@@ -53,6 +53,33 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
+/// The cgroup of a task (a tid works: /proc resolves thread ids too): its cgroup v2 path, or on a
+/// v1-only host the path in the `cpu` hierarchy (the one that decides who gets a CPU).
+pub fn cgroup_of(tid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/cgroup")).ok()?;
+    parse_cgroup_file(&text)
+}
+
+fn parse_cgroup_file(text: &str) -> Option<String> {
+    let entries: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((controllers, path))
+        })
+        .collect();
+    entries
+        .iter()
+        .find(|(controllers, _)| controllers.is_empty())
+        .or_else(|| {
+            entries
+                .iter()
+                .find(|(controllers, _)| controllers.split(',').any(|c| c == "cpu"))
+        })
+        .map(|(_, path)| path.to_string())
+}
+
 /// Checks a `--pid` target before anything is loaded.
 pub fn check_pid(pid: u32) -> Result<(), TargetError> {
     if pid == 0 || !is_alive(pid) {
@@ -296,5 +323,17 @@ mod tests {
             Err(TargetError::NoSuchPid(_))
         ));
         assert!(check_pid(std::process::id()).is_ok());
+    }
+
+    #[test]
+    fn cgroup_files_give_the_v2_path_or_the_cpu_hierarchy() {
+        let hybrid = "12:devices:/user.slice\n4:cpu,cpuacct:/user.slice/game\n0::/user.slice/user-0.slice/session-1.scope\n";
+        assert_eq!(
+            parse_cgroup_file(hybrid).as_deref(),
+            Some("/user.slice/user-0.slice/session-1.scope")
+        );
+        let v1 = "12:devices:/a\n4:cpu,cpuacct:/games/steam\n";
+        assert_eq!(parse_cgroup_file(v1).as_deref(), Some("/games/steam"));
+        assert_eq!(parse_cgroup_file("garbage"), None);
     }
 }

@@ -19,14 +19,18 @@ pub mod ioctl_class {
     pub const NVIDIA: usize = 1;
     /// AMD's compute driver `/dev/kfd` (`AMDKFD_IOCTL_BASE` is `'K'`).
     pub const AMDKFD: usize = 2;
+    /// Type bytes the user declared to be GPU driver calls (`record --gpu-ioctl-type`): drivers
+    /// nvbind does not know by name.
+    pub const DECLARED_GPU: usize = 3;
     /// Anything else (terminals, sockets, input devices, ...).
-    pub const OTHER: usize = 3;
+    pub const OTHER: usize = 4;
     /// Number of classes.
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
     /// Names in index order, as they appear in reports.
-    pub const NAMES: [&str; COUNT] = ["drm", "nvidia", "amdkfd", "other"];
+    pub const NAMES: [&str; COUNT] = ["drm", "nvidia", "amdkfd", "declared-gpu", "other"];
 
-    /// The class of an ioctl request number.
+    /// The class of an ioctl request number by the type bytes nvbind knows; the probes then look
+    /// `OTHER` up in the declared-GPU table.
     #[inline(always)]
     pub const fn of(cmd: u32) -> usize {
         match (cmd >> 8) & 0xff {
@@ -117,6 +121,9 @@ pub struct ThreadCounters {
     pub blocked_ns: u64,
     /// The part of `blocked_ns` spent blocked inside an ioctl to a GPU driver (DRM, NVIDIA, amdkfd).
     pub blocked_in_gpu_ioctl_ns: u64,
+    /// The part of `blocked_ns` spent in uninterruptible sleep (`D` state: disk I/O, page faults
+    /// served from disk, some kernel locks) outside GPU ioctls.
+    pub blocked_uninterruptible_ns: u64,
     /// Times the thread was switched in.
     pub switches_in: u64,
     /// Times the thread was preempted while it still wanted to run.
@@ -137,32 +144,39 @@ impl ThreadCounters {
     /// `self - earlier`, counter by counter (saturating: a counter never goes backwards, but a
     /// thread that was re-tracked starts from zero again).
     pub fn since(&self, earlier: &ThreadCounters) -> ThreadCounters {
-        let mut d = ThreadCounters {
-            on_cpu_ns: self.on_cpu_ns.saturating_sub(earlier.on_cpu_ns),
-            runq_wait_ns: self.runq_wait_ns.saturating_sub(earlier.runq_wait_ns),
-            blocked_ns: self.blocked_ns.saturating_sub(earlier.blocked_ns),
-            blocked_in_gpu_ioctl_ns: self
-                .blocked_in_gpu_ioctl_ns
-                .saturating_sub(earlier.blocked_in_gpu_ioctl_ns),
-            switches_in: self.switches_in.saturating_sub(earlier.switches_in),
-            involuntary_switches: self
-                .involuntary_switches
-                .saturating_sub(earlier.involuntary_switches),
-            voluntary_switches: self
-                .voluntary_switches
-                .saturating_sub(earlier.voluntary_switches),
-            migrations: self.migrations.saturating_sub(earlier.migrations),
-            wakeups: self.wakeups.saturating_sub(earlier.wakeups),
-            ioctl_count: [0; ioctl_class::COUNT],
-            ioctl_ns: [0; ioctl_class::COUNT],
-        };
+        let mut d = ThreadCounters::default();
+        self.since_into(earlier, &mut d);
+        d
+    }
+
+    /// [`Self::since`] written into `out` in place: the kernel writes the difference straight into
+    /// a ring-buffer record, as two copies of these counters would not fit the BPF stack.
+    #[inline(always)]
+    pub fn since_into(&self, earlier: &ThreadCounters, out: &mut ThreadCounters) {
+        out.on_cpu_ns = self.on_cpu_ns.saturating_sub(earlier.on_cpu_ns);
+        out.runq_wait_ns = self.runq_wait_ns.saturating_sub(earlier.runq_wait_ns);
+        out.blocked_ns = self.blocked_ns.saturating_sub(earlier.blocked_ns);
+        out.blocked_in_gpu_ioctl_ns = self
+            .blocked_in_gpu_ioctl_ns
+            .saturating_sub(earlier.blocked_in_gpu_ioctl_ns);
+        out.blocked_uninterruptible_ns = self
+            .blocked_uninterruptible_ns
+            .saturating_sub(earlier.blocked_uninterruptible_ns);
+        out.switches_in = self.switches_in.saturating_sub(earlier.switches_in);
+        out.involuntary_switches = self
+            .involuntary_switches
+            .saturating_sub(earlier.involuntary_switches);
+        out.voluntary_switches = self
+            .voluntary_switches
+            .saturating_sub(earlier.voluntary_switches);
+        out.migrations = self.migrations.saturating_sub(earlier.migrations);
+        out.wakeups = self.wakeups.saturating_sub(earlier.wakeups);
         let mut i = 0;
         while i < ioctl_class::COUNT {
-            d.ioctl_count[i] = self.ioctl_count[i].saturating_sub(earlier.ioctl_count[i]);
-            d.ioctl_ns[i] = self.ioctl_ns[i].saturating_sub(earlier.ioctl_ns[i]);
+            out.ioctl_count[i] = self.ioctl_count[i].saturating_sub(earlier.ioctl_count[i]);
+            out.ioctl_ns[i] = self.ioctl_ns[i].saturating_sub(earlier.ioctl_ns[i]);
             i += 1;
         }
-        d
     }
 
     /// Adds `other` into `self`, counter by counter.
@@ -171,6 +185,7 @@ impl ThreadCounters {
         self.runq_wait_ns += other.runq_wait_ns;
         self.blocked_ns += other.blocked_ns;
         self.blocked_in_gpu_ioctl_ns += other.blocked_in_gpu_ioctl_ns;
+        self.blocked_uninterruptible_ns += other.blocked_uninterruptible_ns;
         self.switches_in += other.switches_in;
         self.involuntary_switches += other.involuntary_switches;
         self.voluntary_switches += other.voluntary_switches;
@@ -202,8 +217,8 @@ pub struct ThreadState {
     pub ioctl_class: u32,
     /// Entry time of the ioctl in flight, 0 when none.
     pub ioctl_start_ns: u64,
-    /// Whether the current blocked period began inside a GPU driver ioctl.
-    pub blocked_in_gpu_ioctl: u32,
+    /// How the current blocked period began: one of [`blocked_kind`].
+    pub blocked_kind: u32,
     /// Depth of nested `vkQueuePresentKHR` calls on this thread (loader trampoline, layers, driver):
     /// only the outermost one is a frame.
     pub in_vulkan_present: u32,
@@ -211,18 +226,57 @@ pub struct ThreadState {
     pub last_preemptor_tid: u32,
     /// Set between a `vkGet*ProcAddr("vkQueuePresentKHR")` call and its return.
     pub resolving_present: u32,
+    /// Set once the thread has presented a frame: its waits then also go to `PRESENTER_HISTS`.
+    pub presenter: u32,
+    /// Keeps the layout free of implicit padding.
+    pub reserved: u32,
     /// Longest single run-queue wait since the last present.
     pub frame_max_runq_wait_ns: u64,
     /// Longest single blocked period since the last present.
     pub frame_max_blocked_ns: u64,
+    /// Name of the task in `last_preemptor_tid`.
+    pub last_preemptor_comm: [u8; TASK_COMM_LEN],
+    /// Who ran instead while this thread waited for a CPU since the last present.
+    pub frame_culprit: Culprit,
     /// Counters since the thread was tracked.
     pub totals: ThreadCounters,
     /// `totals` as of this thread's last present (the base of the next frame's evidence).
     pub at_last_present: ThreadCounters,
 }
 
-/// In-kernel histograms of one tracked process (`PROC_HISTS`, keyed by tgid): every run-queue wait
-/// and every blocked period of its threads, in log2 buckets of nanoseconds.
+/// How a blocked period began, so its time lands in the right counter when it ends.
+pub mod blocked_kind {
+    /// Interruptible sleep outside a GPU ioctl (futex, poll, nanosleep, pipe and socket waits).
+    pub const SLEEP: u32 = 0;
+    /// Inside a GPU driver ioctl (fence waits, submission throttling, memory management).
+    pub const GPU_IOCTL: u32 = 1;
+    /// Uninterruptible sleep outside a GPU ioctl (`D` state: disk I/O and some kernel locks).
+    pub const UNINTERRUPTIBLE: u32 = 2;
+}
+
+/// The task that kept a tracked thread off the CPU longest within one frame interval: the task
+/// that ran on the CPU just before the waiting thread got it back (or, when that CPU had gone
+/// idle, the task that preempted it). Several waits behind the same task add up; a longer single
+/// wait behind another task replaces it (a one-slot heavy-hitter sketch: cheap, and exact when one
+/// task dominates, which is the case worth naming).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Culprit {
+    /// Run-queue wait attributed to this task, in the frame interval.
+    pub wait_ns: u64,
+    /// Its cgroup v2 id (the inode number of its cgroup directory), 0 when unknown.
+    pub cgroup_id: u64,
+    /// Its tid, 0 when none.
+    pub tid: u32,
+    /// Its process id, 0 when unknown.
+    pub tgid: u32,
+    /// Its name.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// In-kernel histograms of one tracked process (`PROC_HISTS`, keyed by tgid) or of one presenting
+/// thread (`PRESENTER_HISTS`, keyed by tid): every run-queue wait and every blocked period, in log2
+/// buckets of nanoseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProcessHistograms {
@@ -328,6 +382,8 @@ pub struct PresentEvent {
     pub max_runq_wait_ns: u64,
     /// Longest single blocked period of the presenting thread in this frame interval.
     pub max_blocked_ns: u64,
+    /// Who ran instead while the presenting thread waited for a CPU in this frame interval.
+    pub culprit: Culprit,
     /// The presenting thread's counters since its previous present (or since it was tracked).
     pub delta: ThreadCounters,
 }
@@ -362,6 +418,7 @@ mod user {
     unsafe impl aya::Pod for super::ThreadCounters {}
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::ProcessHistograms {}
+    unsafe impl aya::Pod for super::Culprit {}
     unsafe impl aya::Pod for super::PreemptorKey {}
     unsafe impl aya::Pod for super::PreemptorValue {}
     unsafe impl aya::Pod for super::EventHeader {}
@@ -421,16 +478,25 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(
             size_of::<ThreadCounters>(),
-            8 * (9 + 2 * ioctl_class::COUNT)
+            8 * (10 + 2 * ioctl_class::COUNT)
         );
         assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<Culprit>(), 8 + 8 + 4 + 4 + TASK_COMM_LEN);
         assert_eq!(
             size_of::<ThreadState>(),
-            8 + 8 + 8 + 8 + 16 + 16 + 2 * size_of::<ThreadCounters>()
+            8 + 8
+                + 8
+                + 8
+                + 16
+                + 8
+                + 16
+                + 16
+                + size_of::<Culprit>()
+                + 2 * size_of::<ThreadCounters>()
         );
         assert_eq!(
             size_of::<PresentEvent>(),
-            24 + 8 + 16 + size_of::<ThreadCounters>()
+            24 + 8 + 16 + size_of::<Culprit>() + size_of::<ThreadCounters>()
         );
     }
 }

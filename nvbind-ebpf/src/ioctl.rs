@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use nvbind_common::ioctl_class;
 
-use crate::state::{current_thread, field, now_ns, IOCTL_CMD_OFF};
+use crate::state::{current_thread, field, now_ns, DECLARED_GPU_IOCTL_TYPES, IOCTL_CMD_OFF};
 
 #[tracepoint]
 pub fn nvbind_ioctl_enter(ctx: TracePointContext) -> u32 {
@@ -12,7 +12,17 @@ pub fn nvbind_ioctl_enter(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let cmd: u64 = field(&ctx, &IOCTL_CMD_OFF).unwrap_or(0);
-    t.ioctl_class = ioctl_class::of(cmd as u32) as u32;
+    let mut class = ioctl_class::of(cmd as u32);
+    if class == ioctl_class::OTHER {
+        let type_byte = (cmd as u32 >> 8) & 0xff;
+        if DECLARED_GPU_IOCTL_TYPES
+            .get(type_byte)
+            .is_some_and(|&v| v != 0)
+        {
+            class = ioctl_class::DECLARED_GPU;
+        }
+    }
+    t.ioctl_class = class as u32;
     t.ioctl_start_ns = now_ns();
     0
 }

@@ -19,7 +19,7 @@ use nvbind_common::{
     ThreadState, VK_QUEUE_PRESENT_NAME,
 };
 
-use crate::state::{count_drop, current_thread, now_ns, EVENTS};
+use crate::state::{count_drop, current_thread, mark_presenter, now_ns, EVENTS};
 
 #[uprobe]
 pub fn nvbind_present(ctx: ProbeContext) -> u32 {
@@ -37,6 +37,7 @@ pub fn nvbind_present(ctx: ProbeContext) -> u32 {
             return 0;
         }
     }
+    mark_presenter(t, tid);
     emit_present(t, tgid, tid, source);
     0
 }
@@ -78,12 +79,14 @@ fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32) {
         (*e).last_preemptor_tid = t.last_preemptor_tid;
         (*e).max_runq_wait_ns = t.frame_max_runq_wait_ns;
         (*e).max_blocked_ns = t.frame_max_blocked_ns;
-        (*e).delta = t.totals.since(&t.at_last_present);
+        (*e).culprit = t.frame_culprit;
+        t.totals.since_into(&t.at_last_present, &mut (*e).delta);
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     t.at_last_present = t.totals;
     t.frame_max_runq_wait_ns = 0;
     t.frame_max_blocked_ns = 0;
+    t.frame_culprit = Default::default();
 }
 
 /// Entry of `vkGetDeviceProcAddr(device, name)` / `vkGetInstanceProcAddr(instance, name)`.

@@ -7,16 +7,21 @@
 //! in `THREADS`; nothing is sent to userspace from here.
 
 use aya_ebpf::{
-    helpers::bpf_get_smp_processor_id, macros::tracepoint, programs::TracePointContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_smp_processor_id, generated::bpf_get_current_cgroup_id,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use nvbind_common::{
-    hist_bucket, ioctl_class, thread_status, PreemptorKey, PreemptorValue, ThreadState,
-    TASK_COMM_LEN,
+    blocked_kind, hist_bucket, ioctl_class, thread_status, PreemptorKey, PreemptorValue,
+    ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 use crate::state::{
-    current_ids, field, now_ns, thread, PREEMPTORS, PROC_HISTS, SWITCH_NEXT_COMM_OFF,
-    SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_REPORT_MAX, WAKEUP_PID_OFF,
+    current_ids, field, now_ns, thread, PREEMPTORS, PRESENTER_HISTS, PROC_HISTS,
+    SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_REPORT_MAX,
+    WAKEUP_PID_OFF,
 };
 
 #[tracepoint]
@@ -27,7 +32,7 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
         .filter(|&pid| pid > 0)
         .map(|pid| pid as u32);
     // The tracepoint runs in the context of the task being switched out.
-    let (_, prev_tid) = current_ids();
+    let (prev_tgid, prev_tid) = current_ids();
     if prev_tid != 0 {
         if let Some(prev) = thread(prev_tid) {
             // An exited thread's counters are final (sched_process_exit closed them).
@@ -36,8 +41,10 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    if let Some(next) = next_tid.and_then(thread) {
-        switched_in(next, now);
+    if let Some(next_tid) = next_tid {
+        if let Some(next) = thread(next_tid) {
+            switched_in(next, next_tid, now, prev_tgid, prev_tid);
+        }
     }
     0
 }
@@ -64,19 +71,29 @@ fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64, next_
     } else {
         prev.status = thread_status::BLOCKED;
         prev.totals.voluntary_switches += 1;
-        prev.blocked_in_gpu_ioctl =
-            (prev.ioctl_start_ns != 0 && ioctl_class::is_gpu(prev.ioctl_class as usize)) as u32;
+        prev.blocked_kind =
+            if prev.ioctl_start_ns != 0 && ioctl_class::is_gpu(prev.ioctl_class as usize) {
+                blocked_kind::GPU_IOCTL
+            } else if state & TASK_UNINTERRUPTIBLE != 0 {
+                blocked_kind::UNINTERRUPTIBLE
+            } else {
+                blocked_kind::SLEEP
+            };
     }
 }
 
+/// `TASK_UNINTERRUPTIBLE` in `prev_state` (the `D` of `ps`); stable since the beginning.
+const TASK_UNINTERRUPTIBLE: i64 = 0x2;
+
 #[inline(always)]
 fn note_preemptor(ctx: &TracePointContext, victim: &mut ThreadState, next_tid: u32) {
+    let comm: [u8; TASK_COMM_LEN] = field(ctx, &SWITCH_NEXT_COMM_OFF).unwrap_or_default();
     victim.last_preemptor_tid = next_tid;
+    victim.last_preemptor_comm = comm;
     let key = PreemptorKey {
         victim_tgid: victim.tgid,
         preemptor_tid: next_tid,
     };
-    let comm: [u8; TASK_COMM_LEN] = field(ctx, &SWITCH_NEXT_COMM_OFF).unwrap_or_default();
     match PREEMPTORS.get_ptr_mut(key) {
         Some(v) => {
             // SAFETY: live map value; a racing update can at worst lose one count.
@@ -90,8 +107,9 @@ fn note_preemptor(ctx: &TracePointContext, victim: &mut ThreadState, next_tid: u
     }
 }
 
+/// `next` gets a CPU; `prev` (the current task) is the one that had it.
 #[inline(always)]
-fn switched_in(next: &mut ThreadState, now: u64) {
+fn switched_in(next: &mut ThreadState, next_tid: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
     let waited = now.saturating_sub(next.since_ns);
     match next.status {
         thread_status::RUNNABLE => {
@@ -99,10 +117,11 @@ fn switched_in(next: &mut ThreadState, now: u64) {
             if waited > next.frame_max_runq_wait_ns {
                 next.frame_max_runq_wait_ns = waited;
             }
-            record(next.tgid, waited, true);
+            record(next, next_tid, waited, true);
+            blame(next, waited, prev_tgid, prev_tid);
         }
         // Woken without us seeing the wakeup (tracking began mid-sleep): count it as blocked.
-        thread_status::BLOCKED => end_blocked(next, now),
+        thread_status::BLOCKED => end_blocked(next, next_tid, now),
         _ => {}
     }
     // SAFETY: helper without arguments.
@@ -116,28 +135,73 @@ fn switched_in(next: &mut ThreadState, now: u64) {
     next.since_ns = now;
 }
 
+/// Credits a run-queue wait of `t` to the task that ran instead (see `Culprit`): the previous
+/// task on this CPU, or the last preemptor when this CPU was idle (the wait happened elsewhere).
+#[inline(always)]
+fn blame(t: &mut ThreadState, waited: u64, prev_tgid: u32, prev_tid: u32) {
+    let c = &mut t.frame_culprit;
+    let tid = if prev_tid != 0 {
+        prev_tid
+    } else {
+        t.last_preemptor_tid
+    };
+    if tid == 0 {
+        return;
+    }
+    if c.tid == tid {
+        c.wait_ns += waited;
+        return;
+    }
+    if waited <= c.wait_ns {
+        return;
+    }
+    c.tid = tid;
+    c.wait_ns = waited;
+    if prev_tid != 0 {
+        c.tgid = prev_tgid;
+        c.comm = bpf_get_current_comm().unwrap_or_default();
+        // SAFETY: helper without arguments; the current task is `prev`.
+        c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    } else {
+        c.tgid = 0;
+        c.comm = t.last_preemptor_comm;
+        c.cgroup_id = 0;
+    }
+}
+
 /// Ends a blocked period of `t` at `now`.
 #[inline(always)]
-fn end_blocked(t: &mut ThreadState, now: u64) {
+fn end_blocked(t: &mut ThreadState, tid: u32, now: u64) {
     let blocked = now.saturating_sub(t.since_ns);
     t.totals.blocked_ns += blocked;
-    if t.blocked_in_gpu_ioctl != 0 {
-        t.totals.blocked_in_gpu_ioctl_ns += blocked;
-        t.blocked_in_gpu_ioctl = 0;
+    match t.blocked_kind {
+        blocked_kind::GPU_IOCTL => t.totals.blocked_in_gpu_ioctl_ns += blocked,
+        blocked_kind::UNINTERRUPTIBLE => t.totals.blocked_uninterruptible_ns += blocked,
+        _ => {}
     }
+    t.blocked_kind = blocked_kind::SLEEP;
     if blocked > t.frame_max_blocked_ns {
         t.frame_max_blocked_ns = blocked;
     }
-    record(t.tgid, blocked, false);
+    record(t, tid, blocked, false);
 }
 
-/// Adds one value to the process's run-queue or blocked histogram.
+/// Adds one value to the run-queue or blocked histogram of `t`'s process, and of `t` itself
+/// when it presents frames.
 #[inline(always)]
-fn record(tgid: u32, ns: u64, runq: bool) {
-    let Some(h) = PROC_HISTS.get_ptr_mut(tgid) else {
+fn record(t: &ThreadState, tid: u32, ns: u64, runq: bool) {
+    let bucket = hist_bucket(ns);
+    add_to(PROC_HISTS.get_ptr_mut(t.tgid), bucket, runq);
+    if t.presenter != 0 {
+        add_to(PRESENTER_HISTS.get_ptr_mut(tid), bucket, runq);
+    }
+}
+
+#[inline(always)]
+fn add_to(h: Option<*mut ProcessHistograms>, bucket: usize, runq: bool) {
+    let Some(h) = h else {
         return;
     };
-    let bucket = hist_bucket(ns);
     // SAFETY: live map value; the bucket index is bounded by hist_bucket.
     unsafe {
         let h = &mut *h;
@@ -166,7 +230,7 @@ fn woken(ctx: &TracePointContext, new_task: bool) {
     let now = now_ns();
     match t.status {
         thread_status::BLOCKED => {
-            end_blocked(t, now);
+            end_blocked(t, tid as u32, now);
             t.totals.wakeups += 1;
         }
         // A new thread's first run-queue wait starts at wake_up_new_task.

@@ -28,6 +28,12 @@ pub static WATCHED_COMMS: HashMap<[u8; TASK_COMM_LEN], u32> = HashMap::with_max_
 pub static PROC_HISTS: HashMap<u32, ProcessHistograms> =
     HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
+/// The same histograms for each thread that presented frames, by tid: the render thread's own
+/// distributions, apart from its process's worker threads.
+#[map]
+pub static PRESENTER_HISTS: HashMap<u32, ProcessHistograms> =
+    HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
 /// One zeroed histogram to insert from: a `ProcessHistograms` does not fit on the BPF stack.
 #[map]
 pub static ZERO_HISTS: Array<ProcessHistograms> = Array::with_max_entries(1, 0);
@@ -36,6 +42,11 @@ pub static ZERO_HISTS: Array<ProcessHistograms> = Array::with_max_entries(1, 0);
 #[map]
 pub static PREEMPTORS: LruHashMap<PreemptorKey, PreemptorValue> =
     LruHashMap::with_max_entries(8192, 0);
+
+/// ioctl type bytes (`_IOC_TYPE`) the user declared to be GPU driver calls: index = type byte,
+/// non-zero = declared. Filled by the agent after load.
+#[map]
+pub static DECLARED_GPU_IOCTL_TYPES: Array<u32> = Array::with_max_entries(256, 0);
 
 /// Frames and process events. Producers never wake the reader: the agent drains it on a timer.
 #[map]
@@ -130,6 +141,19 @@ pub fn start_tracking_process(tgid: u32, flags: u32) {
     if let Some(zero) = ZERO_HISTS.get_ptr(0) {
         // SAFETY: `zero` points at a map value, which the helper may read from.
         let _ = PROC_HISTS.insert(tgid, unsafe { &*zero }, BPF_NOEXIST as u64);
+    }
+}
+
+/// Marks `t` (thread `tid`) as a presenting thread, with its own histograms.
+#[inline(always)]
+pub fn mark_presenter(t: &mut ThreadState, tid: u32) {
+    if t.presenter != 0 {
+        return;
+    }
+    t.presenter = 1;
+    if let Some(zero) = ZERO_HISTS.get_ptr(0) {
+        // SAFETY: `zero` points at a map value, which the helper may read from.
+        let _ = PRESENTER_HISTS.insert(tid, unsafe { &*zero }, BPF_NOEXIST as u64);
     }
 }
 

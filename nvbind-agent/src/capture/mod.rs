@@ -8,10 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod snapshots;
+
 use anyhow::{bail, Context, Result};
 use nvbind_common::{
-    present_source, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadCounters, ThreadState,
+    present_source, Culprit, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadCounters,
+    ThreadState,
 };
+use snapshots::ThreadSnapshots;
+pub use snapshots::ThreadWindow;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -21,6 +26,7 @@ use crate::{
     probes::{
         comm_str, libraries, monotonic_ns, Event, LoadOptions, ProbeStatus, Probes, ProgramCost,
     },
+    stutter::{Detector, DetectorConfig},
     target::{self, Launched, TargetSpec},
 };
 
@@ -32,6 +38,13 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// For this long after it is tracked, a process that has not presented yet is checked for new
 /// graphics libraries on every drain (see `scan_new_libraries`); afterwards every SCAN_INTERVAL.
 const YOUNG_PROCESS: Duration = Duration::from_secs(5);
+/// Processes that presented within this long get their threads' counters read on every drain
+/// (the evidence of stutters beyond the presenting thread).
+const PRESENTING_RECENTLY_NS: u64 = 2_000_000_000;
+/// Most threads of one process whose counters are read per drain.
+const MAX_SNAPSHOT_THREADS: usize = 256;
+/// Run-queue waits shorter than this are not worth naming a culprit's cgroup for.
+const CULPRIT_CGROUP_MIN_WAIT_NS: u64 = 1_000_000;
 
 /// A frame as the kernel reported it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,6 +57,8 @@ pub struct Frame {
     pub max_runq_wait_ns: u64,
     pub max_blocked_ns: u64,
     pub last_preemptor_tid: u32,
+    /// Who ran while the presenting thread waited for a CPU in this interval.
+    pub culprit: Culprit,
 }
 
 /// A tracked process and its frames.
@@ -61,6 +76,9 @@ pub struct ProcessRecord {
     pub resolved_present: Vec<String>,
     /// Whether it was already running when tracking began (not launched or exec'd under us).
     pub preexisting: bool,
+    /// For frames that looked like stutters while recording (by present time): what every
+    /// thread of the process did around them.
+    pub thread_windows: HashMap<u64, ThreadWindow>,
 }
 
 /// Everything a recording gathered.
@@ -76,6 +94,12 @@ pub struct Capture {
     pub thread_names: HashMap<u32, String>,
     pub histograms: HashMap<u32, ProcessHistograms>,
     pub preemptors: Vec<(PreemptorKey, PreemptorValue)>,
+    /// Run-queue and blocked histograms of each thread that presented, by tid.
+    pub presenter_histograms: HashMap<u32, ProcessHistograms>,
+    /// Cgroups of the tasks that kept presenting threads waiting, by tid.
+    pub culprit_cgroups: HashMap<u32, String>,
+    /// The stutter thresholds the capture was recorded with.
+    pub stutter: DetectorConfig,
     pub dropped_events: u64,
     pub program_costs: Vec<ProgramCost>,
     pub probe_statuses: Vec<ProbeStatus>,
@@ -95,6 +119,9 @@ pub struct RecordOptions {
     pub wait_timeout: Option<Duration>,
     pub follow_children: bool,
     pub mount_tracefs: bool,
+    pub stutter: DetectorConfig,
+    /// ioctl type bytes to count as GPU driver calls, beyond the drivers nvbind knows.
+    pub gpu_ioctl_types: Vec<u8>,
 }
 
 /// A finished recording and the exit code the agent should end with.
@@ -108,6 +135,14 @@ struct Session {
     probes: Probes,
     capture: Capture,
     follow_children: bool,
+    /// Recent counters of the threads of processes that present.
+    snapshots: ThreadSnapshots,
+    /// A stutter detector per (pid, present source), fed as frames arrive, with the last present.
+    detectors: HashMap<(u32, u32), (Detector, u64)>,
+    /// Likely stutters waiting for a snapshot after their end: (pid, previous present, present).
+    pending_windows: Vec<(u32, u64, u64)>,
+    /// Threads of each tracked process, as of the last scan.
+    tids: HashMap<u32, Vec<u32>>,
 }
 
 impl Session {
@@ -163,8 +198,11 @@ impl Session {
                         max_runq_wait_ns: e.max_runq_wait_ns,
                         max_blocked_ns: e.max_blocked_ns,
                         last_preemptor_tid: e.last_preemptor_tid,
+                        culprit: e.culprit,
                     });
                 }
+                self.note_culprit(&e.culprit);
+                self.watch_for_stutter(pid, e.header.aux, e.header.ts_ns);
             }
             Event::VulkanPresentResolved(e) => {
                 let pid = e.header.tgid;
@@ -217,6 +255,86 @@ impl Session {
         }
     }
 
+    /// Remembers the cgroup of a task that kept a presenting thread waiting, while it still exists.
+    fn note_culprit(&mut self, c: &Culprit) {
+        if c.tid == 0
+            || c.wait_ns < CULPRIT_CGROUP_MIN_WAIT_NS
+            || self.capture.culprit_cgroups.contains_key(&c.tid)
+        {
+            return;
+        }
+        let cgroup = target::cgroup_of(c.tid)
+            .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)));
+        if let Some(cgroup) = cgroup {
+            self.capture.culprit_cgroups.insert(c.tid, cgroup);
+        }
+    }
+
+    /// Runs the stutter rule over frames as they arrive, so that likely stutters get the evidence
+    /// of the process's other threads before the snapshots covering them are forgotten.
+    fn watch_for_stutter(&mut self, pid: u32, source: u32, ts_ns: u64) {
+        let config = self.capture.stutter;
+        let (detector, last) = self
+            .detectors
+            .entry((pid, source))
+            .or_insert_with(|| (Detector::new(config), 0));
+        let previous = std::mem::replace(last, ts_ns);
+        if previous == 0 || ts_ns <= previous {
+            return;
+        }
+        if detector.push((ts_ns - previous) as f64 / 1e6).is_some() {
+            self.pending_windows.push((pid, previous, ts_ns));
+        }
+    }
+
+    /// Reads the counters of every thread of the processes that presented recently, then gives
+    /// likely stutters whose end is now covered their window.
+    fn snapshot_threads(&mut self) {
+        let now = monotonic_ns();
+        let presenting: Vec<u32> = self
+            .capture
+            .processes
+            .values()
+            .filter(|p| {
+                p.exited_ns.is_none()
+                    && p.frames
+                        .last()
+                        .is_some_and(|f| now.saturating_sub(f.ts_ns) < PRESENTING_RECENTLY_NS)
+            })
+            .map(|p| p.pid)
+            .collect();
+        for pid in presenting {
+            let mut tids = self.tids.get(&pid).cloned().unwrap_or_default();
+            if let Some(p) = self.capture.processes.get(&pid) {
+                tids.extend(p.frames.last().map(|f| f.tid));
+            }
+            tids.sort_unstable();
+            tids.dedup();
+            tids.truncate(MAX_SNAPSHOT_THREADS);
+            if let Ok(counters) = self.probes.thread_counters(&tids) {
+                self.snapshots.push(pid, monotonic_ns(), counters);
+            }
+        }
+        self.resolve_windows(now);
+    }
+
+    /// Fills the thread windows of likely stutters that ended before `covered_until`.
+    fn resolve_windows(&mut self, covered_until: u64) {
+        let pending = std::mem::take(&mut self.pending_windows);
+        for (pid, from, to) in pending {
+            if to > covered_until {
+                self.pending_windows.push((pid, from, to));
+                continue;
+            }
+            if let (Some(window), Some(p)) = (
+                self.snapshots.window(pid, from, to),
+                self.capture.processes.get_mut(&pid),
+            ) {
+                p.thread_windows.insert(to, window);
+            }
+        }
+    }
+
     fn drain(&mut self) {
         let mut events = Vec::new();
         self.probes.drain_events(|e| events.push(e));
@@ -261,12 +379,15 @@ impl Session {
                 if let Some(p) = self.capture.processes.get_mut(&pid) {
                     p.exited_ns = Some(now);
                 }
+                self.tids.remove(&pid);
+                self.snapshots.forget(pid);
                 continue;
             }
             for lib in self.probes.attach_process_libraries(pid) {
                 log::info!("pid {pid}: hooked {lib}");
             }
-            for tid in crate::probes::thread_ids(pid) {
+            let tids = crate::probes::thread_ids(pid);
+            for &tid in &tids {
                 if let std::collections::hash_map::Entry::Vacant(slot) =
                     self.capture.thread_names.entry(tid)
                 {
@@ -277,6 +398,7 @@ impl Session {
                     }
                 }
             }
+            self.tids.insert(pid, tids);
         }
     }
 
@@ -331,18 +453,24 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
 
-    let probes = Probes::load(LoadOptions {
+    let mut probes = Probes::load(LoadOptions {
         mount_tracefs: options.mount_tracefs,
         require_core: true,
     })?;
+    probes.declare_gpu_ioctl_types(&options.gpu_ioctl_types)?;
     let (cpu_at_start, _) = cpu_time_and_peak_rss();
     let mut session = Session {
         probes,
         capture: Capture {
             target: options.target.to_string(),
+            stutter: options.stutter,
             ..Default::default()
         },
         follow_children: options.follow_children,
+        snapshots: ThreadSnapshots::default(),
+        detectors: HashMap::new(),
+        pending_windows: Vec::new(),
+        tids: HashMap::new(),
     };
 
     let mut launched: Option<Launched> = None;
@@ -399,6 +527,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
             _ = sigterm.recv() => break "signal",
         }
         session.drain();
+        session.snapshot_threads();
         session.scan_new_libraries();
         if last_scan.elapsed() >= SCAN_INTERVAL {
             last_scan = Instant::now();
@@ -451,6 +580,8 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     // Let in-flight records land, then read everything once more.
     tokio::time::sleep(DRAIN_INTERVAL).await;
     session.drain();
+    session.snapshot_threads();
+    session.resolve_windows(u64::MAX);
     session.scan();
 
     let mut capture = std::mem::take(&mut session.capture);
@@ -475,6 +606,18 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         }
     }
     capture.preemptors = session.probes.preemptors()?;
+    let presenters: Vec<u32> = capture
+        .processes
+        .values()
+        .flat_map(|p| p.frames.iter().map(|f| f.tid))
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .collect();
+    for tid in presenters {
+        if let Some(h) = session.probes.presenter_histograms(tid)? {
+            capture.presenter_histograms.insert(tid, h);
+        }
+    }
     capture.dropped_events = session.probes.dropped_events();
     capture.program_costs = session.probes.program_costs();
     capture.probe_statuses = session.probes.statuses().to_vec();

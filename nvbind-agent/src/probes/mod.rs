@@ -21,10 +21,11 @@ use aya::{
 };
 use nvbind_common::{
     event_kind, present_source, track_flags, EventHeader, PreemptorKey, PreemptorValue,
-    PresentEvent, ProcessEvent, ProcessHistograms, ResolvedPresentEvent, ThreadState,
-    TASK_COMM_LEN,
+    PresentEvent, ProcessEvent, ProcessHistograms, ResolvedPresentEvent, ThreadCounters,
+    ThreadState, TASK_COMM_LEN,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use thiserror::Error;
 
 use self::{
@@ -64,14 +65,14 @@ pub enum ProbeError {
 }
 
 /// Whether a probe is attached, and if not, why and what would fix it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeStatus {
     /// What is probed: `sched:sched_switch`, `uprobe:/usr/lib/.../libvulkan.so.1:vkQueuePresentKHR`.
     pub name: String,
     /// Probe family: scheduler, ioctl, process, present, drm.
-    pub family: &'static str,
+    pub family: Cow<'static, str>,
     /// The eBPF program.
-    pub program: &'static str,
+    pub program: Cow<'static, str>,
     pub attached: bool,
     /// Why it is unavailable (absent when attached).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,7 +83,7 @@ pub struct ProbeStatus {
 }
 
 /// Per-program cost from the kernel's bpf_stats.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProgramCost {
     pub program: String,
     pub run_count: u64,
@@ -297,8 +298,8 @@ impl Probes {
             }
             probes.statuses.push(ProbeStatus {
                 name: format!("uprobe:{}", kind.sonames[0]),
-                family: "present",
-                program: "nvbind_present",
+                family: "present".into(),
+                program: "nvbind_present".into(),
                 attached: false,
                 reason: Some(format!("{} is not installed on the host", kind.sonames[0])),
                 fix: Some(
@@ -321,8 +322,8 @@ impl Probes {
         } = tp;
         let mut status = ProbeStatus {
             name: format!("{category}:{name}"),
-            family,
-            program,
+            family: family.into(),
+            program: program.into(),
             attached: false,
             reason: None,
             fix: None,
@@ -379,8 +380,8 @@ impl Probes {
             attached += ok as usize;
             self.statuses.push(ProbeStatus {
                 name: format!("uprobe:{}:{}", lib.display, hook.symbol),
-                family: "present",
-                program: hook.program,
+                family: "present".into(),
+                program: hook.program.into(),
                 attached: ok,
                 reason: result.err(),
                 fix: None,
@@ -396,8 +397,8 @@ impl Probes {
             Err(e) => {
                 self.statuses.push(ProbeStatus {
                     name: "uprobe:vkQueuePresentKHR (installed Vulkan drivers)".into(),
-                    family: "present",
-                    program: "nvbind_present",
+                    family: "present".into(),
+                    program: "nvbind_present".into(),
                     attached: false,
                     reason: Some(format!(
                         "cannot resolve the drivers' present functions: {e}"
@@ -424,8 +425,8 @@ impl Probes {
                     f.offset,
                     f.device
                 ),
-                family: "present",
-                program: "nvbind_present",
+                family: "present".into(),
+                program: "nvbind_present".into(),
                 attached: result.is_ok(),
                 reason: result.err(),
                 fix: None,
@@ -477,8 +478,8 @@ impl Probes {
         self.attach_vulkan_present(&mapping.open_path(pid), mapping.dev, mapping.ino, offset)?;
         self.statuses.push(ProbeStatus {
             name: format!("uprobe:{}+{offset:#x}:vkQueuePresentKHR", mapping.path),
-            family: "present",
-            program: "nvbind_present",
+            family: "present".into(),
+            program: "nvbind_present".into(),
             attached: true,
             reason: None,
             fix: None,
@@ -617,6 +618,28 @@ impl Probes {
             .map_err(Self::map_err("WATCHED_COMMS"))
     }
 
+    /// Declares ioctl type bytes (`_IOC_TYPE`) as GPU driver calls, for drivers nvbind does not know
+    /// by name: time blocked inside them counts as a GPU driver wait.
+    pub fn declare_gpu_ioctl_types(&mut self, types: &[u8]) -> Result<(), ProbeError> {
+        const MAP: &str = "DECLARED_GPU_IOCTL_TYPES";
+        let map = self.ebpf.map_mut(MAP).ok_or(ProbeError::MissingMap(MAP))?;
+        let mut array = aya::maps::Array::<_, u32>::try_from(map).map_err(Self::map_err(MAP))?;
+        for &t in types {
+            array.set(u32::from(t), 1, 0).map_err(Self::map_err(MAP))?;
+        }
+        Ok(())
+    }
+
+    /// The counters of the given threads now (threads no longer tracked are left out). One map
+    /// lookup per thread: cheaper than walking the whole map when several processes are tracked.
+    pub fn thread_counters(&self, tids: &[u32]) -> Result<Vec<(u32, ThreadCounters)>, ProbeError> {
+        let threads = self.hash_map::<u32, ThreadState>("THREADS")?;
+        Ok(tids
+            .iter()
+            .filter_map(|&tid| Some((tid, threads.get(&tid, 0).ok()?.totals)))
+            .collect())
+    }
+
     /// Reads every record waiting in the ring buffer.
     pub fn drain_events(&mut self, mut on_event: impl FnMut(Event)) {
         while let Some(item) = self.events.next() {
@@ -643,6 +666,12 @@ impl Probes {
     pub fn histograms(&self, tgid: u32) -> Result<Option<ProcessHistograms>, ProbeError> {
         let hists = self.hash_map::<u32, ProcessHistograms>("PROC_HISTS")?;
         Ok(hists.get(&tgid, 0).ok())
+    }
+
+    /// The run-queue and blocked-time histograms of a thread that presented frames.
+    pub fn presenter_histograms(&self, tid: u32) -> Result<Option<ProcessHistograms>, ProbeError> {
+        let hists = self.hash_map::<u32, ProcessHistograms>("PRESENTER_HISTS")?;
+        Ok(hists.get(&tid, 0).ok())
     }
 
     /// Who preempted tracked processes: (victim tgid, preemptor tid, count, preemptor comm).

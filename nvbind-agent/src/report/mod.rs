@@ -2,22 +2,26 @@
 //! and the per-frame CSV.
 
 pub mod stats;
+pub mod stutters;
+pub mod summary;
+pub mod svg;
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
 
 use nvbind_common::{ioctl_class, present_source, ThreadCounters};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     capture::{Capture, Frame, ProcessRecord},
     probes::{comm_str, ProbeStatus, ProgramCost},
 };
 use stats::{FrameTimeStats, Log2Summary, LowFps};
+use stutters::StutterReport;
 
 pub const SCHEMA: &str = "nvbind.report/v1";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub schema: String,
     pub agent: AgentInfo,
@@ -26,7 +30,7 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentInfo {
     pub version: String,
     /// Cost of each eBPF program over the capture (kernel bpf_stats).
@@ -37,14 +41,14 @@ pub struct AgentInfo {
     pub peak_rss_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostInfo {
     pub kernel: String,
     pub hostname: String,
     pub cpus: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaptureInfo {
     /// Wall-clock start, seconds since the Unix epoch.
     pub started_unix_s: f64,
@@ -63,7 +67,7 @@ pub struct CaptureInfo {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrmInfo {
     pub available: bool,
     pub vblank_events: u64,
@@ -71,7 +75,7 @@ pub struct DrmInfo {
     pub delivered_events: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessReport {
     pub pid: u32,
     pub ppid: u32,
@@ -85,9 +89,25 @@ pub struct ProcessReport {
     pub ioctl: BTreeMap<String, IoctlClassReport>,
     /// The busiest threads (by on-CPU time), at most 16.
     pub threads: Vec<ThreadReport>,
+    /// Run-queue and off-CPU distributions of each thread that presented, over the capture.
+    pub presenting_threads: Vec<PresentingThreadReport>,
+    /// Stutters, each with a verdict and its evidence.
+    pub stutters: StutterReport,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresentingThreadReport {
+    pub tid: u32,
+    pub comm: String,
+    /// Frames it presented (from the chosen source).
+    pub frames: u64,
+    /// Every wait for a CPU (in-kernel log2 histogram).
+    pub runq_wait: Log2Summary,
+    /// Every period off-CPU and not runnable (in-kernel log2 histogram).
+    pub off_cpu: Log2Summary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FramesReport {
     /// Frames handed over (presents) from the chosen source.
     pub count: u64,
@@ -106,9 +126,19 @@ pub struct FramesReport {
     pub fps_avg: Option<f64>,
     pub frame_time_ms: Option<FrameTimeStats>,
     pub low_fps: Option<LowFps>,
+    /// Every frame's time, for plots: frame `i + 1` took `timeline.frame_times_ms[i]`.
+    pub timeline: Option<Timeline>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timeline {
+    /// When the first frame was presented, seconds since the capture started.
+    pub first_present_t_s: f64,
+    /// Time between consecutive presents, in milliseconds (microsecond precision).
+    pub frame_times_ms: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SchedReport {
     pub on_cpu_s: f64,
     pub runq_wait_s: f64,
@@ -126,21 +156,21 @@ pub struct SchedReport {
     pub preemptors: Vec<Preemptor>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Preemptor {
     pub tid: u32,
     pub comm: String,
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IoctlClassReport {
     pub count: u64,
     pub total_ms: f64,
     pub mean_us: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThreadReport {
     pub tid: u32,
     pub comm: String,
@@ -153,7 +183,7 @@ pub struct ThreadReport {
 }
 
 /// The CSV header, in [`FrameRow`] field order.
-pub const FRAME_CSV_COLUMNS: [&str; 18] = [
+pub const FRAME_CSV_COLUMNS: [&str; 22] = [
     "frame",
     "pid",
     "tid",
@@ -167,15 +197,19 @@ pub const FRAME_CSV_COLUMNS: [&str; 18] = [
     "blocked_ms",
     "max_blocked_ms",
     "blocked_in_gpu_ioctl_ms",
+    "blocked_uninterruptible_ms",
     "involuntary_switches",
     "migrations",
     "gpu_ioctls",
     "gpu_ioctl_ms",
     "last_preemptor_tid",
+    "ran_instead_tid",
+    "ran_instead_comm",
+    "stutter_cause",
 ];
 
 /// One frame of the CSV export.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FrameRow {
     pub frame: u64,
     pub pid: u32,
@@ -193,11 +227,17 @@ pub struct FrameRow {
     pub blocked_ms: f64,
     pub max_blocked_ms: f64,
     pub blocked_in_gpu_ioctl_ms: f64,
+    pub blocked_uninterruptible_ms: f64,
     pub involuntary_switches: u64,
     pub migrations: u64,
     pub gpu_ioctls: u64,
     pub gpu_ioctl_ms: f64,
     pub last_preemptor_tid: u32,
+    /// The task that kept this thread waiting for a CPU longest in this interval (0: none).
+    pub ran_instead_tid: u32,
+    pub ran_instead_comm: String,
+    /// The verdict when this frame is a stutter, else empty.
+    pub stutter_cause: String,
 }
 
 /// Preference among frame sources when a process shows several: the call closest to the game's
@@ -232,7 +272,7 @@ fn chosen_frames(p: &ProcessRecord) -> (u32, Vec<Frame>) {
     (source, frames)
 }
 
-fn ms(ns: u64) -> f64 {
+pub(crate) fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
@@ -240,7 +280,7 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-fn gpu_ioctls(c: &ThreadCounters) -> (u64, u64) {
+pub(crate) fn gpu_ioctls(c: &ThreadCounters) -> (u64, u64) {
     (0..ioctl_class::COUNT)
         .filter(|&i| ioctl_class::is_gpu(i))
         .fold((0, 0), |(n, t), i| {
@@ -259,6 +299,12 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
             .map(|w| w[1].ts_ns.saturating_sub(w[0].ts_ns))
             .collect();
         let summary = stats::summarize(&frame_times);
+        let stutters = stutters::analyse(capture, p, &frames);
+        let causes: HashMap<u64, &str> = stutters
+            .events
+            .iter()
+            .map(|e| (e.frame, e.cause.name()))
+            .collect();
         for (i, f) in frames.iter().enumerate() {
             let (n, t) = gpu_ioctls(&f.delta);
             rows.push(FrameRow {
@@ -275,11 +321,18 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                 blocked_ms: ms(f.delta.blocked_ns),
                 max_blocked_ms: ms(f.max_blocked_ns),
                 blocked_in_gpu_ioctl_ms: ms(f.delta.blocked_in_gpu_ioctl_ns),
+                blocked_uninterruptible_ms: ms(f.delta.blocked_uninterruptible_ns),
                 involuntary_switches: f.delta.involuntary_switches,
                 migrations: f.delta.migrations,
                 gpu_ioctls: n,
                 gpu_ioctl_ms: ms(t),
                 last_preemptor_tid: f.last_preemptor_tid,
+                ran_instead_tid: f.culprit.tid,
+                ran_instead_comm: comm_str(&f.culprit.comm),
+                stutter_cause: causes
+                    .get(&(i as u64))
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
             });
         }
         let mut sources_seen = BTreeMap::new();
@@ -318,6 +371,23 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
         thread_reports.sort_by(|a, b| b.on_cpu_s.total_cmp(&a.on_cpu_s).then(a.tid.cmp(&b.tid)));
         thread_reports.truncate(16);
 
+        let presenting_threads = presenting_tids
+            .iter()
+            .map(|&tid| {
+                let h = capture
+                    .presenter_histograms
+                    .get(&tid)
+                    .copied()
+                    .unwrap_or_default();
+                PresentingThreadReport {
+                    tid,
+                    comm: capture.thread_names.get(&tid).cloned().unwrap_or_default(),
+                    frames: frames.iter().filter(|f| f.tid == tid).count() as u64,
+                    runq_wait: stats::summarize_log2(&h.runq_wait),
+                    off_cpu: stats::summarize_log2(&h.blocked),
+                }
+            })
+            .collect();
         let hists = capture.histograms.get(&p.pid).copied().unwrap_or_default();
         let mut preemptors: Vec<Preemptor> = capture
             .preemptors
@@ -375,6 +445,16 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                 fps_avg: summary.as_ref().map(|s| s.fps_avg),
                 frame_time_ms: summary.as_ref().map(|s| s.frame_time_ms.clone()),
                 low_fps: summary.map(|s| s.low_fps),
+                timeline: frames
+                    .first()
+                    .filter(|_| frames.len() > 1)
+                    .map(|first| Timeline {
+                        first_present_t_s: secs(first.ts_ns.saturating_sub(capture.started_ns)),
+                        frame_times_ms: frame_times
+                            .iter()
+                            .map(|&ns| (ns as f64 / 1e3).round() / 1e3)
+                            .collect(),
+                    }),
             },
             sched: SchedReport {
                 on_cpu_s: secs(totals.on_cpu_ns),
@@ -391,6 +471,8 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
             },
             ioctl,
             threads: thread_reports,
+            presenting_threads,
+            stutters,
         });
     }
     // The game first: most frames, then most CPU.
@@ -455,6 +537,7 @@ mod tests {
             max_runq_wait_ns: 0,
             max_blocked_ns: 0,
             last_preemptor_tid: 0,
+            culprit: Default::default(),
         }
     }
 

@@ -85,6 +85,55 @@ pub fn report_json(path: &Path, report: &Report) -> Result<(), WriteError> {
     })
 }
 
+/// Writes a text document (the SVG chart).
+pub fn text(path: &Path, content: &str) -> Result<(), WriteError> {
+    write_atomically(path, |out| {
+        out.write_all(content.as_bytes()).map_err(io_err(path))
+    })
+}
+
+/// Reads a report written by `record` (or the daemon).
+pub fn read_report(path: &Path) -> Result<Report, ReadError> {
+    let text = fs::read_to_string(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let schema = serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| ReadError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
+        .get("schema")
+        .and_then(|s| s.as_str().map(str::to_owned));
+    if schema.as_deref() != Some(super::SCHEMA) {
+        return Err(ReadError::Schema {
+            path: path.to_path_buf(),
+            found: schema.unwrap_or_else(|| "none".into()),
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| ReadError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a valid nvbind report: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error(
+        "{path} is not an nvbind.report/v1 document (schema: {found}); give a file written by \
+         `nvbind-agent record`"
+    )]
+    Schema { path: PathBuf, found: String },
+}
+
 /// Writes the per-frame CSV (one row per frame, header first).
 pub fn frames_csv(path: &Path, rows: &[FrameRow]) -> Result<(), WriteError> {
     write_atomically(path, |out| {

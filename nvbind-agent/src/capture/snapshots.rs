@@ -1,0 +1,137 @@
+//! Recent counters of every thread of the processes that present frames, so a stutter's evidence
+//! can cover the game's other threads too (the kernel's per-frame record covers only the thread
+//! that presented). Read on every drain, kept for a short while.
+
+use std::collections::{HashMap, VecDeque};
+
+use nvbind_common::ThreadCounters;
+
+/// How long snapshots are kept: longer than any frame worth explaining in detail.
+const KEEP_NS: u64 = 2_000_000_000;
+
+/// The counters of one process's threads at one moment.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    ts_ns: u64,
+    threads: Vec<(u32, ThreadCounters)>,
+}
+
+/// What each thread of a process did between two snapshots that enclose an interval.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadWindow {
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub threads: Vec<(u32, ThreadCounters)>,
+}
+
+/// Per process, the snapshots of the last [`KEEP_NS`].
+#[derive(Debug, Default)]
+pub struct ThreadSnapshots {
+    by_process: HashMap<u32, VecDeque<Snapshot>>,
+}
+
+impl ThreadSnapshots {
+    /// Adds a snapshot of `pid`'s threads taken at `ts_ns`, forgetting old ones.
+    pub fn push(&mut self, pid: u32, ts_ns: u64, threads: Vec<(u32, ThreadCounters)>) {
+        let ring = self.by_process.entry(pid).or_default();
+        ring.push_back(Snapshot { ts_ns, threads });
+        while ring
+            .front()
+            .is_some_and(|s| ts_ns.saturating_sub(s.ts_ns) > KEEP_NS)
+        {
+            ring.pop_front();
+        }
+    }
+
+    /// Forgets a process.
+    pub fn forget(&mut self, pid: u32) {
+        self.by_process.remove(&pid);
+    }
+
+    /// Each thread's counters over the smallest snapshot span that encloses `[from_ns, to_ns]`
+    /// (or as much of it as is still kept). `None` without two snapshots.
+    pub fn window(&self, pid: u32, from_ns: u64, to_ns: u64) -> Option<ThreadWindow> {
+        let ring = self.by_process.get(&pid)?;
+        let before = ring
+            .iter()
+            .rev()
+            .find(|s| s.ts_ns <= from_ns)
+            .or(ring.front())?;
+        let after = ring.iter().find(|s| s.ts_ns >= to_ns).or(ring.back())?;
+        if after.ts_ns <= before.ts_ns {
+            return None;
+        }
+        let earlier: HashMap<u32, &ThreadCounters> =
+            before.threads.iter().map(|(tid, c)| (*tid, c)).collect();
+        let threads = after
+            .threads
+            .iter()
+            .map(|(tid, now)| {
+                let delta = match earlier.get(tid) {
+                    Some(then) => now.since(then),
+                    // A thread born inside the window: everything it did is in it.
+                    None => *now,
+                };
+                (*tid, delta)
+            })
+            .collect();
+        Some(ThreadWindow {
+            from_ns: before.ts_ns,
+            to_ns: after.ts_ns,
+            threads,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(on_cpu_ns: u64) -> ThreadCounters {
+        ThreadCounters {
+            on_cpu_ns,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_window_encloses_the_interval() {
+        let mut s = ThreadSnapshots::default();
+        for i in 0..10u64 {
+            s.push(1, i * 20, vec![(5, counters(i * 3)), (6, counters(i))]);
+        }
+        s.push(
+            1,
+            200,
+            vec![(5, counters(30)), (6, counters(10)), (7, counters(4))],
+        );
+        let w = s.window(1, 45, 85).expect("a window");
+        assert_eq!((w.from_ns, w.to_ns), (40, 100));
+        let of = |tid| {
+            w.threads
+                .iter()
+                .find(|(t, _)| *t == tid)
+                .map(|(_, c)| c.on_cpu_ns)
+        };
+        assert_eq!(of(5), Some(15 - 6));
+        assert_eq!(of(6), Some(5 - 2));
+        let w = s.window(1, 150, 190).expect("a window");
+        assert_eq!(
+            w.threads
+                .iter()
+                .find(|(t, _)| *t == 7)
+                .map(|(_, c)| c.on_cpu_ns),
+            Some(4),
+            "a new thread counts from zero"
+        );
+        assert!(s.window(2, 0, 10).is_none());
+    }
+
+    #[test]
+    fn old_snapshots_are_dropped() {
+        let mut s = ThreadSnapshots::default();
+        s.push(1, 0, vec![]);
+        s.push(1, KEEP_NS + 1, vec![]);
+        assert_eq!(s.by_process[&1].len(), 1);
+    }
+}

@@ -1,0 +1,253 @@
+//! The `stutters` section of a process's report: detection over the chosen frames and a verdict
+//! with evidence for each stutter.
+
+use std::collections::BTreeMap;
+
+use nvbind_common::Culprit;
+use serde::{Deserialize, Serialize};
+
+use super::{gpu_ioctls, ms};
+use crate::{
+    capture::{Capture, Frame, ProcessRecord},
+    probes::comm_str,
+    stutter::{
+        attribute, BusyThread, Cause, Detector, DetectorConfig, Evidence, GpuEvidence, RanInstead,
+        ThreadEvidence,
+    },
+};
+
+/// Busy threads listed per stutter, besides the presenting one.
+const BUSY_THREADS: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StutterReport {
+    pub count: u64,
+    /// Stutters per minute of frames (first to last present).
+    pub per_minute: f64,
+    /// Time spent in stutter frames over the total frame time (0–1).
+    pub share_of_time: f64,
+    /// The thresholds used.
+    pub thresholds: DetectorConfig,
+    /// Stutters per verdict.
+    pub by_cause: BTreeMap<Cause, u64>,
+    /// Every stutter, in frame order.
+    pub events: Vec<StutterEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StutterEvent {
+    /// Index of the frame in the process's frames (as in the per-frame CSV).
+    pub frame: u64,
+    /// When the frame was presented, seconds since the capture started.
+    pub t_s: f64,
+    pub frame_time_ms: f64,
+    /// The trailing average it was compared with.
+    pub baseline_ms: f64,
+    pub cause: Cause,
+    /// How well the evidence supports the cause (0–1; see docs/stutter.md).
+    pub confidence: f64,
+    /// The verdict in a sentence.
+    pub summary: String,
+    pub evidence: Evidence,
+}
+
+/// Detects and explains the stutters among `frames` (a process's chosen frames, in order).
+pub fn analyse(capture: &Capture, p: &ProcessRecord, frames: &[Frame]) -> StutterReport {
+    let config = capture.stutter;
+    let mut detector = Detector::new(config);
+    let mut events = Vec::new();
+    let mut total_ns: u64 = 0;
+    let mut stutter_ns: u64 = 0;
+    for (i, pair) in frames.windows(2).enumerate() {
+        let (prev, frame) = (&pair[0], &pair[1]);
+        let ft_ns = frame.ts_ns.saturating_sub(prev.ts_ns);
+        total_ns += ft_ns;
+        let frame_time_ms = ms(ft_ns);
+        let Some(baseline_ms) = detector.push(frame_time_ms) else {
+            continue;
+        };
+        stutter_ns += ft_ns;
+        let index = i as u64 + 1;
+        let evidence = evidence(capture, p, frame);
+        let verdict = attribute(index, frame_time_ms, baseline_ms, &evidence);
+        events.push(StutterEvent {
+            frame: index,
+            t_s: ms(frame.ts_ns.saturating_sub(capture.started_ns)) / 1e3,
+            frame_time_ms: round3(frame_time_ms),
+            baseline_ms: round3(baseline_ms),
+            cause: verdict.cause,
+            confidence: verdict.confidence,
+            summary: verdict.summary,
+            evidence,
+        });
+    }
+    let mut by_cause = BTreeMap::new();
+    for e in &events {
+        *by_cause.entry(e.cause).or_insert(0) += 1;
+    }
+    let minutes = total_ns as f64 / 60e9;
+    StutterReport {
+        count: events.len() as u64,
+        per_minute: if minutes > 0.0 {
+            events.len() as f64 / minutes
+        } else {
+            0.0
+        },
+        share_of_time: if total_ns > 0 {
+            stutter_ns as f64 / total_ns as f64
+        } else {
+            0.0
+        },
+        thresholds: config,
+        by_cause,
+        events,
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn thread_name(capture: &Capture, tid: u32) -> String {
+    capture.thread_names.get(&tid).cloned().unwrap_or_default()
+}
+
+fn evidence(capture: &Capture, p: &ProcessRecord, frame: &Frame) -> Evidence {
+    let d = &frame.delta;
+    let (gpu_calls, gpu_ns) = gpu_ioctls(d);
+    let presenting_thread = ThreadEvidence {
+        tid: frame.tid,
+        comm: thread_name(capture, frame.tid),
+        on_cpu_ms: ms(d.on_cpu_ns),
+        runq_wait_ms: ms(d.runq_wait_ns),
+        max_runq_wait_ms: ms(frame.max_runq_wait_ns),
+        blocked_ms: ms(d.blocked_ns),
+        max_blocked_ms: ms(frame.max_blocked_ns),
+        blocked_in_gpu_ioctl_ms: ms(d.blocked_in_gpu_ioctl_ns),
+        blocked_uninterruptible_ms: ms(d.blocked_uninterruptible_ns),
+        blocked_sleeping_ms: ms(d
+            .blocked_ns
+            .saturating_sub(d.blocked_in_gpu_ioctl_ns)
+            .saturating_sub(d.blocked_uninterruptible_ns)),
+        involuntary_switches: d.involuntary_switches,
+        migrations: d.migrations,
+        gpu_ioctls: gpu_calls,
+        gpu_ioctl_ms: ms(gpu_ns),
+    };
+    let window = p.thread_windows.get(&frame.ts_ns);
+    let mut busy_threads: Vec<BusyThread> = window
+        .map(|w| {
+            w.threads
+                .iter()
+                .filter(|(tid, _)| *tid != frame.tid)
+                .map(|(tid, c)| BusyThread {
+                    tid: *tid,
+                    comm: thread_name(capture, *tid),
+                    on_cpu_ms: ms(c.on_cpu_ns),
+                    runq_wait_ms: ms(c.runq_wait_ns),
+                    blocked_ms: ms(c.blocked_ns),
+                    blocked_in_gpu_ioctl_ms: ms(c.blocked_in_gpu_ioctl_ns),
+                    involuntary_switches: c.involuntary_switches,
+                    migrations: c.migrations,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    busy_threads.sort_by(|a, b| {
+        (b.on_cpu_ms + b.runq_wait_ms)
+            .total_cmp(&(a.on_cpu_ms + a.runq_wait_ms))
+            .then(a.tid.cmp(&b.tid))
+    });
+    busy_threads.truncate(BUSY_THREADS);
+    Evidence {
+        presenting_thread,
+        ran_instead: ran_instead(capture, &frame.culprit),
+        busy_threads,
+        busy_threads_window_ms: window.map(|w| ms(w.to_ns.saturating_sub(w.from_ns))),
+        gpu: GpuEvidence {
+            sampled: false,
+            missing: Some(
+                "no GPU counters in this capture: this nvbind version does not sample the GPU yet"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    }
+}
+
+fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> {
+    if c.tid == 0 || c.wait_ns == 0 {
+        return None;
+    }
+    Some(RanInstead {
+        tid: c.tid,
+        pid: (c.tgid != 0).then_some(c.tgid),
+        comm: comm_str(&c.comm),
+        cgroup: capture
+            .culprit_cgroups
+            .get(&c.tid)
+            .cloned()
+            .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id))),
+        wait_ms: ms(c.wait_ns),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvbind_common::{present_source, ThreadCounters};
+
+    fn frame(ts_ms: u64, runq_ms: u64) -> Frame {
+        let mut culprit = Culprit {
+            tid: 812,
+            tgid: 812,
+            wait_ns: runq_ms * 1_000_000,
+            ..Default::default()
+        };
+        culprit.comm[..3].copy_from_slice(b"hog");
+        Frame {
+            ts_ns: ts_ms * 1_000_000,
+            tid: 5,
+            source: present_source::EGL,
+            delta: ThreadCounters {
+                on_cpu_ns: 3_000_000,
+                runq_wait_ns: runq_ms * 1_000_000,
+                blocked_ns: 13_000_000,
+                ..Default::default()
+            },
+            culprit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stutters_are_counted_timed_and_explained() {
+        let mut t = 0;
+        let mut frames = Vec::new();
+        for i in 0..600u64 {
+            let stall = if i % 100 == 50 { 80 } else { 0 };
+            t += 16 + stall;
+            frames.push(frame(t, stall));
+        }
+        let mut capture = Capture::default();
+        capture.stutter = DetectorConfig::default();
+        capture.culprit_cgroups.insert(812, "/hogs".into());
+        let p = ProcessRecord::default();
+        let r = analyse(&capture, &p, &frames);
+        assert_eq!(r.count, 6);
+        assert_eq!(r.by_cause.get(&Cause::CpuContention), Some(&6));
+        let total_ms = (t - 16) as f64;
+        assert!((r.share_of_time - 6.0 * 96.0 / total_ms).abs() < 1e-9);
+        assert!((r.per_minute - 6.0 / (total_ms / 60_000.0)).abs() < 1e-9);
+        let e = &r.events[0];
+        assert_eq!(e.frame, 50);
+        assert_eq!(e.frame_time_ms, 96.0);
+        assert_eq!(e.baseline_ms, 16.0);
+        let who = e.evidence.ran_instead.as_ref().expect("culprit");
+        assert_eq!(
+            (who.comm.as_str(), who.cgroup.as_deref()),
+            ("hog", Some("/hogs"))
+        );
+        assert!(!e.evidence.gpu.sampled && e.evidence.gpu.missing.is_some());
+    }
+}

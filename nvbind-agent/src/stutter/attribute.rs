@@ -1,0 +1,452 @@
+//! Why a frame stuttered: a verdict from a fixed vocabulary, made from the evidence the kernel
+//! gathered inside that frame's interval. See docs/stutter.md for the rules in prose.
+
+use serde::{Deserialize, Serialize};
+
+/// The verdict vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// The thread was runnable but another task had its CPU.
+    CpuContention,
+    /// The thread was blocked inside a GPU driver ioctl (fence wait, submission throttling).
+    GpuDriverWait,
+    /// The thread was blocked elsewhere: I/O, a lock, a sleep.
+    Blocked,
+    /// Waiting on the GPU while the GPU was clocked down (thermal, power, reliability limits).
+    GpuThrottle,
+    /// Waiting on the GPU while its memory was (nearly) full.
+    VramPressure,
+    /// The evidence does not explain the frame.
+    Unknown,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 6] = [
+        Cause::CpuContention,
+        Cause::GpuDriverWait,
+        Cause::Blocked,
+        Cause::GpuThrottle,
+        Cause::VramPressure,
+        Cause::Unknown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::CpuContention => "cpu-contention",
+            Cause::GpuDriverWait => "gpu-driver-wait",
+            Cause::Blocked => "blocked",
+            Cause::GpuThrottle => "gpu-throttle",
+            Cause::VramPressure => "vram-pressure",
+            Cause::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the kernel saw the presenting thread do in the frame interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThreadEvidence {
+    pub tid: u32,
+    pub comm: String,
+    pub on_cpu_ms: f64,
+    /// Runnable but not running (woken or preempted, until it got a CPU).
+    pub runq_wait_ms: f64,
+    pub max_runq_wait_ms: f64,
+    /// Off-CPU and not runnable, in total and split by where.
+    pub blocked_ms: f64,
+    pub max_blocked_ms: f64,
+    pub blocked_in_gpu_ioctl_ms: f64,
+    /// Uninterruptible sleep (`D`: disk I/O, some kernel locks) outside GPU ioctls.
+    pub blocked_uninterruptible_ms: f64,
+    /// Interruptible sleep outside GPU ioctls (futex, poll, nanosleep, pipes).
+    pub blocked_sleeping_ms: f64,
+    pub involuntary_switches: u64,
+    pub migrations: u64,
+    pub gpu_ioctls: u64,
+    pub gpu_ioctl_ms: f64,
+}
+
+/// The task that had the presenting thread's CPU while it waited (the one that kept it off longest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RanInstead {
+    pub tid: u32,
+    /// Its process, when the kernel saw it (it may be a kernel thread or have exited).
+    pub pid: Option<u32>,
+    pub comm: String,
+    /// Its cgroup (v2 path from /proc, else the cgroup id the kernel gave), when there is one.
+    pub cgroup: Option<String>,
+    /// Run-queue wait of the presenting thread attributed to this task.
+    pub wait_ms: f64,
+}
+
+/// Another thread of the process over (about) the same interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BusyThread {
+    pub tid: u32,
+    pub comm: String,
+    pub on_cpu_ms: f64,
+    pub runq_wait_ms: f64,
+    pub blocked_ms: f64,
+    pub blocked_in_gpu_ioctl_ms: f64,
+    pub involuntary_switches: u64,
+    pub migrations: u64,
+}
+
+/// The GPU's state during the frame, where GPU counters were sampled.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuEvidence {
+    /// Whether GPU counters cover this frame.
+    pub sampled: bool,
+    /// Why not, when they do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_ratio: Option<f64>,
+    /// Clock throttle reasons active during the frame (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttle_reasons: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_used_ratio: Option<f64>,
+}
+
+/// Everything a stutter verdict rests on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub presenting_thread: ThreadEvidence,
+    pub ran_instead: Option<RanInstead>,
+    /// The process's busiest other threads (by on-CPU time) over `busy_threads_window_ms`, which
+    /// spans the frame plus up to one sampling period on each side.
+    pub busy_threads: Vec<BusyThread>,
+    pub busy_threads_window_ms: Option<f64>,
+    pub gpu: GpuEvidence,
+}
+
+/// A verdict, its confidence (0–1) and the sentence that explains it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub cause: Cause,
+    pub confidence: f64,
+    pub summary: String,
+}
+
+/// VRAM use above which a GPU wait is put down to memory pressure.
+const VRAM_PRESSURE_RATIO: f64 = 0.95;
+/// A component must explain at least this share of the frame's excess over its baseline.
+const MIN_SHARE_OF_EXCESS: f64 = 0.5;
+/// Confidence is scaled by this when the verdict rests on another thread, not the presenting one.
+const INDIRECT: f64 = 0.6;
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Decides why frame `frame` (index in the process's frames) took `frame_time_ms` against a
+/// trailing average of `baseline_ms`.
+pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence) -> Verdict {
+    let t = &e.presenting_thread;
+    let excess = (frame_time_ms - baseline_ms).max(f64::EPSILON);
+    let head = format!(
+        "frame {frame} took {frame_time_ms:.1} ms ({:.1}× the {baseline_ms:.1} ms average)",
+        frame_time_ms / baseline_ms.max(f64::EPSILON)
+    );
+    let who = if t.comm.is_empty() {
+        format!("the presenting thread (tid {})", t.tid)
+    } else {
+        format!("the presenting thread `{}` (tid {})", t.comm, t.tid)
+    };
+    let blocked_elsewhere = (t.blocked_ms - t.blocked_in_gpu_ioctl_ms).max(0.0);
+    // The presenting thread's time in the interval, by what it was doing.
+    let mut parts = [
+        (Some(Cause::CpuContention), t.runq_wait_ms),
+        (Some(Cause::GpuDriverWait), t.blocked_in_gpu_ioctl_ms),
+        (Some(Cause::Blocked), blocked_elsewhere),
+        (None, t.on_cpu_ms),
+    ];
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let (dominant, amount) = parts[0];
+    let second = parts[1].1;
+    let direct_confidence =
+        round2((amount / excess).min(1.0) * (1.0 - 0.5 * second / amount.max(f64::EPSILON)));
+
+    if amount < MIN_SHARE_OF_EXCESS * excess {
+        return Verdict {
+            cause: Cause::Unknown,
+            confidence: round2(1.0 - amount / excess),
+            summary: format!(
+                "{head}: the kernel's evidence does not explain it ({who} ran {:.1} ms, waited {:.1} \
+                 ms for a CPU and was blocked {:.1} ms)",
+                t.on_cpu_ms, t.runq_wait_ms, t.blocked_ms
+            ),
+        };
+    }
+    match dominant {
+        None => Verdict {
+            cause: Cause::Unknown,
+            confidence: direct_confidence,
+            summary: format!(
+                "{head}: {who} was on a CPU for {:.1} ms, without contention or blocking: the \
+                 game's own work on that thread (shader compilation, loading, simulation)",
+                t.on_cpu_ms
+            ),
+        },
+        Some(Cause::CpuContention) => {
+            let instead = match &e.ran_instead {
+                Some(r) => format!(
+                    " while `{}` (tid {}{}{}) held its CPU",
+                    r.comm,
+                    r.tid,
+                    r.pid
+                        .filter(|&p| p != r.tid)
+                        .map(|p| format!(", pid {p}"))
+                        .unwrap_or_default(),
+                    r.cgroup
+                        .as_ref()
+                        .map(|c| format!(", cgroup {c}"))
+                        .unwrap_or_default()
+                ),
+                None => String::new(),
+            };
+            Verdict {
+                cause: Cause::CpuContention,
+                confidence: direct_confidence,
+                summary: format!(
+                    "{head}: {who} was runnable for {:.1} ms{instead} ({} involuntary switches, {} \
+                     migrations)",
+                    t.runq_wait_ms, t.involuntary_switches, t.migrations
+                ),
+            }
+        }
+        Some(Cause::GpuDriverWait) => {
+            let gpu = &e.gpu;
+            let (cause, why) = if gpu.sampled && !gpu.throttle_reasons.is_empty() {
+                (
+                    Cause::GpuThrottle,
+                    format!(
+                        " while the GPU was throttled ({})",
+                        gpu.throttle_reasons.join(", ")
+                    ),
+                )
+            } else if gpu
+                .vram_used_ratio
+                .is_some_and(|r| gpu.sampled && r >= VRAM_PRESSURE_RATIO)
+            {
+                (
+                    Cause::VramPressure,
+                    format!(
+                        " with {:.0}% of the GPU's memory in use",
+                        gpu.vram_used_ratio.unwrap_or(0.0) * 100.0
+                    ),
+                )
+            } else {
+                (Cause::GpuDriverWait, String::new())
+            };
+            Verdict {
+                cause,
+                confidence: direct_confidence,
+                summary: format!(
+                    "{head}: {who} was blocked {:.1} ms inside GPU driver ioctls ({} calls){why}",
+                    t.blocked_in_gpu_ioctl_ms, t.gpu_ioctls
+                ),
+            }
+        }
+        Some(_) => blocked_verdict(&head, &who, excess, direct_confidence, e),
+    }
+}
+
+/// The presenting thread slept outside the GPU driver. If it was waiting for another thread of
+/// the game that could not run (or was itself stuck in the driver), that is the cause; else
+/// `blocked`.
+fn blocked_verdict(head: &str, who: &str, excess: f64, confidence: f64, e: &Evidence) -> Verdict {
+    let t = &e.presenting_thread;
+    let threshold = MIN_SHARE_OF_EXCESS * excess;
+    let starved = e
+        .busy_threads
+        .iter()
+        .filter(|b| b.runq_wait_ms >= threshold)
+        .max_by(|a, b| a.runq_wait_ms.total_cmp(&b.runq_wait_ms));
+    let in_driver = e
+        .busy_threads
+        .iter()
+        .filter(|b| b.blocked_in_gpu_ioctl_ms >= threshold)
+        .max_by(|a, b| {
+            a.blocked_in_gpu_ioctl_ms
+                .total_cmp(&b.blocked_in_gpu_ioctl_ms)
+        });
+    if let Some(b) = starved {
+        return Verdict {
+            cause: Cause::CpuContention,
+            confidence: round2(confidence * INDIRECT),
+            summary: format!(
+                "{head}: {who} was blocked {:.1} ms, while the game's thread `{}` (tid {}) waited \
+                 {:.1} ms for a CPU",
+                t.blocked_ms, b.comm, b.tid, b.runq_wait_ms
+            ),
+        };
+    }
+    if let Some(b) = in_driver {
+        return Verdict {
+            cause: Cause::GpuDriverWait,
+            confidence: round2(confidence * INDIRECT),
+            summary: format!(
+                "{head}: {who} was blocked {:.1} ms, while the game's thread `{}` (tid {}) was \
+                 blocked {:.1} ms inside GPU driver ioctls",
+                t.blocked_ms, b.comm, b.tid, b.blocked_in_gpu_ioctl_ms
+            ),
+        };
+    }
+    let io = if t.blocked_uninterruptible_ms >= 1.0 {
+        format!(
+            "; {:.1} ms of it in uninterruptible sleep (disk I/O or a kernel lock)",
+            t.blocked_uninterruptible_ms
+        )
+    } else {
+        String::new()
+    };
+    Verdict {
+        cause: Cause::Blocked,
+        confidence,
+        summary: format!(
+            "{head}: {who} was blocked {:.1} ms outside the GPU driver (longest single wait {:.1} \
+             ms){io}",
+            t.blocked_ms - t.blocked_in_gpu_ioctl_ms,
+            t.max_blocked_ms
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evidence(t: ThreadEvidence) -> Evidence {
+        Evidence {
+            presenting_thread: ThreadEvidence {
+                tid: 7,
+                comm: "render".into(),
+                ..t
+            },
+            ran_instead: None,
+            busy_threads: Vec::new(),
+            busy_threads_window_ms: None,
+            gpu: GpuEvidence::default(),
+        }
+    }
+
+    #[test]
+    fn a_long_run_queue_wait_is_contention_and_names_who_ran() {
+        let mut e = evidence(ThreadEvidence {
+            on_cpu_ms: 4.0,
+            runq_wait_ms: 80.0,
+            max_runq_wait_ms: 79.0,
+            blocked_ms: 12.0,
+            blocked_sleeping_ms: 12.0,
+            involuntary_switches: 1,
+            ..Default::default()
+        });
+        e.ran_instead = Some(RanInstead {
+            tid: 812,
+            pid: Some(812),
+            comm: "shader-compiler".into(),
+            cgroup: Some("/user.slice".into()),
+            wait_ms: 80.0,
+        });
+        let v = attribute(4210, 96.0, 16.7, &e);
+        assert_eq!(v.cause, Cause::CpuContention);
+        assert!(v.confidence > 0.8, "{v:?}");
+        assert!(v
+            .summary
+            .contains("`shader-compiler` (tid 812, cgroup /user.slice)"));
+        assert!(v.summary.starts_with("frame 4210 took 96.0 ms"));
+    }
+
+    #[test]
+    fn a_long_sleep_is_blocked() {
+        let e = evidence(ThreadEvidence {
+            on_cpu_ms: 4.0,
+            blocked_ms: 72.0,
+            max_blocked_ms: 60.0,
+            blocked_sleeping_ms: 72.0,
+            ..Default::default()
+        });
+        let v = attribute(1, 76.0, 16.7, &e);
+        assert_eq!(v.cause, Cause::Blocked);
+        assert!(v.confidence > 0.8, "{v:?}");
+    }
+
+    #[test]
+    fn a_wait_inside_the_gpu_driver_is_a_driver_wait_unless_the_gpu_throttled() {
+        let mut e = evidence(ThreadEvidence {
+            on_cpu_ms: 4.0,
+            blocked_ms: 70.0,
+            blocked_in_gpu_ioctl_ms: 60.0,
+            gpu_ioctls: 3,
+            ..Default::default()
+        });
+        assert_eq!(attribute(1, 76.0, 16.7, &e).cause, Cause::GpuDriverWait);
+        e.gpu = GpuEvidence {
+            sampled: true,
+            throttle_reasons: vec!["hw-thermal-slowdown".into()],
+            ..Default::default()
+        };
+        assert_eq!(attribute(1, 76.0, 16.7, &e).cause, Cause::GpuThrottle);
+        e.gpu = GpuEvidence {
+            sampled: true,
+            vram_used_ratio: Some(0.99),
+            ..Default::default()
+        };
+        assert_eq!(attribute(1, 76.0, 16.7, &e).cause, Cause::VramPressure);
+    }
+
+    #[test]
+    fn waiting_on_a_starved_sibling_is_contention_with_less_confidence() {
+        let mut e = evidence(ThreadEvidence {
+            blocked_ms: 70.0,
+            blocked_sleeping_ms: 70.0,
+            ..Default::default()
+        });
+        let direct = attribute(1, 76.0, 16.7, &e);
+        e.busy_threads.push(BusyThread {
+            tid: 9,
+            comm: "main".into(),
+            on_cpu_ms: 5.0,
+            runq_wait_ms: 55.0,
+            blocked_ms: 0.0,
+            blocked_in_gpu_ioctl_ms: 0.0,
+            involuntary_switches: 2,
+            migrations: 0,
+        });
+        let v = attribute(1, 76.0, 16.7, &e);
+        assert_eq!(v.cause, Cause::CpuContention);
+        assert!(v.confidence < direct.confidence);
+        assert!(v.summary.contains("`main` (tid 9)"));
+    }
+
+    #[test]
+    fn unexplained_frames_are_unknown_and_own_work_says_so() {
+        let e = evidence(ThreadEvidence {
+            on_cpu_ms: 5.0,
+            runq_wait_ms: 2.0,
+            blocked_ms: 3.0,
+            ..Default::default()
+        });
+        assert_eq!(attribute(1, 80.0, 16.0, &e).cause, Cause::Unknown);
+        let e = evidence(ThreadEvidence {
+            on_cpu_ms: 75.0,
+            ..Default::default()
+        });
+        let v = attribute(1, 80.0, 16.0, &e);
+        assert_eq!(v.cause, Cause::Unknown);
+        assert!(v.summary.contains("own work"));
+    }
+
+    #[test]
+    fn causes_serialize_in_kebab_case() {
+        let names: Vec<String> = Cause::ALL
+            .iter()
+            .map(|c| serde_json::to_string(c).expect("serializes"))
+            .collect();
+        for (c, json) in Cause::ALL.iter().zip(&names) {
+            assert_eq!(json, &format!("\"{}\"", c.name()));
+        }
+    }
+}

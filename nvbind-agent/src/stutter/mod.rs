@@ -1,0 +1,9 @@
+//! Stutter detection (which frames) and attribution (why), shared by recordings and reports.
+
+mod attribute;
+mod detect;
+
+pub use attribute::{
+    attribute, BusyThread, Cause, Evidence, GpuEvidence, RanInstead, ThreadEvidence, Verdict,
+};
+pub use detect::{Detector, DetectorConfig};
