@@ -60,6 +60,14 @@ pub fn cgroup_of(tid: u32) -> Option<String> {
     parse_cgroup_file(&text)
 }
 
+/// The process (thread group) a task belongs to.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    procfs::process::Process::new(tid as i32)
+        .and_then(|p| p.status())
+        .ok()
+        .map(|s| s.tgid as u32)
+}
+
 fn parse_cgroup_file(text: &str) -> Option<String> {
     let entries: Vec<(&str, &str)> = text
         .lines()

@@ -228,6 +228,10 @@ pub struct ThreadState {
     pub resolving_present: u32,
     /// Set once the thread has presented a frame: its waits then also go to `PRESENTER_HISTS`.
     pub presenter: u32,
+    /// Whether the current run-queue wait began with a preemption (else with a wakeup).
+    pub preempted: u32,
+    /// The CPU the scheduler chose at the last wakeup (whose `CPU_WATCH` slot this thread armed).
+    pub wake_cpu: u32,
     /// Keeps the layout free of implicit padding.
     pub reserved: u32,
     /// Longest single run-queue wait since the last present.
@@ -238,6 +242,10 @@ pub struct ThreadState {
     pub last_preemptor_comm: [u8; TASK_COMM_LEN],
     /// Who ran instead while this thread waited for a CPU since the last present.
     pub frame_culprit: Culprit,
+    /// The longest recent run-queue wait and who caused it: replaced by a longer wait, or by any
+    /// wait once it is older than `RECENT_WAIT_NS`. Lets the agent name who starved a thread that
+    /// does not present (a game's worker) from a snapshot taken shortly after.
+    pub recent_wait: Culprit,
     /// Counters since the thread was tracked.
     pub totals: ThreadCounters,
     /// `totals` as of this thread's last present (the base of the next frame's evidence).
@@ -254,16 +262,23 @@ pub mod blocked_kind {
     pub const UNINTERRUPTIBLE: u32 = 2;
 }
 
-/// The task that kept a tracked thread off the CPU longest within one frame interval: the task
-/// that ran on the CPU just before the waiting thread got it back (or, when that CPU had gone
-/// idle, the task that preempted it). Several waits behind the same task add up; a longer single
-/// wait behind another task replaces it (a one-slot heavy-hitter sketch: cheap, and exact when one
-/// task dominates, which is the case worth naming).
+/// How long a thread's `recent_wait` (and a CPU watch) is kept against shorter waits: long enough
+/// for the agent's next snapshot (every 20 ms) to see it, short enough that last second's wait
+/// does not hide this frame's.
+pub const RECENT_WAIT_NS: u64 = 250_000_000;
+
+/// The task that kept a tracked thread off the CPU longest within one frame interval. A wait that
+/// began with a preemption is charged to the preempting task (it took the CPU); one that began
+/// with a wakeup, to the task that had the CPU until the thread got it. Several waits behind the
+/// same task add up; a longer single wait behind another task replaces it (a one-slot
+/// heavy-hitter sketch: cheap, and exact when one task dominates, which is the case worth naming).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Culprit {
     /// Run-queue wait attributed to this task, in the frame interval.
     pub wait_ns: u64,
+    /// When the (last) wait behind it ended (`bpf_ktime_get_ns`).
+    pub at_ns: u64,
     /// Its cgroup v2 id (the inode number of its cgroup directory), 0 when unknown.
     pub cgroup_id: u64,
     /// Its tid, 0 when none.
@@ -272,6 +287,20 @@ pub struct Culprit {
     pub tgid: u32,
     /// Its name.
     pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Per CPU (`CPU_WATCH`, indexed by CPU): while a tracked thread woken onto this CPU waits for
+/// it, the task that held the CPU longest in one stretch. A woken thread's wait is charged to
+/// that task, not to whoever happened to run last before it got the CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuWatch {
+    /// When a tracked thread's wakeup armed the watch (0: disarmed).
+    pub armed_ns: u64,
+    /// The last context switch on this CPU while armed.
+    pub last_switch_ns: u64,
+    /// The longest stretch seen, and who ran it.
+    pub longest: Culprit,
 }
 
 /// In-kernel histograms of one tracked process (`PROC_HISTS`, keyed by tgid) or of one presenting
@@ -419,6 +448,7 @@ mod user {
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::ProcessHistograms {}
     unsafe impl aya::Pod for super::Culprit {}
+    unsafe impl aya::Pod for super::CpuWatch {}
     unsafe impl aya::Pod for super::PreemptorKey {}
     unsafe impl aya::Pod for super::PreemptorValue {}
     unsafe impl aya::Pod for super::EventHeader {}
@@ -481,7 +511,7 @@ mod tests {
             8 * (10 + 2 * ioctl_class::COUNT)
         );
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<Culprit>(), 8 + 8 + 4 + 4 + TASK_COMM_LEN);
+        assert_eq!(size_of::<Culprit>(), 8 + 8 + 8 + 4 + 4 + TASK_COMM_LEN);
         assert_eq!(
             size_of::<ThreadState>(),
             8 + 8

@@ -14,14 +14,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use nvbind_common::{
-    blocked_kind, hist_bucket, ioctl_class, thread_status, PreemptorKey, PreemptorValue,
-    ProcessHistograms, ThreadState, TASK_COMM_LEN,
+    blocked_kind, hist_bucket, ioctl_class, thread_status, Culprit, PreemptorKey, PreemptorValue,
+    ProcessHistograms, ThreadState, RECENT_WAIT_NS, TASK_COMM_LEN,
 };
 
 use crate::state::{
-    current_ids, field, now_ns, thread, PREEMPTORS, PRESENTER_HISTS, PROC_HISTS,
+    current_ids, field, now_ns, thread, CPU_WATCH, PREEMPTORS, PRESENTER_HISTS, PROC_HISTS,
     SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_REPORT_MAX,
-    WAKEUP_PID_OFF,
+    WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
 };
 
 #[tracepoint]
@@ -33,6 +33,9 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
         .map(|pid| pid as u32);
     // The tracepoint runs in the context of the task being switched out.
     let (prev_tgid, prev_tid) = current_ids();
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    watch_switch(cpu, now, prev_tgid, prev_tid);
     if prev_tid != 0 {
         if let Some(prev) = thread(prev_tid) {
             // An exited thread's counters are final (sched_process_exit closed them).
@@ -43,7 +46,7 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
     }
     if let Some(next_tid) = next_tid {
         if let Some(next) = thread(next_tid) {
-            switched_in(next, next_tid, now, prev_tgid, prev_tid);
+            switched_in(next, next_tid, now, cpu, prev_tgid, prev_tid);
         }
     }
     0
@@ -64,6 +67,7 @@ fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64, next_
     prev.since_ns = now;
     if preempted {
         prev.status = thread_status::RUNNABLE;
+        prev.preempted = 1;
         prev.totals.involuntary_switches += 1;
         if let Some(next_tid) = next_tid {
             note_preemptor(ctx, prev, next_tid);
@@ -109,7 +113,14 @@ fn note_preemptor(ctx: &TracePointContext, victim: &mut ThreadState, next_tid: u
 
 /// `next` gets a CPU; `prev` (the current task) is the one that had it.
 #[inline(always)]
-fn switched_in(next: &mut ThreadState, next_tid: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
+fn switched_in(
+    next: &mut ThreadState,
+    next_tid: u32,
+    now: u64,
+    cpu: u32,
+    prev_tgid: u32,
+    prev_tid: u32,
+) {
     let waited = now.saturating_sub(next.since_ns);
     match next.status {
         thread_status::RUNNABLE => {
@@ -118,14 +129,12 @@ fn switched_in(next: &mut ThreadState, next_tid: u32, now: u64, prev_tgid: u32, 
                 next.frame_max_runq_wait_ns = waited;
             }
             record(next, next_tid, waited, true);
-            blame(next, waited, prev_tgid, prev_tid);
+            blame(next, waited, now, cpu, prev_tgid, prev_tid);
         }
         // Woken without us seeing the wakeup (tracking began mid-sleep): count it as blocked.
         thread_status::BLOCKED => end_blocked(next, next_tid, now),
         _ => {}
     }
-    // SAFETY: helper without arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
     if next.last_cpu != u32::MAX && next.last_cpu != cpu {
         next.totals.migrations += 1;
     }
@@ -135,37 +144,141 @@ fn switched_in(next: &mut ThreadState, next_tid: u32, now: u64, prev_tgid: u32, 
     next.since_ns = now;
 }
 
-/// Credits a run-queue wait of `t` to the task that ran instead (see `Culprit`): the previous
-/// task on this CPU, or the last preemptor when this CPU was idle (the wait happened elsewhere).
+/// While a tracked thread waits for this CPU, remembers the longest stretch another task held it.
 #[inline(always)]
-fn blame(t: &mut ThreadState, waited: u64, prev_tgid: u32, prev_tid: u32) {
-    let c = &mut t.frame_culprit;
-    let tid = if prev_tid != 0 {
-        prev_tid
+fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
+    let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: live map value; a racing arm from another CPU can at worst lose one stretch.
+    let w = unsafe { &mut *w };
+    if w.armed_ns == 0 {
+        return;
+    }
+    let start = if w.last_switch_ns > w.armed_ns {
+        w.last_switch_ns
     } else {
+        w.armed_ns
+    };
+    let stretch = now.saturating_sub(start);
+    w.last_switch_ns = now;
+    if prev_tid == 0 || stretch <= w.longest.wait_ns {
+        return;
+    }
+    w.longest.wait_ns = stretch;
+    w.longest.at_ns = now;
+    w.longest.tid = prev_tid;
+    w.longest.tgid = prev_tgid;
+    w.longest.comm = bpf_get_current_comm().unwrap_or_default();
+    // SAFETY: helper without arguments; the current task is `prev`.
+    w.longest.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}
+
+/// Arms the watch of the CPU a tracked thread was woken onto (unless another wait holds it).
+#[inline(always)]
+fn arm_watch(t: &mut ThreadState, cpu: u32, now: u64) {
+    t.wake_cpu = cpu;
+    let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: live map value.
+    let w = unsafe { &mut *w };
+    if w.armed_ns != 0 && now.saturating_sub(w.armed_ns) < RECENT_WAIT_NS {
+        return;
+    }
+    w.armed_ns = now;
+    w.last_switch_ns = 0;
+    w.longest = Culprit::default();
+}
+
+/// Credits a run-queue wait of `t` to the task that kept it off the CPU (see `Culprit`): the
+/// preempting task when the wait began with a preemption; after a wakeup, the task that held
+/// this CPU longest while the thread waited (its watch), else the previous task.
+#[inline(always)]
+fn blame(t: &mut ThreadState, waited: u64, now: u64, cpu: u32, prev_tgid: u32, prev_tid: u32) {
+    let by_preemptor = t.preempted != 0 && t.last_preemptor_tid != 0;
+    t.preempted = 0;
+    let mut watched = None;
+    if let Some(w) = CPU_WATCH.get_ptr_mut(t.wake_cpu) {
+        // SAFETY: live map value.
+        let w = unsafe { &mut *w };
+        // A watch armed no later than this wait began covers it (another tracked thread's wakeup
+        // may have armed it); a stretch that ended inside the wait is this wait's culprit.
+        if t.wake_cpu == cpu
+            && w.armed_ns != 0
+            && w.armed_ns <= t.since_ns
+            && w.longest.tid != 0
+            && w.longest.at_ns >= t.since_ns
+        {
+            watched = Some(w.longest);
+        }
+        if w.armed_ns == t.since_ns {
+            w.armed_ns = 0;
+        }
+    }
+    if !by_preemptor {
+        if let Some(c) = watched {
+            credit(t, c, waited, now);
+            return;
+        }
+    }
+    let tid = if by_preemptor {
         t.last_preemptor_tid
+    } else {
+        prev_tid
     };
     if tid == 0 {
         return;
     }
-    if c.tid == tid {
-        c.wait_ns += waited;
+    let frame = &t.frame_culprit;
+    let frame_same = frame.tid == tid;
+    let frame_replace = !frame_same && waited > frame.wait_ns;
+    let recent = &t.recent_wait;
+    let recent_replace =
+        waited >= recent.wait_ns || now.saturating_sub(recent.at_ns) > RECENT_WAIT_NS;
+    if frame_same {
+        t.frame_culprit.wait_ns += waited;
+        t.frame_culprit.at_ns = now;
+    }
+    if !frame_replace && !recent_replace {
         return;
     }
-    if waited <= c.wait_ns {
-        return;
-    }
-    c.tid = tid;
-    c.wait_ns = waited;
-    if prev_tid != 0 {
+    // Only now pay for the culprit's details.
+    let mut c = Culprit {
+        wait_ns: waited,
+        at_ns: now,
+        cgroup_id: 0,
+        tid,
+        tgid: 0,
+        comm: t.last_preemptor_comm,
+    };
+    if !by_preemptor {
         c.tgid = prev_tgid;
         c.comm = bpf_get_current_comm().unwrap_or_default();
         // SAFETY: helper without arguments; the current task is `prev`.
         c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    } else {
-        c.tgid = 0;
-        c.comm = t.last_preemptor_comm;
-        c.cgroup_id = 0;
+    }
+    if frame_replace {
+        t.frame_culprit = c;
+    }
+    if recent_replace {
+        t.recent_wait = c;
+    }
+}
+
+/// Charges a wait of `waited` to a known culprit `c`.
+#[inline(always)]
+fn credit(t: &mut ThreadState, mut c: Culprit, waited: u64, now: u64) {
+    c.wait_ns = waited;
+    c.at_ns = now;
+    if t.frame_culprit.tid == c.tid {
+        t.frame_culprit.wait_ns += waited;
+        t.frame_culprit.at_ns = now;
+    } else if waited > t.frame_culprit.wait_ns {
+        t.frame_culprit = c;
+    }
+    if waited >= t.recent_wait.wait_ns || now.saturating_sub(t.recent_wait.at_ns) > RECENT_WAIT_NS {
+        t.recent_wait = c;
     }
 }
 
@@ -232,6 +345,10 @@ fn woken(ctx: &TracePointContext, new_task: bool) {
         thread_status::BLOCKED => {
             end_blocked(t, tid as u32, now);
             t.totals.wakeups += 1;
+            t.preempted = 0;
+            if let Some(cpu) = field::<i32>(ctx, &WAKEUP_TARGET_CPU_OFF) {
+                arm_watch(t, cpu as u32, now);
+            }
         }
         // A new thread's first run-queue wait starts at wake_up_new_task.
         thread_status::UNKNOWN if new_task => {}

@@ -8,12 +8,25 @@ use aya_ebpf::{
     Global,
 };
 use nvbind_common::{
-    thread_status, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState, TASK_COMM_LEN,
+    thread_status, CpuWatch, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState,
+    TASK_COMM_LEN,
 };
+
+/// CPUs covered by `CPU_WATCH`.
+pub const MAX_CPUS: u32 = 1024;
 
 /// Tracked threads, by tid. Presence means "tracked".
 #[map]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384, 0);
+
+/// Per-CPU watches armed by tracked threads' wakeups (see `CpuWatch`); an array, not a per-CPU
+/// map, because the waker arms the slot of the CPU the wakee will run on.
+#[map]
+pub static CPU_WATCH: Array<CpuWatch> = Array::with_max_entries(MAX_CPUS, 0);
+
+/// One zeroed thread record to insert from.
+#[map]
+pub static ZERO_THREAD: Array<ThreadState> = Array::with_max_entries(1, 0);
 
 /// Tracked processes, by tgid; the value holds `track_flags`.
 #[map]
@@ -66,6 +79,8 @@ pub static SWITCH_NEXT_COMM_OFF: Global<u32> = Global::new(40);
 pub static SWITCH_NEXT_PID_OFF: Global<u32> = Global::new(56);
 #[unsafe(no_mangle)]
 pub static WAKEUP_PID_OFF: Global<u32> = Global::new(24);
+#[unsafe(no_mangle)]
+pub static WAKEUP_TARGET_CPU_OFF: Global<u32> = Global::new(32);
 #[unsafe(no_mangle)]
 pub static IOCTL_CMD_OFF: Global<u32> = Global::new(24);
 #[unsafe(no_mangle)]
@@ -124,14 +139,23 @@ pub fn current_thread() -> Option<(u32, u32, &'static mut ThreadState)> {
 /// Adds a thread to the tracked set (no-op if it is there already).
 #[inline(always)]
 pub fn start_tracking_thread(tgid: u32, tid: u32, status: u32) {
-    let state = ThreadState {
-        tgid,
-        status,
-        since_ns: now_ns(),
-        last_cpu: u32::MAX,
-        ..Default::default()
+    // A ThreadState does not fit the BPF stack: insert the zeroed template, then fill it in.
+    let Some(zero) = ZERO_THREAD.get_ptr(0) else {
+        return;
     };
-    let _ = THREADS.insert(tid, state, BPF_NOEXIST as u64);
+    // SAFETY: `zero` points at a map value, which the helper may read from.
+    if THREADS
+        .insert(tid, unsafe { &*zero }, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        return;
+    }
+    if let Some(t) = thread(tid) {
+        t.tgid = tgid;
+        t.status = status;
+        t.since_ns = now_ns();
+        t.last_cpu = u32::MAX;
+    }
 }
 
 /// Adds a process to the tracked set with its histograms.

@@ -33,6 +33,40 @@ pub fn game_bin() -> PathBuf {
     bin_from_env("NVBIND_SYNTHETIC_GAME_BIN", "synthetic-game")
 }
 
+/// The CPU competitor for contention tests.
+pub fn hog_bin() -> PathBuf {
+    bin_from_env("NVBIND_CPU_HOG_BIN", "cpu-hog")
+}
+
+/// Pids of running processes with this name (comm).
+pub fn pids_named(comm: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim_end() == comm)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until a process with this name runs; its pid.
+pub fn wait_for_process(comm: &str, limit: Duration) -> u32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(pid) = pids_named(comm).first() {
+            return *pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no process named {comm} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Panics unless the tests can really run: root, and the binaries built.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -41,7 +75,7 @@ pub fn require_root() {
         root,
         "NOT RUN: these integration tests load eBPF programs and must run as root: use `sudo cargo xtask test`"
     );
-    for bin in [agent_bin(), game_bin()] {
+    for bin in [agent_bin(), game_bin(), hog_bin()] {
         assert!(
             bin.exists(),
             "NOT RUN: {} is missing: build with `cargo xtask test`",

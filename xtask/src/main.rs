@@ -130,6 +130,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
     let debug = target_dir(root).join("debug");
     let agent = debug.join("nvbind-agent");
     let game = debug.join("synthetic-game");
+    let hog = debug.join("cpu-hog");
 
     // Every cargo step sets NVBIND_REQUIRE_EBPF the same way: the agent's build script reruns
     // whenever it changes, so mixing would rebuild the agent between steps.
@@ -177,6 +178,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
                 .args(extra)
                 .env("NVBIND_AGENT_BIN", &agent)
                 .env("NVBIND_SYNTHETIC_GAME_BIN", &game)
+                .env("NVBIND_CPU_HOG_BIN", &hog)
                 .env("NVBIND_XVFB", "1")
                 .env("NVBIND_REQUIRE_EBPF", "1");
             c
@@ -187,7 +189,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
     for (i, (name, mut cmd)) in steps.into_iter().enumerate() {
         step(&format!("test {}/{total}: {name}", i + 1));
         if name == "integration tests" {
-            for bin in [&agent, &game] {
+            for bin in [&agent, &game, &hog] {
                 if !bin.exists() {
                     bail!("test step `{name}`: {} was not built", bin.display());
                 }

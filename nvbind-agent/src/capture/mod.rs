@@ -16,7 +16,7 @@ use nvbind_common::{
     ThreadState,
 };
 use snapshots::ThreadSnapshots;
-pub use snapshots::ThreadWindow;
+pub use snapshots::{ThreadDelta, ThreadWindow};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -38,6 +38,13 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// For this long after it is tracked, a process that has not presented yet is checked for new
 /// graphics libraries on every drain (see `scan_new_libraries`); afterwards every SCAN_INTERVAL.
 const YOUNG_PROCESS: Duration = Duration::from_secs(5);
+/// Processes tracked for longer than YOUNG_PROCESS are checked for new graphics libraries this
+/// often: reading a game's /proc/PID/maps (thousands of lines with Mesa) is the agent's largest
+/// periodic cost, and a settled game rarely maps a new graphics library.
+const SETTLED_LIBRARY_SCAN_NS: u64 = 1_000_000_000;
+/// The agent's nice value while recording: it yields the CPU to the game it measures, so it does
+/// not cause the stutters it reports (it drains a ring buffer that holds seconds of frames).
+const AGENT_NICE: i32 = 5;
 /// Processes that presented within this long get their threads' counters read on every drain
 /// (the evidence of stutters beyond the presenting thread).
 const PRESENTING_RECENTLY_NS: u64 = 2_000_000_000;
@@ -96,8 +103,10 @@ pub struct Capture {
     pub preemptors: Vec<(PreemptorKey, PreemptorValue)>,
     /// Run-queue and blocked histograms of each thread that presented, by tid.
     pub presenter_histograms: HashMap<u32, ProcessHistograms>,
-    /// Cgroups of the tasks that kept presenting threads waiting, by tid.
+    /// Cgroups of the tasks that kept tracked threads waiting, by tid.
     pub culprit_cgroups: HashMap<u32, String>,
+    /// Process ids of those tasks, by tid.
+    pub culprit_pids: HashMap<u32, u32>,
     /// The stutter thresholds the capture was recorded with.
     pub stutter: DetectorConfig,
     pub dropped_events: u64,
@@ -143,6 +152,8 @@ struct Session {
     pending_windows: Vec<(u32, u64, u64)>,
     /// Threads of each tracked process, as of the last scan.
     tids: HashMap<u32, Vec<u32>>,
+    /// When each process's libraries were last scanned.
+    library_scans: HashMap<u32, u64>,
 }
 
 impl Session {
@@ -255,18 +266,28 @@ impl Session {
         }
     }
 
-    /// Remembers the cgroup of a task that kept a presenting thread waiting, while it still exists.
+    /// Remembers the cgroup and process of a task that kept a tracked thread waiting, while it
+    /// still exists.
     fn note_culprit(&mut self, c: &Culprit) {
-        if c.tid == 0
-            || c.wait_ns < CULPRIT_CGROUP_MIN_WAIT_NS
-            || self.capture.culprit_cgroups.contains_key(&c.tid)
-        {
+        if c.tid == 0 || c.wait_ns < CULPRIT_CGROUP_MIN_WAIT_NS {
             return;
         }
-        let cgroup = target::cgroup_of(c.tid)
-            .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)));
-        if let Some(cgroup) = cgroup {
-            self.capture.culprit_cgroups.insert(c.tid, cgroup);
+        if !self.capture.culprit_pids.contains_key(&c.tid) {
+            let pid = if c.tgid != 0 {
+                Some(c.tgid)
+            } else {
+                target::tgid_of(c.tid)
+            };
+            if let Some(pid) = pid {
+                self.capture.culprit_pids.insert(c.tid, pid);
+            }
+        }
+        if !self.capture.culprit_cgroups.contains_key(&c.tid) {
+            let cgroup = target::cgroup_of(c.tid)
+                .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)));
+            if let Some(cgroup) = cgroup {
+                self.capture.culprit_cgroups.insert(c.tid, cgroup);
+            }
         }
     }
 
@@ -311,8 +332,8 @@ impl Session {
             tids.sort_unstable();
             tids.dedup();
             tids.truncate(MAX_SNAPSHOT_THREADS);
-            if let Ok(counters) = self.probes.thread_counters(&tids) {
-                self.snapshots.push(pid, monotonic_ns(), counters);
+            if let Ok(states) = self.probes.thread_states(&tids) {
+                self.snapshots.push(pid, monotonic_ns(), states);
             }
         }
         self.resolve_windows(now);
@@ -326,10 +347,16 @@ impl Session {
                 self.pending_windows.push((pid, from, to));
                 continue;
             }
-            if let (Some(window), Some(p)) = (
-                self.snapshots.window(pid, from, to),
-                self.capture.processes.get_mut(&pid),
-            ) {
+            let Some(window) = self.snapshots.window(pid, from, to) else {
+                continue;
+            };
+            // Name the cgroups of whoever preempted the game's threads, while they still exist.
+            for t in &window.threads {
+                if let Some(c) = &t.waited_behind {
+                    self.note_culprit(c);
+                }
+            }
+            if let Some(p) = self.capture.processes.get_mut(&pid) {
                 p.thread_windows.insert(to, window);
             }
         }
@@ -367,6 +394,7 @@ impl Session {
     /// Hooks newly mapped libraries, remembers thread names, and notices exits.
     fn scan(&mut self) {
         let now = monotonic_ns();
+        let young_since = now.saturating_sub(YOUNG_PROCESS.as_nanos() as u64);
         let pids: Vec<u32> = self
             .capture
             .processes
@@ -383,8 +411,17 @@ impl Session {
                 self.snapshots.forget(pid);
                 continue;
             }
-            for lib in self.probes.attach_process_libraries(pid) {
-                log::info!("pid {pid}: hooked {lib}");
+            let young = self
+                .capture
+                .processes
+                .get(&pid)
+                .is_some_and(|p| p.tracked_at_ns >= young_since);
+            let last = self.library_scans.get(&pid).copied().unwrap_or(0);
+            if young || now.saturating_sub(last) >= SETTLED_LIBRARY_SCAN_NS {
+                self.library_scans.insert(pid, now);
+                for lib in self.probes.attach_process_libraries(pid) {
+                    log::info!("pid {pid}: hooked {lib}");
+                }
             }
             let tids = crate::probes::thread_ids(pid);
             for &tid in &tids {
@@ -471,7 +508,15 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         detectors: HashMap::new(),
         pending_windows: Vec::new(),
         tids: HashMap::new(),
+        library_scans: HashMap::new(),
     };
+    // SAFETY: setpriority on this process; failure only leaves the priority as it was.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) } != 0 {
+        log::debug!(
+            "cannot lower the agent's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 
     let mut launched: Option<Launched> = None;
     match &options.target {

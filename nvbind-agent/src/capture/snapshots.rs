@@ -4,16 +4,28 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use nvbind_common::ThreadCounters;
+use nvbind_common::{Culprit, ThreadCounters, ThreadState};
 
 /// How long snapshots are kept: longer than any frame worth explaining in detail.
 const KEEP_NS: u64 = 2_000_000_000;
+
+/// Waits shorter than this are not worth naming who caused them.
+const MIN_NAMED_WAIT_NS: u64 = 1_000_000;
 
 /// The counters of one process's threads at one moment.
 #[derive(Debug, Clone)]
 struct Snapshot {
     ts_ns: u64,
-    threads: Vec<(u32, ThreadCounters)>,
+    threads: Vec<(u32, ThreadState)>,
+}
+
+/// What one thread did within a window.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadDelta {
+    pub tid: u32,
+    pub counters: ThreadCounters,
+    /// Who kept it waiting for a CPU longest, when that wait ended within the window.
+    pub waited_behind: Option<Culprit>,
 }
 
 /// What each thread of a process did between two snapshots that enclose an interval.
@@ -21,7 +33,7 @@ struct Snapshot {
 pub struct ThreadWindow {
     pub from_ns: u64,
     pub to_ns: u64,
-    pub threads: Vec<(u32, ThreadCounters)>,
+    pub threads: Vec<ThreadDelta>,
 }
 
 /// Per process, the snapshots of the last [`KEEP_NS`].
@@ -32,7 +44,7 @@ pub struct ThreadSnapshots {
 
 impl ThreadSnapshots {
     /// Adds a snapshot of `pid`'s threads taken at `ts_ns`, forgetting old ones.
-    pub fn push(&mut self, pid: u32, ts_ns: u64, threads: Vec<(u32, ThreadCounters)>) {
+    pub fn push(&mut self, pid: u32, ts_ns: u64, threads: Vec<(u32, ThreadState)>) {
         let ring = self.by_process.entry(pid).or_default();
         ring.push_back(Snapshot { ts_ns, threads });
         while ring
@@ -61,18 +73,30 @@ impl ThreadSnapshots {
         if after.ts_ns <= before.ts_ns {
             return None;
         }
-        let earlier: HashMap<u32, &ThreadCounters> =
-            before.threads.iter().map(|(tid, c)| (*tid, c)).collect();
+        let earlier: HashMap<u32, &ThreadCounters> = before
+            .threads
+            .iter()
+            .map(|(tid, t)| (*tid, &t.totals))
+            .collect();
         let threads = after
             .threads
             .iter()
             .map(|(tid, now)| {
-                let delta = match earlier.get(tid) {
-                    Some(then) => now.since(then),
+                let counters = match earlier.get(tid) {
+                    Some(then) => now.totals.since(then),
                     // A thread born inside the window: everything it did is in it.
-                    None => *now,
+                    None => now.totals,
                 };
-                (*tid, delta)
+                let w = now.recent_wait;
+                let waited_behind = (w.tid != 0
+                    && w.wait_ns >= MIN_NAMED_WAIT_NS
+                    && (before.ts_ns..=after.ts_ns).contains(&w.at_ns))
+                .then_some(w);
+                ThreadDelta {
+                    tid: *tid,
+                    counters,
+                    waited_behind,
+                }
             })
             .collect();
         Some(ThreadWindow {
@@ -87,9 +111,12 @@ impl ThreadSnapshots {
 mod tests {
     use super::*;
 
-    fn counters(on_cpu_ns: u64) -> ThreadCounters {
-        ThreadCounters {
-            on_cpu_ns,
+    fn counters(on_cpu_ns: u64) -> ThreadState {
+        ThreadState {
+            totals: ThreadCounters {
+                on_cpu_ns,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

@@ -21,8 +21,8 @@ use aya::{
 };
 use nvbind_common::{
     event_kind, present_source, track_flags, EventHeader, PreemptorKey, PreemptorValue,
-    PresentEvent, ProcessEvent, ProcessHistograms, ResolvedPresentEvent, ThreadCounters,
-    ThreadState, TASK_COMM_LEN,
+    PresentEvent, ProcessEvent, ProcessHistograms, ResolvedPresentEvent, ThreadState,
+    TASK_COMM_LEN,
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -226,7 +226,7 @@ impl Probes {
             |tp: &str, field: &str| format(tp).and_then(|f| f.field(field)).map(|f| f.offset);
 
         let mut loader = EbpfLoader::new();
-        let globals: [(&str, Option<u32>); 8] = [
+        let globals: [(&str, Option<u32>); 9] = [
             (
                 "SWITCH_PREV_STATE_OFF",
                 offset("sched_switch", "prev_state"),
@@ -234,6 +234,10 @@ impl Probes {
             ("SWITCH_NEXT_COMM_OFF", offset("sched_switch", "next_comm")),
             ("SWITCH_NEXT_PID_OFF", offset("sched_switch", "next_pid")),
             ("WAKEUP_PID_OFF", offset("sched_wakeup", "pid")),
+            (
+                "WAKEUP_TARGET_CPU_OFF",
+                offset("sched_wakeup", "target_cpu"),
+            ),
             ("IOCTL_CMD_OFF", offset("sys_enter_ioctl", "cmd")),
             ("NEWTASK_PID_OFF", offset("task_newtask", "pid")),
             ("NEWTASK_FLAGS_OFF", offset("task_newtask", "clone_flags")),
@@ -630,13 +634,13 @@ impl Probes {
         Ok(())
     }
 
-    /// The counters of the given threads now (threads no longer tracked are left out). One map
+    /// The state of the given threads now (threads no longer tracked are left out). One map
     /// lookup per thread: cheaper than walking the whole map when several processes are tracked.
-    pub fn thread_counters(&self, tids: &[u32]) -> Result<Vec<(u32, ThreadCounters)>, ProbeError> {
+    pub fn thread_states(&self, tids: &[u32]) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
         let threads = self.hash_map::<u32, ThreadState>("THREADS")?;
         Ok(tids
             .iter()
-            .filter_map(|&tid| Some((tid, threads.get(&tid, 0).ok()?.totals)))
+            .filter_map(|&tid| Some((tid, threads.get(&tid, 0).ok()?)))
             .collect())
     }
 

@@ -139,16 +139,23 @@ fn evidence(capture: &Capture, p: &ProcessRecord, frame: &Frame) -> Evidence {
         .map(|w| {
             w.threads
                 .iter()
-                .filter(|(tid, _)| *tid != frame.tid)
-                .map(|(tid, c)| BusyThread {
-                    tid: *tid,
-                    comm: thread_name(capture, *tid),
-                    on_cpu_ms: ms(c.on_cpu_ns),
-                    runq_wait_ms: ms(c.runq_wait_ns),
-                    blocked_ms: ms(c.blocked_ns),
-                    blocked_in_gpu_ioctl_ms: ms(c.blocked_in_gpu_ioctl_ns),
-                    involuntary_switches: c.involuntary_switches,
-                    migrations: c.migrations,
+                .filter(|t| t.tid != frame.tid)
+                .map(|t| {
+                    let c = &t.counters;
+                    BusyThread {
+                        tid: t.tid,
+                        comm: thread_name(capture, t.tid),
+                        on_cpu_ms: ms(c.on_cpu_ns),
+                        runq_wait_ms: ms(c.runq_wait_ns),
+                        blocked_ms: ms(c.blocked_ns),
+                        blocked_in_gpu_ioctl_ms: ms(c.blocked_in_gpu_ioctl_ns),
+                        involuntary_switches: c.involuntary_switches,
+                        migrations: c.migrations,
+                        waited_behind: t
+                            .waited_behind
+                            .as_ref()
+                            .and_then(|c| ran_instead(capture, c)),
+                    }
                 })
                 .collect()
         })
@@ -181,7 +188,9 @@ fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> {
     }
     Some(RanInstead {
         tid: c.tid,
-        pid: (c.tgid != 0).then_some(c.tgid),
+        pid: (c.tgid != 0)
+            .then_some(c.tgid)
+            .or_else(|| capture.culprit_pids.get(&c.tid).copied()),
         comm: comm_str(&c.comm),
         cgroup: capture
             .culprit_cgroups

@@ -66,7 +66,7 @@ pub struct ThreadEvidence {
     pub gpu_ioctl_ms: f64,
 }
 
-/// The task that had the presenting thread's CPU while it waited (the one that kept it off longest).
+/// The task that had a thread's CPU while it waited (the one that kept it off longest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RanInstead {
     pub tid: u32,
@@ -75,7 +75,8 @@ pub struct RanInstead {
     pub comm: String,
     /// Its cgroup (v2 path from /proc, else the cgroup id the kernel gave), when there is one.
     pub cgroup: Option<String>,
-    /// Run-queue wait of the presenting thread attributed to this task.
+    /// Run-queue wait attributed to this task: within the frame for the presenting thread; the
+    /// longest single wait for another thread.
     pub wait_ms: f64,
 }
 
@@ -90,6 +91,9 @@ pub struct BusyThread {
     pub blocked_in_gpu_ioctl_ms: f64,
     pub involuntary_switches: u64,
     pub migrations: u64,
+    /// Who kept it waiting for a CPU longest, when that wait ended within the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_behind: Option<RanInstead>,
 }
 
 /// The GPU's state during the frame, where GPU counters were sampled.
@@ -191,19 +195,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
         },
         Some(Cause::CpuContention) => {
             let instead = match &e.ran_instead {
-                Some(r) => format!(
-                    " while `{}` (tid {}{}{}) held its CPU",
-                    r.comm,
-                    r.tid,
-                    r.pid
-                        .filter(|&p| p != r.tid)
-                        .map(|p| format!(", pid {p}"))
-                        .unwrap_or_default(),
-                    r.cgroup
-                        .as_ref()
-                        .map(|c| format!(", cgroup {c}"))
-                        .unwrap_or_default()
-                ),
+                Some(r) => format!(" while {} held its CPU", describe(r)),
                 None => String::new(),
             };
             Verdict {
@@ -244,13 +236,32 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
                 cause,
                 confidence: direct_confidence,
                 summary: format!(
-                    "{head}: {who} was blocked {:.1} ms inside GPU driver ioctls ({} calls){why}",
-                    t.blocked_in_gpu_ioctl_ms, t.gpu_ioctls
+                    "{head}: {who} was blocked {:.1} ms inside GPU driver ioctls ({} call{}){why}",
+                    t.blocked_in_gpu_ioctl_ms,
+                    t.gpu_ioctls,
+                    if t.gpu_ioctls == 1 { "" } else { "s" }
                 ),
             }
         }
         Some(_) => blocked_verdict(&head, &who, excess, direct_confidence, e),
     }
+}
+
+/// "`comm` (tid N, pid P, cgroup C)".
+fn describe(r: &RanInstead) -> String {
+    format!(
+        "`{}` (tid {}{}{})",
+        r.comm,
+        r.tid,
+        r.pid
+            .filter(|&p| p != r.tid)
+            .map(|p| format!(", pid {p}"))
+            .unwrap_or_default(),
+        r.cgroup
+            .as_ref()
+            .map(|c| format!(", cgroup {c}"))
+            .unwrap_or_default()
+    )
 }
 
 /// The presenting thread slept outside the GPU driver. If it was waiting for another thread of
@@ -278,8 +289,15 @@ fn blocked_verdict(head: &str, who: &str, excess: f64, confidence: f64, e: &Evid
             confidence: round2(confidence * INDIRECT),
             summary: format!(
                 "{head}: {who} was blocked {:.1} ms, while the game's thread `{}` (tid {}) waited \
-                 {:.1} ms for a CPU",
-                t.blocked_ms, b.comm, b.tid, b.runq_wait_ms
+                 {:.1} ms for a CPU{}",
+                t.blocked_ms,
+                b.comm,
+                b.tid,
+                b.runq_wait_ms,
+                b.waited_behind
+                    .as_ref()
+                    .map(|r| format!(", behind {}", describe(r)))
+                    .unwrap_or_default()
             ),
         };
     }
@@ -414,11 +432,19 @@ mod tests {
             blocked_in_gpu_ioctl_ms: 0.0,
             involuntary_switches: 2,
             migrations: 0,
+            waited_behind: Some(RanInstead {
+                tid: 40,
+                pid: None,
+                comm: "kworker/1:1".into(),
+                cgroup: None,
+                wait_ms: 50.0,
+            }),
         });
         let v = attribute(1, 76.0, 16.7, &e);
         assert_eq!(v.cause, Cause::CpuContention);
         assert!(v.confidence < direct.confidence);
         assert!(v.summary.contains("`main` (tid 9)"));
+        assert!(v.summary.contains("behind `kworker/1:1` (tid 40)"));
     }
 
     #[test]

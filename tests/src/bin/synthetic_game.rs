@@ -2,11 +2,26 @@
 //! stalls that presents through the real `eglSwapBuffers` of libEGL.so.1 (a pbuffer on Mesa's
 //! surfaceless platform, so no display is needed) and writes its own ground truth: the
 //! CLOCK_MONOTONIC time just before each present, one nanosecond value per line.
+//!
+//! Stalls come in three kinds, each a different cause for nvbind to find:
+//! - `sleep`: the frame thread sleeps (a `blocked` stutter);
+//! - `lock`: the frame thread waits on a mutex a `loader` thread holds while it sleeps (`blocked`);
+//! - `kvm`: the frame thread blocks inside an ioctl: `KVM_RUN` on a virtual CPU whose guest
+//!   halts, until a `waker` thread signals it. That is a thread asleep inside a driver's ioctl
+//!   until an outside event, which is exactly what a GPU fence wait in a DRM or NVIDIA ioctl looks
+//!   like to the kernel; this kernel has no GPU driver, so tests declare KVM's ioctl type (0xAE) as
+//!   a GPU one (`record --gpu-ioctl-type 0xAE`).
 
-use std::{ffi::c_void, io::Write, path::PathBuf, time::Duration};
+use std::{
+    ffi::c_void,
+    io::Write,
+    path::PathBuf,
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use libloading::{Library, Symbol};
 
 #[derive(Debug, Parser)]
@@ -23,9 +38,15 @@ struct Args {
     /// Every Nth frame stalls (0: never).
     #[arg(long, default_value_t = 0)]
     stall_every: u32,
-    /// Extra sleep in a stalled frame, in milliseconds.
+    /// Length of a stall, in milliseconds.
     #[arg(long, default_value_t = 50.0)]
     stall_ms: f64,
+    /// How a frame stalls.
+    #[arg(long, value_enum, default_value_t = StallKind::Sleep)]
+    stall_kind: StallKind,
+    /// Pin the frame thread to this CPU.
+    #[arg(long)]
+    pin_cpu: Option<usize>,
     /// Present from a thread created after startup instead of the main thread.
     #[arg(long)]
     render_thread: bool,
@@ -35,6 +56,13 @@ struct Args {
     /// Where to write the ground-truth present times.
     #[arg(long)]
     truth: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StallKind {
+    Sleep,
+    Lock,
+    Kvm,
 }
 
 type EglDisplay = *mut c_void;
@@ -139,7 +167,83 @@ fn spin(ms: f64) {
     }
 }
 
+/// Pins the calling thread to one CPU.
+fn pin_to(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t and `cpu` is bounded by the check below.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            bail!("--pin-cpu {cpu} is out of range");
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A `loader` thread that, on request, takes the shared lock and sleeps holding it.
+struct LockStaller {
+    lock: Arc<Mutex<()>>,
+    requests: mpsc::Sender<()>,
+    held: mpsc::Receiver<()>,
+}
+
+impl LockStaller {
+    fn start(hold: Duration) -> Result<LockStaller> {
+        let lock = Arc::new(Mutex::new(()));
+        let (requests, incoming) = mpsc::channel::<()>();
+        let (held_tx, held) = mpsc::channel();
+        let shared = Arc::clone(&lock);
+        std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || {
+                while incoming.recv().is_ok() {
+                    let Ok(guard) = shared.lock() else { return };
+                    if held_tx.send(()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(hold);
+                    drop(guard);
+                }
+            })
+            .context("cannot start the loader thread")?;
+        Ok(LockStaller {
+            lock,
+            requests,
+            held,
+        })
+    }
+
+    fn stall(&self) -> Result<()> {
+        self.requests.send(()).context("loader thread gone")?;
+        self.held.recv().context("loader thread gone")?;
+        let _guard = self
+            .lock
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lock poisoned"))?;
+        Ok(())
+    }
+}
+
 fn frame_loop(args: &Args) -> Result<Vec<u64>> {
+    if let Some(cpu) = args.pin_cpu {
+        pin_to(cpu)?;
+    }
+    let stall = Duration::from_secs_f64(args.stall_ms / 1000.0);
+    let lock_staller = match args.stall_kind {
+        StallKind::Lock => Some(LockStaller::start(stall)?),
+        _ => None,
+    };
+    let mut kvm_staller = match args.stall_kind {
+        StallKind::Kvm => Some(kvm_stall::KvmStaller::new()?),
+        _ => None,
+    };
     let egl = Egl::open()?;
     eprintln!(
         "synthetic-game: presenting {} frames through eglSwapBuffers ({})",
@@ -157,7 +261,11 @@ fn frame_loop(args: &Args) -> Result<Vec<u64>> {
     for i in 0..args.frames {
         spin(args.work_ms);
         if args.stall_every > 0 && i % args.stall_every == args.stall_every - 1 {
-            std::thread::sleep(Duration::from_secs_f64(args.stall_ms / 1000.0));
+            match (&lock_staller, kvm_staller.as_mut()) {
+                (Some(l), _) => l.stall()?,
+                (_, Some(k)) => k.stall(stall)?,
+                _ => std::thread::sleep(stall),
+            }
         }
         sleep_until(next);
         truth.push(monotonic_ns());
@@ -169,6 +277,149 @@ fn frame_loop(args: &Args) -> Result<Vec<u64>> {
         }
     }
     Ok(truth)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kvm_stall {
+    //! A virtual CPU that halts, so `KVM_RUN` sleeps in the kernel until this thread is signalled.
+
+    use std::time::Duration;
+
+    use anyhow::{Context, Result};
+    use kvm_bindings::kvm_userspace_memory_region;
+    use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+    /// Guest code at guest-physical 0: `hlt; jmp 0` (interrupts off, so it halts for good).
+    const GUEST_CODE: [u8; 3] = [0xf4, 0xeb, 0xfd];
+    const GUEST_MEMORY: usize = 0x1000;
+
+    pub struct KvmStaller {
+        vcpu: VcpuFd,
+        vm: Option<VmFd>,
+        /// Page-aligned guest memory (KVM requires alignment), unmapped after the VM is gone.
+        memory: *mut libc::c_void,
+    }
+
+    impl Drop for KvmStaller {
+        fn drop(&mut self) {
+            self.vm.take();
+            // SAFETY: the mapping made in `new`, no longer used by any VM.
+            unsafe { libc::munmap(self.memory, GUEST_MEMORY) };
+        }
+    }
+
+    extern "C" fn on_wake(_: libc::c_int) {}
+
+    impl KvmStaller {
+        pub fn new() -> Result<KvmStaller> {
+            let kvm = Kvm::new().context(
+                "cannot open /dev/kvm (the kvm stall needs it: a KVM-capable kernel and root)",
+            )?;
+            let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+            // The in-kernel interrupt controller makes HLT sleep in the kernel instead of exiting.
+            vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+            // SAFETY: an anonymous private mapping, checked below.
+            let memory = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    GUEST_MEMORY,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if memory == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error()).context("cannot map guest memory");
+            }
+            // SAFETY: the mapping is GUEST_MEMORY bytes long and writable.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    GUEST_CODE.as_ptr(),
+                    memory.cast::<u8>(),
+                    GUEST_CODE.len(),
+                )
+            };
+            let region = kvm_userspace_memory_region {
+                slot: 0,
+                flags: 0,
+                guest_phys_addr: 0,
+                memory_size: GUEST_MEMORY as u64,
+                userspace_addr: memory as u64,
+            };
+            // SAFETY: the mapping outlives the VM (Drop drops the VM first, then unmaps).
+            if let Err(e) = unsafe { vm.set_user_memory_region(region) } {
+                // SAFETY: the mapping made above, unused.
+                unsafe { libc::munmap(memory, GUEST_MEMORY) };
+                return Err(e).context("KVM_SET_USER_MEMORY_REGION");
+            }
+            let vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
+            let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+            sregs.cs.base = 0;
+            sregs.cs.selector = 0;
+            vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+            let mut regs = vcpu.get_regs().context("KVM_GET_REGS")?;
+            regs.rip = 0;
+            regs.rflags = 0x2;
+            vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+            // A handler without SA_RESTART: the signal ends KVM_RUN with EINTR.
+            // SAFETY: installing a handler that does nothing.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_wake as extern "C" fn(libc::c_int) as usize;
+                libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+            }
+            Ok(KvmStaller {
+                vcpu,
+                vm: Some(vm),
+                memory,
+            })
+        }
+
+        /// Blocks inside `KVM_RUN` for about `how_long`.
+        pub fn stall(&mut self, how_long: Duration) -> Result<()> {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            let waker = std::thread::Builder::new()
+                .name("waker".into())
+                .spawn(move || {
+                    std::thread::sleep(how_long);
+                    // SAFETY: `me` is this (still running) thread: stall waits for the waker.
+                    unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                })
+                .context("cannot start the waker thread")?;
+            loop {
+                match self.vcpu.run() {
+                    Err(e) if e.errno() == libc::EINTR => break,
+                    Err(e) => return Err(e).context("KVM_RUN"),
+                    // HLT exits to user space only without an in-kernel irqchip; go back in.
+                    Ok(_) if waker.is_finished() => break,
+                    Ok(_) => continue,
+                }
+            }
+            waker
+                .join()
+                .map_err(|_| anyhow::anyhow!("waker thread panicked"))
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kvm_stall {
+    use anyhow::{bail, Result};
+    use std::time::Duration;
+
+    pub struct KvmStaller;
+
+    impl KvmStaller {
+        pub fn new() -> Result<KvmStaller> {
+            bail!("the kvm stall is written for x86-64 guests only")
+        }
+
+        pub fn stall(&mut self, _: Duration) -> Result<()> {
+            Ok(())
+        }
+    }
 }
 
 fn main() -> Result<()> {
