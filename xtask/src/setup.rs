@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "libegl-mesa0",
     "libvulkan1",
     "xauth",
+    // The report's SVG chart is checked in a real browser (a headless screenshot).
+    "chromium",
 ];
 
 /// Peers the benchmarks compare against or load the machine with (`setup --bench`).

@@ -1,0 +1,140 @@
+//! `nvbind-agent report`: the human summary of a recorded report, and its SVG chart, opened in a
+//! real browser (headless Chromium) to check it renders with the stutters marked.
+
+use std::{path::Path, process::Command};
+
+use nvbind_tests::{agent, game_bin, read_json, require_root, stderr};
+
+/// `#ff7f0e`, the colour of `blocked` stutter markers (see report/svg.rs).
+const BLOCKED_RGB: [u8; 3] = [0xff, 0x7f, 0x0e];
+
+fn record_stalling_game(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("report.json");
+    let truth = dir.join("truth.txt");
+    let (out_s, truth_s) = (out.display().to_string(), truth.display().to_string());
+    let game = game_bin().display().to_string();
+    let result = agent(&[
+        "record",
+        "--out",
+        &out_s,
+        "--",
+        &game,
+        "--truth",
+        &truth_s,
+        "--frames",
+        "200",
+        "--interval-ms",
+        "10",
+        "--stall-every",
+        "50",
+        "--stall-ms",
+        "60",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    out
+}
+
+/// Counts pixels of one colour in a PNG.
+fn count_pixels(png_path: &Path, rgb: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::fs::File::open(png_path).expect("screenshot"));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("PNG pixels");
+    let channels = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|px| px.len() >= 3 && px[..3] == rgb)
+        .count()
+}
+
+#[test]
+fn the_summary_and_the_chart_show_the_stutters() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = record_stalling_game(dir.path());
+    let json = read_json(&report);
+    let s = &json["processes"][0]["stutters"];
+    let stutters = s["count"].as_u64().expect("count");
+    // Four injected sleeps; a shared machine may add a real hitch of its own, which is reported.
+    assert_eq!(s["by_cause"]["blocked"].as_u64(), Some(4), "{s}");
+
+    let svg = dir.path().join("chart.svg");
+    let (report_s, svg_s) = (report.display().to_string(), svg.display().to_string());
+    let out = agent(&["report", &report_s, "--svg", &svg_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("stutters: {stutters} (")), "{text}");
+    assert!(text.contains("4 blocked"), "{text}");
+    assert!(text.contains("worst stutters:"), "{text}");
+    assert!(text.contains("was blocked"), "{text}");
+    assert!(text.contains("1% low"), "{text}");
+
+    // The SVG is well-formed and holds one marker per stutter plus the legend's.
+    let doc = std::fs::read_to_string(&svg).expect("svg written");
+    let tree = roxmltree::Document::parse(&doc).expect("well-formed SVG");
+    let markers = tree
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .filter(|n| {
+            n.attribute("fill")
+                .is_some_and(|f| f.eq_ignore_ascii_case("#FF7F0E"))
+        })
+        .count();
+    assert_eq!(markers, 4 + 1, "4 stutters and a legend entry");
+    assert!(
+        tree.descendants().any(|n| n.has_tag_name("polyline")),
+        "the frame-time line"
+    );
+
+    // And a browser draws it.
+    let png = dir.path().join("chart.png");
+    let shot = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,820",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", svg.display()))
+        .output()
+        .expect("NOT RUN: chromium is missing: run `cargo xtask setup`");
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let orange = count_pixels(&png, BLOCKED_RGB);
+    assert!(
+        orange > 5 * 40,
+        "the browser drew the stutter markers ({orange} marker pixels)"
+    );
+}
+
+#[test]
+fn report_refuses_what_is_not_a_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bogus = dir.path().join("other.json");
+    std::fs::write(&bogus, r#"{"schema": "something/else"}"#).expect("write");
+    let out = agent(&["report", &bogus.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("not an nvbind.report/v1 document"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    let truncated = dir.path().join("truncated.json");
+    std::fs::write(&truncated, r#"{"schema": "nvbind.report/v1", "agent": {"#).expect("write");
+    let out = agent(&["report", &truncated.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not a valid nvbind report"),
+        "{}",
+        stderr(&out)
+    );
+
+    let missing = dir.path().join("missing.json");
+    let out = agent(&["report", &missing.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}
