@@ -272,21 +272,22 @@ impl Session {
         if c.tid == 0 || c.wait_ns < CULPRIT_CGROUP_MIN_WAIT_NS {
             return;
         }
-        if !self.capture.culprit_pids.contains_key(&c.tid) {
+        use std::collections::hash_map::Entry;
+        if let Entry::Vacant(slot) = self.capture.culprit_pids.entry(c.tid) {
             let pid = if c.tgid != 0 {
                 Some(c.tgid)
             } else {
                 target::tgid_of(c.tid)
             };
             if let Some(pid) = pid {
-                self.capture.culprit_pids.insert(c.tid, pid);
+                slot.insert(pid);
             }
         }
-        if !self.capture.culprit_cgroups.contains_key(&c.tid) {
+        if let Entry::Vacant(slot) = self.capture.culprit_cgroups.entry(c.tid) {
             let cgroup = target::cgroup_of(c.tid)
                 .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)));
             if let Some(cgroup) = cgroup {
-                self.capture.culprit_cgroups.insert(c.tid, cgroup);
+                slot.insert(cgroup);
             }
         }
     }

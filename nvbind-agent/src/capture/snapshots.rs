@@ -137,8 +137,8 @@ mod tests {
         let of = |tid| {
             w.threads
                 .iter()
-                .find(|(t, _)| *t == tid)
-                .map(|(_, c)| c.on_cpu_ns)
+                .find(|t| t.tid == tid)
+                .map(|t| t.counters.on_cpu_ns)
         };
         assert_eq!(of(5), Some(15 - 6));
         assert_eq!(of(6), Some(5 - 2));
@@ -146,8 +146,8 @@ mod tests {
         assert_eq!(
             w.threads
                 .iter()
-                .find(|(t, _)| *t == 7)
-                .map(|(_, c)| c.on_cpu_ns),
+                .find(|t| t.tid == 7)
+                .map(|t| t.counters.on_cpu_ns),
             Some(4),
             "a new thread counts from zero"
         );

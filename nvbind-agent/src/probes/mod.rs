@@ -92,6 +92,9 @@ pub struct ProgramCost {
 }
 
 /// A record read from the ring buffer.
+// Frames are the common case and each event is moved once from the ring buffer to its handler:
+// boxing them would cost an allocation per frame to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy)]
 pub enum Event {
     Present(PresentEvent),

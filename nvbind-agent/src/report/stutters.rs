@@ -238,8 +238,10 @@ mod tests {
             t += 16 + stall;
             frames.push(frame(t, stall));
         }
-        let mut capture = Capture::default();
-        capture.stutter = DetectorConfig::default();
+        let mut capture = Capture {
+            stutter: DetectorConfig::default(),
+            ..Default::default()
+        };
         capture.culprit_cgroups.insert(812, "/hogs".into());
         let p = ProcessRecord::default();
         let r = analyse(&capture, &p, &frames);
