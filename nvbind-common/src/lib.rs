@@ -514,15 +514,8 @@ mod tests {
         assert_eq!(size_of::<Culprit>(), 8 + 8 + 8 + 4 + 4 + TASK_COMM_LEN);
         assert_eq!(
             size_of::<ThreadState>(),
-            8 + 8
-                + 8
-                + 8
-                + 16
-                + 8
-                + 16
-                + 16
-                + size_of::<Culprit>()
-                + 2 * size_of::<ThreadCounters>()
+            // ten 8-byte words of scalars, the preemptor's comm, two culprits, two counter sets
+            8 * 10 + TASK_COMM_LEN + 2 * size_of::<Culprit>() + 2 * size_of::<ThreadCounters>()
         );
         assert_eq!(
             size_of::<PresentEvent>(),
