@@ -230,27 +230,15 @@ fn blame(t: &mut ThreadState, waited: u64, now: u64, cpu: u32, prev_tgid: u32, p
     if tid == 0 {
         return;
     }
-    let frame = &t.frame_culprit;
-    let frame_same = frame.tid == tid;
-    let frame_replace = !frame_same && waited > frame.wait_ns;
-    let recent = &t.recent_wait;
-    let recent_replace =
-        waited >= recent.wait_ns || now.saturating_sub(recent.at_ns) > RECENT_WAIT_NS;
-    if frame_same {
-        t.frame_culprit.wait_ns += waited;
-        t.frame_culprit.at_ns = now;
-    }
-    if !frame_replace && !recent_replace {
+    if !credit_needs_details(t, tid, waited, now) {
+        credit_same(t, tid, waited, now);
         return;
     }
     // Only now pay for the culprit's details.
     let mut c = Culprit {
-        wait_ns: waited,
-        at_ns: now,
-        cgroup_id: 0,
         tid,
-        tgid: 0,
         comm: t.last_preemptor_comm,
+        ..Culprit::default()
     };
     if !by_preemptor {
         c.tgid = prev_tgid;
@@ -258,11 +246,23 @@ fn blame(t: &mut ThreadState, waited: u64, now: u64, cpu: u32, prev_tgid: u32, p
         // SAFETY: helper without arguments; the current task is `prev`.
         c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
-    if frame_replace {
-        t.frame_culprit = c;
-    }
-    if recent_replace {
-        t.recent_wait = c;
+    credit(t, c, waited, now);
+}
+
+/// Whether charging `waited` to task `tid` replaces the frame's culprit or the recent wait (and
+/// so needs the task's name and cgroup), rather than only adding to the same culprit.
+#[inline(always)]
+fn credit_needs_details(t: &ThreadState, tid: u32, waited: u64, now: u64) -> bool {
+    let frame = &t.frame_culprit;
+    (frame.tid != tid && waited > frame.wait_ns) || replaces_recent(t, waited, now)
+}
+
+/// Adds `waited` to the frame's culprit when it is task `tid`.
+#[inline(always)]
+fn credit_same(t: &mut ThreadState, tid: u32, waited: u64, now: u64) {
+    if t.frame_culprit.tid == tid {
+        t.frame_culprit.wait_ns += waited;
+        t.frame_culprit.at_ns = now;
     }
 }
 
@@ -271,15 +271,20 @@ fn blame(t: &mut ThreadState, waited: u64, now: u64, cpu: u32, prev_tgid: u32, p
 fn credit(t: &mut ThreadState, mut c: Culprit, waited: u64, now: u64) {
     c.wait_ns = waited;
     c.at_ns = now;
+    if replaces_recent(t, waited, now) {
+        t.recent_wait = c;
+    }
     if t.frame_culprit.tid == c.tid {
-        t.frame_culprit.wait_ns += waited;
-        t.frame_culprit.at_ns = now;
+        credit_same(t, c.tid, waited, now);
     } else if waited > t.frame_culprit.wait_ns {
         t.frame_culprit = c;
     }
-    if waited >= t.recent_wait.wait_ns || now.saturating_sub(t.recent_wait.at_ns) > RECENT_WAIT_NS {
-        t.recent_wait = c;
-    }
+}
+
+/// Whether a wait of `waited` ending `now` replaces the thread's recent longest wait.
+#[inline(always)]
+fn replaces_recent(t: &ThreadState, waited: u64, now: u64) -> bool {
+    waited >= t.recent_wait.wait_ns || now.saturating_sub(t.recent_wait.at_ns) > RECENT_WAIT_NS
 }
 
 /// Ends a blocked period of `t` at `now`.

@@ -196,6 +196,43 @@ impl Drop for Xvfb {
     }
 }
 
+/// Time between consecutive present timestamps (ns), in ms, in order: frame `i + 1` took
+/// element `i`.
+pub fn intervals_ms(ts: &[u64]) -> Vec<f64> {
+    ts.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6).collect()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock the kernel's probes stamp events with).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        bail!("CPU {cpu} is out of range");
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes inside it (bounds checked above).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t.
+    unsafe {
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Nearest-rank percentile of a sorted slice.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     assert!(!sorted.is_empty());

@@ -57,8 +57,9 @@ fn record_game(dir: &Path, command: &[&str], game_args: &[&str]) -> Run {
     }
 }
 
-fn intervals_ms(ts: &[u64]) -> Vec<f64> {
-    let mut v: Vec<f64> = ts.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6).collect();
+/// Frame intervals, sorted (for percentiles).
+fn sorted_intervals_ms(ts: &[u64]) -> Vec<f64> {
+    let mut v = nvbind_tests::intervals_ms(ts);
     v.sort_by(f64::total_cmp);
     v
 }
@@ -100,7 +101,7 @@ fn assert_matches_truth(run: &Run, expected_frames: usize) {
         "per-frame error p99 {p99_err:.1} µs > 100 µs"
     );
 
-    let truth_ms = intervals_ms(&run.truth);
+    let truth_ms = sorted_intervals_ms(&run.truth);
     for (q, field) in [(0.50, "p50"), (0.99, "p99")] {
         let want = percentile(&truth_ms, q);
         let got = p["frames"]["frame_time_ms"][field].as_f64().expect(field);

@@ -9,19 +9,14 @@ use std::{
 };
 
 use nvbind_tests::{
-    busiest, game_bin, hog_bin, read_csv, read_json, require_root, spawn_agent, stderr,
-    wait_for_process, wait_with_deadline, Xvfb,
+    busiest, game_bin, hog_bin, intervals_ms, read_csv, read_json, require_root, spawn_agent,
+    stderr, wait_for_process, wait_with_deadline, Xvfb,
 };
 
 struct Run {
     report: serde_json::Value,
     truth: Vec<u64>,
     rows: Vec<std::collections::HashMap<String, String>>,
-}
-
-/// Frame times from consecutive presents, in ms (frame `i + 1` is `intervals[i]`).
-fn intervals_ms(ts: &[u64]) -> Vec<f64> {
-    ts.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6).collect()
 }
 
 /// Records the synthetic game; `during` runs once the game is up (to start a competitor).

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use nvbind_tests::{monotonic_ns, pin_to_cpu};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -31,32 +32,14 @@ struct Args {
     log: Option<std::path::PathBuf>,
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.burst_ms <= 0.0 || args.period_ms < args.burst_ms {
         bail!("--burst-ms must be positive and at most --period-ms");
     }
-    // SAFETY: plain syscalls on the calling thread with valid arguments.
+    pin_to_cpu(args.cpu)?;
+    // SAFETY: a plain syscall on the calling thread with a valid parameter.
     unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(args.cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "cannot pin to CPU {}: {}",
-                args.cpu,
-                std::io::Error::last_os_error()
-            );
-        }
         if args.rt_priority > 0 {
             let param = libc::sched_param {
                 sched_priority: args.rt_priority,

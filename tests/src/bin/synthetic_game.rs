@@ -23,6 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use libloading::{Library, Symbol};
+use nvbind_tests::{monotonic_ns, pin_to_cpu};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -133,16 +134,6 @@ impl Egl {
     }
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn sleep_until(deadline_ns: u64) {
     let ts = libc::timespec {
         tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
@@ -165,26 +156,6 @@ fn spin(ms: f64) {
     while monotonic_ns() < end {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
-}
-
-/// Pins the calling thread to one CPU.
-fn pin_to(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid cpu_set_t and `cpu` is bounded by the check below.
-    unsafe {
-        if cpu >= libc::CPU_SETSIZE as usize {
-            bail!("--pin-cpu {cpu} is out of range");
-        }
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "cannot pin to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// A `loader` thread that, on request, takes the shared lock and sleeps holding it.
@@ -233,7 +204,7 @@ impl LockStaller {
 
 fn frame_loop(args: &Args) -> Result<Vec<u64>> {
     if let Some(cpu) = args.pin_cpu {
-        pin_to(cpu)?;
+        pin_to_cpu(cpu).context("--pin-cpu")?;
     }
     let stall = Duration::from_secs_f64(args.stall_ms / 1000.0);
     let lock_staller = match args.stall_kind {
