@@ -79,8 +79,61 @@ fn long_frames(truth: &[u64], ms: f64) -> Vec<u64> {
         .collect()
 }
 
-/// Runs a game with injected stalls and checks the stutters are exactly the stalled frames.
-fn injected_stalls(agent_args: &[&str], kind: &str) -> serde_json::Value {
+/// Checks the reported stutters against the game's own clock and returns those at `expected`.
+///
+/// Every expected frame must be reported, and so must every frame the game measured at 50 ms or
+/// more. A stutter at any other frame is allowed only if the game's clock measured that frame as
+/// long too (at least twice the median frame): this 2-core VM is shared and now and then stalls a
+/// thread for real, and such a frame is a true stutter, not a false positive. There may only be a
+/// few of them; each is printed.
+fn expected_stutters(
+    p: &serde_json::Value,
+    truth: &[u64],
+    expected: &[u64],
+) -> Vec<serde_json::Value> {
+    let truth_ms = intervals_ms(truth);
+    let mut sorted = truth_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let reported = frame_indices(p);
+    for frame in expected.iter().chain(&long_frames(truth, 50.0)) {
+        assert!(
+            reported.contains(frame),
+            "frame {frame} ({:.1} ms by the game's clock) is not reported: {}",
+            truth_ms[*frame as usize - 1],
+            p["stutters"]
+        );
+    }
+    let mut host_hitches = 0;
+    let mut found = Vec::new();
+    for e in events(p) {
+        let frame = e["frame"].as_u64().expect("frame");
+        if expected.contains(&frame) {
+            found.push(e.clone());
+            continue;
+        }
+        let measured = truth_ms[frame as usize - 1];
+        let reported_ms = e["frame_time_ms"].as_f64().expect("frame_time_ms");
+        assert!(
+            measured >= 2.0 * median && (measured - reported_ms).abs() <= 1.0,
+            "stutter at frame {frame} ({reported_ms} ms) but the game measured {measured:.2} ms: {e}"
+        );
+        eprintln!(
+            "note: the machine itself stalled frame {frame} ({measured:.1} ms): {}",
+            e["cause"]
+        );
+        host_hitches += 1;
+    }
+    assert!(
+        host_hitches <= 2,
+        "{host_hitches} stutters nobody injected: the machine is too busy for this test"
+    );
+    found
+}
+
+/// Runs a game with injected stalls and checks the stutters are the stalled frames; returns the
+/// report's busiest process and the stalled frames' events.
+fn injected_stalls(agent_args: &[&str], kind: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let run = record_game(
@@ -106,30 +159,33 @@ fn injected_stalls(agent_args: &[&str], kind: &str) -> serde_json::Value {
     assert_eq!(p["frames"]["count"].as_u64(), Some(run.truth.len() as u64));
     // The game stalls before presenting frames 49, 99, ...: those intervals are ~60 ms longer.
     let injected: Vec<u64> = (0..300).filter(|i| i % 50 == 49).collect();
-    assert_eq!(
-        long_frames(&run.truth, 50.0),
-        injected,
-        "ground truth shows the stalls"
+    let long = long_frames(&run.truth, 50.0);
+    assert!(
+        injected.iter().all(|i| long.contains(i)),
+        "ground truth shows the stalls: {long:?}"
     );
-    assert_eq!(
-        frame_indices(&p),
-        injected,
-        "stutters are exactly the stalled frames: {}",
-        p["stutters"]
-    );
-    assert_eq!(p["stutters"]["count"].as_u64(), Some(injected.len() as u64));
+    let stalled = expected_stutters(&p, &run.truth, &injected);
+    assert_eq!(stalled.len(), injected.len());
     let csv_flagged: Vec<u64> = run
         .rows
         .iter()
         .filter(|r| !r["stutter_cause"].is_empty())
         .map(|r| r["frame"].parse().expect("frame"))
         .collect();
-    assert_eq!(csv_flagged, injected, "the CSV marks the same frames");
-    p
+    assert_eq!(
+        csv_flagged,
+        frame_indices(&p),
+        "the CSV marks the same frames"
+    );
+    assert_eq!(
+        p["stutters"]["count"].as_u64(),
+        Some(csv_flagged.len() as u64)
+    );
+    (p, stalled)
 }
 
-fn assert_all(p: &serde_json::Value, cause: &str) {
-    for e in events(p) {
+fn assert_all(events: &[serde_json::Value], cause: &str) {
+    for e in events {
         assert_eq!(e["cause"], cause, "{e}");
         let confidence = e["confidence"].as_f64().expect("confidence");
         assert!((0.5..=1.0).contains(&confidence), "{e}");
@@ -142,9 +198,9 @@ fn assert_all(p: &serde_json::Value, cause: &str) {
 
 #[test]
 fn a_sleeping_render_thread_is_blocked() {
-    let p = injected_stalls(&[], "sleep");
-    assert_all(&p, "blocked");
-    for e in events(&p) {
+    let (_, stalled) = injected_stalls(&[], "sleep");
+    assert_all(&stalled, "blocked");
+    for e in &stalled {
         let t = &e["evidence"]["presenting_thread"];
         let max_blocked = t["max_blocked_ms"].as_f64().expect("max_blocked_ms");
         assert!((55.0..80.0).contains(&max_blocked), "{e}");
@@ -154,9 +210,9 @@ fn a_sleeping_render_thread_is_blocked() {
 
 #[test]
 fn waiting_on_a_lock_is_blocked() {
-    let p = injected_stalls(&[], "lock");
-    assert_all(&p, "blocked");
-    for e in events(&p) {
+    let (_, stalled) = injected_stalls(&[], "lock");
+    assert_all(&stalled, "blocked");
+    for e in &stalled {
         let t = &e["evidence"]["presenting_thread"];
         assert!(t["max_blocked_ms"].as_f64() > Some(50.0), "{e}");
         // The lock holder is one of the game's threads and shows up beside the render thread.
@@ -175,17 +231,17 @@ fn a_wait_inside_a_gpu_ioctl_is_a_driver_wait() {
         Path::new("/dev/kvm").exists(),
         "NOT RUN: /dev/kvm is missing, and the blocking ioctl this test uses is KVM_RUN"
     );
-    let p = injected_stalls(&["--gpu-ioctl-type", "0xAE"], "kvm");
-    assert_all(&p, "gpu-driver-wait");
-    for e in events(&p) {
+    let (p, stalled) = injected_stalls(&["--gpu-ioctl-type", "0xAE"], "kvm");
+    assert_all(&stalled, "gpu-driver-wait");
+    for e in &stalled {
         let t = &e["evidence"]["presenting_thread"];
         assert!(t["blocked_in_gpu_ioctl_ms"].as_f64() > Some(50.0), "{e}");
         assert!(t["gpu_ioctls"].as_u64() >= Some(1), "{e}");
     }
     assert!(p["ioctl"]["declared-gpu"]["count"].as_u64() >= Some(6));
 
-    let control = injected_stalls(&[], "kvm");
-    assert_all(&control, "blocked");
+    let (control, stalled) = injected_stalls(&[], "kvm");
+    assert_all(&stalled, "blocked");
     assert_eq!(control["ioctl"]["declared-gpu"]["count"].as_u64(), Some(0));
     assert!(control["ioctl"]["other"]["count"].as_u64() >= Some(6));
 }
@@ -261,23 +317,25 @@ fn cpu_contention_is_found_and_the_competitor_named() {
     let p = busiest(&run.report);
     assert_eq!(p["frames"]["count"].as_u64(), Some(run.truth.len() as u64));
 
-    // Independently: the long frames in the game's own log are the ones a burst fell in.
+    // Independently: each burst made exactly one long frame in the game's own log.
     let long = long_frames(&run.truth, 50.0);
+    let overlapping: Vec<u64> = long
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let (from, to) = (run.truth[i as usize - 1], run.truth[i as usize]);
+            bursts.iter().any(|&(s, e)| s < to && e > from)
+        })
+        .collect();
     assert_eq!(
-        long.len(),
+        overlapping.len(),
         bursts.len(),
         "one long frame per burst: {long:?}"
     );
-    for &i in &long {
-        let (from, to) = (run.truth[i as usize - 1], run.truth[i as usize]);
-        assert!(
-            bursts.iter().any(|&(s, e)| s < to && e > from),
-            "long frame {i} overlaps a burst"
-        );
-    }
-    assert_eq!(frame_indices(p), long, "{}", p["stutters"]);
-    assert_all(p, "cpu-contention");
-    for e in events(p) {
+    let contended = expected_stutters(p, &run.truth, &overlapping);
+    assert_eq!(contended.len(), bursts.len());
+    assert_all(&contended, "cpu-contention");
+    for e in &contended {
         let who = &e["evidence"]["ran_instead"];
         assert_eq!(who["comm"], "cpu-hog", "{e}");
         assert_eq!(who["pid"].as_u64(), Some(u64::from(hog_pid)), "{e}");
