@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     capture::{self, RecordOptions},
-    doctor, report,
+    doctor, gpu, report,
     stutter::DetectorConfig,
     target::TargetSpec,
 };
@@ -39,6 +39,14 @@ pub enum Command {
     Record(RecordArgs),
     /// Summarise a recorded report for people; optionally draw it as an SVG chart.
     Report(ReportArgs),
+    /// List the GPUs: vendor, name, PCI address, driver, UUID, device nodes and counters now.
+    Gpus {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        roots: RootArgs,
+    },
     /// Internal: resolve the installed Vulkan drivers' vkQueuePresentKHR (run by the agent).
     #[command(name = "__resolve-vulkan-present", hide = true)]
     ResolveVulkanPresent,
@@ -80,9 +88,63 @@ pub struct RecordArgs {
     /// drivers nvbind does not know (DRM, NVIDIA and amdkfd are built in). Repeatable.
     #[arg(long, value_name = "TYPE", value_parser = parse_ioctl_type)]
     pub gpu_ioctl_type: Vec<u8>,
+    /// Read the GPUs this many times a second during the recording (0: not at all).
+    #[arg(long, value_name = "HZ", default_value_t = 10.0)]
+    pub gpu_sample_hz: f64,
+    #[command(flatten)]
+    pub roots: RootArgs,
     /// Launch this command and record it (everything after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Where GPUs are looked for: the host's own roots, or copies of them (a container with the
+/// host's `/sys` mounted elsewhere; test fixtures). NVML is used only with the real `/sys`.
+#[derive(Debug, Args)]
+pub struct RootArgs {
+    /// Read sysfs from here instead of /sys.
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs_root: PathBuf,
+    /// Find device nodes here instead of /dev.
+    #[arg(long, value_name = "DIR", default_value = "/dev")]
+    pub dev_root: PathBuf,
+    /// Read procfs (NVIDIA's /proc/driver/nvidia) from here instead of /proc.
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// Ask NVML about NVIDIA GPUs: auto (only when reading the real /sys), always, or never.
+    #[arg(long, value_enum, default_value_t = NvmlMode::Auto)]
+    pub nvml: NvmlMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NvmlMode {
+    Auto,
+    Always,
+    Never,
+}
+
+impl RootArgs {
+    fn roots(&self) -> Result<gpu::Roots> {
+        for (dir, flag) in [
+            (&self.sysfs_root, "--sysfs-root"),
+            (&self.dev_root, "--dev-root"),
+            (&self.proc_root, "--proc-root"),
+        ] {
+            if !dir.is_dir() {
+                anyhow::bail!("{flag} {}: no such directory", dir.display());
+            }
+        }
+        Ok(gpu::Roots {
+            sys: self.sysfs_root.clone(),
+            dev: self.dev_root.clone(),
+            proc: self.proc_root.clone(),
+            nvml: match self.nvml {
+                NvmlMode::Auto => self.sysfs_root == std::path::Path::new("/sys"),
+                NvmlMode::Always => true,
+                NvmlMode::Never => false,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +211,16 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Record(args) => record(args),
         Command::Report(args) => show_report(args),
+        Command::Gpus { json, roots } => {
+            let discovery = gpu::discover(&roots.roots()?, &gpu::Warnings::default());
+            let listing = gpu::show::listing(&discovery, Duration::from_millis(100));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print!("{}", gpu::show::render(&listing));
+            }
+            Ok(0)
+        }
         Command::ResolveVulkanPresent => {
             let found = crate::probes::vulkan::resolve_here()?;
             print!("{}", crate::probes::vulkan::format_lines(&found));
@@ -172,6 +244,14 @@ fn record(args: RecordArgs) -> Result<u8> {
     };
     stutter.validate().map_err(anyhow::Error::msg)?;
     let duration = seconds(args.duration, "--duration")?;
+    let gpu_sampling = match args.gpu_sample_hz {
+        0.0 => None,
+        hz if hz.is_finite() && (0.1..=1000.0).contains(&hz) => Some(gpu::SamplerConfig {
+            period: Duration::from_secs_f64(1.0 / hz),
+        }),
+        hz => anyhow::bail!("--gpu-sample-hz must be 0 (off) or between 0.1 and 1000, not {hz}"),
+    };
+    let gpu_roots = args.roots.roots()?;
     let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
     // Refuse early rather than record for an hour and lose it.
     report::write::check_writable(&args.out)?;
@@ -190,6 +270,8 @@ fn record(args: RecordArgs) -> Result<u8> {
         mount_tracefs: args.mount_tracefs,
         stutter,
         gpu_ioctl_types: args.gpu_ioctl_type,
+        gpu_sampling,
+        gpu_roots,
     }))?;
     let (report, rows) = report::build(&outcome.capture);
     report::write::report_json(&args.out, &report)?;

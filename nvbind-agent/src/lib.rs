@@ -6,11 +6,13 @@
 //! - [`stutter`]: which frames are stutters (CapFrameX's rule) and why (a verdict with evidence).
 //! - [`report`]: the `nvbind.report/v1` document, frame statistics, CSV export, the human summary
 //!   and the SVG chart.
+//! - [`gpu`]: GPU discovery, per-vendor counters (NVML, amdgpu and Intel sysfs) and the sampler.
 //! - [`doctor`]: what is attached and what is not, with reasons and fixes.
 
 pub mod capture;
 pub mod cli;
 pub mod doctor;
+pub mod gpu;
 pub mod probes;
 pub mod report;
 pub mod stutter;

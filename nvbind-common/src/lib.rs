@@ -440,6 +440,11 @@ pub struct ProcessEvent {
 /// Why a present uprobe asked for the name passed to `vkGet*ProcAddr`: the bytes we compare.
 pub const VK_QUEUE_PRESENT_NAME: &[u8; 18] = b"vkQueuePresentKHR\0";
 
+/// Decoder for amdgpu's binary `gpu_metrics` sysfs file: userspace only (plain byte parsing, no
+/// I/O), so the BPF programs, which have no floating point, never compile it.
+#[cfg(not(target_arch = "bpf"))]
+pub mod gpu_metrics;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and integer arrays, and

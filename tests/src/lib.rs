@@ -261,3 +261,67 @@ pub fn read_csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
         })
         .collect()
 }
+
+/// A GPU fixture host (`tests/fixtures/hosts/<name>`) copied into a temporary directory, with the
+/// device nodes its `dev.txt` lists created by `mknod` (git cannot hold device nodes; creating
+/// them needs root). Pass its roots to the agent with [`FixtureHost::root_args`].
+pub struct FixtureHost {
+    pub dir: tempfile::TempDir,
+}
+
+impl FixtureHost {
+    pub fn new(name: &str) -> FixtureHost {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/hosts")
+            .join(name);
+        assert!(src.is_dir(), "no fixture host {}", src.display());
+        let dir = tempfile::tempdir().expect("tempdir");
+        // `cp -a` keeps sysfs's relative symlinks as they are.
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(src.join("sys"))
+            .arg(src.join("proc"))
+            .arg(dir.path())
+            .status()
+            .expect("run cp");
+        assert!(status.success(), "copying {} failed", src.display());
+        let dev = dir.path().join("dev");
+        std::fs::create_dir_all(&dev).expect("mkdir dev");
+        let listing = std::fs::read_to_string(src.join("dev.txt")).expect("dev.txt");
+        for line in listing.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(f.len(), 4, "dev.txt line {line:?}");
+            let path = dev.join(f[0]);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            let status = Command::new("mknod")
+                .arg(&path)
+                .args(&f[1..])
+                .status()
+                .expect("run mknod");
+            assert!(
+                status.success(),
+                "mknod {} failed (device nodes need root)",
+                path.display()
+            );
+        }
+        FixtureHost { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `--sysfs-root … --dev-root … --proc-root …` for the agent.
+    pub fn root_args(&self) -> Vec<String> {
+        ["sys", "dev", "proc"]
+            .iter()
+            .zip(["--sysfs-root", "--dev-root", "--proc-root"])
+            .flat_map(|(d, flag)| [flag.to_string(), self.path(d).display().to_string()])
+            .collect()
+    }
+}

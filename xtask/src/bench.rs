@@ -5,6 +5,9 @@
 //!    (the agent tracks an idle `sleep`) and when they are tracked (the agent launched the storm).
 //! 2. System cost: the storm's throughput in each case as a ratio to a bare run, interleaved.
 //! 3. Agent footprint: CPU share and peak RSS while recording vkcube at several hundred fps.
+//! 4. GPU sampler: the cost of one sample per backend (over the sysfs fixture hosts; NVML where a
+//!    driver exists), and the synthetic game's p99 frame time with the sampler off and at 10 Hz,
+//!    interleaved.
 //!
 //! Prints Markdown tables for BENCHMARKS.md. The machine is small and noisy: compare within one
 //! run, never against remembered numbers.
@@ -203,5 +206,138 @@ pub fn bench(root: &Path, agent: &Path, target: &Path) -> Result<()> {
         "| dropped events | {} | 0 |",
         vk["capture"]["dropped_events"]
     );
+    gpu_sampler(root, agent, &dir)
+}
+
+/// The GPU fixture hosts a sampler can read here (no GPU on this machine).
+const GPU_HOSTS: [&str; 4] = ["amd-dgpu", "amd-apu", "intel-i915", "intel-xe"];
+const GPU_GAME_ARGS: [&str; 6] = ["--frames", "600", "--interval-ms", "8.33", "--work-ms", "1"];
+
+/// Records the synthetic game with GPU sampling at `hz` from `host` (a fixture host, or the real
+/// roots when `None`).
+fn game_with_sampler(
+    agent: &Path,
+    game: &Path,
+    out: &Path,
+    hz: &str,
+    host: Option<&Path>,
+) -> Result<Value> {
+    let mut cmd = Command::new(agent);
+    cmd.args(["record", "--gpu-sample-hz", hz, "--out"])
+        .arg(out);
+    if let Some(host) = host {
+        let empty_dev = out.with_extension("dev");
+        fs::create_dir_all(&empty_dev)?;
+        cmd.arg("--sysfs-root")
+            .arg(host.join("sys"))
+            .arg("--proc-root")
+            .arg(host.join("proc"))
+            .arg("--dev-root")
+            .arg(&empty_dev);
+    }
+    let rec = cmd
+        .arg("--")
+        .arg(game)
+        .args(GPU_GAME_ARGS)
+        .output()
+        .context("run the agent")?;
+    if !rec.status.success() {
+        bail!(
+            "recording the synthetic game failed: {}",
+            String::from_utf8_lossy(&rec.stderr)
+        );
+    }
+    read_report(out)
+}
+
+fn p99(report: &Value) -> f64 {
+    report["processes"][0]["frames"]["frame_time_ms"]["p99"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+fn gpu_sampler(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
+    step("GPU sampler: build the synthetic game (release)");
+    crate::util::run(
+        crate::util::cargo_cmd(root)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "nvbind-tests",
+                "--bin",
+                "synthetic-game",
+            ])
+            .env("NVBIND_REQUIRE_EBPF", "1"),
+    )?;
+    let game = crate::util::target_dir(root).join("release/synthetic-game");
+    let fixtures = root.join("tests/fixtures/hosts");
+    let out = dir.join("gpu.json");
+
+    step("GPU sampler: cost of one sample per backend");
+    let mut costs = Vec::new();
+    for host in GPU_HOSTS {
+        let report = game_with_sampler(agent, &game, &out, "10", Some(&fixtures.join(host)))?;
+        for g in report["gpus"].as_array().into_iter().flatten() {
+            costs.push((
+                format!(
+                    "{} ({host} fixture, {})",
+                    g["driver"].as_str().unwrap_or("?"),
+                    g["name"].as_str().unwrap_or("?")
+                ),
+                g["summary"]["samples"].as_u64().unwrap_or(0),
+                g["summary"]["read_cost_us"].as_f64(),
+            ));
+        }
+    }
+    // The real host: NVML or sysfs, whatever it has.
+    let live = game_with_sampler(agent, &game, &out, "10", None)?;
+    let live_gpus = live["gpus"].as_array().cloned().unwrap_or_default();
+    for g in &live_gpus {
+        costs.push((
+            format!(
+                "{} (this host, {})",
+                g["driver"].as_str().unwrap_or("?"),
+                g["name"].as_str().unwrap_or("?")
+            ),
+            g["summary"]["samples"].as_u64().unwrap_or(0),
+            g["summary"]["read_cost_us"].as_f64(),
+        ));
+    }
+
+    step(&format!(
+        "GPU sampler: synthetic game off vs 10 Hz, {ROUNDS} interleaved rounds"
+    ));
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let dgpu = fixtures.join("amd-dgpu");
+    for _ in 0..ROUNDS {
+        off.push(p99(&game_with_sampler(agent, &game, &out, "0", None)?));
+        on.push(p99(&game_with_sampler(
+            agent,
+            &game,
+            &out,
+            "10",
+            Some(&dgpu),
+        )?));
+    }
+
+    println!("\n### GPU sampler: cost of one sample per backend\n");
+    println!("| backend | samples | mean µs per sample |");
+    println!("|---|---:|---:|");
+    for (name, samples, us) in &costs {
+        match us {
+            Some(us) => println!("| {name} | {samples} | {us:.1} |"),
+            None => println!("| {name} | {samples} | not sampled |"),
+        }
+    }
+    if live_gpus.is_empty() {
+        println!("| NVML (this host) | 0 | no GPU on this host: not measured |");
+    }
+    let (off_p99, on_p99) = (median(off), median(on));
+    println!("\n### Synthetic game (120 fps target) p99 frame time, sampler off vs on at 10 Hz (amd-dgpu fixture), medians of {ROUNDS} interleaved rounds\n");
+    println!("| sampler | p99 frame time ms | ratio to off |");
+    println!("|---|---:|---:|");
+    println!("| off | {off_p99:.3} | 1.000 |");
+    println!("| 10 Hz | {on_p99:.3} | {:.3} |", on_p99 / off_p99);
     Ok(())
 }

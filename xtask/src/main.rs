@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -45,7 +46,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Setup, then fmt, clippy, build, unit tests and the root integration tests.
+    /// Setup, then fmt, clippy, build, unit tests, the root integration tests and a short fuzz run.
     Test {
         /// Extra arguments for the integration-test harness (e.g. a test name filter).
         #[arg(last = true)]
@@ -53,6 +54,11 @@ enum Cmd {
     },
     /// Setup with the bench peers, build, then measure the capture pipeline's cost (BENCHMARKS.md).
     Bench,
+    /// Fuzz the gpu_metrics decoder with cargo-fuzz (installed if missing) for SECONDS.
+    Fuzz {
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,6 +112,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             let agent = build(&root)?;
             bench::bench(&root, &agent, &target_dir(&root))?;
         }
+        Cmd::Fuzz { seconds } => fuzz::fuzz(&root, seconds)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -125,6 +132,9 @@ fn build(root: &Path) -> Result<PathBuf> {
     }
     Ok(agent)
 }
+
+/// How long `cargo xtask test` fuzzes the gpu_metrics decoder.
+const FUZZ_SECONDS_IN_TEST: u64 = 20;
 
 fn test(root: &Path, extra: &[OsString]) -> Result<()> {
     let debug = target_dir(root).join("debug");
@@ -197,6 +207,15 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
         }
         run(&mut cmd).with_context(|| format!("test step `{name}` failed"))?;
     }
+    // A short fuzzing run of the one parser fed raw bytes by a driver (the seeds are the fixture
+    // blobs, so it starts from every known layout); `cargo xtask fuzz` runs longer.
+    step(&format!(
+        "test {}/{}: fuzz gpu_metrics",
+        total + 1,
+        total + 1
+    ));
+    fuzz::fuzz(root, FUZZ_SECONDS_IN_TEST).context("test step `fuzz` failed")?;
+    let total = total + 1;
     eprintln!("==> all {total} test steps passed");
     Ok(())
 }

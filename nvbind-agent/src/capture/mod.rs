@@ -23,6 +23,7 @@ use tokio::{
 };
 
 use crate::{
+    gpu,
     probes::{
         comm_str, libraries, monotonic_ns, Event, LoadOptions, ProbeStatus, Probes, ProgramCost,
     },
@@ -86,6 +87,8 @@ pub struct ProcessRecord {
     /// For frames that looked like stutters while recording (by present time): what every
     /// thread of the process did around them.
     pub thread_windows: HashMap<u64, ThreadWindow>,
+    /// PCI address of the GPU whose device node the process had open (its render GPU).
+    pub gpu: Option<String>,
 }
 
 /// Everything a recording gathered.
@@ -119,6 +122,10 @@ pub struct Capture {
     pub kernel: String,
     pub hostname: String,
     pub cpus: usize,
+    /// Every GPU found, with its samples (none when sampling was off or impossible).
+    pub gpus: Vec<gpu::GpuSeries>,
+    /// Time between GPU samples; 0 when GPUs were not sampled.
+    pub gpu_period_ns: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +138,10 @@ pub struct RecordOptions {
     pub stutter: DetectorConfig,
     /// ioctl type bytes to count as GPU driver calls, beyond the drivers nvbind knows.
     pub gpu_ioctl_types: Vec<u8>,
+    /// How often to read GPU counters; `None`: not at all.
+    pub gpu_sampling: Option<gpu::SamplerConfig>,
+    /// Where to find GPUs.
+    pub gpu_roots: gpu::Roots,
 }
 
 /// A finished recording and the exit code the agent should end with.
@@ -154,6 +165,8 @@ struct Session {
     tids: HashMap<u32, Vec<u32>>,
     /// When each process's libraries were last scanned.
     library_scans: HashMap<u32, u64>,
+    /// GPU device nodes (major, minor) and the PCI address of the GPU each belongs to.
+    gpu_nodes: Vec<(u32, u32, String)>,
 }
 
 impl Session {
@@ -412,6 +425,7 @@ impl Session {
                 self.snapshots.forget(pid);
                 continue;
             }
+            self.find_gpu(pid);
             let young = self
                 .capture
                 .processes
@@ -437,6 +451,37 @@ impl Session {
                 }
             }
             self.tids.insert(pid, tids);
+        }
+    }
+
+    /// Which GPU a presenting process renders on: the one whose device node it has open.
+    fn find_gpu(&mut self, pid: u32) {
+        let Some(record) = self.capture.processes.get_mut(&pid) else {
+            return;
+        };
+        if record.gpu.is_some() || record.frames.is_empty() || self.gpu_nodes.is_empty() {
+            return;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return;
+        };
+        for fd in fds.filter_map(|e| e.ok()) {
+            let Ok(meta) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            if !meta.file_type().is_char_device() {
+                continue;
+            }
+            let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+            if let Some((_, _, pci)) = self
+                .gpu_nodes
+                .iter()
+                .find(|(ma, mi, _)| *ma == major && *mi == minor)
+            {
+                record.gpu = Some(pci.clone());
+                return;
+            }
         }
     }
 
@@ -510,6 +555,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         pending_windows: Vec::new(),
         tids: HashMap::new(),
         library_scans: HashMap::new(),
+        gpu_nodes: Vec::new(),
     };
     // SAFETY: setpriority on this process; failure only leaves the priority as it was.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) } != 0 {
@@ -518,6 +564,22 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
             std::io::Error::last_os_error()
         );
     }
+
+    // GPUs are found and sampled from before the first frame, on their own thread.
+    let discovery = gpu::discover(&options.gpu_roots, &gpu::Warnings::default());
+    session.gpu_nodes = discovery
+        .gpus
+        .iter()
+        .flat_map(|g| {
+            g.device_nodes
+                .iter()
+                .filter(|n| !n.shared)
+                .map(|n| (n.major, n.minor, g.pci_address.clone()))
+        })
+        .collect();
+    let sampler = options
+        .gpu_sampling
+        .map(|config| gpu::Sampler::start(&discovery, config));
 
     let mut launched: Option<Launched> = None;
     match &options.target {
@@ -631,6 +693,24 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     session.scan();
 
     let mut capture = std::mem::take(&mut session.capture);
+    match sampler {
+        Some(sampler) => {
+            capture.gpu_period_ns = sampler.config().period.as_nanos() as u64;
+            capture.gpus = sampler.finish();
+        }
+        None => {
+            capture.gpus = discovery
+                .gpus
+                .iter()
+                .map(|g| gpu::GpuSeries {
+                    info: g.clone(),
+                    not_sampled: Some("GPU sampling was off (--gpu-sample-hz 0)".into()),
+                    samples: Vec::new(),
+                    read_ns: 0,
+                })
+                .collect();
+        }
+    }
     capture.ended_ns = monotonic_ns();
     if capture.started_ns == 0 {
         capture.started_ns = capture.ended_ns;

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     capture::{Capture, Frame, ProcessRecord},
+    gpu::{self, GpuReport},
     probes::{comm_str, ProbeStatus, ProgramCost},
+    stutter::GpuEvidence,
 };
 use stats::{FrameTimeStats, Log2Summary, LowFps};
 use stutters::StutterReport;
@@ -28,6 +30,12 @@ pub struct Report {
     pub host: HostInfo,
     pub capture: CaptureInfo,
     pub processes: Vec<ProcessReport>,
+    /// Every GPU found, with what was sampled from it.
+    #[serde(default)]
+    pub gpus: Vec<GpuReport>,
+    /// Time between GPU samples in seconds (absent: not sampled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_sample_period_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +101,9 @@ pub struct ProcessReport {
     pub presenting_threads: Vec<PresentingThreadReport>,
     /// Stutters, each with a verdict and its evidence.
     pub stutters: StutterReport,
+    /// PCI address of the GPU it renders on (the GPU whose device node it had open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +249,11 @@ pub struct FrameRow {
     pub ran_instead_comm: String,
     /// The verdict when this frame is a stutter, else empty.
     pub stutter_cause: String,
+    /// The GPU over this frame (its samples; empty without GPU counters): highest utilisation,
+    /// lowest graphics clock, and the throttle reasons seen, joined by `+`.
+    pub gpu_utilization_ratio: Option<f64>,
+    pub gpu_clock_hertz: Option<f64>,
+    pub gpu_throttle_reasons: String,
 }
 
 /// Preference among frame sources when a process shows several: the call closest to the game's
@@ -307,6 +323,16 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
             .collect();
         for (i, f) in frames.iter().enumerate() {
             let (n, t) = gpu_ioctls(&f.delta);
+            let gpu = match i.checked_sub(1) {
+                Some(j) => gpu::evidence_for(
+                    &capture.gpus,
+                    p.gpu.as_deref(),
+                    frames[j].ts_ns,
+                    f.ts_ns,
+                    capture.gpu_period_ns,
+                ),
+                None => GpuEvidence::default(),
+            };
             rows.push(FrameRow {
                 frame: i as u64,
                 pid: p.pid,
@@ -333,6 +359,9 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                     .get(&(i as u64))
                     .map(|c| c.to_string())
                     .unwrap_or_default(),
+                gpu_utilization_ratio: gpu.utilization_ratio,
+                gpu_clock_hertz: gpu.graphics_clock_hertz,
+                gpu_throttle_reasons: gpu.throttle_reasons.join("+"),
             });
         }
         let mut sources_seen = BTreeMap::new();
@@ -473,6 +502,7 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
             threads: thread_reports,
             presenting_threads,
             stutters,
+            gpu: p.gpu.clone(),
         });
     }
     // The game first: most frames, then most CPU.
@@ -516,6 +546,12 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
             notes: capture.notes.clone(),
         },
         processes,
+        gpus: capture
+            .gpus
+            .iter()
+            .map(|g| gpu::summarise(g, capture.started_ns))
+            .collect(),
+        gpu_sample_period_s: (capture.gpu_period_ns > 0).then(|| secs(capture.gpu_period_ns)),
     };
     (report, rows)
 }

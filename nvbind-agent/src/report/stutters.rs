@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::{gpu_ioctls, ms};
 use crate::{
     capture::{Capture, Frame, ProcessRecord},
+    gpu,
     probes::comm_str,
     stutter::{
-        attribute, BusyThread, Cause, Detector, DetectorConfig, Evidence, GpuEvidence, RanInstead,
+        attribute, BusyThread, Cause, Detector, DetectorConfig, Evidence, RanInstead,
         ThreadEvidence,
     },
 };
@@ -68,7 +69,7 @@ pub fn analyse(capture: &Capture, p: &ProcessRecord, frames: &[Frame]) -> Stutte
         };
         stutter_ns += ft_ns;
         let index = i as u64 + 1;
-        let evidence = evidence(capture, p, frame);
+        let evidence = evidence(capture, p, prev, frame);
         let verdict = attribute(index, frame_time_ms, baseline_ms, &evidence);
         events.push(StutterEvent {
             frame: index,
@@ -112,7 +113,7 @@ fn thread_name(capture: &Capture, tid: u32) -> String {
     capture.thread_names.get(&tid).cloned().unwrap_or_default()
 }
 
-fn evidence(capture: &Capture, p: &ProcessRecord, frame: &Frame) -> Evidence {
+fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Frame) -> Evidence {
     let d = &frame.delta;
     let (gpu_calls, gpu_ns) = gpu_ioctls(d);
     let presenting_thread = ThreadEvidence {
@@ -171,14 +172,13 @@ fn evidence(capture: &Capture, p: &ProcessRecord, frame: &Frame) -> Evidence {
         ran_instead: ran_instead(capture, &frame.culprit),
         busy_threads,
         busy_threads_window_ms: window.map(|w| ms(w.to_ns.saturating_sub(w.from_ns))),
-        gpu: GpuEvidence {
-            sampled: false,
-            missing: Some(
-                "no GPU counters in this capture: this nvbind version does not sample the GPU yet"
-                    .into(),
-            ),
-            ..Default::default()
-        },
+        gpu: gpu::evidence_for(
+            &capture.gpus,
+            p.gpu.as_deref(),
+            previous.ts_ns,
+            frame.ts_ns,
+            capture.gpu_period_ns,
+        ),
     }
 }
 

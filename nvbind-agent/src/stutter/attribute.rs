@@ -111,6 +111,24 @@ pub struct GpuEvidence {
     pub throttle_reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vram_used_ratio: Option<f64>,
+    /// Which GPU (PCI address) the readings are from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_address: Option<String>,
+    /// Samples that fell in the frame (its interval plus one sampling period after it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub samples: u32,
+    /// The lowest graphics clock sampled over the frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphics_clock_hertz: Option<f64>,
+    /// The highest temperature sampled over the frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_celsius: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_watts: Option<f64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Everything a stutter verdict rests on.
@@ -134,7 +152,7 @@ pub struct Verdict {
 }
 
 /// VRAM use above which a GPU wait is put down to memory pressure.
-const VRAM_PRESSURE_RATIO: f64 = 0.95;
+pub const VRAM_PRESSURE_RATIO: f64 = 0.95;
 /// A component must explain at least this share of the frame's excess over its baseline.
 const MIN_SHARE_OF_EXCESS: f64 = 0.5;
 /// Confidence is scaled by this when the verdict rests on another thread, not the presenting one.

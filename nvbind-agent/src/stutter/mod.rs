@@ -5,5 +5,6 @@ mod detect;
 
 pub use attribute::{
     attribute, BusyThread, Cause, Evidence, GpuEvidence, RanInstead, ThreadEvidence, Verdict,
+    VRAM_PRESSURE_RATIO,
 };
 pub use detect::{Detector, DetectorConfig};

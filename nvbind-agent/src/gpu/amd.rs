@@ -1,0 +1,128 @@
+//! AMD GPUs on amdgpu, through sysfs: the plain attribute files first (they are what the driver
+//! documents in Documentation/gpu/amdgpu/thermal.rst), the binary `gpu_metrics` table for what
+//! only it carries (throttle status, hotspot on older kernels' hwmon, fan on APUs).
+
+use nvbind_common::gpu_metrics::{self, GpuMetrics};
+
+use super::{sysfs::SysfsDir, GpuBackend, GpuInfo, GpuSample, Warnings};
+
+pub struct AmdBackend {
+    device: SysfsDir,
+}
+
+impl AmdBackend {
+    pub fn new(gpu: &GpuInfo, warnings: &Warnings) -> AmdBackend {
+        AmdBackend {
+            device: SysfsDir::new(&gpu.sysfs_path, warnings.clone()),
+        }
+    }
+
+    fn metrics(&self) -> Option<GpuMetrics> {
+        let bytes = self.device.bytes("gpu_metrics")?;
+        match gpu_metrics::parse(&bytes) {
+            Ok(m) => Some(m),
+            // The firmware says it has no table: not a problem worth a warning.
+            Err(gpu_metrics::MetricsError::Unsupported) => None,
+            Err(e) => {
+                self.device
+                    .warnings
+                    .once(&self.device.path.join("gpu_metrics"), &e.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Hwmon reports millidegrees, microwatts and hertz.
+const MILLI: f64 = 1e-3;
+const MICRO: f64 = 1e-6;
+
+impl GpuBackend for AmdBackend {
+    fn sample(&mut self, t_ns: u64) -> GpuSample {
+        let d = &self.device;
+        if d.runtime_suspended() {
+            return GpuSample {
+                t_ns,
+                suspended: true,
+                ..GpuSample::default()
+            };
+        }
+        let percent = |name: &str| d.u64(name).map(|p| (p as f64 / 100.0).clamp(0.0, 1.0));
+        let mut s = GpuSample {
+            t_ns,
+            utilization_ratio: percent("gpu_busy_percent"),
+            memory_utilization_ratio: percent("mem_busy_percent"),
+            vram_used_bytes: d.u64("mem_info_vram_used"),
+            vram_total_bytes: d.u64("mem_info_vram_total"),
+            ..GpuSample::default()
+        };
+        if let Some(hwmon) = d.hwmon() {
+            read_hwmon(&hwmon, &mut s);
+        }
+        if let Some(m) = self.metrics() {
+            merge_metrics(&m, &mut s);
+        }
+        s
+    }
+}
+
+fn read_hwmon(h: &SysfsDir, s: &mut GpuSample) {
+    // amdgpu labels its sensors: temp1 "edge", temp2 "junction", temp3 "mem" on dGPUs; APUs
+    // have only "edge". Go by label, not by number.
+    for i in 1..=4 {
+        let label = h.text(&format!("temp{i}_label"));
+        let Some(value) = h.i64(&format!("temp{i}_input")).map(|v| v as f64 * MILLI) else {
+            continue;
+        };
+        match label.as_deref() {
+            Some("edge") | None if s.temperature_celsius.is_none() => {
+                s.temperature_celsius = Some(value)
+            }
+            Some("junction") => s.hotspot_temperature_celsius = Some(value),
+            _ => {}
+        }
+    }
+    // RDNA2 and older report an average; newer kernels and RDNA3 report power1_input.
+    s.power_watts = h
+        .u64("power1_average")
+        .or_else(|| h.u64("power1_input"))
+        .map(|uw| uw as f64 * MICRO);
+    s.power_limit_watts = h.u64("power1_cap").map(|uw| uw as f64 * MICRO);
+    for i in 1..=2 {
+        let label = h.text(&format!("freq{i}_label"));
+        let value = h.u64(&format!("freq{i}_input")).map(|hz| hz as f64);
+        match label.as_deref() {
+            Some("sclk") => s.graphics_clock_hertz = value,
+            Some("mclk") => s.memory_clock_hertz = value,
+            _ => {}
+        }
+    }
+    s.fan_rpm = h.u64("fan1_input").map(|r| r as f64);
+}
+
+/// Fills what the attribute files did not give from the metrics table; the throttle status is
+/// only there.
+fn merge_metrics(m: &GpuMetrics, s: &mut GpuSample) {
+    let f = |v: Option<f32>| v.map(f64::from);
+    s.utilization_ratio = s.utilization_ratio.or(f(m.gfx_activity_ratio));
+    s.memory_utilization_ratio = s.memory_utilization_ratio.or(f(m.memory_activity_ratio));
+    s.temperature_celsius = s.temperature_celsius.or(f(m.temperature_edge_celsius));
+    s.hotspot_temperature_celsius = s
+        .hotspot_temperature_celsius
+        .or(f(m.temperature_hotspot_celsius));
+    s.power_watts = s.power_watts.or(f(m.socket_power_watts));
+    s.graphics_clock_hertz = s.graphics_clock_hertz.or(m.gfx_clock_hz.map(|h| h as f64));
+    s.memory_clock_hertz = s.memory_clock_hertz.or(m.memory_clock_hz.map(|h| h as f64));
+    s.fan_rpm = s.fan_rpm.or(m.fan_rpm.map(f64::from));
+    s.throttle_reasons = match (m.indep_throttle_status, m.throttle_status) {
+        (Some(bits), _) => Some(
+            gpu_metrics::indep_throttle_reasons(bits)
+                .map(str::to_string)
+                .collect(),
+        ),
+        // Older tables only have the ASIC's own bit layout: say that it throttles, not why.
+        (None, Some(0)) => Some(Vec::new()),
+        (None, Some(bits)) => Some(vec![format!("asic-specific-0x{bits:x}")]),
+        (None, None) => None,
+    };
+}
