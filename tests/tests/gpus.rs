@@ -543,6 +543,17 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
         .count();
     assert!(joined >= rows.len() - 2, "{joined} of {} rows", rows.len());
     assert!(rows.iter().any(|r| r["gpu_utilization_ratio"] == "0.3"));
+
+    // People read the same in the summary.
+    let summary = agent(&["report", &out.display().to_string()]);
+    assert!(summary.status.success(), "{}", stderr(&summary));
+    let text = String::from_utf8_lossy(&summary.stdout);
+    assert!(
+        text.contains("GPU 0 AMD/ATI Radeon RX 6900 XT [0000:03:00.0]"),
+        "{text}"
+    );
+    assert!(text.contains(": power, thermal"), "{text}");
+    assert!(text.contains("VRAM ≥ 95% full"), "{text}");
 }
 
 #[test]

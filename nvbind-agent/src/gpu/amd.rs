@@ -103,7 +103,8 @@ fn read_hwmon(h: &SysfsDir, s: &mut GpuSample) {
 /// Fills what the attribute files did not give from the metrics table; the throttle status is
 /// only there.
 fn merge_metrics(m: &GpuMetrics, s: &mut GpuSample) {
-    let f = |v: Option<f32>| v.map(f64::from);
+    // The table's values are f32: keep the digits it has, not float noise (0.97, not 0.9700000286).
+    let f = |v: Option<f32>| v.map(|x| (f64::from(x) * 1e6).round() / 1e6);
     s.utilization_ratio = s.utilization_ratio.or(f(m.gfx_activity_ratio));
     s.memory_utilization_ratio = s.memory_utilization_ratio.or(f(m.memory_activity_ratio));
     s.temperature_celsius = s.temperature_celsius.or(f(m.temperature_edge_celsius));
@@ -125,4 +126,62 @@ fn merge_metrics(m: &GpuMetrics, s: &mut GpuSample) {
         (None, Some(bits)) => Some(vec![format!("asic-specific-0x{bits:x}")]),
         (None, None) => None,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{fixture, test_gpu, Vendor};
+
+    const NAVI21: &str =
+        "hosts/amd-dgpu/sys/devices/pci0000:00/0000:00:01.1/0000:01:00.0/0000:02:00.0/0000:03:00.0";
+
+    #[test]
+    fn attribute_files_come_first() {
+        let gpu = test_gpu(&fixture(NAVI21), Vendor::Amd, "amdgpu");
+        let s = AmdBackend::new(&gpu, &Warnings::default()).sample(7);
+        assert_eq!(s.t_ns, 7);
+        assert_eq!(s.utilization_ratio, Some(0.97));
+        assert_eq!(s.temperature_celsius, Some(62.0));
+        assert_eq!(s.hotspot_temperature_celsius, Some(78.0));
+        assert_eq!(s.power_watts, Some(255.0));
+        assert_eq!(s.graphics_clock_hertz, Some(2.25e9));
+        assert_eq!(
+            s.throttle_reasons,
+            Some(vec!["power".to_string(), "thermal".to_string()])
+        );
+    }
+
+    #[test]
+    fn gpu_metrics_fills_what_the_attribute_files_lack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(
+            fixture("gpu-metrics/v1_3-navi21.bin"),
+            dir.path().join("gpu_metrics"),
+        )
+        .expect("copy");
+        let gpu = test_gpu(dir.path(), Vendor::Amd, "amdgpu");
+        let s = AmdBackend::new(&gpu, &Warnings::default()).sample(1);
+        assert_eq!(s.utilization_ratio, Some(0.97));
+        assert_eq!(s.memory_utilization_ratio, Some(0.41));
+        assert_eq!(s.temperature_celsius, Some(62.0));
+        assert_eq!(s.hotspot_temperature_celsius, Some(78.0));
+        assert_eq!(s.power_watts, Some(255.0));
+        assert_eq!(s.graphics_clock_hertz, Some(2.25e9));
+        assert_eq!(s.memory_clock_hertz, Some(1.0e9));
+        assert_eq!(s.fan_rpm, Some(1650.0));
+        assert_eq!(s.vram_used_bytes, None);
+    }
+
+    #[test]
+    fn a_suspended_card_is_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("power")).expect("mkdir");
+        std::fs::write(dir.path().join("power/runtime_status"), "suspended\n").expect("write");
+        std::fs::write(dir.path().join("gpu_busy_percent"), "50\n").expect("write");
+        let gpu = test_gpu(dir.path(), Vendor::Amd, "amdgpu");
+        let s = AmdBackend::new(&gpu, &Warnings::default()).sample(1);
+        assert!(s.suspended);
+        assert_eq!(s.utilization_ratio, None);
+    }
 }

@@ -152,3 +152,81 @@ impl GpuBackend for IntelBackend {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{test_gpu, Vendor};
+
+    fn write(dir: &std::path::Path, rel: &str, value: &str) {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, format!("{value}\n")).expect("write");
+    }
+
+    #[test]
+    fn xe_reasons_are_named_and_power_comes_from_energy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write(d, "tile0/gt0/freq0/act_freq", "2850");
+        write(d, "tile0/gt0/freq0/throttle/status", "1");
+        for (reason, on) in [
+            ("pl1", "1"),
+            ("pl2", "1"),
+            ("thermal", "1"),
+            ("prochot", "0"),
+        ] {
+            write(d, &format!("tile0/gt0/freq0/throttle/reason_{reason}"), on);
+        }
+        write(d, "hwmon/hwmon3/energy1_input", "1000000");
+        write(d, "hwmon/hwmon3/power1_max", "190000000");
+        let gpu = test_gpu(d, Vendor::Intel, "xe");
+        let mut backend = IntelBackend::new(&gpu, &Warnings::default());
+        let first = backend.sample(1_000_000_000);
+        assert_eq!(first.graphics_clock_hertz, Some(2.85e9));
+        assert_eq!(
+            first.throttle_reasons,
+            Some(vec!["power".to_string(), "thermal".to_string()])
+        );
+        assert_eq!(first.power_watts, None, "one energy reading gives no power");
+        assert_eq!(first.power_limit_watts, Some(190.0));
+        // 25 J over half a second.
+        write(d, "hwmon/hwmon3/energy1_input", "26000000");
+        let second = backend.sample(1_500_000_000);
+        assert_eq!(second.power_watts, Some(50.0));
+        // A status bit with no reason file set is still throttling, of an unnamed kind.
+        for reason in ["pl1", "pl2", "thermal"] {
+            write(d, &format!("tile0/gt0/freq0/throttle/reason_{reason}"), "0");
+        }
+        assert_eq!(
+            backend.sample(2_000_000_000).throttle_reasons,
+            Some(vec!["unspecified".to_string()])
+        );
+        write(d, "tile0/gt0/freq0/throttle/status", "0");
+        assert_eq!(
+            backend.sample(2_500_000_000).throttle_reasons,
+            Some(Vec::new())
+        );
+    }
+
+    #[test]
+    fn i915_reads_the_gt_directory_or_the_card_level_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write(d, "drm/card0/gt_act_freq_mhz", "900");
+        let gpu = test_gpu(d, Vendor::Intel, "i915");
+        let mut backend = IntelBackend::new(&gpu, &Warnings::default());
+        let s = backend.sample(1);
+        assert_eq!(s.graphics_clock_hertz, Some(9e8));
+        assert_eq!(
+            s.throttle_reasons, None,
+            "no throttle files: unknown, not 'none'"
+        );
+        write(d, "drm/card0/gt/gt0/rps_act_freq_mhz", "1300");
+        write(d, "drm/card0/gt/gt0/throttle_reason_status", "1");
+        write(d, "drm/card0/gt/gt0/throttle_reason_vr_tdc", "1");
+        let s = backend.sample(2);
+        assert_eq!(s.graphics_clock_hertz, Some(1.3e9));
+        assert_eq!(s.throttle_reasons, Some(vec!["current".to_string()]));
+    }
+}

@@ -200,3 +200,29 @@ pub fn backend_for(
         )),
     }
 }
+
+/// A GPU description for unit tests of the backends and the summary.
+#[cfg(test)]
+pub(crate) fn test_gpu(sysfs_path: &std::path::Path, vendor: Vendor, driver: &str) -> GpuInfo {
+    GpuInfo {
+        index: 0,
+        vendor,
+        name: "test".into(),
+        pci_address: "0000:03:00.0".into(),
+        pci_id: "1002:73bf".into(),
+        driver: driver.into(),
+        driver_version: None,
+        uuid: None,
+        device_nodes: Vec::new(),
+        runtime_suspended: false,
+        sysfs_path: sysfs_path.to_path_buf(),
+    }
+}
+
+/// A fixture file from `tests/fixtures`.
+#[cfg(test)]
+pub(crate) fn fixture(rel: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(rel)
+}

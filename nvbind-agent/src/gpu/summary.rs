@@ -287,23 +287,7 @@ pub fn evidence_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::Vendor;
-
-    fn info() -> GpuInfo {
-        GpuInfo {
-            index: 0,
-            vendor: Vendor::Amd,
-            name: "test".into(),
-            pci_address: "0000:03:00.0".into(),
-            pci_id: "1002:73bf".into(),
-            driver: "amdgpu".into(),
-            driver_version: None,
-            uuid: None,
-            device_nodes: Vec::new(),
-            runtime_suspended: false,
-            sysfs_path: "/nonexistent".into(),
-        }
-    }
+    use crate::gpu::{test_gpu, Vendor};
 
     fn sample(t_ms: u64, util: f64, throttle: &[&str], vram: u64) -> GpuSample {
         GpuSample {
@@ -319,7 +303,7 @@ mod tests {
 
     fn series() -> GpuSeries {
         GpuSeries {
-            info: info(),
+            info: test_gpu(std::path::Path::new("/nonexistent"), Vendor::Amd, "amdgpu"),
             not_sampled: None,
             samples: vec![
                 sample(100, 0.5, &[], 50),

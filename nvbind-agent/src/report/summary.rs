@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::{stats::Log2Summary, ProcessReport, Report};
+use crate::gpu::GpuReport;
 
 /// The human summary of a report, listing at most `worst` stutters per process.
 pub fn render(report: &Report, worst: usize) -> String {
@@ -28,6 +29,9 @@ pub fn render(report: &Report, worst: usize) -> String {
     for p in presenting {
         process(&mut out, p, worst);
     }
+    for g in &report.gpus {
+        gpu(&mut out, g);
+    }
     if c.dropped_events > 0 {
         let _ = writeln!(
             out,
@@ -39,6 +43,56 @@ pub fn render(report: &Report, worst: usize) -> String {
         let _ = writeln!(out, "note: {note}");
     }
     out
+}
+
+fn gpu(out: &mut String, g: &GpuReport) {
+    let i = &g.info;
+    let _ = writeln!(out, "\nGPU {} {} [{}]", i.index, i.name, i.pci_address);
+    let Some(s) = g.summary.as_ref().filter(|_| g.sampled) else {
+        let why = g.not_sampled.as_deref().unwrap_or("no samples");
+        let _ = writeln!(out, "  not sampled: {why}");
+        return;
+    };
+    let mut parts = vec![format!("{} samples", s.samples)];
+    if let (Some(p50), Some(p95)) = (s.utilization_p50_ratio, s.utilization_p95_ratio) {
+        parts.push(format!(
+            "busy p50 {:.0}% p95 {:.0}%",
+            p50 * 100.0,
+            p95 * 100.0
+        ));
+    }
+    if let (Some(lo), Some(hi)) = (s.graphics_clock_min_hertz, s.graphics_clock_max_hertz) {
+        parts.push(format!("clock {:.0}-{:.0} MHz", lo / 1e6, hi / 1e6));
+    }
+    if let Some(t) = s.temperature_max_celsius {
+        parts.push(format!("max {t:.0} °C"));
+    }
+    if let Some(w) = s.power_mean_watts {
+        parts.push(format!("{w:.0} W mean"));
+    }
+    if let (Some(peak), Some(total)) = (s.vram_peak_bytes, s.vram_total_bytes) {
+        parts.push(format!(
+            "VRAM peak {:.1}/{:.1} GiB",
+            peak as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        ));
+    }
+    if s.suspended_samples > 0 {
+        parts.push(format!("asleep in {} samples", s.suspended_samples));
+    }
+    let _ = writeln!(out, "  {}", parts.join(", "));
+    for t in &g.throttle_intervals {
+        let _ = writeln!(
+            out,
+            "  throttled {:.1}-{:.1} s: {}",
+            t.start_s,
+            t.end_s,
+            t.reasons.join(", ")
+        );
+    }
+    for v in &g.vram_pressure_intervals {
+        let _ = writeln!(out, "  VRAM ≥ 95% full {:.1}-{:.1} s", v.start_s, v.end_s);
+    }
 }
 
 fn process(out: &mut String, p: &ProcessReport, worst: usize) {
