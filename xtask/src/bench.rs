@@ -238,6 +238,8 @@ fn game_with_sampler(
     let rec = cmd
         .arg("--")
         .arg(game)
+        .arg("--truth")
+        .arg(out.with_extension("truth"))
         .args(GPU_GAME_ARGS)
         .output()
         .context("run the agent")?;

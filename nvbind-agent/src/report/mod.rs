@@ -194,7 +194,7 @@ pub struct ThreadReport {
 }
 
 /// The CSV header, in [`FrameRow`] field order.
-pub const FRAME_CSV_COLUMNS: [&str; 22] = [
+pub const FRAME_CSV_COLUMNS: [&str; 25] = [
     "frame",
     "pid",
     "tid",
@@ -217,6 +217,9 @@ pub const FRAME_CSV_COLUMNS: [&str; 22] = [
     "ran_instead_tid",
     "ran_instead_comm",
     "stutter_cause",
+    "gpu_utilization_ratio",
+    "gpu_clock_hertz",
+    "gpu_throttle_reasons",
 ];
 
 /// One frame of the CSV export.
