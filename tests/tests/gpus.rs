@@ -600,3 +600,83 @@ fn sampling_can_be_turned_off_and_bad_roots_are_refused() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// Records the KVM-stalled game (a wait inside a declared GPU ioctl, as in the stutter tests) with
+/// the amd-dgpu fixture as its GPU; returns the busiest process.
+fn driver_waits_on(host: &FixtureHost) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("r.json");
+    let mut args = vec![
+        "record".to_string(),
+        "--gpu-ioctl-type".into(),
+        "0xAE".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(host.root_args());
+    args.extend(game_command(
+        dir.path(),
+        &[
+            "--frames",
+            "200",
+            "--interval-ms",
+            "16.7",
+            "--stall-every",
+            "50",
+            "--stall-ms",
+            "60",
+            "--stall-kind",
+            "kvm",
+        ],
+    ));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = wait_with_deadline(spawn_agent(&refs, &[]), Duration::from_secs(60));
+    assert!(result.status.success(), "{}", stderr(&result));
+    busiest(&read_json(&out)).clone()
+}
+
+/// The stalled frames' events (a host hitch may add another stutter; those are not judged here).
+fn stalled(p: &Value) -> Vec<Value> {
+    let events = p["stutters"]["events"].as_array().expect("events");
+    let injected: Vec<Value> = events
+        .iter()
+        .filter(|e| e["frame"].as_u64().is_some_and(|f| f % 50 == 49))
+        .cloned()
+        .collect();
+    assert_eq!(injected.len(), 4, "{}", p["stutters"]);
+    injected
+}
+
+/// The GPU's state decides between the three GPU verdicts: a driver wait while the GPU throttles
+/// is `gpu-throttle`; with VRAM full and no throttling, `vram-pressure`; otherwise
+/// `gpu-driver-wait`.
+#[test]
+fn gpu_counters_turn_driver_waits_into_throttle_or_vram_verdicts() {
+    require_root();
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "NOT RUN: /dev/kvm is missing, and the blocking ioctl this test uses is KVM_RUN"
+    );
+    let host = FixtureHost::new("amd-dgpu");
+    let dev = host.path(DGPU_DIR);
+    for e in stalled(&driver_waits_on(&host)) {
+        assert_eq!(e["cause"], "gpu-throttle", "{e}");
+        let summary = e["summary"].as_str().expect("summary");
+        assert!(summary.contains("throttled (power, thermal)"), "{summary}");
+    }
+
+    // No throttle status (a GPU without gpu_metrics) and VRAM 99 % full.
+    std::fs::remove_file(dev.join("gpu_metrics")).expect("rm");
+    std::fs::write(dev.join("mem_info_vram_used"), "17000000000\n").expect("write");
+    for e in stalled(&driver_waits_on(&host)) {
+        assert_eq!(e["cause"], "vram-pressure", "{e}");
+        assert!(e["evidence"]["gpu"]["vram_used_ratio"].as_f64() > Some(0.95));
+    }
+
+    // Neither: the plain driver wait, with the GPU's state still in the evidence.
+    std::fs::write(dev.join("mem_info_vram_used"), "6442450944\n").expect("write");
+    for e in stalled(&driver_waits_on(&host)) {
+        assert_eq!(e["cause"], "gpu-driver-wait", "{e}");
+        assert_eq!(e["evidence"]["gpu"]["utilization_ratio"], 0.97, "{e}");
+    }
+}

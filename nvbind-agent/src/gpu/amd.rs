@@ -41,11 +41,7 @@ impl GpuBackend for AmdBackend {
     fn sample(&mut self, t_ns: u64) -> GpuSample {
         let d = &self.device;
         if d.runtime_suspended() {
-            return GpuSample {
-                t_ns,
-                suspended: true,
-                ..GpuSample::default()
-            };
+            return GpuSample::suspended(t_ns);
         }
         let percent = |name: &str| d.u64(name).map(|p| (p as f64 / 100.0).clamp(0.0, 1.0));
         let mut s = GpuSample {

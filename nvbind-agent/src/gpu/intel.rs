@@ -110,11 +110,7 @@ impl GpuBackend for IntelBackend {
     fn sample(&mut self, t_ns: u64) -> GpuSample {
         let d = &self.device;
         if d.runtime_suspended() {
-            return GpuSample {
-                t_ns,
-                suspended: true,
-                ..GpuSample::default()
-            };
+            return GpuSample::suspended(t_ns);
         }
         let mhz = d
             .u64(&self.layout.act_freq_mhz)

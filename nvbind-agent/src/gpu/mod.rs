@@ -166,6 +166,15 @@ pub struct GpuSample {
 }
 
 impl GpuSample {
+    /// A sample of a runtime-suspended GPU: nothing was read.
+    pub fn suspended(t_ns: u64) -> GpuSample {
+        GpuSample {
+            t_ns,
+            suspended: true,
+            ..GpuSample::default()
+        }
+    }
+
     /// VRAM in use over VRAM installed.
     pub fn vram_used_ratio(&self) -> Option<f64> {
         match (self.vram_used_bytes, self.vram_total_bytes) {

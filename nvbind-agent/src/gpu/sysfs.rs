@@ -89,28 +89,22 @@ impl SysfsDir {
 
     /// A decimal unsigned integer file (`gpu_busy_percent`, hwmon `*_input`, ...).
     pub fn u64(&self, rel: &str) -> Option<u64> {
-        let text = self.text(rel)?;
-        match text.parse() {
-            Ok(v) => Some(v),
-            Err(_) => {
-                self.warnings.once(
-                    &self.path.join(rel),
-                    &format!("expected an unsigned number, found {:?}", clip(&text)),
-                );
-                None
-            }
-        }
+        self.parsed(rel, "an unsigned number")
     }
 
     /// A decimal signed integer file (hwmon temperatures can be negative).
     pub fn i64(&self, rel: &str) -> Option<i64> {
+        self.parsed(rel, "a number")
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, rel: &str, expected: &str) -> Option<T> {
         let text = self.text(rel)?;
         match text.parse() {
             Ok(v) => Some(v),
             Err(_) => {
                 self.warnings.once(
                     &self.path.join(rel),
-                    &format!("expected a number, found {:?}", clip(&text)),
+                    &format!("expected {expected}, found {:?}", clip(&text)),
                 );
                 None
             }
