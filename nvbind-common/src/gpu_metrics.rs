@@ -29,7 +29,7 @@
 //! * format 2: v2.1 → v2.4 only ever appended members, so a content revision above 4 is decoded
 //!   with the v2.4 layout when the buffer holds at least a v2.4 struct.
 //! * format 3: a content revision above 0 is decoded with the v3.0 layout when the buffer holds a
-//!   v3.0 struct (the brief's rule; no later v3 struct exists to say whether it will hold).
+//!   v3.0 struct (an assumption: no later v3 struct exists yet to say whether v3 will only append).
 //! * format 1: v1.4 onwards are *not* append-only (v1.5 inserts `jpeg_activity` before the energy
 //!   counter, v1.6 inserts throttle residencies and was itself reshaped in place between kernel
 //!   releases, v1.8 drops `throttle_status`). Decoding v1.6+ with the v1.5 layout would produce
