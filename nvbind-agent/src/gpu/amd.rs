@@ -8,12 +8,58 @@ use super::{sysfs::SysfsDir, GpuBackend, GpuInfo, GpuSample, Warnings};
 
 pub struct AmdBackend {
     device: SysfsDir,
+    /// Found on the first sample taken while the card is awake (looking earlier could touch a
+    /// sleeping card's hwmon); `Some(None)`: the card has no hwmon.
+    hwmon: Option<Option<Hwmon>>,
+}
+
+/// Which hwmon files hold what, resolved once by label.
+struct Hwmon {
+    dir: SysfsDir,
+    edge: Option<String>,
+    junction: Option<String>,
+    sclk: Option<String>,
+    mclk: Option<String>,
+    power: Option<String>,
+}
+
+impl Hwmon {
+    fn find(device: &SysfsDir) -> Option<Hwmon> {
+        let dir = device.hwmon()?;
+        // amdgpu labels its sensors: temp1 "edge", temp2 "junction", temp3 "mem" on dGPUs;
+        // APUs have only "edge". Go by label, not by number.
+        let edge = dir
+            .labelled_input("temp", 4, "edge")
+            .or_else(|| dir.first_existing(&["temp1_input"]));
+        Some(Hwmon {
+            edge,
+            junction: dir.labelled_input("temp", 4, "junction"),
+            sclk: dir.labelled_input("freq", 2, "sclk"),
+            mclk: dir.labelled_input("freq", 2, "mclk"),
+            // RDNA2 and older report an average; newer kernels and RDNA3 report power1_input.
+            power: dir.first_existing(&["power1_average", "power1_input"]),
+            dir,
+        })
+    }
+
+    fn read(&self, s: &mut GpuSample) {
+        let h = &self.dir;
+        let read = |file: &Option<String>| file.as_deref().and_then(|f| h.i64(f));
+        s.temperature_celsius = read(&self.edge).map(|m| m as f64 * MILLI);
+        s.hotspot_temperature_celsius = read(&self.junction).map(|m| m as f64 * MILLI);
+        s.graphics_clock_hertz = read(&self.sclk).map(|hz| hz as f64);
+        s.memory_clock_hertz = read(&self.mclk).map(|hz| hz as f64);
+        s.power_watts = read(&self.power).map(|uw| uw as f64 * MICRO);
+        s.power_limit_watts = h.u64("power1_cap").map(|uw| uw as f64 * MICRO);
+        s.fan_rpm = h.u64("fan1_input").map(|r| r as f64);
+    }
 }
 
 impl AmdBackend {
     pub fn new(gpu: &GpuInfo, warnings: &Warnings) -> AmdBackend {
         AmdBackend {
             device: SysfsDir::new(&gpu.sysfs_path, warnings.clone()),
+            hwmon: None,
         }
     }
 
@@ -52,48 +98,15 @@ impl GpuBackend for AmdBackend {
             vram_total_bytes: d.u64("mem_info_vram_total"),
             ..GpuSample::default()
         };
-        if let Some(hwmon) = d.hwmon() {
-            read_hwmon(&hwmon, &mut s);
+        let hwmon = self.hwmon.get_or_insert_with(|| Hwmon::find(d));
+        if let Some(hwmon) = hwmon {
+            hwmon.read(&mut s);
         }
         if let Some(m) = self.metrics() {
             merge_metrics(&m, &mut s);
         }
         s
     }
-}
-
-fn read_hwmon(h: &SysfsDir, s: &mut GpuSample) {
-    // amdgpu labels its sensors: temp1 "edge", temp2 "junction", temp3 "mem" on dGPUs; APUs
-    // have only "edge". Go by label, not by number.
-    for i in 1..=4 {
-        let label = h.text(&format!("temp{i}_label"));
-        let Some(value) = h.i64(&format!("temp{i}_input")).map(|v| v as f64 * MILLI) else {
-            continue;
-        };
-        match label.as_deref() {
-            Some("edge") | None if s.temperature_celsius.is_none() => {
-                s.temperature_celsius = Some(value)
-            }
-            Some("junction") => s.hotspot_temperature_celsius = Some(value),
-            _ => {}
-        }
-    }
-    // RDNA2 and older report an average; newer kernels and RDNA3 report power1_input.
-    s.power_watts = h
-        .u64("power1_average")
-        .or_else(|| h.u64("power1_input"))
-        .map(|uw| uw as f64 * MICRO);
-    s.power_limit_watts = h.u64("power1_cap").map(|uw| uw as f64 * MICRO);
-    for i in 1..=2 {
-        let label = h.text(&format!("freq{i}_label"));
-        let value = h.u64(&format!("freq{i}_input")).map(|hz| hz as f64);
-        match label.as_deref() {
-            Some("sclk") => s.graphics_clock_hertz = value,
-            Some("mclk") => s.memory_clock_hertz = value,
-            _ => {}
-        }
-    }
-    s.fan_rpm = h.u64("fan1_input").map(|r| r as f64);
 }
 
 /// Fills what the attribute files did not give from the metrics table; the throttle status is

@@ -55,6 +55,9 @@ pub struct IntelBackend {
     legacy_act_freq: Option<String>,
     /// Last hwmon energy reading (µJ) and when: power is the energy used between two samples.
     last_energy: Option<(u64, u64)>,
+    /// The hwmon directory and its package temperature file, found on the first awake sample;
+    /// `Some(None)`: no hwmon (integrated GPUs on i915).
+    hwmon: Option<Option<(SysfsDir, Option<String>)>>,
 }
 
 impl IntelBackend {
@@ -79,6 +82,7 @@ impl IntelBackend {
             device,
             layout,
             last_energy: None,
+            hwmon: None,
         }
     }
 
@@ -121,7 +125,16 @@ impl GpuBackend for IntelBackend {
             throttle_reasons: self.throttle_reasons(),
             ..GpuSample::default()
         };
-        if let Some(h) = d.hwmon() {
+        let hwmon = self.hwmon.get_or_insert_with(|| {
+            d.hwmon().map(|h| {
+                // xe labels its channels card/pkg/vram; a lone unlabelled temp1 is the package.
+                let pkg = h
+                    .labelled_input("temp", 4, "pkg")
+                    .or_else(|| h.first_existing(&["temp1_input"]));
+                (h, pkg)
+            })
+        });
+        if let Some((h, pkg)) = hwmon {
             // Energy is a running µJ counter; the first sample has nothing to difference with.
             if let Some(uj) = h.u64("energy1_input") {
                 if let Some((last_uj, last_t)) = self.last_energy {
@@ -136,13 +149,10 @@ impl GpuBackend for IntelBackend {
                 .u64("power1_max")
                 .filter(|&uw| uw > 0)
                 .map(|uw| uw as f64 * 1e-6);
-            s.temperature_celsius = (1..=4).find_map(|i| {
-                let label = h.text(&format!("temp{i}_label"));
-                if !matches!(label.as_deref(), Some("pkg") | None) {
-                    return None;
-                }
-                h.i64(&format!("temp{i}_input")).map(|m| m as f64 * 1e-3)
-            });
+            s.temperature_celsius = pkg
+                .as_deref()
+                .and_then(|f| h.i64(f))
+                .map(|m| m as f64 * 1e-3);
             s.fan_rpm = h.u64("fan1_input").map(|r| r as f64);
         }
         s

@@ -155,6 +155,19 @@ impl SysfsDir {
             .unwrap_or(false)
     }
 
+    /// The input file (`temp2_input`) of the first of `prefix`1..=`max` whose `_label` file reads
+    /// `label`. Labels never change, so backends look them up once, not per sample.
+    pub fn labelled_input(&self, prefix: &str, max: u32, label: &str) -> Option<String> {
+        (1..=max)
+            .find(|i| self.text(&format!("{prefix}{i}_label")).as_deref() == Some(label))
+            .map(|i| format!("{prefix}{i}_input"))
+    }
+
+    /// The first of `names` that exists.
+    pub fn first_existing(&self, names: &[&str]) -> Option<String> {
+        names.iter().find(|n| self.exists(n)).map(|n| n.to_string())
+    }
+
     /// The `hwmon/hwmonN` directory of the device, if its driver registers one.
     pub fn hwmon(&self) -> Option<SysfsDir> {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.path.join("hwmon"))
