@@ -4,7 +4,7 @@
 //! [`Capture`], which `report::build` turns into a report.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -167,6 +167,9 @@ struct Session {
     library_scans: HashMap<u32, u64>,
     /// GPU device nodes (major, minor) and the PCI address of the GPU each belongs to.
     gpu_nodes: Vec<(u32, u32, String)>,
+    /// Processes whose open files were already searched for a GPU node (once, after their first
+    /// frame: a process that presents has its GPU open by then).
+    gpu_searched: HashSet<u32>,
 }
 
 impl Session {
@@ -459,21 +462,16 @@ impl Session {
         let Some(record) = self.capture.processes.get_mut(&pid) else {
             return;
         };
-        if record.gpu.is_some() || record.frames.is_empty() || self.gpu_nodes.is_empty() {
+        if record.frames.is_empty() || self.gpu_nodes.is_empty() || !self.gpu_searched.insert(pid) {
             return;
         }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             return;
         };
         for fd in fds.filter_map(|e| e.ok()) {
-            let Ok(meta) = std::fs::metadata(fd.path()) else {
+            let Some((major, minor)) = gpu::char_device(&fd.path()) else {
                 continue;
             };
-            use std::os::unix::fs::{FileTypeExt, MetadataExt};
-            if !meta.file_type().is_char_device() {
-                continue;
-            }
-            let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
             if let Some((_, _, pci)) = self
                 .gpu_nodes
                 .iter()
@@ -556,6 +554,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         tids: HashMap::new(),
         library_scans: HashMap::new(),
         gpu_nodes: Vec::new(),
+        gpu_searched: HashSet::new(),
     };
     // SAFETY: setpriority on this process; failure only leaves the priority as it was.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) } != 0 {

@@ -32,7 +32,6 @@ pub enum NvmlState {
 
 /// The host's GPUs, and what could be learned about NVIDIA's library.
 pub struct Discovery {
-    pub roots: Roots,
     pub gpus: Vec<GpuInfo>,
     pub nvml_state: NvmlState,
     /// Loaded once and kept for the life of the agent (NVML handles borrow it).
@@ -64,11 +63,12 @@ pub fn discover(roots: &Roots, warnings: &Warnings) -> Discovery {
         match Nvml::init() {
             Ok(nvml) => {
                 let nvml: &'static Nvml = Box::leak(Box::new(nvml));
+                let driver_version = nvml.sys_driver_version().unwrap_or_default();
+                enrich_from_nvml(nvml, &driver_version, &mut gpus, &dev_nodes, roots);
                 let state = NvmlState::Ready {
-                    driver_version: nvml.sys_driver_version().unwrap_or_default(),
+                    driver_version,
                     nvml_version: nvml.sys_nvml_version().unwrap_or_default(),
                 };
-                enrich_from_nvml(nvml, &mut gpus, &dev_nodes, roots);
                 (state, Some(nvml))
             }
             Err(e) => (
@@ -83,7 +83,6 @@ pub fn discover(roots: &Roots, warnings: &Warnings) -> Discovery {
         gpu.index = index;
     }
     Discovery {
-        roots: roots.clone(),
         gpus,
         nvml_state,
         nvml,
@@ -313,44 +312,38 @@ fn nvidia_proc_information(proc_root: &Path, address: &str) -> BTreeMap<String, 
 /// sees but this sysfs does not (a container with a partial `/sys`).
 fn enrich_from_nvml(
     nvml: &'static Nvml,
+    driver_version: &str,
     gpus: &mut Vec<GpuInfo>,
     dev_nodes: &DevNodes,
     roots: &Roots,
 ) {
-    let count = nvml.device_count().unwrap_or(0);
-    for i in 0..count {
+    for i in 0..nvml.device_count().unwrap_or(0) {
         let Ok(device) = nvml.device_by_index(i) else {
             continue;
         };
         let Ok(pci) = device.pci_info() else { continue };
         let address = normalise_nvml_bus_id(&pci.bus_id);
-        let position = gpus.iter().position(|g| g.pci_address == address);
-        let gpu = match position {
-            Some(p) => &mut gpus[p],
-            None => {
-                gpus.push(GpuInfo {
-                    index: 0,
-                    vendor: Vendor::Nvidia,
-                    name: String::new(),
-                    pci_address: address.clone(),
-                    pci_id: format!(
-                        "{:04x}:{:04x}",
-                        pci.pci_device_id & 0xffff,
-                        pci.pci_device_id >> 16
-                    ),
-                    driver: "nvidia".into(),
-                    driver_version: None,
-                    uuid: None,
-                    device_nodes: nvidia_shared_nodes(dev_nodes),
-                    runtime_suspended: false,
-                    sysfs_path: roots.sys.join("bus/pci/devices").join(&address),
-                });
-                gpus.sort_by(|a, b| a.pci_address.cmp(&b.pci_address));
-                let Some(p) = gpus.iter().position(|g| g.pci_address == address) else {
-                    continue;
-                };
-                &mut gpus[p]
-            }
+        if !gpus.iter().any(|g| g.pci_address == address) {
+            gpus.push(GpuInfo {
+                index: 0,
+                vendor: Vendor::Nvidia,
+                name: String::new(),
+                pci_id: format!(
+                    "{:04x}:{:04x}",
+                    pci.pci_device_id & 0xffff,
+                    pci.pci_device_id >> 16
+                ),
+                driver: "nvidia".into(),
+                driver_version: None,
+                uuid: None,
+                device_nodes: nvidia_shared_nodes(dev_nodes),
+                runtime_suspended: false,
+                sysfs_path: roots.sys.join("bus/pci/devices").join(&address),
+                pci_address: address.clone(),
+            });
+        }
+        let Some(gpu) = gpus.iter_mut().find(|g| g.pci_address == address) else {
+            continue;
         };
         if let Ok(name) = device.name() {
             gpu.name = name;
@@ -358,23 +351,23 @@ fn enrich_from_nvml(
         if let Ok(uuid) = device.uuid() {
             gpu.uuid = Some(uuid);
         }
-        if let Ok(version) = nvml.sys_driver_version() {
-            gpu.driver_version = Some(version);
+        if !driver_version.is_empty() {
+            gpu.driver_version = Some(driver_version.to_string());
         }
-        if let Ok(minor) = device.minor_number() {
-            let has_gpu_node = gpu
-                .device_nodes
-                .iter()
-                .any(|n| n.kind == NodeKind::NvidiaGpu);
-            if !has_gpu_node {
-                gpu.device_nodes.extend(dev_nodes.named(
-                    &format!("nvidia{minor}"),
-                    NodeKind::NvidiaGpu,
-                    false,
-                ));
-            }
+        let has_gpu_node = gpu
+            .device_nodes
+            .iter()
+            .any(|n| n.kind == NodeKind::NvidiaGpu);
+        if let (false, Ok(minor)) = (has_gpu_node, device.minor_number()) {
+            gpu.device_nodes.extend(dev_nodes.named(
+                &format!("nvidia{minor}"),
+                NodeKind::NvidiaGpu,
+                false,
+            ));
         }
     }
+    // GPUs only NVML saw were appended: back to address order.
+    gpus.sort_by(|a, b| a.pci_address.cmp(&b.pci_address));
 }
 
 /// NVML's `00000000:01:00.0` (32-bit domain, upper case) → sysfs's `0000:01:00.0`.
@@ -386,6 +379,15 @@ fn normalise_nvml_bus_id(bus_id: &str) -> String {
         }
         _ => lower,
     }
+}
+
+/// The major:minor of a character device (following links, as `/proc/PID/fd` entries need), by
+/// `stat`; `None` for anything else.
+pub fn char_device(path: &Path) -> Option<(u32, u32)> {
+    let meta = std::fs::metadata(path).ok()?;
+    meta.file_type()
+        .is_char_device()
+        .then(|| (libc::major(meta.rdev()), libc::minor(meta.rdev())))
 }
 
 /// The character devices under a dev root (and its `dri/`), with their `stat` numbers.
@@ -403,15 +405,11 @@ impl DevNodes {
                 continue;
             };
             for entry in entries.filter_map(|e| e.ok()) {
-                let Ok(meta) = std::fs::metadata(entry.path()) else {
+                let Some((major, minor)) = char_device(&entry.path()) else {
                     continue;
                 };
-                if !meta.file_type().is_char_device() {
-                    continue;
-                }
-                let rdev = meta.rdev();
                 let name = format!("{sub}{}", entry.file_name().to_string_lossy());
-                nodes.push((name, libc::major(rdev), libc::minor(rdev)));
+                nodes.push((name, major, minor));
             }
         }
         nodes.sort();

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use discover::{discover, Discovery, NvmlState};
+pub use discover::{char_device, discover, Discovery, NvmlState};
 pub use sampler::{GpuSeries, Sampler, SamplerConfig};
 pub use summary::{evidence_for, summarise, GpuReport, GpuSummary, Interval};
 pub use sysfs::Warnings;
@@ -32,17 +32,6 @@ pub struct Roots {
     /// Whether to ask NVML about NVIDIA GPUs. NVML only describes the running system, so by
     /// default it is asked only when `sys` is the real `/sys`.
     pub nvml: bool,
-}
-
-impl Default for Roots {
-    fn default() -> Self {
-        Roots {
-            sys: "/sys".into(),
-            dev: "/dev".into(),
-            proc: "/proc".into(),
-            nvml: true,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -182,6 +171,11 @@ impl GpuSample {
             _ => None,
         }
     }
+}
+
+/// Bytes in GiB, for people.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
 }
 
 /// Reads one GPU's counters. Implementations must be cheap (a handful of small file reads or

@@ -90,14 +90,6 @@ impl Sampler {
         self.config
     }
 
-    /// The most recent sample of each GPU that has one (for live views).
-    pub fn latest(&self) -> Vec<(GpuInfo, Option<GpuSample>)> {
-        lock(&self.series)
-            .iter()
-            .map(|s| (s.info.clone(), s.samples.last().cloned()))
-            .collect()
-    }
-
     /// Stops the thread and hands over everything sampled.
     pub fn finish(mut self) -> Vec<GpuSeries> {
         self.stop_thread();

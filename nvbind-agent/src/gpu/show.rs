@@ -134,8 +134,8 @@ fn describe(s: &GpuSample) -> String {
     if let (Some(used), Some(total)) = (s.vram_used_bytes, s.vram_total_bytes) {
         parts.push(format!(
             "VRAM {:.2}/{:.2} GiB",
-            used as f64 / (1u64 << 30) as f64,
-            total as f64 / (1u64 << 30) as f64
+            super::gib(used),
+            super::gib(total)
         ));
     }
     match &s.throttle_reasons {

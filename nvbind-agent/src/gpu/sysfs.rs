@@ -35,6 +35,7 @@ impl Warnings {
     }
 
     /// How many distinct sources were reported.
+    #[cfg(test)]
     pub fn count(&self) -> usize {
         self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
@@ -53,10 +54,6 @@ impl SysfsDir {
             path: path.into(),
             warnings,
         }
-    }
-
-    pub fn join(&self, rel: impl AsRef<Path>) -> SysfsDir {
-        SysfsDir::new(self.path.join(rel), self.warnings.clone())
     }
 
     pub fn exists(&self, rel: &str) -> bool {

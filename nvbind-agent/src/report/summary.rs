@@ -73,8 +73,8 @@ fn gpu(out: &mut String, g: &GpuReport) {
     if let (Some(peak), Some(total)) = (s.vram_peak_bytes, s.vram_total_bytes) {
         parts.push(format!(
             "VRAM peak {:.1}/{:.1} GiB",
-            peak as f64 / (1u64 << 30) as f64,
-            total as f64 / (1u64 << 30) as f64
+            crate::gpu::gib(peak),
+            crate::gpu::gib(total)
         ));
     }
     if s.suspended_samples > 0 {
