@@ -325,3 +325,67 @@ impl FixtureHost {
             .collect()
     }
 }
+
+/// A recording of the synthetic game (see [`record_game`]).
+pub struct GameRun {
+    /// The report's path (`DIR/report.json`) and its content.
+    pub out: PathBuf,
+    pub report: serde_json::Value,
+    /// The per-frame CSV's rows.
+    pub rows: Vec<std::collections::HashMap<String, String>>,
+    /// The game's own log of its present times (CLOCK_MONOTONIC ns).
+    pub truth: Vec<u64>,
+    /// What the agent printed on stderr.
+    pub stderr: String,
+}
+
+/// `nvbind-agent record --out DIR/report.json --frames-csv DIR/frames.csv AGENT_ARGS --
+/// synthetic-game --truth DIR/truth.txt GAME_ARGS`; `during` runs once the game is up (to start
+/// a competitor, or change a fixture). Panics unless the recording succeeds.
+pub fn record_game(
+    dir: &Path,
+    agent_args: &[&str],
+    game_args: &[&str],
+    during: impl FnOnce(),
+) -> GameRun {
+    let out = dir.join("report.json");
+    let csv = dir.join("frames.csv");
+    let truth = dir.join("truth.txt");
+    let mut args: Vec<String> = vec![
+        "record".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--frames-csv".into(),
+        csv.display().to_string(),
+    ];
+    args.extend(agent_args.iter().map(|s| s.to_string()));
+    args.extend([
+        "--".to_string(),
+        game_bin().display().to_string(),
+        "--truth".into(),
+        truth.display().to_string(),
+    ]);
+    args.extend(game_args.iter().map(|s| s.to_string()));
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = spawn_agent(&arg_refs, &[]);
+    wait_for_process("synthetic-game", Duration::from_secs(60));
+    during();
+    let result = wait_with_deadline(agent, Duration::from_secs(120));
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        stderr(&result)
+    );
+    let truth = std::fs::read_to_string(&truth)
+        .expect("ground truth written")
+        .lines()
+        .map(|l| l.parse().expect("ns"))
+        .collect();
+    GameRun {
+        report: read_json(&out),
+        rows: read_csv(&csv),
+        truth,
+        stderr: stderr(&result),
+        out,
+    }
+}

@@ -8,24 +8,26 @@ use std::{
     time::Duration,
 };
 
-use nvbind_tests::{
-    agent, busiest, game_bin, read_csv, read_json, require_root, spawn_agent, stderr,
-    wait_for_process, wait_with_deadline, FixtureHost,
-};
+use nvbind_tests::{agent, busiest, record_game, require_root, stderr, FixtureHost, GameRun};
 use serde_json::{json, Value};
 
 const DGPU_DIR: &str = "sys/devices/pci0000:00/0000:00:01.1/0000:01:00.0/0000:02:00.0/0000:03:00.0";
 
-/// `-- synthetic-game --truth DIR/truth.txt ARGS...` for `record`.
-fn game_command(dir: &Path, args: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        "--".to_string(),
-        game_bin().display().to_string(),
-        "--truth".into(),
-        dir.join("truth.txt").display().to_string(),
-    ];
-    v.extend(args.iter().map(|s| s.to_string()));
-    v
+/// `record_game` with `host` as the machine's GPUs (its roots follow `agent_args`), in a fresh
+/// directory inside the host's, so the report outlives the call as long as the host does.
+fn record_on(
+    host: &FixtureHost,
+    agent_args: &[&str],
+    game_args: &[&str],
+    during: impl FnOnce(),
+) -> GameRun {
+    let dir = tempfile::tempdir_in(host.dir.path())
+        .expect("tempdir")
+        .keep();
+    let roots = host.root_args();
+    let mut args = agent_args.to_vec();
+    args.extend(roots.iter().map(String::as_str));
+    record_game(&dir, &args, game_args, during)
 }
 
 fn gpus_json(host: &FixtureHost, extra: &[&str]) -> (Value, String) {
@@ -194,38 +196,25 @@ fn intel_i915_and_xe_report_frequency_throttle_and_power() {
     assert_eq!(s["power_watts"], 0.0);
 
     // A sampled capture while the counter climbs 10 J per second gives ~10 W.
-    let host_args = xe.root_args();
-    let dir_tmp = tempfile::tempdir().expect("tempdir");
-    let out = dir_tmp.path().join("r.json");
-    let mut args = vec![
-        "record".to_string(),
-        "--gpu-sample-hz".into(),
-        "20".into(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    args.extend(host_args);
-    args.extend(game_command(
-        dir_tmp.path(),
+    let run = record_on(
+        &xe,
+        &["--gpu-sample-hz", "20"],
         &["--frames", "120", "--interval-ms", "16.7"],
-    ));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = spawn_agent(&refs, &[]);
-    wait_for_process("synthetic-game", Duration::from_secs(60));
-    let start: u64 = std::fs::read_to_string(&energy)
-        .expect("energy")
-        .trim()
-        .parse()
-        .expect("µJ");
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < Duration::from_millis(1500) {
-        let uj = start + (t0.elapsed().as_secs_f64() * 10e6) as u64;
-        std::fs::write(&energy, format!("{uj}\n")).expect("write energy");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let result = wait_with_deadline(child, Duration::from_secs(60));
-    assert!(result.status.success(), "{}", stderr(&result));
-    let report = read_json(&out);
+        || {
+            let start: u64 = std::fs::read_to_string(&energy)
+                .expect("energy")
+                .trim()
+                .parse()
+                .expect("µJ");
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_millis(1500) {
+                let uj = start + (t0.elapsed().as_secs_f64() * 10e6) as u64;
+                std::fs::write(&energy, format!("{uj}\n")).expect("write energy");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        },
+    );
+    let report = run.report;
     let samples = report["gpus"][0]["samples"].as_array().expect("samples");
     let watts: Vec<f64> = samples
         .iter()
@@ -407,31 +396,19 @@ fn broken_sysfs_files_are_skipped_with_one_warning_each() {
     let blob = std::fs::read(dev.join("gpu_metrics")).expect("blob");
     std::fs::write(dev.join("gpu_metrics"), &blob[..50]).expect("truncate");
     // A capture reads every file many times; each bad one is reported once.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
-    let mut args = vec![
-        "record".to_string(),
-        "--gpu-sample-hz".into(),
-        "50".into(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    args.extend(host.root_args());
-    args.extend(game_command(
-        dir.path(),
+    let run = record_on(
+        &host,
+        &["--gpu-sample-hz", "50"],
         &["--frames", "60", "--interval-ms", "16.7"],
-    ));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = wait_with_deadline(spawn_agent(&refs, &[]), Duration::from_secs(60));
-    assert!(result.status.success(), "{}", stderr(&result));
-    let err = stderr(&result);
+        || {},
+    );
+    let err = &run.stderr;
     for file in ["gpu_busy_percent", "temp1_input", "gpu_metrics"] {
         let warnings = err.lines().filter(|l| l.contains(file)).count();
         assert_eq!(warnings, 1, "one warning for {file}:\n{err}");
     }
     assert!(!err.contains("panicked"), "{err}");
-    let report = read_json(&out);
-    let g = &report["gpus"][0];
+    let g = &run.report["gpus"][0];
     assert!(g["summary"]["samples"].as_u64() >= Some(20), "{g}");
     let s = &g["samples"][0];
     // gpu_busy_percent is garbage and gpu_metrics truncated: no utilisation at all, not 0.
@@ -449,19 +426,9 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
     require_root();
     let host = FixtureHost::new("amd-dgpu");
     let dev = host.path(DGPU_DIR);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
-    let csv = dir.path().join("frames.csv");
-    let mut args = vec![
-        "record".to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--frames-csv".into(),
-        csv.display().to_string(),
-    ];
-    args.extend(host.root_args());
-    args.extend(game_command(
-        dir.path(),
+    let run = record_on(
+        &host,
+        &[],
         &[
             "--frames",
             "240",
@@ -472,21 +439,17 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
             "--stall-ms",
             "80",
         ],
-    ));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = spawn_agent(&refs, &[]);
-    wait_for_process("synthetic-game", Duration::from_secs(60));
-    // The GPU changes during the capture: busy drops, it heats up, VRAM fills past 95 %.
-    std::thread::sleep(Duration::from_millis(1200));
-    std::fs::write(dev.join("gpu_busy_percent"), "30\n").expect("write");
-    std::fs::write(dev.join("hwmon/hwmon2/temp1_input"), "91000\n").expect("write");
-    std::fs::write(dev.join("mem_info_vram_used"), "16800000000\n").expect("write");
-    std::thread::sleep(Duration::from_millis(1000));
-    std::fs::write(dev.join("mem_info_vram_used"), "6442450944\n").expect("write");
-    let result = wait_with_deadline(child, Duration::from_secs(60));
-    assert!(result.status.success(), "{}", stderr(&result));
-
-    let report = read_json(&out);
+        || {
+            // The GPU changes during the capture: busy drops, it heats up, VRAM fills past 95 %.
+            std::thread::sleep(Duration::from_millis(1200));
+            std::fs::write(dev.join("gpu_busy_percent"), "30\n").expect("write");
+            std::fs::write(dev.join("hwmon/hwmon2/temp1_input"), "91000\n").expect("write");
+            std::fs::write(dev.join("mem_info_vram_used"), "16800000000\n").expect("write");
+            std::thread::sleep(Duration::from_millis(1000));
+            std::fs::write(dev.join("mem_info_vram_used"), "6442450944\n").expect("write");
+        },
+    );
+    let report = &run.report;
     assert_eq!(report["gpu_sample_period_s"], 0.1);
     let g = &report["gpus"][0];
     assert_eq!(g["sampled"], true);
@@ -525,7 +488,7 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
     assert!((0.7..1.4).contains(&(to - from)), "{pressure:?}");
 
     // Every stutter carries the GPU's state over that frame.
-    let p = busiest(&report);
+    let p = busiest(report);
     let events = p["stutters"]["events"].as_array().expect("events");
     assert!(events.len() >= 3, "{}", p["stutters"]);
     for e in events {
@@ -536,7 +499,7 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
         assert!(gpu["samples"].as_u64() >= Some(1), "{e}");
     }
     // ... and so does every frame in the CSV.
-    let rows = read_csv(&csv);
+    let rows = &run.rows;
     let joined = rows
         .iter()
         .filter(|r| r["gpu_throttle_reasons"] == "power+thermal")
@@ -545,7 +508,7 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
     assert!(rows.iter().any(|r| r["gpu_utilization_ratio"] == "0.3"));
 
     // People read the same in the summary.
-    let summary = agent(&["report", &out.display().to_string()]);
+    let summary = agent(&["report", &run.out.display().to_string()]);
     assert!(summary.status.success(), "{}", stderr(&summary));
     let text = String::from_utf8_lossy(&summary.stdout);
     assert!(
@@ -560,21 +523,8 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
 fn sampling_can_be_turned_off_and_bad_roots_are_refused() {
     require_root();
     let host = FixtureHost::new("amd-dgpu");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
-    let mut args = vec![
-        "record".to_string(),
-        "--gpu-sample-hz".into(),
-        "0".into(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    args.extend(host.root_args());
-    args.extend(game_command(dir.path(), &["--frames", "30"]));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = wait_with_deadline(spawn_agent(&refs, &[]), Duration::from_secs(60));
-    assert!(result.status.success(), "{}", stderr(&result));
-    let report = read_json(&out);
+    let run = record_on(&host, &["--gpu-sample-hz", "0"], &["--frames", "30"], || {});
+    let report = run.report;
     assert_eq!(report["gpus"][0]["sampled"], false);
     assert_eq!(
         report["gpus"][0]["not_sampled"],
@@ -604,18 +554,9 @@ fn sampling_can_be_turned_off_and_bad_roots_are_refused() {
 /// Records the KVM-stalled game (a wait inside a declared GPU ioctl, as in the stutter tests) with
 /// the amd-dgpu fixture as its GPU; returns the busiest process.
 fn driver_waits_on(host: &FixtureHost) -> Value {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("r.json");
-    let mut args = vec![
-        "record".to_string(),
-        "--gpu-ioctl-type".into(),
-        "0xAE".into(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    args.extend(host.root_args());
-    args.extend(game_command(
-        dir.path(),
+    let run = record_on(
+        host,
+        &["--gpu-ioctl-type", "0xAE"],
         &[
             "--frames",
             "200",
@@ -628,11 +569,9 @@ fn driver_waits_on(host: &FixtureHost) -> Value {
             "--stall-kind",
             "kvm",
         ],
-    ));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = wait_with_deadline(spawn_agent(&refs, &[]), Duration::from_secs(60));
-    assert!(result.status.success(), "{}", stderr(&result));
-    busiest(&read_json(&out)).clone()
+        || {},
+    );
+    busiest(&run.report).clone()
 }
 
 /// The stalled frames' events (a host hitch may add another stutter; those are not judged here).

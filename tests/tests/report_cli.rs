@@ -3,24 +3,13 @@
 
 use std::{path::Path, process::Command};
 
-use nvbind_tests::{agent, game_bin, read_json, require_root, stderr};
+use nvbind_tests::{agent, read_json, record_game, require_root, stderr};
 
 /// `#ff7f0e`, the colour of `blocked` stutter markers (see report/svg.rs).
 const BLOCKED_RGB: [u8; 3] = [0xff, 0x7f, 0x0e];
 
 fn record_stalling_game(dir: &Path) -> std::path::PathBuf {
-    let out = dir.join("report.json");
-    let truth = dir.join("truth.txt");
-    let (out_s, truth_s) = (out.display().to_string(), truth.display().to_string());
-    let game = game_bin().display().to_string();
-    let result = agent(&[
-        "record",
-        "--out",
-        &out_s,
-        "--",
-        &game,
-        "--truth",
-        &truth_s,
+    let game = [
         "--frames",
         "200",
         "--interval-ms",
@@ -29,9 +18,8 @@ fn record_stalling_game(dir: &Path) -> std::path::PathBuf {
         "50",
         "--stall-ms",
         "60",
-    ]);
-    assert!(result.status.success(), "{}", stderr(&result));
-    out
+    ];
+    record_game(dir, &[], &game, || {}).out
 }
 
 /// Counts pixels of one colour in a PNG.

@@ -9,54 +9,9 @@ use std::{
 };
 
 use nvbind_tests::{
-    busiest, game_bin, hog_bin, intervals_ms, read_csv, read_json, require_root, spawn_agent,
+    busiest, hog_bin, intervals_ms, read_csv, read_json, record_game, require_root, spawn_agent,
     stderr, wait_for_process, wait_with_deadline, Xvfb,
 };
-
-struct Run {
-    report: serde_json::Value,
-    truth: Vec<u64>,
-    rows: Vec<std::collections::HashMap<String, String>>,
-}
-
-/// Records the synthetic game; `during` runs once the game is up (to start a competitor).
-fn record_game(dir: &Path, agent_args: &[&str], game_args: &[&str], during: impl FnOnce()) -> Run {
-    let out = dir.join("report.json");
-    let csv = dir.join("frames.csv");
-    let truth = dir.join("truth.txt");
-    let mut args: Vec<String> = vec![
-        "record".into(),
-        "--out".into(),
-        out.display().to_string(),
-        "--frames-csv".into(),
-        csv.display().to_string(),
-    ];
-    args.extend(agent_args.iter().map(|s| s.to_string()));
-    args.push("--".into());
-    args.push(game_bin().display().to_string());
-    args.extend(["--truth".to_string(), truth.display().to_string()]);
-    args.extend(game_args.iter().map(|s| s.to_string()));
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = spawn_agent(&arg_refs, &[]);
-    wait_for_process("synthetic-game", Duration::from_secs(60));
-    during();
-    let result = wait_with_deadline(agent, Duration::from_secs(120));
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        stderr(&result)
-    );
-    let truth = std::fs::read_to_string(&truth)
-        .expect("ground truth written")
-        .lines()
-        .map(|l| l.parse().expect("ns"))
-        .collect();
-    Run {
-        report: read_json(&out),
-        truth,
-        rows: read_csv(&csv),
-    }
-}
 
 fn events(p: &serde_json::Value) -> &Vec<serde_json::Value> {
     p["stutters"]["events"].as_array().expect("stutter events")
