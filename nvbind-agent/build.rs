@@ -18,7 +18,8 @@ fn main() {
         .parent()
         .expect("agent crate lives in the workspace");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
-    let object = out_dir.join("nvbind-probes.o");
+    // The probes, and the device policy that `bind` loads once per cgroup.
+    let objects = ["nvbind-probes", "nvbind-device"];
 
     for dir in ["nvbind-ebpf/src", "nvbind-common/src"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
@@ -27,30 +28,41 @@ fn main() {
         "cargo:rerun-if-changed={}",
         workspace.join("nvbind-ebpf/Cargo.toml").display()
     );
-    println!("cargo:rerun-if-env-changed=NVBIND_EBPF_OBJECT");
+    println!("cargo:rerun-if-env-changed=NVBIND_EBPF_DIR");
     println!("cargo:rerun-if-env-changed=NVBIND_REQUIRE_EBPF");
 
-    if let Ok(prebuilt) = env::var("NVBIND_EBPF_OBJECT") {
-        fs::copy(&prebuilt, &object)
-            .unwrap_or_else(|e| panic!("NVBIND_EBPF_OBJECT={prebuilt}: {e}"));
+    // A directory of prebuilt objects (named as the eBPF bins) skips the nested build.
+    if let Ok(prebuilt) = env::var("NVBIND_EBPF_DIR") {
+        for name in objects {
+            let from = Path::new(&prebuilt).join(name);
+            fs::copy(&from, out_dir.join(format!("{name}.o")))
+                .unwrap_or_else(|e| panic!("NVBIND_EBPF_DIR: {}: {e}", from.display()));
+        }
         return;
     }
 
-    match build_ebpf(workspace) {
+    match build_ebpf(workspace, &objects) {
         Ok(built) => {
-            fs::copy(&built, &object).expect("copy the eBPF object into OUT_DIR");
+            for name in objects {
+                fs::copy(built.join(name), out_dir.join(format!("{name}.o")))
+                    .expect("copy the eBPF object into OUT_DIR");
+            }
         }
         Err(why) if env::var_os("NVBIND_REQUIRE_EBPF").is_some() => {
             panic!("eBPF programs not built: {why}; run `cargo xtask setup`");
         }
         Err(why) => {
             println!("cargo:warning=eBPF programs not built ({why}); run `cargo xtask setup`");
-            fs::write(&object, b"").expect("write an empty placeholder object");
+            for name in objects {
+                fs::write(out_dir.join(format!("{name}.o")), b"")
+                    .expect("write an empty placeholder object");
+            }
         }
     }
 }
 
-fn build_ebpf(workspace: &Path) -> Result<PathBuf, String> {
+/// Builds the eBPF bins; returns the directory that holds them.
+fn build_ebpf(workspace: &Path, bins: &[&str]) -> Result<PathBuf, String> {
     let bpf_rustc = Path::new("/usr/bin/rustc");
     if !bpf_rustc.exists() {
         return Err("Debian's rustc-web (/usr/bin/rustc) is not installed".into());
@@ -68,14 +80,13 @@ fn build_ebpf(workspace: &Path) -> Result<PathBuf, String> {
             "build",
             "--package",
             "nvbind-ebpf",
-            "--bin",
-            "nvbind-probes",
             "--release",
             "--target",
             "bpfel-unknown-none",
             "--target-dir",
         ])
         .arg(&target_dir)
+        .args(bins.iter().flat_map(|bin| ["--bin", bin]))
         .env("RUSTC", bpf_rustc)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("PATH", path)
@@ -107,5 +118,5 @@ fn build_ebpf(workspace: &Path) -> Result<PathBuf, String> {
         }
         return Err("the eBPF build failed".into());
     }
-    Ok(target_dir.join("bpfel-unknown-none/release/nvbind-probes"))
+    Ok(target_dir.join("bpfel-unknown-none/release"))
 }

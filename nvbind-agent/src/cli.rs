@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    binding,
     capture::{self, RecordOptions},
     doctor, gpu, report,
     stutter::DetectorConfig,
@@ -47,6 +48,22 @@ pub enum Command {
         #[command(flatten)]
         roots: RootArgs,
     },
+    /// Let a cgroup use only the given GPUs (plus the safe devices everyone needs), enforced by
+    /// the kernel and kept when the agent exits; binding a bound cgroup replaces its binding.
+    Bind(BindArgs),
+    /// Remove nvbind's binding of a cgroup (or all of them).
+    Unbind(UnbindArgs),
+    /// List the bindings in force, checked against the kernel.
+    Bindings {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bpffs: BpffsArg,
+    },
+    /// Container Device Interface specs for container engines.
+    #[command(subcommand)]
+    Cdi(CdiCommand),
     /// Internal: resolve the installed Vulkan drivers' vkQueuePresentKHR (run by the agent).
     #[command(name = "__resolve-vulkan-present", hide = true)]
     ResolveVulkanPresent,
@@ -147,6 +164,94 @@ impl RootArgs {
     }
 }
 
+impl Command {
+    /// Commands that print and exit (as opposed to `record`, which holds sockets, pipes and
+    /// files open for a long time).
+    pub fn prints_and_exits(&self) -> bool {
+        !matches!(self, Command::Record(_))
+    }
+}
+
+/// Where bindings are pinned.
+#[derive(Debug, Args)]
+pub struct BpffsArg {
+    /// The BPF filesystem that holds the bindings (pinned programs and records).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+}
+
+/// Which cgroup: a path, or a process's.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CgroupArg {
+    /// The cgroup directory (under cgroup2, or under the v1 devices hierarchy).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// The cgroup this process is in.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    #[command(flatten)]
+    pub target: CgroupArg,
+    /// With --pid on a host with both hierarchies: which one to bind in (default: the v2
+    /// cgroup, unless the process is in the v2 root).
+    #[arg(long, value_enum, requires = "pid")]
+    pub hierarchy: Option<binding::Hierarchy>,
+    /// A GPU to allow: its index, UUID, PCI address, or `all`. Repeatable.
+    #[arg(long = "gpu", value_name = "SELECTOR", required = true)]
+    pub gpus: Vec<String>,
+    /// Print the rules that would be enforced, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub bpffs: BpffsArg,
+    #[command(flatten)]
+    pub roots: RootArgs,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "unbind_target", required = true, multiple = false, args = ["cgroup", "pid", "all"])]
+pub struct UnbindArgs {
+    /// The bound cgroup (also accepted after the cgroup was removed, to clear its pins).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// The cgroup this process is in.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// With --pid: which hierarchy (as for bind).
+    #[arg(long, value_enum, requires = "pid")]
+    pub hierarchy: Option<binding::Hierarchy>,
+    /// Every binding nvbind holds.
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub bpffs: BpffsArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CdiCommand {
+    /// Write a CDI spec for the GPUs found: one device per GPU (by index and by UUID) and `all`.
+    Generate {
+        /// Write the spec here (atomically) instead of to standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The CDI kind (`vendor/class`) the devices are requested by.
+        #[arg(long, default_value = binding::cdi::DEFAULT_KIND)]
+        kind: String,
+        #[command(flatten)]
+        roots: RootArgs,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// A report written by `nvbind-agent record`.
@@ -181,6 +286,68 @@ fn parse_ioctl_type(text: &str) -> Result<u8, String> {
             "{text:?} is not an ioctl type byte: give 0x00-0xff, 0-255 or one character such as d"
         )
     })
+}
+
+fn bind(args: BindArgs) -> Result<u8> {
+    let cgroup = match (&args.target.cgroup, args.target.pid) {
+        (Some(path), _) => binding::Cgroup::from_path(path)?,
+        (None, Some(pid)) => binding::Cgroup::of_pid(pid, args.hierarchy)?,
+        (None, None) => anyhow::bail!("give --cgroup PATH or --pid PID"),
+    };
+    let roots = args.roots.roots()?;
+    let discovery = gpu::discover(&roots, &gpu::Warnings::default());
+    let gpus = binding::select_gpus(&discovery.gpus, &args.gpus)?;
+    let plan = binding::plan(&cgroup, &gpus, &roots.dev);
+    if args.dry_run {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", binding::render_plan(&plan, "would allow"));
+        }
+        return Ok(0);
+    }
+    let outcome = binding::bind(&plan, &cgroup, &args.bpffs.bpffs)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        if let Some(old) = &outcome.replaced {
+            println!(
+                "replaced the binding of {} (GPUs {})",
+                old.cgroup.display(),
+                binding::gpu_list(&old.gpus)
+            );
+        }
+        print!("{}", binding::render_plan(&outcome.binding, "allows"));
+        println!("pinned at {}", outcome.pinned_at.display());
+    }
+    Ok(0)
+}
+
+fn unbind(args: UnbindArgs) -> Result<u8> {
+    let target = match (&args.cgroup, args.pid, args.all) {
+        (_, _, true) => binding::UnbindTarget::All,
+        (Some(path), _, _) => binding::UnbindTarget::Cgroup(path.clone()),
+        (None, Some(pid), _) => {
+            binding::UnbindTarget::Cgroup(binding::Cgroup::of_pid(pid, args.hierarchy)?.path)
+        }
+        (None, None, false) => anyhow::bail!("give --cgroup PATH, --pid PID or --all"),
+    };
+    let removed = binding::unbind(&target, &args.bpffs.bpffs)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&removed)?);
+    } else if removed.is_empty() {
+        println!("no bindings");
+    } else {
+        for b in &removed {
+            println!(
+                "unbound {} ({}; GPUs {})",
+                b.cgroup.display(),
+                b.hierarchy,
+                binding::gpu_list(&b.gpus)
+            );
+        }
+    }
+    Ok(0)
 }
 
 fn seconds(value: Option<f64>, flag: &str) -> Result<Option<Duration>> {
@@ -218,6 +385,32 @@ pub fn run(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&listing)?);
             } else {
                 print!("{}", gpu::show::render(&listing));
+            }
+            Ok(0)
+        }
+        Command::Bind(args) => bind(args),
+        Command::Unbind(args) => unbind(args),
+        Command::Bindings { json, bpffs } => {
+            let listed = binding::list(&bpffs.bpffs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else {
+                print!("{}", binding::render_list(&listed));
+            }
+            Ok(0)
+        }
+        Command::Cdi(CdiCommand::Generate {
+            output,
+            kind,
+            roots,
+        }) => {
+            let roots = roots.roots()?;
+            let discovery = gpu::discover(&roots, &gpu::Warnings::default());
+            let spec = binding::cdi::generate(&discovery.gpus, &roots.dev, &kind)?;
+            let json = binding::cdi::to_json(&spec);
+            match output {
+                Some(path) => report::write::text(&path, &json)?,
+                None => print!("{json}"),
             }
             Ok(0)
         }

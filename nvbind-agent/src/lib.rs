@@ -9,6 +9,7 @@
 //! - [`gpu`]: GPU discovery, per-vendor counters (NVML, amdgpu and Intel sysfs) and the sampler.
 //! - [`doctor`]: what is attached and what is not, with reasons and fixes.
 
+pub mod binding;
 pub mod capture;
 pub mod cli;
 pub mod doctor;

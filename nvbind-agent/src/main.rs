@@ -8,6 +8,15 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
+    if cli.command.prints_and_exits() {
+        // Like other Unix tools, end quietly when the reader goes away (`| head`) instead of
+        // panicking in println!. `record` keeps Rust's default (EPIPE as an error), so that
+        // a closed pipe or socket is reported, never fatal.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -440,6 +440,42 @@ pub struct ProcessEvent {
 /// Why a present uprobe asked for the name passed to `vkGet*ProcAddr`: the bytes we compare.
 pub const VK_QUEUE_PRESENT_NAME: &[u8; 18] = b"vkQueuePresentKHR\0";
 
+/// The cgroup v2 device policy (`nvbind-device`): an allowlist of device numbers.
+pub mod device_policy {
+    /// `bpf_cgroup_dev_ctx.access_type & 0xffff` for a block device (`BPF_DEVCG_DEV_BLOCK`).
+    pub const KIND_BLOCK: u32 = 1;
+    /// ... for a character device (`BPF_DEVCG_DEV_CHAR`).
+    pub const KIND_CHAR: u32 = 2;
+    /// `access_type >> 16` bits (`BPF_DEVCG_ACC_*`).
+    pub const ACCESS_MKNOD: u32 = 1;
+    pub const ACCESS_READ: u32 = 2;
+    pub const ACCESS_WRITE: u32 = 4;
+    /// A rule's minor that matches every minor of its major (`c 136:* rw`).
+    pub const ANY_MINOR: u32 = u32::MAX;
+    /// Rules one policy can hold: a handful per GPU plus the standard safe devices.
+    pub const MAX_RULES: u32 = 512;
+    /// Bytes of the binding's description (length-prefixed JSON) kept beside the rules in bpffs,
+    /// so that a restarted agent can say what a pinned policy is for.
+    pub const RECORD_BYTES: usize = 16384;
+
+    /// One allowlist entry: the key of the rules map; its value is the allowed access bits.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct DeviceRuleKey {
+        pub kind: u32,
+        pub major: u32,
+        pub minor: u32,
+    }
+
+    /// The binding's description: `len` bytes of JSON at the start of `bytes`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct BindingRecord {
+        pub len: u32,
+        pub bytes: [u8; RECORD_BYTES],
+    }
+}
+
 /// Decoder for amdgpu's binary `gpu_metrics` sysfs file: userspace only (plain byte parsing, no
 /// I/O), so the BPF programs, which have no floating point, never compile it.
 #[cfg(not(target_arch = "bpf"))]
@@ -460,6 +496,8 @@ mod user {
     unsafe impl aya::Pod for super::PresentEvent {}
     unsafe impl aya::Pod for super::ResolvedPresentEvent {}
     unsafe impl aya::Pod for super::ProcessEvent {}
+    unsafe impl aya::Pod for super::device_policy::DeviceRuleKey {}
+    unsafe impl aya::Pod for super::device_policy::BindingRecord {}
 }
 
 #[cfg(test)]

@@ -38,6 +38,11 @@ pub fn hog_bin() -> PathBuf {
     bin_from_env("NVBIND_CPU_HOG_BIN", "cpu-hog")
 }
 
+/// The open-probe helper (opens device nodes from inside a cgroup).
+pub fn probe_bin() -> PathBuf {
+    bin_from_env("NVBIND_OPEN_PROBE_BIN", "open-probe")
+}
+
 /// Pids of running processes with this name (comm).
 pub fn pids_named(comm: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")

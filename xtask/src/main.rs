@@ -52,8 +52,13 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Setup with the bench peers, build, then measure the capture pipeline's cost (BENCHMARKS.md).
-    Bench,
+    /// Setup with the bench peers, build, then measure the capture pipeline's cost, the GPU
+    /// sampler's and device binding's (BENCHMARKS.md).
+    Bench {
+        /// Run only these parts (repeatable); all of them by default.
+        #[arg(long, value_enum)]
+        only: Vec<bench::Part>,
+    },
     /// Fuzz the gpu_metrics decoder with cargo-fuzz (installed if missing) for SECONDS.
     Fuzz {
         #[arg(long, default_value_t = 120)]
@@ -104,13 +109,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             setup::setup(false)?;
             test(&root, &args)?;
         }
-        Cmd::Bench => {
+        Cmd::Bench { only } => {
             if !util::is_root() {
                 bail!("the benchmarks load eBPF programs: run as root");
             }
             setup::setup(true)?;
             let agent = build(&root)?;
-            bench::bench(&root, &agent, &target_dir(&root))?;
+            bench::bench(&root, &agent, &target_dir(&root), &only)?;
         }
         Cmd::Fuzz { seconds } => fuzz::fuzz(&root, seconds)?,
     }
@@ -141,6 +146,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
     let agent = debug.join("nvbind-agent");
     let game = debug.join("synthetic-game");
     let hog = debug.join("cpu-hog");
+    let probe = debug.join("open-probe");
 
     // Every cargo step sets NVBIND_REQUIRE_EBPF the same way: the agent's build script reruns
     // whenever it changes, so mixing would rebuild the agent between steps.
@@ -189,6 +195,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
                 .env("NVBIND_AGENT_BIN", &agent)
                 .env("NVBIND_SYNTHETIC_GAME_BIN", &game)
                 .env("NVBIND_CPU_HOG_BIN", &hog)
+                .env("NVBIND_OPEN_PROBE_BIN", &probe)
                 .env("NVBIND_XVFB", "1")
                 .env("NVBIND_REQUIRE_EBPF", "1");
             c

@@ -52,6 +52,16 @@ impl Vendor {
             _ => Vendor::Other,
         }
     }
+
+    /// The vendor as people write it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Vendor::Nvidia => "NVIDIA",
+            Vendor::Amd => "AMD",
+            Vendor::Intel => "Intel",
+            Vendor::Other => "other",
+        }
+    }
 }
 
 /// What a device node is for.

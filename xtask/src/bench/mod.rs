@@ -8,6 +8,8 @@
 //! 4. GPU sampler: the cost of one sample per backend (over the sysfs fixture hosts; NVML where a
 //!    driver exists), and the synthetic game's p99 frame time with the sampler off and at 10 Hz,
 //!    interleaved.
+//! 5. Device binding: time to bind and to replace, and the cost added to `open()` of a device
+//!    node with 1 versus 100 bound cgroups ([`binding`]).
 //!
 //! Prints Markdown tables for BENCHMARKS.md. The machine is small and noisy: compare within one
 //! run, never against remembered numbers.
@@ -24,6 +26,19 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::{demo::x_display, util::step};
+
+mod binding;
+
+/// The parts of the benchmark (`cargo xtask bench --only PART`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Scheduler programs' cost in a context-switch storm, and the agent's footprint.
+    Capture,
+    /// The GPU sampler.
+    Gpu,
+    /// Device binding.
+    Binding,
+}
 
 const STORM_LOOPS: &str = "40000";
 const ROUNDS: usize = 3;
@@ -112,9 +127,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn bench(root: &Path, agent: &Path, target: &Path) -> Result<()> {
+pub fn bench(root: &Path, agent: &Path, target: &Path, only: &[Part]) -> Result<()> {
     let dir: PathBuf = target.join("nvbind-bench");
     fs::create_dir_all(&dir)?;
+    let wanted = |part| only.is_empty() || only.contains(&part);
+    if wanted(Part::Capture) {
+        capture(root, agent, &dir)?;
+    }
+    if wanted(Part::Gpu) {
+        gpu_sampler(root, agent, &dir)?;
+    }
+    if wanted(Part::Binding) {
+        step("binding: build the open-probe helper (release)");
+        crate::util::run(
+            crate::util::cargo_cmd(root)
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "nvbind-tests",
+                    "--bin",
+                    "open-probe",
+                ])
+                .env("NVBIND_REQUIRE_EBPF", "1"),
+        )?;
+        let probe = crate::util::target_dir(root).join("release/open-probe");
+        binding::bench(root, agent, &probe, &dir)?;
+    }
+    Ok(())
+}
+
+fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
     let programs = [
         "nvbind_sched_switch",
         "nvbind_sched_wakeup",
@@ -145,7 +188,7 @@ pub fn bench(root: &Path, agent: &Path, target: &Path) -> Result<()> {
     }
 
     step("agent footprint: recording vkcube for 10 s");
-    let (display, _xvfb) = x_display(&dir)?;
+    let (display, _xvfb) = x_display(dir)?;
     let vk_report = dir.join("vkcube.json");
     let status = Command::new(agent)
         .args(["record", "--duration", "10", "--out"])
@@ -206,7 +249,7 @@ pub fn bench(root: &Path, agent: &Path, target: &Path) -> Result<()> {
         "| dropped events | {} | 0 |",
         vk["capture"]["dropped_events"]
     );
-    gpu_sampler(root, agent, &dir)
+    Ok(())
 }
 
 /// The GPU fixture hosts a sampler can read here (no GPU on this machine).

@@ -1,0 +1,589 @@
+//! cgroup-scoped GPU device binding: "this cgroup gets these GPUs and nothing else", enforced by
+//! the kernel and kept in force when the agent exits or is killed.
+//!
+//! - cgroup v2: a copy of the `nvbind-device` eBPF program per binding, attached through a BPF
+//!   link pinned in bpffs ([`v2`]).
+//! - cgroup v1: the devices controller's `devices.deny` / `devices.allow` ([`v1`]).
+//!
+//! Both keep a description of the binding in bpffs ([`registry`]), so that a later agent lists,
+//! replaces and removes what an earlier one set. The kernel checks the policy when a device node
+//! is opened (or created): descriptors opened before the binding stay usable.
+
+pub mod cdi;
+mod cgroup;
+mod registry;
+mod rules;
+mod v1;
+mod v2;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use self::registry::{Entry, Registry};
+pub use self::{
+    cgroup::{Cgroup, CgroupError, Hierarchy},
+    registry::is_bpffs,
+    rules::{allowlist, DeviceKind, DeviceRule},
+};
+use crate::gpu::{GpuInfo, Vendor};
+
+#[derive(Debug, Error)]
+pub enum BindError {
+    #[error(
+        "binding devices needs root (CAP_SYS_ADMIN and CAP_BPF, and write access to cgroupfs): \
+         run it with sudo"
+    )]
+    NotRoot,
+    #[error(
+        "{0} is not a mounted BPF filesystem, where bindings are pinned: mount it with \
+         `mount -t bpf bpf {0}` (or pass --bpffs DIR)"
+    )]
+    NoBpffs(PathBuf),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("no GPU found on this host (see `nvbind-agent gpus`): nothing to bind")]
+    NoGpus,
+    #[error("no GPU matches '{selector}'; the GPUs are: {available} (see `nvbind-agent gpus`)")]
+    UnknownGpu { selector: String, available: String },
+    #[error(
+        "GPU {index} ({pci}) has no device nodes (no driver bound, or --dev-root is wrong): \
+         there is nothing to allow"
+    )]
+    NoNodes { index: usize, pci: String },
+    #[error(
+        "{cgroup} already has a device policy that nvbind did not set ({detail}); refusing to \
+         change it: remove that policy with the tool that set it, or bind a child cgroup"
+    )]
+    Foreign { cgroup: PathBuf, detail: String },
+    #[error(
+        "{cgroup}'s devices.list no longer matches what nvbind set (changed by another tool?): \
+         run `nvbind-agent unbind --cgroup {cgroup}` first"
+    )]
+    Drifted { cgroup: PathBuf },
+    #[error("{0} is not bound by nvbind (see `nvbind-agent bindings`)")]
+    NotBound(PathBuf),
+    #[error(
+        "this nvbind-agent was built without its eBPF programs (the eBPF toolchain was missing): \
+         run `cargo xtask setup` and rebuild"
+    )]
+    MissingObject,
+    #[error("{0}")]
+    Kernel(String),
+    #[error("binding record: {0}")]
+    Record(String),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+}
+
+impl BindError {
+    fn io(path: &Path, error: std::io::Error) -> BindError {
+        BindError::Io {
+            path: path.into(),
+            message: error.to_string(),
+        }
+    }
+
+    fn pinned(path: &Path, error: impl std::fmt::Display) -> BindError {
+        BindError::Io {
+            path: path.into(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// A GPU a binding gives access to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundGpu {
+    pub index: usize,
+    pub vendor: Vendor,
+    pub name: String,
+    pub pci_address: String,
+    pub uuid: Option<String>,
+}
+
+/// What a binding is: the cgroup, the GPUs and the exact rules. Kept in bpffs beside the
+/// policy (see [`registry`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub cgroup: PathBuf,
+    pub hierarchy: Hierarchy,
+    /// The cgroup directory's inode (the cgroup id on v2).
+    pub cgroup_id: u64,
+    pub gpus: Vec<BoundGpu>,
+    pub rules: Vec<DeviceRule>,
+    pub bound_at_unix_s: u64,
+    pub agent_version: String,
+}
+
+/// How a listed binding stands, checked against the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BindingState {
+    /// The policy is attached (v2) or `devices.list` shows exactly its rules (v1).
+    Enforced,
+    /// An agent died while replacing the policy. v2: the old and the new program are both
+    /// attached, so the cgroup gets only what both allow; v1: `devices.list` holds part of the
+    /// way between them. Binding or unbinding again settles it.
+    Replacing,
+    /// The pinned link no longer holds the program on the cgroup.
+    Detached,
+    /// The rules in force differ from the recorded ones: `devices.list` (v1) or the pinned
+    /// rules map (v2) was changed by someone else.
+    Drifted,
+    /// The cgroup was removed; the pins are left over (`unbind` removes them).
+    CgroupRemoved,
+}
+
+/// One binding as `bindings` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingStatus {
+    #[serde(flatten)]
+    pub binding: Binding,
+    pub state: BindingState,
+    /// Where its pins are.
+    pub pinned_at: PathBuf,
+    /// The v2 program's id (`bpftool prog show id N`).
+    pub program_id: Option<u32>,
+    /// Device programs of ancestor cgroups that also apply (v2): the cgroup can only be
+    /// stricter than its ancestors.
+    pub ancestor_device_programs: Option<usize>,
+}
+
+/// What `bind` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BindOutcome {
+    pub binding: Binding,
+    /// The binding this one replaced, if the cgroup was bound already.
+    pub replaced: Option<Binding>,
+    pub pinned_at: PathBuf,
+    /// Time from taking the registry lock to the old policy's removal: loading, filling,
+    /// attaching and pinning the new policy (what `cargo xtask bench` reports).
+    pub kernel_work_ms: f64,
+}
+
+/// The GPUs `selectors` name (`all`, an index, a UUID, a PCI address with or without its
+/// domain), in index order, each once.
+pub fn select_gpus<'a>(
+    gpus: &'a [GpuInfo],
+    selectors: &[String],
+) -> Result<Vec<&'a GpuInfo>, BindError> {
+    if gpus.is_empty() {
+        return Err(BindError::NoGpus);
+    }
+    let mut chosen: Vec<&GpuInfo> = Vec::new();
+    for selector in selectors {
+        let wanted = selector.trim().to_ascii_lowercase();
+        let matches: Vec<&GpuInfo> = if wanted == "all" {
+            gpus.iter().filter(|g| !g.device_nodes.is_empty()).collect()
+        } else {
+            let pci = if wanted.matches(':').count() == 1 {
+                format!("0000:{wanted}")
+            } else {
+                wanted.clone()
+            };
+            gpus.iter()
+                .filter(|g| {
+                    wanted.parse::<usize>() == Ok(g.index)
+                        || g.uuid
+                            .as_deref()
+                            .is_some_and(|u| u.eq_ignore_ascii_case(&wanted))
+                        || g.pci_address.eq_ignore_ascii_case(&pci)
+                })
+                .collect()
+        };
+        if matches.is_empty() {
+            return Err(BindError::UnknownGpu {
+                selector: selector.clone(),
+                available: gpus
+                    .iter()
+                    .map(|g| {
+                        let uuid = g
+                            .uuid
+                            .as_deref()
+                            .map(|u| format!(", {u}"))
+                            .unwrap_or_default();
+                        format!("{} ({}{uuid})", g.index, g.pci_address)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
+        for gpu in matches {
+            if gpu.device_nodes.is_empty() {
+                return Err(BindError::NoNodes {
+                    index: gpu.index,
+                    pci: gpu.pci_address.clone(),
+                });
+            }
+            if !chosen.iter().any(|c| c.index == gpu.index) {
+                chosen.push(gpu);
+            }
+        }
+    }
+    chosen.sort_by_key(|g| g.index);
+    Ok(chosen)
+}
+
+/// The binding of `gpus` to `cgroup`: what `bind` would enforce (and `--dry-run` prints).
+pub fn plan(cgroup: &Cgroup, gpus: &[&GpuInfo], dev_root: &Path) -> Binding {
+    Binding {
+        cgroup: cgroup.path.clone(),
+        hierarchy: cgroup.hierarchy,
+        cgroup_id: cgroup.id,
+        gpus: gpus
+            .iter()
+            .map(|g| BoundGpu {
+                index: g.index,
+                vendor: g.vendor,
+                name: g.name.clone(),
+                pci_address: g.pci_address.clone(),
+                uuid: g.uuid.clone(),
+            })
+            .collect(),
+        rules: allowlist(gpus, dev_root),
+        bound_at_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Root is needed to load programs, pin in bpffs and write cgroupfs.
+pub fn require_root() -> Result<(), BindError> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BindError::NotRoot);
+    }
+    Ok(())
+}
+
+fn key_for(hierarchy: Hierarchy, id: u64) -> String {
+    match hierarchy {
+        Hierarchy::V1 => format!("v1-{id}"),
+        Hierarchy::V2 => format!("v2-{id}"),
+    }
+}
+
+/// Enforces `binding` on `cgroup`, replacing nvbind's earlier binding of it if there is one.
+/// On any error the cgroup keeps the policy it had.
+pub fn bind(binding: &Binding, cgroup: &Cgroup, bpffs: &Path) -> Result<BindOutcome, BindError> {
+    require_root()?;
+    let started = std::time::Instant::now();
+    let registry = Registry::open(bpffs)?;
+    let entry = registry.entry(&key_for(cgroup.hierarchy, cgroup.id))?;
+    let previous = match entry.newest_committed() {
+        Some(generation) => Some(registry::read_record(&generation.dir)?),
+        None => None,
+    };
+    let record = registry::encode_record(binding)?;
+    let generation = match cgroup.hierarchy {
+        Hierarchy::V2 => bind_v2(&registry, &entry, cgroup, binding, &record)?,
+        Hierarchy::V1 => bind_v1(
+            &registry,
+            &entry,
+            cgroup,
+            binding,
+            previous.as_ref(),
+            &record,
+        )?,
+    };
+    // The new policy is committed: the old generations (and any an earlier agent left half
+    // made) go now. Removing an old link pin detaches the old program.
+    for old in &entry.generations {
+        registry::remove_generation(&old.dir)?;
+    }
+    Ok(BindOutcome {
+        binding: binding.clone(),
+        replaced: previous,
+        pinned_at: generation,
+        kernel_work_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+fn bind_v2(
+    registry: &Registry,
+    entry: &Entry,
+    cgroup: &Cgroup,
+    binding: &Binding,
+    record: &nvbind_common::device_policy::BindingRecord,
+) -> Result<PathBuf, BindError> {
+    let cgroup_file = v2::open_cgroup(&cgroup.path)?;
+    let ours: Vec<u32> = entry
+        .generations
+        .iter()
+        .filter(|g| g.has_link)
+        .filter_map(|g| v2::pinned_program_id(&g.dir.join("link")).ok())
+        .collect();
+    let attached = v2::device_programs_of(&cgroup_file, false)
+        .map_err(|e| BindError::Kernel(format!("cannot query {}: {e}", cgroup.path.display())))?;
+    let foreign: Vec<String> = attached
+        .iter()
+        .filter(|id| !ours.contains(id))
+        .map(|id| format!("device program id {id} '{}'", v2::program_name(*id)))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(BindError::Foreign {
+            cgroup: cgroup.path.clone(),
+            detail: foreign.join(", "),
+        });
+    }
+    let mut policy = v2::Policy::load(&binding.rules, record, true)?;
+    // From here the new program is enforced (together with the old one, if any).
+    let link = policy.attach(&cgroup_file)?;
+    let dir = registry.new_generation(entry)?;
+    let committed = policy
+        .pin_maps(&dir, true)
+        .and_then(|()| v2::pin_link(link, &dir.join("link")));
+    if let Err(error) = committed {
+        // The unpinned link closes with this process: the new program detaches, the old stays.
+        let _ = registry::remove_generation(&dir);
+        return Err(error);
+    }
+    Ok(dir)
+}
+
+fn bind_v1(
+    registry: &Registry,
+    entry: &Entry,
+    cgroup: &Cgroup,
+    binding: &Binding,
+    previous: Option<&Binding>,
+    record: &nvbind_common::device_policy::BindingRecord,
+) -> Result<PathBuf, BindError> {
+    if !v1::supported(cgroup) {
+        return Err(BindError::Kernel(format!(
+            "{} has no devices.allow: the v1 devices controller is not enabled there",
+            cgroup.path.display()
+        )));
+    }
+    let list = v1::read_list(cgroup)?;
+    let start = match previous {
+        None if v1::is_unrestricted(&list) => v1::Start::Unrestricted,
+        None => {
+            return Err(BindError::Foreign {
+                cgroup: cgroup.path.clone(),
+                detail: format!(
+                    "devices.list has {} rule(s) and is not 'a *:* rwm'",
+                    list.lines().count()
+                ),
+            })
+        }
+        Some(previous) if rules::v1_list_matches(&list, &previous.rules) => {
+            v1::Start::Exactly(&previous.rules)
+        }
+        // Two committed generations: an agent died between recording a replacement and
+        // finishing its writes. The cgroup is ours; start its rules over.
+        Some(previous) if entry.committed().count() > 1 => v1::Start::Interrupted(&previous.rules),
+        Some(_) => {
+            return Err(BindError::Drifted {
+                cgroup: cgroup.path.clone(),
+            })
+        }
+    };
+    // The record goes first: if this agent dies while writing rules, the next one finds the
+    // cgroup recorded as ours (and drifted), and `unbind` can clear it.
+    let policy = v2::Policy::load(&[], record, false)?;
+    let dir = registry.new_generation(entry)?;
+    if let Err(error) = policy.pin_maps(&dir, false) {
+        let _ = registry::remove_generation(&dir);
+        return Err(error);
+    }
+    if let Err(error) = v1::apply(cgroup, start, &binding.rules) {
+        let _ = registry::remove_generation(&dir);
+        return Err(error);
+    }
+    Ok(dir)
+}
+
+/// The bindings nvbind holds in `bpffs`, each checked against the kernel.
+pub fn list(bpffs: &Path) -> Result<Vec<BindingStatus>, BindError> {
+    require_root()?;
+    let registry = Registry::open(bpffs)?;
+    let mut listed = Vec::new();
+    for entry in registry.entries()? {
+        if let Some(status) = status_of(&entry)? {
+            listed.push(status);
+        }
+    }
+    Ok(listed)
+}
+
+fn status_of(entry: &Entry) -> Result<Option<BindingStatus>, BindError> {
+    let Some(newest) = entry.newest_committed() else {
+        return Ok(None);
+    };
+    let binding = registry::read_record(&newest.dir)?;
+    let cgroup = Cgroup {
+        path: binding.cgroup.clone(),
+        hierarchy: binding.hierarchy,
+        mount_point: PathBuf::new(),
+        id: binding.cgroup_id,
+    };
+    let mut status = BindingStatus {
+        state: BindingState::Enforced,
+        pinned_at: newest.dir.clone(),
+        program_id: None,
+        ancestor_device_programs: None,
+        binding,
+    };
+    if !cgroup.still_exists() {
+        status.state = BindingState::CgroupRemoved;
+        return Ok(Some(status));
+    }
+    match cgroup.hierarchy {
+        Hierarchy::V2 => {
+            let program = v2::pinned_program_id(&newest.dir.join("link")).ok();
+            status.program_id = program;
+            let file = v2::open_cgroup(&cgroup.path)?;
+            let direct = v2::device_programs_of(&file, false).unwrap_or_default();
+            let effective = v2::device_programs_of(&file, true).unwrap_or_default();
+            status.ancestor_device_programs =
+                Some(effective.iter().filter(|id| !direct.contains(id)).count());
+            // The rules the kernel holds must be the ones recorded.
+            let mut recorded: Vec<_> = status
+                .binding
+                .rules
+                .iter()
+                .map(|r| (r.key(), r.access_bits()))
+                .collect();
+            recorded.sort();
+            let pinned = v2::read_pinned_rules(&newest.dir.join("rules")).ok();
+            status.state = if program.is_none_or(|id| !direct.contains(&id)) {
+                BindingState::Detached
+            } else if pinned.as_ref() != Some(&recorded) {
+                BindingState::Drifted
+            } else if entry.committed().count() > 1 {
+                BindingState::Replacing
+            } else {
+                BindingState::Enforced
+            };
+        }
+        Hierarchy::V1 => {
+            let list = v1::read_list(&cgroup)?;
+            if !rules::v1_list_matches(&list, &status.binding.rules) {
+                status.state = if entry.committed().count() > 1 {
+                    BindingState::Replacing
+                } else {
+                    BindingState::Drifted
+                };
+            }
+        }
+    }
+    Ok(Some(status))
+}
+
+/// Which bindings `unbind` removes.
+pub enum UnbindTarget {
+    /// The binding of this cgroup (matched by the path it was bound with, so that a removed
+    /// cgroup's left-over pins can be cleared too).
+    Cgroup(PathBuf),
+    All,
+}
+
+/// Removes nvbind's bindings: the v2 program is detached, the v1 cgroup is unrestricted again.
+/// Returns what was removed.
+pub fn unbind(target: &UnbindTarget, bpffs: &Path) -> Result<Vec<Binding>, BindError> {
+    require_root()?;
+    let registry = Registry::open(bpffs)?;
+    let wanted = match target {
+        UnbindTarget::Cgroup(path) => Some(std::fs::canonicalize(path).unwrap_or(path.clone())),
+        UnbindTarget::All => None,
+    };
+    let mut removed = Vec::new();
+    for entry in registry.entries()? {
+        // Half-made entries (no committed generation) are cleared along the way.
+        let binding = match entry.newest_committed() {
+            Some(generation) => Some(registry::read_record(&generation.dir)?),
+            None => None,
+        };
+        let selected = match (&wanted, &binding) {
+            (None, _) => true,
+            (Some(path), Some(b)) => b.cgroup == *path,
+            (Some(_), None) => false,
+        };
+        if !selected {
+            continue;
+        }
+        if let Some(b) = &binding {
+            if b.hierarchy == Hierarchy::V1 {
+                let cgroup = Cgroup {
+                    path: b.cgroup.clone(),
+                    hierarchy: Hierarchy::V1,
+                    mount_point: PathBuf::new(),
+                    id: b.cgroup_id,
+                };
+                if cgroup.still_exists() {
+                    v1::release(&cgroup)?;
+                }
+            }
+        }
+        for generation in &entry.generations {
+            registry::remove_generation(&generation.dir)?;
+        }
+        registry::remove_entry_if_empty(&entry.dir);
+        removed.extend(binding);
+    }
+    if removed.is_empty() {
+        if let Some(path) = wanted {
+            return Err(BindError::NotBound(path));
+        }
+    }
+    Ok(removed)
+}
+
+/// "0 (0000:01:00.0), 2 (0000:03:00.0)".
+pub fn gpu_list(gpus: &[BoundGpu]) -> String {
+    gpus.iter()
+        .map(|g| format!("{} ({})", g.index, g.pci_address))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A binding for people: the cgroup, the GPUs, then one rule per line.
+pub fn render_plan(binding: &Binding, verb: &str) -> String {
+    let mut out = format!(
+        "{} ({}) {verb} GPU {}:\n",
+        binding.cgroup.display(),
+        binding.hierarchy,
+        binding
+            .gpus
+            .iter()
+            .map(|g| format!("{} {} ({})", g.index, g.name, g.pci_address))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for rule in &binding.rules {
+        out.push_str(&format!("  {rule}\n"));
+    }
+    out.push_str("  everything else: denied at open()\n");
+    out
+}
+
+/// The `bindings` listing for people.
+pub fn render_list(listed: &[BindingStatus]) -> String {
+    if listed.is_empty() {
+        return "no bindings\n".into();
+    }
+    let mut out = String::new();
+    for status in listed {
+        let state = serde_json::to_value(status.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{}  [{}]  {}  GPUs {}  {} rules",
+            status.binding.cgroup.display(),
+            state,
+            status.binding.hierarchy,
+            gpu_list(&status.binding.gpus),
+            status.binding.rules.len()
+        ));
+        if let Some(id) = status.program_id {
+            out.push_str(&format!("  program {id}"));
+        }
+        out.push('\n');
+    }
+    out
+}

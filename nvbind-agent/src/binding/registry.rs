@@ -1,0 +1,218 @@
+//! The bindings in force, kept in bpffs so that they outlive the agent.
+//!
+//! ```text
+//! <bpffs>/nvbind/                        locked (flock) while an agent changes bindings
+//! <bpffs>/nvbind/bindings/<key>/<gen>/   one generation of one cgroup's binding
+//!     record   BPF array map: the binding's description (JSON), read by `bindings`
+//!     rules    BPF hash map: the v2 program's allowlist (cgroup v2 only)
+//!     link     the v2 program's cgroup link (cgroup v2 only): the pin that keeps it attached
+//! ```
+//! `<key>` is `v2-<cgroup id>` or `v1-<inode>`. A generation is committed once its last pin is
+//! in place (`link` for v2, `record` for v1); a replacement commits a new generation before the
+//! old one is removed, so an agent killed in between leaves two committed generations (both
+//! enforced, so the cgroup gets the intersection), which the next agent cleans up.
+
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, Map, MapData};
+use nvbind_common::device_policy::{BindingRecord, RECORD_BYTES};
+
+use super::{BindError, Binding};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The registry under one bpffs mount, locked for the lifetime of this value.
+pub struct Registry {
+    bindings: PathBuf,
+    /// Holds the exclusive lock on `<bpffs>/nvbind` (released when dropped).
+    _lock: fs::File,
+}
+
+/// One committed or partial generation of a cgroup's binding.
+#[derive(Debug)]
+pub struct Generation {
+    pub number: u64,
+    pub dir: PathBuf,
+    pub has_link: bool,
+    pub has_record: bool,
+}
+
+/// All generations of one cgroup's binding, oldest first.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: String,
+    pub dir: PathBuf,
+    pub generations: Vec<Generation>,
+}
+
+impl Generation {
+    pub fn committed(&self, v2: bool) -> bool {
+        if v2 {
+            self.has_link && self.has_record
+        } else {
+            self.has_record
+        }
+    }
+}
+
+impl Entry {
+    pub fn is_v2(&self) -> bool {
+        self.key.starts_with("v2-")
+    }
+
+    /// Committed generations, oldest first.
+    pub fn committed(&self) -> impl Iterator<Item = &Generation> {
+        let v2 = self.is_v2();
+        self.generations.iter().filter(move |g| g.committed(v2))
+    }
+
+    pub fn newest_committed(&self) -> Option<&Generation> {
+        self.committed().last()
+    }
+}
+
+/// Whether `path` is the root of a BPF filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `buf` is a plain C struct the kernel fills; `c_path` is NUL-terminated.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    let magic = buf.f_type as i64;
+    magic == BPF_FS_MAGIC
+}
+
+impl Registry {
+    /// Opens (creating its directories) and locks the registry under the bpffs mount `bpffs`.
+    pub fn open(bpffs: &Path) -> Result<Registry, BindError> {
+        if !is_bpffs(bpffs) {
+            return Err(BindError::NoBpffs(bpffs.into()));
+        }
+        let top = bpffs.join("nvbind");
+        let bindings = top.join("bindings");
+        fs::create_dir_all(&bindings).map_err(|e| BindError::io(&bindings, e))?;
+        let lock = fs::File::open(&top).map_err(|e| BindError::io(&top, e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(BindError::io(&top, std::io::Error::last_os_error()));
+        }
+        Ok(Registry {
+            bindings,
+            _lock: lock,
+        })
+    }
+
+    pub fn key_dir(&self, key: &str) -> PathBuf {
+        self.bindings.join(key)
+    }
+
+    /// Every cgroup's entry, sorted by key.
+    pub fn entries(&self) -> Result<Vec<Entry>, BindError> {
+        let mut entries = Vec::new();
+        let listing = fs::read_dir(&self.bindings).map_err(|e| BindError::io(&self.bindings, e))?;
+        for item in listing.flatten() {
+            let key = item.file_name().to_string_lossy().into_owned();
+            if !(key.starts_with("v1-") || key.starts_with("v2-")) {
+                continue;
+            }
+            entries.push(self.entry(&key)?);
+        }
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    /// One cgroup's entry (no generations if it has none).
+    pub fn entry(&self, key: &str) -> Result<Entry, BindError> {
+        let dir = self.key_dir(key);
+        let mut generations = Vec::new();
+        if let Ok(listing) = fs::read_dir(&dir) {
+            for item in listing.flatten() {
+                let Some(number) = item.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                let gen_dir = item.path();
+                generations.push(Generation {
+                    number,
+                    has_link: gen_dir.join("link").exists(),
+                    has_record: gen_dir.join("record").exists(),
+                    dir: gen_dir,
+                });
+            }
+        }
+        generations.sort_by_key(|g| g.number);
+        Ok(Entry {
+            key: key.to_string(),
+            dir,
+            generations,
+        })
+    }
+
+    /// Creates the directory of the generation after the entry's newest.
+    pub fn new_generation(&self, entry: &Entry) -> Result<PathBuf, BindError> {
+        let number = entry.generations.last().map_or(1, |g| g.number + 1);
+        let dir = entry.dir.join(number.to_string());
+        fs::create_dir_all(&dir).map_err(|e| BindError::io(&dir, e))?;
+        Ok(dir)
+    }
+}
+
+/// Removes a generation's pins: removing the `link` pin releases the kernel's last reference to
+/// the link, which detaches the program from the cgroup.
+pub fn remove_generation(dir: &Path) -> Result<(), BindError> {
+    // The link first, so that a failure later never leaves a policy without its record.
+    for name in ["link", "rules", "record"] {
+        let pin = dir.join(name);
+        match fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BindError::io(&pin, e)),
+        }
+    }
+    fs::remove_dir(dir).map_err(|e| BindError::io(dir, e))
+}
+
+/// Removes an entry's directory once it has no generations left.
+pub fn remove_entry_if_empty(entry_dir: &Path) {
+    // Not empty (another generation) or already gone: both fine.
+    let _ = fs::remove_dir(entry_dir);
+}
+
+/// Encodes a binding into the record map's value.
+pub fn encode_record(binding: &Binding) -> Result<BindingRecord, BindError> {
+    let json = serde_json::to_vec(binding).map_err(|e| BindError::Record(e.to_string()))?;
+    if json.len() > RECORD_BYTES {
+        return Err(BindError::Record(format!(
+            "the binding's description is {} bytes, over the {RECORD_BYTES} bytes a record holds \
+             (is the cgroup path extremely long?)",
+            json.len()
+        )));
+    }
+    let mut record = BindingRecord {
+        len: json.len() as u32,
+        bytes: [0; RECORD_BYTES],
+    };
+    record.bytes[..json.len()].copy_from_slice(&json);
+    Ok(record)
+}
+
+/// Reads the binding pinned at `<gen>/record`.
+pub fn read_record(gen_dir: &Path) -> Result<Binding, BindError> {
+    let pin = gen_dir.join("record");
+    let data = MapData::from_pin(&pin).map_err(|e| BindError::pinned(&pin, e))?;
+    let map = Map::from_map_data(data).map_err(|e| BindError::pinned(&pin, e))?;
+    let array: Array<MapData, BindingRecord> =
+        Array::try_from(map).map_err(|e| BindError::pinned(&pin, e))?;
+    let record = array.get(&0, 0).map_err(|e| BindError::pinned(&pin, e))?;
+    let len = (record.len as usize).min(RECORD_BYTES);
+    serde_json::from_slice(&record.bytes[..len])
+        .map_err(|e| BindError::Record(format!("{}: {e}", pin.display())))
+}

@@ -1,0 +1,711 @@
+//! cgroup-scoped GPU binding, for real: fixture device nodes made with `mknod` with the real
+//! majors (195 NVIDIA, 226 DRM, kfd) stand in for the GPUs, fresh cgroups on this machine's
+//! cgroup v2 and v1 devices hierarchies are bound, and a helper process inside each cgroup opens
+//! the nodes. The kernel answers: `ENXIO` (allowed, no driver behind the node) or `EPERM`
+//! (denied by the policy). Each test mounts its own bpffs instance for the pins.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use nvbind_tests::{agent, agent_bin, probe_bin, require_root, stderr, FixtureHost};
+
+/// A private BPF filesystem, unmounted (with every pin in it) when dropped.
+struct Bpffs {
+    dir: tempfile::TempDir,
+}
+
+impl Bpffs {
+    fn new() -> Bpffs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t bpf failed");
+        Bpffs { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tree {
+    V1,
+    V2,
+}
+
+/// Where this machine mounts the hierarchy (found, not assumed).
+fn mount_point(tree: Tree) -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read mounts");
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| match tree {
+            Tree::V2 => f.get(2) == Some(&"cgroup2"),
+            Tree::V1 => f.get(2) == Some(&"cgroup") && f[3].split(',').any(|o| o == "devices"),
+        })
+        .map(|f| PathBuf::from(f[1]))
+        .unwrap_or_else(|| {
+            panic!("NOT RUN: no {tree:?} hierarchy mounted here (the binding for it is untested)")
+        })
+}
+
+/// A fresh cgroup, removed when dropped.
+struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    fn new(tree: Tree, name: &str) -> TestCgroup {
+        let path = mount_point(tree).join(format!("nvbind-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).expect("mkdir cgroup");
+        TestCgroup { path }
+    }
+
+    fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// What opening each node gives a process inside this cgroup.
+    fn probe(&self, nodes: &[PathBuf]) -> BTreeMap<String, String> {
+        let out = Command::new(probe_bin())
+            .arg("--join")
+            .arg(self.path.join("cgroup.procs"))
+            .args(nodes)
+            .output()
+            .expect("run open-probe");
+        assert!(out.status.success(), "open-probe: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("open-probe prints JSON")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The probes have exited; the kernel may take a moment to notice.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The fixture's nodes: GPU 0 is the NVIDIA card, GPU 1 (0000:0c:00.0) the AMD one.
+struct Nodes {
+    nvidia: Vec<PathBuf>,
+    amd: Vec<PathBuf>,
+    safe: Vec<PathBuf>,
+}
+
+impl Nodes {
+    fn of(host: &FixtureHost) -> Nodes {
+        Nodes {
+            nvidia: [
+                "nvidia0",
+                "nvidiactl",
+                "nvidia-uvm",
+                "dri/card1",
+                "dri/renderD129",
+            ]
+            .iter()
+            .map(|n| host.path(&format!("dev/{n}")))
+            .collect(),
+            amd: ["dri/card0", "dri/renderD128", "kfd"]
+                .iter()
+                .map(|n| host.path(&format!("dev/{n}")))
+                .collect(),
+            safe: ["/dev/null", "/dev/zero", "/dev/urandom"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        }
+    }
+
+    fn all(&self) -> Vec<PathBuf> {
+        [&self.nvidia, &self.amd, &self.safe]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+fn outcome<'a>(seen: &'a BTreeMap<String, String>, node: &Path) -> &'a str {
+    seen.get(&node.display().to_string())
+        .map(String::as_str)
+        .unwrap_or("missing")
+}
+
+/// Every node in `nodes` gave `want`.
+fn assert_all(seen: &BTreeMap<String, String>, nodes: &[PathBuf], want: &str, context: &str) {
+    for node in nodes {
+        assert_eq!(
+            outcome(seen, node),
+            want,
+            "{context}: {} should give {want}; all: {seen:?}",
+            node.display()
+        );
+    }
+}
+
+fn agent_args(base: &[&str], host: &FixtureHost, bpffs: &Bpffs) -> Vec<String> {
+    let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    args.extend(["--bpffs".to_string(), bpffs.path()]);
+    if matches!(base.first(), Some(&"bind")) {
+        args.extend(host.root_args());
+    }
+    args
+}
+
+fn run(args: &[String]) -> Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    agent(&refs)
+}
+
+fn run_ok(args: &[String]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "nvbind-agent {args:?} failed: {}",
+        stderr(&out)
+    );
+    out
+}
+
+/// The bindings a fresh agent lists.
+fn listed(bpffs: &Bpffs) -> Vec<serde_json::Value> {
+    let out = run_ok(&[
+        "bindings".into(),
+        "--json".into(),
+        "--bpffs".into(),
+        bpffs.path(),
+    ]);
+    serde_json::from_slice(&out.stdout).expect("bindings --json")
+}
+
+fn bind(cgroup: &TestCgroup, gpu: &str, host: &FixtureHost, bpffs: &Bpffs) -> Output {
+    run(&agent_args(
+        &["bind", "--cgroup", &cgroup.arg(), "--gpu", gpu, "--json"],
+        host,
+        bpffs,
+    ))
+}
+
+/// Bind, enforce, replace, outlive the agent, list from a new agent, unbind: on one hierarchy.
+fn bind_replace_list_unbind(tree: Tree) {
+    require_root();
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    let nodes = Nodes::of(&host);
+    let bpffs = Bpffs::new();
+    let cgroup = TestCgroup::new(tree, "bind");
+    let neighbour = TestCgroup::new(tree, "neighbour");
+
+    // Before: every node is allowed (ENXIO: no driver here), so any EPERM later is the policy.
+    let before = cgroup.probe(&nodes.all());
+    assert_all(
+        &before,
+        &[nodes.nvidia.clone(), nodes.amd.clone()].concat(),
+        "ENXIO",
+        "unbound",
+    );
+    assert_all(&before, &nodes.safe, "ok", "unbound");
+
+    // The AMD GPU, by PCI address without its domain.
+    let out = bind(&cgroup, "0c:00.0", &host, &bpffs);
+    assert!(out.status.success(), "bind: {}", stderr(&out));
+    let outcome_json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(outcome_json["binding"]["gpus"][0]["index"], 1);
+    assert!(outcome_json["replaced"].is_null());
+    // The agent has exited: whatever holds the policy now is the kernel and bpffs.
+    let bound = cgroup.probe(&nodes.all());
+    assert_all(&bound, &nodes.amd, "ENXIO", "bound to the AMD GPU");
+    assert_all(&bound, &nodes.nvidia, "EPERM", "bound to the AMD GPU");
+    assert_all(&bound, &nodes.safe, "ok", "bound to the AMD GPU");
+    // Scoped: a sibling cgroup is untouched.
+    assert_all(
+        &neighbour.probe(&nodes.nvidia),
+        &nodes.nvidia,
+        "ENXIO",
+        "sibling cgroup",
+    );
+
+    // Replace with the NVIDIA GPU, by index.
+    let out = bind(&cgroup, "0", &host, &bpffs);
+    assert!(out.status.success(), "rebind: {}", stderr(&out));
+    let replaced: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(replaced["replaced"]["gpus"][0]["index"], 1);
+    let swapped = cgroup.probe(&nodes.all());
+    assert_all(&swapped, &nodes.nvidia, "ENXIO", "rebound to NVIDIA");
+    assert_all(&swapped, &nodes.amd, "EPERM", "rebound to NVIDIA");
+    assert_all(&swapped, &nodes.safe, "ok", "rebound to NVIDIA");
+
+    // A new agent lists it, checked against the kernel.
+    let list = listed(&bpffs);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["cgroup"], cgroup.arg());
+    assert_eq!(list[0]["state"], "enforced");
+    assert_eq!(list[0]["gpus"][0]["pci_address"], "0000:01:00.0");
+    assert_eq!(
+        list[0]["hierarchy"],
+        match tree {
+            Tree::V1 => "v1",
+            Tree::V2 => "v2",
+        }
+    );
+    if tree == Tree::V2 {
+        let id = list[0]["program_id"].as_u64().expect("a program id");
+        let shown = Command::new("bpftool")
+            .args(["cgroup", "show", &cgroup.arg()])
+            .output()
+            .expect("run bpftool");
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.contains(&id.to_string()) && shown.contains("nvbind_devices"),
+            "bpftool shows program {id} on the cgroup: {shown}"
+        );
+    }
+
+    // And removes it.
+    let out = run_ok(&agent_args(
+        &["unbind", "--cgroup", &cgroup.arg()],
+        &host,
+        &bpffs,
+    ));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unbound"));
+    let after = cgroup.probe(&nodes.all());
+    assert_all(
+        &after,
+        &[nodes.nvidia.clone(), nodes.amd.clone()].concat(),
+        "ENXIO",
+        "unbound",
+    );
+    assert!(listed(&bpffs).is_empty());
+}
+
+#[test]
+fn cgroup_v2_binding_is_enforced_replaced_listed_and_removed() {
+    bind_replace_list_unbind(Tree::V2);
+}
+
+#[test]
+fn cgroup_v1_binding_is_enforced_replaced_listed_and_removed() {
+    bind_replace_list_unbind(Tree::V1);
+}
+
+/// `kill -9` of agents in the middle of replacing a binding, at spread-out moments: afterwards
+/// the cgroup never allows both GPUs (it holds the old policy, the new one, or on v2 both at
+/// once), a new agent lists the binding, binding again settles it, and unbind removes it.
+fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
+    require_root();
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    let nodes = Nodes::of(&host);
+    let bpffs = Bpffs::new();
+    let cgroup = TestCgroup::new(tree, "kill");
+    let nvidia0 = host.path("dev/nvidia0");
+    let amd_render = host.path("dev/dri/renderD128");
+
+    let out = bind(&cgroup, "1", &host, &bpffs);
+    assert!(out.status.success(), "bind: {}", stderr(&out));
+    let mut killed_mid_way = 0;
+    for round in 0..12u64 {
+        let gpu = if round % 2 == 0 { "0" } else { "1" };
+        let args = agent_args(
+            &["bind", "--cgroup", &cgroup.arg(), "--gpu", gpu],
+            &host,
+            &bpffs,
+        );
+        let mut child = Command::new(agent_bin())
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn nvbind-agent bind");
+        std::thread::sleep(Duration::from_millis(round * 7));
+        // SIGKILL: no clean-up code of the agent runs.
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        if !status.success() {
+            killed_mid_way += 1;
+        }
+        let seen = cgroup.probe(&[nvidia0.clone(), amd_render.clone()]);
+        assert!(
+            outcome(&seen, &nvidia0) == "EPERM" || outcome(&seen, &amd_render) == "EPERM",
+            "round {round}: after kill -9 the cgroup must still deny at least one GPU: {seen:?}"
+        );
+        let list = listed(&bpffs);
+        assert_eq!(list.len(), 1, "round {round}: {list:?}");
+        let state = list[0]["state"].as_str().unwrap_or_default().to_string();
+        assert!(
+            ["enforced", "replacing"].contains(&state.as_str()),
+            "round {round}: state {state}"
+        );
+    }
+    assert!(
+        killed_mid_way > 0,
+        "no agent was killed before it finished: the test did not test anything"
+    );
+    eprintln!("{killed_mid_way} of 12 agents were killed before finishing");
+
+    // Binding again settles whatever was left.
+    let out = bind(&cgroup, "1", &host, &bpffs);
+    assert!(out.status.success(), "settling bind: {}", stderr(&out));
+    let list = listed(&bpffs);
+    assert_eq!(list[0]["state"], "enforced", "{list:?}");
+    let pinned = PathBuf::from(list[0]["pinned_at"].as_str().expect("pinned_at"));
+    let generations = std::fs::read_dir(pinned.parent().expect("entry dir"))
+        .expect("read entry")
+        .count();
+    assert_eq!(generations, 1, "old generations are cleared");
+    let settled = cgroup.probe(&nodes.all());
+    assert_all(&settled, &nodes.amd, "ENXIO", "settled");
+    assert_all(&settled, &nodes.nvidia, "EPERM", "settled");
+    assert_all(&settled, &nodes.safe, "ok", "settled");
+
+    run_ok(&agent_args(&["unbind", "--all"], &host, &bpffs));
+    let after = cgroup.probe(&[nvidia0.clone(), amd_render.clone()]);
+    assert_all(&after, &[nvidia0, amd_render], "ENXIO", "unbound");
+}
+
+#[test]
+fn cgroup_v2_policy_survives_kill_9_at_any_point() {
+    killed_agents_never_leave_the_cgroup_unprotected(Tree::V2);
+}
+
+#[test]
+fn cgroup_v1_policy_survives_kill_9_at_any_point() {
+    killed_agents_never_leave_the_cgroup_unprotected(Tree::V1);
+}
+
+/// A failed command: exit 1 and one line on stderr naming the problem.
+fn assert_one_line_error(out: &Output, expect: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "must fail with 1: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    for word in expect {
+        assert!(err.contains(word), "{err:?} should mention {word:?}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_and_the_previous_policy_stays() {
+    require_root();
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    let nodes = Nodes::of(&host);
+    let bpffs = Bpffs::new();
+    let cgroup = TestCgroup::new(Tree::V2, "bad");
+    let out = bind(&cgroup, "1", &host, &bpffs);
+    assert!(out.status.success(), "bind: {}", stderr(&out));
+    let check_intact = |context: &str| {
+        let seen = cgroup.probe(&nodes.all());
+        assert_all(&seen, &nodes.amd, "ENXIO", context);
+        assert_all(&seen, &nodes.nvidia, "EPERM", context);
+        assert_all(&seen, &nodes.safe, "ok", context);
+    };
+    let roots = host.root_args();
+    let with_roots = |mut args: Vec<String>| {
+        args.extend(roots.iter().cloned());
+        args
+    };
+    let cg = cgroup.arg();
+
+    // A GPU that does not exist.
+    for selector in [
+        "7",
+        "GPU-00000000-0000-0000-0000-000000000000",
+        "0000:99:00.0",
+    ] {
+        let out = run(&with_roots(vec![
+            "bind".into(),
+            "--cgroup".into(),
+            cg.clone(),
+            "--gpu".into(),
+            selector.into(),
+            "--bpffs".into(),
+            bpffs.path(),
+        ]));
+        assert_one_line_error(&out, &["no GPU matches", selector, "0000:0c:00.0"]);
+        check_intact(&format!("after --gpu {selector}"));
+    }
+
+    // bpffs not mounted where it is asked for.
+    let not_bpf = tempfile::tempdir().expect("tempdir");
+    let out = run(&with_roots(vec![
+        "bind".into(),
+        "--cgroup".into(),
+        cg.clone(),
+        "--gpu".into(),
+        "0".into(),
+        "--bpffs".into(),
+        not_bpf.path().display().to_string(),
+    ]));
+    assert_one_line_error(&out, &["not a mounted BPF filesystem", "mount -t bpf"]);
+    check_intact("after a bpffs that is not one");
+
+    // Paths that are not cgroups, and cgroups that cannot be bound.
+    let v2_root = mount_point(Tree::V2).display().to_string();
+    let procs_file = cgroup.path.join("cgroup.procs").display().to_string();
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        ("/tmp".into(), vec!["/tmp is not a cgroup"]),
+        ("/nonexistent/cg".into(), vec!["no such directory"]),
+        (procs_file, vec!["not a cgroup directory"]),
+        (v2_root, vec!["refusing to bind the root cgroup"]),
+    ];
+    for (path, expect) in cases {
+        let out = run(&with_roots(vec![
+            "bind".into(),
+            "--cgroup".into(),
+            path.clone(),
+            "--gpu".into(),
+            "0".into(),
+            "--bpffs".into(),
+            bpffs.path(),
+        ]));
+        assert_one_line_error(&out, &expect);
+    }
+    // A v1 hierarchy without the devices controller, where this host has one.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    if let Some(memory) = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup") && f[3].split(',').any(|o| o == "memory"))
+        .map(|f| PathBuf::from(f[1]))
+    {
+        let child = memory.join(format!("nvbind-test-mem-{}", std::process::id()));
+        std::fs::create_dir_all(&child).expect("mkdir memory cgroup");
+        let out = run(&with_roots(vec![
+            "bind".into(),
+            "--cgroup".into(),
+            child.display().to_string(),
+            "--gpu".into(),
+            "0".into(),
+            "--dry-run".into(),
+        ]));
+        let _ = std::fs::remove_dir(&child);
+        assert_one_line_error(&out, &["cannot restrict devices", "devices"]);
+    } else {
+        eprintln!("NOTE: no v1 memory hierarchy here; the non-devices v1 case is not exercised");
+    }
+
+    // A pid that does not exist.
+    let out = run(&with_roots(vec![
+        "bind".into(),
+        "--pid".into(),
+        "3999999".into(),
+        "--gpu".into(),
+        "0".into(),
+        "--bpffs".into(),
+        bpffs.path(),
+    ]));
+    assert_one_line_error(&out, &["no process with pid 3999999"]);
+
+    // Not root.
+    std::fs::set_permissions(
+        host.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut as_nobody = Command::new("setpriv");
+    as_nobody
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(agent_bin())
+        .args(with_roots(vec![
+            "bind".into(),
+            "--cgroup".into(),
+            cg.clone(),
+            "--gpu".into(),
+            "0".into(),
+            "--bpffs".into(),
+            bpffs.path(),
+        ]));
+    let out = as_nobody.output().expect("run setpriv");
+    assert_one_line_error(&out, &["needs root", "sudo"]);
+    check_intact("after a non-root attempt");
+
+    // A cgroup whose device policy another tool set (here: this test, doing what runc and
+    // systemd do): refused, and that policy stays.
+    let other = TestCgroup::new(Tree::V2, "foreign");
+    attach_deny_all_like_runc(&other.path);
+    assert_all(
+        &other.probe(&nodes.safe),
+        &nodes.safe,
+        "EPERM",
+        "foreign policy",
+    );
+    let out = run(&with_roots(vec![
+        "bind".into(),
+        "--cgroup".into(),
+        other.arg(),
+        "--gpu".into(),
+        "0".into(),
+        "--bpffs".into(),
+        bpffs.path(),
+    ]));
+    assert_one_line_error(
+        &out,
+        &["already has a device policy", "did not set", "other_tool"],
+    );
+    assert_all(
+        &other.probe(&nodes.safe),
+        &nodes.safe,
+        "EPERM",
+        "foreign policy kept",
+    );
+
+    // Unbinding what is not bound.
+    let out = run(&[
+        "unbind".into(),
+        "--cgroup".into(),
+        other.arg(),
+        "--bpffs".into(),
+        bpffs.path(),
+    ]);
+    assert_one_line_error(&out, &["is not bound by nvbind"]);
+    check_intact("at the end");
+}
+
+#[test]
+fn dry_run_prints_the_rules_and_changes_nothing() {
+    require_root();
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    let nodes = Nodes::of(&host);
+    let bpffs = Bpffs::new();
+    let cgroup = TestCgroup::new(Tree::V2, "dry");
+    let out = run_ok(&agent_args(
+        &[
+            "bind",
+            "--cgroup",
+            &cgroup.arg(),
+            "--gpu",
+            "all",
+            "--dry-run",
+        ],
+        &host,
+        &bpffs,
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "c 195:0 rw",
+        "c 195:255 rw",
+        "c 226:0 rw",
+        "c 226:129 rw",
+        "c 235:0 rw",
+        "c 1:3 rw",
+        "c 136:* rw",
+    ] {
+        assert!(text.contains(line), "dry run shows {line}: {text}");
+    }
+    let seen = cgroup.probe(&nodes.all());
+    assert_all(
+        &seen,
+        &[nodes.nvidia.clone(), nodes.amd.clone()].concat(),
+        "ENXIO",
+        "dry run",
+    );
+    assert!(listed(&bpffs).is_empty(), "a dry run pins nothing");
+}
+
+/// Loads a two-instruction cgroup device program that denies everything (`r0 = 0; exit`) and
+/// attaches it to `cgroup` with `BPF_PROG_ATTACH` and `BPF_F_ALLOW_MULTI`: how runc and systemd
+/// install their device policies. It stays attached until the cgroup is removed.
+fn attach_deny_all_like_runc(cgroup: &Path) {
+    use std::os::fd::AsRawFd;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgAttach {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+        replace_bpf_fd: u32,
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+    // mov64 r0, 0 (opcode 0xb7); exit (0x95).
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let license = b"GPL\0";
+    let mut name = [0u8; 16];
+    name[..10].copy_from_slice(b"other_tool");
+    let mut load = ProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        expected_attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    // SAFETY: a BPF_PROG_LOAD attribute pointing at live instruction and license buffers.
+    let prog = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut load as *mut ProgLoad,
+            std::mem::size_of::<ProgLoad>(),
+        )
+    };
+    assert!(
+        prog >= 0,
+        "BPF_PROG_LOAD: {}",
+        std::io::Error::last_os_error()
+    );
+    let dir = std::fs::File::open(cgroup).expect("open cgroup");
+    let mut attach = ProgAttach {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_bpf_fd: prog as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        ..Default::default()
+    };
+    // SAFETY: a BPF_PROG_ATTACH attribute with descriptors we hold.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &mut attach as *mut ProgAttach,
+            std::mem::size_of::<ProgAttach>(),
+        )
+    };
+    assert_eq!(
+        ret,
+        0,
+        "BPF_PROG_ATTACH: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: closing the program descriptor we own; the attachment keeps the program.
+    unsafe { libc::close(prog as i32) };
+}
