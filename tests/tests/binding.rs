@@ -335,7 +335,7 @@ fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn nvbind-agent bind");
-        std::thread::sleep(Duration::from_millis(round * 7));
+        std::thread::sleep(Duration::from_millis(round * 3));
         // SIGKILL: no clean-up code of the agent runs.
         let _ = child.kill();
         let status = child.wait().expect("wait");

@@ -9,6 +9,7 @@
 //! replaces and removes what an earlier one set. The kernel checks the policy when a device node
 //! is opened (or created): descriptors opened before the binding stay usable.
 
+mod bpf;
 pub mod cdi;
 mod cgroup;
 mod registry;
@@ -329,12 +330,12 @@ fn bind_v2(
             detail: foreign.join(", "),
         });
     }
-    let mut policy = v2::Policy::load(&binding.rules, record, true)?;
+    let policy = v2::Policy::load(&binding.rules, record, true)?;
     // From here the new program is enforced (together with the old one, if any).
     let link = policy.attach(&cgroup_file)?;
     let dir = registry.new_generation(entry)?;
     let committed = policy
-        .pin_maps(&dir, true)
+        .pin_maps(&dir)
         .and_then(|()| v2::pin_link(link, &dir.join("link")));
     if let Err(error) = committed {
         // The unpinned link closes with this process: the new program detaches, the old stays.
@@ -386,7 +387,7 @@ fn bind_v1(
     // cgroup recorded as ours (and drifted), and `unbind` can clear it.
     let policy = v2::Policy::load(&[], record, false)?;
     let dir = registry.new_generation(entry)?;
-    if let Err(error) = policy.pin_maps(&dir, false) {
+    if let Err(error) = policy.pin_maps(&dir) {
         let _ = registry::remove_generation(&dir);
         return Err(error);
     }

@@ -3,21 +3,18 @@
 
 use std::{
     fs::File,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, OwnedFd},
     path::Path,
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData},
-    programs::{
-        links::{FdLink, PinnedLink},
-        CgroupDevice,
-    },
-    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData},
+    programs::links::{FdLink, PinnedLink},
 };
 use nvbind_common::device_policy::{BindingRecord, DeviceRuleKey};
+use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 
-use super::{rules::DeviceRule, BindError};
+use super::{bpf, rules::DeviceRule, BindError};
 
 /// The device-policy object built from `nvbind-ebpf/src/device.rs` (see build.rs).
 static DEVICE_OBJECT: &[u8] =
@@ -25,16 +22,31 @@ static DEVICE_OBJECT: &[u8] =
 
 /// The program's name as the kernel shows it (`bpftool prog`): how our programs are told apart.
 pub const PROGRAM_NAME: &str = "nvbind_devices";
+const PROGRAM_SECTION: &str = "cgroup/dev";
+const RULES_MAP: &str = "DEVICE_RULES";
+const RECORD_MAP: &str = "BINDING_RECORD";
+/// `struct bpf_map_def` as aya-ebpf lays out the `maps` section: seven u32s.
+const MAP_DEF_BYTES: usize = 28;
 
-/// A loaded (not yet attached) copy of the policy: program, rules and record filled in.
+fn kernel(what: &str, error: impl std::fmt::Display) -> BindError {
+    BindError::Kernel(format!("{what}: {error}"))
+}
+
+/// A loaded (not yet attached) copy of the policy: rules and record maps filled in, and the
+/// program when one was asked for.
 pub struct Policy {
-    ebpf: Ebpf,
+    program: Option<OwnedFd>,
+    rules: OwnedFd,
+    record: OwnedFd,
 }
 
 impl Policy {
     /// Loads a fresh copy of the object with `rules` in its rules map and `record` in its record
     /// map. With `load_program` false only the maps are created (cgroup v1 keeps its record in
     /// bpffs too, but needs no program).
+    ///
+    /// The object is small and fixed (one program, two maps, two map relocations), so it is
+    /// loaded here from its ELF sections rather than through aya (see [`bpf`] for why).
     pub fn load(
         rules: &[DeviceRule],
         record: &BindingRecord,
@@ -43,78 +55,65 @@ impl Policy {
         if DEVICE_OBJECT.is_empty() {
             return Err(BindError::MissingObject);
         }
-        let mut ebpf = EbpfLoader::new()
-            .load(DEVICE_OBJECT)
-            .map_err(|e| BindError::Kernel(format!("cannot load the device policy: {e}")))?;
-        {
-            let map = ebpf.map_mut("DEVICE_RULES").ok_or(BindError::Kernel(
-                "the device policy has no DEVICE_RULES map".into(),
-            ))?;
-            let mut map: HashMap<_, DeviceRuleKey, u32> = HashMap::try_from(map)
-                .map_err(|e| BindError::Kernel(format!("DEVICE_RULES: {e}")))?;
-            for rule in rules {
-                map.insert(rule.key(), rule.access_bits(), 0)
-                    .map_err(|e| BindError::Kernel(format!("DEVICE_RULES: {e}")))?;
-            }
+        let elf = object::File::parse(DEVICE_OBJECT)
+            .map_err(|e| kernel("the device policy object is not ELF", e))?;
+        let rules_map = create_map(&elf, RULES_MAP)?;
+        let record_map = create_map(&elf, RECORD_MAP)?;
+        for rule in rules {
+            let key = rule.key();
+            let key = [key.kind, key.major, key.minor];
+            bpf::map_update(
+                rules_map.as_fd(),
+                as_bytes(&key),
+                &rule.access_bits().to_ne_bytes(),
+            )
+            .map_err(|e| kernel(RULES_MAP, e))?;
         }
-        {
-            let map = ebpf.map_mut("BINDING_RECORD").ok_or(BindError::Kernel(
-                "the device policy has no BINDING_RECORD map".into(),
-            ))?;
-            let mut map: Array<_, BindingRecord> = Array::try_from(map)
-                .map_err(|e| BindError::Kernel(format!("BINDING_RECORD: {e}")))?;
-            map.set(0, record, 0)
-                .map_err(|e| BindError::Kernel(format!("BINDING_RECORD: {e}")))?;
-        }
-        if load_program {
-            let program: &mut CgroupDevice = ebpf
-                .program_mut(PROGRAM_NAME)
-                .ok_or(BindError::Kernel(format!(
-                    "the device policy has no program {PROGRAM_NAME}"
-                )))?
-                .try_into()
-                .map_err(|e| BindError::Kernel(format!("{PROGRAM_NAME}: {e}")))?;
-            program.load().map_err(|e| {
-                BindError::Kernel(format!("the verifier refused {PROGRAM_NAME}: {e}"))
-            })?;
-        }
-        Ok(Policy { ebpf })
+        // SAFETY: BindingRecord is repr(C) plain data (u32 + bytes) without padding.
+        let record_bytes = unsafe {
+            std::slice::from_raw_parts(
+                (record as *const BindingRecord).cast::<u8>(),
+                std::mem::size_of::<BindingRecord>(),
+            )
+        };
+        bpf::map_update(record_map.as_fd(), &0u32.to_ne_bytes(), record_bytes)
+            .map_err(|e| kernel(RECORD_MAP, e))?;
+        let program = if load_program {
+            let insns =
+                relocated_program(&elf, &[(RULES_MAP, &rules_map), (RECORD_MAP, &record_map)])?;
+            Some(
+                bpf::prog_load_cgroup_device(&insns, PROGRAM_NAME)
+                    .map_err(|e| kernel(&format!("the kernel refused {PROGRAM_NAME}"), e))?,
+            )
+        } else {
+            None
+        };
+        Ok(Policy {
+            program,
+            rules: rules_map,
+            record: record_map,
+        })
     }
 
     /// Pins the maps (`rules` only if the program was loaded) into `dir`.
-    pub fn pin_maps(&self, dir: &Path, with_rules: bool) -> Result<(), BindError> {
-        let mut pins = vec![("BINDING_RECORD", "record")];
-        if with_rules {
-            pins.insert(0, ("DEVICE_RULES", "rules"));
+    pub fn pin_maps(&self, dir: &Path) -> Result<(), BindError> {
+        if self.program.is_some() {
+            let pin = dir.join("rules");
+            bpf::obj_pin(self.rules.as_fd(), &pin).map_err(|e| BindError::pinned(&pin, e))?;
         }
-        for (map, file) in pins {
-            let pin = dir.join(file);
-            self.ebpf
-                .map(map)
-                .ok_or(BindError::Kernel(format!(
-                    "the device policy has no {map} map"
-                )))?
-                .pin(&pin)
-                .map_err(|e| BindError::pinned(&pin, e))?;
-        }
-        Ok(())
+        let pin = dir.join("record");
+        bpf::obj_pin(self.record.as_fd(), &pin).map_err(|e| BindError::pinned(&pin, e))
     }
 
     /// Attaches the program to the cgroup through a BPF link (alongside whatever is attached
     /// already: the kernel then requires every program to allow an access) and returns the
     /// link, not yet pinned: closing it detaches the program.
-    pub fn attach(&mut self, cgroup: &File) -> Result<OwnedFd, BindError> {
-        let program: &mut CgroupDevice = self
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(BindError::Kernel(format!("no program {PROGRAM_NAME}")))?
-            .try_into()
-            .map_err(|e| BindError::Kernel(format!("{PROGRAM_NAME}: {e}")))?;
-        let program = program
-            .fd()
-            .map_err(|e| BindError::Kernel(format!("{PROGRAM_NAME}: {e}")))?;
-        // aya 0.14 cannot turn a cgroup link into a pinnable one, so the link is made here.
-        link_create(program.as_fd(), cgroup.as_fd()).map_err(|e| {
+    pub fn attach(&self, cgroup: &File) -> Result<OwnedFd, BindError> {
+        let program = self
+            .program
+            .as_ref()
+            .ok_or(BindError::Kernel(format!("{PROGRAM_NAME} was not loaded")))?;
+        bpf::link_create_cgroup_device(program.as_fd(), cgroup.as_fd()).map_err(|e| {
             BindError::Kernel(format!(
                 "cannot attach {PROGRAM_NAME} to the cgroup (BPF links need kernel 5.7+): {e}"
             ))
@@ -122,9 +121,87 @@ impl Policy {
     }
 }
 
+fn as_bytes(words: &[u32; 3]) -> &[u8] {
+    // SAFETY: three u32s are 12 initialised bytes: DeviceRuleKey's layout.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), 12) }
+}
+
+/// Creates the map `name` as the object's `maps` section defines it.
+fn create_map(elf: &object::File<'_>, name: &str) -> Result<OwnedFd, BindError> {
+    let maps = elf
+        .section_by_name("maps")
+        .ok_or_else(|| kernel("the device policy object", "no maps section"))?;
+    let data = maps.data().map_err(|e| kernel("maps section", e))?;
+    let symbol = elf
+        .symbols()
+        .find(|s| s.name() == Ok(name) && s.section_index() == Some(maps.index()))
+        .ok_or_else(|| kernel("the device policy object", format!("no map {name}")))?;
+    let at = (symbol.address() - maps.address()) as usize;
+    let def = data
+        .get(at..at + MAP_DEF_BYTES)
+        .ok_or_else(|| kernel(name, "truncated map definition"))?;
+    let word =
+        |i: usize| u32::from_le_bytes([def[4 * i], def[4 * i + 1], def[4 * i + 2], def[4 * i + 3]]);
+    let spec = bpf::MapSpec {
+        map_type: word(0),
+        key_size: word(1),
+        value_size: word(2),
+        max_entries: word(3),
+        flags: word(4),
+    };
+    bpf::map_create(spec, name).map_err(|e| kernel(&format!("cannot create map {name}"), e))
+}
+
+/// The program's instructions with each map reference (a 64-bit immediate load relocated
+/// against a map symbol) pointed at the map's descriptor (`BPF_PSEUDO_MAP_FD`).
+fn relocated_program(
+    elf: &object::File<'_>,
+    maps: &[(&str, &OwnedFd)],
+) -> Result<Vec<u8>, BindError> {
+    use std::os::fd::AsRawFd;
+    const BPF_PSEUDO_MAP_FD: u8 = 1;
+    let section = elf.section_by_name(PROGRAM_SECTION).ok_or_else(|| {
+        kernel(
+            "the device policy object",
+            format!("no {PROGRAM_SECTION} section"),
+        )
+    })?;
+    let mut insns = section
+        .data()
+        .map_err(|e| kernel(PROGRAM_SECTION, e))?
+        .to_vec();
+    for (offset, relocation) in section.relocations() {
+        let RelocationTarget::Symbol(index) = relocation.target() else {
+            return Err(kernel(PROGRAM_SECTION, "unexpected relocation"));
+        };
+        let symbol = elf
+            .symbol_by_index(index)
+            .map_err(|e| kernel(PROGRAM_SECTION, e))?;
+        let name = symbol.name().unwrap_or("?");
+        let fd = maps
+            .iter()
+            .find(|(map, _)| *map == name)
+            .map(|(_, fd)| fd.as_raw_fd())
+            .ok_or_else(|| {
+                kernel(
+                    PROGRAM_SECTION,
+                    format!("relocation against {name}, not a map"),
+                )
+            })?;
+        let at = offset as usize;
+        let insn = insns
+            .get_mut(at..at + 8)
+            .ok_or_else(|| kernel(PROGRAM_SECTION, "relocation outside the program"))?;
+        // Byte 1 holds dst_reg (low nibble) and src_reg (high nibble); bytes 4..8 the immediate.
+        insn[1] = (insn[1] & 0x0f) | (BPF_PSEUDO_MAP_FD << 4);
+        insn[4..8].copy_from_slice(&fd.to_le_bytes());
+    }
+    Ok(insns)
+}
+
 /// Pins a link at `path`: from then on the attachment outlives this process.
 pub fn pin_link(link: OwnedFd, path: &Path) -> Result<(), BindError> {
-    obj_pin(link.as_fd(), path).map_err(|e| BindError::pinned(path, e))
+    bpf::obj_pin(link.as_fd(), path).map_err(|e| BindError::pinned(path, e))
 }
 
 /// The program id behind a pinned link.
@@ -133,132 +210,6 @@ pub fn pinned_program_id(path: &Path) -> Result<u32, BindError> {
     let link = FdLink::from(pinned);
     let info = link.info().map_err(|e| BindError::pinned(path, e))?;
     Ok(info.program_id())
-}
-
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_PROG_QUERY: libc::c_long = 16;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_CGROUP_DEVICE: u32 = 6;
-const BPF_F_QUERY_EFFECTIVE: u32 = 1;
-
-fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> std::io::Result<libc::c_long> {
-    // SAFETY: callers pass a pointer to a zero-initialised attribute struct of `size` bytes
-    // laid out as `union bpf_attr`'s member for `cmd`, valid for the duration of the call.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// `BPF_LINK_CREATE` for a cgroup device program; the trailing words (the cgroup member's
-/// relative_fd and expected_revision on new kernels) stay zero.
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    rest: [u64; 4],
-}
-
-fn link_create(program: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
-    let mut attr = LinkCreateAttr {
-        prog_fd: program.as_raw_fd() as u32,
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_DEVICE,
-        ..Default::default()
-    };
-    let fd = bpf(
-        BPF_LINK_CREATE,
-        (&mut attr as *mut LinkCreateAttr).cast(),
-        std::mem::size_of::<LinkCreateAttr>(),
-    )?;
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// `BPF_OBJ_PIN`.
-#[repr(C)]
-#[derive(Default)]
-struct ObjPinAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
-
-fn obj_pin(object: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let mut attr = ObjPinAttr {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: object.as_raw_fd() as u32,
-        ..Default::default()
-    };
-    bpf(
-        BPF_OBJ_PIN,
-        (&mut attr as *mut ObjPinAttr).cast(),
-        std::mem::size_of::<ObjPinAttr>(),
-    )
-    .map(|_| ())
-}
-
-/// `BPF_PROG_QUERY`'s part of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct ProgQueryAttr {
-    target_fd: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    _pad: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
-}
-
-/// The ids of the device programs attached to a cgroup: directly (`effective` false), or all
-/// that apply to it, its ancestors' included (`effective` true).
-pub fn device_programs(cgroup: BorrowedFd<'_>, effective: bool) -> std::io::Result<Vec<u32>> {
-    // aya's query hands back program fds without their ids; ask the kernel directly.
-    let mut ids = vec![0u32; 64];
-    loop {
-        let mut attr = ProgQueryAttr {
-            target_fd: cgroup.as_raw_fd() as u32,
-            attach_type: BPF_CGROUP_DEVICE,
-            query_flags: if effective { BPF_F_QUERY_EFFECTIVE } else { 0 },
-            prog_ids: ids.as_mut_ptr() as u64,
-            prog_cnt: ids.len() as u32,
-            ..Default::default()
-        };
-        // prog_ids points at `ids`, which holds prog_cnt u32s and outlives the call.
-        let result = bpf(
-            BPF_PROG_QUERY,
-            (&mut attr as *mut ProgQueryAttr).cast(),
-            std::mem::size_of::<ProgQueryAttr>(),
-        );
-        let err = match result {
-            Ok(_) => {
-                ids.truncate(attr.prog_cnt as usize);
-                return Ok(ids);
-            }
-            Err(err) => err,
-        };
-        // ENOSPC: more programs than room; the kernel said how many.
-        if err.raw_os_error() == Some(libc::ENOSPC) && (attr.prog_cnt as usize) > ids.len() {
-            ids = vec![0; attr.prog_cnt as usize];
-            continue;
-        }
-        return Err(err);
-    }
 }
 
 /// A program's name (as the kernel keeps it, 15 bytes at most), for messages.
@@ -275,9 +226,9 @@ pub fn open_cgroup(path: &Path) -> Result<File, BindError> {
     File::open(path).map_err(|e| BindError::io(path, e))
 }
 
-/// Convenience for callers holding a `File`.
+/// The device programs attached to a cgroup (see [`bpf::device_programs`]).
 pub fn device_programs_of(cgroup: &File, effective: bool) -> std::io::Result<Vec<u32>> {
-    device_programs(cgroup.as_fd(), effective)
+    bpf::device_programs(cgroup.as_fd(), effective)
 }
 
 /// Reads a pinned rules map back (for listing what the kernel enforces).
