@@ -307,6 +307,10 @@ fn cgroup_v1_binding_is_enforced_replaced_listed_and_removed() {
     bind_replace_list_unbind(Tree::V1);
 }
 
+/// Agents killed per test, the n-th after n × 250 µs: a bind takes a few ms, so the kills
+/// land before, during and after its kernel work.
+const KILL_ROUNDS: u64 = 24;
+
 /// `kill -9` of agents in the middle of replacing a binding, at spread-out moments: afterwards
 /// the cgroup never allows both GPUs (it holds the old policy, the new one, or on v2 both at
 /// once), a new agent lists the binding, binding again settles it, and unbind removes it.
@@ -322,7 +326,7 @@ fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
     let out = bind(&cgroup, "1", &host, &bpffs);
     assert!(out.status.success(), "bind: {}", stderr(&out));
     let mut killed_mid_way = 0;
-    for round in 0..12u64 {
+    for round in 0..KILL_ROUNDS {
         let gpu = if round % 2 == 0 { "0" } else { "1" };
         let args = agent_args(
             &["bind", "--cgroup", &cgroup.arg(), "--gpu", gpu],
@@ -335,7 +339,7 @@ fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn nvbind-agent bind");
-        std::thread::sleep(Duration::from_millis(round * 3));
+        std::thread::sleep(Duration::from_micros(round * 250));
         // SIGKILL: no clean-up code of the agent runs.
         let _ = child.kill();
         let status = child.wait().expect("wait");
@@ -359,7 +363,7 @@ fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
         killed_mid_way > 0,
         "no agent was killed before it finished: the test did not test anything"
     );
-    eprintln!("{killed_mid_way} of 12 agents were killed before finishing");
+    eprintln!("{killed_mid_way} of {KILL_ROUNDS} agents were killed before finishing");
 
     // Binding again settles whatever was left.
     let out = bind(&cgroup, "1", &host, &bpffs);
