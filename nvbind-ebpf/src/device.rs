@@ -40,14 +40,15 @@ mod policy {
             major,
             minor: ANY_MINOR,
         };
+        // As cgroup v1 does, any matching rule that covers the request allows it: an exact
+        // rule with less access does not hide a wider any-minor rule.
         // SAFETY: map values are plain integers, read once.
-        let allowed = unsafe {
-            match DEVICE_RULES.get(&exact) {
-                Some(bits) => *bits,
-                None => DEVICE_RULES.get(&any).copied().unwrap_or(0),
-            }
-        };
-        i32::from(access & !allowed == 0)
+        let exact_bits = unsafe { DEVICE_RULES.get(&exact).copied().unwrap_or(0) };
+        if access & !exact_bits == 0 {
+            return 1;
+        }
+        let any_bits = unsafe { DEVICE_RULES.get(&any).copied().unwrap_or(0) };
+        i32::from(access & !any_bits == 0)
     }
 }
 

@@ -346,11 +346,15 @@ fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
         if !status.success() {
             killed_mid_way += 1;
         }
-        let seen = cgroup.probe(&[nvidia0.clone(), amd_render.clone()]);
+        let mut probed = vec![nvidia0.clone(), amd_render.clone()];
+        probed.extend(nodes.safe.iter().cloned());
+        let seen = cgroup.probe(&probed);
         assert!(
             outcome(&seen, &nvidia0) == "EPERM" || outcome(&seen, &amd_render) == "EPERM",
             "round {round}: after kill -9 the cgroup must still deny at least one GPU: {seen:?}"
         );
+        // Both policies allow the safe devices, so no moment between them denies them.
+        assert_all(&seen, &nodes.safe, "ok", &format!("round {round}"));
         let list = listed(&bpffs);
         assert_eq!(list.len(), 1, "round {round}: {list:?}");
         let state = list[0]["state"].as_str().unwrap_or_default().to_string();
@@ -570,6 +574,25 @@ fn bad_input_is_refused_and_the_previous_policy_stays() {
         "foreign policy kept",
     );
 
+    // The same on cgroup v1: a devices list someone else wrote stays as it was.
+    let v1 = TestCgroup::new(Tree::V1, "foreign");
+    for (file, line) in [("devices.deny", "a"), ("devices.allow", "c 1:3 rw")] {
+        std::fs::write(v1.path.join(file), line).expect("write a v1 devices rule");
+    }
+    let list_before = std::fs::read_to_string(v1.path.join("devices.list")).expect("list");
+    let out = run(&with_roots(vec![
+        "bind".into(),
+        "--cgroup".into(),
+        v1.arg(),
+        "--gpu".into(),
+        "0".into(),
+        "--bpffs".into(),
+        bpffs.path(),
+    ]));
+    assert_one_line_error(&out, &["already has a device policy", "devices.list"]);
+    let list_after = std::fs::read_to_string(v1.path.join("devices.list")).expect("list");
+    assert_eq!(list_before, list_after, "the foreign v1 list is untouched");
+
     // Unbinding what is not bound.
     let out = run(&[
         "unbind".into(),
@@ -620,7 +643,10 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
         "ENXIO",
         "dry run",
     );
-    assert!(listed(&bpffs).is_empty(), "a dry run pins nothing");
+    assert!(
+        !bpffs.dir.path().join("nvbind").exists(),
+        "a dry run does not even open the registry"
+    );
 }
 
 /// Loads a two-instruction cgroup device program that denies everything (`r0 = 0; exit`) and

@@ -21,6 +21,7 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_MAP_FREEZE: libc::c_long = 22;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `enum bpf_prog_type` / `enum bpf_attach_type` values for device programs.
@@ -115,6 +116,36 @@ pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<(
         ..Default::default()
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// Makes a map read-only for user space (the program still reads it): a pinned allowlist can
+/// then only be replaced by a new binding, never edited in place.
+pub fn map_freeze(map: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr: [u32; 1] = [map.as_raw_fd() as u32];
+    bpf(BPF_MAP_FREEZE, &mut attr).map(|_| ())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (newer ones ignore it): lift it so a
+/// 16 KiB record and the rules fit under a small default.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct. Failure leaves the old limit, and map creation then says so.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// A hint for an errno from loading or attaching.
+pub fn hint(error: &io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::EPERM) => {
+            " (not permitted: root needs CAP_BPF and CAP_SYS_ADMIN, which a container may drop; \
+             or an ancestor cgroup's device program was attached without multi mode)"
+        }
+        Some(libc::EINVAL) => " (the kernel is too old for cgroup device links: 5.7+ is needed)",
+        _ => "",
+    }
 }
 
 #[repr(C)]

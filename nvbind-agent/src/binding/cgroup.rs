@@ -2,7 +2,7 @@
 //!
 //! Nothing here assumes where cgroupfs is mounted: a path is classified by `statfs` (cgroup2 or a
 //! v1 hierarchy) and by the mount table, and a process's cgroup comes from `/proc/PID/cgroup`
-//! joined to the mount point of the matching hierarchy. This machine mounts cgroup2 at
+//! joined to the mount point of the matching hierarchy: hybrid hosts mount cgroup2 at
 //! `/sys/fs/cgroup/unified`, a typical systemd host at `/sys/fs/cgroup`, a container somewhere
 //! else again.
 

@@ -17,7 +17,10 @@ mod rules;
 mod v1;
 mod v2;
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -79,14 +82,8 @@ pub enum BindError {
 }
 
 impl BindError {
-    fn io(path: &Path, error: std::io::Error) -> BindError {
-        BindError::Io {
-            path: path.into(),
-            message: error.to_string(),
-        }
-    }
-
-    fn pinned(path: &Path, error: impl std::fmt::Display) -> BindError {
+    /// A failure on a file: cgroupfs, bpffs or a pin.
+    fn io(path: &Path, error: impl std::fmt::Display) -> BindError {
         BindError::Io {
             path: path.into(),
             message: error.to_string(),
@@ -126,7 +123,8 @@ pub enum BindingState {
     Enforced,
     /// An agent died while replacing the policy. v2: the old and the new program are both
     /// attached, so the cgroup gets only what both allow; v1: `devices.list` holds part of the
-    /// way between them. Binding or unbinding again settles it.
+    /// way between them. Binding or unbinding again settles it. (An agent killed during a
+    /// cgroup's *first* v1 binding leaves it `drifted`: `unbind` clears it.)
     Replacing,
     /// The pinned link no longer holds the program on the cgroup.
     Detached,
@@ -159,8 +157,9 @@ pub struct BindOutcome {
     /// The binding this one replaced, if the cgroup was bound already.
     pub replaced: Option<Binding>,
     pub pinned_at: PathBuf,
-    /// Time from taking the registry lock to the old policy's removal: loading, filling,
-    /// attaching and pinning the new policy (what `cargo xtask bench` reports).
+    /// Time from the start of `bind` (waiting for the registry lock included) to the old
+    /// policy's removal: loading, filling, attaching and pinning the new policy (what
+    /// `cargo xtask bench` reports).
     pub kernel_work_ms: f64,
 }
 
@@ -177,7 +176,15 @@ pub fn select_gpus<'a>(
     for selector in selectors {
         let wanted = selector.trim().to_ascii_lowercase();
         let matches: Vec<&GpuInfo> = if wanted == "all" {
-            gpus.iter().filter(|g| !g.device_nodes.is_empty()).collect()
+            let with_nodes: Vec<&GpuInfo> =
+                gpus.iter().filter(|g| !g.device_nodes.is_empty()).collect();
+            if with_nodes.is_empty() {
+                return Err(BindError::NoNodes {
+                    index: gpus[0].index,
+                    pci: gpus[0].pci_address.clone(),
+                });
+            }
+            with_nodes
         } else {
             let pci = if wanted.matches(':').count() == 1 {
                 format!("0000:{wanted}")
@@ -293,7 +300,11 @@ pub fn bind(binding: &Binding, cgroup: &Cgroup, bpffs: &Path) -> Result<BindOutc
     // The new policy is committed: the old generations (and any an earlier agent left half
     // made) go now. Removing an old link pin detaches the old program.
     for old in &entry.generations {
-        registry::remove_generation(&old.dir)?;
+        if let Err(e) = registry::remove_generation(&old.dir) {
+            // The new policy is in force; a left-over generation is settled by the next
+            // bind or unbind (until then `bindings` shows the cgroup as replacing).
+            log::warn!("could not remove the previous policy's pins: {e}");
+        }
     }
     Ok(BindOutcome {
         binding: binding.clone(),
@@ -315,9 +326,9 @@ fn bind_v2(
         .generations
         .iter()
         .filter(|g| g.has_link)
-        .filter_map(|g| v2::pinned_program_id(&g.dir.join("link")).ok())
-        .collect();
-    let attached = v2::device_programs_of(&cgroup_file, false)
+        .map(|g| v2::pinned_program_id(&g.dir.join("link")))
+        .collect::<Result<_, _>>()?;
+    let attached = bpf::device_programs(cgroup_file.as_fd(), false)
         .map_err(|e| BindError::Kernel(format!("cannot query {}: {e}", cgroup.path.display())))?;
     let foreign: Vec<String> = attached
         .iter()
@@ -360,6 +371,14 @@ fn bind_v1(
         )));
     }
     let list = v1::read_list(cgroup)?;
+    let mut earlier_rules: Vec<DeviceRule> = Vec::new();
+    for generation in entry.committed() {
+        for rule in registry::read_record(&generation.dir)?.rules {
+            if !earlier_rules.iter().any(|r| r.same_grant(&rule)) {
+                earlier_rules.push(rule);
+            }
+        }
+    }
     let start = match previous {
         None if v1::is_unrestricted(&list) => v1::Start::Unrestricted,
         None => {
@@ -375,8 +394,8 @@ fn bind_v1(
             v1::Start::Exactly(&previous.rules)
         }
         // Two committed generations: an agent died between recording a replacement and
-        // finishing its writes. The cgroup is ours; start its rules over.
-        Some(previous) if entry.committed().count() > 1 => v1::Start::Interrupted(&previous.rules),
+        // finishing its writes, so the list is somewhere between their rules.
+        Some(_) if entry.committed().count() > 1 => v1::Start::Interrupted(&earlier_rules),
         Some(_) => {
             return Err(BindError::Drifted {
                 cgroup: cgroup.path.clone(),
@@ -404,8 +423,11 @@ pub fn list(bpffs: &Path) -> Result<Vec<BindingStatus>, BindError> {
     let registry = Registry::open(bpffs)?;
     let mut listed = Vec::new();
     for entry in registry.entries()? {
-        if let Some(status) = status_of(&entry)? {
-            listed.push(status);
+        // One unreadable entry must not hide the others.
+        match status_of(&entry) {
+            Ok(Some(status)) => listed.push(status),
+            Ok(None) => {}
+            Err(e) => log::warn!("{}: {e} (`unbind --all` removes it)", entry.dir.display()),
         }
     }
     Ok(listed)
@@ -438,8 +460,13 @@ fn status_of(entry: &Entry) -> Result<Option<BindingStatus>, BindError> {
             let program = v2::pinned_program_id(&newest.dir.join("link")).ok();
             status.program_id = program;
             let file = v2::open_cgroup(&cgroup.path)?;
-            let direct = v2::device_programs_of(&file, false).unwrap_or_default();
-            let effective = v2::device_programs_of(&file, true).unwrap_or_default();
+            let query = |effective| {
+                bpf::device_programs(file.as_fd(), effective).map_err(|e| {
+                    BindError::Kernel(format!("cannot query {}: {e}", cgroup.path.display()))
+                })
+            };
+            let direct = query(false)?;
+            let effective = query(true)?;
             status.ancestor_device_programs =
                 Some(effective.iter().filter(|id| !direct.contains(id)).count());
             // The rules the kernel holds must be the ones recorded.
@@ -496,7 +523,15 @@ pub fn unbind(target: &UnbindTarget, bpffs: &Path) -> Result<Vec<Binding>, BindE
     for entry in registry.entries()? {
         // Half-made entries (no committed generation) are cleared along the way.
         let binding = match entry.newest_committed() {
-            Some(generation) => Some(registry::read_record(&generation.dir)?),
+            Some(generation) => match registry::read_record(&generation.dir) {
+                Ok(binding) => Some(binding),
+                // Unreadable: only `--all` removes it (its cgroup is unknown).
+                Err(e) if wanted.is_some() => {
+                    log::warn!("{}: {e}", entry.dir.display());
+                    continue;
+                }
+                Err(_) => None,
+            },
             None => None,
         };
         let selected = match (&wanted, &binding) {

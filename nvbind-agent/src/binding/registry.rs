@@ -207,11 +207,11 @@ pub fn encode_record(binding: &Binding) -> Result<BindingRecord, BindError> {
 /// Reads the binding pinned at `<gen>/record`.
 pub fn read_record(gen_dir: &Path) -> Result<Binding, BindError> {
     let pin = gen_dir.join("record");
-    let data = MapData::from_pin(&pin).map_err(|e| BindError::pinned(&pin, e))?;
-    let map = Map::from_map_data(data).map_err(|e| BindError::pinned(&pin, e))?;
+    let data = MapData::from_pin(&pin).map_err(|e| BindError::io(&pin, e))?;
+    let map = Map::from_map_data(data).map_err(|e| BindError::io(&pin, e))?;
     let array: Array<MapData, BindingRecord> =
-        Array::try_from(map).map_err(|e| BindError::pinned(&pin, e))?;
-    let record = array.get(&0, 0).map_err(|e| BindError::pinned(&pin, e))?;
+        Array::try_from(map).map_err(|e| BindError::io(&pin, e))?;
+    let record = array.get(&0, 0).map_err(|e| BindError::io(&pin, e))?;
     let len = (record.len as usize).min(RECORD_BYTES);
     serde_json::from_slice(&record.bytes[..len])
         .map_err(|e| BindError::Record(format!("{}: {e}", pin.display())))

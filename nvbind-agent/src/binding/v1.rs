@@ -4,6 +4,9 @@
 //! everything, drop every exception) and then each allowed device; a replacement first denies
 //! what the new list drops and then allows what it adds, so the cgroup never holds more than the
 //! old policy's rules plus the new one's, and never goes back to "allow all".
+//!
+//! `a` cannot be written to a cgroup that has child cgroups (EINVAL): bind a v1 cgroup before
+//! creating children in it, and unbind it only without children.
 
 use std::{fs, io::Write, path::Path};
 
@@ -49,30 +52,47 @@ pub enum Start<'a> {
     Unrestricted,
     /// Exactly these rules (nvbind's previous binding).
     Exactly(&'a [DeviceRule]),
-    /// Something in between: an agent was killed while replacing these rules. Start over.
+    /// Part of the way between these rules (every earlier generation's) and others: an agent
+    /// was killed while replacing them.
     Interrupted(&'a [DeviceRule]),
 }
 
-/// Applies `new` over what the cgroup holds. On failure, puts the previous policy back before
-/// returning the error.
+/// The rules of `from` that `to` does not have.
+fn missing_from<'a>(
+    from: &'a [DeviceRule],
+    to: &'a [DeviceRule],
+) -> impl Iterator<Item = &'a DeviceRule> {
+    from.iter().filter(|f| !to.iter().any(|t| t.same_grant(f)))
+}
+
+fn deny_all_of<'a>(
+    cgroup: &Cgroup,
+    mut rules: impl Iterator<Item = &'a DeviceRule>,
+) -> Result<(), BindError> {
+    rules.try_for_each(|r| write_rule(cgroup, "devices.deny", &r.v1_line()))
+}
+
+/// Applies `new` over what the cgroup holds. Rules only the old policy has are denied before
+/// the new ones are allowed, so the cgroup never holds more than the union of the two, and
+/// rules both share (the safe devices) are never touched. On failure, puts the previous policy
+/// back before returning the error.
 pub fn apply(cgroup: &Cgroup, start: Start<'_>, new: &[DeviceRule]) -> Result<(), BindError> {
     let result = match start {
-        Start::Unrestricted | Start::Interrupted(_) => {
+        Start::Unrestricted => {
             write_rule(cgroup, "devices.deny", "a").and_then(|()| allow_all_of(cgroup, new.iter()))
         }
-        Start::Exactly(old) => {
-            let mut dropped = old.iter().filter(|o| !new.iter().any(|n| n.same_grant(o)));
-            let added = new.iter().filter(|n| !old.iter().any(|o| o.same_grant(n)));
-            dropped
-                .try_for_each(|r| write_rule(cgroup, "devices.deny", &r.v1_line()))
-                .and_then(|()| allow_all_of(cgroup, added))
-        }
+        Start::Exactly(old) => deny_all_of(cgroup, missing_from(old, new))
+            .and_then(|()| allow_all_of(cgroup, missing_from(new, old))),
+        // Which of the new rules made it is unknown: allow them all (allowing an allowed
+        // device again is harmless).
+        Start::Interrupted(old) => deny_all_of(cgroup, missing_from(old, new))
+            .and_then(|()| allow_all_of(cgroup, new.iter())),
     };
     if let Err(error) = result {
         let restored = match start {
             Start::Unrestricted => write_rule(cgroup, "devices.allow", "a"),
             Start::Exactly(old) | Start::Interrupted(old) => {
-                write_rule(cgroup, "devices.deny", "a")
+                deny_all_of(cgroup, missing_from(new, old))
                     .and_then(|()| allow_all_of(cgroup, old.iter()))
             }
         };

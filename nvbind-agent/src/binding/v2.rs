@@ -55,6 +55,7 @@ impl Policy {
         if DEVICE_OBJECT.is_empty() {
             return Err(BindError::MissingObject);
         }
+        bpf::raise_memlock_limit();
         let elf = object::File::parse(DEVICE_OBJECT)
             .map_err(|e| kernel("the device policy object is not ELF", e))?;
         let rules_map = create_map(&elf, RULES_MAP)?;
@@ -69,6 +70,7 @@ impl Policy {
             )
             .map_err(|e| kernel(RULES_MAP, e))?;
         }
+        bpf::map_freeze(rules_map.as_fd()).map_err(|e| kernel(RULES_MAP, e))?;
         // SAFETY: BindingRecord is repr(C) plain data (u32 + bytes) without padding.
         let record_bytes = unsafe {
             std::slice::from_raw_parts(
@@ -82,8 +84,12 @@ impl Policy {
             let insns =
                 relocated_program(&elf, &[(RULES_MAP, &rules_map), (RECORD_MAP, &record_map)])?;
             Some(
-                bpf::prog_load_cgroup_device(&insns, PROGRAM_NAME)
-                    .map_err(|e| kernel(&format!("the kernel refused {PROGRAM_NAME}"), e))?,
+                bpf::prog_load_cgroup_device(&insns, PROGRAM_NAME).map_err(|e| {
+                    BindError::Kernel(format!(
+                        "the kernel refused {PROGRAM_NAME}: {e}{}",
+                        bpf::hint(&e)
+                    ))
+                })?,
             )
         } else {
             None
@@ -99,10 +105,10 @@ impl Policy {
     pub fn pin_maps(&self, dir: &Path) -> Result<(), BindError> {
         if self.program.is_some() {
             let pin = dir.join("rules");
-            bpf::obj_pin(self.rules.as_fd(), &pin).map_err(|e| BindError::pinned(&pin, e))?;
+            bpf::obj_pin(self.rules.as_fd(), &pin).map_err(|e| BindError::io(&pin, e))?;
         }
         let pin = dir.join("record");
-        bpf::obj_pin(self.record.as_fd(), &pin).map_err(|e| BindError::pinned(&pin, e))
+        bpf::obj_pin(self.record.as_fd(), &pin).map_err(|e| BindError::io(&pin, e))
     }
 
     /// Attaches the program to the cgroup through a BPF link (alongside whatever is attached
@@ -115,7 +121,8 @@ impl Policy {
             .ok_or(BindError::Kernel(format!("{PROGRAM_NAME} was not loaded")))?;
         bpf::link_create_cgroup_device(program.as_fd(), cgroup.as_fd()).map_err(|e| {
             BindError::Kernel(format!(
-                "cannot attach {PROGRAM_NAME} to the cgroup (BPF links need kernel 5.7+): {e}"
+                "cannot attach {PROGRAM_NAME} to the cgroup: {e}{}",
+                bpf::hint(&e)
             ))
         })
     }
@@ -201,14 +208,14 @@ fn relocated_program(
 
 /// Pins a link at `path`: from then on the attachment outlives this process.
 pub fn pin_link(link: OwnedFd, path: &Path) -> Result<(), BindError> {
-    bpf::obj_pin(link.as_fd(), path).map_err(|e| BindError::pinned(path, e))
+    bpf::obj_pin(link.as_fd(), path).map_err(|e| BindError::io(path, e))
 }
 
 /// The program id behind a pinned link.
 pub fn pinned_program_id(path: &Path) -> Result<u32, BindError> {
-    let pinned = PinnedLink::from_pin(path).map_err(|e| BindError::pinned(path, e))?;
+    let pinned = PinnedLink::from_pin(path).map_err(|e| BindError::io(path, e))?;
     let link = FdLink::from(pinned);
-    let info = link.info().map_err(|e| BindError::pinned(path, e))?;
+    let info = link.info().map_err(|e| BindError::io(path, e))?;
     Ok(info.program_id())
 }
 
@@ -226,17 +233,12 @@ pub fn open_cgroup(path: &Path) -> Result<File, BindError> {
     File::open(path).map_err(|e| BindError::io(path, e))
 }
 
-/// The device programs attached to a cgroup (see [`bpf::device_programs`]).
-pub fn device_programs_of(cgroup: &File, effective: bool) -> std::io::Result<Vec<u32>> {
-    bpf::device_programs(cgroup.as_fd(), effective)
-}
-
 /// Reads a pinned rules map back (for listing what the kernel enforces).
 pub fn read_pinned_rules(path: &Path) -> Result<Vec<(DeviceRuleKey, u32)>, BindError> {
-    let data = MapData::from_pin(path).map_err(|e| BindError::pinned(path, e))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(|e| BindError::pinned(path, e))?;
+    let data = MapData::from_pin(path).map_err(|e| BindError::io(path, e))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|e| BindError::io(path, e))?;
     let map: HashMap<MapData, DeviceRuleKey, u32> =
-        HashMap::try_from(map).map_err(|e| BindError::pinned(path, e))?;
+        HashMap::try_from(map).map_err(|e| BindError::io(path, e))?;
     let mut rules: Vec<_> = map.iter().flatten().collect();
     rules.sort();
     Ok(rules)
