@@ -139,22 +139,20 @@ pub fn bench(root: &Path, agent: &Path, target: &Path, only: &[Part]) -> Result<
     }
     if wanted(Part::Binding) {
         step("binding: build the open-probe helper (release)");
-        crate::util::run(
-            crate::util::cargo_cmd(root)
-                .args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "nvbind-tests",
-                    "--bin",
-                    "open-probe",
-                ])
-                .env("NVBIND_REQUIRE_EBPF", "1"),
-        )?;
-        let probe = crate::util::target_dir(root).join("release/open-probe");
+        let probe = release_test_bin(root, "open-probe")?;
         binding::bench(root, agent, &probe, &dir)?;
     }
     Ok(())
+}
+
+/// Builds one of the tests crate's helper programs in release mode; returns its path.
+fn release_test_bin(root: &Path, bin: &str) -> Result<PathBuf> {
+    crate::util::run(
+        crate::util::cargo_cmd(root)
+            .args(["build", "--release", "-p", "nvbind-tests", "--bin", bin])
+            .env("NVBIND_REQUIRE_EBPF", "1"),
+    )?;
+    Ok(crate::util::target_dir(root).join("release").join(bin))
 }
 
 fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
@@ -303,19 +301,7 @@ fn p99(report: &Value) -> f64 {
 
 fn gpu_sampler(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
     step("GPU sampler: build the synthetic game (release)");
-    crate::util::run(
-        crate::util::cargo_cmd(root)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "nvbind-tests",
-                "--bin",
-                "synthetic-game",
-            ])
-            .env("NVBIND_REQUIRE_EBPF", "1"),
-    )?;
-    let game = crate::util::target_dir(root).join("release/synthetic-game");
+    let game = release_test_bin(root, "synthetic-game")?;
     let fixtures = root.join("tests/fixtures/hosts");
     let out = dir.join("gpu.json");
 
