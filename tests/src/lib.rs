@@ -137,6 +137,17 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The agent's contract for bad input: exit 1, and one line on stderr that mentions each of
+/// `expect`.
+pub fn assert_one_line_error(out: &Output, expect: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "agent errors exit 1: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    for word in expect {
+        assert!(err.contains(word), "{err:?} should mention {word:?}");
+    }
+}
+
 /// Reads a JSON report.
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path)

@@ -2,7 +2,7 @@
 
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
-use nvbind_tests::{agent, agent_bin, require_root, stderr};
+use nvbind_tests::{agent, agent_bin, assert_one_line_error, require_root, stderr};
 
 /// A fresh directory and a report path in it (kept alive by the returned TempDir).
 fn report_in_tempdir() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -12,13 +12,7 @@ fn report_in_tempdir() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn assert_clean_failure(out: &std::process::Output, report: &Path, expect: &[&str]) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "must fail: {err}");
-    assert_eq!(out.status.code(), Some(1), "agent errors exit 1: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    for word in expect {
-        assert!(err.contains(word), "{err:?} should mention {word:?}");
-    }
+    assert_one_line_error(out, expect);
     assert!(!report.exists(), "no report file on failure");
     if let Some(dir) = report.parent() {
         let leftovers: Vec<_> = std::fs::read_dir(dir)

@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use nvbind_tests::{agent, agent_bin, probe_bin, require_root, stderr, FixtureHost};
+use nvbind_tests::{
+    agent, agent_bin, assert_one_line_error, probe_bin, require_root, stderr, FixtureHost,
+};
 
 /// A private BPF filesystem, unmounted (with every pin in it) when dropped.
 struct Bpffs {
@@ -399,16 +401,6 @@ fn cgroup_v1_policy_survives_kill_9_at_any_point() {
     killed_agents_never_leave_the_cgroup_unprotected(Tree::V1);
 }
 
-/// A failed command: exit 1 and one line on stderr naming the problem.
-fn assert_one_line_error(out: &Output, expect: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "must fail with 1: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    for word in expect {
-        assert!(err.contains(word), "{err:?} should mention {word:?}");
-    }
-}
-
 #[test]
 fn bad_input_is_refused_and_the_previous_policy_stays() {
     require_root();
@@ -430,6 +422,14 @@ fn bad_input_is_refused_and_the_previous_policy_stays() {
         args
     };
     let cg = cgroup.arg();
+    // `bind FLAG TARGET --gpu GPU` on this test's bpffs and fixture host.
+    let bind_cmd = |flag: &str, target: &str, gpu: &str| {
+        with_roots(
+            ["bind", flag, target, "--gpu", gpu, "--bpffs", &bpffs.path()]
+                .map(String::from)
+                .to_vec(),
+        )
+    };
 
     // A GPU that does not exist.
     for selector in [
@@ -437,15 +437,7 @@ fn bad_input_is_refused_and_the_previous_policy_stays() {
         "GPU-00000000-0000-0000-0000-000000000000",
         "0000:99:00.0",
     ] {
-        let out = run(&with_roots(vec![
-            "bind".into(),
-            "--cgroup".into(),
-            cg.clone(),
-            "--gpu".into(),
-            selector.into(),
-            "--bpffs".into(),
-            bpffs.path(),
-        ]));
+        let out = run(&bind_cmd("--cgroup", &cg, selector));
         assert_one_line_error(&out, &["no GPU matches", selector, "0000:0c:00.0"]);
         check_intact(&format!("after --gpu {selector}"));
     }
@@ -474,15 +466,7 @@ fn bad_input_is_refused_and_the_previous_policy_stays() {
         (v2_root, vec!["refusing to bind the root cgroup"]),
     ];
     for (path, expect) in cases {
-        let out = run(&with_roots(vec![
-            "bind".into(),
-            "--cgroup".into(),
-            path.clone(),
-            "--gpu".into(),
-            "0".into(),
-            "--bpffs".into(),
-            bpffs.path(),
-        ]));
+        let out = run(&bind_cmd("--cgroup", &path, "0"));
         assert_one_line_error(&out, &expect);
     }
     // A v1 hierarchy without the devices controller, where this host has one.
@@ -510,15 +494,7 @@ fn bad_input_is_refused_and_the_previous_policy_stays() {
     }
 
     // A pid that does not exist.
-    let out = run(&with_roots(vec![
-        "bind".into(),
-        "--pid".into(),
-        "3999999".into(),
-        "--gpu".into(),
-        "0".into(),
-        "--bpffs".into(),
-        bpffs.path(),
-    ]));
+    let out = run(&bind_cmd("--pid", "3999999", "0"));
     assert_one_line_error(&out, &["no process with pid 3999999"]);
 
     // Not root.
@@ -554,15 +530,7 @@ fn bad_input_is_refused_and_the_previous_policy_stays() {
         "EPERM",
         "foreign policy",
     );
-    let out = run(&with_roots(vec![
-        "bind".into(),
-        "--cgroup".into(),
-        other.arg(),
-        "--gpu".into(),
-        "0".into(),
-        "--bpffs".into(),
-        bpffs.path(),
-    ]));
+    let out = run(&bind_cmd("--cgroup", &other.arg(), "0"));
     assert_one_line_error(
         &out,
         &["already has a device policy", "did not set", "other_tool"],
@@ -580,15 +548,7 @@ fn bad_input_is_refused_and_the_previous_policy_stays() {
         std::fs::write(v1.path.join(file), line).expect("write a v1 devices rule");
     }
     let list_before = std::fs::read_to_string(v1.path.join("devices.list")).expect("list");
-    let out = run(&with_roots(vec![
-        "bind".into(),
-        "--cgroup".into(),
-        v1.arg(),
-        "--gpu".into(),
-        "0".into(),
-        "--bpffs".into(),
-        bpffs.path(),
-    ]));
+    let out = run(&bind_cmd("--cgroup", &v1.arg(), "0"));
     assert_one_line_error(&out, &["already has a device policy", "devices.list"]);
     let list_after = std::fs::read_to_string(v1.path.join("devices.list")).expect("list");
     assert_eq!(list_before, list_after, "the foreign v1 list is untouched");

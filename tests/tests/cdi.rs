@@ -9,7 +9,7 @@ use std::{
 };
 
 use jsonschema::{Draft, Retrieve, Uri, Validator};
-use nvbind_tests::{agent, require_root, stderr, FixtureHost};
+use nvbind_tests::{agent, assert_one_line_error, require_root, stderr, FixtureHost};
 use serde_json::{json, Value};
 
 const NV_UUID: &str = "GPU-6c7f1e3a-9b2d-4f8e-a1c3-5d7e9f0b2a48";
@@ -375,12 +375,7 @@ fn without_output_the_spec_goes_to_stdout_and_the_kind_can_be_chosen() {
 
 /// Exit 1, one line on stderr mentioning each of `expect`, and nothing written into `dir`.
 fn assert_clean_failure(run: &Output, dir: &Path, expect: &[&str]) {
-    let err = stderr(run);
-    assert_eq!(run.status.code(), Some(1), "agent errors exit 1: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    for word in expect {
-        assert!(err.contains(word), "{err:?} should mention {word:?}");
-    }
+    assert_one_line_error(run, expect);
     assert_eq!(entries(dir), Vec::<String>::new(), "nothing left behind");
 }
 

@@ -173,22 +173,6 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn statfs_type(path: &Path) -> Result<i64, CgroupError> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| CgroupError::NotCgroupfs(path.into()))?;
-    // SAFETY: `buf` is a plain C struct the kernel fills; `c_path` is NUL-terminated.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
-        return Err(CgroupError::Read {
-            path: path.into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
-    Ok(buf.f_type as i64)
-}
-
 impl Cgroup {
     /// The cgroup a path names. Refuses the root of a hierarchy and v1 hierarchies without the
     /// devices controller.
@@ -198,7 +182,11 @@ impl Cgroup {
             path: path.clone(),
             source,
         })?;
-        let hierarchy = match statfs_type(&path)? {
+        let magic = super::filesystem_magic(&path).map_err(|source| CgroupError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let hierarchy = match magic {
             CGROUP2_SUPER_MAGIC => Hierarchy::V2,
             CGROUP_SUPER_MAGIC => Hierarchy::V1,
             _ => return Err(CgroupError::NotCgroupfs(path)),
@@ -317,6 +305,17 @@ impl Cgroup {
     /// `devices.list` etc. for v1; a file of this cgroup.
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
+    }
+
+    /// The cgroup a binding was made for, as its record names it (which may since have been
+    /// removed: see [`Cgroup::still_exists`]).
+    pub(super) fn recorded(binding: &super::Binding) -> Cgroup {
+        Cgroup {
+            path: binding.cgroup.clone(),
+            hierarchy: binding.hierarchy,
+            mount_point: PathBuf::new(),
+            id: binding.cgroup_id,
+        }
     }
 
     /// Whether the directory still exists and is still the same cgroup (not removed and

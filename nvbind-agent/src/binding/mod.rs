@@ -267,6 +267,13 @@ pub fn require_root() -> Result<(), BindError> {
     Ok(())
 }
 
+/// The `statfs` magic number of the filesystem `path` is on (cgroupfs, bpffs, ...).
+fn filesystem_magic(path: &Path) -> std::io::Result<i64> {
+    let info = rustix::fs::statfs(path)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    Ok(info.f_type as i64)
+}
+
 fn key_for(hierarchy: Hierarchy, id: u64) -> String {
     match hierarchy {
         Hierarchy::V1 => format!("v1-{id}"),
@@ -281,21 +288,15 @@ pub fn bind(binding: &Binding, cgroup: &Cgroup, bpffs: &Path) -> Result<BindOutc
     let started = std::time::Instant::now();
     let registry = Registry::open(bpffs)?;
     let entry = registry.entry(&key_for(cgroup.hierarchy, cgroup.id))?;
-    let previous = match entry.newest_committed() {
-        Some(generation) => Some(registry::read_record(&generation.dir)?),
-        None => None,
-    };
+    // Every committed generation's record, oldest first: the newest is the binding in force.
+    let records = entry
+        .committed()
+        .map(|generation| registry::read_record(&generation.dir))
+        .collect::<Result<Vec<_>, _>>()?;
     let record = registry::encode_record(binding)?;
     let generation = match cgroup.hierarchy {
         Hierarchy::V2 => bind_v2(&registry, &entry, cgroup, binding, &record)?,
-        Hierarchy::V1 => bind_v1(
-            &registry,
-            &entry,
-            cgroup,
-            binding,
-            previous.as_ref(),
-            &record,
-        )?,
+        Hierarchy::V1 => bind_v1(&registry, &entry, cgroup, binding, &records, &record)?,
     };
     // The new policy is committed: the old generations (and any an earlier agent left half
     // made) go now. Removing an old link pin detaches the old program.
@@ -308,7 +309,7 @@ pub fn bind(binding: &Binding, cgroup: &Cgroup, bpffs: &Path) -> Result<BindOutc
     }
     Ok(BindOutcome {
         binding: binding.clone(),
-        replaced: previous,
+        replaced: records.last().cloned(),
         pinned_at: generation,
         kernel_work_ms: started.elapsed().as_secs_f64() * 1e3,
     })
@@ -341,7 +342,7 @@ fn bind_v2(
             detail: foreign.join(", "),
         });
     }
-    let policy = v2::Policy::load(&binding.rules, record, true)?;
+    let policy = v2::Policy::load(record, Some(&binding.rules))?;
     // From here the new program is enforced (together with the old one, if any).
     let link = policy.attach(&cgroup_file)?;
     let dir = registry.new_generation(entry)?;
@@ -361,7 +362,7 @@ fn bind_v1(
     entry: &Entry,
     cgroup: &Cgroup,
     binding: &Binding,
-    previous: Option<&Binding>,
+    records: &[Binding],
     record: &nvbind_common::device_policy::BindingRecord,
 ) -> Result<PathBuf, BindError> {
     if !v1::supported(cgroup) {
@@ -372,14 +373,12 @@ fn bind_v1(
     }
     let list = v1::read_list(cgroup)?;
     let mut earlier_rules: Vec<DeviceRule> = Vec::new();
-    for generation in entry.committed() {
-        for rule in registry::read_record(&generation.dir)?.rules {
-            if !earlier_rules.iter().any(|r| r.same_grant(&rule)) {
-                earlier_rules.push(rule);
-            }
+    for rule in records.iter().flat_map(|r| &r.rules) {
+        if !earlier_rules.iter().any(|r| r.same_grant(rule)) {
+            earlier_rules.push(rule.clone());
         }
     }
-    let start = match previous {
+    let start = match records.last() {
         None if v1::is_unrestricted(&list) => v1::Start::Unrestricted,
         None => {
             return Err(BindError::Foreign {
@@ -395,7 +394,7 @@ fn bind_v1(
         }
         // Two committed generations: an agent died between recording a replacement and
         // finishing its writes, so the list is somewhere between their rules.
-        Some(_) if entry.committed().count() > 1 => v1::Start::Interrupted(&earlier_rules),
+        Some(_) if records.len() > 1 => v1::Start::Interrupted(&earlier_rules),
         Some(_) => {
             return Err(BindError::Drifted {
                 cgroup: cgroup.path.clone(),
@@ -404,7 +403,7 @@ fn bind_v1(
     };
     // The record goes first: if this agent dies while writing rules, the next one finds the
     // cgroup recorded as ours (and drifted), and `unbind` can clear it.
-    let policy = v2::Policy::load(&[], record, false)?;
+    let policy = v2::Policy::load(record, None)?;
     let dir = registry.new_generation(entry)?;
     if let Err(error) = policy.pin_maps(&dir) {
         let _ = registry::remove_generation(&dir);
@@ -438,12 +437,7 @@ fn status_of(entry: &Entry) -> Result<Option<BindingStatus>, BindError> {
         return Ok(None);
     };
     let binding = registry::read_record(&newest.dir)?;
-    let cgroup = Cgroup {
-        path: binding.cgroup.clone(),
-        hierarchy: binding.hierarchy,
-        mount_point: PathBuf::new(),
-        id: binding.cgroup_id,
-    };
+    let cgroup = Cgroup::recorded(&binding);
     let mut status = BindingStatus {
         state: BindingState::Enforced,
         pinned_at: newest.dir.clone(),
@@ -544,12 +538,7 @@ pub fn unbind(target: &UnbindTarget, bpffs: &Path) -> Result<Vec<Binding>, BindE
         }
         if let Some(b) = &binding {
             if b.hierarchy == Hierarchy::V1 {
-                let cgroup = Cgroup {
-                    path: b.cgroup.clone(),
-                    hierarchy: Hierarchy::V1,
-                    mount_point: PathBuf::new(),
-                    id: b.cgroup_id,
-                };
+                let cgroup = Cgroup::recorded(b);
                 if cgroup.still_exists() {
                     v1::release(&cgroup)?;
                 }

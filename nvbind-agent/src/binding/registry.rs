@@ -77,18 +77,7 @@ impl Entry {
 
 /// Whether `path` is the root of a BPF filesystem.
 pub fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `buf` is a plain C struct the kernel fills; `c_path` is NUL-terminated.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
-        return false;
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
-    let magic = buf.f_type as i64;
-    magic == BPF_FS_MAGIC
+    super::filesystem_magic(path).is_ok_and(|magic| magic == BPF_FS_MAGIC)
 }
 
 impl Registry {

@@ -32,45 +32,34 @@ fn kernel(what: &str, error: impl std::fmt::Display) -> BindError {
     BindError::Kernel(format!("{what}: {error}"))
 }
 
-/// A loaded (not yet attached) copy of the policy: rules and record maps filled in, and the
-/// program when one was asked for.
+/// A loaded (not yet attached) copy of the policy: its record map filled in, and for cgroup v2
+/// the program with its rules map.
 pub struct Policy {
-    program: Option<OwnedFd>,
-    rules: OwnedFd,
     record: OwnedFd,
+    enforcer: Option<Enforcer>,
+}
+
+/// The program and the allowlist it reads.
+struct Enforcer {
+    program: OwnedFd,
+    rules: OwnedFd,
 }
 
 impl Policy {
-    /// Loads a fresh copy of the object with `rules` in its rules map and `record` in its record
-    /// map. With `load_program` false only the maps are created (cgroup v1 keeps its record in
-    /// bpffs too, but needs no program).
+    /// Creates a fresh record map holding `record` and, given `rules`, a frozen rules map
+    /// holding them and the program reading it. Without rules only the record is made (cgroup
+    /// v1 keeps its record in bpffs too, but needs no program).
     ///
     /// The object is small and fixed (one program, two maps, two map relocations), so it is
     /// loaded here from its ELF sections rather than through aya (see [`bpf`] for why).
-    pub fn load(
-        rules: &[DeviceRule],
-        record: &BindingRecord,
-        load_program: bool,
-    ) -> Result<Policy, BindError> {
+    pub fn load(record: &BindingRecord, rules: Option<&[DeviceRule]>) -> Result<Policy, BindError> {
         if DEVICE_OBJECT.is_empty() {
             return Err(BindError::MissingObject);
         }
         bpf::raise_memlock_limit();
         let elf = object::File::parse(DEVICE_OBJECT)
             .map_err(|e| kernel("the device policy object is not ELF", e))?;
-        let rules_map = create_map(&elf, RULES_MAP)?;
         let record_map = create_map(&elf, RECORD_MAP)?;
-        for rule in rules {
-            let key = rule.key();
-            let key = [key.kind, key.major, key.minor];
-            bpf::map_update(
-                rules_map.as_fd(),
-                as_bytes(&key),
-                &rule.access_bits().to_ne_bytes(),
-            )
-            .map_err(|e| kernel(RULES_MAP, e))?;
-        }
-        bpf::map_freeze(rules_map.as_fd()).map_err(|e| kernel(RULES_MAP, e))?;
         // SAFETY: BindingRecord is repr(C) plain data (u32 + bytes) without padding.
         let record_bytes = unsafe {
             std::slice::from_raw_parts(
@@ -80,32 +69,21 @@ impl Policy {
         };
         bpf::map_update(record_map.as_fd(), &0u32.to_ne_bytes(), record_bytes)
             .map_err(|e| kernel(RECORD_MAP, e))?;
-        let program = if load_program {
-            let insns =
-                relocated_program(&elf, &[(RULES_MAP, &rules_map), (RECORD_MAP, &record_map)])?;
-            Some(
-                bpf::prog_load_cgroup_device(&insns, PROGRAM_NAME).map_err(|e| {
-                    BindError::Kernel(format!(
-                        "the kernel refused {PROGRAM_NAME}: {e}{}",
-                        bpf::hint(&e)
-                    ))
-                })?,
-            )
-        } else {
-            None
+        let enforcer = match rules {
+            Some(rules) => Some(load_enforcer(&elf, rules, &record_map)?),
+            None => None,
         };
         Ok(Policy {
-            program,
-            rules: rules_map,
             record: record_map,
+            enforcer,
         })
     }
 
-    /// Pins the maps (`rules` only if the program was loaded) into `dir`.
+    /// Pins the maps into `dir`: `record`, and `rules` for cgroup v2.
     pub fn pin_maps(&self, dir: &Path) -> Result<(), BindError> {
-        if self.program.is_some() {
+        if let Some(enforcer) = &self.enforcer {
             let pin = dir.join("rules");
-            bpf::obj_pin(self.rules.as_fd(), &pin).map_err(|e| BindError::io(&pin, e))?;
+            bpf::obj_pin(enforcer.rules.as_fd(), &pin).map_err(|e| BindError::io(&pin, e))?;
         }
         let pin = dir.join("record");
         bpf::obj_pin(self.record.as_fd(), &pin).map_err(|e| BindError::io(&pin, e))
@@ -115,17 +93,48 @@ impl Policy {
     /// already: the kernel then requires every program to allow an access) and returns the
     /// link, not yet pinned: closing it detaches the program.
     pub fn attach(&self, cgroup: &File) -> Result<OwnedFd, BindError> {
-        let program = self
-            .program
+        let enforcer = self
+            .enforcer
             .as_ref()
             .ok_or(BindError::Kernel(format!("{PROGRAM_NAME} was not loaded")))?;
-        bpf::link_create_cgroup_device(program.as_fd(), cgroup.as_fd()).map_err(|e| {
+        bpf::link_create_cgroup_device(enforcer.program.as_fd(), cgroup.as_fd()).map_err(|e| {
             BindError::Kernel(format!(
                 "cannot attach {PROGRAM_NAME} to the cgroup: {e}{}",
                 bpf::hint(&e)
             ))
         })
     }
+}
+
+/// Creates the rules map, fills and freezes it, and loads the program against it.
+fn load_enforcer(
+    elf: &object::File<'_>,
+    rules: &[DeviceRule],
+    record_map: &OwnedFd,
+) -> Result<Enforcer, BindError> {
+    let rules_map = create_map(elf, RULES_MAP)?;
+    for rule in rules {
+        let key = rule.key();
+        let key = [key.kind, key.major, key.minor];
+        bpf::map_update(
+            rules_map.as_fd(),
+            as_bytes(&key),
+            &rule.access_bits().to_ne_bytes(),
+        )
+        .map_err(|e| kernel(RULES_MAP, e))?;
+    }
+    bpf::map_freeze(rules_map.as_fd()).map_err(|e| kernel(RULES_MAP, e))?;
+    let insns = relocated_program(elf, &[(RULES_MAP, &rules_map), (RECORD_MAP, record_map)])?;
+    let program = bpf::prog_load_cgroup_device(&insns, PROGRAM_NAME).map_err(|e| {
+        BindError::Kernel(format!(
+            "the kernel refused {PROGRAM_NAME}: {e}{}",
+            bpf::hint(&e)
+        ))
+    })?;
+    Ok(Enforcer {
+        program,
+        rules: rules_map,
+    })
 }
 
 fn as_bytes(words: &[u32; 3]) -> &[u8] {
