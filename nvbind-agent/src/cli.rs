@@ -18,11 +18,55 @@ use crate::{
     name = "nvbind-agent",
     version,
     about = "Frame-pacing and GPU telemetry for Linux games, from the kernel, without injection",
-    arg_required_else_help = true
+    long_about = "Frame-pacing and GPU telemetry for Linux games, from the kernel, without \
+                  injection.\n\nWith no command, runs the daemon: every process that presents \
+                  frames is tracked from its first frame, live numbers are served on the local \
+                  API and /metrics, and each game session leaves a report (see docs/daemon.md).",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// The daemon's flags (they override `/etc/nvbind/agent.toml`).
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve the read-only API and /metrics here (address:port; "" turns it off).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The root-only Unix socket for binding requests ("" turns it off).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Write session reports here.
+    #[arg(long, value_name = "DIR")]
+    pub reports_dir: Option<PathBuf>,
+    /// Keep this many session reports (0: all).
+    #[arg(long, value_name = "N")]
+    pub keep_reports: Option<usize>,
+    /// Read the GPUs this many times a second (0: not at all).
+    #[arg(long, value_name = "HZ")]
+    pub gpu_sample_hz: Option<f64>,
+    /// Read sysfs from here instead of /sys.
+    #[arg(long, value_name = "DIR")]
+    pub sysfs_root: Option<PathBuf>,
+    /// Find device nodes here instead of /dev.
+    #[arg(long, value_name = "DIR")]
+    pub dev_root: Option<PathBuf>,
+    /// Read procfs from here instead of /proc.
+    #[arg(long, value_name = "DIR")]
+    pub proc_root: Option<PathBuf>,
+    /// Where GPU bindings are pinned (a BPF filesystem).
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
+    /// Mount tracefs at /sys/kernel/tracing if it is not mounted.
+    #[arg(long)]
+    pub mount_tracefs: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +213,18 @@ impl Command {
     /// files open for a long time).
     pub fn prints_and_exits(&self) -> bool {
         !matches!(self, Command::Record(_))
+    }
+}
+
+impl Cli {
+    /// Whether the process only prints and exits (not a recording, not the daemon).
+    pub fn prints_and_exits(&self) -> bool {
+        self.command.as_ref().is_some_and(Command::prints_and_exits)
+    }
+
+    /// Whether this runs the daemon.
+    pub fn is_daemon(&self) -> bool {
+        self.command.is_none()
     }
 }
 
@@ -363,7 +419,10 @@ fn seconds(value: Option<f64>, flag: &str) -> Result<Option<Duration>> {
 
 /// Runs a command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return run_daemon(cli.daemon);
+    };
+    match command {
         Command::Doctor {
             json,
             mount_tracefs,
@@ -420,6 +479,29 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn run_daemon(args: DaemonArgs) -> Result<u8> {
+    let explicit = args.config.is_some();
+    crate::daemon::run(crate::daemon::DaemonOptions {
+        config_path: args
+            .config
+            .unwrap_or_else(|| crate::daemon::config::DEFAULT_PATH.into()),
+        config_explicit: explicit,
+        overrides: crate::daemon::Overrides {
+            listen: args.listen,
+            socket: args.socket,
+            reports_dir: args.reports_dir,
+            keep_reports: args.keep_reports,
+            gpu_sample_hz: args.gpu_sample_hz,
+            sysfs_root: args.sysfs_root,
+            dev_root: args.dev_root,
+            proc_root: args.proc_root,
+            bpffs: args.bpffs,
+        },
+        mount_tracefs: args.mount_tracefs,
+        nvml: None,
+    })
 }
 
 fn record(args: RecordArgs) -> Result<u8> {

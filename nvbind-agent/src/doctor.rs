@@ -34,6 +34,7 @@ pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
     let loaded = Probes::load(LoadOptions {
         mount_tracefs,
         require_core: false,
+        discover_presenters: false,
     });
     let tracefs = tracefs::find().ok().map(|p| p.display().to_string());
     match loaded {

@@ -8,10 +8,14 @@
 //!   and the SVG chart.
 //! - [`gpu`]: GPU discovery, per-vendor counters (NVML, amdgpu and Intel sysfs) and the sampler.
 //! - [`doctor`]: what is attached and what is not, with reasons and fixes.
+//! - [`binding`]: cgroup-scoped GPU device binding and CDI specs.
+//! - [`daemon`]: `nvbind-agent` with no subcommand: every game tracked from its first frame, the
+//!   local API, `/metrics`, and a report per game session.
 
 pub mod binding;
 pub mod capture;
 pub mod cli;
+pub mod daemon;
 pub mod doctor;
 pub mod gpu;
 pub mod probes;

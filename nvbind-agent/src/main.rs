@@ -4,11 +4,9 @@ use clap::Parser;
 use nvbind_agent::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .init();
     let cli = Cli::parse();
-    if cli.command.prints_and_exits() {
+    init_logging(cli.is_daemon());
+    if cli.prints_and_exits() {
         // Like other Unix tools, end quietly when the reader goes away (`| head`) instead of
         // panicking in println!. `record` keeps Rust's default (EPIPE as an error), so that
         // a closed pipe or socket is reported, never fatal.
@@ -33,4 +31,27 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Logs to stderr. The daemon logs `info` by default; under systemd (`JOURNAL_STREAM` set) each
+/// line starts with its syslog priority (`<3>` error .. `<7>` debug), which journald reads as the
+/// entry's level and strips, and carries no timestamp (the journal adds its own).
+fn init_logging(daemon: bool) {
+    use std::io::Write;
+    let default = if daemon { "info" } else { "warn" };
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    builder.format_timestamp(None);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format(|out, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(out, "<{priority}>{}", record.args())
+        });
+    }
+    builder.init();
 }

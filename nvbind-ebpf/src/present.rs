@@ -19,13 +19,16 @@ use nvbind_common::{
     ThreadState, VK_QUEUE_PRESENT_NAME,
 };
 
-use crate::state::{count_drop, current_thread, mark_presenter, now_ns, EVENTS};
+use crate::state::{
+    count_drop, current_ids, current_thread, discover_current_thread, mark_presenter, now_ns,
+    DISCOVER_PRESENTERS, EVENTS, RESOLVING_PRESENT,
+};
 
 #[uprobe]
 pub fn nvbind_present(ctx: ProbeContext) -> u32 {
     // SAFETY: the context pointer is the program's own.
     let source = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let Some((tgid, tid, t)) = current_thread() else {
+    let Some((tgid, tid, t)) = current_thread().or_else(discover_current_thread) else {
         return 0;
     };
     if source == present_source::VULKAN_LOADER || source == present_source::VULKAN_RESOLVED {
@@ -90,31 +93,56 @@ fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32) {
 }
 
 /// Entry of `vkGetDeviceProcAddr(device, name)` / `vkGetInstanceProcAddr(instance, name)`.
+/// Tracked threads remember the question in their record; in discovery mode untracked ones in
+/// `RESOLVING_PRESENT` (a game resolves its present function before its first frame).
 #[uprobe]
 pub fn nvbind_vk_procaddr(ctx: ProbeContext) -> u32 {
-    let Some((_, _, t)) = current_thread() else {
+    let tracked = current_thread();
+    if tracked.is_none() && DISCOVER_PRESENTERS.load() == 0 {
         return 0;
-    };
+    }
     let Some(name) = ctx.arg::<*const u8>(1) else {
         return 0;
     };
     let mut buf = [0u8; VK_QUEUE_PRESENT_NAME.len()];
     // SAFETY: a checked read of user memory; failure leaves `buf` unequal to the name.
     let read = unsafe { bpf_probe_read_user_buf(name, &mut buf) };
-    t.resolving_present = (read.is_ok() && buf == *VK_QUEUE_PRESENT_NAME) as u32;
+    let asks_for_present = read.is_ok() && buf == *VK_QUEUE_PRESENT_NAME;
+    match tracked {
+        Some((_, _, t)) => t.resolving_present = asks_for_present as u32,
+        None if asks_for_present => {
+            let (_, tid) = current_ids();
+            let _ = RESOLVING_PRESENT.insert(tid, 1, 0);
+        }
+        None => {}
+    }
     0
 }
 
 /// Return of `vkGet{Device,Instance}ProcAddr`: report the pointer if the name was ours.
 #[uretprobe]
 pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
-    let Some((tgid, tid, t)) = current_thread() else {
-        return 0;
+    let (tgid, tid) = match current_thread() {
+        Some((tgid, tid, t)) => {
+            if t.resolving_present == 0 {
+                return 0;
+            }
+            t.resolving_present = 0;
+            (tgid, tid)
+        }
+        None => {
+            if DISCOVER_PRESENTERS.load() == 0 {
+                return 0;
+            }
+            let (tgid, tid) = current_ids();
+            // SAFETY: plain lookup of a u32 value.
+            if unsafe { RESOLVING_PRESENT.get(tid) }.is_none() {
+                return 0;
+            }
+            let _ = RESOLVING_PRESENT.remove(tid);
+            (tgid, tid)
+        }
     };
-    if t.resolving_present == 0 {
-        return 0;
-    }
-    t.resolving_present = 0;
     let address: u64 = ctx.ret();
     if address == 0 {
         return 0;

@@ -21,7 +21,7 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 
 /// Sends a process lifecycle record to the agent.
 #[inline(always)]
-fn emit(kind: u32, tgid: u32, tid: u32, aux: u32) {
+pub fn emit(kind: u32, tgid: u32, tid: u32, aux: u32) {
     let comm = bpf_get_current_comm().unwrap_or([0u8; TASK_COMM_LEN]);
     let event = ProcessEvent {
         header: EventHeader {

@@ -8,7 +8,7 @@ use aya_ebpf::{
     Global,
 };
 use nvbind_common::{
-    thread_status, CpuWatch, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState,
+    event_kind, thread_status, CpuWatch, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState,
     TASK_COMM_LEN,
 };
 
@@ -31,6 +31,16 @@ pub static ZERO_THREAD: Array<ThreadState> = Array::with_max_entries(1, 0);
 /// Tracked processes, by tgid; the value holds `track_flags`.
 #[map]
 pub static TRACKED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Processes the agent decided not to track (excluded by the daemon's config), by tgid: in
+/// discovery mode their presents must not track them again.
+#[map]
+pub static IGNORED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Untracked threads inside a `vkGet*ProcAddr("vkQueuePresentKHR")` call (discovery mode), by tid:
+/// the return probe reports the pointer for them too.
+#[map]
+pub static RESOLVING_PRESENT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
 
 /// Process names (as `comm`, NUL-padded) whose next `execve` starts tracking; value = flags.
 #[map]
@@ -89,6 +99,10 @@ pub static NEWTASK_PID_OFF: Global<u32> = Global::new(8);
 pub static NEWTASK_FLAGS_OFF: Global<u32> = Global::new(32);
 #[unsafe(no_mangle)]
 pub static EXIT_GROUP_DEAD_OFF: Global<u32> = Global::new(32);
+/// Non-zero (set by the daemon at load): any process that presents a frame starts being tracked
+/// from that frame on, unless it is in `IGNORED_PROCESSES`.
+#[unsafe(no_mangle)]
+pub static DISCOVER_PRESENTERS: Global<u32> = Global::new(0);
 /// `TASK_REPORT_MAX`: what `sched_switch` reports as `prev_state` for a preempted task.
 #[unsafe(no_mangle)]
 pub static TASK_REPORT_MAX: Global<u64> = Global::new(0x100);
@@ -156,6 +170,24 @@ pub fn start_tracking_thread(tgid: u32, tid: u32, status: u32) {
         t.since_ns = now_ns();
         t.last_cpu = u32::MAX;
     }
+}
+
+/// Discovery mode: starts tracking the current process because it presents, unless discovery is
+/// off or the agent excluded it. Tells the agent (before the frame's own record).
+#[inline(always)]
+pub fn discover_current_thread() -> Option<(u32, u32, &'static mut ThreadState)> {
+    if DISCOVER_PRESENTERS.load() == 0 {
+        return None;
+    }
+    let (tgid, tid) = current_ids();
+    // SAFETY: plain lookup of a u32 value.
+    if unsafe { IGNORED_PROCESSES.get(tgid) }.is_some() {
+        return None;
+    }
+    start_tracking_process(tgid, 0);
+    start_tracking_thread(tgid, tid, thread_status::RUNNING);
+    crate::process::emit(event_kind::PROCESS_TRACKED, tgid, tid, 0);
+    thread(tid).map(|t| (tgid, tid, t))
 }
 
 /// Adds a process to the tracked set with its histograms.

@@ -121,6 +121,16 @@ fn cgroup_mounts() -> Result<Vec<CgroupMount>, CgroupError> {
     Ok(text.lines().filter_map(parse_mountinfo_line).collect())
 }
 
+/// Where the whole cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on systemd hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones), if it is.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    cgroup_mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.hierarchy == Hierarchy::V2 && m.root == Path::new("/"))
+        .map(|m| m.mount_point)
+}
+
 /// A cgroup mount from one mountinfo line (`proc(5)`): `id parent maj:min root mount_point opts
 /// [optional...] - fstype source super_opts`.
 fn parse_mountinfo_line(line: &str) -> Option<CgroupMount> {

@@ -27,7 +27,7 @@ use thiserror::Error;
 
 use self::registry::{Entry, Registry};
 pub use self::{
-    cgroup::{Cgroup, CgroupError, Hierarchy},
+    cgroup::{cgroup2_mount, Cgroup, CgroupError, Hierarchy},
     registry::is_bpffs,
     rules::{allowlist, DeviceKind, DeviceRule},
 };
@@ -430,6 +430,14 @@ pub fn list(bpffs: &Path) -> Result<Vec<BindingStatus>, BindError> {
         }
     }
     Ok(listed)
+}
+
+/// The binding of one cgroup (by its path), if nvbind holds one.
+pub fn binding_of(cgroup: &Path, bpffs: &Path) -> Result<Option<BindingStatus>, BindError> {
+    let wanted = std::fs::canonicalize(cgroup).unwrap_or_else(|_| cgroup.to_path_buf());
+    Ok(list(bpffs)?
+        .into_iter()
+        .find(|s| s.binding.cgroup == wanted))
 }
 
 fn status_of(entry: &Entry) -> Result<Option<BindingStatus>, BindError> {

@@ -151,7 +151,10 @@ pub struct Outcome {
     pub exit_code: i32,
 }
 
-struct Session {
+/// Tracked processes, their frames and the evidence around their stutters, kept up to date by
+/// [`Tracker::step`]. `record` runs one for a bounded capture; the daemon runs one for ever and
+/// takes each process out with [`Tracker::take_process`] when it exits.
+pub struct Tracker {
     probes: Probes,
     capture: Capture,
     follow_children: bool,
@@ -170,9 +173,278 @@ struct Session {
     /// Processes whose open files were already searched for a GPU node (once, after their first
     /// frame: a process that presents has its GPU open by then).
     gpu_searched: HashSet<u32>,
+    last_scan: Instant,
 }
 
-impl Session {
+impl Tracker {
+    /// A tracker over loaded probes. `gpus` are the GPUs found (for each process's render GPU).
+    pub fn new(
+        probes: Probes,
+        stutter: DetectorConfig,
+        follow_children: bool,
+        gpus: &[gpu::GpuInfo],
+    ) -> Tracker {
+        Tracker {
+            probes,
+            capture: Capture {
+                stutter,
+                ..Default::default()
+            },
+            follow_children,
+            snapshots: ThreadSnapshots::default(),
+            detectors: HashMap::new(),
+            pending_windows: Vec::new(),
+            tids: HashMap::new(),
+            library_scans: HashMap::new(),
+            gpu_nodes: gpus
+                .iter()
+                .flat_map(|g| {
+                    g.device_nodes
+                        .iter()
+                        .filter(|n| !n.shared)
+                        .map(|n| (n.major, n.minor, g.pci_address.clone()))
+                })
+                .collect(),
+            gpu_searched: HashSet::new(),
+            last_scan: Instant::now(),
+        }
+    }
+
+    /// One round: reads the kernel's records, snapshots the threads of presenting processes,
+    /// hooks new graphics libraries, and every SCAN_INTERVAL checks tracked processes.
+    pub fn step(&mut self) {
+        self.drain();
+        self.snapshot_threads();
+        self.scan_new_libraries();
+        if self.last_scan.elapsed() >= SCAN_INTERVAL {
+            self.last_scan = Instant::now();
+            self.scan();
+        }
+    }
+
+    /// The processes tracked so far, by pid.
+    pub fn processes(&self) -> &BTreeMap<u32, ProcessRecord> {
+        &self.capture.processes
+    }
+
+    /// The loaded probes (for their costs and statuses).
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// The stutter thresholds in use.
+    pub fn stutter_config(&self) -> DetectorConfig {
+        self.capture.stutter
+    }
+
+    /// What the tracker holds so far (frames, thread names, culprits), for live verdicts.
+    pub fn live_capture(&self) -> &Capture {
+        &self.capture
+    }
+
+    /// Thresholds for processes tracked from now on.
+    pub fn set_stutter_config(&mut self, stutter: DetectorConfig) {
+        self.capture.stutter = stutter;
+    }
+
+    /// Lets the kernel track ignored processes' pids again once those processes are gone.
+    pub fn forget_ignored(&mut self) {
+        if let Err(e) = self.probes.forget_ignored(target::is_alive) {
+            log::warn!("cannot prune the ignored-process map: {e}");
+        }
+    }
+
+    /// Takes the frames of a still-running process out as a capture of its own (a long
+    /// session's part), keeping it tracked. The last frame stays, so the next part's first frame
+    /// time is measured from it (and counted once, in the next part).
+    pub fn take_frames(
+        &mut self,
+        pid: u32,
+        gpus: Vec<gpu::GpuSeries>,
+        gpu_period_ns: u64,
+    ) -> Option<Capture> {
+        let record = self.capture.processes.get_mut(&pid)?;
+        let last = *record.frames.last()?;
+        let mut part = ProcessRecord {
+            frames: std::mem::replace(&mut record.frames, vec![last]),
+            thread_windows: std::mem::take(&mut record.thread_windows),
+            resolved_present: record.resolved_present.clone(),
+            ..record.clone()
+        };
+        part.exited_ns = None;
+        record.tracked_at_ns = last.ts_ns;
+        let mut capture = Capture {
+            stutter: self.capture.stutter,
+            culprit_cgroups: self.capture.culprit_cgroups.clone(),
+            culprit_pids: self.capture.culprit_pids.clone(),
+            thread_names: self.capture.thread_names.clone(),
+            gpus,
+            gpu_period_ns,
+            target: format!("pid {pid} ({})", part.comm),
+            started_ns: part.frames.first().map_or(part.tracked_at_ns, |f| f.ts_ns),
+            ended_ns: last.ts_ns,
+            end_reason: "session-frame-limit".into(),
+            ..Default::default()
+        };
+        capture.started_unix_s = unix_time_at(capture.started_ns);
+        capture.processes.insert(pid, part);
+        if let Err(e) = self.collect_kernel_state(&mut capture) {
+            capture
+                .notes
+                .push(format!("the kernel's per-thread state could not be read: {e}"));
+        }
+        capture.notes.push(
+            "one part of a long session (reports.max_session_frames): thread totals and              histograms count from the start of the session"
+                .into(),
+        );
+        describe_host(&mut capture);
+        Some(capture)
+    }
+
+    /// Stops tracking `pid` and forgets it; `ignore`: its presents must not track it again.
+    pub fn drop_process(&mut self, pid: u32, ignore: bool) {
+        self.forget(pid);
+        if let Err(e) = self.probes.untrack_process(pid, ignore) {
+            log::warn!("pid {pid}: cannot stop tracking it in the kernel: {e}");
+        }
+    }
+
+    fn forget(&mut self, pid: u32) -> Option<ProcessRecord> {
+        let record = self.capture.processes.remove(&pid);
+        self.detectors.retain(|(p, _), _| *p != pid);
+        self.pending_windows.retain(|(p, _, _)| *p != pid);
+        self.snapshots.forget(pid);
+        self.library_scans.remove(&pid);
+        self.gpu_searched.remove(&pid);
+        if let Some(tids) = self.tids.remove(&pid) {
+            for tid in tids {
+                self.capture.thread_names.remove(&tid);
+            }
+        }
+        if self.capture.processes.is_empty() {
+            // Names of other processes' tasks that kept tracked threads waiting: only needed
+            // while someone is tracked.
+            self.capture.culprit_cgroups.clear();
+            self.capture.culprit_pids.clear();
+        }
+        record
+    }
+
+    /// Takes an exited (or abandoned) process out as a capture of its own, with its kernel state
+    /// and the GPU series of its lifetime, and stops tracking it.
+    pub fn take_process(
+        &mut self,
+        pid: u32,
+        gpus: Vec<gpu::GpuSeries>,
+        gpu_period_ns: u64,
+        end_reason: &str,
+    ) -> Option<Capture> {
+        // Evidence for its last likely stutters, with what the snapshots hold now.
+        let pending: Vec<(u32, u64, u64)> = self
+            .pending_windows
+            .iter()
+            .copied()
+            .filter(|(p, _, _)| *p == pid)
+            .collect();
+        self.pending_windows.retain(|(p, _, _)| *p != pid);
+        for (p, from, to) in pending {
+            if let Some(window) = self.snapshots.window(p, from, to) {
+                if let Some(record) = self.capture.processes.get_mut(&p) {
+                    record.thread_windows.insert(to, window);
+                }
+            }
+        }
+        let mut capture = Capture {
+            stutter: self.capture.stutter,
+            culprit_cgroups: self.capture.culprit_cgroups.clone(),
+            culprit_pids: self.capture.culprit_pids.clone(),
+            gpus,
+            gpu_period_ns,
+            ..Default::default()
+        };
+        for (tid, name) in &self.capture.thread_names {
+            if self.tids.get(&pid).is_some_and(|t| t.contains(tid)) {
+                capture.thread_names.insert(*tid, name.clone());
+            }
+        }
+        let record = self.forget(pid)?;
+        capture.target = format!("pid {pid} ({})", record.comm);
+        capture.started_ns = record
+            .frames
+            .first()
+            .map_or(record.tracked_at_ns, |f| f.ts_ns.min(record.tracked_at_ns));
+        capture.ended_ns = record.exited_ns.unwrap_or_else(monotonic_ns);
+        capture.started_unix_s = unix_time_at(capture.started_ns);
+        capture.end_reason = end_reason.to_string();
+        capture.processes.insert(pid, record);
+        if let Err(e) = self.collect_kernel_state(&mut capture) {
+            capture
+                .notes
+                .push(format!("the kernel's per-thread state could not be read: {e}"));
+        }
+        if let Err(e) = self.probes.untrack_process(pid, false) {
+            log::warn!("pid {pid}: cannot stop tracking it in the kernel: {e}");
+        }
+        describe_host(&mut capture);
+        Some(capture)
+    }
+
+    /// Reads what the kernel holds about the capture's processes: their threads' totals and
+    /// names, histograms, preemptors, and the probes' costs and statuses.
+    fn collect_kernel_state(&mut self, capture: &mut Capture) -> Result<()> {
+        let pids: HashSet<u32> = capture.processes.keys().copied().collect();
+        capture.threads = self
+            .probes
+            .threads()?
+            .into_iter()
+            .filter(|(_, t)| pids.contains(&t.tgid))
+            .collect();
+        for (tid, t) in &capture.threads {
+            if !capture.thread_names.contains_key(tid) {
+                if let Ok(name) =
+                    std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", t.tgid))
+                {
+                    capture
+                        .thread_names
+                        .insert(*tid, name.trim_end().to_string());
+                }
+            }
+        }
+        for pid in &pids {
+            if let Some(h) = self.probes.histograms(*pid)? {
+                capture.histograms.insert(*pid, h);
+            }
+        }
+        capture.preemptors = self
+            .probes
+            .preemptors()?
+            .into_iter()
+            .filter(|(k, _)| pids.contains(&k.victim_tgid))
+            .collect();
+        let presenters: std::collections::BTreeSet<u32> = capture
+            .processes
+            .values()
+            .flat_map(|p| p.frames.iter().map(|f| f.tid))
+            .collect();
+        for tid in presenters {
+            if let Some(h) = self.probes.presenter_histograms(tid)? {
+                capture.presenter_histograms.insert(tid, h);
+            }
+        }
+        capture.dropped_events = self.probes.dropped_events();
+        capture.program_costs = self.probes.program_costs();
+        capture.probe_statuses = self.probes.statuses().to_vec();
+        capture.drm_counts = self.probes.drm_event_counts();
+        explain_sources(capture);
+        if capture.dropped_events > 0 {
+            capture.notes.push(format!(
+                "{} kernel records were lost (ring buffer full): frame counts are lower bounds",
+                capture.dropped_events
+            ));
+        }
+        Ok(())
+    }
+
     fn track(&mut self, pid: u32, preexisting: bool) -> Result<()> {
         self.probes
             .track_process(pid, self.follow_children)
@@ -510,7 +782,8 @@ fn refresh_identity(record: &mut ProcessRecord) {
     }
 }
 
-fn cpu_time_and_peak_rss() -> (f64, u64) {
+/// The agent's CPU time (user + system, seconds) and peak resident memory (bytes) so far.
+pub fn cpu_time_and_peak_rss() -> (f64, u64) {
     // SAFETY: zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer.
@@ -537,25 +810,19 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     let mut probes = Probes::load(LoadOptions {
         mount_tracefs: options.mount_tracefs,
         require_core: true,
+        discover_presenters: false,
     })?;
     probes.declare_gpu_ioctl_types(&options.gpu_ioctl_types)?;
     let (cpu_at_start, _) = cpu_time_and_peak_rss();
-    let mut session = Session {
+    // GPUs are found and sampled from before the first frame, on their own thread.
+    let discovery = gpu::discover(&options.gpu_roots, &gpu::Warnings::default());
+    let mut session = Tracker::new(
         probes,
-        capture: Capture {
-            target: options.target.to_string(),
-            stutter: options.stutter,
-            ..Default::default()
-        },
-        follow_children: options.follow_children,
-        snapshots: ThreadSnapshots::default(),
-        detectors: HashMap::new(),
-        pending_windows: Vec::new(),
-        tids: HashMap::new(),
-        library_scans: HashMap::new(),
-        gpu_nodes: Vec::new(),
-        gpu_searched: HashSet::new(),
-    };
+        options.stutter,
+        options.follow_children,
+        &discovery.gpus,
+    );
+    session.capture.target = options.target.to_string();
     // SAFETY: setpriority on this process; failure only leaves the priority as it was.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) } != 0 {
         log::debug!(
@@ -564,18 +831,6 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         );
     }
 
-    // GPUs are found and sampled from before the first frame, on their own thread.
-    let discovery = gpu::discover(&options.gpu_roots, &gpu::Warnings::default());
-    session.gpu_nodes = discovery
-        .gpus
-        .iter()
-        .flat_map(|g| {
-            g.device_nodes
-                .iter()
-                .filter(|n| !n.shared)
-                .map(|n| (n.major, n.minor, g.pci_address.clone()))
-        })
-        .collect();
     let sampler = options
         .gpu_sampling
         .map(|config| gpu::Sampler::start(&discovery, config));
@@ -621,7 +876,6 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     let wakeups = unsafe { AsyncFd::register_with_interest(events_fd, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("cannot poll the eBPF ring buffer")?;
-    let mut last_scan = Instant::now();
     let end_reason: &str = loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -633,13 +887,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
             _ = sigint.recv() => break "signal",
             _ = sigterm.recv() => break "signal",
         }
-        session.drain();
-        session.snapshot_threads();
-        session.scan_new_libraries();
-        if last_scan.elapsed() >= SCAN_INTERVAL {
-            last_scan = Instant::now();
-            session.scan();
-        }
+        session.step();
         if let Some(child) = launched.as_mut() {
             if child.try_wait().is_some() {
                 let now = monotonic_ns();
@@ -651,10 +899,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         if started.is_none() && !session.capture.processes.is_empty() {
             started = Some(Instant::now());
             session.capture.started_ns = monotonic_ns();
-            session.capture.started_unix_s = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
+            session.capture.started_unix_s = unix_time_at(session.capture.started_ns);
         }
         match started {
             None => {
@@ -715,45 +960,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         capture.started_ns = capture.ended_ns;
     }
     capture.end_reason = end_reason.to_string();
-    capture.threads = session.probes.threads()?;
-    for (tid, t) in &capture.threads {
-        if !capture.thread_names.contains_key(tid) {
-            if let Ok(name) = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", t.tgid)) {
-                capture
-                    .thread_names
-                    .insert(*tid, name.trim_end().to_string());
-            }
-        }
-    }
-    for pid in capture.processes.keys() {
-        if let Some(h) = session.probes.histograms(*pid)? {
-            capture.histograms.insert(*pid, h);
-        }
-    }
-    capture.preemptors = session.probes.preemptors()?;
-    let presenters: Vec<u32> = capture
-        .processes
-        .values()
-        .flat_map(|p| p.frames.iter().map(|f| f.tid))
-        .collect::<std::collections::BTreeSet<u32>>()
-        .into_iter()
-        .collect();
-    for tid in presenters {
-        if let Some(h) = session.probes.presenter_histograms(tid)? {
-            capture.presenter_histograms.insert(tid, h);
-        }
-    }
-    capture.dropped_events = session.probes.dropped_events();
-    capture.program_costs = session.probes.program_costs();
-    capture.probe_statuses = session.probes.statuses().to_vec();
-    capture.drm_counts = session.probes.drm_event_counts();
-    explain_sources(&mut capture);
-    if capture.dropped_events > 0 {
-        capture.notes.push(format!(
-            "{} kernel records were lost (ring buffer full): frame counts are lower bounds",
-            capture.dropped_events
-        ));
-    }
+    session.collect_kernel_state(&mut capture)?;
 
     let exit_code = match launched.as_mut() {
         Some(child) => match child.try_wait() {
@@ -772,11 +979,26 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     let (cpu_at_end, peak_rss) = cpu_time_and_peak_rss();
     capture.agent_cpu_s = cpu_at_end - cpu_at_start;
     capture.agent_peak_rss_bytes = peak_rss;
-    let uts = uname();
-    capture.kernel = uts.0;
-    capture.hostname = uts.1;
-    capture.cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    describe_host(&mut capture);
     Ok(Outcome { capture, exit_code })
+}
+
+/// Fills in the host's kernel, name and CPU count.
+fn describe_host(capture: &mut Capture) {
+    let (kernel, hostname) = uname();
+    capture.kernel = kernel;
+    capture.hostname = hostname;
+    capture.cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+}
+
+/// The wall-clock time (seconds since the Unix epoch) of a CLOCK_MONOTONIC instant.
+pub fn unix_time_at(monotonic: u64) -> f64 {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let age_s = monotonic_ns().saturating_sub(monotonic) as f64 / 1e9;
+    now_unix - age_s
 }
 
 /// Says, for processes whose frames could not come from the best source, why.

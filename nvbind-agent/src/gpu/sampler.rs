@@ -90,6 +90,41 @@ impl Sampler {
         self.config
     }
 
+    /// A copy of every GPU's samples taken at or after `from_ns` (the daemon's view of one game
+    /// session; the thread goes on sampling).
+    pub fn since(&self, from_ns: u64) -> Vec<GpuSeries> {
+        lock(&self.series)
+            .iter()
+            .map(|s| GpuSeries {
+                info: s.info.clone(),
+                not_sampled: s.not_sampled.clone(),
+                samples: s
+                    .samples
+                    .iter()
+                    .filter(|x| x.t_ns >= from_ns)
+                    .cloned()
+                    .collect(),
+                read_ns: s.read_ns,
+            })
+            .collect()
+    }
+
+    /// Every GPU with its newest sample (none yet, or not sampled: `None`).
+    pub fn latest(&self) -> Vec<(GpuInfo, Option<GpuSample>, Option<String>)> {
+        lock(&self.series)
+            .iter()
+            .map(|s| (s.info.clone(), s.samples.last().cloned(), s.not_sampled.clone()))
+            .collect()
+    }
+
+    /// Drops samples older than `before_ns` (the daemon keeps only what live sessions cover).
+    pub fn forget_before(&self, before_ns: u64) {
+        for s in lock(&self.series).iter_mut() {
+            let keep_from = s.samples.partition_point(|x| x.t_ns < before_ns);
+            s.samples.drain(..keep_from);
+        }
+    }
+
     /// Stops the thread and hands over everything sampled.
     pub fn finish(mut self) -> Vec<GpuSeries> {
         self.stop_thread();

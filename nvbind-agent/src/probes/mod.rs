@@ -172,6 +172,8 @@ pub struct LoadOptions {
     pub mount_tracefs: bool,
     /// Fail unless the scheduler and process probes attach (capture needs them; doctor does not).
     pub require_core: bool,
+    /// Track every process from its first present (the daemon), not only the ones asked for.
+    pub discover_presenters: bool,
 }
 
 /// The loaded programs, their attachments and their maps.
@@ -260,6 +262,8 @@ impl Probes {
             .and_then(Format::task_report_max)
             .unwrap_or(0x100);
         loader.override_global("TASK_REPORT_MAX", &report_max, true);
+        let discover = u32::from(options.discover_presenters);
+        loader.override_global("DISCOVER_PRESENTERS", &discover, true);
         let mut ebpf = loader
             .load(PROBES_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
@@ -609,6 +613,53 @@ impl Probes {
             };
             // BPF_NOEXIST: the kernel may have added it meanwhile.
             let _ = threads.insert(tid, state, 1);
+        }
+        Ok(())
+    }
+
+    /// Stops tracking a process and forgets its kernel state (threads, histograms). In discovery
+    /// mode `ignore` also keeps its next presents from tracking it again, until
+    /// [`Self::forget_ignored`].
+    pub fn untrack_process(&mut self, pid: u32, ignore: bool) -> Result<(), ProbeError> {
+        if ignore {
+            self.hash_map_mut::<u32, u32>("IGNORED_PROCESSES")?
+                .insert(pid, 1, 0)
+                .map_err(Self::map_err("IGNORED_PROCESSES"))?;
+        }
+        // Removing a missing key fails with ENOENT: nothing to undo then.
+        let _ = self
+            .hash_map_mut::<u32, u32>("TRACKED_PROCESSES")?
+            .remove(&pid);
+        let _ = self
+            .hash_map_mut::<u32, ProcessHistograms>("PROC_HISTS")?
+            .remove(&pid);
+        let tids: Vec<u32> = self
+            .threads()?
+            .into_iter()
+            .filter(|(_, t)| t.tgid == pid)
+            .map(|(tid, _)| tid)
+            .collect();
+        let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
+        for tid in &tids {
+            let _ = threads.remove(tid);
+        }
+        let mut presenters = self.hash_map_mut::<u32, ProcessHistograms>("PRESENTER_HISTS")?;
+        for tid in &tids {
+            let _ = presenters.remove(tid);
+        }
+        Ok(())
+    }
+
+    /// Drops ignored processes that no longer exist (their pid may be reused by a game).
+    pub fn forget_ignored(&mut self, is_alive: impl Fn(u32) -> bool) -> Result<(), ProbeError> {
+        let mut ignored = self.hash_map_mut::<u32, u32>("IGNORED_PROCESSES")?;
+        let gone: Vec<u32> = ignored
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|&pid| !is_alive(pid))
+            .collect();
+        for pid in gone {
+            let _ = ignored.remove(&pid);
         }
         Ok(())
     }

@@ -261,7 +261,7 @@ pub struct FrameRow {
 
 /// Preference among frame sources when a process shows several: the call closest to the game's
 /// own frame loop first.
-const SOURCE_PREFERENCE: [u32; 4] = [
+pub(crate) const SOURCE_PREFERENCE: [u32; 4] = [
     present_source::VULKAN_RESOLVED,
     present_source::VULKAN_LOADER,
     present_source::GLX,

@@ -105,6 +105,30 @@ pub fn analyse(capture: &Capture, p: &ProcessRecord, frames: &[Frame]) -> Stutte
     }
 }
 
+/// The verdict on one stutter while the game still runs (the daemon's live counters), with the
+/// evidence available now: the presenting thread's, and GPU samples from `gpus`. The session
+/// report, made with every thread's snapshots, can differ.
+pub fn verdict_now(
+    capture: &Capture,
+    p: &ProcessRecord,
+    previous: &Frame,
+    frame: &Frame,
+    baseline_ms: f64,
+    gpus: &[gpu::GpuSeries],
+    gpu_period_ns: u64,
+) -> crate::stutter::Verdict {
+    let mut e = evidence(capture, p, previous, frame);
+    e.gpu = gpu::evidence_for(
+        gpus,
+        p.gpu.as_deref(),
+        previous.ts_ns,
+        frame.ts_ns,
+        gpu_period_ns,
+    );
+    let frame_time_ms = ms(frame.ts_ns.saturating_sub(previous.ts_ns));
+    attribute(0, frame_time_ms, baseline_ms, &e)
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

