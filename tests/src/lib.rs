@@ -5,6 +5,7 @@
 //! fail loudly (never skip silently), naming the command that runs them properly.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -29,6 +30,14 @@ pub fn agent_bin() -> PathBuf {
 }
 
 /// The synthetic game.
+/// `promtool` (setup extracts it into `target/tools`; `NVBIND_PROMTOOL` overrides).
+pub fn promtool_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NVBIND_PROMTOOL") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/promtool")
+}
+
 pub fn game_bin() -> PathBuf {
     bin_from_env("NVBIND_SYNTHETIC_GAME_BIN", "synthetic-game")
 }
@@ -403,5 +412,97 @@ pub fn record_game(
         truth,
         stderr: stderr(&result),
         out,
+    }
+}
+
+/// A private BPF filesystem, unmounted (with every pin in it) when dropped.
+pub struct Bpffs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Bpffs {
+    pub fn new() -> Bpffs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t bpf failed");
+        Bpffs { dir }
+    }
+
+    pub fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tree {
+    V1,
+    V2,
+}
+
+/// Where this machine mounts the hierarchy (found, not assumed).
+pub fn mount_point(tree: Tree) -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read mounts");
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| match tree {
+            Tree::V2 => f.get(2) == Some(&"cgroup2"),
+            Tree::V1 => f.get(2) == Some(&"cgroup") && f[3].split(',').any(|o| o == "devices"),
+        })
+        .map(|f| PathBuf::from(f[1]))
+        .unwrap_or_else(|| {
+            panic!("NOT RUN: no {tree:?} hierarchy mounted here (the binding for it is untested)")
+        })
+}
+
+/// A fresh cgroup, removed when dropped.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(tree: Tree, name: &str) -> TestCgroup {
+        let path = mount_point(tree).join(format!("nvbind-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).expect("mkdir cgroup");
+        TestCgroup { path }
+    }
+
+    pub fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// What opening each node gives a process inside this cgroup.
+    pub fn probe(&self, nodes: &[PathBuf]) -> BTreeMap<String, String> {
+        let out = Command::new(probe_bin())
+            .arg("--join")
+            .arg(self.path.join("cgroup.procs"))
+            .args(nodes)
+            .output()
+            .expect("run open-probe");
+        assert!(out.status.success(), "open-probe: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("open-probe prints JSON")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The probes have exited; the kernel may take a moment to notice.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -197,6 +197,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
                 .env("NVBIND_CPU_HOG_BIN", &hog)
                 .env("NVBIND_OPEN_PROBE_BIN", &probe)
                 .env("NVBIND_XVFB", "1")
+                .env("NVBIND_PROMTOOL", setup::promtool_path()?)
                 .env("NVBIND_REQUIRE_EBPF", "1");
             c
         }),

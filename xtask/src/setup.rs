@@ -2,7 +2,7 @@
 //! Idempotent: everything already present is reported and skipped.
 
 use std::{
-    env,
+    env, fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -30,18 +30,17 @@ const PACKAGES: &[&str] = &[
     "libegl-mesa0",
     "libvulkan1",
     "xauth",
+    // MangoHud: its real CSV log is the reference the MangoHud-format export is checked against.
+    "mangohud",
+    // Real HTTP clients for the daemon's API tests, and `ip` to find a non-loopback address.
+    "curl",
+    "iproute2",
     // The report's SVG chart is checked in a real browser (a headless screenshot).
     "chromium",
 ];
 
 /// Peers the benchmarks compare against or load the machine with (`setup --bench`).
-const BENCH_PACKAGES: &[&str] = &[
-    "bpftrace",
-    "bpfcc-tools",
-    "stress-ng",
-    "linux-perf",
-    "mangohud",
-];
+const BENCH_PACKAGES: &[&str] = &["bpftrace", "bpfcc-tools", "stress-ng", "linux-perf"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -61,6 +60,46 @@ pub fn setup(bench: bool) -> Result<()> {
     debian_packages(&packages)?;
     bpf_linker()?;
     tracefs()?;
+    promtool()?;
+    Ok(())
+}
+
+/// Where setup puts `promtool` (the daemon's `/metrics` is checked with it).
+pub fn promtool_path() -> Result<PathBuf> {
+    Ok(util::target_dir(&util::workspace_root()?).join("tools/promtool"))
+}
+
+/// `promtool` from Debian's `prometheus` package, extracted rather than installed: installing
+/// the package would also start a Prometheus server on port 9090, the agent's own default port.
+fn promtool() -> Result<()> {
+    let dest = promtool_path()?;
+    if dest.is_file() {
+        eprintln!("    skip: promtool at {}", dest.display());
+        return Ok(());
+    }
+    eprintln!("    do: extract promtool from Debian's prometheus package");
+    let work = dest.with_file_name("prometheus-deb");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let download = |work: &Path| {
+        run(Command::new("apt-get")
+            .args(["download", "prometheus"])
+            .current_dir(work))
+    };
+    if download(&work).is_err() {
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        download(&work)?;
+    }
+    let deb = fs::read_dir(&work)?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download prometheus left no .deb")?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&work))?;
+    fs::copy(work.join("usr/bin/promtool"), &dest)
+        .with_context(|| format!("cannot copy promtool to {}", dest.display()))?;
+    let _ = fs::remove_dir_all(&work);
     Ok(())
 }
 

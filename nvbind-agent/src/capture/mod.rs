@@ -289,9 +289,9 @@ impl Tracker {
         capture.started_unix_s = unix_time_at(capture.started_ns);
         capture.processes.insert(pid, part);
         if let Err(e) = self.collect_kernel_state(&mut capture) {
-            capture
-                .notes
-                .push(format!("the kernel's per-thread state could not be read: {e}"));
+            capture.notes.push(format!(
+                "the kernel's per-thread state could not be read: {e}"
+            ));
         }
         capture.notes.push(
             "one part of a long session (reports.max_session_frames): thread totals and              histograms count from the start of the session"
@@ -378,9 +378,9 @@ impl Tracker {
         capture.end_reason = end_reason.to_string();
         capture.processes.insert(pid, record);
         if let Err(e) = self.collect_kernel_state(&mut capture) {
-            capture
-                .notes
-                .push(format!("the kernel's per-thread state could not be read: {e}"));
+            capture.notes.push(format!(
+                "the kernel's per-thread state could not be read: {e}"
+            ));
         }
         if let Err(e) = self.probes.untrack_process(pid, false) {
             log::warn!("pid {pid}: cannot stop tracking it in the kernel: {e}");

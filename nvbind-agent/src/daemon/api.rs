@@ -16,7 +16,7 @@ use axum::{
         ws::{Message, WebSocket, WebSocketUpgrade},
         Path as UrlPath, Query, State,
     },
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -59,7 +59,10 @@ impl Shared {
     }
 
     fn config(&self) -> Config {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Asks for a fresh read of the kernel's records and waits for it (briefly).
@@ -304,10 +307,7 @@ fn cgroup_tree_containers(id: &str) -> Vec<(String, String)> {
                 continue;
             }
             let path = entry.path();
-            let rel = format!(
-                "/{}",
-                path.strip_prefix(&root).unwrap_or(&path).display()
-            );
+            let rel = format!("/{}", path.strip_prefix(&root).unwrap_or(&path).display());
             match container_id(&rel) {
                 Some(cid) if cid.starts_with(id) => found.push((rel, cid)),
                 // Inside a container: its own children are not other containers.
@@ -378,16 +378,27 @@ fn container_body(shared: &Shared, id: &str) -> ApiResult<ContainerBody> {
     })
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
+/// `GET /metrics`: OpenMetrics when the client asks for it (Prometheus does), else the classic
+/// Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, text) = if openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode_openmetrics(),
         )
-            .into_response(),
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.encode_prometheus(),
+        )
+    };
+    match text {
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
         Err(_) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "cannot encode the metrics",
@@ -595,11 +606,7 @@ async fn unbind(
     let target = match (query.get("cgroup"), query.get("all").map(String::as_str)) {
         (Some(path), None) => binding::UnbindTarget::Cgroup(PathBuf::from(path)),
         (None, Some("true")) => binding::UnbindTarget::All,
-        _ => {
-            return Err(ApiError::bad_request(
-                "give ?cgroup=PATH or ?all=true",
-            ))
-        }
+        _ => return Err(ApiError::bad_request("give ?cgroup=PATH or ?all=true")),
     };
     let bpffs = shared.config().api.bpffs;
     let removed = tokio::task::spawn_blocking(move || binding::unbind(&target, &bpffs))

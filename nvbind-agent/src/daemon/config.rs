@@ -231,18 +231,26 @@ impl Config {
     /// Parses TOML text; errors name the line.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map_or(1, |span| text[..span.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map_or(1, |span| {
+                text[..span.start.min(text.len())].lines().count().max(1)
+            });
             // A span at the start of a line counts the lines before it.
             let line = match e.span() {
                 Some(span) if text[..span.start.min(text.len())].ends_with('\n') => line + 1,
                 _ => line,
             };
+            // The line itself: TOML's messages do not always name the key.
+            let quoted = text
+                .lines()
+                .nth(line - 1)
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| format!(" (`{l}`)"))
+                .unwrap_or_default();
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
-                message: e.message().trim().replace('\n', " "),
+                message: format!("{}{quoted}", e.message().trim().replace('\n', " ")),
             }
         })
     }
@@ -319,8 +327,19 @@ impl GamesConfig {
         let included = (self.include_comm.is_empty()
             && self.include_exe.is_empty()
             && self.include_cgroup.is_empty())
-            || matches_any(&self.include_comm, &self.include_exe, &self.include_cgroup, c);
-        included && !matches_any(&self.exclude_comm, &self.exclude_exe, &self.exclude_cgroup, c)
+            || matches_any(
+                &self.include_comm,
+                &self.include_exe,
+                &self.include_cgroup,
+                c,
+            );
+        included
+            && !matches_any(
+                &self.exclude_comm,
+                &self.exclude_exe,
+                &self.exclude_cgroup,
+                c,
+            )
     }
 }
 
@@ -342,8 +361,7 @@ fn matches_any(comms: &[String], exes: &[String], cgroups: &[String], c: &Candid
         !c.cgroup.is_empty()
             && (cg.is_empty()
                 || c.cgroup == cg
-                || c
-                    .cgroup
+                || c.cgroup
                     .strip_prefix(cg)
                     .is_some_and(|rest| rest.starts_with('/')))
     };
@@ -378,9 +396,13 @@ mod tests {
 
     #[test]
     fn wrong_types_are_rejected_with_their_line() {
-        let e = parse("[reports]\nkeep = \"many\"\n").unwrap_err().to_string();
+        let e = parse("[reports]\nkeep = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2"), "{e}");
-        let e = parse("[reports]\nexports = [\"csv\"]\n").unwrap_err().to_string();
+        let e = parse("[reports]\nexports = [\"csv\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("csv"), "{e}");
     }
 

@@ -155,9 +155,7 @@ impl LiveProcess {
         // Frame times over the window (or the time since the first frame, when that is
         // shorter): the FPS a player saw. A game that stopped presenting goes down to 0 as the
         // window passes, rather than showing its last rate.
-        let span_ns = now
-            .saturating_sub(from.max(self.first_present_ns))
-            .max(1);
+        let span_ns = now.saturating_sub(from.max(self.first_present_ns)).max(1);
         let fps = if self.first_present_ns == 0 {
             0.0
         } else {
@@ -361,24 +359,42 @@ mod tests {
         ] {
             assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
         }
-        assert_eq!(container_id("/user.slice/user-1000.slice/session-2.scope"), None);
+        assert_eq!(
+            container_id("/user.slice/user-1000.slice/session-2.scope"),
+            None
+        );
         assert_eq!(container_id(""), None);
     }
 
     #[test]
     fn better_sources_take_over_and_worse_ones_are_ignored() {
         let mut p = process();
-        assert_eq!(p.push(1_000_000, present_source::VULKAN_LOADER), FrameOutcome::First);
+        assert_eq!(
+            p.push(1_000_000, present_source::VULKAN_LOADER),
+            FrameOutcome::First
+        );
         assert!(matches!(
             p.push(17_000_000, present_source::VULKAN_LOADER),
-            FrameOutcome::Timed { frame_time_ns: 16_000_000, .. }
+            FrameOutcome::Timed {
+                frame_time_ns: 16_000_000,
+                ..
+            }
         ));
         // The driver's function is found: counting starts over from it.
-        assert_eq!(p.push(18_000_000, present_source::VULKAN_RESOLVED), FrameOutcome::First);
-        assert_eq!(p.push(33_000_000, present_source::VULKAN_LOADER), FrameOutcome::Ignored);
+        assert_eq!(
+            p.push(18_000_000, present_source::VULKAN_RESOLVED),
+            FrameOutcome::First
+        );
+        assert_eq!(
+            p.push(33_000_000, present_source::VULKAN_LOADER),
+            FrameOutcome::Ignored
+        );
         assert!(matches!(
             p.push(34_000_000, present_source::VULKAN_RESOLVED),
-            FrameOutcome::Timed { frame_time_ns: 16_000_000, .. }
+            FrameOutcome::Timed {
+                frame_time_ns: 16_000_000,
+                ..
+            }
         ));
         assert_eq!(p.source_name(), "vulkan");
         assert_eq!(p.frames_total, 4);

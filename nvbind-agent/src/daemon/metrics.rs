@@ -125,11 +125,90 @@ impl Metrics {
         }
     }
 
-    /// The exposition, OpenMetrics text (which Prometheus also reads).
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+    /// The exposition in OpenMetrics text.
+    pub fn encode_openmetrics(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+
+    /// The exposition in the classic Prometheus text format (0.0.4), for clients that do not
+    /// ask for OpenMetrics (curl, promtool, older scrapers).
+    pub fn encode_prometheus(&self) -> Result<String, std::fmt::Error> {
+        Ok(openmetrics_to_prometheus(&self.encode_openmetrics()?))
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4. The two differ, for what nvbind exports,
+/// only in metadata: OpenMetrics names a counter family without its `_total` suffix (its
+/// samples carry it), has `# UNIT` lines and ends with `# EOF`; the classic format names the
+/// family as its samples and has neither.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_gain_their_suffix_and_openmetrics_only_lines_go() {
+        let om = "# HELP nvbind_frames Frames.\n# TYPE nvbind_frames counter\n\
+                  nvbind_frames_total{pid=\"1\"} 3\n\
+                  # HELP nvbind_frame_time_seconds Time.\n# TYPE nvbind_frame_time_seconds histogram\n\
+                  # UNIT nvbind_frame_time_seconds seconds\nnvbind_frame_time_seconds_count 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP nvbind_frames_total Frames.\n# TYPE nvbind_frames_total counter\n\
+             nvbind_frames_total{pid=\"1\"} 3\n\
+             # HELP nvbind_frame_time_seconds Time.\n# TYPE nvbind_frame_time_seconds histogram\n\
+             nvbind_frame_time_seconds_count 2\n"
+        );
+    }
+
+    #[test]
+    fn the_live_state_is_exported_in_base_units() {
+        let live = Arc::new(RwLock::new(Live::default()));
+        let metrics = Metrics::new(Arc::clone(&live));
+        let labels = ProcessLabels {
+            pid: "42".into(),
+            comm: "game".into(),
+        };
+        metrics.frame_time.get_or_create(&labels).observe(0.010);
+        metrics.frames.get_or_create(&labels).inc();
+        live.write().unwrap().agent.cpu_seconds = 1.5;
+        let text = metrics.encode_openmetrics().unwrap();
+        assert!(text.contains("nvbind_frame_time_seconds_bucket{le=\"0.011111\",pid=\"42\",comm=\"game\"} 1"), "{text}");
+        assert!(text.contains("nvbind_agent_cpu_seconds_total 1.5"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        metrics.forget(&labels);
+        assert!(!metrics.encode_openmetrics().unwrap().contains("pid=\"42\""));
     }
 }
 
@@ -183,7 +262,11 @@ impl Collector for StateCollector {
             None,
             &info,
         )?;
-        let sampled = || live.gpus.iter().filter_map(|g| Some((g, g.sample.as_ref()?)));
+        let sampled = || {
+            live.gpus
+                .iter()
+                .filter_map(|g| Some((g, g.sample.as_ref()?)))
+        };
         let gauge = |get: &dyn Fn(&crate::gpu::GpuSample) -> Option<f64>| -> Vec<_> {
             sampled()
                 .filter(|(_, s)| !s.suspended)
@@ -312,12 +395,48 @@ impl Collector for StateCollector {
             &time,
         )?;
         let agent = &live.agent;
-        single(e, "agent_cpu", "CPU time the agent used", Some(&Unit::Seconds), ConstCounter::new(agent.cpu_seconds))?;
-        single(e, "agent_resident_memory", "The agent's resident memory", Some(&Unit::Bytes), ConstGauge::new(agent.resident_bytes as f64))?;
-        single(e, "dropped_events", "Kernel records lost because the ring buffer was full", None, ConstCounter::new(agent.dropped_events))?;
-        single(e, "tracked_processes", "Games tracked now", None, ConstGauge::new(live.processes.len() as i64))?;
-        single(e, "reports_written", "Session reports written", None, ConstCounter::new(agent.reports_written))?;
-        single(e, "reports_failed", "Session reports that could not be written", None, ConstCounter::new(agent.reports_failed))?;
+        single(
+            e,
+            "agent_cpu",
+            "CPU time the agent used",
+            Some(&Unit::Seconds),
+            ConstCounter::new(agent.cpu_seconds),
+        )?;
+        single(
+            e,
+            "agent_resident_memory",
+            "The agent's resident memory",
+            Some(&Unit::Bytes),
+            ConstGauge::new(agent.resident_bytes as f64),
+        )?;
+        single(
+            e,
+            "dropped_events",
+            "Kernel records lost because the ring buffer was full",
+            None,
+            ConstCounter::new(agent.dropped_events),
+        )?;
+        single(
+            e,
+            "tracked_processes",
+            "Games tracked now",
+            None,
+            ConstGauge::new(live.processes.len() as i64),
+        )?;
+        single(
+            e,
+            "reports_written",
+            "Session reports written",
+            None,
+            ConstCounter::new(agent.reports_written),
+        )?;
+        single(
+            e,
+            "reports_failed",
+            "Session reports that could not be written",
+            None,
+            ConstCounter::new(agent.reports_failed),
+        )?;
         Ok(())
     }
 }

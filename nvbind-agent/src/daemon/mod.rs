@@ -251,11 +251,10 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
     // readable when a record that asks for a wakeup (a new process, a resolved Vulkan present
     // function) is waiting.
     // SAFETY: the borrowed descriptor is open for as long as the tracker's probes live.
-    let events_fd = unsafe {
-        std::os::fd::BorrowedFd::borrow_raw(daemon.tracker.probes().events_fd())
-    }
-    .try_clone_to_owned()
-    .context("cannot duplicate the eBPF ring buffer descriptor")?;
+    let events_fd =
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(daemon.tracker.probes().events_fd()) }
+            .try_clone_to_owned()
+            .context("cannot duplicate the eBPF ring buffer descriptor")?;
     // SAFETY: `events_fd` is owned by the AsyncFd, open and unchanged for its whole life.
     let wakeups = unsafe { AsyncFd::register_with_interest(events_fd, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
@@ -763,7 +762,11 @@ impl Daemon {
         }
         self.tracker.set_stutter_config(config.detector());
         self.live().window = config.window();
-        *self.shared.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = config.clone();
         // Keep what cannot change without a restart as it runs.
         let mut applied = config;
         applied.api.listen = self.config.api.listen.clone();
@@ -772,7 +775,10 @@ impl Daemon {
         self.config = applied;
         // Processes excluded under the old lists are looked at again under the new ones.
         self.rejected.clear();
-        log::info!("SIGHUP: configuration reloaded from {}", self.options.config_path.display());
+        log::info!(
+            "SIGHUP: configuration reloaded from {}",
+            self.options.config_path.display()
+        );
     }
 }
 

@@ -72,7 +72,11 @@ pub fn stem(capture: &Capture, pid: u32, comm: &str, part: u32) -> String {
 
 /// Writes a finished session: per-frame logs first, the report last (its presence means the
 /// session is complete; pruning counts reports).
-pub fn write(capture: &Capture, config: &ReportsConfig, part: u32) -> Result<Written, SessionError> {
+pub fn write(
+    capture: &Capture,
+    config: &ReportsConfig,
+    part: u32,
+) -> Result<Written, SessionError> {
     let (report, rows) = report::build(capture);
     let Some(process) = report.processes.first() else {
         return Ok(Written::default());
@@ -99,14 +103,14 @@ pub fn write(capture: &Capture, config: &ReportsConfig, part: u32) -> Result<Wri
                 let path = config.dir.join(format!("{stem}.mangohud.csv"));
                 (
                     "mangohud.csv",
-                    export_pending(&path) /*EXPORT-PENDING mangohud*/,
+                    export_pending(&path), /*EXPORT-PENDING mangohud*/
                 )
             }
             Export::Presentmon => {
                 let path = config.dir.join(format!("{stem}.presentmon.csv"));
                 (
                     "presentmon.csv",
-                    export_pending(&path) /*EXPORT-PENDING presentmon*/,
+                    export_pending(&path), /*EXPORT-PENDING presentmon*/
                 )
             }
         };
@@ -143,7 +147,10 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
     let doomed: Vec<String> = stems[..excess].iter().map(|s| s.to_string()).collect();
     for stem in &doomed {
         for name in &names {
-            if name.strip_prefix(stem.as_str()).is_some_and(|rest| rest.starts_with('.')) {
+            if name
+                .strip_prefix(stem.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+            {
                 if let Err(e) = fs::remove_file(dir.join(name)) {
                     log::warn!("cannot prune {}: {e}", dir.join(name).display());
                 }
@@ -221,4 +228,6 @@ mod tests {
     }
 }
 
-fn export_pending(_: &Path) -> Result<(), report::write::WriteError> { Ok(()) } // EXPORT-PENDING
+fn export_pending(_: &Path) -> Result<(), report::write::WriteError> {
+    Ok(())
+} // EXPORT-PENDING

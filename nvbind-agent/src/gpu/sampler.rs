@@ -113,7 +113,13 @@ impl Sampler {
     pub fn latest(&self) -> Vec<(GpuInfo, Option<GpuSample>, Option<String>)> {
         lock(&self.series)
             .iter()
-            .map(|s| (s.info.clone(), s.samples.last().cloned(), s.not_sampled.clone()))
+            .map(|s| {
+                (
+                    s.info.clone(),
+                    s.samples.last().cloned(),
+                    s.not_sampled.clone(),
+                )
+            })
             .collect()
     }
 
