@@ -887,3 +887,51 @@ fn the_api_listens_on_loopback_only_by_default() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame() {
+    require_root();
+    let _one = serial();
+    let mut daemon = Daemon::start("");
+    // Like a container or the Steam runtime: the game's libEGL is another file than the host's
+    // (which the probes hooked at start), in a mount namespace of its own.
+    let host_egl = fs::canonicalize("/usr/lib/x86_64-linux-gnu/libEGL.so.1")
+        .expect("the host's libEGL.so.1 (cargo xtask setup installs libegl1)");
+    let work = tempfile::tempdir().expect("tempdir");
+    let copy = work.path().join("libEGL-copy.so");
+    fs::copy(&host_egl, &copy).expect("copy libEGL");
+    let game = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} {} && exec {} --frames 120 --interval-ms 10 --startup-delay-ms 1500 \
+             --truth {}",
+            copy.display(),
+            host_egl.display(),
+            game_bin().display(),
+            work.path().join("truth.txt").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the game in its own mount namespace");
+    let pid = game.id();
+    wait_exit(game, Duration::from_secs(60));
+    let (_, report) = daemon.wait_for_report(pid);
+    let truth = truth(work.path());
+    assert_eq!(truth.len(), 120, "the game presented through its copy");
+    assert_eq!(
+        report["processes"][0]["frames"]["count"].as_u64(),
+        Some(120),
+        "every frame, from the first, through the copy: {}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("a copy the host's hooks do not cover"),
+        "{}",
+        daemon.log()
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}

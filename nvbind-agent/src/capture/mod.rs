@@ -242,6 +242,12 @@ impl Tracker {
         &self.capture
     }
 
+    /// Hooks the graphics libraries `pid` maps that are not hooked yet (copies inside containers
+    /// and runtimes are other files than the host's). Returns the newly hooked files.
+    pub fn hook_libraries_of(&mut self, pid: u32) -> Vec<String> {
+        self.probes.attach_process_libraries(pid)
+    }
+
     /// Thresholds for processes tracked from now on.
     pub fn set_stutter_config(&mut self, stutter: DetectorConfig) {
         self.capture.stutter = stutter;

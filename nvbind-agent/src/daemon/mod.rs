@@ -48,6 +48,13 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY_INTERVAL: Duration = Duration::from_secs(10);
 /// GPU samples kept for live verdicts when no session is open.
 const GPU_HISTORY: Duration = Duration::from_secs(10);
+/// How often /proc is listed for new processes, whose graphics libraries may be copies the
+/// probes do not cover yet (a game in a container or the Steam runtime).
+const NEW_PROCESS_SCAN_INTERVAL: Duration = Duration::from_millis(250);
+/// Ages at which a new process's memory map is searched for graphics libraries: games map
+/// their loader early and present seconds later; a process that lives past the last age and
+/// maps one later is hooked only if it is tracked some other way.
+const LIBRARY_SCAN_AGES_MS: [u64; 5] = [200, 1_000, 3_000, 10_000, 30_000];
 /// How long the agent's stop waits for API connections (WebSockets) to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -178,6 +185,10 @@ struct Daemon {
     cpu_at_start: HashMap<u32, f64>,
     writes: JoinSet<(PendingWrite, Result<sessions::Written, String>)>,
     failed: Vec<PendingWrite>,
+    /// Processes seen in /proc: when first seen, and how many library scans they had.
+    young: HashMap<u32, (Instant, usize)>,
+    /// Every pid seen in /proc at the last listing.
+    known: HashSet<u32>,
 }
 
 async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) -> Result<u8> {
@@ -240,7 +251,12 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
         cpu_at_start: HashMap::new(),
         writes: JoinSet::new(),
         failed: Vec::new(),
+        young: HashMap::new(),
+        known: HashSet::new(),
     };
+    // Processes running now were covered by the host's libraries at load; only new ones are
+    // searched for copies.
+    daemon.known = list_pids();
     daemon.housekeeping();
     log::info!(
         "tracking every process that presents frames; reports go to {}",
@@ -264,6 +280,7 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_housekeeping = Instant::now();
     let mut last_retry = Instant::now();
+    let mut last_process_scan = Instant::now();
     let signal_name = loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -290,6 +307,10 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
         if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             last_housekeeping = Instant::now();
             daemon.housekeeping();
+        }
+        if last_process_scan.elapsed() >= NEW_PROCESS_SCAN_INTERVAL {
+            last_process_scan = Instant::now();
+            daemon.scan_new_processes();
         }
         if last_retry.elapsed() >= RETRY_INTERVAL {
             last_retry = Instant::now();
@@ -689,6 +710,42 @@ impl Daemon {
         }
     }
 
+    /// Hooks graphics libraries that new processes map from files the probes do not cover yet,
+    /// so a game in a container or the Steam runtime is seen from its first frame too.
+    fn scan_new_processes(&mut self) {
+        let now = Instant::now();
+        let pids = list_pids();
+        for &pid in pids.difference(&self.known) {
+            self.young.insert(pid, (now, 0));
+        }
+        self.known = pids;
+        let known = &self.known;
+        self.young
+            .retain(|pid, (_, done)| known.contains(pid) && *done < LIBRARY_SCAN_AGES_MS.len());
+        let due: Vec<u32> = self
+            .young
+            .iter()
+            .filter(|(_, (seen, done))| {
+                now.duration_since(*seen) >= Duration::from_millis(LIBRARY_SCAN_AGES_MS[*done])
+            })
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in due {
+            if let Some((seen, done)) = self.young.get_mut(&pid) {
+                // Skip ages already passed (a slow tick): one scan covers them.
+                let age = now.duration_since(*seen);
+                while *done < LIBRARY_SCAN_AGES_MS.len()
+                    && age >= Duration::from_millis(LIBRARY_SCAN_AGES_MS[*done])
+                {
+                    *done += 1;
+                }
+            }
+            for lib in self.tracker.hook_libraries_of(pid) {
+                log::info!("pid {pid}: hooked {lib} (a copy the host's hooks do not cover)");
+            }
+        }
+    }
+
     /// Refreshes GPU status and the agent's cost; trims live windows and old GPU samples.
     fn housekeeping(&mut self) {
         let (cpu, _) = cpu_time_and_peak_rss();
@@ -780,6 +837,16 @@ impl Daemon {
             self.options.config_path.display()
         );
     }
+}
+
+/// Every process id in /proc now.
+fn list_pids() -> HashSet<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The agent's resident memory now (the kernel's `statm`).
