@@ -547,6 +547,7 @@ fn record(args: RecordArgs) -> Result<u8> {
         gpu_ioctl_types: args.gpu_ioctl_type,
         gpu_sampling,
         gpu_roots,
+        progress: true,
     }))?;
     let (report, rows) = report::build(&outcome.capture);
     report::write::report_json(&args.out, &report)?;

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod progress;
 mod snapshots;
 
 use anyhow::{bail, Context, Result};
@@ -142,6 +143,8 @@ pub struct RecordOptions {
     pub gpu_sampling: Option<gpu::SamplerConfig>,
     /// Where to find GPUs.
     pub gpu_roots: gpu::Roots,
+    /// Draw a live line (elapsed, FPS, p99, stutters) on stderr when it is a terminal.
+    pub progress: bool,
 }
 
 /// A finished recording and the exit code the agent should end with.
@@ -882,6 +885,9 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     let wakeups = unsafe { AsyncFd::register_with_interest(events_fd, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("cannot poll the eBPF ring buffer")?;
+    let mut progress = options
+        .progress
+        .then(|| progress::Progress::new(options.stutter));
     let end_reason: &str = loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -894,6 +900,9 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
             _ = sigterm.recv() => break "signal",
         }
         session.step();
+        if let Some(p) = progress.as_mut() {
+            p.update(&session, started.map(|t| t.elapsed()));
+        }
         if let Some(child) = launched.as_mut() {
             if child.try_wait().is_some() {
                 let now = monotonic_ns();
@@ -935,6 +944,9 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
             }
         }
     };
+    if let Some(p) = &progress {
+        p.finish();
+    }
     // Let in-flight records land, then read everything once more.
     tokio::time::sleep(DRAIN_INTERVAL).await;
     session.drain();

@@ -53,6 +53,8 @@ pub struct LiveProcess {
     detector: Detector,
     /// Session part (a long session is written in parts of `reports.max_session_frames`).
     pub part: u32,
+    /// Frames of the tracker's record already counted.
+    seen: usize,
 }
 
 /// What one new frame meant, for the caller's counters.
@@ -88,7 +90,25 @@ impl LiveProcess {
             recent: VecDeque::new(),
             detector: Detector::new(stutter),
             part: 0,
+            seen: 0,
         }
+    }
+
+    /// Counts the frames of `frames` (the tracker's record of this process) not counted yet.
+    /// Returns each new frame's index in `frames` and what it meant.
+    pub fn catch_up(&mut self, frames: &[crate::capture::Frame]) -> Vec<(usize, FrameOutcome)> {
+        let start = self.seen.min(frames.len());
+        self.seen = frames.len();
+        frames[start..]
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (start + i, self.push(f.ts_ns, f.source)))
+            .collect()
+    }
+
+    /// The tracker's record now holds only its last frame (a session part was taken out).
+    pub fn restart_record(&mut self) {
+        self.seen = 1;
     }
 
     /// Counts a present. Frames from a source better than the counted one switch the count to

@@ -204,8 +204,16 @@ mod tests {
         metrics.frames.get_or_create(&labels).inc();
         live.write().unwrap().agent.cpu_seconds = 1.5;
         let text = metrics.encode_openmetrics().unwrap();
-        assert!(text.contains("nvbind_frame_time_seconds_bucket{le=\"0.011111\",pid=\"42\",comm=\"game\"} 1"), "{text}");
-        assert!(text.contains("nvbind_agent_cpu_seconds_total 1.5"), "{text}");
+        assert!(
+            text.contains(
+                "nvbind_frame_time_seconds_bucket{le=\"0.011111\",pid=\"42\",comm=\"game\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("nvbind_agent_cpu_seconds_total 1.5"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
         metrics.forget(&labels);
         assert!(!metrics.encode_openmetrics().unwrap().contains("pid=\"42\""));

@@ -177,8 +177,6 @@ struct Daemon {
     options: DaemonOptions,
     sampler: Option<gpu::Sampler>,
     gpu_period_ns: u64,
-    /// Frames of each tracked process already counted (index into its record's frames).
-    seen: HashMap<u32, usize>,
     /// Processes the config excluded (not re-examined while they live).
     rejected: HashSet<u32>,
     /// The agent's CPU time when each session started.
@@ -246,7 +244,6 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
         config,
         options,
         sampler,
-        seen: HashMap::new(),
         rejected: HashSet::new(),
         cpu_at_start: HashMap::new(),
         writes: JoinSet::new(),
@@ -474,9 +471,8 @@ impl Daemon {
                     pid: pid.to_string(),
                     comm: lp.comm.clone(),
                 };
-                let seen = self.seen.entry(pid).or_insert(0);
-                for (i, f) in record.frames.iter().enumerate().skip(*seen) {
-                    match lp.push(f.ts_ns, f.source) {
+                for (i, outcome) in lp.catch_up(&record.frames) {
+                    match outcome {
                         FrameOutcome::Ignored => {}
                         FrameOutcome::First => {
                             self.shared.metrics.frames.get_or_create(&labels).inc();
@@ -497,7 +493,6 @@ impl Daemon {
                         }
                     }
                 }
-                *seen = record.frames.len();
                 lp.gpu.clone_from(&record.gpu);
                 if record.exited_ns.is_some() {
                     finished.push(pid);
@@ -511,7 +506,6 @@ impl Daemon {
         }
         for pid in reject {
             self.tracker.drop_process(pid, true);
-            self.seen.remove(&pid);
         }
         for pid in finished {
             self.finish(pid, "process-exited");
@@ -589,7 +583,6 @@ impl Daemon {
             }
             removed.map(|p| p.part)
         };
-        self.seen.remove(&pid);
         let Some(mut capture) = self
             .tracker
             .take_process(pid, gpus, self.gpu_period_ns, reason)
@@ -624,7 +617,6 @@ impl Daemon {
         let Some(mut capture) = self.tracker.take_frames(pid, gpus, self.gpu_period_ns) else {
             return;
         };
-        self.seen.insert(pid, 1);
         // A split session's parts are numbered from 1; a session never split has no number.
         let part = {
             let mut live = self.live();
@@ -633,6 +625,7 @@ impl Daemon {
             };
             let written = lp.part.max(1);
             lp.part = written + 1;
+            lp.restart_record();
             written
         };
         self.annotate(pid, &mut capture);
