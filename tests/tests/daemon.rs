@@ -935,3 +935,35 @@ fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn the_systemd_unit_is_valid() {
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/nvbind-agent.service"
+    ))
+    .expect("dist/nvbind-agent.service");
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "reload is SIGHUP"
+    );
+    assert!(unit.contains("StateDirectory=nvbind") && unit.contains("RuntimeDirectory=nvbind"));
+    // systemd's own checker, with ExecStart pointing at the agent built here.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nvbind-agent.service");
+    let here = unit.replace(
+        "ExecStart=/usr/local/bin/nvbind-agent",
+        &format!("ExecStart={}", nvbind_tests::agent_bin().display()),
+    );
+    fs::write(&path, here).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze (Debian's systemd package)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -35,6 +35,8 @@ const PACKAGES: &[&str] = &[
     // Real HTTP clients for the daemon's API tests, and `ip` to find a non-loopback address.
     "curl",
     "iproute2",
+    // `systemd-analyze verify` checks the shipped unit file.
+    "systemd",
     // The report's SVG chart is checked in a real browser (a headless screenshot).
     "chromium",
 ];

@@ -266,7 +266,10 @@ impl Config {
                 self.api.window_s
             ));
         }
-        self.detector().validate()?;
+        self.detector().validate().map_err(|e| {
+            e.replace("--stutter-factor", "stutter.factor")
+                .replace("--stutter-floor-ms", "stutter.floor_ms")
+        })?;
         if self.gpu.sample_hz != 0.0
             && !(self.gpu.sample_hz.is_finite() && (0.1..=1000.0).contains(&self.gpu.sample_hz))
         {
@@ -382,6 +385,22 @@ mod tests {
     fn empty_file_means_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_shipped_example_documents_every_default() {
+        let text = include_str!("../../../dist/agent.toml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+        // Every key of every section appears in it.
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        for line in defaults.lines() {
+            if let Some((key, _)) = line.split_once(" = ") {
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                    "dist/agent.toml does not document {key}"
+                );
+            }
+        }
     }
 
     #[test]

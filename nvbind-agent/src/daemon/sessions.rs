@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn stems_sort_by_time_and_are_safe_file_names() {
         let a = stem(&capture_at(1_795_000_000.25), 42, "vk cube/x", 0);
-        assert_eq!(a, "2026-11-18T08-26-40.250Z-vk_cube_x-42");
+        assert_eq!(a, "2026-11-18T11-06-40.250Z-vk_cube_x-42");
         assert!(is_session_stem(&a));
         let b = stem(&capture_at(1_795_000_001.0), 7, "a", 2);
         assert!(b.ends_with("-a-7-part2"));
