@@ -46,7 +46,7 @@ const YOUNG_PROCESS: Duration = Duration::from_secs(5);
 const SETTLED_LIBRARY_SCAN_NS: u64 = 1_000_000_000;
 /// The agent's nice value while recording: it yields the CPU to the game it measures, so it does
 /// not cause the stutters it reports (it drains a ring buffer that holds seconds of frames).
-const AGENT_NICE: i32 = 5;
+pub const AGENT_NICE: i32 = 5;
 /// Processes that presented within this long get their threads' counters read on every drain
 /// (the evidence of stutters beyond the presenting thread).
 const PRESENTING_RECENTLY_NS: u64 = 2_000_000_000;
@@ -832,13 +832,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         &discovery.gpus,
     );
     session.capture.target = options.target.to_string();
-    // SAFETY: setpriority on this process; failure only leaves the priority as it was.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) } != 0 {
-        log::debug!(
-            "cannot lower the agent's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    yield_to_games();
 
     let sampler = options
         .gpu_sampling
@@ -999,6 +993,17 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     capture.agent_peak_rss_bytes = peak_rss;
     describe_host(&mut capture);
     Ok(Outcome { capture, exit_code })
+}
+
+/// Lowers the agent's priority (AGENT_NICE), so it does not cause the stutters it measures.
+pub fn yield_to_games() {
+    // SAFETY: setpriority on this process; failure only leaves the priority as it was.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) } != 0 {
+        log::debug!(
+            "cannot lower the agent's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Fills in the host's kernel, name and CPU count.

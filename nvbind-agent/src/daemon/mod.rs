@@ -153,8 +153,16 @@ impl DaemonOptions {
 /// Runs the daemon until SIGTERM or SIGINT. Returns the exit code.
 pub fn run(options: DaemonOptions) -> Result<u8> {
     let config = options.load_config()?;
+    if !crate::probes::is_root() {
+        anyhow::bail!(
+            "the daemon loads eBPF programs and needs root: run `sudo nvbind-agent` (or the \
+             systemd service in dist/)"
+        );
+    }
     let gpu_roots = options.gpu_roots(&config)?;
     sessions::prepare_dir(&config.reports.dir)?;
+    // Before the runtime's threads start, so they inherit it.
+    crate::capture::yield_to_games();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
