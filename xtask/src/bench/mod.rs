@@ -10,6 +10,8 @@
 //!    interleaved.
 //! 5. Device binding: time to bind and to replace, and the cost added to `open()` of a device
 //!    node with 1 versus 100 bound cgroups ([`binding`]).
+//! 6. The daemon: frame-to-WebSocket latency, and its CPU and memory with two tracked games and
+//!    ten streams versus idle ([`daemon`]).
 //!
 //! Prints Markdown tables for BENCHMARKS.md. The machine is small and noisy: compare within one
 //! run, never against remembered numbers.
@@ -28,6 +30,7 @@ use serde_json::Value;
 use crate::{demo::x_display, util::step};
 
 mod binding;
+mod daemon;
 
 /// The parts of the benchmark (`cargo xtask bench --only PART`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,6 +41,8 @@ pub enum Part {
     Gpu,
     /// Device binding.
     Binding,
+    /// The daemon: WebSocket freshness and footprint with two games and ten streams.
+    Daemon,
 }
 
 const STORM_LOOPS: &str = "40000";
@@ -141,6 +146,11 @@ pub fn bench(root: &Path, agent: &Path, target: &Path, only: &[Part]) -> Result<
         step("binding: build the open-probe helper (release)");
         let probe = release_test_bin(root, "open-probe")?;
         binding::bench(root, agent, &probe, &dir)?;
+    }
+    if wanted(Part::Daemon) {
+        step("daemon: build the synthetic game (release)");
+        let game = release_test_bin(root, "synthetic-game")?;
+        daemon::bench(agent, &game, &dir)?;
     }
     Ok(())
 }
