@@ -133,6 +133,14 @@ pub struct RecordArgs {
     /// Also write one CSV row per frame here (written atomically).
     #[arg(long, value_name = "FILE")]
     pub frames_csv: Option<PathBuf>,
+    /// Also write the frames in MangoHud's log format (MangoHud 0.6.8), one file per process
+    /// with frames: with several, `-<pid>` goes before the extension (see docs/exports.md).
+    #[arg(long, value_name = "FILE")]
+    pub mangohud_csv: Option<PathBuf>,
+    /// Also write the frames as a PresentMon 1.x CSV (CapFrameX reads it), one file per process
+    /// with frames, named as for --mangohud-csv.
+    #[arg(long, value_name = "FILE")]
+    pub presentmon_csv: Option<PathBuf>,
     /// Do not track processes the targets start.
     #[arg(long)]
     pub no_follow_children: bool,
@@ -530,7 +538,10 @@ fn record(args: RecordArgs) -> Result<u8> {
     let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
     // Refuse early rather than record for an hour and lose it.
     report::write::check_writable(&args.out)?;
-    if let Some(csv) = &args.frames_csv {
+    for csv in [&args.frames_csv, &args.mangohud_csv, &args.presentmon_csv]
+        .into_iter()
+        .flatten()
+    {
         report::write::check_writable(csv)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -553,6 +564,16 @@ fn record(args: RecordArgs) -> Result<u8> {
     report::write::report_json(&args.out, &report)?;
     if let Some(csv) = &args.frames_csv {
         report::write::frames_csv(csv, &rows)?;
+    }
+    if let Some(path) = &args.mangohud_csv {
+        for (pid, file) in report::export::outputs(path, &report) {
+            report::export::mangohud_csv(&file, &report, &rows, pid)?;
+        }
+    }
+    if let Some(path) = &args.presentmon_csv {
+        for (pid, file) in report::export::outputs(path, &report) {
+            report::export::presentmon_csv(&file, &report, &rows, pid)?;
+        }
     }
     for p in report.processes.iter().filter(|p| p.frames.count > 0) {
         eprintln!(

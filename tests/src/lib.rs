@@ -421,7 +421,7 @@ pub struct Bpffs {
 }
 
 impl Bpffs {
-    pub fn new() -> Bpffs {
+    pub fn mount() -> Bpffs {
         let dir = tempfile::tempdir().expect("tempdir");
         let status = Command::new("mount")
             .args(["-t", "bpf", "bpf"])

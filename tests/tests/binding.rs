@@ -122,7 +122,7 @@ fn bind_replace_list_unbind(tree: Tree) {
     require_root();
     let host = FixtureHost::new("mixed-nvidia-amd");
     let nodes = Nodes::of(&host);
-    let bpffs = Bpffs::new();
+    let bpffs = Bpffs::mount();
     let cgroup = TestCgroup::new(tree, "bind");
     let neighbour = TestCgroup::new(tree, "neighbour");
 
@@ -229,7 +229,7 @@ fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
     require_root();
     let host = FixtureHost::new("mixed-nvidia-amd");
     let nodes = Nodes::of(&host);
-    let bpffs = Bpffs::new();
+    let bpffs = Bpffs::mount();
     let cgroup = TestCgroup::new(tree, "kill");
     let nvidia0 = host.path("dev/nvidia0");
     let amd_render = host.path("dev/dri/renderD128");
@@ -315,7 +315,7 @@ fn bad_input_is_refused_and_the_previous_policy_stays() {
     require_root();
     let host = FixtureHost::new("mixed-nvidia-amd");
     let nodes = Nodes::of(&host);
-    let bpffs = Bpffs::new();
+    let bpffs = Bpffs::mount();
     let cgroup = TestCgroup::new(Tree::V2, "bad");
     let out = bind(&cgroup, "1", &host, &bpffs);
     assert!(out.status.success(), "bind: {}", stderr(&out));
@@ -479,7 +479,7 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
     require_root();
     let host = FixtureHost::new("mixed-nvidia-amd");
     let nodes = Nodes::of(&host);
-    let bpffs = Bpffs::new();
+    let bpffs = Bpffs::mount();
     let cgroup = TestCgroup::new(Tree::V2, "dry");
     let out = run_ok(&agent_args(
         &[

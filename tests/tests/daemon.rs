@@ -250,13 +250,14 @@ fn start_game(dir: &Path, frames: u32, interval_ms: f64) -> Child {
         .expect("start the synthetic game")
 }
 
-/// The synthetic game started inside `cgroup` (it joins before exec, so it presents from there).
+/// The synthetic game started inside `cgroup` (it joins before exec, so it presents from there),
+/// sleeping 80 ms every 100th frame.
 fn start_game_in(cgroup: &Path, dir: &Path, frames: u32, interval_ms: f64) -> Child {
     Command::new("sh")
         .arg("-c")
         .arg(format!(
             "echo $$ > {}/cgroup.procs && exec {} --frames {frames} --interval-ms {interval_ms} \
-             --truth {}",
+             --stall-every 100 --stall-ms 80 --stall-kind sleep --truth {}",
             cgroup.display(),
             game_bin().display(),
             dir.join("truth.txt").display()
@@ -391,6 +392,16 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     let p50 = view["frame_time_ms"]["p50"].as_f64().expect("p50");
     assert!((9.0..=12.0).contains(&p50), "p50 about 10 ms, got {p50}");
     assert_eq!(view["comm"], "synthetic-game");
+    // Its sleeps every 100th frame are stutters, explained live.
+    let stutters = view["stutters_total"].as_u64().expect("stutters_total");
+    assert!(
+        stutters >= 2,
+        "stalls at frames 100, 200, ... counted live: {view}"
+    );
+    assert!(
+        view["stutters_by_cause"]["blocked"].as_u64().unwrap_or(0) >= 1,
+        "a sleeping frame thread is `blocked`: {view}"
+    );
     assert_eq!(view["container_id"], CONTAINER_ID);
     assert_eq!(view["cgroup"], format!("/docker-{CONTAINER_ID}.scope"));
     let all = daemon.get_json("/api/processes");
@@ -441,6 +452,7 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     for series in [
         format!("nvbind_frame_time_seconds_bucket{{le=\"0.016667\",pid=\"{pid}\",comm=\"synthetic-game\"}}"),
         format!("nvbind_frames_total{{pid=\"{pid}\",comm=\"synthetic-game\"}}"),
+        format!("nvbind_stutters_total{{pid=\"{pid}\",comm=\"synthetic-game\",cause=\"blocked\"}}"),
         "nvbind_bpf_program_runs_total{program=\"nvbind_present\"}".to_string(),
         "nvbind_bpf_program_run_seconds_total{program=\"nvbind_sched_switch\"}".to_string(),
         "nvbind_agent_resident_memory_bytes ".to_string(),
@@ -677,11 +689,17 @@ fn bad_configuration_is_refused_with_the_line_and_nothing_starts() {
 }
 
 #[test]
-fn binding_is_served_on_the_root_only_socket() {
+fn fixture_gpus_are_served_and_binding_is_on_the_root_only_socket() {
     require_root();
     let _one = serial();
     let host = FixtureHost::new("mixed-nvidia-amd");
-    let bpffs = Bpffs::new();
+    // The fixture's AMD card sleeps (runtime-suspended, so it is not read); wake it.
+    fs::write(
+        host.path("sys/bus/pci/devices/0000:0c:00.0/power/runtime_status"),
+        "active\n",
+    )
+    .expect("wake the fixture's AMD card");
+    let bpffs = Bpffs::mount();
     let mut daemon = Daemon::start(&format!(
         "bpffs = \"{}\"\n\n[gpu]\nsysfs_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
         bpffs.path(),
@@ -689,6 +707,29 @@ fn binding_is_served_on_the_root_only_socket() {
         host.path("dev").display(),
         host.path("proc").display()
     ));
+    // The fixture's GPUs, with the AMD card's counters read from its sysfs files.
+    std::thread::sleep(Duration::from_millis(1500));
+    let gpus = daemon.get_json("/api/gpu/status");
+    let gpus = gpus["gpus"].as_array().expect("gpus").clone();
+    assert_eq!(gpus.len(), 2, "{gpus:?}");
+    let amd = gpus
+        .iter()
+        .find(|g| g["pci_address"] == "0000:0c:00.0")
+        .expect("the AMD GPU");
+    assert_eq!(amd["sampled"], true, "{amd}");
+    assert!(
+        amd["sample"]["utilization_ratio"].as_f64().is_some(),
+        "{amd}"
+    );
+    let (_, metrics) = daemon.get("/metrics");
+    assert!(
+        metrics.contains("nvbind_gpu_utilization_ratio{gpu=\"1\",pci_address=\"0000:0c:00.0\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nvbind_gpu_memory_used_bytes{"),
+        "{metrics}"
+    );
     let socket = daemon.socket();
     let mode = fs::metadata(&socket).expect("socket").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "root only");

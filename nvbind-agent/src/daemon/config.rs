@@ -34,7 +34,7 @@ pub enum ConfigError {
 }
 
 /// The whole file. Every section and key has a default, so an empty file is valid.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub api: ApiConfig,
@@ -188,18 +188,6 @@ impl Default for GpuConfig {
             sysfs_root: "/sys".into(),
             dev_root: "/dev".into(),
             proc_root: "/proc".into(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            api: ApiConfig::default(),
-            games: GamesConfig::default(),
-            reports: ReportsConfig::default(),
-            stutter: StutterConfig::default(),
-            gpu: GpuConfig::default(),
         }
     }
 }

@@ -285,7 +285,7 @@ impl Collector for StateCollector {
             e,
             "gpu_utilization",
             "Share of time the GPU was busy",
-            Some(&Unit::Ratios),
+            Some(&Unit::Other("ratio".into())),
             &gauge(&|s| s.utilization_ratio),
         )?;
         family(

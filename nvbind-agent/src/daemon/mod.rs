@@ -445,35 +445,36 @@ impl Daemon {
                     reject.push(pid);
                     continue;
                 }
-                if !live.processes.contains_key(&pid) {
-                    let identity = Identity::of(pid, &record.comm, &record.exe);
-                    let candidate = Candidate {
-                        comm: &identity.comm,
-                        exe: &identity.exe,
-                        cgroup: &identity.cgroup,
-                    };
-                    if !self.config.games.admits(&candidate) {
+                let lp = match live.processes.entry(pid) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        let identity = Identity::of(pid, &record.comm, &record.exe);
+                        let candidate = Candidate {
+                            comm: &identity.comm,
+                            exe: &identity.exe,
+                            cgroup: &identity.cgroup,
+                        };
+                        if !self.config.games.admits(&candidate) {
+                            log::info!(
+                                "pid {pid} ({}) presents frames but the config excludes it",
+                                identity.comm
+                            );
+                            self.rejected.insert(pid);
+                            reject.push(pid);
+                            continue;
+                        }
                         log::info!(
-                            "pid {pid} ({}) presents frames but the config excludes it",
-                            identity.comm
+                            "tracking pid {pid} ({}, {}) from its first frame",
+                            identity.comm,
+                            identity.exe
                         );
-                        self.rejected.insert(pid);
-                        reject.push(pid);
-                        continue;
+                        self.cpu_at_start.insert(pid, cpu_time_and_peak_rss().0);
+                        slot.insert(LiveProcess::new(
+                            pid,
+                            identity,
+                            self.tracker.stutter_config(),
+                        ))
                     }
-                    log::info!(
-                        "tracking pid {pid} ({}, {}) from its first frame",
-                        identity.comm,
-                        identity.exe
-                    );
-                    live.processes.insert(
-                        pid,
-                        LiveProcess::new(pid, identity, self.tracker.stutter_config()),
-                    );
-                    self.cpu_at_start.insert(pid, cpu_time_and_peak_rss().0);
-                }
-                let Some(lp) = live.processes.get_mut(&pid) else {
-                    continue;
                 };
                 let labels = ProcessLabels {
                     pid: pid.to_string(),

@@ -103,14 +103,14 @@ pub fn write(
                 let path = config.dir.join(format!("{stem}.mangohud.csv"));
                 (
                     "mangohud.csv",
-                    export_pending(&path), /*EXPORT-PENDING mangohud*/
+                    report::export::mangohud_csv(&path, &report, &rows, process.pid),
                 )
             }
             Export::Presentmon => {
                 let path = config.dir.join(format!("{stem}.presentmon.csv"));
                 (
                     "presentmon.csv",
-                    export_pending(&path), /*EXPORT-PENDING presentmon*/
+                    report::export::presentmon_csv(&path, &report, &rows, process.pid),
                 )
             }
         };
@@ -227,7 +227,3 @@ mod tests {
         assert!(prune(dir.path(), 0).is_empty());
     }
 }
-
-fn export_pending(_: &Path) -> Result<(), report::write::WriteError> {
-    Ok(())
-} // EXPORT-PENDING

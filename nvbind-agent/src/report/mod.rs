@@ -1,6 +1,7 @@
 //! The `nvbind.report/v1` document (see docs/report-schema.md), built from a finished capture,
 //! and the per-frame CSV.
 
+pub mod export;
 pub mod stats;
 pub mod stutters;
 pub mod summary;

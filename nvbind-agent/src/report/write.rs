@@ -54,7 +54,7 @@ pub fn check_writable(path: &Path) -> Result<(), WriteError> {
 }
 
 /// Writes `path` atomically with the bytes `fill` produces.
-fn write_atomically(
+pub(crate) fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<&File>) -> Result<(), WriteError>,
 ) -> Result<(), WriteError> {
