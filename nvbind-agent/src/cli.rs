@@ -42,7 +42,7 @@ pub struct DaemonArgs {
     pub listen: Option<String>,
     /// The root-only Unix socket for binding requests ("" turns it off).
     #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    pub socket: Option<String>,
     /// Write session reports here.
     #[arg(long, value_name = "DIR")]
     pub reports_dir: Option<PathBuf>,
@@ -498,7 +498,7 @@ fn run_daemon(args: DaemonArgs) -> Result<u8> {
         config_explicit: explicit,
         overrides: crate::daemon::Overrides {
             listen: args.listen,
-            socket: args.socket,
+            socket: args.socket.map(PathBuf::from),
             reports_dir: args.reports_dir,
             keep_reports: args.keep_reports,
             gpu_sample_hz: args.gpu_sample_hz,
@@ -652,6 +652,18 @@ fn pid_list(report: &report::Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_command_is_the_daemon_and_empty_values_turn_listeners_off() {
+        let cli = Cli::try_parse_from(["nvbind-agent", "--socket", "", "--listen", ""]).unwrap();
+        assert!(cli.is_daemon() && !cli.prints_and_exits());
+        assert_eq!(cli.daemon.socket.as_deref(), Some(""));
+        assert_eq!(cli.daemon.listen.as_deref(), Some(""));
+        let cli = Cli::try_parse_from(["nvbind-agent", "doctor"]).unwrap();
+        assert!(!cli.is_daemon() && cli.prints_and_exits());
+        // Daemon flags belong to the daemon, not to a command.
+        assert!(Cli::try_parse_from(["nvbind-agent", "--listen", "x", "doctor"]).is_err());
+    }
 
     #[test]
     fn ioctl_types_are_numbers_or_characters() {
