@@ -330,6 +330,16 @@ async fn container_gpu(
 
 fn container_body(shared: &Shared, id: &str) -> ApiResult<ContainerBody> {
     let (cgroup, cid) = find_container(shared, id)?;
+    container_body_of(shared, id, cgroup, cid)
+}
+
+/// The view of a container already found (streams find it once, not at every message).
+fn container_body_of(
+    shared: &Shared,
+    id: &str,
+    cgroup: String,
+    cid: Option<String>,
+) -> ApiResult<ContainerBody> {
     let bpffs = shared.config().api.bpffs;
     let binding = binding::cgroup2_mount()
         .map(|root| root.join(cgroup.trim_start_matches('/')))
@@ -411,7 +421,11 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
 #[derive(Debug, Clone)]
 enum StreamTarget {
     Process(u32),
-    Container(String),
+    Container {
+        id: String,
+        cgroup: String,
+        container_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -447,7 +461,11 @@ async fn stream(
         StreamTarget::Process(pid)
     } else {
         let body = container_body(&shared, &target)?;
-        StreamTarget::Container(body.id)
+        StreamTarget::Container {
+            id: body.id,
+            cgroup: body.cgroup,
+            container_id: body.container_id,
+        }
     };
     let upgrade = upgrade.map_err(|e| {
         ApiError::bad_request(format!(
@@ -499,8 +517,13 @@ async fn run_stream(
                 let live = view.is_some();
                 (message(seq, live, view), live)
             }
-            StreamTarget::Container(id) => {
-                let view = container_body(&shared, id).ok();
+            StreamTarget::Container {
+                id,
+                cgroup,
+                container_id,
+            } => {
+                let view =
+                    container_body_of(&shared, id, cgroup.clone(), container_id.clone()).ok();
                 let live = view.is_some();
                 (message(seq, live, view), live)
             }

@@ -399,7 +399,14 @@ async fn start_servers(
                 );
             }
         }
-        let listener = tokio::net::UnixListener::bind(&socket).with_context(|| {
+        // Created owner-only from the start (umask), so there is no moment in which another
+        // user could connect; nothing else creates files while the daemon starts.
+        // SAFETY: umask has no preconditions; the previous mask is restored right after.
+        let previous = unsafe { libc::umask(0o177) };
+        let bound = tokio::net::UnixListener::bind(&socket);
+        // SAFETY: as above.
+        unsafe { libc::umask(previous) };
+        let listener = bound.with_context(|| {
             format!(
                 "cannot listen on {}: set api.socket in the config or --socket",
                 socket.display()

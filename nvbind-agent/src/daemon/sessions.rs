@@ -168,7 +168,7 @@ fn is_session_stem(stem: &str) -> bool {
         && b[..4].iter().all(u8::is_ascii_digit)
         && b[4] == b'-'
         && b[10] == b'T'
-        && stem[19..].starts_with('.')
+        && b[19] == b'.'
         && b[23] == b'Z'
         && b[24] == b'-'
 }
