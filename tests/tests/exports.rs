@@ -183,18 +183,8 @@ fn mangohud_and_presentmon_exports_of_vkcube_match_the_real_formats() {
         ],
         &[("DISPLAY", x.display.as_str())],
     );
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        stderr(&result)
-    );
-    let report = read_json(&out);
-    let with_frames: Vec<&serde_json::Value> = report["processes"]
-        .as_array()
-        .expect("processes")
-        .iter()
-        .filter(|p| p["frames"]["count"].as_u64() > Some(0))
-        .collect();
+    let report = recorded(&result, &out);
+    let with_frames = processes_with_frames(&report);
     assert_eq!(
         with_frames.len(),
         1,
@@ -362,18 +352,8 @@ fn several_processes_get_one_file_each_and_no_frames_gives_headers_only() {
         "-c",
         &script,
     ]);
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        stderr(&result)
-    );
-    let report = read_json(&out);
-    let with_frames: Vec<&serde_json::Value> = report["processes"]
-        .as_array()
-        .expect("processes")
-        .iter()
-        .filter(|p| p["frames"]["count"].as_u64() > Some(0))
-        .collect();
+    let report = recorded(&result, &out);
+    let with_frames = processes_with_frames(&report);
     assert_eq!(
         with_frames.len(),
         2,
@@ -420,4 +400,20 @@ fn several_processes_get_one_file_each_and_no_frames_gives_headers_only() {
     assert_eq!(mangohud.len(), 3, "headers only: {mangohud:?}");
     assert_eq!(mangohud[2][0], "fps");
     assert_eq!(table(&read(&pm)), vec![presentmon_columns()]);
+}
+
+/// The report of a recording that must have succeeded.
+fn recorded(result: &std::process::Output, out: &std::path::Path) -> serde_json::Value {
+    assert!(result.status.success(), "record failed: {}", stderr(result));
+    read_json(out)
+}
+
+/// The report's processes that presented frames.
+fn processes_with_frames(report: &serde_json::Value) -> Vec<&serde_json::Value> {
+    report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["frames"]["count"].as_u64() > Some(0))
+        .collect()
 }
