@@ -945,7 +945,7 @@ fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "mount --bind {} {} && exec {} --frames 120 --interval-ms 10 --startup-delay-ms 1500 \
-             --truth {}",
+             --render-thread --stall-kind lock --stall-every 50 --stall-ms 20 --truth {}",
             copy.display(),
             host_egl.display(),
             game_bin().display(),
@@ -965,6 +965,15 @@ fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame
         Some(120),
         "every frame, from the first, through the copy: {}",
         daemon.log()
+    );
+    // Its `loader` thread started before the first frame and never presents or calls into a
+    // driver: it is tracked because the daemon adopts a discovered game's existing threads.
+    let threads = report["processes"][0]["threads"]
+        .as_array()
+        .expect("threads");
+    assert!(
+        threads.iter().any(|t| t["comm"] == "loader"),
+        "the game's threads from before its first frame are tracked: {threads:?}"
     );
     assert!(
         daemon

@@ -245,6 +245,15 @@ impl Tracker {
         &self.capture
     }
 
+    /// Tracks the threads a process discovered by its first present already has (the kernel adds
+    /// the presenting thread and threads created from then on; the scheduler probes see only
+    /// tracked threads, so a game's workers would otherwise be missing from stutter evidence).
+    pub fn adopt(&mut self, pid: u32) {
+        if let Err(e) = self.probes.track_process(pid, self.follow_children) {
+            log::debug!("pid {pid}: cannot track its threads: {e}");
+        }
+    }
+
     /// Hooks the graphics libraries `pid` maps that are not hooked yet (copies inside containers
     /// and runtimes are other files than the host's). Returns the newly hooked files.
     pub fn hook_libraries_of(&mut self, pid: u32) -> Vec<String> {

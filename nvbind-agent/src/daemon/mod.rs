@@ -440,6 +440,7 @@ impl Daemon {
     /// Brings the live state up to date with the tracker: admits or rejects new processes,
     /// counts new frames, and ends the sessions of processes that exited.
     fn sync(&mut self) {
+        let mut admitted = Vec::new();
         let mut reject = Vec::new();
         let mut finished = Vec::new();
         let mut full = Vec::new();
@@ -476,6 +477,7 @@ impl Daemon {
                             identity.exe
                         );
                         self.cpu_at_start.insert(pid, cpu_time_and_peak_rss().0);
+                        admitted.push(pid);
                         slot.insert(LiveProcess::new(
                             pid,
                             identity,
@@ -519,6 +521,9 @@ impl Daemon {
         }
         for (pid, index, baseline) in stutters {
             self.count_stutter(pid, index, baseline);
+        }
+        for pid in admitted {
+            self.tracker.adopt(pid);
         }
         for pid in reject {
             self.tracker.drop_process(pid, true);
