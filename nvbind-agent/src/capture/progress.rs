@@ -64,6 +64,8 @@ impl Progress {
                     self.stutter,
                 )
             });
+            // A launched command is tracked from before its exec: keep the name current.
+            p.comm.clone_from(&record.comm);
             for (_, outcome) in p.catch_up(&record.frames) {
                 if let FrameOutcome::Timed {
                     stutter_baseline_ms: Some(_),
