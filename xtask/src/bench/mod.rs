@@ -31,6 +31,7 @@ use crate::{demo::x_display, util::step};
 
 mod binding;
 mod daemon;
+mod peers;
 
 /// The parts of the benchmark (`cargo xtask bench --only PART`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -127,6 +128,23 @@ fn tracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
     Ok((ops, read_report(out)?))
 }
 
+/// nvbind's scheduler programs' time over its sched_switch runs, from a report.
+fn ns_per_switch(report: &Value) -> f64 {
+    let (switch_runs, _) = cost(report, "nvbind_sched_switch");
+    let total: f64 = [
+        "nvbind_sched_switch",
+        "nvbind_sched_wakeup",
+        "nvbind_sched_wakeup_new",
+    ]
+    .iter()
+    .map(|p| {
+        let (runs, ns) = cost(report, p);
+        runs as f64 * ns
+    })
+    .sum();
+    total / (switch_runs.max(1) as f64)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -178,9 +196,13 @@ fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
     let mut tracked = Vec::new();
     let mut untracked_costs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); programs.len()];
     let mut tracked_costs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); programs.len()];
+    let mut tracked_per_switch = Vec::new();
+    let mut peer_runs: Vec<Vec<peers::PeerRun>> = vec![Vec::new(); peers::Peer::ALL.len()];
+    // A peer that cannot run here (bcc without kernel headers) is reported, not fatal.
+    let mut peer_failures: Vec<Option<String>> = vec![None; peers::Peer::ALL.len()];
     for round in 1..=ROUNDS {
         step(&format!(
-            "round {round}/{ROUNDS}: bare, untracked, tracked storms"
+            "round {round}/{ROUNDS}: bare, untracked, tracked storms, then under bpftrace and bcc"
         ));
         bare.push(bare_storm()?);
         let (ops, report) = untracked_storm(agent, &dir.join("untracked.json"))?;
@@ -192,6 +214,19 @@ fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
         tracked.push(ops);
         for (i, p) in programs.iter().enumerate() {
             tracked_costs[i].push(cost(&report, p));
+        }
+        tracked_per_switch.push(ns_per_switch(&report));
+        for (i, peer) in peers::Peer::ALL.into_iter().enumerate() {
+            if peer_failures[i].is_some() {
+                continue;
+            }
+            match peers::run(peer, dir, bare_storm) {
+                Ok(run) => peer_runs[i].push(run),
+                Err(e) => {
+                    eprintln!("    NOT RUN: {}: {e:#}", peer.name());
+                    peer_failures[i] = Some(format!("{e:#}"));
+                }
+            }
         }
     }
 
@@ -234,6 +269,50 @@ fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
             ns(&tracked_costs[i])
         );
     }
+    println!("\n### Kernel cost per context switch: nvbind against bpftrace and bcc, medians of {ROUNDS} interleaved rounds\n");
+    println!("Same storm; the peers' programs' cost read with `bpftool prog show` while bpf_stats is on. \"All programs per switch\" is every scheduler program's time (switch and wakeups) over the sched_switch runs.\n");
+    println!("| tool | sched_switch runs | sched_switch ns/run | all programs, ns per switch | ratio to bpftrace | storm ops/s ratio to bare |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let switch = programs
+        .iter()
+        .position(|p| *p == "nvbind_sched_switch")
+        .unwrap_or(0);
+    let bpftrace_per_switch = if peer_runs[0].is_empty() {
+        f64::NAN
+    } else {
+        median(peer_runs[0].iter().map(|r| r.ns_per_switch).collect())
+    };
+    let nvbind_per_switch = median(tracked_per_switch);
+    println!(
+        "| nvbind (tracking the storm) | {:.0} | {:.1} | {:.1} | {:.2} | {:.3} |",
+        median(tracked_costs[switch].iter().map(|x| x.0 as f64).collect()),
+        median(tracked_costs[switch].iter().map(|x| x.1).collect()),
+        nvbind_per_switch,
+        nvbind_per_switch / bpftrace_per_switch,
+        t / b
+    );
+    for (i, peer) in peers::Peer::ALL.into_iter().enumerate() {
+        let runs = &peer_runs[i];
+        if let Some(why) = &peer_failures[i] {
+            println!(
+                "| {} | not run: {} | | | | |",
+                peer.name(),
+                why.lines().next().unwrap_or("").replace('|', "/")
+            );
+            continue;
+        }
+        let per_switch = median(runs.iter().map(|r| r.ns_per_switch).collect());
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.3} |",
+            peer.name(),
+            median(runs.iter().map(|r| r.switch_runs as f64).collect()),
+            median(runs.iter().map(|r| r.switch_ns).collect()),
+            per_switch,
+            per_switch / bpftrace_per_switch,
+            median(runs.iter().map(|r| r.ops_per_sec).collect()) / b
+        );
+    }
+    println!("\nGoal (issue 7): nvbind at most half of bpftrace's cost per event (ratio ≤ 0.50).");
     let duration = vk["capture"]["duration_s"].as_f64().unwrap_or(0.0);
     let cpu = vk["agent"]["cpu_s"].as_f64().unwrap_or(0.0);
     let rss = vk["agent"]["peak_rss_bytes"].as_f64().unwrap_or(0.0);

@@ -1,0 +1,222 @@
+//! The peers nvbind's scheduler probes are compared with on the same context-switch storm:
+//! bpftrace running a run-queue-latency script of ours (the algorithm of bcc's runqlat, written
+//! for this bench), and bcc's own `runqlat-bpfcc`. Their programs' cost comes from the kernel's
+//! bpf_stats (read with `bpftool prog show`), as nvbind's does.
+
+use std::{
+    fs,
+    io::Read,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Run-queue latency in bpftrace: stamp at wakeup and at preemption, measure at switch-in.
+/// `prev_state` low bits 0 = still runnable (newer kernels add TASK_REPORT_MAX for preemption).
+const RUNQLAT_BT: &str = r#"
+tracepoint:sched:sched_wakeup,
+tracepoint:sched:sched_wakeup_new
+{
+    @qtime[args->pid] = nsecs;
+}
+
+tracepoint:sched:sched_switch
+{
+    if ((args->prev_state & 0xff) == 0) {
+        @qtime[args->prev_pid] = nsecs;
+    }
+    $ns = @qtime[args->next_pid];
+    if ($ns) {
+        @usecs = hist((nsecs - $ns) / 1000);
+    }
+    delete(@qtime[args->next_pid]);
+}
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Bpftrace,
+    Bcc,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 2] = [Peer::Bpftrace, Peer::Bcc];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Bpftrace => "bpftrace (runqlat script)",
+            Peer::Bcc => "bcc runqlat-bpfcc",
+        }
+    }
+}
+
+/// What one storm under a peer measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerRun {
+    pub ops_per_sec: f64,
+    /// Runs of the peer's sched_switch program.
+    pub switch_runs: u64,
+    /// Mean ns per run of that program.
+    pub switch_ns: f64,
+    /// All of the peer's programs' time over its sched_switch runs: the kernel cost per
+    /// context switch, wakeups included.
+    pub ns_per_switch: f64,
+}
+
+/// Turns on the kernel's bpf_stats for the peer's run, and restores the setting after.
+struct Stats(String);
+
+impl Stats {
+    fn on() -> Result<Stats> {
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let was = fs::read_to_string(path).context("read bpf_stats_enabled")?;
+        fs::write(path, "1").context("enable bpf_stats")?;
+        Ok(Stats(was.trim().to_string()))
+    }
+}
+
+impl Drop for Stats {
+    fn drop(&mut self) {
+        let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+fn start(peer: Peer, dir: &Path) -> Result<Child> {
+    let mut cmd = match peer {
+        Peer::Bpftrace => {
+            let script = dir.join("runqlat.bt");
+            fs::write(&script, RUNQLAT_BT)?;
+            let mut c = Command::new("bpftrace");
+            c.arg(script);
+            c
+        }
+        // An interval far beyond the run: it prints once, when stopped.
+        Peer::Bcc => {
+            let mut c = Command::new("runqlat-bpfcc");
+            c.arg("60");
+            c
+        }
+    };
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (cargo xtask setup --bench installs it)",
+                peer.name()
+            )
+        })
+}
+
+/// Every loaded program as (id, name, run_cnt, run_time_ns).
+fn programs() -> Result<Vec<(u64, String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("run bpftool")?;
+    let all: Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
+    Ok(all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap_or(0),
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["run_cnt"].as_u64().unwrap_or(0),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// The programs loaded since `before` (Debian's bpftool does not name their owner; nothing
+/// else loads programs while the bench runs a peer): (name, run_cnt, run_time_ns).
+fn programs_since(before: &[u64]) -> Result<Vec<(String, u64, u64)>> {
+    Ok(programs()?
+        .into_iter()
+        .filter(|p| !before.contains(&p.0))
+        .map(|(_, name, runs, ns)| (name, runs, ns))
+        .collect())
+}
+
+/// Runs the storm under `peer`: waits until the peer's sched_switch program is loaded, runs
+/// `storm`, reads the peer's programs' cost, stops the peer.
+pub fn run(peer: Peer, dir: &Path, storm: impl FnOnce() -> Result<f64>) -> Result<PeerRun> {
+    let _stats = Stats::on()?;
+    let existing: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
+    let mut child = start(peer, dir)?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let is_switch = |name: &str| name.contains("sched_switch") || name.contains("finish_task");
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut out = String::new();
+            if let Some(mut o) = child.stdout.take() {
+                let _ = o.read_to_string(&mut out);
+            }
+            bail!("{} exited before attaching ({status}): {out}", peer.name());
+        }
+        if programs_since(&existing)?
+            .iter()
+            .any(|(n, _, _)| is_switch(n))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{} did not attach within 60 s", peer.name());
+        }
+        sleep(Duration::from_millis(200));
+    }
+    sleep(Duration::from_millis(500));
+    let before = programs_since(&existing)?;
+    let ops = storm();
+    let after = programs_since(&existing)?;
+    // SAFETY: signalling our own child; SIGINT lets both tools print and detach.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let waited = Instant::now();
+    while child.try_wait()?.is_none() {
+        if waited.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let _ = child.wait();
+    let ops = ops?;
+    let delta = |name: &str| {
+        let b = before
+            .iter()
+            .find(|p| p.0 == name)
+            .map_or((0, 0), |p| (p.1, p.2));
+        let a = after
+            .iter()
+            .find(|p| p.0 == name)
+            .map_or((0, 0), |p| (p.1, p.2));
+        (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1))
+    };
+    let names: Vec<String> = after.iter().map(|p| p.0.clone()).collect();
+    let (switch_runs, switch_time) = names
+        .iter()
+        .filter(|n| is_switch(n))
+        .map(|n| delta(n))
+        .fold((0, 0), |(r, t), (a, b)| (r + a, t + b));
+    let total_time: u64 = names.iter().map(|n| delta(n).1).sum();
+    if switch_runs == 0 {
+        bail!(
+            "{}: its sched_switch program never ran during the storm",
+            peer.name()
+        );
+    }
+    Ok(PeerRun {
+        ops_per_sec: ops,
+        switch_runs,
+        switch_ns: switch_time as f64 / switch_runs as f64,
+        ns_per_switch: total_time as f64 / switch_runs as f64,
+    })
+}
