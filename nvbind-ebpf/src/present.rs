@@ -110,11 +110,16 @@ pub fn nvbind_vk_procaddr(ctx: ProbeContext) -> u32 {
     let asks_for_present = read.is_ok() && buf == *VK_QUEUE_PRESENT_NAME;
     match tracked {
         Some((_, _, t)) => t.resolving_present = asks_for_present as u32,
-        None if asks_for_present => {
+        None => {
+            // Set or cleared on every call, so an entry never outlives its call (a reused tid
+            // must not report another function as the present one).
             let (_, tid) = current_ids();
-            let _ = RESOLVING_PRESENT.insert(tid, 1, 0);
+            if asks_for_present {
+                let _ = RESOLVING_PRESENT.insert(tid, 1, 0);
+            } else {
+                let _ = RESOLVING_PRESENT.remove(tid);
+            }
         }
-        None => {}
     }
     0
 }
@@ -124,7 +129,14 @@ pub fn nvbind_vk_procaddr(ctx: ProbeContext) -> u32 {
 pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
     let (tgid, tid) = match current_thread() {
         Some((tgid, tid, t)) => {
-            if t.resolving_present == 0 {
+            // Tracked between entry and return: the question was asked untracked.
+            let asked_untracked = DISCOVER_PRESENTERS.load() != 0
+                // SAFETY: plain lookup of a u32 value.
+                && unsafe { RESOLVING_PRESENT.get(tid) }.is_some();
+            if asked_untracked {
+                let _ = RESOLVING_PRESENT.remove(tid);
+            }
+            if t.resolving_present == 0 && !asked_untracked {
                 return 0;
             }
             t.resolving_present = 0;

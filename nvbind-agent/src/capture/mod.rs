@@ -860,7 +860,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
             if name.len() > 15 {
                 session.capture.notes.push(format!(
                     "process names are matched on their first 15 bytes (the kernel's limit): {:?}",
-                    &name[..15]
+                    String::from_utf8_lossy(&name.as_bytes()[..15])
                 ));
             }
             session.probes.watch_comm(name, options.follow_children)?;

@@ -115,8 +115,8 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The read-only routes (TCP and Unix socket).
-pub fn read_routes(shared: Arc<Shared>) -> Router {
+/// The read-only routes, served on both listeners.
+fn reads() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/gpu/status", get(gpu_status))
         .route("/api/processes", get(processes))
@@ -126,24 +126,37 @@ pub fn read_routes(shared: Arc<Shared>) -> Router {
         .route("/metrics/{target}", get(stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The TCP API: reads only; binding requests are told where to go.
+pub fn read_routes(shared: Arc<Shared>) -> Router {
+    reads()
+        .route("/api/bindings", axum::routing::any(binding_not_here))
         .with_state(shared)
 }
 
 /// Everything, binding included: served only on the root-only Unix socket.
 pub fn admin_routes(shared: Arc<Shared>) -> Router {
-    let admin = Router::new()
+    reads()
         .route(
             "/api/bindings",
             get(list_bindings).post(bind).delete(unbind),
         )
-        .with_state(Arc::clone(&shared));
-    admin.merge(read_routes(shared))
+        .with_state(shared)
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found(
         "no such endpoint: see docs/daemon.md for /api/gpu/status, /api/processes, \
          /api/processes/{pid}, /api/containers/{id}/gpu, /metrics and /metrics/{pid-or-container}",
+    )
+}
+
+async fn binding_not_here() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "binding is not served on the TCP API: use the agent's root-only Unix socket \
+         (api.socket, /run/nvbind/agent.sock by default)",
     )
 }
 
@@ -233,6 +246,12 @@ struct ContainerBody {
 /// at least 4 characters, as Docker accepts), among tracked games and then in the cgroup tree.
 fn find_container(shared: &Shared, id: &str) -> ApiResult<(String, Option<String>)> {
     if id.starts_with('/') {
+        // The answer says whether a directory exists: keep it to the cgroup tree.
+        if id.split('/').any(|part| part == ".." || part == ".") {
+            return Err(ApiError::bad_request(format!(
+                "{id:?}: a cgroup path may not contain . or .. components"
+            )));
+        }
         return Ok((id.trim_end_matches('/').to_string(), container_id(id)));
     }
     if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {

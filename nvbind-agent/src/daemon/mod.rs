@@ -55,6 +55,12 @@ const NEW_PROCESS_SCAN_INTERVAL: Duration = Duration::from_millis(250);
 /// their loader early and present seconds later; a process that lives past the last age and
 /// maps one later is hooked only if it is tracked some other way.
 const LIBRARY_SCAN_AGES_MS: [u64; 5] = [200, 1_000, 3_000, 10_000, 30_000];
+/// The most GPU history kept for open sessions (at 10 Hz about 10 MiB per GPU); a longer
+/// session's report has GPU samples for its last GPU_SESSION_HISTORY only.
+const GPU_SESSION_HISTORY: Duration = Duration::from_secs(4 * 3600);
+/// How long a finished session's pid is remembered, so that frames the kernel recorded just
+/// before the exit and delivered after it do not open a second, nameless session.
+const TOMBSTONE: Duration = Duration::from_secs(5);
 /// How long the agent's stop waits for API connections (WebSockets) to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -191,6 +197,8 @@ struct Daemon {
     cpu_at_start: HashMap<u32, f64>,
     writes: JoinSet<(PendingWrite, Result<sessions::Written, String>)>,
     failed: Vec<PendingWrite>,
+    /// Sessions ended recently, by pid (see TOMBSTONE).
+    ended: HashMap<u32, Instant>,
     /// Processes seen in /proc: when first seen, and how many library scans they had.
     young: HashMap<u32, (Instant, usize)>,
     /// Every pid seen in /proc at the last listing.
@@ -258,6 +266,7 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
         failed: Vec::new(),
         young: HashMap::new(),
         known: HashSet::new(),
+        ended: HashMap::new(),
     };
     // Processes running now were covered by the host's libraries at load; only new ones are
     // searched for copies.
@@ -441,6 +450,7 @@ impl Daemon {
     /// counts new frames, and ends the sessions of processes that exited.
     fn sync(&mut self) {
         let mut admitted = Vec::new();
+        let mut late = Vec::new();
         let mut reject = Vec::new();
         let mut finished = Vec::new();
         let mut full = Vec::new();
@@ -449,6 +459,14 @@ impl Daemon {
             let shared = Arc::clone(&self.shared);
             let mut live = shared.live.write().unwrap_or_else(|p| p.into_inner());
             for (&pid, record) in self.tracker.processes() {
+                // Late records of a session just written: drop them, unless the pid now belongs
+                // to a new process.
+                if self.ended.contains_key(&pid)
+                    && (record.exited_ns.is_some() || !crate::target::is_alive(pid))
+                {
+                    late.push(pid);
+                    continue;
+                }
                 if self.rejected.contains(&pid) {
                     reject.push(pid);
                     continue;
@@ -524,6 +542,9 @@ impl Daemon {
         }
         for pid in admitted {
             self.tracker.adopt(pid);
+        }
+        for pid in late {
+            self.tracker.drop_process(pid, false);
         }
         for pid in reject {
             self.tracker.drop_process(pid, true);
@@ -610,6 +631,7 @@ impl Daemon {
         else {
             return;
         };
+        self.ended.insert(pid, Instant::now());
         let Some(part) = part else {
             // Never admitted (excluded, or gone before the first sync): no session.
             return;
@@ -775,8 +797,12 @@ impl Daemon {
             .min()
             .unwrap_or(now);
         if let Some(sampler) = &self.sampler {
+            // Samples back to the oldest open session, but never more than GPU_SESSION_HISTORY:
+            // a desktop program that presents now and then can stay tracked for days.
             sampler.forget_before(
-                oldest_session.min(now.saturating_sub(GPU_HISTORY.as_nanos() as u64)),
+                oldest_session
+                    .max(now.saturating_sub(GPU_SESSION_HISTORY.as_nanos() as u64))
+                    .min(now.saturating_sub(GPU_HISTORY.as_nanos() as u64)),
             );
         }
         {
@@ -800,7 +826,17 @@ impl Daemon {
                 p.trim(window, now);
             }
         }
-        self.rejected.retain(|&pid| crate::target::is_alive(pid));
+        let now_instant = Instant::now();
+        let ended = &mut self.ended;
+        self.rejected.retain(|&pid| {
+            let alive = crate::target::is_alive(pid);
+            if !alive {
+                // Its late records must not open a nameless session either.
+                ended.insert(pid, now_instant);
+            }
+            alive
+        });
+        self.ended.retain(|_, at| at.elapsed() < TOMBSTONE);
         self.tracker.forget_ignored();
     }
 

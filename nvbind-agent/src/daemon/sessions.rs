@@ -125,7 +125,8 @@ pub fn write(
     Ok(written)
 }
 
-/// Deletes the oldest sessions (report and per-frame logs) beyond `keep` (0: keep all).
+/// Deletes the oldest sessions (report and per-frame logs, oldest by when the report was
+/// written) beyond `keep` (0: keep all).
 /// Returns the stems removed.
 pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
     if keep == 0 {
@@ -137,12 +138,24 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
     let names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
-    let mut stems: Vec<&str> = names
+    // One pruner at a time (sessions are written by several blocking tasks).
+    static PRUNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PRUNING.lock().unwrap_or_else(|p| p.into_inner());
+    // Oldest by when the session ended (its report was written), not by when it started: a long
+    // game that ends after many short sessions is the newest, never pruned as it is written.
+    let mut stems: Vec<(std::time::SystemTime, &str)> = names
         .iter()
         .filter_map(|n| n.strip_suffix(".json"))
         .filter(|s| is_session_stem(s))
+        .map(|s| {
+            let written = fs::metadata(dir.join(format!("{s}.json")))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (written, s)
+        })
         .collect();
     stems.sort_unstable();
+    let stems: Vec<&str> = stems.into_iter().map(|(_, s)| s).collect();
     let excess = stems.len().saturating_sub(keep);
     let doomed: Vec<String> = stems[..excess].iter().map(|s| s.to_string()).collect();
     for stem in &doomed {
