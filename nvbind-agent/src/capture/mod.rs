@@ -291,32 +291,64 @@ impl Tracker {
         };
         part.exited_ns = None;
         record.tracked_at_ns = last.ts_ns;
+        let started_ns = part.frames.first().map_or(part.tracked_at_ns, |f| f.ts_ns);
+        let mut capture = self.session_capture(
+            part,
+            (started_ns, last.ts_ns),
+            gpus,
+            gpu_period_ns,
+            "session-frame-limit",
+        );
+        capture.notes.push(
+            "one part of a long session (reports.max_session_frames): thread totals and \
+             histograms count from the start of the session"
+                .into(),
+        );
+        Some(capture)
+    }
+
+    /// A capture of one process's session: its record, the names of its threads, the culprits
+    /// named so far, the GPU series given, and what the kernel holds about it.
+    fn session_capture(
+        &mut self,
+        record: ProcessRecord,
+        (started_ns, ended_ns): (u64, u64),
+        gpus: Vec<gpu::GpuSeries>,
+        gpu_period_ns: u64,
+        end_reason: &str,
+    ) -> Capture {
+        let pid = record.pid;
+        let tids = crate::probes::thread_ids(pid);
         let mut capture = Capture {
+            target: format!("pid {pid} ({})", record.comm),
             stutter: self.capture.stutter,
             culprit_cgroups: self.capture.culprit_cgroups.clone(),
             culprit_pids: self.capture.culprit_pids.clone(),
-            thread_names: self.capture.thread_names.clone(),
+            thread_names: self
+                .capture
+                .thread_names
+                .iter()
+                .filter(|(tid, _)| {
+                    tids.contains(tid) || self.tids.get(&pid).is_some_and(|t| t.contains(tid))
+                })
+                .map(|(tid, name)| (*tid, name.clone()))
+                .collect(),
             gpus,
             gpu_period_ns,
-            target: format!("pid {pid} ({})", part.comm),
-            started_ns: part.frames.first().map_or(part.tracked_at_ns, |f| f.ts_ns),
-            ended_ns: last.ts_ns,
-            end_reason: "session-frame-limit".into(),
+            started_ns,
+            ended_ns,
+            started_unix_s: unix_time_at(started_ns),
+            end_reason: end_reason.to_string(),
             ..Default::default()
         };
-        capture.started_unix_s = unix_time_at(capture.started_ns);
-        capture.processes.insert(pid, part);
+        capture.processes.insert(pid, record);
         if let Err(e) = self.collect_kernel_state(&mut capture) {
             capture.notes.push(format!(
                 "the kernel's per-thread state could not be read: {e}"
             ));
         }
-        capture.notes.push(
-            "one part of a long session (reports.max_session_frames): thread totals and              histograms count from the start of the session"
-                .into(),
-        );
         describe_host(&mut capture);
-        Some(capture)
+        capture
     }
 
     /// Stops tracking `pid` and forgets it; `ignore`: its presents must not track it again.
@@ -372,38 +404,25 @@ impl Tracker {
                 }
             }
         }
-        let mut capture = Capture {
-            stutter: self.capture.stutter,
-            culprit_cgroups: self.capture.culprit_cgroups.clone(),
-            culprit_pids: self.capture.culprit_pids.clone(),
-            gpus,
-            gpu_period_ns,
-            ..Default::default()
-        };
-        for (tid, name) in &self.capture.thread_names {
-            if self.tids.get(&pid).is_some_and(|t| t.contains(tid)) {
-                capture.thread_names.insert(*tid, name.clone());
-            }
-        }
-        let record = self.forget(pid)?;
-        capture.target = format!("pid {pid} ({})", record.comm);
-        capture.started_ns = record
+        // Out of the map now, but `forget` (which drops its thread list, needed for the
+        // names) only after the capture is made.
+        let record = self.capture.processes.remove(&pid)?;
+        let started_ns = record
             .frames
             .first()
             .map_or(record.tracked_at_ns, |f| f.ts_ns.min(record.tracked_at_ns));
-        capture.ended_ns = record.exited_ns.unwrap_or_else(monotonic_ns);
-        capture.started_unix_s = unix_time_at(capture.started_ns);
-        capture.end_reason = end_reason.to_string();
-        capture.processes.insert(pid, record);
-        if let Err(e) = self.collect_kernel_state(&mut capture) {
-            capture.notes.push(format!(
-                "the kernel's per-thread state could not be read: {e}"
-            ));
-        }
+        let ended_ns = record.exited_ns.unwrap_or_else(monotonic_ns);
+        let capture = self.session_capture(
+            record,
+            (started_ns, ended_ns),
+            gpus,
+            gpu_period_ns,
+            end_reason,
+        );
+        self.forget(pid);
         if let Err(e) = self.probes.untrack_process(pid, false) {
             log::warn!("pid {pid}: cannot stop tracking it in the kernel: {e}");
         }
-        describe_host(&mut capture);
         Some(capture)
     }
 

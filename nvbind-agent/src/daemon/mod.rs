@@ -557,6 +557,14 @@ impl Daemon {
         }
     }
 
+    /// Every GPU's samples from `from_ns` on (none when sampling is off).
+    fn gpu_series_since(&self, from_ns: u64) -> Vec<gpu::GpuSeries> {
+        self.sampler
+            .as_ref()
+            .map(|s| s.since(from_ns))
+            .unwrap_or_default()
+    }
+
     /// Gives a live stutter its verdict and counts it.
     fn count_stutter(&mut self, pid: u32, index: usize, baseline_ms: f64) {
         let capture = self.tracker.live_capture();
@@ -573,11 +581,7 @@ impl Daemon {
         else {
             return;
         };
-        let gpus = self
-            .sampler
-            .as_ref()
-            .map(|s| s.since(previous.ts_ns.saturating_sub(2 * self.gpu_period_ns)))
-            .unwrap_or_default();
+        let gpus = self.gpu_series_since(previous.ts_ns.saturating_sub(2 * self.gpu_period_ns));
         let verdict = report::stutters::verdict_now(
             capture,
             record,
@@ -609,11 +613,7 @@ impl Daemon {
             .processes()
             .get(&pid)
             .map_or(0, |p| p.tracked_at_ns);
-        let gpus = self
-            .sampler
-            .as_ref()
-            .map(|s| s.since(started))
-            .unwrap_or_default();
+        let gpus = self.gpu_series_since(started);
         let part = {
             let mut live = self.live();
             let removed = live.processes.remove(&pid);
@@ -652,11 +652,7 @@ impl Daemon {
             .get(&pid)
             .and_then(|p| p.frames.first())
             .map_or(0, |f| f.ts_ns);
-        let gpus = self
-            .sampler
-            .as_ref()
-            .map(|s| s.since(started))
-            .unwrap_or_default();
+        let gpus = self.gpu_series_since(started);
         let Some(mut capture) = self.tracker.take_frames(pid, gpus, self.gpu_period_ns) else {
             return;
         };
