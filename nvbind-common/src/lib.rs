@@ -267,9 +267,10 @@ pub mod blocked_kind {
 /// does not hide this frame's.
 pub const RECENT_WAIT_NS: u64 = 250_000_000;
 
-/// The task that kept a tracked thread off the CPU longest within one frame interval. A wait that
-/// began with a preemption is charged to the preempting task (it took the CPU); one that began
-/// with a wakeup, to the task that had the CPU until the thread got it. Several waits behind the
+/// The task that kept a tracked thread off the CPU longest within one frame interval. A wait is
+/// charged to the task that held the thread's CPU longest in one stretch during it (`CpuWatch`);
+/// without a watch, to the preempting task when it began with a preemption, else to the task that
+/// had the CPU until the thread got it. Several waits behind the
 /// same task add up; a longer single wait behind another task replaces it (a one-slot
 /// heavy-hitter sketch: cheap, and exact when one task dominates, which is the case worth naming).
 #[repr(C)]
@@ -289,13 +290,14 @@ pub struct Culprit {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-/// Per CPU (`CPU_WATCH`, indexed by CPU): while a tracked thread woken onto this CPU waits for
-/// it, the task that held the CPU longest in one stretch. A woken thread's wait is charged to
-/// that task, not to whoever happened to run last before it got the CPU.
+/// Per CPU (`CPU_WATCH`, indexed by CPU): while a tracked thread woken onto or preempted on this
+/// CPU waits for it, the task that held the CPU longest in one stretch. The wait is charged to
+/// that task, not to whoever happened to run last before it got the CPU or to a preemptor that
+/// ran only a moment.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuWatch {
-    /// When a tracked thread's wakeup armed the watch (0: disarmed).
+    /// When a tracked thread's wakeup or preemption armed the watch (0: disarmed).
     pub armed_ns: u64,
     /// The last context switch on this CPU while armed.
     pub last_switch_ns: u64,

@@ -40,7 +40,7 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
         if let Some(prev) = thread(prev_tid) {
             // An exited thread's counters are final (sched_process_exit closed them).
             if prev.status != thread_status::EXITED {
-                switched_out(&ctx, prev, now, next_tid);
+                switched_out(&ctx, prev, now, cpu, next_tid);
             }
         }
     }
@@ -53,7 +53,13 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64, next_tid: Option<u32>) {
+fn switched_out(
+    ctx: &TracePointContext,
+    prev: &mut ThreadState,
+    now: u64,
+    cpu: u32,
+    next_tid: Option<u32>,
+) {
     if prev.status == thread_status::RUNNING {
         prev.totals.on_cpu_ns += now.saturating_sub(prev.since_ns);
     }
@@ -72,6 +78,9 @@ fn switched_out(ctx: &TracePointContext, prev: &mut ThreadState, now: u64, next_
         if let Some(next_tid) = next_tid {
             note_preemptor(ctx, prev, next_tid);
         }
+        // The preemptor may run only a moment (the game's own worker it woke, a kworker) before a
+        // hog takes the CPU for the rest of the wait: watch the CPU as for a wakeup.
+        arm_watch(prev, cpu, now);
     } else {
         prev.status = thread_status::BLOCKED;
         prev.totals.voluntary_switches += 1;
@@ -174,7 +183,8 @@ fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
     w.longest.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
-/// Arms the watch of the CPU a tracked thread was woken onto (unless another wait holds it).
+/// Arms the watch of the CPU a tracked thread waits for, woken onto it or preempted on it (unless
+/// another wait holds the watch).
 #[inline(always)]
 fn arm_watch(t: &mut ThreadState, cpu: u32, now: u64) {
     t.wake_cpu = cpu;
@@ -191,34 +201,29 @@ fn arm_watch(t: &mut ThreadState, cpu: u32, now: u64) {
     w.longest = Culprit::default();
 }
 
-/// Credits a run-queue wait of `t` to the task that kept it off the CPU (see `Culprit`): the
-/// preempting task when the wait began with a preemption; after a wakeup, the task that held
-/// this CPU longest while the thread waited (its watch), else the previous task.
+/// Credits a run-queue wait of `t` to the task that kept it off the CPU (see `Culprit`): the task
+/// that held this CPU longest in one stretch while the thread waited (its watch), else the
+/// preempting task when the wait began with a preemption, else the previous task.
 #[inline(always)]
 fn blame(t: &mut ThreadState, waited: u64, now: u64, cpu: u32, prev_tgid: u32, prev_tid: u32) {
     let by_preemptor = t.preempted != 0 && t.last_preemptor_tid != 0;
     t.preempted = 0;
-    let mut watched = None;
     if let Some(w) = CPU_WATCH.get_ptr_mut(t.wake_cpu) {
         // SAFETY: live map value.
         let w = unsafe { &mut *w };
-        // A watch armed no later than this wait began covers it (another tracked thread's wakeup
+        // A watch armed no later than this wait began covers it (another tracked thread's wait
         // may have armed it); a stretch that ended inside the wait is this wait's culprit.
-        if t.wake_cpu == cpu
+        let watched = t.wake_cpu == cpu
             && w.armed_ns != 0
             && w.armed_ns <= t.since_ns
             && w.longest.tid != 0
-            && w.longest.at_ns >= t.since_ns
-        {
-            watched = Some(w.longest);
-        }
+            && w.longest.at_ns >= t.since_ns;
+        let culprit = w.longest;
         if w.armed_ns == t.since_ns {
             w.armed_ns = 0;
         }
-    }
-    if !by_preemptor {
-        if let Some(c) = watched {
-            credit(t, c, waited, now);
+        if watched {
+            credit(t, culprit, waited, now);
             return;
         }
     }
