@@ -118,6 +118,11 @@ pub struct RecordArgs {
     /// Record this running process (and its threads and children, present and future).
     #[arg(long, conflicts_with_all = ["comm", "command"])]
     pub pid: Option<u32>,
+    /// Record every process on the system, running and future (the scheduler view of bcc's
+    /// runqlat, per process, plus the frames of any that present); stop it with --duration or
+    /// Ctrl-C.
+    #[arg(long, conflicts_with_all = ["pid", "comm", "command"])]
+    pub all: bool,
     /// Record processes with this name (comm), waiting for one to start if none runs yet.
     #[arg(long, conflicts_with = "command")]
     pub comm: Option<String>,
@@ -513,12 +518,13 @@ fn run_daemon(args: DaemonArgs) -> Result<u8> {
 }
 
 fn record(args: RecordArgs) -> Result<u8> {
-    let target = match (args.pid, args.comm, args.command.is_empty()) {
-        (Some(pid), None, true) => TargetSpec::Pid(pid),
-        (None, Some(name), true) if !name.is_empty() => TargetSpec::Comm(name),
-        (None, None, false) => TargetSpec::Command(args.command),
+    let target = match (args.pid, args.comm, args.command.is_empty(), args.all) {
+        (Some(pid), None, true, false) => TargetSpec::Pid(pid),
+        (None, Some(name), true, false) if !name.is_empty() => TargetSpec::Comm(name),
+        (None, None, false, false) => TargetSpec::Command(args.command),
+        (None, None, true, true) => TargetSpec::All,
         _ => anyhow::bail!(
-            "nothing to record: give one of --pid PID, --comm NAME or -- COMMAND [ARGS]"
+            "nothing to record: give one of --pid PID, --comm NAME, --all or -- COMMAND [ARGS]"
         ),
     };
     let stutter = DetectorConfig {

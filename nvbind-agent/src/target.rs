@@ -1,5 +1,5 @@
 //! What to record: a running process (`--pid`), a process by name that may not exist yet
-//! (`--comm`), or a command the agent launches (`-- COMMAND ARGS`).
+//! (`--comm`), every process (`--all`), or a command the agent launches (`-- COMMAND ARGS`).
 //!
 //! A launched command is forked, held before `execve` until the agent has put it in the tracked
 //! set, then released: its first instruction, first thread and first frame are all seen.
@@ -17,6 +17,8 @@ pub enum TargetSpec {
     Pid(u32),
     Comm(String),
     Command(Vec<String>),
+    /// Every process, running and future.
+    All,
 }
 
 impl std::fmt::Display for TargetSpec {
@@ -25,6 +27,7 @@ impl std::fmt::Display for TargetSpec {
             TargetSpec::Pid(pid) => write!(f, "pid {pid}"),
             TargetSpec::Comm(name) => write!(f, "comm {name}"),
             TargetSpec::Command(argv) => write!(f, "command {}", argv.join(" ")),
+            TargetSpec::All => write!(f, "all processes"),
         }
     }
 }
@@ -107,6 +110,20 @@ pub fn processes_named(name: &str) -> Vec<u32> {
             let stat = p.stat().ok()?;
             (stat.comm.as_bytes() == want && !matches!(stat.state, 'Z' | 'X'))
                 .then_some(p.pid as u32)
+        })
+        .collect()
+}
+
+/// Every live process but the agent itself.
+pub fn all_processes() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.filter_map(Result::ok)
+        .filter_map(|p| {
+            let stat = p.stat().ok()?;
+            (p.pid as u32 != me && !matches!(stat.state, 'Z' | 'X')).then_some(p.pid as u32)
         })
         .collect()
 }

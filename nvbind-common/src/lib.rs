@@ -232,8 +232,8 @@ pub struct ThreadState {
     pub preempted: u32,
     /// The CPU the scheduler chose at the last wakeup (whose `CPU_WATCH` slot this thread armed).
     pub wake_cpu: u32,
-    /// Keeps the layout free of implicit padding.
-    pub reserved: u32,
+    /// Set at `sched_process_exit`: the thread runs its exit path until its last switch.
+    pub exiting: u32,
     /// Longest single run-queue wait since the last present.
     pub frame_max_runq_wait_ns: u64,
     /// Longest single blocked period since the last present.

@@ -99,15 +99,12 @@ pub fn nvbind_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn nvbind_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
+    // The thread still runs its exit path, and may sleep in it (getrusage() counts those
+    // switches): its counters close at its last context switch (see `sched::switched_out`).
     let Some(t) = thread(tid) else {
         return 0;
     };
-    let now = now_ns();
-    if t.status == thread_status::RUNNING {
-        t.totals.on_cpu_ns += now.saturating_sub(t.since_ns);
-    }
-    t.status = thread_status::EXITED;
-    t.since_ns = now;
+    t.exiting = 1;
     let group_dead: u8 = field(&ctx, &EXIT_GROUP_DEAD_OFF).unwrap_or(0);
     if group_dead != 0 {
         emit(event_kind::PROCESS_EXIT, tgid, tid, 0);

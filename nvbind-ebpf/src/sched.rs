@@ -38,7 +38,7 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
     watch_switch(cpu, now, prev_tgid, prev_tid);
     if prev_tid != 0 {
         if let Some(prev) = thread(prev_tid) {
-            // An exited thread's counters are final (sched_process_exit closed them).
+            // An exited thread's counters are final (its last switch closed them).
             if prev.status != thread_status::EXITED {
                 switched_out(&ctx, prev, now, cpu, next_tid);
             }
@@ -46,7 +46,11 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
     }
     if let Some(next_tid) = next_tid {
         if let Some(next) = thread(next_tid) {
-            switched_in(next, next_tid, now, cpu, prev_tgid, prev_tid);
+            // A thread is never switched in after its last switch; a tid reused meanwhile by a
+            // new task is not this thread.
+            if next.status != thread_status::EXITED {
+                switched_in(next, next_tid, now, cpu, prev_tgid, prev_tid);
+            }
         }
     }
     0
@@ -64,13 +68,26 @@ fn switched_out(
         prev.totals.on_cpu_ns += now.saturating_sub(prev.since_ns);
     }
     let state: i64 = field(ctx, &SWITCH_PREV_STATE_OFF).unwrap_or(0);
+    prev.since_ns = now;
+    if state & EXIT_STATES != 0 {
+        // Its last switch: the counters are final, and this one is not a sleep (getrusage()
+        // does not count it either).
+        prev.status = thread_status::EXITED;
+        return;
+    }
     let report_max = TASK_REPORT_MAX.load() as i64;
     // A task preempted in the kernel is reported as TASK_REPORT_MAX (not its real state); one
     // preempted on its way back to user space, or that yielded, reports 0 (TASK_RUNNING). Either
     // way it still wanted the CPU: runnable, and an involuntary switch (the kernel's nivcsw).
     // Anything else is a sleep.
     let preempted = state & report_max != 0 || state == 0;
-    prev.since_ns = now;
+    if preempted && prev.exiting != 0 {
+        // Preemptions in the exit path are not counted: most come after the kernel has folded
+        // the thread's counters into its process (release_task), where getrusage() cannot
+        // see them, and none says anything about the game.
+        prev.status = thread_status::RUNNABLE;
+        return;
+    }
     if preempted {
         prev.status = thread_status::RUNNABLE;
         prev.preempted = 1;
@@ -97,6 +114,9 @@ fn switched_out(
 
 /// `TASK_UNINTERRUPTIBLE` in `prev_state` (the `D` of `ps`); stable since the beginning.
 const TASK_UNINTERRUPTIBLE: i64 = 0x2;
+/// `EXIT_DEAD` and `EXIT_ZOMBIE` in `prev_state` (`X`, `Z`): the tracepoint reports a task's
+/// exit state at its last switch, after `sched_process_exit` and the rest of its exit path.
+const EXIT_STATES: i64 = 0x10 | 0x20;
 
 #[inline(always)]
 fn note_preemptor(ctx: &TracePointContext, victim: &mut ThreadState, next_tid: u32) {

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use nvbind_tests::{
-    agent, busiest, game_bin, percentile, read_csv, read_json, require_root, stderr,
+    agent, busiest, game_bin, percentile, read_csv, read_json, require_root, spawn_agent, stderr,
+    wait_with_deadline,
 };
 
 struct Run {
@@ -202,5 +203,74 @@ fn frames_from_a_child_process_and_a_later_thread_are_captured() {
             .iter()
             .any(|t| t["comm"] == "render" && t["presents"] == 120),
         "the render thread is named with its presents: {threads:?}"
+    );
+}
+
+/// `record --all`: a process running before the agent and a game started during the recording are
+/// both tracked, the game's frames are exact, and the agent leaves itself out.
+#[test]
+fn record_all_tracks_running_and_new_processes() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("report.json");
+    let truth = dir.path().join("truth.txt");
+    let mut before = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("start sleep");
+    let out_s = out.display().to_string();
+    let recording = spawn_agent(
+        &["record", "--all", "--duration", "4", "--out", &out_s],
+        &[],
+    );
+    let agent_pid = u64::from(recording.id());
+    // Loading and attaching takes about a second; the game starts after that.
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let game = std::process::Command::new(game_bin())
+        .arg("--truth")
+        .arg(&truth)
+        .args(["--frames", "60", "--interval-ms", "10"])
+        .status()
+        .expect("run the synthetic game");
+    assert!(game.success());
+    let result = wait_with_deadline(recording, std::time::Duration::from_secs(60));
+    let _ = before.kill();
+    let _ = before.wait();
+    assert!(result.status.success(), "{}", stderr(&result));
+    let report = read_json(&out);
+    assert_eq!(report["capture"]["target"], "all processes");
+    let processes = report["processes"].as_array().expect("processes");
+    let pid_of = |p: &serde_json::Value| p["pid"].as_u64();
+    let sleeper = processes
+        .iter()
+        .find(|p| pid_of(p) == Some(u64::from(before.id())))
+        .unwrap_or_else(|| {
+            panic!(
+                "the sleep started before is tracked: {} processes",
+                processes.len()
+            )
+        });
+    assert_eq!(sleeper["comm"], "sleep");
+    assert!(
+        processes.iter().all(|p| pid_of(p) != Some(agent_pid)),
+        "the agent does not record itself"
+    );
+    let presented = std::fs::read_to_string(&truth)
+        .expect("truth")
+        .lines()
+        .count();
+    assert_eq!(presented, 60);
+    let game = &processes[0];
+    assert_eq!(game["comm"], "synthetic-game", "the game comes first");
+    assert_eq!(
+        game["frames"]["count"].as_u64(),
+        Some(60),
+        "{}",
+        game["frames"]
+    );
+    assert!(
+        processes.len() >= 10,
+        "every process on the host: only {}",
+        processes.len()
     );
 }

@@ -44,6 +44,37 @@ const YOUNG_PROCESS: Duration = Duration::from_secs(5);
 /// often: reading a game's /proc/PID/maps (thousands of lines with Mesa) is the agent's largest
 /// periodic cost, and a settled game rarely maps a new graphics library.
 const SETTLED_LIBRARY_SCAN_NS: u64 = 1_000_000_000;
+/// A process's /proc files are read again only after 50 times what the last read cost: at most
+/// ~2 % of the agent's time per process and kind of scan, however large the process. One with
+/// 10,000 threads has a /proc/PID/maps of 20,000 lines and a task directory of 10,000 entries,
+/// which take milliseconds to read: every 20 ms, that would be most of a core.
+const SCAN_COST_SHARE: u64 = 50;
+
+/// The last scan of one process's /proc files.
+#[derive(Debug, Clone, Copy)]
+struct LastScan {
+    at_ns: u64,
+    cost_ns: u64,
+}
+
+impl LastScan {
+    /// Whether a scan last done as `last` is due again at `now`: at least `min_interval_ns`
+    /// after it, and `SCAN_COST_SHARE` times its cost.
+    fn due(last: Option<&LastScan>, now: u64, min_interval_ns: u64) -> bool {
+        last.is_none_or(|l| {
+            let wait = min_interval_ns.max(l.cost_ns.saturating_mul(SCAN_COST_SHARE));
+            now.saturating_sub(l.at_ns) >= wait
+        })
+    }
+
+    fn since(at_ns: u64, started: Instant) -> LastScan {
+        LastScan {
+            at_ns,
+            cost_ns: started.elapsed().as_nanos() as u64,
+        }
+    }
+}
+
 /// The agent's nice value while recording: it yields the CPU to the game it measures, so it does
 /// not cause the stutters it reports (it drains a ring buffer that holds seconds of frames).
 pub const AGENT_NICE: i32 = 5;
@@ -169,8 +200,10 @@ pub struct Tracker {
     pending_windows: Vec<(u32, u64, u64)>,
     /// Threads of each tracked process, as of the last scan.
     tids: HashMap<u32, Vec<u32>>,
-    /// When each process's libraries were last scanned.
-    library_scans: HashMap<u32, u64>,
+    /// When each process's memory map was last searched for graphics libraries.
+    library_scans: HashMap<u32, LastScan>,
+    /// When each process's liveness and threads were last read.
+    process_scans: HashMap<u32, LastScan>,
     /// GPU device nodes (major, minor) and the PCI address of the GPU each belongs to.
     gpu_nodes: Vec<(u32, u32, String)>,
     /// Processes whose open files were already searched for a GPU node (once, after their first
@@ -199,6 +232,7 @@ impl Tracker {
             pending_windows: Vec::new(),
             tids: HashMap::new(),
             library_scans: HashMap::new(),
+            process_scans: HashMap::new(),
             gpu_nodes: gpus
                 .iter()
                 .flat_map(|g| {
@@ -365,6 +399,7 @@ impl Tracker {
         self.pending_windows.retain(|(p, _, _)| *p != pid);
         self.snapshots.forget(pid);
         self.library_scans.remove(&pid);
+        self.process_scans.remove(&pid);
         self.gpu_searched.remove(&pid);
         if let Some(tids) = self.tids.remove(&pid) {
             for tid in tids {
@@ -710,11 +745,24 @@ impl Tracker {
             })
             .map(|p| p.pid)
             .collect();
+        let now = monotonic_ns();
         for pid in pids {
-            for lib in self.probes.attach_process_libraries(pid) {
-                log::info!("pid {pid}: hooked {lib}");
-            }
+            self.scan_libraries(pid, now, 0);
         }
+    }
+
+    /// Hooks the graphics libraries `pid` newly mapped, unless its map was read less than
+    /// `min_interval_ns` ago or too recently for its size (see `SCAN_COST_SHARE`).
+    fn scan_libraries(&mut self, pid: u32, now: u64, min_interval_ns: u64) {
+        if !LastScan::due(self.library_scans.get(&pid), now, min_interval_ns) {
+            return;
+        }
+        let started = Instant::now();
+        for lib in self.probes.attach_process_libraries(pid) {
+            log::info!("pid {pid}: hooked {lib}");
+        }
+        self.library_scans
+            .insert(pid, LastScan::since(now, started));
     }
 
     /// Hooks newly mapped libraries, remembers thread names, and notices exits.
@@ -729,6 +777,12 @@ impl Tracker {
             .map(|p| p.pid)
             .collect();
         for pid in pids {
+            // Exits also come from the kernel (ProcessExit): this is the fallback, and can wait
+            // for a very large process.
+            if !LastScan::due(self.process_scans.get(&pid), now, 0) {
+                continue;
+            }
+            let started = Instant::now();
             if !target::is_alive(pid) {
                 if let Some(p) = self.capture.processes.get_mut(&pid) {
                     p.exited_ns = Some(now);
@@ -738,18 +792,6 @@ impl Tracker {
                 continue;
             }
             self.find_gpu(pid);
-            let young = self
-                .capture
-                .processes
-                .get(&pid)
-                .is_some_and(|p| p.tracked_at_ns >= young_since);
-            let last = self.library_scans.get(&pid).copied().unwrap_or(0);
-            if young || now.saturating_sub(last) >= SETTLED_LIBRARY_SCAN_NS {
-                self.library_scans.insert(pid, now);
-                for lib in self.probes.attach_process_libraries(pid) {
-                    log::info!("pid {pid}: hooked {lib}");
-                }
-            }
             let tids = crate::probes::thread_ids(pid);
             for &tid in &tids {
                 if let std::collections::hash_map::Entry::Vacant(slot) =
@@ -763,6 +805,15 @@ impl Tracker {
                 }
             }
             self.tids.insert(pid, tids);
+            self.process_scans
+                .insert(pid, LastScan::since(now, started));
+            let young = self
+                .capture
+                .processes
+                .get(&pid)
+                .is_some_and(|p| p.tracked_at_ns >= young_since);
+            let min_interval = if young { 0 } else { SETTLED_LIBRARY_SCAN_NS };
+            self.scan_libraries(pid, now, min_interval);
         }
     }
 
@@ -885,6 +936,24 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
             session.probes.watch_comm(name, options.follow_children)?;
             for pid in target::processes_named(name) {
                 let _ = session.track(pid, true);
+            }
+        }
+        TargetSpec::All => {
+            // New processes are children of tracked ones (kthreadd's included) and are followed.
+            let mut untracked = 0;
+            for pid in target::all_processes() {
+                if let Err(e) = session.track(pid, true) {
+                    // One that exited meanwhile is no loss; a full map is worth saying.
+                    if target::is_alive(pid) {
+                        untracked += 1;
+                        log::debug!("{e:#}");
+                    }
+                }
+            }
+            if untracked > 0 {
+                session.capture.notes.push(format!(
+                    "{untracked} running processes could not be tracked (the kernel maps are full)"
+                ));
             }
         }
         TargetSpec::Command(argv) => {

@@ -64,7 +64,7 @@ pub struct CaptureInfo {
     pub duration_s: f64,
     /// Why the capture ended: duration, targets-exited, signal, wait-timeout.
     pub end_reason: String,
-    /// What was asked for (`pid 1234`, `comm vkcube`, `command vkcube --c 300`).
+    /// What was asked for (`pid 1234`, `comm vkcube`, `command vkcube --c 300`, `all processes`).
     pub target: String,
     /// Every probe, attached or not (the same list `doctor` prints).
     pub sources: Vec<ProbeStatus>,

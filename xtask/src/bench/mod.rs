@@ -29,9 +29,11 @@ use serde_json::Value;
 
 use crate::{demo::x_display, util::step};
 
+mod accuracy;
 mod binding;
 mod daemon;
 mod peers;
+mod scaling;
 
 /// The parts of the benchmark (`cargo xtask bench --only PART`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,10 +46,20 @@ pub enum Part {
     Binding,
     /// The daemon: WebSocket freshness and footprint with two games and ten streams.
     Daemon,
+    /// Frames against MangoHud's own log of the same run (vkcube, glxgears).
+    Accuracy,
+    /// Cost and footprint from 10 to 10,000 tracked threads and from 60 to 1,000 fps.
+    Scaling,
 }
 
-const STORM_LOOPS: &str = "40000";
-const ROUNDS: usize = 3;
+const STORM_LOOPS: &str = "100000";
+/// Capture rounds: each runs every case once, in a rotated order.
+const ROUNDS: usize = 5;
+/// The storm runs on this CPU (both its tasks: every message is two context switches there);
+/// the agent and the peers' user space run on the other, so what the storm loses is the probes'
+/// in-kernel cost, not competition for its CPU.
+const STORM_CPU: &str = "1";
+const TOOL_CPU: &str = "0";
 
 fn storm_ops_per_sec(text: &str) -> Option<f64> {
     text.lines()
@@ -56,9 +68,22 @@ fn storm_ops_per_sec(text: &str) -> Option<f64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The storm: `perf bench sched pipe`, both its tasks on `STORM_CPU`.
+const STORM: [&str; 9] = [
+    "taskset",
+    "-c",
+    STORM_CPU,
+    "perf",
+    "bench",
+    "sched",
+    "pipe",
+    "-l",
+    STORM_LOOPS,
+];
+
 fn bare_storm() -> Result<f64> {
-    let out = Command::new("perf")
-        .args(["bench", "sched", "pipe", "-l", STORM_LOOPS])
+    let out = Command::new(STORM[0])
+        .args(&STORM[1..])
         .output()
         .context("run perf bench (cargo xtask setup --bench installs linux-perf)")?;
     storm_ops_per_sec(&String::from_utf8_lossy(&out.stdout))
@@ -84,38 +109,59 @@ fn cost(report: &Value, program: &str) -> (u64, f64) {
         .unwrap_or((0, 0.0))
 }
 
+/// The agent on the tools' CPU.
+fn pinned_agent(agent: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", TOOL_CPU]).arg(agent);
+    c
+}
+
+/// The storm while the agent records `what` (`--pid` of an idle process, or `--all`).
+fn storm_beside_agent(agent: &Path, what: &[&str], out: &Path) -> Result<(f64, Value)> {
+    let mut rec = pinned_agent(agent)
+        .arg("record")
+        .args(what)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start the agent")?;
+    sleep(Duration::from_millis(2000)); // load and attach (--all also scans every process)
+    let ops = bare_storm();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    let status = rec.wait()?;
+    if !status.success() {
+        bail!("the agent failed beside the storm ({status})");
+    }
+    Ok((ops?, read_report(out)?))
+}
+
 /// The storm while the agent tracks only an idle process.
 fn untracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
     let mut idle = Command::new("sleep")
         .arg("600")
         .spawn()
         .context("start sleep")?;
-    let mut rec = Command::new(agent)
-        .args(["record", "--pid", &idle.id().to_string(), "--out"])
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start the agent")?;
-    sleep(Duration::from_millis(1500)); // load and attach
-    let ops = bare_storm();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
-    let status = rec.wait()?;
+    let result = storm_beside_agent(agent, &["--pid", &idle.id().to_string()], out);
     let _ = idle.kill();
     let _ = idle.wait();
-    if !status.success() {
-        bail!("the agent failed during the untracked storm ({status})");
-    }
-    Ok((ops?, read_report(out)?))
+    result
+}
+
+/// The storm while the agent tracks every process (the storm is a child of the tracked bench).
+fn everything_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
+    storm_beside_agent(agent, &["--all"], out)
 }
 
 /// The storm launched and tracked by the agent.
 fn tracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
-    let rec = Command::new(agent)
+    let rec = pinned_agent(agent)
         .args(["record", "--out"])
         .arg(out)
-        .args(["--", "perf", "bench", "sched", "pipe", "-l", STORM_LOOPS])
+        .arg("--")
+        .args(STORM)
         .output()
         .context("run the agent")?;
     if !rec.status.success() {
@@ -170,6 +216,15 @@ pub fn bench(root: &Path, agent: &Path, target: &Path, only: &[Part]) -> Result<
         let game = release_test_bin(root, "synthetic-game")?;
         daemon::bench(agent, &game, &dir)?;
     }
+    if wanted(Part::Accuracy) {
+        accuracy::bench(agent, &dir)?;
+    }
+    if wanted(Part::Scaling) {
+        step("scaling: build the thread crowd and the synthetic game (release)");
+        let crowd = release_test_bin(root, "thread-crowd")?;
+        let game = release_test_bin(root, "synthetic-game")?;
+        scaling::bench(agent, &crowd, &game, &dir)?;
+    }
     Ok(())
 }
 
@@ -183,59 +238,222 @@ fn release_test_bin(root: &Path, bin: &str) -> Result<PathBuf> {
     Ok(crate::util::target_dir(root).join("release").join(bin))
 }
 
-fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
-    let programs = [
-        "nvbind_sched_switch",
-        "nvbind_sched_wakeup",
-        "nvbind_ioctl_enter",
-        "nvbind_ioctl_exit",
-    ];
+/// The cases of one capture round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Bare,
+    /// The agent tracks an idle process: the cost of its probes for untracked tasks.
+    Untracked,
+    /// The agent tracks the storm (one process).
+    Tracked,
+    /// The agent tracks every process (`record --all`).
+    Everything,
+    Peer(peers::Peer),
+}
 
-    let mut bare = Vec::new();
-    let mut untracked = Vec::new();
-    let mut tracked = Vec::new();
-    let mut untracked_costs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); programs.len()];
-    let mut tracked_costs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); programs.len()];
-    let mut tracked_per_switch = Vec::new();
-    let mut peer_runs: Vec<Vec<peers::PeerRun>> = vec![Vec::new(); peers::Peer::ALL.len()];
-    // A peer that cannot run here (bcc without kernel headers) is reported, not fatal.
-    let mut peer_failures: Vec<Option<String>> = vec![None; peers::Peer::ALL.len()];
-    for round in 1..=ROUNDS {
-        step(&format!(
-            "round {round}/{ROUNDS}: bare, untracked, tracked storms, then under bpftrace and bcc"
-        ));
-        bare.push(bare_storm()?);
-        let (ops, report) = untracked_storm(agent, &dir.join("untracked.json"))?;
-        untracked.push(ops);
-        for (i, p) in programs.iter().enumerate() {
-            untracked_costs[i].push(cost(&report, p));
-        }
-        let (ops, report) = tracked_storm(agent, &dir.join("tracked.json"))?;
-        tracked.push(ops);
-        for (i, p) in programs.iter().enumerate() {
-            tracked_costs[i].push(cost(&report, p));
-        }
-        tracked_per_switch.push(ns_per_switch(&report));
-        for (i, peer) in peers::Peer::ALL.into_iter().enumerate() {
-            if peer_failures[i].is_some() {
-                continue;
-            }
-            match peers::run(peer, dir, bare_storm) {
-                Ok(run) => peer_runs[i].push(run),
-                Err(e) => {
-                    eprintln!("    NOT RUN: {}: {e:#}", peer.name());
-                    peer_failures[i] = Some(format!("{e:#}"));
-                }
-            }
+const CASES: [Case; 6] = [
+    Case::Bare,
+    Case::Untracked,
+    Case::Tracked,
+    Case::Everything,
+    Case::Peer(peers::Peer::Bpftrace),
+    Case::Peer(peers::Peer::Bcc),
+];
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Case::Bare => "bare (nothing attached)",
+            Case::Untracked => "nvbind, storm untracked (tracking one idle process)",
+            Case::Tracked => "nvbind tracking the storm (one process)",
+            Case::Everything => "nvbind tracking everything (`record --all`)",
+            Case::Peer(p) => p.name(),
         }
     }
+}
 
-    step("agent footprint: recording vkcube for 10 s");
+/// What the rounds measured for one case.
+#[derive(Default)]
+struct CaseRuns {
+    ops: Vec<f64>,
+    /// nvbind's per-program (runs, ns/run), per round, in `PROGRAMS` order.
+    costs: Vec<Vec<(u64, f64)>>,
+    /// All scheduler programs' time per sched_switch run, and the switch program's runs and
+    /// ns/run, per round.
+    per_switch: Vec<(f64, u64, f64)>,
+    /// Why the case could not run here (a peer without what it needs).
+    not_run: Option<String>,
+}
+
+const PROGRAMS: [&str; 4] = [
+    "nvbind_sched_switch",
+    "nvbind_sched_wakeup",
+    "nvbind_ioctl_enter",
+    "nvbind_ioctl_exit",
+];
+
+fn run_case(case: Case, agent: &Path, dir: &Path, runs: &mut CaseRuns) -> Result<()> {
+    let report = match case {
+        Case::Bare => {
+            runs.ops.push(bare_storm()?);
+            return Ok(());
+        }
+        Case::Peer(peer) => {
+            match peers::run(peer, dir, TOOL_CPU, bare_storm) {
+                Ok(run) => {
+                    runs.ops.push(run.ops_per_sec);
+                    runs.per_switch
+                        .push((run.ns_per_switch, run.switch_runs, run.switch_ns));
+                }
+                Err(e) => {
+                    eprintln!("    NOT RUN: {}: {e:#}", peer.name());
+                    runs.not_run = Some(format!("{e:#}"));
+                }
+            }
+            return Ok(());
+        }
+        Case::Untracked => untracked_storm(agent, &dir.join("untracked.json"))?,
+        Case::Tracked => tracked_storm(agent, &dir.join("tracked.json"))?,
+        Case::Everything => everything_storm(agent, &dir.join("everything.json"))?,
+    };
+    runs.ops.push(report.0);
+    let report = report.1;
+    runs.costs
+        .push(PROGRAMS.iter().map(|p| cost(&report, p)).collect());
+    let (switch_runs, switch_ns) = cost(&report, "nvbind_sched_switch");
+    runs.per_switch
+        .push((ns_per_switch(&report), switch_runs, switch_ns));
+    Ok(())
+}
+
+fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
+    let mut runs: Vec<CaseRuns> = CASES.iter().map(|_| CaseRuns::default()).collect();
+    for round in 0..ROUNDS {
+        step(&format!(
+            "round {}/{ROUNDS}: the storm bare, beside nvbind (untracked, tracked, everything), under bpftrace and bcc",
+            round + 1
+        ));
+        // Rotated order: no case always runs first (after the previous round's last) or last.
+        for k in 0..CASES.len() {
+            let i = (k + round) % CASES.len();
+            if runs[i].not_run.is_some() {
+                continue;
+            }
+            run_case(CASES[i], agent, dir, &mut runs[i])?;
+        }
+    }
+    print_capture(&runs);
+
+    footprint(root, agent, dir)
+}
+
+fn print_capture(runs: &[CaseRuns]) {
+    let at = |case: Case| CASES.iter().position(|c| *c == case).unwrap_or(0);
+    let bare = median(runs[at(Case::Bare)].ops.clone());
+    println!("\n### System cost: the storm's throughput (`{}`), medians of {ROUNDS} rounds, cases interleaved in rotated order\n", STORM.join(" "));
+    println!("The tools' user space runs on CPU {TOOL_CPU}, the storm on CPU {STORM_CPU}.\n");
+    println!("| case | storm ops/s | ratio to bare | loss |");
+    println!("|---|---:|---:|---:|");
+    for (case, r) in CASES.iter().zip(runs) {
+        if let Some(why) = &r.not_run {
+            println!("| {} | not run: {} | | |", case.name(), first_line(why));
+            continue;
+        }
+        let ops = median(r.ops.clone());
+        println!(
+            "| {} | {ops:.0} | {:.3} | {:.1} % |",
+            case.name(),
+            ops / bare,
+            100.0 * (1.0 - ops / bare)
+        );
+    }
+    println!("\nGoal (issue 7): ≤ 3 % loss tracking one process.");
+
+    println!("\n### nvbind's kernel cost per program (bpf_stats), medians of {ROUNDS} rounds\n");
+    println!("| program | untracked: runs / ns per run | tracked: runs / ns per run | everything: runs / ns per run |");
+    println!("|---|---:|---:|---:|");
+    for (i, program) in PROGRAMS.iter().enumerate() {
+        let cell = |case: Case| {
+            let c = &runs[at(case)].costs;
+            format!(
+                "{:.0} / {:.1}",
+                median(c.iter().map(|r| r[i].0 as f64).collect()),
+                median(c.iter().map(|r| r[i].1).collect())
+            )
+        };
+        println!(
+            "| {program} | {} | {} | {} |",
+            cell(Case::Untracked),
+            cell(Case::Tracked),
+            cell(Case::Everything)
+        );
+    }
+
+    println!("\n### Kernel cost per context switch against bpftrace and bcc, medians of {ROUNDS} rounds\n");
+    println!("Same storm; the peers' programs' cost read with `bpftool prog show` while bpf_stats is on. \"All programs per switch\" is every scheduler program's time (switch and wakeups) over the sched_switch runs.\n");
+    println!("| tool | sched_switch runs | sched_switch ns/run | all programs, ns per switch | ratio to bpftrace |");
+    println!("|---|---:|---:|---:|---:|");
+    let bpftrace = &runs[at(Case::Peer(peers::Peer::Bpftrace))];
+    let bpftrace_per_switch = if bpftrace.per_switch.is_empty() {
+        f64::NAN
+    } else {
+        median(bpftrace.per_switch.iter().map(|p| p.0).collect())
+    };
+    for case in [
+        Case::Tracked,
+        Case::Everything,
+        Case::Peer(peers::Peer::Bpftrace),
+        Case::Peer(peers::Peer::Bcc),
+    ] {
+        let r = &runs[at(case)];
+        if let Some(why) = &r.not_run {
+            println!("| {} | not run: {} | | | |", case.name(), first_line(why));
+            continue;
+        }
+        let per_switch = median(r.per_switch.iter().map(|p| p.0).collect());
+        println!(
+            "| {} | {:.0} | {:.1} | {per_switch:.1} | {:.2} |",
+            case.name(),
+            median(r.per_switch.iter().map(|p| p.1 as f64).collect()),
+            median(r.per_switch.iter().map(|p| p.2).collect()),
+            per_switch / bpftrace_per_switch
+        );
+    }
+    println!("\nGoal (issue 7): nvbind at most half of bpftrace's cost per event (ratio ≤ 0.50).");
+}
+
+/// The first line of an error, fit for a table cell.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").replace('|', "/")
+}
+
+/// The agent's CPU and peak RSS while recording vkcube (several hundred fps on lavapipe) with the
+/// GPU sampler on at 10 Hz, reading the amd-dgpu fixture (this machine has no GPU).
+fn footprint(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
+    step(
+        "agent footprint: recording vkcube for 10 s, GPU sampler at 10 Hz on the amd-dgpu fixture",
+    );
     let (display, _xvfb) = x_display(dir)?;
     let vk_report = dir.join("vkcube.json");
+    let host = root.join("tests/fixtures/hosts/amd-dgpu");
+    let empty_dev = dir.join("empty-dev");
+    fs::create_dir_all(&empty_dev)?;
     let status = Command::new(agent)
-        .args(["record", "--duration", "10", "--out"])
+        .args([
+            "record",
+            "--duration",
+            "10",
+            "--gpu-sample-hz",
+            "10",
+            "--out",
+        ])
         .arg(&vk_report)
+        .arg("--sysfs-root")
+        .arg(host.join("sys"))
+        .arg("--proc-root")
+        .arg(host.join("proc"))
+        .arg("--dev-root")
+        .arg(&empty_dev)
         .args(["--", "vkcube"])
         .env("DISPLAY", &display)
         .current_dir(root)
@@ -245,80 +463,18 @@ fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
         bail!("recording vkcube failed ({status})");
     }
     let vk = read_report(&vk_report)?;
-
-    let b = median(bare.clone());
-    println!("\n### Context-switch storm (`perf bench sched pipe -l {STORM_LOOPS}`), medians of {ROUNDS} interleaved rounds\n");
-    println!("| case | storm ops/s | ratio to bare |");
-    println!("|---|---:|---:|");
-    println!("| bare (no agent) | {b:.0} | 1.000 |");
-    let u = median(untracked);
-    let t = median(tracked);
-    println!("| agent running, storm untracked | {u:.0} | {:.3} |", u / b);
-    println!("| agent tracking the storm | {t:.0} | {:.3} |", t / b);
-    println!("\n### Kernel cost per event (bpf_stats), median of {ROUNDS} rounds\n");
-    println!("| program | untracked: runs | untracked: ns/run | tracked: runs | tracked: ns/run |");
-    println!("|---|---:|---:|---:|---:|");
-    for (i, p) in programs.iter().enumerate() {
-        let runs = |c: &[(u64, f64)]| median(c.iter().map(|x| x.0 as f64).collect());
-        let ns = |c: &[(u64, f64)]| median(c.iter().map(|x| x.1).collect());
-        println!(
-            "| {p} | {:.0} | {:.1} | {:.0} | {:.1} |",
-            runs(&untracked_costs[i]),
-            ns(&untracked_costs[i]),
-            runs(&tracked_costs[i]),
-            ns(&tracked_costs[i])
-        );
-    }
-    println!("\n### Kernel cost per context switch: nvbind against bpftrace and bcc, medians of {ROUNDS} interleaved rounds\n");
-    println!("Same storm; the peers' programs' cost read with `bpftool prog show` while bpf_stats is on. \"All programs per switch\" is every scheduler program's time (switch and wakeups) over the sched_switch runs.\n");
-    println!("| tool | sched_switch runs | sched_switch ns/run | all programs, ns per switch | ratio to bpftrace | storm ops/s ratio to bare |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let switch = programs
-        .iter()
-        .position(|p| *p == "nvbind_sched_switch")
-        .unwrap_or(0);
-    let bpftrace_per_switch = if peer_runs[0].is_empty() {
-        f64::NAN
-    } else {
-        median(peer_runs[0].iter().map(|r| r.ns_per_switch).collect())
-    };
-    let nvbind_per_switch = median(tracked_per_switch);
-    println!(
-        "| nvbind (tracking the storm) | {:.0} | {:.1} | {:.1} | {:.2} | {:.3} |",
-        median(tracked_costs[switch].iter().map(|x| x.0 as f64).collect()),
-        median(tracked_costs[switch].iter().map(|x| x.1).collect()),
-        nvbind_per_switch,
-        nvbind_per_switch / bpftrace_per_switch,
-        t / b
-    );
-    for (i, peer) in peers::Peer::ALL.into_iter().enumerate() {
-        let runs = &peer_runs[i];
-        if let Some(why) = &peer_failures[i] {
-            println!(
-                "| {} | not run: {} | | | | |",
-                peer.name(),
-                why.lines().next().unwrap_or("").replace('|', "/")
-            );
-            continue;
-        }
-        let per_switch = median(runs.iter().map(|r| r.ns_per_switch).collect());
-        println!(
-            "| {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.3} |",
-            peer.name(),
-            median(runs.iter().map(|r| r.switch_runs as f64).collect()),
-            median(runs.iter().map(|r| r.switch_ns).collect()),
-            per_switch,
-            per_switch / bpftrace_per_switch,
-            median(runs.iter().map(|r| r.ops_per_sec).collect()) / b
-        );
-    }
-    println!("\nGoal (issue 7): nvbind at most half of bpftrace's cost per event (ratio ≤ 0.50).");
     let duration = vk["capture"]["duration_s"].as_f64().unwrap_or(0.0);
     let cpu = vk["agent"]["cpu_s"].as_f64().unwrap_or(0.0);
     let rss = vk["agent"]["peak_rss_bytes"].as_f64().unwrap_or(0.0);
     let p = &vk["processes"][0];
     let (present_runs, present_ns) = cost(&vk, "nvbind_present");
-    println!("\n### Agent footprint while recording vkcube (lavapipe, Xvfb)\n");
+    let samples: u64 = vk["gpus"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["summary"]["samples"].as_u64())
+        .sum();
+    println!("\n### Agent footprint while recording vkcube (lavapipe, Xvfb) for 10 s, GPU sampler at 10 Hz\n");
     println!("| metric | value | goal |");
     println!("|---|---:|---:|");
     println!(
@@ -326,8 +482,9 @@ fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
         p["frames"]["count"],
         p["frames"]["fps_avg"].as_f64().unwrap_or(0.0)
     );
+    println!("| GPU samples taken (amd-dgpu fixture) | {samples} | |");
     println!(
-        "| agent CPU, share of one core | {:.2}% | ≤ 2% |",
+        "| agent CPU, share of one core | {:.2} % | ≤ 2 % |",
         100.0 * cpu / duration.max(1e-9)
     );
     println!("| agent peak RSS | {:.1} MiB | ≤ 30 MiB |", rss / 1048576.0);

@@ -44,8 +44,6 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const ALL: [Peer; 2] = [Peer::Bpftrace, Peer::Bcc];
-
     pub fn name(self) -> &'static str {
         match self {
             Peer::Bpftrace => "bpftrace (runqlat script)",
@@ -85,22 +83,21 @@ impl Drop for Stats {
     }
 }
 
-fn start(peer: Peer, dir: &Path) -> Result<Child> {
-    let mut cmd = match peer {
+/// Starts the peer with its user space on `cpu`.
+fn start(peer: Peer, dir: &Path, cpu: &str) -> Result<Child> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpu]);
+    match peer {
         Peer::Bpftrace => {
             let script = dir.join("runqlat.bt");
             fs::write(&script, RUNQLAT_BT)?;
-            let mut c = Command::new("bpftrace");
-            c.arg(script);
-            c
+            cmd.arg("bpftrace").arg(script);
         }
         // An interval far beyond the run: it prints once, when stopped.
         Peer::Bcc => {
-            let mut c = Command::new("runqlat-bpfcc");
-            c.arg("60");
-            c
+            cmd.args(["runqlat-bpfcc", "60"]);
         }
-    };
+    }
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -144,12 +141,17 @@ fn programs_since(before: &[u64]) -> Result<Vec<(String, u64, u64)>> {
         .collect())
 }
 
-/// Runs the storm under `peer`: waits until the peer's sched_switch program is loaded, runs
-/// `storm`, reads the peer's programs' cost, stops the peer.
-pub fn run(peer: Peer, dir: &Path, storm: impl FnOnce() -> Result<f64>) -> Result<PeerRun> {
+/// Runs the storm under `peer` (its user space on `cpu`): waits until the peer's sched_switch
+/// program is loaded, runs `storm`, reads the peer's programs' cost, stops the peer.
+pub fn run(
+    peer: Peer,
+    dir: &Path,
+    cpu: &str,
+    storm: impl FnOnce() -> Result<f64>,
+) -> Result<PeerRun> {
     let _stats = Stats::on()?;
     let existing: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
-    let mut child = start(peer, dir)?;
+    let mut child = start(peer, dir, cpu)?;
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(60);
     let is_switch = |name: &str| name.contains("sched_switch") || name.contains("finish_task");

@@ -1,0 +1,73 @@
+//! A process with many threads for the scaling benchmark: `--threads N` threads that each sleep and
+//! wake, spread so the whole process makes about `--wakeups-per-sec` wakeups a second whatever N is
+//! (each thread sleeps N / rate seconds). The scheduler probes' cost per event can then be
+//! compared across thread counts at the same event rate.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Threads to start (besides the main one).
+    #[arg(long)]
+    threads: usize,
+    /// Wakeups per second of the whole process.
+    #[arg(long, default_value_t = 20_000.0)]
+    wakeups_per_sec: f64,
+    /// How long the threads run, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.threads == 0 || args.wakeups_per_sec <= 0.0 || args.seconds <= 0.0 {
+        bail!("--threads, --wakeups-per-sec and --seconds must be positive");
+    }
+    let period = Duration::from_secs_f64(args.threads as f64 / args.wakeups_per_sec);
+    let run_for = Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(args.threads);
+    for i in 0..args.threads {
+        // Staggered first wakeups, so the threads do not wake in one herd.
+        let offset = period.mul_f64(i as f64 / args.threads as f64);
+        let handle = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                std::thread::sleep(offset);
+                let mut wakeups = 0u64;
+                while start.elapsed() < run_for {
+                    std::thread::sleep(period);
+                    wakeups += 1;
+                }
+                wakeups
+            })
+            .with_context(|| format!("cannot start thread {i}"))?;
+        handles.push(handle);
+    }
+    let started = start.elapsed();
+    let mut wakeups = 0;
+    for h in handles {
+        wakeups += h.join().map_err(|_| anyhow::anyhow!("a thread panicked"))?;
+    }
+    let ran = start.elapsed().as_secs_f64();
+    // The kernel's own context-switch counts for the whole process, exited threads included:
+    // what a tracer's counts are checked against.
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        bail!("getrusage: {}", std::io::Error::last_os_error());
+    }
+    println!(
+        "threads {} started_in_s {:.3} sleeps {wakeups} sleeps_per_sec {:.0} voluntary_switches {} involuntary_switches {}",
+        args.threads,
+        started.as_secs_f64(),
+        wakeups as f64 / ran,
+        usage.ru_nvcsw,
+        usage.ru_nivcsw
+    );
+    Ok(())
+}
