@@ -1,10 +1,15 @@
-//! `cargo xtask bench`: the capture pipeline's cost, measured in one run, side by side.
+//! `cargo xtask bench`: the capture pipeline's cost and accuracy, measured in one run, side by
+//! side with the tools it replaces.
 //!
 //! 1. Kernel cost per event: bpf_stats mean ns per run of each scheduler program during a
-//!    context-switch storm (`perf bench sched pipe`), when the switching tasks are untracked
-//!    (the agent tracks an idle `sleep`) and when they are tracked (the agent launched the storm).
-//! 2. System cost: the storm's throughput in each case as a ratio to a bare run, interleaved.
-//! 3. Agent footprint: CPU share and peak RSS while recording vkcube at several hundred fps.
+//!    context-switch storm (`perf bench sched pipe`, pinned to one CPU), when the switching tasks
+//!    are untracked (the agent tracks an idle `sleep`), tracked (the agent launched the storm) and
+//!    when the agent tracks every process; and the same for bpftrace running a runqlat script and
+//!    bcc's `runqlat-bpfcc` ([`peers`]).
+//! 2. System cost: the storm's throughput in each of those cases as a ratio to a bare run, the
+//!    cases interleaved in a rotated order over several rounds.
+//! 3. Agent footprint: CPU share and peak RSS while recording vkcube at several hundred fps with
+//!    the GPU sampler on.
 //! 4. GPU sampler: the cost of one sample per backend (over the sysfs fixture hosts; NVML where a
 //!    driver exists), and the synthetic game's p99 frame time with the sampler off and at 10 Hz,
 //!    interleaved.
@@ -12,6 +17,10 @@
 //!    node with 1 versus 100 bound cgroups ([`binding`]).
 //! 6. The daemon: frame-to-WebSocket latency, and its CPU and memory with two tracked games and
 //!    ten streams versus idle ([`daemon`]).
+//! 7. Accuracy: frame count, mean, p50 and p99 against MangoHud logging the same run of vkcube
+//!    and glxgears ([`accuracy`]).
+//! 8. Scaling: cost per event and agent footprint from 10 to 10,000 tracked threads and from 60
+//!    to 1,000 fps ([`scaling`]).
 //!
 //! Prints Markdown tables for BENCHMARKS.md. The machine is small and noisy: compare within one
 //! run, never against remembered numbers.
