@@ -593,7 +593,21 @@ fn record(args: RecordArgs) -> Result<u8> {
             p.stutters.count,
         );
     }
-    if report.processes.iter().all(|p| p.frames.count == 0) {
+    for p in &report.processes {
+        if let Some(d) = &p.frames.display {
+            eprintln!(
+                "{} (pid {}): {}",
+                p.comm,
+                p.pid,
+                report::display::one_line(d)
+            );
+        }
+    }
+    if report
+        .processes
+        .iter()
+        .all(|p| p.frames.count == 0 && p.frames.display.is_none())
+    {
         eprintln!("no frames were captured (see capture.notes and capture.sources in the report)");
     }
     for note in &report.capture.notes {

@@ -107,6 +107,80 @@ pub mod event_kind {
     pub const PROCESS_EXEC: u32 = 4;
     /// [`crate::ProcessEvent`]: the last thread of a tracked process exited.
     pub const PROCESS_EXIT: u32 = 5;
+    /// [`crate::DisplayEvent`]: a DRM event of a tracked process's DRM file (`aux` =
+    /// [`crate::display_kind`]).
+    pub const DISPLAY: u32 = 6;
+}
+
+/// What a [`DisplayEvent`] reports.
+pub mod display_kind {
+    /// A page flip (or atomic commit) completed: the frame is on the screen from this vblank
+    /// (`drm_vblank_event_delivered` with no `WAIT_VBLANK` request queued under its sequence).
+    pub const FLIP: u32 = 1;
+    /// A vblank event the process asked for with `DRM_IOCTL_WAIT_VBLANK` was queued
+    /// (`drm_vblank_event_queued`, in the asking thread).
+    pub const VBLANK_QUEUED: u32 = 2;
+    /// ... and delivered (`drm_vblank_event_delivered` for a sequence it queued).
+    pub const VBLANK_DELIVERED: u32 = 3;
+}
+
+/// A DRM display event of a tracked process: the header's tgid/tid are the owner of the DRM file
+/// (the thread that last made a display request on it), `ts_ns` when the kernel delivered or
+/// queued it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DisplayEvent {
+    /// `kind` = [`event_kind::DISPLAY`], `aux` = [`display_kind`].
+    pub header: EventHeader,
+    /// The CRTC (display pipe) index.
+    pub crtc: u32,
+    /// The vblank sequence number of the event.
+    pub seq: u32,
+    /// When the owner last asked for a flip, a commit or a vblank event on this file (0: unknown).
+    pub request_ns: u64,
+}
+
+/// The last process to make a display request on a DRM file (`DRM_FILE_OWNERS`, keyed by the
+/// kernel's `struct drm_file` pointer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DrmFileOwner {
+    pub tgid: u32,
+    pub tid: u32,
+    /// When it last asked (`bpf_ktime_get_ns`).
+    pub request_ns: u64,
+}
+
+/// A queued `WAIT_VBLANK` event (`DRM_PENDING_VBLANK_EVENTS` key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DrmEventKey {
+    pub file: u64,
+    pub seq: u32,
+    pub crtc: u32,
+}
+
+/// The vblanks of one CRTC (`CRTC_VBLANKS`, indexed by CRTC, at most `MAX_CRTCS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CrtcVblanks {
+    pub count: u64,
+    /// The first and the last vblank's time (`drm_vblank_event`'s own timestamp, CLOCK_MONOTONIC).
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub first_seq: u32,
+    pub last_seq: u32,
+}
+
+/// CRTCs whose vblank cadence is kept.
+pub const MAX_CRTCS: u32 = 16;
+
+/// Per process and DRM ioctl number (`DRM_IOCTL_COUNTS` key): `_IOC_NR` of a `'d'` ioctl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DrmIoctlKey {
+    pub tgid: u32,
+    pub nr: u32,
 }
 
 /// Counters of one thread. They only grow; a frame's evidence is the difference of two snapshots.
@@ -498,6 +572,9 @@ mod user {
     unsafe impl aya::Pod for super::PresentEvent {}
     unsafe impl aya::Pod for super::ResolvedPresentEvent {}
     unsafe impl aya::Pod for super::ProcessEvent {}
+    unsafe impl aya::Pod for super::DisplayEvent {}
+    unsafe impl aya::Pod for super::CrtcVblanks {}
+    unsafe impl aya::Pod for super::DrmIoctlKey {}
     unsafe impl aya::Pod for super::device_policy::DeviceRuleKey {}
     unsafe impl aya::Pod for super::device_policy::BindingRecord {}
 }

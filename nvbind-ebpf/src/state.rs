@@ -99,6 +99,24 @@ pub static NEWTASK_PID_OFF: Global<u32> = Global::new(8);
 pub static NEWTASK_FLAGS_OFF: Global<u32> = Global::new(32);
 #[unsafe(no_mangle)]
 pub static EXIT_GROUP_DEAD_OFF: Global<u32> = Global::new(32);
+#[unsafe(no_mangle)]
+pub static DRM_VBLANK_CRTC_OFF: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+pub static DRM_VBLANK_SEQ_OFF: Global<u32> = Global::new(12);
+#[unsafe(no_mangle)]
+pub static DRM_VBLANK_TIME_OFF: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+pub static DRM_QUEUED_FILE_OFF: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+pub static DRM_QUEUED_CRTC_OFF: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+pub static DRM_QUEUED_SEQ_OFF: Global<u32> = Global::new(20);
+#[unsafe(no_mangle)]
+pub static DRM_DELIVERED_FILE_OFF: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+pub static DRM_DELIVERED_CRTC_OFF: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+pub static DRM_DELIVERED_SEQ_OFF: Global<u32> = Global::new(20);
 /// Non-zero (set by the daemon at load): any process that presents a frame starts being tracked
 /// from that frame on, unless it is in `IGNORED_PROCESSES`.
 #[unsafe(no_mangle)]

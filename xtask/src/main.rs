@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask <setup|build|run|test|bench>`.
+//! Project tasks: `cargo xtask <setup|build|run|test|bench|vm|fuzz>`.
 
 mod bench;
 mod demo;
 mod fuzz;
 mod setup;
 mod util;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -58,6 +59,14 @@ enum Cmd {
         /// Run only these parts (repeatable); all of them by default.
         #[arg(long, value_enum)]
         only: Vec<bench::Part>,
+    },
+    /// Build (once; cached under target/vm) a test VM with a virtual DRM display, boot it with the
+    /// release agent and a test script (the DRM checks of `cargo xtask test` by default), print
+    /// its console.
+    Vm {
+        /// A shell script to run inside the VM instead (as /test.sh; the agent is /nvbind-agent).
+        #[arg(long)]
+        script: Option<PathBuf>,
     },
     /// Fuzz the gpu_metrics decoder with cargo-fuzz (installed if missing) for SECONDS.
     Fuzz {
@@ -116,6 +125,20 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             setup::setup(true)?;
             let agent = build(&root)?;
             bench::bench(&root, &agent, &target_dir(&root), &only)?;
+        }
+        Cmd::Vm { script } => {
+            if !util::is_root() {
+                bail!("building the VM installs packages: run as root");
+            }
+            setup::setup(false)?;
+            let agent = build(&root)?;
+            let text = match script {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("read {}", path.display()))?,
+                None => vm::DRM_TEST_SCRIPT.to_string(),
+            };
+            let console = vm::run_script(&target_dir(&root), &agent, &text)?;
+            print!("{console}");
         }
         Cmd::Fuzz { seconds } => fuzz::fuzz(&root, seconds)?,
     }
@@ -198,6 +221,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
                 .env("NVBIND_OPEN_PROBE_BIN", &probe)
                 .env("NVBIND_XVFB", "1")
                 .env("NVBIND_PROMTOOL", setup::promtool_path()?)
+                .env("NVBIND_VM_CONSOLE", vm::console_path(&target_dir(root)))
                 .env("NVBIND_REQUIRE_EBPF", "1");
             c
         }),
@@ -212,6 +236,13 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
                     bail!("test step `{name}`: {} was not built", bin.display());
                 }
             }
+            // The DRM checks run in the test VM (this kernel has no DRM); tests/drm_vm.rs reads
+            // the console. A stale console from an earlier run must not pass for this one.
+            let console = vm::console_path(&target_dir(root));
+            let _ = std::fs::remove_file(&console);
+            step("test: the DRM checks in the test VM (vkms)");
+            vm::run_script(&target_dir(root), &agent, vm::DRM_TEST_SCRIPT)
+                .context("test step `DRM VM` failed")?;
         }
         run(&mut cmd).with_context(|| format!("test step `{name}` failed"))?;
     }

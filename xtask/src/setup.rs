@@ -63,6 +63,7 @@ pub fn setup(bench: bool) -> Result<()> {
     bpf_linker()?;
     tracefs()?;
     promtool()?;
+    crate::vm::prepare(&util::target_dir(&util::workspace_root()?))?;
     Ok(())
 }
 
@@ -105,7 +106,7 @@ fn promtool() -> Result<()> {
     Ok(())
 }
 
-fn debian_packages(packages: &[&str]) -> Result<()> {
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
     let mut missing = Vec::new();
     for &pkg in packages {
         if !dpkg_installed(pkg)? {

@@ -13,8 +13,8 @@ mod snapshots;
 
 use anyhow::{bail, Context, Result};
 use nvbind_common::{
-    present_source, Culprit, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadCounters,
-    ThreadState,
+    present_source, CrtcVblanks, Culprit, PreemptorKey, PreemptorValue, ProcessHistograms,
+    ThreadCounters, ThreadState,
 };
 use snapshots::ThreadSnapshots;
 pub use snapshots::{ThreadDelta, ThreadWindow};
@@ -121,6 +121,21 @@ pub struct ProcessRecord {
     pub thread_windows: HashMap<u64, ThreadWindow>,
     /// PCI address of the GPU whose device node the process had open (its render GPU).
     pub gpu: Option<String>,
+    /// DRM display events of the DRM files it flipped or waited on, in time order.
+    pub display: Vec<DisplayRecord>,
+    /// Its DRM ioctls by number (`_IOC_NR`), read at the end.
+    pub drm_requests: Vec<(u32, u64)>,
+}
+
+/// One DRM display event of a process (see `nvbind_common::display_kind`).
+#[derive(Debug, Clone, Copy)]
+pub struct DisplayRecord {
+    pub ts_ns: u64,
+    pub kind: u32,
+    pub crtc: u32,
+    pub seq: u32,
+    /// When the process last asked for a flip, a commit or a vblank event (0: unknown).
+    pub request_ns: u64,
 }
 
 /// Everything a recording gathered.
@@ -148,6 +163,8 @@ pub struct Capture {
     pub program_costs: Vec<ProgramCost>,
     pub probe_statuses: Vec<ProbeStatus>,
     pub drm_counts: [u64; 3],
+    /// Vblank cadence per CRTC index.
+    pub crtc_vblanks: Vec<(u32, CrtcVblanks)>,
     pub notes: Vec<String>,
     pub agent_cpu_s: f64,
     pub agent_peak_rss_bytes: u64,
@@ -507,6 +524,12 @@ impl Tracker {
         capture.program_costs = self.probes.program_costs();
         capture.probe_statuses = self.probes.statuses().to_vec();
         capture.drm_counts = self.probes.drm_event_counts();
+        capture.crtc_vblanks = self.probes.crtc_vblanks();
+        for pid in &pids {
+            if let Some(p) = capture.processes.get_mut(pid) {
+                p.drm_requests = self.probes.drm_ioctl_counts(*pid);
+            }
+        }
         explain_sources(capture);
         if capture.dropped_events > 0 {
             capture.notes.push(format!(
@@ -621,6 +644,17 @@ impl Tracker {
             Event::ProcessExit(e) => {
                 if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
                     p.exited_ns.get_or_insert(e.header.ts_ns);
+                }
+            }
+            Event::Display(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
+                    p.display.push(DisplayRecord {
+                        ts_ns: e.header.ts_ns,
+                        kind: e.header.aux,
+                        crtc: e.crtc,
+                        seq: e.seq,
+                        request_ns: e.request_ns,
+                    });
                 }
             }
         }

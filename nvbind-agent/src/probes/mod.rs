@@ -15,14 +15,14 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        Program, TracePoint, UProbe,
+        KProbe, Program, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader, Pod,
 };
 use nvbind_common::{
-    event_kind, present_source, track_flags, EventHeader, PreemptorKey, PreemptorValue,
-    PresentEvent, ProcessEvent, ProcessHistograms, ResolvedPresentEvent, ThreadState,
-    TASK_COMM_LEN,
+    event_kind, present_source, track_flags, CrtcVblanks, DisplayEvent, DrmIoctlKey, EventHeader,
+    PreemptorKey, PreemptorValue, PresentEvent, ProcessEvent, ProcessHistograms,
+    ResolvedPresentEvent, ThreadState, TASK_COMM_LEN,
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -102,7 +102,17 @@ pub enum Event {
     ProcessTracked(ProcessEvent),
     ProcessExec(ProcessEvent),
     ProcessExit(ProcessEvent),
+    Display(DisplayEvent),
 }
+
+/// The DRM functions whose third argument is the caller's `struct drm_file`, kprobed by
+/// `nvbind_drm_request` so that a flip completed at a vblank can be given to the process that
+/// asked for it (the delivery itself runs in an interrupt).
+pub const DRM_REQUEST_FUNCTIONS: [&str; 3] = [
+    "drm_mode_page_flip_ioctl",
+    "drm_mode_atomic_ioctl",
+    "drm_wait_vblank_ioctl",
+];
 
 /// A classic tracepoint and the program nvbind attaches to it.
 #[derive(Debug, Clone, Copy)]
@@ -231,7 +241,7 @@ impl Probes {
             |tp: &str, field: &str| format(tp).and_then(|f| f.field(field)).map(|f| f.offset);
 
         let mut loader = EbpfLoader::new();
-        let globals: [(&str, Option<u32>); 9] = [
+        let globals: [(&str, Option<u32>); 18] = [
             (
                 "SWITCH_PREV_STATE_OFF",
                 offset("sched_switch", "prev_state"),
@@ -249,6 +259,33 @@ impl Probes {
             (
                 "EXIT_GROUP_DEAD_OFF",
                 offset("sched_process_exit", "group_dead"),
+            ),
+            ("DRM_VBLANK_CRTC_OFF", offset("drm_vblank_event", "crtc")),
+            ("DRM_VBLANK_SEQ_OFF", offset("drm_vblank_event", "seq")),
+            ("DRM_VBLANK_TIME_OFF", offset("drm_vblank_event", "time")),
+            (
+                "DRM_QUEUED_FILE_OFF",
+                offset("drm_vblank_event_queued", "file"),
+            ),
+            (
+                "DRM_QUEUED_CRTC_OFF",
+                offset("drm_vblank_event_queued", "crtc"),
+            ),
+            (
+                "DRM_QUEUED_SEQ_OFF",
+                offset("drm_vblank_event_queued", "seq"),
+            ),
+            (
+                "DRM_DELIVERED_FILE_OFF",
+                offset("drm_vblank_event_delivered", "file"),
+            ),
+            (
+                "DRM_DELIVERED_CRTC_OFF",
+                offset("drm_vblank_event_delivered", "crtc"),
+            ),
+            (
+                "DRM_DELIVERED_SEQ_OFF",
+                offset("drm_vblank_event_delivered", "seq"),
             ),
         ];
         let values: Vec<(&str, u32)> = globals
@@ -298,6 +335,7 @@ impl Probes {
             }
             probes.statuses.push(status);
         }
+        probes.attach_drm_requests();
         probes.hook_installed_vulkan_drivers();
         let host_libraries = libraries::host_libraries();
         for lib in &host_libraries {
@@ -366,6 +404,61 @@ impl Probes {
             Err(e) => status.reason = Some(e),
         }
         status
+    }
+
+    /// Kprobes the DRM request ioctls (see [`DRM_REQUEST_FUNCTIONS`]), where the kernel has DRM
+    /// and kprobes; one status line each either way.
+    fn attach_drm_requests(&mut self) {
+        let drm_loaded = self
+            .statuses
+            .iter()
+            .any(|s| s.family == "drm" && s.attached);
+        let mut loaded = false;
+        for function in DRM_REQUEST_FUNCTIONS {
+            let mut status = ProbeStatus {
+                name: format!("kprobe:{function}"),
+                family: "drm".into(),
+                program: "nvbind_drm_request".into(),
+                attached: false,
+                reason: None,
+                fix: None,
+            };
+            if !drm_loaded {
+                status.reason =
+                    Some("this kernel has no DRM (no DRM driver loaded or built)".into());
+                status.fix = Some(
+                    "load a DRM driver (amdgpu, i915, nvidia-drm with modeset=1, vkms)".into(),
+                );
+                self.statuses.push(status);
+                continue;
+            }
+            let result = (|| -> Result<(), String> {
+                let prog: &mut KProbe = self
+                    .ebpf
+                    .program_mut("nvbind_drm_request")
+                    .ok_or("program missing from the object")?
+                    .try_into()
+                    .map_err(|e| format!("{e}"))?;
+                if !loaded {
+                    prog.load().map_err(|e| error_chain(&e))?;
+                    loaded = true;
+                }
+                prog.attach(function, 0).map_err(|e| error_chain(&e))?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => status.attached = true,
+                Err(e) => {
+                    status.reason = Some(e);
+                    status.fix = Some(
+                        "a kernel with kprobes (CONFIG_KPROBES): without them display frames are \
+                         counted but not given to the process that flipped"
+                            .into(),
+                    );
+                }
+            }
+            self.statuses.push(status);
+        }
     }
 
     /// Attaches every hook of a library file once (by inode). Returns how many hooks attached.
@@ -748,6 +841,35 @@ impl Probes {
         [0, 1, 2].map(|i| self.sum_per_cpu("DRM_EVENT_COUNTS", i))
     }
 
+    /// The vblank cadence of each CRTC that had vblanks: (CRTC index, its record).
+    pub fn crtc_vblanks(&self) -> Vec<(u32, CrtcVblanks)> {
+        let Ok(map) = self.map("CRTC_VBLANKS") else {
+            return Vec::new();
+        };
+        let Ok(array) = aya::maps::Array::<_, CrtcVblanks>::try_from(map) else {
+            return Vec::new();
+        };
+        (0..nvbind_common::MAX_CRTCS)
+            .filter_map(|i| Some((i, array.get(&i, 0).ok()?)))
+            .filter(|(_, v)| v.count > 0)
+            .collect()
+    }
+
+    /// DRM ioctl calls of a process by ioctl number (`_IOC_NR`).
+    pub fn drm_ioctl_counts(&self, tgid: u32) -> Vec<(u32, u64)> {
+        let Ok(map) = self.hash_map::<DrmIoctlKey, u64>("DRM_IOCTL_COUNTS") else {
+            return Vec::new();
+        };
+        let mut counts: Vec<(u32, u64)> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.tgid == tgid)
+            .map(|(k, n)| (k.nr, n))
+            .collect();
+        counts.sort_unstable();
+        counts
+    }
+
     fn sum_per_cpu(&self, map: &'static str, index: u32) -> u64 {
         let Ok(map) = self.map(map) else { return 0 };
         let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
@@ -813,6 +935,7 @@ fn decode(bytes: &[u8]) -> Option<Event> {
         event_kind::PROCESS_TRACKED => Event::ProcessTracked(read(bytes)?),
         event_kind::PROCESS_EXEC => Event::ProcessExec(read(bytes)?),
         event_kind::PROCESS_EXIT => Event::ProcessExit(read(bytes)?),
+        event_kind::DISPLAY => Event::Display(read(bytes)?),
         _ => return None,
     })
 }

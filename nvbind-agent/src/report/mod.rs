@@ -1,6 +1,7 @@
 //! The `nvbind.report/v1` document (see docs/report-schema.md), built from a finished capture,
 //! and the per-frame CSV.
 
+pub mod display;
 pub mod export;
 pub mod stats;
 pub mod stutters;
@@ -82,6 +83,20 @@ pub struct DrmInfo {
     pub vblank_events: u64,
     pub queued_events: u64,
     pub delivered_events: u64,
+    /// Every CRTC that had vblanks during the capture, with its refresh rate.
+    #[serde(default)]
+    pub crtcs: Vec<CrtcReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrtcReport {
+    pub crtc: u32,
+    pub vblanks: u64,
+    /// The vblank sequence numbers of the first and the last (the kernel's own count).
+    pub first_seq: u32,
+    pub last_seq: u32,
+    /// vblanks − 1 over the time from the first to the last.
+    pub refresh_hz: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +155,10 @@ pub struct FramesReport {
     pub low_fps: Option<LowFps>,
     /// Every frame's time, for plots: frame `i + 1` took `timeline.frame_times_ms[i]`.
     pub timeline: Option<Timeline>,
+    /// When its frames reached the screen (DRM page flips and commits), where the kernel has DRM
+    /// and the process flipped or waited on a display itself; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<display::DisplayReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +199,10 @@ pub struct IoctlClassReport {
     pub count: u64,
     pub total_ms: f64,
     pub mean_us: f64,
+    /// `drm` only: calls by DRM request (`MODE_PAGE_FLIP`, `MODE_ATOMIC`, `WAIT_VBLANK`, ...,
+    /// driver-private ones as `driver-0xNN`), counted at entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -449,6 +472,14 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                         } else {
                             0.0
                         },
+                        requests: if i == ioctl_class::DRM {
+                            p.drm_requests
+                                .iter()
+                                .map(|&(nr, n)| (display::drm_request_name(nr), n))
+                                .collect()
+                        } else {
+                            BTreeMap::new()
+                        },
                     },
                 )
             })
@@ -488,6 +519,7 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                             .map(|&ns| (ns as f64 / 1e3).round() / 1e3)
                             .collect(),
                     }),
+                display: display::report(&p.display, &frames, &capture.crtc_vblanks),
             },
             sched: SchedReport {
                 on_cpu_s: secs(totals.on_cpu_ns),
@@ -546,6 +578,19 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                 vblank_events: drm[0],
                 queued_events: drm[1],
                 delivered_events: drm[2],
+                crtcs: capture
+                    .crtc_vblanks
+                    .iter()
+                    .map(|(crtc, v)| CrtcReport {
+                        crtc: *crtc,
+                        vblanks: v.count,
+                        first_seq: v.first_seq,
+                        last_seq: v.last_seq,
+                        refresh_hz: (v.count > 1 && v.last_ns > v.first_ns).then(|| {
+                            (v.count - 1) as f64 / ((v.last_ns - v.first_ns) as f64 / 1e9)
+                        }),
+                    })
+                    .collect(),
             },
             notes: capture.notes.clone(),
         },

@@ -17,7 +17,7 @@ pub fn render(report: &Report, worst: usize) -> String {
     let presenting: Vec<&ProcessReport> = report
         .processes
         .iter()
-        .filter(|p| p.frames.count > 0)
+        .filter(|p| p.frames.count > 0 || p.frames.display.is_some())
         .collect();
     if presenting.is_empty() {
         let _ = writeln!(
@@ -97,6 +97,18 @@ fn gpu(out: &mut String, g: &GpuReport) {
 
 fn process(out: &mut String, p: &ProcessReport, worst: usize) {
     let f = &p.frames;
+    if let Some(d) = &f.display {
+        let _ = writeln!(
+            out,
+            "\n{} (pid {}): {}",
+            p.comm,
+            p.pid,
+            super::display::one_line(d)
+        );
+        if f.count == 0 {
+            return;
+        }
+    }
     let _ = writeln!(
         out,
         "\n{} (pid {}): {} frames from {} over {:.1} s, {:.1} fps average",

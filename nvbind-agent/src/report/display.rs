@@ -1,0 +1,264 @@
+//! The display side of a process's frames (`frames.display`): when its frames reached the screen,
+//! from DRM's vblank events, beside the present side (when it handed them over). PresentMon's
+//! "display change" times are the same thing on Windows.
+
+use nvbind_common::{display_kind, CrtcVblanks};
+use serde::{Deserialize, Serialize};
+
+use super::stats::{self, FrameTimeStats};
+use crate::capture::{DisplayRecord, Frame};
+
+/// Where display-side frames come from.
+pub const DISPLAY_SOURCE: &str = "drm_vblank_event_delivered";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DisplayReport {
+    /// Always `drm_vblank_event_delivered`: a completed page flip or atomic commit of a DRM file
+    /// the process asked on.
+    pub source: String,
+    /// Frames that reached the screen (completed flips and commits).
+    pub count: u64,
+    /// The CRTCs (display pipes) they were shown on.
+    pub crtcs: Vec<u32>,
+    /// Time between consecutive display changes, ms (`None` with fewer than 2).
+    pub interval_ms: Option<FrameTimeStats>,
+    /// The refresh rate of those CRTCs over the capture, from every vblank the kernel reported
+    /// (`drm_vblank_event`): vblanks − 1 over the time from the first to the last.
+    pub refresh_hz: Option<f64>,
+    /// Vblank events the process asked for with `DRM_IOCTL_WAIT_VBLANK`: queued and delivered.
+    pub vblank_events_queued: u64,
+    pub vblank_events_delivered: u64,
+    /// For each displayed frame, from the last present before the process asked for the flip to
+    /// the flip's completion, ms; `None` where the process presents nothing nvbind probes (a
+    /// compositor or a bare KMS client flips without a Vulkan, GLX or EGL present).
+    pub present_to_display_ms: Option<FrameTimeStats>,
+}
+
+/// The display report of a process, `None` when it had no DRM display events.
+pub fn report(
+    display: &[DisplayRecord],
+    frames: &[Frame],
+    crtcs: &[(u32, CrtcVblanks)],
+) -> Option<DisplayReport> {
+    if display.is_empty() {
+        return None;
+    }
+    let flips: Vec<&DisplayRecord> = display
+        .iter()
+        .filter(|d| d.kind == display_kind::FLIP)
+        .collect();
+    let intervals: Vec<u64> = flips
+        .windows(2)
+        .map(|w| w[1].ts_ns.saturating_sub(w[0].ts_ns))
+        .collect();
+    let mut shown_on: Vec<u32> = flips.iter().map(|d| d.crtc).collect();
+    shown_on.sort_unstable();
+    shown_on.dedup();
+    let refresh_hz = shown_on
+        .iter()
+        .filter_map(|c| crtcs.iter().find(|(i, _)| i == c).map(|(_, v)| v))
+        .filter(|v| v.count > 1 && v.last_ns > v.first_ns)
+        .map(|v| (v.count - 1) as f64 / ((v.last_ns - v.first_ns) as f64 / 1e9))
+        .next();
+    // The frame a flip shows: the last present at or before the flip was asked for.
+    let latencies: Vec<u64> = flips
+        .iter()
+        .filter(|d| d.request_ns != 0)
+        .filter_map(|d| {
+            let i = frames.partition_point(|f| f.ts_ns <= d.request_ns);
+            let present = frames.get(i.checked_sub(1)?)?;
+            Some(d.ts_ns.saturating_sub(present.ts_ns))
+        })
+        .collect();
+    let count_of = |kind| display.iter().filter(|d| d.kind == kind).count() as u64;
+    Some(DisplayReport {
+        source: DISPLAY_SOURCE.into(),
+        count: flips.len() as u64,
+        crtcs: shown_on,
+        interval_ms: stats::summarize(&intervals).map(|s| s.frame_time_ms),
+        refresh_hz,
+        vblank_events_queued: count_of(display_kind::VBLANK_QUEUED),
+        vblank_events_delivered: count_of(display_kind::VBLANK_DELIVERED),
+        present_to_display_ms: stats::summarize(&latencies).map(|s| s.frame_time_ms),
+    })
+}
+
+/// The display side in one line, for `record` and `report`.
+pub fn one_line(d: &DisplayReport) -> String {
+    let mut parts = vec![format!("{} frames on screen (DRM flips)", d.count)];
+    if let Some(i) = &d.interval_ms {
+        parts.push(format!(
+            "display interval p50 {:.2} ms p99 {:.2} ms",
+            i.p50, i.p99
+        ));
+    }
+    if let Some(hz) = d.refresh_hz {
+        parts.push(format!("refresh {hz:.2} Hz"));
+    }
+    if let Some(l) = &d.present_to_display_ms {
+        parts.push(format!("present to display p50 {:.2} ms", l.p50));
+    }
+    if d.vblank_events_queued + d.vblank_events_delivered > 0 {
+        parts.push(format!(
+            "vblank events {} queued / {} delivered",
+            d.vblank_events_queued, d.vblank_events_delivered
+        ));
+    }
+    parts.join(", ")
+}
+
+/// The name of a DRM ioctl number (`_IOC_NR` of a `'d'` ioctl) from `include/uapi/drm/drm.h`;
+/// driver-private numbers (0x40–0x9f) are `driver-0xNN`.
+pub fn drm_request_name(nr: u32) -> String {
+    let name = match nr {
+        0x00 => "VERSION",
+        0x01 => "GET_UNIQUE",
+        0x02 => "GET_MAGIC",
+        0x03 => "IRQ_BUSID",
+        0x04 => "GET_MAP",
+        0x05 => "GET_CLIENT",
+        0x06 => "GET_STATS",
+        0x07 => "SET_VERSION",
+        0x08 => "MODESET_CTL",
+        0x09 => "GEM_CLOSE",
+        0x0a => "GEM_FLINK",
+        0x0b => "GEM_OPEN",
+        0x0c => "GET_CAP",
+        0x0d => "SET_CLIENT_CAP",
+        0x1e => "SET_MASTER",
+        0x1f => "DROP_MASTER",
+        0x2d => "PRIME_HANDLE_TO_FD",
+        0x2e => "PRIME_FD_TO_HANDLE",
+        0x3a => "WAIT_VBLANK",
+        0x3b => "CRTC_GET_SEQUENCE",
+        0x3c => "CRTC_QUEUE_SEQUENCE",
+        0xa0 => "MODE_GETRESOURCES",
+        0xa1 => "MODE_GETCRTC",
+        0xa2 => "MODE_SETCRTC",
+        0xa3 => "MODE_CURSOR",
+        0xa4 => "MODE_GETGAMMA",
+        0xa5 => "MODE_SETGAMMA",
+        0xa6 => "MODE_GETENCODER",
+        0xa7 => "MODE_GETCONNECTOR",
+        0xa8 => "MODE_ATTACHMODE",
+        0xa9 => "MODE_DETACHMODE",
+        0xaa => "MODE_GETPROPERTY",
+        0xab => "MODE_SETPROPERTY",
+        0xac => "MODE_GETPROPBLOB",
+        0xad => "MODE_GETFB",
+        0xae => "MODE_ADDFB",
+        0xaf => "MODE_RMFB",
+        0xb0 => "MODE_PAGE_FLIP",
+        0xb1 => "MODE_DIRTYFB",
+        0xb2 => "MODE_CREATE_DUMB",
+        0xb3 => "MODE_MAP_DUMB",
+        0xb4 => "MODE_DESTROY_DUMB",
+        0xb5 => "MODE_GETPLANERESOURCES",
+        0xb6 => "MODE_GETPLANE",
+        0xb7 => "MODE_SETPLANE",
+        0xb8 => "MODE_ADDFB2",
+        0xb9 => "MODE_OBJ_GETPROPERTIES",
+        0xba => "MODE_OBJ_SETPROPERTY",
+        0xbb => "MODE_CURSOR2",
+        0xbc => "MODE_ATOMIC",
+        0xbd => "MODE_CREATEPROPBLOB",
+        0xbe => "MODE_DESTROYPROPBLOB",
+        0xbf => "SYNCOBJ_CREATE",
+        0xc0 => "SYNCOBJ_DESTROY",
+        0xc1 => "SYNCOBJ_HANDLE_TO_FD",
+        0xc2 => "SYNCOBJ_FD_TO_HANDLE",
+        0xc3 => "SYNCOBJ_WAIT",
+        0xc4 => "SYNCOBJ_RESET",
+        0xc5 => "SYNCOBJ_SIGNAL",
+        0xc6 => "MODE_CREATE_LEASE",
+        0xc7 => "MODE_LIST_LESSEES",
+        0xc8 => "MODE_GET_LEASE",
+        0xc9 => "MODE_REVOKE_LEASE",
+        0xca => "SYNCOBJ_TIMELINE_WAIT",
+        0xcb => "SYNCOBJ_QUERY",
+        0xcc => "SYNCOBJ_TRANSFER",
+        0xcd => "SYNCOBJ_TIMELINE_SIGNAL",
+        0xce => "MODE_GETFB2",
+        0xcf => "SYNCOBJ_EVENTFD",
+        0x40..=0x9f => return format!("driver-{nr:#04x}"),
+        _ => return format!("{nr:#04x}"),
+    };
+    name.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(ms: u64, kind: u32, request_ms: u64) -> DisplayRecord {
+        DisplayRecord {
+            ts_ns: ms * 1_000_000,
+            kind,
+            crtc: 0,
+            seq: 0,
+            request_ns: request_ms * 1_000_000,
+        }
+    }
+
+    #[test]
+    fn flips_make_display_frames_and_vblank_events_are_counted_apart() {
+        let display = vec![
+            d(10, display_kind::FLIP, 2),
+            d(15, display_kind::VBLANK_QUEUED, 15),
+            d(27, display_kind::FLIP, 19),
+            d(27, display_kind::VBLANK_DELIVERED, 15),
+            d(44, display_kind::FLIP, 36),
+        ];
+        let crtcs = vec![(
+            0,
+            CrtcVblanks {
+                count: 61,
+                first_ns: 0,
+                last_ns: 1_000_000_000,
+                first_seq: 0,
+                last_seq: 60,
+            },
+        )];
+        let r = report(&display, &[], &crtcs).expect("a report");
+        assert_eq!(r.count, 3);
+        assert_eq!((r.vblank_events_queued, r.vblank_events_delivered), (1, 1));
+        let iv = r.interval_ms.expect("intervals");
+        assert!((iv.min - 17.0).abs() < 0.05 && (iv.max - 17.0).abs() < 0.05);
+        assert!((r.refresh_hz.expect("refresh") - 60.0).abs() < 1e-9);
+        assert!(r.present_to_display_ms.is_none(), "no presents, no latency");
+        assert!(report(&[], &[], &crtcs).is_none());
+    }
+
+    #[test]
+    fn latency_runs_from_the_last_present_before_the_flip_request() {
+        let frame = |ms: u64| Frame {
+            ts_ns: ms * 1_000_000,
+            tid: 1,
+            source: 0,
+            cpu: 0,
+            delta: Default::default(),
+            max_runq_wait_ns: 0,
+            max_blocked_ns: 0,
+            last_preemptor_tid: 0,
+            culprit: Default::default(),
+        };
+        let frames = vec![frame(1), frame(18), frame(35)];
+        let display = vec![
+            d(10, display_kind::FLIP, 2),
+            d(27, display_kind::FLIP, 19),
+            d(44, display_kind::FLIP, 36),
+        ];
+        let r = report(&display, &frames, &[]).expect("a report");
+        let lat = r.present_to_display_ms.expect("latency");
+        assert!((lat.min - 9.0).abs() < 0.05 && (lat.max - 9.0).abs() < 0.05);
+        assert!(r.refresh_hz.is_none());
+    }
+
+    #[test]
+    fn drm_request_names_follow_drm_h() {
+        assert_eq!(drm_request_name(0xb0), "MODE_PAGE_FLIP");
+        assert_eq!(drm_request_name(0xbc), "MODE_ATOMIC");
+        assert_eq!(drm_request_name(0x3a), "WAIT_VBLANK");
+        assert_eq!(drm_request_name(0x44), "driver-0x44");
+    }
+}

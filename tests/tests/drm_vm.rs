@@ -1,0 +1,172 @@
+//! The DRM display path, for real: `cargo xtask test` boots the test VM (Debian's kernel with the
+//! `vkms` virtual display, `xtask/src/vm.rs`) with this build's agent and `vm::DRM_TEST_SCRIPT`,
+//! and keeps its console. These tests read what the agent reported inside the VM:
+//!
+//! - `doctor` lists the DRM tracepoints and the DRM request kprobes as attached;
+//! - `modetest` page-flipping at 60 Hz, recorded: its display frames equal the kernel's own count
+//!   of flip completions delivered to it (tracefs, ±2), the display interval's p50 is within 1 %
+//!   of 16.68 ms, the refresh rate seen is 60 Hz, and its page flips are DRM ioctls by number;
+//! - `vbltest` waiting for vblank events, recorded: the queued and delivered events are its own.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use serde_json::Value;
+
+/// The console's `==BEGIN name==` … `==END name==` sections.
+fn sections() -> HashMap<String, String> {
+    let path = std::env::var_os("NVBIND_VM_CONSOLE")
+        .map(PathBuf::from)
+        .expect(
+            "NOT RUN: NVBIND_VM_CONSOLE is not set: the DRM tests read the console of the test VM \
+         that `sudo cargo xtask test` boots (`cargo xtask vm` shows it)",
+        );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "NOT RUN: no VM console at {} ({e}): `cargo xtask test` boots the VM before the \
+             integration tests",
+            path.display()
+        )
+    });
+    let text = text.replace('\r', "");
+    let mut out = HashMap::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("==BEGIN ") {
+        let after = &rest[at + 8..];
+        let Some(name_end) = after.find("==\n") else {
+            break;
+        };
+        let name = &after[..name_end];
+        let body = &after[name_end + 3..];
+        let end_marker = format!("==END {name}==");
+        let Some(end) = body.find(&end_marker) else {
+            break;
+        };
+        out.insert(name.to_string(), body[..end].trim().to_string());
+        rest = &body[end + end_marker.len()..];
+    }
+    assert!(
+        out.contains_key("doctor"),
+        "the VM's test script did not run; console {}:\n{}",
+        path.display(),
+        text.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+    );
+    out
+}
+
+fn json(sections: &HashMap<String, String>, name: &str) -> Value {
+    let text = sections
+        .get(name)
+        .unwrap_or_else(|| panic!("no `{name}` in the VM console: {:?}", sections.keys()));
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("`{name}` is not JSON ({e}): {text}"))
+}
+
+fn process<'a>(report: &'a Value, comm: &str) -> &'a Value {
+    report["processes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["comm"] == comm))
+        .unwrap_or_else(|| panic!("no {comm} in the report: {}", report["processes"]))
+}
+
+#[test]
+fn doctor_in_the_vm_lists_the_drm_probes_as_attached() {
+    let s = sections();
+    let doctor = &s["doctor"];
+    for probe in [
+        "drm:drm_vblank_event ",
+        "drm:drm_vblank_event_queued ",
+        "drm:drm_vblank_event_delivered ",
+        "kprobe:drm_mode_page_flip_ioctl ",
+        "kprobe:drm_mode_atomic_ioctl ",
+        "kprobe:drm_wait_vblank_ioctl ",
+    ] {
+        let line = doctor
+            .lines()
+            .find(|l| l.contains(probe))
+            .unwrap_or_else(|| panic!("doctor does not list {probe}:\n{doctor}"));
+        assert!(line.trim_end().ends_with("attached"), "{line}");
+    }
+    assert!(doctor.contains("ready: record can run"), "{doctor}");
+}
+
+#[test]
+fn modetest_flips_are_display_frames_counted_like_the_kernel() {
+    let s = sections();
+    let report = json(&s, "flip");
+    let m = process(&report, "modetest");
+    let display = &m["frames"]["display"];
+    assert_eq!(display["source"], "drm_vblank_event_delivered", "{display}");
+    let ours = display["count"].as_i64().expect("display count");
+    // The kernel's own trace of the run: delivered events in all, and those to a DRM file (the
+    // flips; the others are the kernel's own), then all vblanks.
+    let kernel: Vec<i64> = s["kernel-trace"]
+        .lines()
+        .take(3)
+        .map(|l| l.trim().parse().expect("a count"))
+        .collect();
+    let flips_delivered = kernel[1];
+    assert!(ours > 100, "modetest flipped for 4 s: {display}");
+    assert!(
+        (ours - flips_delivered).abs() <= 2,
+        "nvbind counted {ours} display frames, the kernel delivered {flips_delivered} flips"
+    );
+    let p50 = display["interval_ms"]["p50"].as_f64().expect("p50");
+    assert!(
+        (p50 - 16.68).abs() <= 0.01 * 16.68,
+        "display interval p50 {p50} ms"
+    );
+    let hz = display["refresh_hz"].as_f64().expect("refresh");
+    assert!((hz - 60.0).abs() < 0.6, "refresh {hz} Hz");
+    assert_eq!(display["crtcs"], serde_json::json!([0]));
+    // No Vulkan/GL present in a bare KMS client: no present-to-display latency, stated as such.
+    assert!(display["present_to_display_ms"].is_null(), "{display}");
+    assert_eq!(
+        m["frames"]["count"], 0,
+        "modetest presents nothing we probe"
+    );
+
+    // The flips are DRM ioctls, by number.
+    let drm = &m["ioctl"]["drm"];
+    let flips = drm["requests"]["MODE_PAGE_FLIP"].as_i64().unwrap_or(0);
+    assert!(
+        (flips - ours).abs() <= 2,
+        "one MODE_PAGE_FLIP per display frame: {drm}"
+    );
+    assert!(drm["requests"]["MODE_SETCRTC"].as_i64() >= Some(1), "{drm}");
+    assert!(drm["count"].as_i64() >= Some(flips), "{drm}");
+    // The capture's DRM summary: the CRTC's vblanks and cadence.
+    let crtc = &report["capture"]["drm"]["crtcs"][0];
+    assert!(
+        (crtc["refresh_hz"].as_f64().expect("crtc refresh") - 60.0).abs() < 0.6,
+        "{crtc}"
+    );
+    let log = &s["flip-log"];
+    assert!(log.contains("frames on screen (DRM flips)"), "{log}");
+    assert!(log.ends_with("exit 0"), "{log}");
+}
+
+#[test]
+fn vbltest_vblank_events_are_its_own() {
+    let s = sections();
+    let report = json(&s, "vbl");
+    let v = process(&report, "vbltest");
+    let display = &v["frames"]["display"];
+    let queued = display["vblank_events_queued"].as_i64().unwrap_or(0);
+    let delivered = display["vblank_events_delivered"].as_i64().unwrap_or(0);
+    // About 60 a second for 2 s.
+    assert!(queued >= 60, "{display}");
+    assert!(delivered >= queued - 2 && delivered <= queued, "{display}");
+    assert_eq!(
+        display["count"], 0,
+        "waiting for a vblank is not a flip: {display}"
+    );
+    let waits = v["ioctl"]["drm"]["requests"]["WAIT_VBLANK"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(waits >= queued, "{}", v["ioctl"]["drm"]);
+    // Nobody else got them.
+    for p in report["processes"].as_array().expect("processes") {
+        if p["pid"] != v["pid"] {
+            assert!(p["frames"]["display"].is_null(), "{p}");
+        }
+    }
+}

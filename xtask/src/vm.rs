@@ -1,0 +1,415 @@
+//! `cargo xtask vm`: a small test VM with a real DRM display, for the probes this machine's kernel
+//! cannot exercise (it has no DRM). The recipe is `../shared/DRM-VM.md`:
+//!
+//! - Debian's kernel (the `-unsigned` image `linux-image-amd64` points to), only unpacked;
+//! - `vkms`, the virtual KMS driver Debian does not build, built out of tree from
+//!   `linux-source-<major.minor>` against the matching `linux-headers`;
+//! - a base initramfs: busybox as `/init`, the DRM module chain, `modetest` and `vbltest` with
+//!   their libraries;
+//! - booted under QEMU's TCG (this machine's KVM cannot run guests) with a second initramfs laid
+//!   over the base at each boot (the agent and the test script), the serial console captured.
+//!
+//! Everything is cached under `target/vm/`, keyed by the kernel version: a re-run costs only the
+//! boot.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    setup::debian_packages,
+    util::{output_of, run, step},
+};
+
+/// Host packages the VM is built and booted with (the kernel headers are added by version).
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "libdrm-tests",
+    "cpio",
+    "kmod",
+    "make",
+    "gcc",
+    "xz-utils",
+];
+
+/// The DRM clients put in the VM.
+const DRM_CLIENTS: &[&str] = &["/usr/bin/modetest", "/usr/bin/vbltest"];
+
+/// A built VM: its kernel and the base initramfs.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub kernel: PathBuf,
+    pub base_initrd: PathBuf,
+}
+
+/// Where the VM's artifacts live.
+pub fn vm_dir(target: &Path) -> PathBuf {
+    target.join("vm")
+}
+
+/// The kernel version `linux-image-amd64` points to, e.g. `6.1.0-56-amd64`.
+fn kernel_version() -> Result<String> {
+    let out = output_of(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))
+        .context("run apt-cache")?;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: linux-image-"))
+        .map(str::to_string)
+        .next()
+        .with_context(|| {
+            format!("`apt-cache depends linux-image-amd64` names no kernel image: {out}")
+        })
+}
+
+/// Downloads one Debian package into `dir` (without installing it); returns the .deb's path.
+fn download(package: &str, dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let found = |dir: &Path| -> Result<Option<PathBuf>> {
+        Ok(fs::read_dir(dir)?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            }))
+    };
+    if let Some(deb) = found(dir)? {
+        return Ok(deb);
+    }
+    run(Command::new("apt-get")
+        .args(["download", package])
+        .current_dir(dir))
+    .with_context(|| format!("download {package}"))?;
+    found(dir)?.with_context(|| format!("apt-get download {package} left no .deb"))
+}
+
+/// Builds (or finds cached) the VM's kernel, modules and base initramfs.
+pub fn prepare(target: &Path) -> Result<Vm> {
+    step("vm: a test VM with a virtual DRM display (vkms)");
+    let dir = vm_dir(target);
+    fs::create_dir_all(&dir)?;
+    let version = kernel_version()?;
+    let kernel = dir.join(format!("vmlinuz-{version}"));
+    let base_initrd = dir.join(format!("base-{version}.cpio.gz"));
+    let vm = Vm {
+        kernel: kernel.clone(),
+        base_initrd: base_initrd.clone(),
+    };
+    let mut packages: Vec<String> = VM_PACKAGES.iter().map(|s| s.to_string()).collect();
+    packages.push(format!("linux-headers-{version}"));
+    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+    debian_packages(&packages)?;
+    if kernel.exists() && base_initrd.exists() {
+        eprintln!(
+            "    skip: VM for kernel {version} built ({})",
+            base_initrd.display()
+        );
+        return Ok(vm);
+    }
+
+    let downloads = dir.join("downloads");
+    let kroot = dir.join(format!("kernel-{version}"));
+    let modules = kroot.join("lib/modules").join(&version);
+    if !modules.join("modules.dep").exists() {
+        let deb = download(&format!("linux-image-{version}-unsigned"), &downloads)?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kroot))?;
+    }
+    let vkms = build_vkms(&dir, &downloads, &version)?;
+    let extra = modules.join("extra");
+    fs::create_dir_all(&extra)?;
+    fs::copy(&vkms, extra.join("vkms.ko"))?;
+    run(Command::new("depmod").arg("-b").arg(&kroot).arg(&version))?;
+    fs::copy(kroot.join(format!("boot/vmlinuz-{version}")), &kernel)
+        .context("the kernel package has no vmlinuz")?;
+    build_base_initrd(&kroot, &version, &dir.join("base"), &base_initrd)?;
+    Ok(vm)
+}
+
+/// Builds vkms.ko out of tree from Debian's kernel source; returns its path.
+fn build_vkms(dir: &Path, downloads: &Path, version: &str) -> Result<PathBuf> {
+    let out = dir.join(format!("vkms-{version}.ko"));
+    if out.exists() {
+        return Ok(out);
+    }
+    let series: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let series = series.split('-').next().unwrap_or(&series).to_string();
+    let source_pkg = format!("linux-source-{series}");
+    let deb = download(&source_pkg, downloads)?;
+    let unpacked = dir.join("source-deb");
+    if !unpacked.exists() {
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    }
+    let tarball = unpacked.join(format!("usr/src/{source_pkg}.tar.xz"));
+    let src = dir.join("source");
+    let vkms_src = src.join(format!("{source_pkg}/drivers/gpu/drm/vkms"));
+    if !vkms_src.join("Makefile").exists() {
+        fs::create_dir_all(&src)?;
+        run(Command::new("tar")
+            .arg("-xJf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("{source_pkg}/drivers/gpu/drm/vkms")))?;
+    }
+    run(Command::new("make")
+        .arg("-C")
+        .arg(format!("/usr/src/linux-headers-{version}"))
+        .arg(format!("M={}", vkms_src.display()))
+        .args(["CONFIG_DRM_VKMS=m", "modules"]))?;
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg(vkms_src.join("vkms.ko"))
+        .arg("-o")
+        .arg(&out))?;
+    Ok(out)
+}
+
+/// The shared libraries `ldd` lists for `binary`, with the dynamic loader.
+fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .with_context(|| format!("ldd {}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            // "libx.so.1 => /lib/x/libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = l.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Copies `binary` (to `dest` inside the VM) and its libraries into `staging`.
+pub fn stage_binary(binary: &Path, dest: &str, staging: &Path) -> Result<()> {
+    let target = staging.join(dest.trim_start_matches('/'));
+    fs::create_dir_all(target.parent().context("a destination needs a folder")?)?;
+    fs::copy(binary, &target).with_context(|| format!("copy {}", binary.display()))?;
+    for lib in libraries(binary)? {
+        let to = staging.join(lib.strip_prefix("/").unwrap_or(&lib));
+        if to.exists() {
+            continue;
+        }
+        fs::create_dir_all(to.parent().context("a library has a folder")?)?;
+        fs::copy(&lib, &to).with_context(|| format!("copy {}", lib.display()))?;
+    }
+    Ok(())
+}
+
+/// Packs `staging` as a gzip'd newc cpio archive at `out`.
+pub fn pack(staging: &Path, out: &Path) -> Result<()> {
+    let file = fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . -print0 | cpio --null -o -H newc --quiet | gzip -1")
+        .current_dir(staging)
+        .stdout(file)
+        .status()
+        .context("run cpio")?;
+    if !status.success() {
+        bail!("packing {} failed ({status})", staging.display());
+    }
+    Ok(())
+}
+
+/// PID 1 of the VM: mounts, loads the DRM chain (vkms gives a 60 Hz virtual display), runs
+/// `/test.sh` from the overlay initramfs, powers off.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tmpfs tmpfs /tmp
+for m in $(cat /modules/order); do insmod /modules/$m || echo "nvbind-vm: insmod $m failed"; done
+echo "nvbind-vm: kernel $(uname -r), DRM cards: $(ls /dev/dri 2>/dev/null | tr '\n' ' ')"
+if [ -x /test.sh ]; then /test.sh; echo "nvbind-vm: test.sh exited $?"; fi
+echo "nvbind-vm: done"
+poweroff -f
+"#;
+
+fn build_base_initrd(kroot: &Path, version: &str, staging: &Path, out: &Path) -> Result<()> {
+    if staging.exists() {
+        fs::remove_dir_all(staging)?;
+    }
+    for d in [
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "modules",
+        "sys/kernel/tracing",
+    ] {
+        fs::create_dir_all(staging.join(d))?;
+    }
+    fs::copy("/bin/busybox", staging.join("bin/busybox")).context("copy busybox")?;
+    let init = staging.join("init");
+    fs::write(&init, INIT)?;
+    run(Command::new("chmod").arg("755").arg(&init))?;
+
+    // The module chain in load order, as modprobe resolves it.
+    let deps = Command::new("modprobe")
+        .arg("-d")
+        .arg(kroot)
+        .args(["-S", version, "--show-depends", "vkms"])
+        .output()
+        .context("run modprobe --show-depends")?;
+    let text = String::from_utf8_lossy(&deps.stdout);
+    let mut order = Vec::new();
+    for line in text.lines() {
+        let Some(path) = line.strip_prefix("insmod ") else {
+            continue;
+        };
+        let path = PathBuf::from(path.split_whitespace().next().unwrap_or(path));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a module path has a name")?
+            .to_string();
+        fs::copy(&path, staging.join("modules").join(&name))
+            .with_context(|| format!("copy {}", path.display()))?;
+        order.push(name);
+    }
+    if !order.iter().any(|m| m == "vkms.ko") {
+        bail!("modprobe found no vkms in {}: {text}", kroot.display());
+    }
+    fs::write(staging.join("modules/order"), order.join("\n") + "\n")?;
+    for client in DRM_CLIENTS {
+        stage_binary(Path::new(client), client, staging)?;
+    }
+    pack(staging, out)
+}
+
+/// Boots the VM with `overlay` (a cpio.gz laid over the base) and returns the serial console's
+/// output. Fails if the VM does not power off within `limit`.
+pub fn boot(vm: &Vm, overlay: &Path, limit: Duration, work: &Path) -> Result<String> {
+    let initrd = work.join("initrd.cpio.gz");
+    // Concatenated archives: the kernel unpacks them in order, the overlay last.
+    let mut bytes = fs::read(&vm.base_initrd)?;
+    bytes.extend(fs::read(overlay)?);
+    fs::write(&initrd, bytes)?;
+    let out = Command::new("timeout")
+        .arg(limit.as_secs().to_string())
+        .args([
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+        ])
+        .arg("-kernel")
+        .arg(&vm.kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args([
+            "-append",
+            "console=ttyS0 quiet panic=-1",
+            "-nographic",
+            "-no-reboot",
+            "-net",
+            "none",
+            "-vga",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("run qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
+    let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    if !out.status.success() {
+        bail!(
+            "the VM did not power off within {} s ({}): {}",
+            limit.as_secs(),
+            out.status,
+            console
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(console)
+}
+
+/// The DRM checks run in the VM (`cargo xtask vm` and `cargo xtask test`): doctor; `modetest`
+/// page-flipping on vkms's virtual display at 60 Hz, recorded; `vbltest` waiting for vblank
+/// events, recorded; with the kernel's own trace of the delivered events as the reference. Each
+/// result is printed between `==BEGIN name==` and `==END name==` lines for
+/// `tests/tests/drm_vm.rs` to read from the console.
+pub const DRM_TEST_SCRIPT: &str = r#"#!/bin/sh
+A=/nvbind-agent
+show() { echo "==BEGIN $1=="; cat "$2"; echo; echo "==END $1=="; }
+$A doctor > /tmp/doctor.txt 2>&1; echo "exit $?" >> /tmp/doctor.txt
+show doctor /tmp/doctor.txt
+CONN=$(modetest -M vkms -c | awk '$3 == "connected" { print $1; exit }')
+CRTC=$(modetest -M vkms -p | awk '/^CRTCs:/ { getline; getline; print $1; exit }')
+echo "nvbind-vm: connector $CONN, crtc $CRTC"
+T=/sys/kernel/tracing
+echo 1 > $T/events/drm/drm_vblank_event_delivered/enable
+echo 1 > $T/events/drm/drm_vblank_event/enable
+echo > $T/trace
+$A record --out /tmp/flip.json -- sh -c "sleep 4 | modetest -M vkms -s $CONN@$CRTC:1024x768 -v > /tmp/modetest.txt 2>&1" > /tmp/flip.log 2>&1
+echo "exit $?" >> /tmp/flip.log
+echo 0 > $T/tracing_on
+grep -c 'drm_vblank_event_delivered:' $T/trace > /tmp/kernel.txt
+grep 'drm_vblank_event_delivered:' $T/trace | grep -vc 'file=0000000000000000\|file=(null)\|file=00000000 ' >> /tmp/kernel.txt
+grep -c 'drm_vblank_event:' $T/trace >> /tmp/kernel.txt
+grep 'drm_vblank_event_delivered:' $T/trace | head -3 >> /tmp/kernel.txt
+show flip-log /tmp/flip.log
+show modetest /tmp/modetest.txt
+show kernel-trace /tmp/kernel.txt
+show flip /tmp/flip.json
+(sleep 6 | modetest -M vkms -s $CONN@$CRTC:1024x768 > /dev/null 2>&1) &
+sleep 1
+$A record --duration 2 --out /tmp/vbl.json -- vbltest -M vkms > /tmp/vbl.log 2>&1
+echo "exit $?" >> /tmp/vbl.log
+show vbl-log /tmp/vbl.log
+show vbl /tmp/vbl.json
+wait
+"#;
+
+/// Boots the VM with `agent` (stripped of debug info) as `/nvbind-agent` and `script` as
+/// `/test.sh`; returns the console.
+pub fn run_script(target: &Path, agent: &Path, script: &str) -> Result<String> {
+    let vm = prepare(target)?;
+    let work = vm_dir(target).join("run");
+    let staging = work.join("overlay");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::create_dir_all(&staging)?;
+    // A debug agent is ~150 MB, most of it DWARF: the VM needs none of it.
+    let stripped = work.join("nvbind-agent");
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(agent)
+        .arg(&stripped))?;
+    stage_binary(&stripped, "/nvbind-agent", &staging)?;
+    let test = staging.join("test.sh");
+    fs::write(&test, script)?;
+    run(Command::new("chmod").arg("755").arg(&test))?;
+    let overlay = work.join("overlay.cpio.gz");
+    pack(&staging, &overlay)?;
+    step("vm: boot (QEMU, TCG)");
+    let console = boot(&vm, &overlay, Duration::from_secs(300), &work)?;
+    fs::write(work.join("console.txt"), &console)?;
+    Ok(console)
+}
+
+/// Where the last boot's console is kept.
+pub fn console_path(target: &Path) -> PathBuf {
+    vm_dir(target).join("run/console.txt")
+}
