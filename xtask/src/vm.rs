@@ -93,17 +93,24 @@ pub fn prepare(target: &Path) -> Result<Vm> {
     step("vm: a test VM with a virtual DRM display (vkms)");
     let dir = vm_dir(target);
     fs::create_dir_all(&dir)?;
-    let version = kernel_version()?;
+    debian_packages(VM_PACKAGES)?;
+    // The package lists may predate the kernel packages on a fresh machine: refresh once.
+    let version = match kernel_version() {
+        Ok(v) => v,
+        Err(_) => {
+            run(Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            kernel_version()?
+        }
+    };
     let kernel = dir.join(format!("vmlinuz-{version}"));
     let base_initrd = dir.join(format!("base-{version}.cpio.gz"));
     let vm = Vm {
         kernel: kernel.clone(),
         base_initrd: base_initrd.clone(),
     };
-    let mut packages: Vec<String> = VM_PACKAGES.iter().map(|s| s.to_string()).collect();
-    packages.push(format!("linux-headers-{version}"));
-    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
-    debian_packages(&packages)?;
+    debian_packages(&[&format!("linux-headers-{version}")])?;
     if kernel.exists() && base_initrd.exists() {
         eprintln!(
             "    skip: VM for kernel {version} built ({})",
