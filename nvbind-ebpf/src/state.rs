@@ -1,7 +1,7 @@
 //! Maps and load-time settings shared by the probe families.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -176,10 +176,14 @@ pub fn start_tracking_thread(tgid: u32, tid: u32, status: u32) {
         return;
     };
     // SAFETY: `zero` points at a map value, which the helper may read from.
-    if THREADS
-        .insert(tid, unsafe { &*zero }, BPF_NOEXIST as u64)
-        .is_err()
-    {
+    let zero = unsafe { &*zero };
+    // A new entry, or a fresh start over the entry of a thread that has exited: a thread that
+    // execs in a multi-threaded process takes its leader's tid (whose entry its exit closed),
+    // and a tid can be reused. (The dead thread's last counters go; a live one's are worth more.)
+    let fresh = THREADS.insert(tid, zero, BPF_NOEXIST as u64).is_ok()
+        || (thread(tid).is_some_and(|t| t.status == thread_status::EXITED)
+            && THREADS.insert(tid, zero, BPF_EXIST as u64).is_ok());
+    if !fresh {
         return;
     }
     if let Some(t) = thread(tid) {

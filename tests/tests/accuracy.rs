@@ -274,3 +274,42 @@ fn record_all_tracks_running_and_new_processes() {
         processes.len()
     );
 }
+
+/// A game exec'd by a *thread* of a multi-threaded launcher takes the launcher's pid (the kernel
+/// gives the exec'ing thread its leader's tid, whose exit the probes saw): its frames and its
+/// main thread's scheduler evidence are still all there.
+#[test]
+fn a_game_execd_from_a_launcher_thread_keeps_its_scheduler_evidence() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let launcher = dir.path().join("launcher.py");
+    std::fs::write(
+        &launcher,
+        // record_game passes the game's command line as one argument (as for `sh -c`).
+        "import os, sys, threading, time\n\
+         def run():\n    time.sleep(0.3)\n    argv = sys.argv[1].split()\n    os.execv(argv[0], argv)\n\
+         threading.Thread(target=run).start()\n\
+         while True:\n    time.sleep(1)\n",
+    )
+    .expect("write the launcher");
+    let run = record_game(
+        dir.path(),
+        &["python3", launcher.to_str().expect("utf-8 path")],
+        &["--frames", "120", "--interval-ms", "8"],
+    );
+    assert_matches_truth(&run, 120);
+    let p = busiest(&run.report);
+    let pid = p["pid"].as_u64().expect("pid");
+    assert_eq!(p["frames"]["presenting_tids"], serde_json::json!([pid]));
+    // ~120 sleeps between frames, on the tid that was the launcher's leader.
+    assert!(
+        p["sched"]["voluntary_switches"].as_u64() >= Some(100),
+        "{}",
+        p["sched"]
+    );
+    let presenter = &p["presenting_threads"][0];
+    assert!(
+        presenter["off_cpu"]["count"].as_u64() >= Some(100),
+        "{presenter}"
+    );
+}

@@ -39,6 +39,8 @@ const PACKAGES: &[&str] = &[
     "systemd",
     // The report's SVG chart is checked in a real browser (a headless screenshot).
     "chromium",
+    // A multi-threaded launcher that execs a game, in the tests.
+    "python3",
 ];
 
 /// Peers the benchmarks compare against or load the machine with (`setup --bench`).
