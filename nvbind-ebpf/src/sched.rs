@@ -239,9 +239,9 @@ fn blame(t: &mut ThreadState, waited: u64, now: u64, cpu: u32, prev_tgid: u32, p
             && w.longest.tid != 0
             && w.longest.at_ns >= t.since_ns;
         let culprit = w.longest;
-        if w.armed_ns == t.since_ns {
-            w.armed_ns = 0;
-        }
+        // The watch is not disarmed when the wait that armed it ends: other threads' waits may
+        // have begun under it (a thread preempted by the worker it just woke joins the worker's
+        // watch); it lapses after RECENT_WAIT_NS, when the next wait re-arms it.
         if watched {
             credit(t, culprit, waited, now);
             return;
