@@ -115,12 +115,13 @@ pub mod event_kind {
 /// What a [`DisplayEvent`] reports.
 pub mod display_kind {
     /// A page flip (or atomic commit) completed: the frame is on the screen from this vblank
-    /// (`drm_vblank_event_delivered` with no `WAIT_VBLANK` request queued under its sequence).
+    /// (a `DRM_EVENT_FLIP_COMPLETE` delivered to the process's DRM file).
     pub const FLIP: u32 = 1;
     /// A vblank event the process asked for with `DRM_IOCTL_WAIT_VBLANK` was queued
     /// (`drm_vblank_event_queued`, in the asking thread).
     pub const VBLANK_QUEUED: u32 = 2;
-    /// ... and delivered (`drm_vblank_event_delivered` for a sequence it queued).
+    /// A vblank event the process asked for (`WAIT_VBLANK` or `CRTC_QUEUE_SEQUENCE`) was
+    /// delivered (`DRM_EVENT_VBLANK` or `DRM_EVENT_CRTC_SEQUENCE`).
     pub const VBLANK_DELIVERED: u32 = 3;
 }
 
@@ -136,7 +137,7 @@ pub struct DisplayEvent {
     pub crtc: u32,
     /// The vblank sequence number of the event.
     pub seq: u32,
-    /// When the owner last asked for a flip, a commit or a vblank event on this file (0: unknown).
+    /// When the owner last asked for a flip or commit on this file (0: unknown or never).
     pub request_ns: u64,
 }
 
@@ -147,17 +148,9 @@ pub struct DisplayEvent {
 pub struct DrmFileOwner {
     pub tgid: u32,
     pub tid: u32,
-    /// When it last asked (`bpf_ktime_get_ns`).
-    pub request_ns: u64,
-}
-
-/// A queued `WAIT_VBLANK` event (`DRM_PENDING_VBLANK_EVENTS` key).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct DrmEventKey {
-    pub file: u64,
-    pub seq: u32,
-    pub crtc: u32,
+    /// When it last asked for a flip or an atomic commit (`bpf_ktime_get_ns`; 0: never). A
+    /// vblank-event request does not move it: the next completed flip is still that request's.
+    pub flip_request_ns: u64,
 }
 
 /// The vblanks of one CRTC (`CRTC_VBLANKS`, indexed by CRTC, at most `MAX_CRTCS`).
@@ -170,6 +163,18 @@ pub struct CrtcVblanks {
     pub last_ns: u64,
     pub first_seq: u32,
     pub last_seq: u32,
+    /// Back-to-back vblanks (sequence numbers one apart) and the time between them in all: the
+    /// refresh interval, unaffected by the interrupt being off or a vblank being missed.
+    pub pairs: u64,
+    pub paired_ns: u64,
+}
+
+impl CrtcVblanks {
+    /// The refresh rate from back-to-back vblanks, `None` without any.
+    pub fn refresh_hz(&self) -> Option<f64> {
+        (self.pairs > 0 && self.paired_ns > 0)
+            .then(|| self.pairs as f64 / (self.paired_ns as f64 / 1e9))
+    }
 }
 
 /// CRTCs whose vblank cadence is kept.
@@ -574,6 +579,7 @@ mod user {
     unsafe impl aya::Pod for super::ProcessEvent {}
     unsafe impl aya::Pod for super::DisplayEvent {}
     unsafe impl aya::Pod for super::CrtcVblanks {}
+    unsafe impl aya::Pod for super::DrmFileOwner {}
     unsafe impl aya::Pod for super::DrmIoctlKey {}
     unsafe impl aya::Pod for super::device_policy::DeviceRuleKey {}
     unsafe impl aya::Pod for super::device_policy::BindingRecord {}

@@ -1,26 +1,29 @@
 //! DRM display events, where the kernel has them: when a frame reached the screen.
 //!
 //! - `drm_vblank_event` (every vblank of every CRTC): the refresh cadence, per CRTC.
-//! - kprobes on the DRM ioctls that ask for something to happen at a vblank
-//!   (`drm_mode_page_flip_ioctl`, `drm_mode_atomic_ioctl`, `drm_wait_vblank_ioctl`, whose third
-//!   argument is the caller's `struct drm_file`): who owns each DRM file, and when it last asked.
-//! - `drm_vblank_event_queued` (in the thread calling `WAIT_VBLANK` with an event) and
-//!   `drm_vblank_event_delivered` (at the vblank, with the DRM file): a delivery whose
-//!   (file, CRTC, sequence) was queued is that vblank event; any other delivery to a file is a
-//!   completed flip or commit, a frame on screen. Either goes to the file's owner when the owner
-//!   is tracked.
+//! - kprobes on `drm_mode_page_flip_ioctl` and `drm_mode_atomic_ioctl` (a flip or commit request)
+//!   and `drm_crtc_queue_sequence_ioctl` (a vblank-event request), whose third argument is the
+//!   caller's `struct drm_file`: who owns each DRM file, and when it last asked for a flip.
+//! - `drm_vblank_event_queued` (in the thread calling `WAIT_VBLANK` with an event): the same for
+//!   vblank events, and a record of the request.
+//! - `drm_vblank_event_delivered` (at the vblank, with the DRM file, the CRTC and the sequence the
+//!   event went out at) followed at once, in the same call and on the same CPU under DRM's event
+//!   lock, by `drm_send_event_timestamp_locked(dev, event)` (kprobe), which has the event itself:
+//!   its type tells a completed flip or commit (a frame on screen) from a vblank event the process
+//!   asked for. The tracepoint stashes what it knows per CPU; the kprobe finishes the record and
+//!   sends it to the file's owner when the owner is tracked.
 //!
 //! Each kind is also counted in a per-CPU array for the report's totals.
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{kprobe, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{ProbeContext, TracePointContext},
 };
 use nvbind_common::{
-    display_kind, event_kind, CrtcVblanks, DisplayEvent, DrmEventKey, DrmFileOwner, EventHeader,
+    display_kind, event_kind, CrtcVblanks, DisplayEvent, DrmFileOwner, EventHeader,
 };
 
 use crate::state::{
@@ -29,18 +32,28 @@ use crate::state::{
     DRM_VBLANK_CRTC_OFF, DRM_VBLANK_SEQ_OFF, DRM_VBLANK_TIME_OFF, EVENTS, TRACKED_PROCESSES,
 };
 
-/// Index 0: `drm_vblank_event`, 1: `drm_vblank_event_queued`, 2: `drm_vblank_event_delivered`.
+/// Index 0: `drm_vblank_event`, 1: `drm_vblank_event_queued`, 2: `drm_vblank_event_delivered`,
+/// 3: deliveries to a tracked process's file whose event could not be read as DRM lays it out
+/// (sent as flips; the agent warns when this is not 0).
 #[map]
-pub static DRM_EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+pub static DRM_EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
 /// `struct drm_file` pointer → the tracked process that last made a display request on it.
 #[map]
 pub static DRM_FILE_OWNERS: LruHashMap<u64, DrmFileOwner> = LruHashMap::with_max_entries(1024, 0);
 
-/// `WAIT_VBLANK` events queued by tracked processes and not delivered yet.
+/// A delivery to a tracked process's file, from `drm_vblank_event_delivered` to the
+/// `drm_send_event_timestamp_locked` that follows it on the same CPU.
+#[derive(Clone, Copy)]
+pub struct PendingDelivery {
+    pub file: u64,
+    /// When the tracepoint ran; 0 when nothing is pending.
+    pub stashed_ns: u64,
+    pub event: DisplayEvent,
+}
+
 #[map]
-pub static DRM_PENDING_VBLANK_EVENTS: LruHashMap<DrmEventKey, u64> =
-    LruHashMap::with_max_entries(1024, 0);
+pub static PENDING_DELIVERY: PerCpuArray<PendingDelivery> = PerCpuArray::with_max_entries(1, 0);
 
 /// Vblank cadence per CRTC index.
 #[map]
@@ -64,9 +77,10 @@ fn tracked_current() -> Option<(u32, u32)> {
     Some((tgid, tid))
 }
 
+/// A display record for the owner of a DRM file.
 #[inline(always)]
-fn emit(kind: u32, owner: &DrmFileOwner, crtc: u32, seq: u32, now: u64) {
-    let event = DisplayEvent {
+fn display_event(kind: u32, owner: &DrmFileOwner, crtc: u32, seq: u32, now: u64) -> DisplayEvent {
+    DisplayEvent {
         header: EventHeader {
             kind: event_kind::DISPLAY,
             tgid: owner.tgid,
@@ -76,34 +90,68 @@ fn emit(kind: u32, owner: &DrmFileOwner, crtc: u32, seq: u32, now: u64) {
         },
         crtc,
         seq,
-        request_ns: owner.request_ns,
-    };
+        request_ns: owner.flip_request_ns,
+    }
+}
+
+#[inline(always)]
+fn send(event: &DisplayEvent) {
     // A refresh rate's worth a second: drained with the frames, no wakeup of its own.
     if EVENTS
-        .output::<DisplayEvent>(&event, BPF_RB_NO_WAKEUP as u64)
+        .output::<DisplayEvent>(event, BPF_RB_NO_WAKEUP as u64)
         .is_err()
     {
         count_drop();
     }
 }
 
-/// Attached to `drm_mode_page_flip_ioctl`, `drm_mode_atomic_ioctl` and `drm_wait_vblank_ioctl`
-/// (all `(struct drm_device *, void *data, struct drm_file *)`).
+/// Attached to `drm_mode_page_flip_ioctl` and `drm_mode_atomic_ioctl` (both
+/// `(struct drm_device *, void *data, struct drm_file *)`): the caller owns the file, and the flip
+/// it asks for now is the next to complete.
 #[kprobe]
-pub fn nvbind_drm_request(ctx: ProbeContext) -> u32 {
+pub fn nvbind_drm_flip_request(ctx: ProbeContext) -> u32 {
+    request(&ctx, true);
+    0
+}
+
+/// Attached to `drm_crtc_queue_sequence_ioctl` (same arguments): a vblank event asked for without
+/// `drm_vblank_event_queued`. Ownership only: the last flip request keeps its time.
+#[kprobe]
+pub fn nvbind_drm_event_request(ctx: ProbeContext) -> u32 {
+    request(&ctx, false);
+    0
+}
+
+#[inline(always)]
+fn request(ctx: &ProbeContext, flip: bool) {
     let Some((tgid, tid)) = tracked_current() else {
-        return 0;
+        return;
     };
     let Some(file) = ctx.arg::<u64>(2) else {
-        return 0;
+        return;
+    };
+    own(file, tgid, tid, flip);
+}
+
+/// Makes (tgid, tid) the owner of `file`; `flip`: it asked for a flip or commit just now.
+#[inline(always)]
+fn own(file: u64, tgid: u32, tid: u32, flip: bool) -> DrmFileOwner {
+    // SAFETY: plain lookup of a plain value, copied out at once.
+    let previous = unsafe { DRM_FILE_OWNERS.get(&file) }.copied();
+    let flip_request_ns = if flip {
+        now_ns()
+    } else {
+        previous
+            .filter(|p| p.tgid == tgid)
+            .map_or(0, |p| p.flip_request_ns)
     };
     let owner = DrmFileOwner {
         tgid,
         tid,
-        request_ns: now_ns(),
+        flip_request_ns,
     };
     let _ = DRM_FILE_OWNERS.insert(&file, &owner, 0);
-    0
+    owner
 }
 
 #[tracepoint]
@@ -118,12 +166,18 @@ pub fn nvbind_drm_vblank(ctx: TracePointContext) -> u32 {
     if let Some(v) = CRTC_VBLANKS.get_ptr_mut(crtc as u32) {
         // SAFETY: live map value; vblanks of one CRTC come from one interrupt at a time.
         let v = unsafe { &mut *v };
+        let time = time as u64;
         if v.count == 0 {
-            v.first_ns = time as u64;
+            v.first_ns = time;
             v.first_seq = seq;
+        } else if seq == v.last_seq.wrapping_add(1) && time > v.last_ns {
+            // Only back-to-back vblanks time the refresh: the interrupt is off while nobody
+            // waits for a vblank, and a late or missed one skips sequence numbers.
+            v.pairs += 1;
+            v.paired_ns += time - v.last_ns;
         }
         v.count += 1;
-        v.last_ns = time as u64;
+        v.last_ns = time;
         v.last_seq = seq;
     }
     0
@@ -135,44 +189,112 @@ pub fn nvbind_drm_queued(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = tracked_current() else {
         return 0;
     };
-    let key = DrmEventKey {
-        file: field(&ctx, &DRM_QUEUED_FILE_OFF).unwrap_or(0),
-        crtc: field::<i32>(&ctx, &DRM_QUEUED_CRTC_OFF).unwrap_or(0) as u32,
-        seq: field(&ctx, &DRM_QUEUED_SEQ_OFF).unwrap_or(0),
-    };
-    let now = now_ns();
-    let owner = DrmFileOwner {
-        tgid,
-        tid,
-        request_ns: now,
-    };
-    let _ = DRM_FILE_OWNERS.insert(&key.file, &owner, 0);
-    let _ = DRM_PENDING_VBLANK_EVENTS.insert(&key, &now, 0);
-    emit(display_kind::VBLANK_QUEUED, &owner, key.crtc, key.seq, now);
+    let file: u64 = field(&ctx, &DRM_QUEUED_FILE_OFF).unwrap_or(0);
+    let crtc = field::<i32>(&ctx, &DRM_QUEUED_CRTC_OFF).unwrap_or(0) as u32;
+    let seq: u32 = field(&ctx, &DRM_QUEUED_SEQ_OFF).unwrap_or(0);
+    let owner = own(file, tgid, tid, false);
+    send(&display_event(
+        display_kind::VBLANK_QUEUED,
+        &owner,
+        crtc,
+        seq,
+        now_ns(),
+    ));
     0
 }
 
 #[tracepoint]
 pub fn nvbind_drm_delivered(ctx: TracePointContext) -> u32 {
     count(2);
-    let key = DrmEventKey {
-        file: field(&ctx, &DRM_DELIVERED_FILE_OFF).unwrap_or(0),
-        crtc: field::<i32>(&ctx, &DRM_DELIVERED_CRTC_OFF).unwrap_or(0) as u32,
-        seq: field(&ctx, &DRM_DELIVERED_SEQ_OFF).unwrap_or(0),
+    let Some(pending) = PENDING_DELIVERY.get_ptr_mut(0) else {
+        return 0;
     };
+    // SAFETY: per-CPU slot; DRM holds its event lock with interrupts off until the kprobe.
+    let pending = unsafe { &mut *pending };
+    pending.stashed_ns = 0;
+    let file: u64 = field(&ctx, &DRM_DELIVERED_FILE_OFF).unwrap_or(0);
     // file 0: the kernel's own events.
-    if key.file == 0 {
+    if file == 0 {
         return 0;
     }
     // SAFETY: plain lookup of a plain value, copied out at once.
-    let Some(owner) = (unsafe { DRM_FILE_OWNERS.get(&key.file) }).copied() else {
+    let Some(owner) = (unsafe { DRM_FILE_OWNERS.get(&file) }).copied() else {
         return 0;
     };
-    let kind = if DRM_PENDING_VBLANK_EVENTS.remove(&key).is_ok() {
-        display_kind::VBLANK_DELIVERED
-    } else {
-        display_kind::FLIP
+    // The owner may have stopped being tracked (exited, or the file changed hands since).
+    // SAFETY: plain lookup of a u32 value.
+    if unsafe { TRACKED_PROCESSES.get(owner.tgid) }.is_none() {
+        return 0;
+    }
+    let now = now_ns();
+    pending.file = file;
+    pending.stashed_ns = now;
+    pending.event = display_event(
+        display_kind::FLIP,
+        &owner,
+        field::<i32>(&ctx, &DRM_DELIVERED_CRTC_OFF).unwrap_or(0) as u32,
+        field(&ctx, &DRM_DELIVERED_SEQ_OFF).unwrap_or(0),
+        now,
+    );
+    0
+}
+
+/// `struct drm_pending_event` (include/drm/drm_file.h), unchanged since Linux 4.13: `completion`,
+/// `completion_release`, then `event` (the `struct drm_event *` whose first field is its type) and,
+/// after `fence`, `file_priv`. The file read here must be the one the tracepoint saw, which
+/// checks the layout on every event.
+const PENDING_EVENT_EVENT_OFF: u64 = 16;
+const PENDING_EVENT_FILE_OFF: u64 = 32;
+/// `DRM_EVENT_VBLANK`, `DRM_EVENT_FLIP_COMPLETE`, `DRM_EVENT_CRTC_SEQUENCE` (uapi drm.h).
+const DRM_EVENT_VBLANK: u32 = 1;
+const DRM_EVENT_FLIP_COMPLETE: u32 = 2;
+const DRM_EVENT_CRTC_SEQUENCE: u32 = 3;
+/// A stash older than this was not followed by its send (a missed kprobe): never reuse it.
+const STASH_LIFETIME_NS: u64 = 1_000_000;
+
+/// Attached to `drm_send_event_timestamp_locked(dev, struct drm_pending_event *e, ts)` (or, before
+/// Linux 5.12, `drm_send_event_locked(dev, e)`): completes a delivery stashed by
+/// `nvbind_drm_delivered` with the event's type.
+#[kprobe]
+pub fn nvbind_drm_send_event(ctx: ProbeContext) -> u32 {
+    let Some(pending) = PENDING_DELIVERY.get_ptr_mut(0) else {
+        return 0;
     };
-    emit(kind, &owner, key.crtc, key.seq, now_ns());
+    // SAFETY: per-CPU slot (see nvbind_drm_delivered).
+    let pending = unsafe { &mut *pending };
+    if pending.stashed_ns == 0 {
+        return 0;
+    }
+    let fresh = now_ns().saturating_sub(pending.stashed_ns) < STASH_LIFETIME_NS;
+    pending.stashed_ns = 0;
+    if !fresh {
+        return 0;
+    }
+    let Some(e) = ctx.arg::<u64>(1) else {
+        return 0;
+    };
+    // SAFETY: checked reads of kernel memory (they fail instead of faulting).
+    let file = unsafe { bpf_probe_read_kernel((e + PENDING_EVENT_FILE_OFF) as *const u64) };
+    let event = unsafe { bpf_probe_read_kernel((e + PENDING_EVENT_EVENT_OFF) as *const u64) };
+    let kind = match (file, event) {
+        (Ok(file), Ok(event)) if file == pending.file && event != 0 => {
+            // SAFETY: as above.
+            match unsafe { bpf_probe_read_kernel(event as *const u32) } {
+                Ok(DRM_EVENT_FLIP_COMPLETE) => Some(display_kind::FLIP),
+                Ok(DRM_EVENT_VBLANK) | Ok(DRM_EVENT_CRTC_SEQUENCE) => {
+                    Some(display_kind::VBLANK_DELIVERED)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let mut record = pending.event;
+    match kind {
+        Some(kind) => record.header.aux = kind,
+        // Not laid out as expected: still a delivery to the process, counted apart.
+        None => count(3),
+    }
+    send(&record);
     0
 }

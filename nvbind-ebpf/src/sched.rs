@@ -152,13 +152,16 @@ fn switched_in(
 ) {
     let waited = now.saturating_sub(next.since_ns);
     match next.status {
+        // An exiting thread's waits say nothing about the game (and its preemptions were not
+        // counted either, see `switched_out`).
+        thread_status::RUNNABLE if next.exiting != 0 => {}
         thread_status::RUNNABLE => {
             next.totals.runq_wait_ns += waited;
             if waited > next.frame_max_runq_wait_ns {
                 next.frame_max_runq_wait_ns = waited;
             }
             record(next, next_tid, waited, true);
-            blame(next, waited, now, cpu, prev_tgid, prev_tid);
+            blame(next, next_tid, waited, now, cpu, prev_tgid, prev_tid);
         }
         // Woken without us seeing the wakeup (tracking began mid-sleep): count it as blocked.
         thread_status::BLOCKED => end_blocked(next, next_tid, now),
@@ -225,19 +228,30 @@ fn arm_watch(t: &mut ThreadState, cpu: u32, now: u64) {
 /// that held this CPU longest in one stretch while the thread waited (its watch), else the
 /// preempting task when the wait began with a preemption, else the previous task.
 #[inline(always)]
-fn blame(t: &mut ThreadState, waited: u64, now: u64, cpu: u32, prev_tgid: u32, prev_tid: u32) {
+fn blame(
+    t: &mut ThreadState,
+    waiter_tid: u32,
+    waited: u64,
+    now: u64,
+    cpu: u32,
+    prev_tgid: u32,
+    prev_tid: u32,
+) {
     let by_preemptor = t.preempted != 0 && t.last_preemptor_tid != 0;
     t.preempted = 0;
     if let Some(w) = CPU_WATCH.get_ptr_mut(t.wake_cpu) {
         // SAFETY: live map value.
         let w = unsafe { &mut *w };
         // A watch armed no later than this wait began covers it (another tracked thread's wait
-        // may have armed it); a stretch that ended inside the wait is this wait's culprit.
+        // may have armed it); a stretch that ended inside the wait is this wait's culprit. A
+        // preempted thread's own stretch ends at the very switch that begins its wait (`since_ns`):
+        // strictly after, and never the waiter itself.
         let watched = t.wake_cpu == cpu
             && w.armed_ns != 0
             && w.armed_ns <= t.since_ns
             && w.longest.tid != 0
-            && w.longest.at_ns >= t.since_ns;
+            && w.longest.tid != waiter_tid
+            && w.longest.at_ns > t.since_ns;
         let culprit = w.longest;
         // The watch is not disarmed when the wait that armed it ends: other threads' waits may
         // have begun under it (a thread preempted by the worker it just woke joins the worker's

@@ -160,12 +160,18 @@ pub fn thread(tid: u32) -> Option<&'static mut ThreadState> {
 pub fn current_thread() -> Option<(u32, u32, &'static mut ThreadState)> {
     let (tgid, tid) = current_ids();
     if let Some(t) = thread(tid) {
-        return Some((tgid, tid, t));
+        // An exited thread never runs again: a running task with its tid is another one (the tid
+        // was reused), whose calls are not the dead thread's.
+        if t.status != thread_status::EXITED {
+            return Some((tgid, tid, t));
+        }
     }
     // SAFETY: plain lookup of a u32 value.
     unsafe { TRACKED_PROCESSES.get(tgid) }?;
     start_tracking_thread(tgid, tid, thread_status::RUNNING);
-    thread(tid).map(|t| (tgid, tid, t))
+    thread(tid)
+        .filter(|t| t.status != thread_status::EXITED)
+        .map(|t| (tgid, tid, t))
 }
 
 /// Adds a thread to the tracked set (no-op if it is there already).
@@ -177,11 +183,14 @@ pub fn start_tracking_thread(tgid: u32, tid: u32, status: u32) {
     };
     // SAFETY: `zero` points at a map value, which the helper may read from.
     let zero = unsafe { &*zero };
-    // A new entry, or a fresh start over the entry of a thread that has exited: a thread that
-    // execs in a multi-threaded process takes its leader's tid (whose entry its exit closed),
-    // and a tid can be reused. (The dead thread's last counters go; a live one's are worth more.)
+    // A new entry, or a fresh start over the entry of a thread that has exited or is exiting: a
+    // thread that execs in a multi-threaded process takes its leader's tid, whose entry the
+    // leader's exit marked (possibly before the leader's last switch closed it), and a tid can be
+    // reused. A live thread's tid is never another live task's, so an entry marked exiting that a
+    // live thread asks for is the dead leader's. (Its last counters go; a live one's are worth
+    // more.)
     let fresh = THREADS.insert(tid, zero, BPF_NOEXIST as u64).is_ok()
-        || (thread(tid).is_some_and(|t| t.status == thread_status::EXITED)
+        || (thread(tid).is_some_and(|t| t.status == thread_status::EXITED || t.exiting != 0)
             && THREADS.insert(tid, zero, BPF_EXIST as u64).is_ok());
     if !fresh {
         return;

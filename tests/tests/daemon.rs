@@ -288,6 +288,74 @@ fn wait_exit(mut child: Child, limit: Duration) {
 }
 
 #[test]
+fn a_long_session_is_written_in_parts_that_add_up() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("[reports]\nmax_session_frames = 1000\n");
+    let work = tempfile::tempdir().expect("tempdir");
+    let game = start_game(work.path(), 2600, 1.0);
+    let pid = game.id();
+    wait_exit(game, Duration::from_secs(60));
+    let truth = truth(work.path());
+    // Parts are numbered from 1 (`…-PID-partN.json`); the last one ends with the process.
+    let part_of = |path: &PathBuf| -> Option<u32> {
+        let stem = path.file_stem()?.to_str()?;
+        stem.rsplit_once(&format!("-{pid}-part"))?.1.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let parts = loop {
+        let mut parts: Vec<(u32, Value)> = daemon
+            .report_files()
+            .iter()
+            .filter_map(|p| Some((part_of(p)?, nvbind_tests::read_json(p))))
+            .collect();
+        parts.sort_by_key(|(n, _)| *n);
+        if parts
+            .last()
+            .is_some_and(|(_, r)| r["capture"]["end_reason"] == "process-exited")
+        {
+            break parts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no final part for pid {pid}: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        parts.len() >= 3,
+        "2600 frames in parts of 1000: {} parts",
+        parts.len()
+    );
+    let numbers: Vec<u32> = parts.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (1..=parts.len() as u32).collect::<Vec<_>>());
+    let counts: Vec<u64> = parts
+        .iter()
+        .map(|(_, r)| {
+            r["processes"][0]["frames"]["count"]
+                .as_u64()
+                .expect("count")
+        })
+        .collect();
+    for (_, r) in &parts[..parts.len() - 1] {
+        assert_eq!(r["capture"]["end_reason"], "session-frame-limit");
+        let n = r["processes"][0]["frames"]["count"]
+            .as_u64()
+            .expect("count");
+        assert!((1000..1200).contains(&n), "a part of {n} frames");
+    }
+    // Each part after the first starts from the previous part's last frame (its first frame
+    // time spans the cut): every frame once, plus one per cut.
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        truth.len() as u64 + parts.len() as u64 - 1,
+        "parts {counts:?} against {} frames presented",
+        truth.len()
+    );
+}
+
+#[test]
 fn games_started_after_the_daemon_are_tracked_from_their_first_frame() {
     require_root();
     let _one = serial();
@@ -347,12 +415,23 @@ fn games_started_after_the_daemon_are_tracked_from_their_first_frame() {
     let third = game.id();
     wait_exit(game, Duration::from_secs(60));
     let (third_path, _) = daemon.wait_for_report(third);
-    assert_eq!(daemon.report_files(), vec![vk_path.clone(), third_path]);
-    assert!(!first_path.exists(), "the oldest session is pruned");
     let first_stem = first_path
         .file_stem()
         .and_then(|s| s.to_str())
         .expect("stem");
+    // Pruning follows the report's rename: wait for the daemon to say it pruned.
+    let pruned = format!("pruned session {first_stem}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains(&pruned) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        daemon.report_files(),
+        vec![vk_path.clone(), third_path],
+        "{}",
+        daemon.log()
+    );
+    assert!(!first_path.exists(), "the oldest session is pruned");
     let left: Vec<String> = fs::read_dir(daemon.reports())
         .expect("reports dir")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

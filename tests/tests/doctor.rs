@@ -38,7 +38,8 @@ fn doctor_lists_every_probe_with_its_state() {
         "drm:drm_vblank_event_delivered",
         "kprobe:drm_mode_page_flip_ioctl",
         "kprobe:drm_mode_atomic_ioctl",
-        "kprobe:drm_wait_vblank_ioctl",
+        "kprobe:drm_crtc_queue_sequence_ioctl",
+        "kprobe:drm_send_event_timestamp_locked",
     ] {
         let p = state(name);
         assert_eq!(p["attached"], has_drm, "{name}: {p}");

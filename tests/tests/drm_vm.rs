@@ -6,7 +6,10 @@
 //! - `modetest` page-flipping at 60 Hz, recorded: its display frames equal the kernel's own count
 //!   of flip completions delivered to it (tracefs, ±2), the display interval's p50 is within 1 %
 //!   of 16.68 ms, the refresh rate seen is 60 Hz, and its page flips are DRM ioctls by number;
-//! - `vbltest` waiting for vblank events, recorded: the queued and delivered events are its own.
+//! - `vbltest` waiting for vblank events, recorded: the queued and delivered events are its own;
+//! - `drm-sequence` (tests/src/bin) asking for `CRTC_QUEUE_SEQUENCE` events and for vblank
+//!   events already passed (delivered under another sequence than asked): every one is a vblank
+//!   event, none a display frame.
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -77,7 +80,8 @@ fn doctor_in_the_vm_lists_the_drm_probes_as_attached() {
         "drm:drm_vblank_event_delivered ",
         "kprobe:drm_mode_page_flip_ioctl ",
         "kprobe:drm_mode_atomic_ioctl ",
-        "kprobe:drm_wait_vblank_ioctl ",
+        "kprobe:drm_crtc_queue_sequence_ioctl ",
+        "kprobe:drm_send_event_timestamp_locked ",
     ] {
         let line = doctor
             .lines()
@@ -139,6 +143,7 @@ fn modetest_flips_are_display_frames_counted_like_the_kernel() {
         (crtc["refresh_hz"].as_f64().expect("crtc refresh") - 60.0).abs() < 0.6,
         "{crtc}"
     );
+    assert_eq!(report["capture"]["drm"]["unreadable_events"], 0);
     let log = &s["flip-log"];
     assert!(log.contains("frames on screen (DRM flips)"), "{log}");
     assert!(log.ends_with("exit 0"), "{log}");
@@ -169,4 +174,28 @@ fn vbltest_vblank_events_are_its_own() {
             assert!(p["frames"]["display"].is_null(), "{p}");
         }
     }
+}
+
+#[test]
+fn sequence_and_late_vblank_events_are_not_display_frames() {
+    let s = sections();
+    let log = &s["seq-log"];
+    assert!(
+        log.contains("sequence events 60, late vblank events 60") && log.ends_with("exit 0"),
+        "{log}"
+    );
+    let report = json(&s, "seq");
+    let p = process(&report, "drm-sequence");
+    let display = &p["frames"]["display"];
+    assert_eq!(
+        display["count"], 0,
+        "no flip: every event was asked for: {display}"
+    );
+    // 60 CRTC_QUEUE_SEQUENCE events (no queued tracepoint for those) and 60 late WAIT_VBLANK ones.
+    assert_eq!(display["vblank_events_delivered"], 120, "{display}");
+    assert_eq!(display["vblank_events_queued"], 60, "{display}");
+    let requests = &p["ioctl"]["drm"]["requests"];
+    assert_eq!(requests["CRTC_QUEUE_SEQUENCE"], 60, "{requests}");
+    assert_eq!(requests["WAIT_VBLANK"], 120, "{requests}");
+    assert_eq!(report["capture"]["drm"]["unreadable_events"], 0);
 }

@@ -132,12 +132,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             }
             setup::setup(false)?;
             let agent = build(&root)?;
+            let clients = build_vm_clients(&root)?;
             let text = match script {
                 Some(path) => std::fs::read_to_string(&path)
                     .with_context(|| format!("read {}", path.display()))?,
                 None => vm::DRM_TEST_SCRIPT.to_string(),
             };
-            let console = vm::run_script(&target_dir(&root), &agent, &text)?;
+            let console = vm::run_script(&target_dir(&root), &agent, &clients, &text)?;
             print!("{console}");
         }
         Cmd::Fuzz { seconds } => fuzz::fuzz(&root, seconds)?,
@@ -161,6 +162,21 @@ fn build(root: &Path) -> Result<PathBuf> {
     Ok(agent)
 }
 
+/// The test clients the VM's script runs besides the distribution's (`drm-sequence`), release
+/// builds.
+fn build_vm_clients(root: &Path) -> Result<Vec<PathBuf>> {
+    step("build the VM's test clients (release)");
+    run(cargo_cmd(root).args([
+        "build",
+        "--release",
+        "-p",
+        "nvbind-tests",
+        "--bin",
+        "drm-sequence",
+    ]))?;
+    Ok(vec![target_dir(root).join("release/drm-sequence")])
+}
+
 /// How long `cargo xtask test` fuzzes the gpu_metrics decoder.
 const FUZZ_SECONDS_IN_TEST: u64 = 20;
 
@@ -170,6 +186,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
     let game = debug.join("synthetic-game");
     let hog = debug.join("cpu-hog");
     let probe = debug.join("open-probe");
+    let drm_client = debug.join("drm-sequence");
 
     // Every cargo step sets NVBIND_REQUIRE_EBPF the same way: the agent's build script reruns
     // whenever it changes, so mixing would rebuild the agent between steps.
@@ -231,7 +248,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
     for (i, (name, mut cmd)) in steps.into_iter().enumerate() {
         step(&format!("test {}/{total}: {name}", i + 1));
         if name == "integration tests" {
-            for bin in [&agent, &game, &hog] {
+            for bin in [&agent, &game, &hog, &drm_client] {
                 if !bin.exists() {
                     bail!("test step `{name}`: {} was not built", bin.display());
                 }
@@ -241,8 +258,13 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
             let console = vm::console_path(&target_dir(root));
             let _ = std::fs::remove_file(&console);
             step("test: the DRM checks in the test VM (vkms)");
-            vm::run_script(&target_dir(root), &agent, vm::DRM_TEST_SCRIPT)
-                .context("test step `DRM VM` failed")?;
+            vm::run_script(
+                &target_dir(root),
+                &agent,
+                std::slice::from_ref(&drm_client),
+                vm::DRM_TEST_SCRIPT,
+            )
+            .context("test step `DRM VM` failed")?;
         }
         run(&mut cmd).with_context(|| format!("test step `{name}` failed"))?;
     }

@@ -131,8 +131,10 @@ pub fn prepare(target: &Path) -> Result<Vm> {
     fs::create_dir_all(&extra)?;
     fs::copy(&vkms, extra.join("vkms.ko"))?;
     run(Command::new("depmod").arg("-b").arg(&kroot).arg(&version))?;
-    fs::copy(kroot.join(format!("boot/vmlinuz-{version}")), &kernel)
+    let partial = partial_path(&kernel);
+    fs::copy(kroot.join(format!("boot/vmlinuz-{version}")), &partial)
         .context("the kernel package has no vmlinuz")?;
+    fs::rename(&partial, &kernel)?;
     build_base_initrd(&kroot, &version, &dir.join("base"), &base_initrd)?;
     Ok(vm)
 }
@@ -147,12 +149,13 @@ fn build_vkms(dir: &Path, downloads: &Path, version: &str) -> Result<PathBuf> {
     let series = series.split('-').next().unwrap_or(&series).to_string();
     let source_pkg = format!("linux-source-{series}");
     let deb = download(&source_pkg, downloads)?;
-    let unpacked = dir.join("source-deb");
+    // Keyed by the kernel version: a newer kernel package comes with a newer source package.
+    let unpacked = dir.join(format!("source-deb-{version}"));
     if !unpacked.exists() {
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
     }
     let tarball = unpacked.join(format!("usr/src/{source_pkg}.tar.xz"));
-    let src = dir.join("source");
+    let src = dir.join(format!("source-{version}"));
     let vkms_src = src.join(format!("{source_pkg}/drivers/gpu/drm/vkms"));
     if !vkms_src.join("Makefile").exists() {
         fs::create_dir_all(&src)?;
@@ -168,11 +171,13 @@ fn build_vkms(dir: &Path, downloads: &Path, version: &str) -> Result<PathBuf> {
         .arg(format!("/usr/src/linux-headers-{version}"))
         .arg(format!("M={}", vkms_src.display()))
         .args(["CONFIG_DRM_VKMS=m", "modules"]))?;
+    let partial = partial_path(&out);
     run(Command::new("strip")
         .arg("--strip-debug")
         .arg(vkms_src.join("vkms.ko"))
         .arg("-o")
-        .arg(&out))?;
+        .arg(&partial))?;
+    fs::rename(&partial, &out)?;
     Ok(out)
 }
 
@@ -209,19 +214,32 @@ pub fn stage_binary(binary: &Path, dest: &str, staging: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where `path` is written before it is renamed into place.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
 /// Packs `staging` as a gzip'd newc cpio archive at `out`.
 pub fn pack(staging: &Path, out: &Path) -> Result<()> {
-    let file = fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
-    let status = Command::new("sh")
+    // Into a temporary file renamed when complete: an interrupted build never leaves a truncated
+    // archive that a later run would take as built.
+    let partial = partial_path(out);
+    let file =
+        fs::File::create(&partial).with_context(|| format!("create {}", partial.display()))?;
+    let status = Command::new("bash")
         .arg("-c")
-        .arg("find . -print0 | cpio --null -o -H newc --quiet | gzip -1")
+        .arg("set -o pipefail; find . -print0 | cpio --null -o -H newc --quiet | gzip -1")
         .current_dir(staging)
         .stdout(file)
         .status()
         .context("run cpio")?;
     if !status.success() {
+        let _ = fs::remove_file(&partial);
         bail!("packing {} failed ({status})", staging.display());
     }
+    fs::rename(&partial, out).with_context(|| format!("rename to {}", out.display()))?;
     Ok(())
 }
 
@@ -353,6 +371,7 @@ pub fn boot(vm: &Vm, overlay: &Path, limit: Duration, work: &Path) -> Result<Str
 
 /// The DRM checks run in the VM (`cargo xtask vm` and `cargo xtask test`): doctor; `modetest`
 /// page-flipping on vkms's virtual display at 60 Hz, recorded; `vbltest` waiting for vblank
+/// events, recorded; `drm-sequence` (tests/src/bin) asking for CRTC-sequence and late vblank
 /// events, recorded; with the kernel's own trace of the delivered events as the reference. Each
 /// result is printed between `==BEGIN name==` and `==END name==` lines for
 /// `tests/tests/drm_vm.rs` to read from the console.
@@ -379,18 +398,27 @@ show flip-log /tmp/flip.log
 show modetest /tmp/modetest.txt
 show kernel-trace /tmp/kernel.txt
 show flip /tmp/flip.json
-(sleep 6 | modetest -M vkms -s $CONN@$CRTC:1024x768 > /dev/null 2>&1) &
+(sleep 10 | modetest -M vkms -s $CONN@$CRTC:1024x768 > /dev/null 2>&1) &
 sleep 1
 $A record --duration 2 --out /tmp/vbl.json -- vbltest -M vkms > /tmp/vbl.log 2>&1
 echo "exit $?" >> /tmp/vbl.log
 show vbl-log /tmp/vbl.log
 show vbl /tmp/vbl.json
+$A record --out /tmp/seq.json -- /drm-sequence /dev/dri/card0 $CRTC 60 > /tmp/seq.log 2>&1
+echo "exit $?" >> /tmp/seq.log
+show seq-log /tmp/seq.log
+show seq /tmp/seq.json
 wait
 "#;
 
-/// Boots the VM with `agent` (stripped of debug info) as `/nvbind-agent` and `script` as
-/// `/test.sh`; returns the console.
-pub fn run_script(target: &Path, agent: &Path, script: &str) -> Result<String> {
+/// Boots the VM with `agent` (stripped of debug info) as `/nvbind-agent`, each of `clients` as
+/// `/` + its file name, and `script` as `/test.sh`; returns the console.
+pub fn run_script(
+    target: &Path,
+    agent: &Path,
+    clients: &[PathBuf],
+    script: &str,
+) -> Result<String> {
     let vm = prepare(target)?;
     let work = vm_dir(target).join("run");
     let staging = work.join("overlay");
@@ -405,6 +433,13 @@ pub fn run_script(target: &Path, agent: &Path, script: &str) -> Result<String> {
         .arg(agent)
         .arg(&stripped))?;
     stage_binary(&stripped, "/nvbind-agent", &staging)?;
+    for client in clients {
+        let name = client
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no file name", client.display()))?;
+        stage_binary(client, &format!("/{name}"), &staging)?;
+    }
     let test = staging.join("test.sh");
     fs::write(&test, script)?;
     run(Command::new("chmod").arg("755").arg(&test))?;

@@ -162,7 +162,7 @@ pub struct Capture {
     pub dropped_events: u64,
     pub program_costs: Vec<ProgramCost>,
     pub probe_statuses: Vec<ProbeStatus>,
-    pub drm_counts: [u64; 3],
+    pub drm_counts: [u64; 4],
     /// Vblank cadence per CRTC index.
     pub crtc_vblanks: Vec<(u32, CrtcVblanks)>,
     pub notes: Vec<String>,
@@ -337,6 +337,9 @@ impl Tracker {
         let mut part = ProcessRecord {
             frames: std::mem::replace(&mut record.frames, vec![last]),
             thread_windows: std::mem::take(&mut record.thread_windows),
+            // Display events go with the part too (a compositor's flips would otherwise pile up
+            // for the whole session and be written again in every part).
+            display: std::mem::take(&mut record.display),
             resolved_present: record.resolved_present.clone(),
             ..record.clone()
         };
@@ -524,10 +527,16 @@ impl Tracker {
         capture.program_costs = self.probes.program_costs();
         capture.probe_statuses = self.probes.statuses().to_vec();
         capture.drm_counts = self.probes.drm_event_counts();
+        if capture.drm_counts[3] > 0 {
+            capture.notes.push(format!(
+                "{} DRM event(s) delivered to a tracked process could not be read as this kernel's                  struct drm_pending_event was expected to be laid out: counted as flips (please                  report the kernel version)",
+                capture.drm_counts[3]
+            ));
+        }
         capture.crtc_vblanks = self.probes.crtc_vblanks();
-        for pid in &pids {
-            if let Some(p) = capture.processes.get_mut(pid) {
-                p.drm_requests = self.probes.drm_ioctl_counts(*pid);
+        for (pid, requests) in self.probes.drm_ioctl_counts(&pids) {
+            if let Some(p) = capture.processes.get_mut(&pid) {
+                p.drm_requests = requests;
             }
         }
         explain_sources(capture);

@@ -532,7 +532,9 @@ impl Daemon {
                 lp.gpu.clone_from(&record.gpu);
                 if record.exited_ns.is_some() {
                     finished.push(pid);
-                } else if record.frames.len() >= self.config.reports.max_session_frames {
+                } else if record.frames.len().max(record.display.len())
+                    >= self.config.reports.max_session_frames
+                {
                     full.push(pid);
                 }
             }

@@ -132,15 +132,16 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
     if keep == 0 {
         return Vec::new();
     }
+    // One pruner at a time (sessions are written by several blocking tasks), and the directory is
+    // listed under the lock so a pruner never works from a listing older than another's removals.
+    static PRUNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PRUNING.lock().unwrap_or_else(|p| p.into_inner());
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
     let names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
-    // One pruner at a time (sessions are written by several blocking tasks).
-    static PRUNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = PRUNING.lock().unwrap_or_else(|p| p.into_inner());
     // Oldest by when the session ended (its report was written), not by when it started: a long
     // game that ends after many short sessions is the newest, never pruned as it is written.
     let mut stems: Vec<(std::time::SystemTime, &str)> = names

@@ -6,7 +6,7 @@ pub mod tracefs;
 pub mod vulkan;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
@@ -20,8 +20,8 @@ use aya::{
     Ebpf, EbpfLoader, Pod,
 };
 use nvbind_common::{
-    event_kind, present_source, track_flags, CrtcVblanks, DisplayEvent, DrmIoctlKey, EventHeader,
-    PreemptorKey, PreemptorValue, PresentEvent, ProcessEvent, ProcessHistograms,
+    event_kind, present_source, track_flags, CrtcVblanks, DisplayEvent, DrmFileOwner, DrmIoctlKey,
+    EventHeader, PreemptorKey, PreemptorValue, PresentEvent, ProcessEvent, ProcessHistograms,
     ResolvedPresentEvent, ThreadState, TASK_COMM_LEN,
 };
 use serde::{Deserialize, Serialize};
@@ -105,13 +105,40 @@ pub enum Event {
     Display(DisplayEvent),
 }
 
-/// The DRM functions whose third argument is the caller's `struct drm_file`, kprobed by
-/// `nvbind_drm_request` so that a flip completed at a vblank can be given to the process that
-/// asked for it (the delivery itself runs in an interrupt).
-pub const DRM_REQUEST_FUNCTIONS: [&str; 3] = [
-    "drm_mode_page_flip_ioctl",
-    "drm_mode_atomic_ioctl",
-    "drm_wait_vblank_ioctl",
+/// A DRM function nvbind kprobes, and with which program. `functions` are alternatives, newest
+/// kernel first: the first that attaches is used.
+#[derive(Debug, Clone, Copy)]
+pub struct DrmKprobe {
+    pub program: &'static str,
+    pub functions: &'static [&'static str],
+    /// What is lost without it (doctor's fix line).
+    pub without: &'static str,
+}
+
+/// The DRM kprobes: the request ioctls (third argument the caller's `struct drm_file`), which tell
+/// whose a DRM file is, since the delivery itself runs in an interrupt; and the event send that
+/// follows each delivery, which tells a completed flip from a vblank event.
+pub const DRM_KPROBES: [DrmKprobe; 4] = [
+    DrmKprobe {
+        program: "nvbind_drm_flip_request",
+        functions: &["drm_mode_page_flip_ioctl"],
+        without: "display frames are counted but not given to the process that flipped",
+    },
+    DrmKprobe {
+        program: "nvbind_drm_flip_request",
+        functions: &["drm_mode_atomic_ioctl"],
+        without: "display frames are counted but not given to the process that committed",
+    },
+    DrmKprobe {
+        program: "nvbind_drm_event_request",
+        functions: &["drm_crtc_queue_sequence_ioctl"],
+        without: "CRTC_QUEUE_SEQUENCE vblank events are not given to the process that asked",
+    },
+    DrmKprobe {
+        program: "nvbind_drm_send_event",
+        functions: &["drm_send_event_timestamp_locked", "drm_send_event_locked"],
+        without: "no display frames: deliveries cannot be told apart from vblank events",
+    },
 ];
 
 /// A classic tracepoint and the program nvbind attaches to it.
@@ -335,7 +362,7 @@ impl Probes {
             }
             probes.statuses.push(status);
         }
-        probes.attach_drm_requests();
+        probes.attach_drm_kprobes();
         probes.hook_installed_vulkan_drivers();
         let host_libraries = libraries::host_libraries();
         for lib in &host_libraries {
@@ -406,19 +433,19 @@ impl Probes {
         status
     }
 
-    /// Kprobes the DRM request ioctls (see [`DRM_REQUEST_FUNCTIONS`]), where the kernel has DRM
-    /// and kprobes; one status line each either way.
-    fn attach_drm_requests(&mut self) {
+    /// Attaches the DRM kprobes (see [`DRM_KPROBES`]), where the kernel has DRM and kprobes; one
+    /// status line each either way.
+    fn attach_drm_kprobes(&mut self) {
         let drm_loaded = self
             .statuses
             .iter()
             .any(|s| s.family == "drm" && s.attached);
-        let mut loaded = false;
-        for function in DRM_REQUEST_FUNCTIONS {
+        let mut loaded: HashSet<&str> = HashSet::new();
+        for probe in DRM_KPROBES {
             let mut status = ProbeStatus {
-                name: format!("kprobe:{function}"),
+                name: format!("kprobe:{}", probe.functions[0]),
                 family: "drm".into(),
-                program: "nvbind_drm_request".into(),
+                program: probe.program.into(),
                 attached: false,
                 reason: None,
                 fix: None,
@@ -432,29 +459,38 @@ impl Probes {
                 self.statuses.push(status);
                 continue;
             }
-            let result = (|| -> Result<(), String> {
+            let result = (|| -> Result<&str, String> {
                 let prog: &mut KProbe = self
                     .ebpf
-                    .program_mut("nvbind_drm_request")
+                    .program_mut(probe.program)
                     .ok_or("program missing from the object")?
                     .try_into()
                     .map_err(|e| format!("{e}"))?;
-                if !loaded {
+                if loaded.insert(probe.program) {
                     prog.load().map_err(|e| error_chain(&e))?;
-                    loaded = true;
                 }
-                prog.attach(function, 0).map_err(|e| error_chain(&e))?;
-                Ok(())
+                let mut first_error = None;
+                for function in probe.functions {
+                    match prog.attach(*function, 0) {
+                        Ok(_) => return Ok(*function),
+                        Err(e) => {
+                            first_error.get_or_insert_with(|| error_chain(&e));
+                        }
+                    }
+                }
+                Err(first_error.unwrap_or_default())
             })();
             match result {
-                Ok(()) => status.attached = true,
+                Ok(function) => {
+                    status.name = format!("kprobe:{function}");
+                    status.attached = true;
+                }
                 Err(e) => {
                     status.reason = Some(e);
-                    status.fix = Some(
-                        "a kernel with kprobes (CONFIG_KPROBES): without them display frames are \
-                         counted but not given to the process that flipped"
-                            .into(),
-                    );
+                    status.fix = Some(format!(
+                        "a kernel with kprobes (CONFIG_KPROBES); without it {}",
+                        probe.without
+                    ));
                 }
             }
             self.statuses.push(status);
@@ -740,6 +776,29 @@ impl Probes {
         for tid in &tids {
             let _ = presenters.remove(tid);
         }
+        // Its DRM requests and files: a daemon runs for days, and a reused pid is another game.
+        // (Maps whose program was never loaded, without DRM, are simply absent.)
+        if let Ok(mut counts) = self.hash_map_mut::<DrmIoctlKey, u64>("DRM_IOCTL_COUNTS") {
+            let keys: Vec<DrmIoctlKey> = counts
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.tgid == pid)
+                .collect();
+            for key in keys {
+                let _ = counts.remove(&key);
+            }
+        }
+        if let Ok(mut owners) = self.hash_map_mut::<u64, DrmFileOwner>("DRM_FILE_OWNERS") {
+            let files: Vec<u64> = owners
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, o)| o.tgid == pid)
+                .map(|(file, _)| file)
+                .collect();
+            for file in files {
+                let _ = owners.remove(&file);
+            }
+        }
         Ok(())
     }
 
@@ -836,9 +895,9 @@ impl Probes {
         self.sum_per_cpu("DROPPED_EVENTS", 0)
     }
 
-    /// DRM events seen: (vblank, queued, delivered).
-    pub fn drm_event_counts(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| self.sum_per_cpu("DRM_EVENT_COUNTS", i))
+    /// DRM events seen: vblanks, queued, delivered, and deliveries whose event was unreadable.
+    pub fn drm_event_counts(&self) -> [u64; 4] {
+        [0, 1, 2, 3].map(|i| self.sum_per_cpu("DRM_EVENT_COUNTS", i))
     }
 
     /// The vblank cadence of each CRTC that had vblanks: (CRTC index, its record).
@@ -855,19 +914,22 @@ impl Probes {
             .collect()
     }
 
-    /// DRM ioctl calls of a process by ioctl number (`_IOC_NR`).
-    pub fn drm_ioctl_counts(&self, tgid: u32) -> Vec<(u32, u64)> {
+    /// DRM ioctl calls by ioctl number (`_IOC_NR`) of each of `tgids` that made any, from one
+    /// walk of the map.
+    pub fn drm_ioctl_counts(&self, tgids: &HashSet<u32>) -> HashMap<u32, Vec<(u32, u64)>> {
+        let mut by_process: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
         let Ok(map) = self.hash_map::<DrmIoctlKey, u64>("DRM_IOCTL_COUNTS") else {
-            return Vec::new();
+            return by_process;
         };
-        let mut counts: Vec<(u32, u64)> = map
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| k.tgid == tgid)
-            .map(|(k, n)| (k.nr, n))
-            .collect();
-        counts.sort_unstable();
-        counts
+        for (key, n) in map.iter().filter_map(Result::ok) {
+            if tgids.contains(&key.tgid) {
+                by_process.entry(key.tgid).or_default().push((key.nr, n));
+            }
+        }
+        for counts in by_process.values_mut() {
+            counts.sort_unstable();
+        }
+        by_process
     }
 
     fn sum_per_cpu(&self, map: &'static str, index: u32) -> u64 {

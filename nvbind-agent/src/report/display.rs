@@ -20,12 +20,13 @@ pub struct DisplayReport {
     pub count: u64,
     /// The CRTCs (display pipes) they were shown on.
     pub crtcs: Vec<u32>,
-    /// Time between consecutive display changes, ms (`None` with fewer than 2).
+    /// Time between consecutive display changes on the same CRTC, ms (`None` with fewer than 2).
     pub interval_ms: Option<FrameTimeStats>,
-    /// The refresh rate of those CRTCs over the capture, from every vblank the kernel reported
-    /// (`drm_vblank_event`): vblanks − 1 over the time from the first to the last.
+    /// The refresh rate of the first of those CRTCs over the capture, from back-to-back vblanks
+    /// the kernel reported (`drm_vblank_event`, sequence numbers one apart).
     pub refresh_hz: Option<f64>,
-    /// Vblank events the process asked for with `DRM_IOCTL_WAIT_VBLANK`: queued and delivered.
+    /// Vblank events the process asked for: queued (`DRM_IOCTL_WAIT_VBLANK`) and delivered
+    /// (those and `DRM_IOCTL_CRTC_QUEUE_SEQUENCE`'s).
     pub vblank_events_queued: u64,
     pub vblank_events_delivered: u64,
     /// For each displayed frame, from the last present before the process asked for the flip to
@@ -47,19 +48,29 @@ pub fn report(
         .iter()
         .filter(|d| d.kind == display_kind::FLIP)
         .collect();
-    let intervals: Vec<u64> = flips
-        .windows(2)
-        .map(|w| w[1].ts_ns.saturating_sub(w[0].ts_ns))
-        .collect();
     let mut shown_on: Vec<u32> = flips.iter().map(|d| d.crtc).collect();
     shown_on.sort_unstable();
     shown_on.dedup();
+    // Display changes follow each other on one screen: a process flipping on two CRTCs has two
+    // cadences, not one interleaved.
+    let intervals: Vec<u64> = shown_on
+        .iter()
+        .flat_map(|&crtc| {
+            let on_crtc: Vec<u64> = flips
+                .iter()
+                .filter(|d| d.crtc == crtc)
+                .map(|d| d.ts_ns)
+                .collect();
+            on_crtc
+                .windows(2)
+                .map(|w| w[1].saturating_sub(w[0]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let refresh_hz = shown_on
         .iter()
         .filter_map(|c| crtcs.iter().find(|(i, _)| i == c).map(|(_, v)| v))
-        .filter(|v| v.count > 1 && v.last_ns > v.first_ns)
-        .map(|v| (v.count - 1) as f64 / ((v.last_ns - v.first_ns) as f64 / 1e9))
-        .next();
+        .find_map(CrtcVblanks::refresh_hz);
     // The frame a flip shows: the last present at or before the flip was asked for.
     let latencies: Vec<u64> = flips
         .iter()
@@ -85,7 +96,11 @@ pub fn report(
 
 /// The display side in one line, for `record` and `report`.
 pub fn one_line(d: &DisplayReport) -> String {
-    let mut parts = vec![format!("{} frames on screen (DRM flips)", d.count)];
+    let mut parts = vec![if d.count == 0 {
+        "no DRM flips of its own".to_string()
+    } else {
+        format!("{} frames on screen (DRM flips)", d.count)
+    }];
     if let Some(i) = &d.interval_ms {
         parts.push(format!(
             "display interval p50 {:.2} ms p99 {:.2} ms",
@@ -217,6 +232,8 @@ mod tests {
                 last_ns: 1_000_000_000,
                 first_seq: 0,
                 last_seq: 60,
+                pairs: 60,
+                paired_ns: 1_000_000_000,
             },
         )];
         let r = report(&display, &[], &crtcs).expect("a report");
@@ -227,6 +244,43 @@ mod tests {
         assert!((r.refresh_hz.expect("refresh") - 60.0).abs() < 1e-9);
         assert!(r.present_to_display_ms.is_none(), "no presents, no latency");
         assert!(report(&[], &[], &crtcs).is_none());
+    }
+
+    #[test]
+    fn intervals_are_per_crtc_and_refresh_ignores_vblank_gaps() {
+        let on = |ms: u64, crtc: u32| DisplayRecord {
+            crtc,
+            ..d(ms, display_kind::FLIP, 0)
+        };
+        // Two screens at 60 and 100 Hz, interleaved.
+        let display = vec![
+            on(0, 0),
+            on(5, 1),
+            on(15, 1),
+            on(17, 0),
+            on(25, 1),
+            on(34, 0),
+        ];
+        // The vblank interrupt was off for a second between two runs of 10 vblanks at 60 Hz:
+        // 20 vblanks over 1.3 s, but 18 back-to-back pairs of 16.667 ms.
+        let crtcs = vec![(
+            0,
+            CrtcVblanks {
+                count: 20,
+                first_ns: 0,
+                last_ns: 1_300_000_000,
+                first_seq: 100,
+                last_seq: 180,
+                pairs: 18,
+                paired_ns: 18 * 16_666_667,
+            },
+        )];
+        let r = report(&display, &[], &crtcs).expect("a report");
+        assert_eq!(r.crtcs, vec![0, 1]);
+        let iv = r.interval_ms.expect("intervals");
+        assert!((iv.min - 10.0).abs() < 0.05, "{iv:?}");
+        assert!((iv.max - 17.0).abs() < 0.05, "{iv:?}");
+        assert!((r.refresh_hz.expect("refresh") - 60.0).abs() < 0.01);
     }
 
     #[test]

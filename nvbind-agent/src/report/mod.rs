@@ -83,6 +83,10 @@ pub struct DrmInfo {
     pub vblank_events: u64,
     pub queued_events: u64,
     pub delivered_events: u64,
+    /// Deliveries to a tracked process whose DRM event nvbind could not read (a kernel whose
+    /// `struct drm_pending_event` is laid out differently): counted as flips. Should be 0.
+    #[serde(default)]
+    pub unreadable_events: u64,
     /// Every CRTC that had vblanks during the capture, with its refresh rate.
     #[serde(default)]
     pub crtcs: Vec<CrtcReport>,
@@ -95,7 +99,8 @@ pub struct CrtcReport {
     /// The vblank sequence numbers of the first and the last (the kernel's own count).
     pub first_seq: u32,
     pub last_seq: u32,
-    /// vblanks − 1 over the time from the first to the last.
+    /// From back-to-back vblanks (sequence numbers one apart): the interrupt is off while nobody
+    /// waits for a vblank, so vblanks over the whole capture would understate it.
     pub refresh_hz: Option<f64>,
 }
 
@@ -578,6 +583,7 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                 vblank_events: drm[0],
                 queued_events: drm[1],
                 delivered_events: drm[2],
+                unreadable_events: drm[3],
                 crtcs: capture
                     .crtc_vblanks
                     .iter()
@@ -586,9 +592,7 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
                         vblanks: v.count,
                         first_seq: v.first_seq,
                         last_seq: v.last_seq,
-                        refresh_hz: (v.count > 1 && v.last_ns > v.first_ns).then(|| {
-                            (v.count - 1) as f64 / ((v.last_ns - v.first_ns) as f64 / 1e9)
-                        }),
+                        refresh_hz: v.refresh_hz(),
                     })
                     .collect(),
             },

@@ -35,6 +35,9 @@ pub struct Comparison {
     pub alignment_error_us: f64,
     /// The largest such difference, µs.
     pub largest_difference_us: f64,
+    /// Frames paired frame by frame whose times differ by more than half MangoHud's: a frame
+    /// missed or counted twice anywhere (even where the alignment itself looked) shows here.
+    pub mismatched_frames: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,13 +158,23 @@ fn align(mangohud_us: &[f64], intervals_us: &[f64]) -> Option<(usize, usize)> {
     let tail = &mangohud_us[mangohud_us.len() - window..];
     let expected = start + mangohud_us.len() - window;
     let slack = 50;
+    // Never before the start: a short log's tail could otherwise fit ahead of its head.
     let end = best_fit(
         tail,
         intervals_us,
-        expected.saturating_sub(slack)..expected + slack + 1,
+        expected.saturating_sub(slack).max(start)..expected + slack + 1,
     )? + window
         - 1;
     Some((start, end))
+}
+
+/// Pairs whose frame times differ by more than half of MangoHud's.
+fn mismatches(mangohud_us: &[f64], ours_us: &[f64]) -> usize {
+    mangohud_us
+        .iter()
+        .zip(ours_us)
+        .filter(|(theirs, ours)| (*theirs - *ours).abs() > 0.5 * *theirs)
+        .count()
 }
 
 /// The median and largest |a − b| over pairs.
@@ -189,6 +202,9 @@ fn compare(app: &'static str, log: &[(f64, f64)], presents: &[u64]) -> Result<Co
     let n = mangohud_us.len().min(ours_us.len());
     let (alignment_error_us, largest_difference_us) =
         abs_differences(&mangohud_us[..n], &ours_us[..n]);
+    // The first logged frame is left out (below); a count that differs is a mismatch of its own.
+    let mismatched_frames =
+        mismatches(&mangohud_us[1..n], &ours_us[1..n]) + mangohud_us.len().abs_diff(ours_us.len());
     let theirs: Vec<f64> = mangohud_us[1..].iter().map(|us| us / 1e3).collect();
     let ours: Vec<f64> = ours_us[1..].iter().map(|us| us / 1e3).collect();
     Ok(Comparison {
@@ -199,6 +215,7 @@ fn compare(app: &'static str, log: &[(f64, f64)], presents: &[u64]) -> Result<Co
         nvbind: Stats::of(&ours),
         alignment_error_us,
         largest_difference_us,
+        mismatched_frames,
     })
 }
 
@@ -262,12 +279,12 @@ pub fn bench(agent: &Path, dir: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     println!("\n### Accuracy against MangoHud, both logging the same run ({LOG_FOR_S} s of MangoHud's log)\n");
     println!("Frame times of the frames both logged, the first logged frame left out (MangoHud's first OpenGL frame time counts from its own start). Δ: MangoHud's frame time minus nvbind's, frame by frame.\n");
-    println!("| app | frames MangoHud / nvbind | mean ms MangoHud / nvbind (ratio) | p50 ms (ratio) | p99 ms (ratio) | median / largest \\|Δ\\| |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| app | frames MangoHud / nvbind | mean ms MangoHud / nvbind (ratio) | p50 ms (ratio) | p99 ms (ratio) | median / largest \\|Δ\\| | frames off by > ½ frame |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for c in &results {
         let cell = |a: f64, b: f64| format!("{a:.3} / {b:.3} ({:.4})", b / a);
         println!(
-            "| {} | {} / {} | {} | {} | {} | {:.1} / {:.0} µs |",
+            "| {} | {} / {} | {} | {} | {} | {:.1} / {:.0} µs | {} |",
             c.app,
             c.mangohud_frames,
             c.nvbind_frames,
@@ -275,10 +292,11 @@ pub fn bench(agent: &Path, dir: &Path) -> Result<()> {
             cell(c.mangohud.p50_ms, c.nvbind.p50_ms),
             cell(c.mangohud.p99_ms, c.nvbind.p99_ms),
             c.alignment_error_us,
-            c.largest_difference_us
+            c.largest_difference_us,
+            c.mismatched_frames
         );
     }
-    println!("\nGoal (issue 7): counts equal, p50 within 1 %, p99 within 3 %.");
+    println!("\nGoal (issue 7): counts equal, p50 within 1 %, p99 within 3 %; frame by frame, no frame off by more than half a frame.");
     Ok(())
 }
 
@@ -330,15 +348,41 @@ mod tests {
         assert_eq!(exact.alignment_error_us, 0.0);
         assert!((exact.nvbind.p50_ms - exact.mangohud.p50_ms).abs() < 1e-9);
 
+        assert_eq!(exact.mismatched_frames, 0);
+
         let mut missed = presents.clone();
         missed.remove(20);
         let c = compare("test", &log, &missed).expect("compared");
         assert_eq!(c.nvbind_frames, 33, "one frame missed");
+        assert!(c.mismatched_frames > 0);
 
         let mut doubled = presents.clone();
         doubled.insert(20, presents[19] + 1_000_000);
         let c = compare("test", &log, &doubled).expect("compared");
         assert_eq!(c.nvbind_frames, 35, "one frame counted twice");
+        assert!(c.mismatched_frames > 0);
+
+        // Missed where the alignment looks (the first frames of the log): the count may be
+        // absorbed by where the head fits, the frame-by-frame pairing is not.
+        for at in [4, 6, 8, 34, 36] {
+            let mut missed = presents.clone();
+            missed.remove(at);
+            let c = compare("test", &log, &missed).expect("compared");
+            assert!(c.mismatched_frames > 0, "frame {at} missed went unseen");
+        }
+    }
+
+    #[test]
+    fn a_short_log_is_compared_without_panicking() {
+        let presents: Vec<u64> = (0..200)
+            .map(|i| i * 10_000_000 + (i * i) % 7 * 100_000)
+            .collect();
+        let log: Vec<(f64, f64)> = (100..112)
+            .map(|i| ((presents[i] - presents[i - 1]) as f64 / 1e3, 0.0))
+            .collect();
+        let c = compare("test", &log, &presents).expect("compared");
+        assert_eq!(c.mismatched_frames, 0);
+        assert_eq!(c.nvbind_frames, 12);
     }
 
     #[test]
