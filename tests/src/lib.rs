@@ -406,9 +406,18 @@ pub fn record_game(
         .lines()
         .map(|l| l.parse().expect("ns"))
         .collect();
+    let rows = read_csv(&csv);
+    // Whatever the scenario: a thread is never the one that kept itself off the CPU.
+    for row in &rows {
+        let (tid, culprit) = (&row["tid"], &row["ran_instead_tid"]);
+        assert!(
+            culprit == "0" || culprit != tid,
+            "a frame blames its own thread for its wait: {row:?}"
+        );
+    }
     GameRun {
         report: read_json(&out),
-        rows: read_csv(&csv),
+        rows,
         truth,
         stderr: stderr(&result),
         out,

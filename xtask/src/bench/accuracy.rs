@@ -35,8 +35,9 @@ pub struct Comparison {
     pub alignment_error_us: f64,
     /// The largest such difference, µs.
     pub largest_difference_us: f64,
-    /// Frames paired frame by frame whose times differ by more than half MangoHud's: a frame
-    /// missed or counted twice anywhere (even where the alignment itself looked) shows here.
+    /// Frames paired frame by frame (all but the first and the last logged) whose times differ
+    /// by more than half MangoHud's: a frame missed or counted twice anywhere (even where the
+    /// alignment itself looked) shows here.
     pub mismatched_frames: usize,
 }
 
@@ -202,9 +203,13 @@ fn compare(app: &'static str, log: &[(f64, f64)], presents: &[u64]) -> Result<Co
     let n = mangohud_us.len().min(ours_us.len());
     let (alignment_error_us, largest_difference_us) =
         abs_differences(&mangohud_us[..n], &ours_us[..n]);
-    // The first logged frame is left out (below); a count that differs is a mismatch of its own.
-    let mismatched_frames =
-        mismatches(&mangohud_us[1..n], &ours_us[1..n]) + mangohud_us.len().abs_diff(ours_us.len());
+    // The first logged frame is left out (below), and so is the last: MangoHud measures at its
+    // hook's entry, and in the frame where its log ends it writes the file before calling the
+    // real present function, which nvbind's probe is on (glxgears: 0.9 ms logged, 7.3 ms
+    // between the presents the driver got). A count that differs is a mismatch of its own.
+    let inner = 1..n.saturating_sub(1).max(1);
+    let mismatched_frames = mismatches(&mangohud_us[inner.clone()], &ours_us[inner])
+        + mangohud_us.len().abs_diff(ours_us.len());
     let theirs: Vec<f64> = mangohud_us[1..].iter().map(|us| us / 1e3).collect();
     let ours: Vec<f64> = ours_us[1..].iter().map(|us| us / 1e3).collect();
     Ok(Comparison {
@@ -296,7 +301,7 @@ pub fn bench(agent: &Path, dir: &Path) -> Result<()> {
             c.mismatched_frames
         );
     }
-    println!("\nGoal (issue 7): counts equal, p50 within 1 %, p99 within 3 %; frame by frame, no frame off by more than half a frame.");
+    println!("\nGoal (issue 7): counts equal, p50 within 1 %, p99 within 3 %; frame by frame (first and last logged frame aside), no frame off by more than half a frame.");
     Ok(())
 }
 
@@ -362,9 +367,9 @@ mod tests {
         assert_eq!(c.nvbind_frames, 35, "one frame counted twice");
         assert!(c.mismatched_frames > 0);
 
-        // Missed where the alignment looks (the first frames of the log): the count may be
+        // Missed where the alignment looks (the first and the last frames of the log): the count may be
         // absorbed by where the head fits, the frame-by-frame pairing is not.
-        for at in [4, 6, 8, 34, 36] {
+        for at in [4, 6, 8, 30, 35] {
             let mut missed = presents.clone();
             missed.remove(at);
             let c = compare("test", &log, &missed).expect("compared");
