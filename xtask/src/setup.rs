@@ -11,25 +11,48 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{self, cargo, output_of, run, step};
 
-/// Debian packages every build and test needs.
-const PACKAGES: &[&str] = &[
-    // eBPF toolchain: Debian's rustc with a prebuilt `core` for bpfel-unknown-none, the LLVM that
-    // bpf-linker links against, and bpftool for inspecting loaded programs.
+/// What a command needs the machine to have; each level includes the ones before it, so a
+/// gamer's first `cargo xtask run` installs only what the agent's main job uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Need {
+    /// Build the agent: the eBPF toolchain.
+    Build,
+    /// Run the agent's main job (doctor, then vkcube recorded under Xvfb): tracefs and the
+    /// Vulkan demo's packages.
+    Run,
+    /// Run the test suite: its workloads, real peers and clients, promtool and the DRM test VM.
+    Test,
+    /// Run the benchmarks: the test suite's tools plus the peers they are compared with.
+    Bench,
+}
+
+/// Debian packages building the agent needs: Debian's rustc with a prebuilt `core` for
+/// bpfel-unknown-none, the LLVM that bpf-linker links against, and bpftool for inspecting
+/// loaded programs.
+const BUILD_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
     "bpftool",
-    // Test workloads: real Vulkan/GL programs rendering on the CPU under a virtual X server.
+];
+
+/// The main job's workload: vkcube rendering on the CPU (lavapipe) under a virtual X server.
+const RUN_PACKAGES: &[&str] = &[
     "xvfb",
+    "xauth",
     "mesa-vulkan-drivers",
     "vulkan-tools",
+    "libvulkan1",
+];
+
+/// What the tests add.
+const TEST_PACKAGES: &[&str] = &[
+    // GL/EGL workloads: glxgears and the synthetic game (libEGL with Mesa's surfaceless EGL).
     "mesa-utils",
     "libegl1",
     "libgl1",
     "libglx-mesa0",
     "libegl-mesa0",
-    "libvulkan1",
-    "xauth",
     // MangoHud: its real CSV log is the reference the MangoHud-format export is checked against.
     "mangohud",
     // Real HTTP clients for the daemon's API tests, and `ip` to find a non-loopback address.
@@ -43,29 +66,44 @@ const PACKAGES: &[&str] = &[
     "python3",
 ];
 
-/// Peers the benchmarks compare against or load the machine with (`setup --bench`).
+/// Peers the benchmarks compare against or load the machine with.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "bpfcc-tools", "stress-ng", "linux-perf"];
+
+/// The Debian packages `need` asks for.
+fn packages_for(need: Need) -> Vec<&'static str> {
+    let levels = [
+        (Need::Build, BUILD_PACKAGES),
+        (Need::Run, RUN_PACKAGES),
+        (Need::Test, TEST_PACKAGES),
+        (Need::Bench, BENCH_PACKAGES),
+    ];
+    levels
+        .iter()
+        .filter(|(level, _)| *level <= need)
+        .flat_map(|(_, packages)| packages.iter().copied())
+        .collect()
+}
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-pub fn setup(bench: bool) -> Result<()> {
-    step(if bench { "setup --bench" } else { "setup" });
+pub fn setup(need: Need) -> Result<()> {
+    step(&format!("setup (for {need:?})").to_lowercase());
     if !util::is_root() {
         bail!("setup installs packages: run as root");
     }
     add_cargo_bin_to_path();
 
-    let mut packages = PACKAGES.to_vec();
-    if bench {
-        packages.extend_from_slice(BENCH_PACKAGES);
-    }
-    debian_packages(&packages)?;
+    debian_packages(&packages_for(need))?;
     bpf_linker()?;
-    tracefs()?;
-    promtool()?;
-    crate::vm::prepare(&util::target_dir(&util::workspace_root()?))?;
+    if need >= Need::Run {
+        tracefs()?;
+    }
+    if need >= Need::Test {
+        promtool()?;
+        crate::vm::prepare(&util::target_dir(&util::workspace_root()?))?;
+    }
     Ok(())
 }
 

@@ -394,9 +394,11 @@ grep -c 'drm_vblank_event_delivered:' $T/trace > /tmp/kernel.txt
 grep 'drm_vblank_event_delivered:' $T/trace | grep -vc 'file=0000000000000000\|file=(null)\|file=00000000 ' >> /tmp/kernel.txt
 grep -c 'drm_vblank_event:' $T/trace >> /tmp/kernel.txt
 grep 'drm_vblank_event_delivered:' $T/trace | head -3 >> /tmp/kernel.txt
+grep 'drm_vblank_event_delivered:' $T/trace | grep -v 'file=0000000000000000\|file=(null)\|file=00000000 ' > /tmp/flips.txt
 show flip-log /tmp/flip.log
 show modetest /tmp/modetest.txt
 show kernel-trace /tmp/kernel.txt
+show flip-trace /tmp/flips.txt
 show flip /tmp/flip.json
 (sleep 10 | modetest -M vkms -s $CONN@$CRTC:1024x768 > /dev/null 2>&1) &
 sleep 1
@@ -449,9 +451,4 @@ pub fn run_script(
     let console = boot(&vm, &overlay, Duration::from_secs(300), &work)?;
     fs::write(work.join("console.txt"), &console)?;
     Ok(console)
-}
-
-/// Where the last boot's console is kept.
-pub fn console_path(target: &Path) -> PathBuf {
-    vm_dir(target).join("run/console.txt")
 }

@@ -1007,6 +1007,9 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         }
     }
 
+    // Everything is attached and the targets are tracked: a frame presented from now on is
+    // captured. Said at info level, so that a script (or a test) can start its workload then.
+    log::info!("probes attached, capturing {}", options.target);
     let waiting_since = Instant::now();
     let mut started: Option<Instant> = None;
     let mut ticker = tokio::time::interval(DRAIN_INTERVAL);

@@ -1,7 +1,9 @@
 //! A synthetic game for nvbind's accuracy tests: a frame loop with known pacing and injected
 //! stalls that presents through the real `eglSwapBuffers` of libEGL.so.1 (a pbuffer on Mesa's
 //! surfaceless platform, so no display is needed) and writes its own ground truth: the
-//! CLOCK_MONOTONIC time just before each present, one nanosecond value per line.
+//! CLOCK_MONOTONIC times just before and just after each present call (`BEFORE AFTER`, one line
+//! per frame), and in `TRUTH.rusage` the kernel's own counts (getrusage) for the frame thread
+//! and the whole process (see [`nvbind_tests::GameRusage`]).
 //!
 //! Stalls come in three kinds, each a different cause for nvbind to find:
 //! - `sleep`: the frame thread sleeps (a `blocked` stutter);
@@ -23,7 +25,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use libloading::{Library, Symbol};
-use nvbind_tests::{monotonic_ns, pin_to_cpu};
+use nvbind_tests::{monotonic_ns, pin_to_cpu, rusage_path, Rusage};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -54,7 +56,9 @@ struct Args {
     /// Sleep this long before the first frame (lets a test attach to a running process).
     #[arg(long, default_value_t = 0.0)]
     startup_delay_ms: f64,
-    /// Where to write the ground-truth present times.
+    /// Where to write the ground truth: per frame, one line `BEFORE AFTER`, the CLOCK_MONOTONIC
+    /// nanoseconds read just before and just after the present call. A probe on the call must
+    /// stamp the frame inside that window, however slow the machine.
     #[arg(long)]
     truth: PathBuf,
 }
@@ -202,7 +206,7 @@ impl LockStaller {
     }
 }
 
-fn frame_loop(args: &Args) -> Result<Vec<u64>> {
+fn frame_loop(args: &Args) -> Result<(Vec<(u64, u64)>, Rusage)> {
     if let Some(cpu) = args.pin_cpu {
         pin_to_cpu(cpu).context("--pin-cpu")?;
     }
@@ -239,15 +243,18 @@ fn frame_loop(args: &Args) -> Result<Vec<u64>> {
             }
         }
         sleep_until(next);
-        truth.push(monotonic_ns());
+        let before = monotonic_ns();
         egl.present();
+        truth.push((before, monotonic_ns()));
         next += interval;
         let now = monotonic_ns();
         if next < now {
             next = now;
         }
     }
-    Ok(truth)
+    // The frame thread's own switches and CPU time, as the kernel counted them.
+    let thread = Rusage::of(libc::RUSAGE_THREAD)?;
+    Ok((truth, thread))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -403,7 +410,7 @@ fn main() -> Result<()> {
     if args.frames == 0 || args.interval_ms <= 0.0 {
         bail!("--frames and --interval-ms must be positive");
     }
-    let truth = if args.render_thread {
+    let (truth, thread) = if args.render_thread {
         std::thread::scope(|s| {
             std::thread::Builder::new()
                 .name("render".into())
@@ -417,8 +424,17 @@ fn main() -> Result<()> {
     };
     let mut out = std::fs::File::create(&args.truth)
         .with_context(|| format!("cannot write {}", args.truth.display()))?;
-    for t in truth {
-        writeln!(out, "{t}")?;
+    for (before, after) in truth {
+        writeln!(out, "{before} {after}")?;
     }
+    drop(out);
+    // Last, so that the process's count includes everything but its exit.
+    let process = Rusage::of(libc::RUSAGE_SELF)?;
+    let path = rusage_path(&args.truth);
+    std::fs::write(
+        &path,
+        format!("thread {}\nprocess {}\n", thread.line(), process.line()),
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -226,7 +226,8 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
         let truth: Vec<u64> = fs::read_to_string(dir.join(format!("{name}.truth")))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.parse().ok())
+            // A line is `BEFORE AFTER`: the clock just before and after the present call.
+            .filter_map(|l| l.split(' ').next()?.parse().ok())
             .collect();
         let up_to_date = seen
             .iter()
