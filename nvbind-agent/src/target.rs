@@ -329,14 +329,43 @@ mod tests {
 
     #[test]
     fn launched_command_waits_for_release_and_reports_exit() {
+        use std::time::{Duration, Instant};
+
         let mut child =
             Launched::spawn(&["sh".into(), "-c".into(), "exit 3".into()]).expect("spawn");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Held before exec: the forked child ends up asleep (state S) on its release pipe, the
+        // only place it can block, still this test's image (named like the thread that forked
+        // it, not `sh`). Waiting for that state, not for a time, proves the hold on a machine
+        // of any speed; a child that did not wait would exec `sh` and exit (state Z).
+        let proc_file = |name: &str| {
+            std::fs::read_to_string(format!("/proc/{}/{name}", child.pid)).unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stat = proc_file("stat");
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            match state {
+                Some('S') => break,
+                Some('R' | 'D') => {}
+                other => panic!("the child ran before its release (state {other:?}): {stat}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child never blocked on its release: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let forker = std::fs::read_to_string("/proc/thread-self/comm").expect("comm");
+        assert_eq!(proc_file("comm"), forker, "not exec'd before its release");
         assert_eq!(child.try_wait(), None, "held before exec");
         child.release();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while child.try_wait().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        // The deadline only bounds a hang.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().is_none() {
+            assert!(Instant::now() < deadline, "sh -c 'exit 3' did not end");
+            std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(child.try_wait(), Some(3));
     }

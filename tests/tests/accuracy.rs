@@ -315,7 +315,25 @@ fn a_game_execd_from_a_launcher_thread_keeps_its_scheduler_evidence() {
     // off-CPU waits are the kernel's count of its voluntary switches (getrusage of that thread,
     // read by the game after its last frame). Without its scheduler evidence the presenter would
     // show only the few waits after the probes noticed the exec.
-    assert_sched_matches_rusage(p, &run.rusage);
+    //
+    // The process's waits as they ended (the `blocked` histogram, counted per process) are the
+    // kernel's count for the process. Its per-thread totals are not: the launcher's threads that
+    // the exec replaced leave with their counters (a documented loss, docs/probes.md), so they
+    // can only be fewer than the kernel's, never more.
+    let truth = run.rusage.process.voluntary;
+    let slack = 5 + truth / 50;
+    let blocked = p["sched"]["blocked"]["count"]
+        .as_u64()
+        .expect("blocked count");
+    assert!(
+        blocked + slack >= truth && blocked <= truth + slack,
+        "the process's waits {blocked}, the kernel counted {truth} voluntary switches: {}",
+        p["sched"]
+    );
+    let voluntary = p["sched"]["voluntary_switches"]
+        .as_u64()
+        .expect("voluntary");
+    assert!(voluntary <= truth + slack, "{}", p["sched"]);
     let presenter = &p["presenting_threads"][0];
     let waits = presenter["off_cpu"]["count"]
         .as_u64()

@@ -218,14 +218,40 @@ fn cgroup_v1_binding_is_enforced_replaced_listed_and_removed() {
     bind_replace_list_unbind(Tree::V1);
 }
 
-/// Agents killed per test, the n-th after n × 250 µs: a bind takes a few ms, so the kills
-/// land before, during and after its kernel work.
-const KILL_ROUNDS: u64 = 24;
+/// Agents killed per test, at moments spread from at once to past the time a whole bind takes
+/// on this machine in this run (measured first), so the kills land before, during and after its
+/// kernel work however fast or loaded the machine is.
+const KILL_ROUNDS: u32 = 24;
+
+/// Runs `nvbind-agent ARGS` as the kill rounds do (spawn returns once it has exec'd); kills it
+/// with SIGKILL after `delay` unless `delay` is `None`. Its exit status and how long it lived.
+fn bind_killed_after(
+    args: &[String],
+    delay: Option<Duration>,
+) -> (std::process::ExitStatus, Duration) {
+    let mut child = Command::new(agent_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn nvbind-agent bind");
+    let started = std::time::Instant::now();
+    if let Some(delay) = delay {
+        std::thread::sleep(delay);
+        // SIGKILL: no clean-up code of the agent runs. (A child that already exited is not
+        // signalled: the status says which happened.)
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait");
+    (status, started.elapsed())
+}
 
 /// `kill -9` of agents in the middle of replacing a binding, at spread-out moments: afterwards
 /// the cgroup never allows both GPUs (it holds the old policy, the new one, or on v2 both at
 /// once), a new agent lists the binding, binding again settles it, and unbind removes it.
 fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
+    use std::os::unix::process::ExitStatusExt;
+
     require_root();
     let host = FixtureHost::new("mixed-nvidia-amd");
     let nodes = Nodes::of(&host);
@@ -233,29 +259,35 @@ fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
     let cgroup = TestCgroup::new(tree, "kill");
     let nvidia0 = host.path("dev/nvidia0");
     let amd_render = host.path("dev/dri/renderD128");
-
-    let out = bind(&cgroup, "1", &host, &bpffs);
-    assert!(out.status.success(), "bind: {}", stderr(&out));
-    let mut killed_mid_way = 0;
-    for round in 0..KILL_ROUNDS {
-        let gpu = if round % 2 == 0 { "0" } else { "1" };
-        let args = agent_args(
+    let replace_with = |gpu: &str| {
+        agent_args(
             &["bind", "--cgroup", &cgroup.arg(), "--gpu", gpu],
             &host,
             &bpffs,
-        );
-        let mut child = Command::new(agent_bin())
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn nvbind-agent bind");
-        std::thread::sleep(Duration::from_micros(round * 250));
-        // SIGKILL: no clean-up code of the agent runs.
-        let _ = child.kill();
-        let status = child.wait().expect("wait");
-        if !status.success() {
-            killed_mid_way += 1;
+        )
+    };
+
+    let out = bind(&cgroup, "1", &host, &bpffs);
+    assert!(out.status.success(), "bind: {}", stderr(&out));
+    // How long a whole replacement takes here, now: the kills are spread over that.
+    let mut whole = Duration::ZERO;
+    for gpu in ["0", "1"] {
+        let (status, took) = bind_killed_after(&replace_with(gpu), None);
+        assert!(status.success(), "replacing with GPU {gpu}: {status}");
+        whole = whole.max(took);
+    }
+    let mut killed_mid_way = 0;
+    for round in 0..KILL_ROUNDS {
+        let gpu = if round % 2 == 0 { "0" } else { "1" };
+        let delay = whole.mul_f64(1.25 * f64::from(round) / f64::from(KILL_ROUNDS - 1));
+        let (status, _) = bind_killed_after(&replace_with(gpu), Some(delay));
+        // Killed, or done: an agent that finished did its job.
+        match status.signal() {
+            Some(libc::SIGKILL) => killed_mid_way += 1,
+            _ => assert!(
+                status.success(),
+                "round {round}: an agent that was not killed failed: {status}"
+            ),
         }
         let mut probed = vec![nvidia0.clone(), amd_render.clone()];
         probed.extend(nodes.safe.iter().cloned());
@@ -274,11 +306,15 @@ fn killed_agents_never_leave_the_cgroup_unprotected(tree: Tree) {
             "round {round}: state {state}"
         );
     }
+    // The first round kills an agent that has only just exec'd: some kill always lands.
     assert!(
         killed_mid_way > 0,
         "no agent was killed before it finished: the test did not test anything"
     );
-    eprintln!("{killed_mid_way} of {KILL_ROUNDS} agents were killed before finishing");
+    eprintln!(
+        "{killed_mid_way} of {KILL_ROUNDS} agents were killed before finishing (a whole bind \
+         took {whole:?})"
+    );
 
     // Binding again settles whatever was left.
     let out = bind(&cgroup, "1", &host, &bpffs);

@@ -3,7 +3,14 @@
 
 use std::process::Command;
 
-use nvbind_tests::{agent_bin, game_bin, require_root};
+use nvbind_tests::{agent_bin, busiest, game_bin, read_json, read_truth, require_root};
+
+/// The number just before `word` in a live line (`… · 2 stutters · 180 frames`).
+fn count_before(line: &str, word: &str) -> Option<u64> {
+    let head = &line[..line.find(word)?];
+    let digits = head.len() - head.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    head[head.len() - digits..].parse().ok()
+}
 
 fn record_args(dir: &std::path::Path) -> Vec<String> {
     vec![
@@ -47,11 +54,50 @@ fn record_shows_a_live_line_on_a_terminal_only() {
         .unwrap_or_else(|| panic!("no live line on the terminal: {shown:?}"));
     assert!(line.contains("synthetic-game (pid "), "{line}");
     assert!(line.contains(" stutters"), "{line}");
-    // The game stalls every 100th frame: the line counted them before the end.
+    // The game stalls before frames 99 and 199: the report (this run's) has both as stutters,
+    // plus any real hitch of the shared machine.
+    let report = read_json(&dir.path().join("report.json"));
+    let p = busiest(&report);
+    let reported = p["stutters"]["count"].as_u64().expect("count");
+    let stutter_frames: Vec<u64> = p["stutters"]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["frame"].as_u64())
+        .collect();
     assert!(
-        shown.contains("· 1 stutters") || shown.contains("· 2 stutters"),
-        "stutters counted live: {shown:?}"
+        stutter_frames.contains(&99) && stutter_frames.contains(&199),
+        "{}",
+        p["stutters"]
     );
+    let presents = read_truth(&dir.path().join("truth.txt")).len() as u64;
+    // The line counted them as they came (the first over a second before the end), never going
+    // back, never more than the report or frames the game did not present.
+    let live: Vec<(u64, Option<u64>)> = shown
+        .split(['\r', '\n'])
+        .filter(|l| l.contains(" fps · p99 "))
+        .map(|l| {
+            let stutters =
+                count_before(l, " stutters").unwrap_or_else(|| panic!("no stutter count in {l:?}"));
+            (stutters, count_before(l, " frames"))
+        })
+        .collect();
+    assert!(
+        live.windows(2).all(|w| w[0].0 <= w[1].0),
+        "the live stutter count never goes back: {live:?}"
+    );
+    let most = live.iter().map(|&(s, _)| s).max().unwrap_or(0);
+    assert!(
+        (1..=reported).contains(&most),
+        "stutters counted live (up to {most}) before the end, at most the report's {reported}: \
+         {shown:?}"
+    );
+    for &(_, frames) in &live {
+        assert!(
+            frames.is_none_or(|f| f <= presents),
+            "the live line counts no more frames than the game's {presents} presents: {live:?}"
+        );
+    }
 
     let out = Command::new(agent_bin())
         .args(record_args(dir.path()))

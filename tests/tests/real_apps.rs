@@ -4,12 +4,39 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use nvbind_tests::{
-    agent_with_env, busiest, read_json, require_root, spawn_agent, stderr, wait_with_deadline, Xvfb,
-};
+use nvbind_tests::{agent_with_env, busiest, read_json, require_root, stderr, WatchedAgent, Xvfb};
+
+/// Write calls an X client makes while starting up, before its first present: vkcube on lavapipe
+/// makes about 30 (32 for `vkcube --c 1`, measured with strace), then about 6 per frame (every
+/// present flushes the frame to the X server).
+const X_WRITES_WHILE_PRESENTING: u64 = 300;
+
+/// Waits until the X client `pid` presents frames in a loop: its write calls (the kernel's count,
+/// `syscw` in /proc/PID/io) pass [`X_WRITES_WHILE_PRESENTING`], ten times what starting up makes.
+/// The deadline only bounds a hang.
+fn wait_until_presenting(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .unwrap_or_else(|e| panic!("pid {pid} is gone before presenting: {e}"));
+        let writes: u64 = io
+            .lines()
+            .find_map(|l| l.strip_prefix("syscw:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("syscw in /proc/PID/io");
+        if writes >= X_WRITES_WHILE_PRESENTING {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} made only {writes} write calls in 60 s: it is not presenting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// Checks a real app's capture: frames seen, from the expected source, and consistent numbers.
 fn assert_real_capture(report: &serde_json::Value, comm: &str, source: &str, min_frames: u64) {
@@ -99,9 +126,10 @@ fn started_while_waiting(
         out_s.as_str(),
     ];
     args.extend_from_slice(agent_args);
-    let agent = spawn_agent(&args, &[]);
-    // Give the agent time to load and attach before the app exists.
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut agent = WatchedAgent::spawn(&args, &[]);
+    // The app starts once the agent has attached everything and watches for its name, however
+    // long loading took.
+    agent.wait_until_capturing();
     let mut app_cmd = Command::new(app[0]);
     app_cmd
         .args(&app[1..])
@@ -112,19 +140,20 @@ fn started_while_waiting(
         app_cmd.env(k, v);
     }
     let mut app_proc = app_cmd.spawn().expect("start the app");
-    let result = wait_with_deadline(agent, Duration::from_secs(60));
-    stop_and_read(&mut app_proc, &result, &out)
+    let (status, err) = agent.finish(Duration::from_secs(60));
+    stop_and_read(&mut app_proc, status.success(), &err, &out)
 }
 
 /// Stops the app, checks the agent succeeded, and reads its report.
 fn stop_and_read(
     app: &mut std::process::Child,
-    result: &std::process::Output,
+    success: bool,
+    agent_stderr: &str,
     out: &Path,
 ) -> serde_json::Value {
     let _ = app.kill();
     let _ = app.wait();
-    assert!(result.status.success(), "record failed: {}", stderr(result));
+    assert!(success, "record failed: {agent_stderr}");
     read_json(out)
 }
 
@@ -188,7 +217,8 @@ fn a_vulkan_game_running_before_the_agent_is_captured() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start vkcube");
-    std::thread::sleep(Duration::from_secs(2));
+    // The agent starts once vkcube presents frames (its present pointer long resolved).
+    wait_until_presenting(app.id());
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("report.json");
     let pid = app.id().to_string();
@@ -204,7 +234,7 @@ fn a_vulkan_game_running_before_the_agent_is_captured() {
         ],
         &[],
     );
-    let report = stop_and_read(&mut app, &result, &out);
+    let report = stop_and_read(&mut app, result.status.success(), &stderr(&result), &out);
     // Its present pointer was resolved long before the agent started; the driver's present
     // function was hooked at the agent's start, so its frames are still seen, and the report
     // names the source.

@@ -1,94 +1,232 @@
-//! Stutter detection and attribution with injected causes. The synthetic game logs its own present
-//! times and the CPU hog logs its bursts: which frames are stutters is checked against those logs,
-//! and each cause against what was injected.
+//! Stutter detection and attribution with injected causes. The synthetic game logs each present's
+//! [before, after] window on its own clock and the CPU hog logs its bursts: which frames are
+//! stutters, and how long they took, is checked against those logs, and each cause against what
+//! was injected. Nothing here is an absolute time the machine could miss: a bound either comes
+//! from the workloads' own logs or from what the kernel guarantees (a sleep never ends early).
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nvbind_tests::{
-    busiest, hog_bin, intervals_ms, read_csv, read_json, record_game, require_root, spawn_agent,
-    stderr, wait_for_process, wait_with_deadline, Xvfb,
+    busiest, hog_bin, percentile, read_csv, read_json, record_game, require_root, wait_for_process,
+    PresentWindow, WatchedAgent, Xvfb,
 };
+
+/// The report rounds a stutter's frame time to the microsecond.
+const ROUNDING_MS: f64 = 0.001;
+/// The detector's floor, and its warm-up: frames 1 to 5 only seed the average (docs/stutter.md).
+const FLOOR_MS: f64 = 20.0;
+const WARMUP: usize = 5;
+/// How long the game stalls when told to (`--stall-ms`).
+const STALL_MS: f64 = 60.0;
+/// The contention tests' game pace (`--interval-ms`).
+const PACE_MS: f64 = 16.7;
 
 fn events(p: &serde_json::Value) -> &Vec<serde_json::Value> {
     p["stutters"]["events"].as_array().expect("stutter events")
 }
 
+fn frame_of(e: &serde_json::Value) -> usize {
+    e["frame"].as_u64().expect("frame") as usize
+}
+
 fn frame_indices(p: &serde_json::Value) -> Vec<u64> {
-    events(p)
-        .iter()
-        .map(|e| e["frame"].as_u64().expect("frame"))
-        .collect()
+    events(p).iter().map(|e| frame_of(e) as u64).collect()
 }
 
-/// Frames whose ground-truth interval is at least `ms` long.
-fn long_frames(truth: &[u64], ms: f64) -> Vec<u64> {
-    intervals_ms(truth)
-        .iter()
-        .enumerate()
-        .filter(|(_, &ft)| ft >= ms)
-        .map(|(i, _)| i as u64 + 1)
-        .collect()
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
 }
 
-/// Checks the reported stutters against the game's own clock and returns those at `expected`.
+/// Bounds, on the game's own clock, of frame `k`'s time (present `k - 1` to present `k`) as a probe
+/// at the present call measures it: the probe stamps each present inside that present's
+/// [before, after] window, so the interval lies within
+/// [before(k) − after(k − 1), after(k) − before(k − 1)], however slow or noisy the machine.
+fn bounds(w: &[PresentWindow], k: usize) -> (f64, f64) {
+    (
+        ms(w[k].before.saturating_sub(w[k - 1].after)),
+        ms(w[k].after - w[k - 1].before),
+    )
+}
+
+/// The game's own pace: its median frame interval by its clock.
+fn pace(w: &[PresentWindow]) -> f64 {
+    let mut intervals: Vec<f64> = w
+        .windows(2)
+        .map(|p| ms(p[1].before - p[0].before))
+        .collect();
+    intervals.sort_by(f64::total_cmp);
+    percentile(&intervals, 0.5)
+}
+
+/// Checks the reported stutters against the game's own clock and returns, for each injected
+/// cause, the one stutter reported for it (`injected[i]`: the frames whose interval may hold
+/// cause `i`, by the workloads' logs).
 ///
-/// Every expected frame must be reported, and so must every frame the game measured at 50 ms or
-/// more. A stutter at any other frame is allowed only if the game's clock measured that frame as
-/// long too (at least twice the median frame): this 2-core VM is shared and now and then stalls a
-/// thread for real, and such a frame is a true stutter, not a false positive. There may only be a
-/// few of them; each is printed.
-fn expected_stutters(
+/// - Every stutter's frame time lies within the bounds the game's clock puts on that frame.
+/// - Each injected cause is exactly one stutter among its frames.
+/// - A frame the game's clock proves at least 4× its pace (after the warm-up) is reported: the
+///   detector flags 2.5× the trailing average, and noise would have to lift that average 60 %
+///   above the game's own pace to hide it.
+/// - Any other stutter is a frame the game's clock allows to have been long (twice its pace or
+///   more): the shared VM stalls a thread for real now and then, and such a frame is a true
+///   stutter, not a false positive. Each is printed; however many the machine causes, each is
+///   checked.
+fn check_stutters(
     p: &serde_json::Value,
-    truth: &[u64],
-    expected: &[u64],
+    w: &[PresentWindow],
+    injected: &[Vec<usize>],
 ) -> Vec<serde_json::Value> {
-    let truth_ms = intervals_ms(truth);
-    let mut sorted = truth_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let reported = frame_indices(p);
-    for frame in expected.iter().chain(&long_frames(truth, 50.0)) {
-        assert!(
-            reported.contains(frame),
-            "frame {frame} ({:.1} ms by the game's clock) is not reported: {}",
-            truth_ms[*frame as usize - 1],
+    let pace = pace(w);
+    let mut found = Vec::new();
+    for frames in injected {
+        let hits: Vec<&serde_json::Value> = events(p)
+            .iter()
+            .filter(|e| frames.contains(&frame_of(e)))
+            .collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "one stutter among frames {frames:?}: {}",
             p["stutters"]
         );
+        found.push(hits[0].clone());
     }
-    let mut host_hitches = 0;
-    let mut found = Vec::new();
-    for e in events(p) {
-        let frame = e["frame"].as_u64().expect("frame");
-        if expected.contains(&frame) {
-            found.push(e.clone());
-            continue;
+    let reported: Vec<usize> = events(p).iter().map(frame_of).collect();
+    for k in WARMUP + 1..w.len() {
+        let (least, _) = bounds(w, k);
+        if least >= 4.0 * pace && least > FLOOR_MS {
+            assert!(
+                reported.contains(&k),
+                "frame {k} took at least {least:.1} ms by the game's clock (its pace: \
+                 {pace:.1} ms) and is not reported: {}",
+                p["stutters"]
+            );
         }
-        let measured = truth_ms[frame as usize - 1];
+    }
+    for e in events(p) {
+        let k = frame_of(e);
+        assert!(
+            (1..w.len()).contains(&k),
+            "stutter at frame {k}, but the game presented {} frames: {e}",
+            w.len()
+        );
+        let (least, most) = bounds(w, k);
         let reported_ms = e["frame_time_ms"].as_f64().expect("frame_time_ms");
         assert!(
-            measured >= 2.0 * median && (measured - reported_ms).abs() <= 1.0,
-            "stutter at frame {frame} ({reported_ms} ms) but the game measured {measured:.2} ms: {e}"
+            (least - ROUNDING_MS..=most + ROUNDING_MS).contains(&reported_ms),
+            "frame {k}: {reported_ms} ms reported, but the game's clock puts it within \
+             [{least:.3}, {most:.3}] ms: {e}"
+        );
+        if found.contains(e) {
+            continue;
+        }
+        assert!(
+            most >= 2.0 * pace && reported_ms > FLOOR_MS,
+            "stutter at frame {k} ({reported_ms} ms), but the game's clock allows at most \
+             {most:.2} ms (its pace: {pace:.1} ms): {e}"
         );
         eprintln!(
-            "note: the machine itself stalled frame {frame} ({measured:.1} ms): {}",
+            "note: the machine itself stalled frame {k} ({reported_ms:.1} ms): {}",
             e["cause"]
         );
-        host_hitches += 1;
     }
-    assert!(
-        host_hitches <= 2,
-        "{host_hitches} stutters nobody injected: the machine is too busy for this test"
-    );
     found
 }
 
+/// Waits until the synthetic game `pid` (frame loop on its main thread, `work_ms` of busy work
+/// per frame) has presented at least `frames` frames, by the kernel's own account of that thread
+/// rather than a guess at how long start-up takes:
+/// - the loop has begun once the thread is seen asleep in its `clock_nanosleep(CLOCK_MONOTONIC,
+///   TIMER_ABSTIME)` (syscall 230, used nowhere else in the game), at CPU time `c0`;
+/// - a loop iteration costs at most `work_ms` (the busy work ends by the wall clock, and CPU time
+///   never outruns it) plus well under 2 ms (a present that EGL refuses at once, two syscalls):
+///   once the thread's CPU time (schedstat) passes `c0 + frames × (work_ms + 2 ms)`, at least
+///   `frames` presents have followed.
+///
+/// The deadline only bounds a hang.
+fn wait_for_presents(pid: u32, work_ms: f64, frames: u32) {
+    let task = format!("/proc/{pid}/task/{pid}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cpu_ns = || -> Option<u64> {
+        std::fs::read_to_string(format!("{task}/schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let start = loop {
+        let syscall = std::fs::read_to_string(format!("{task}/syscall"))
+            .unwrap_or_else(|e| panic!("cannot read {task}/syscall (has the game exited?): {e}"));
+        if syscall.starts_with("230 0x1 0x1 ") {
+            if let Some(c0) = cpu_ns() {
+                break c0;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the game (pid {pid}) did not reach its frame loop within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let target = start + u64::from(frames) * ((work_ms + 2.0) * 1e6) as u64;
+    loop {
+        let now = cpu_ns()
+            .unwrap_or_else(|| panic!("the game (pid {pid}) is gone before {frames} presents"));
+        if now >= target {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the game (pid {pid}) did not present {frames} frames within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Write calls an X client makes while starting up, before its first present: vkcube on lavapipe
+/// makes about 30 (32 for `vkcube --c 1`, measured with strace), then about 6 per frame (every
+/// present flushes the frame to the X server).
+const X_WRITES_WHILE_PRESENTING: u64 = 300;
+
+/// Waits until the X client `pid` presents frames in a loop: its write calls (the kernel's count,
+/// `syscw` in /proc/PID/io) pass [`X_WRITES_WHILE_PRESENTING`], ten times what starting up makes.
+/// The deadline only bounds a hang.
+fn wait_until_presenting(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .unwrap_or_else(|e| panic!("pid {pid} is gone before presenting: {e}"));
+        let writes: u64 = io
+            .lines()
+            .find_map(|l| l.strip_prefix("syscw:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("syscw in /proc/PID/io");
+        if writes >= X_WRITES_WHILE_PRESENTING {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} made only {writes} write calls in 60 s: it is not presenting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a game with injected stalls and checks the stutters are the stalled frames; returns the
-/// report's busiest process and the stalled frames' events.
-fn injected_stalls(agent_args: &[&str], kind: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+/// report's busiest process, the stalled frames' events, and the game's present windows.
+fn injected_stalls(
+    agent_args: &[&str],
+    kind: &str,
+) -> (
+    serde_json::Value,
+    Vec<serde_json::Value>,
+    Vec<PresentWindow>,
+) {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let run = record_game(
@@ -110,17 +248,27 @@ fn injected_stalls(agent_args: &[&str], kind: &str) -> (serde_json::Value, Vec<s
         ],
         || {},
     );
-    let p = busiest(&run.report).clone();
-    assert_eq!(p["frames"]["count"].as_u64(), Some(run.truth.len() as u64));
-    // The game stalls before presenting frames 49, 99, ...: those intervals are ~60 ms longer.
-    let injected: Vec<u64> = (0..300).filter(|i| i % 50 == 49).collect();
-    let long = long_frames(&run.truth, 50.0);
-    assert!(
-        injected.iter().all(|i| long.contains(i)),
-        "ground truth shows the stalls: {long:?}"
+    let w = run.windows;
+    assert_eq!(
+        w.len(),
+        300,
+        "the game presents every frame it is asked for"
     );
-    let stalled = expected_stutters(&p, &run.truth, &injected);
-    assert_eq!(stalled.len(), injected.len());
+    let p = busiest(&run.report).clone();
+    assert_eq!(p["frames"]["count"].as_u64(), Some(w.len() as u64));
+    // The game stalls before presenting frames 49, 99, ...: by its own clock, at least the 60 ms
+    // it was told (a sleep, a lock held through a sleep, or a wait for a sleeping waker) passed
+    // between the previous present's end and that present's start.
+    let injected: Vec<usize> = (0..w.len()).filter(|i| i % 50 == 49).collect();
+    for &k in &injected {
+        let (least, _) = bounds(&w, k);
+        assert!(
+            least >= STALL_MS,
+            "the game's clock shows the stall before frame {k}: {least:.2} ms"
+        );
+    }
+    let one_each: Vec<Vec<usize>> = injected.iter().map(|&k| vec![k]).collect();
+    let stalled = check_stutters(&p, &w, &one_each);
     let csv_flagged: Vec<u64> = run
         .rows
         .iter()
@@ -136,7 +284,7 @@ fn injected_stalls(agent_args: &[&str], kind: &str) -> (serde_json::Value, Vec<s
         p["stutters"]["count"].as_u64(),
         Some(csv_flagged.len() as u64)
     );
-    (p, stalled)
+    (p, stalled, w)
 }
 
 fn assert_all(events: &[serde_json::Value], cause: &str) {
@@ -151,25 +299,51 @@ fn assert_all(events: &[serde_json::Value], cause: &str) {
     }
 }
 
+/// The presenting thread's evidence for a stutter, and the most the game's clock allows any of
+/// its waits in that frame to have lasted (the whole frame).
+fn presenter_and_frame(e: &serde_json::Value, w: &[PresentWindow]) -> (serde_json::Value, f64) {
+    let (_, most) = bounds(w, frame_of(e));
+    (e["evidence"]["presenting_thread"].clone(), most)
+}
+
+fn field(t: &serde_json::Value, name: &str) -> f64 {
+    t[name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name} missing: {t}"))
+}
+
 #[test]
 fn a_sleeping_render_thread_is_blocked() {
-    let (_, stalled) = injected_stalls(&[], "sleep");
+    let (_, stalled, w) = injected_stalls(&[], "sleep");
     assert_all(&stalled, "blocked");
     for e in &stalled {
-        let t = &e["evidence"]["presenting_thread"];
-        let max_blocked = t["max_blocked_ms"].as_f64().expect("max_blocked_ms");
-        assert!((55.0..80.0).contains(&max_blocked), "{e}");
-        assert!(t["blocked_in_gpu_ioctl_ms"].as_f64() < Some(1.0), "{e}");
+        let (t, frame_ms) = presenter_and_frame(e, &w);
+        // The kernel never ends a 60 ms sleep early (5 ms allow for the thread held up between
+        // the call and going to sleep); no block outlasts the frame that holds it.
+        let max_blocked = field(&t, "max_blocked_ms");
+        assert!(
+            (STALL_MS - 5.0..=frame_ms).contains(&max_blocked),
+            "longest block {max_blocked} ms, the frame at most {frame_ms:.2} ms: {e}"
+        );
+        assert!(field(&t, "blocked_in_gpu_ioctl_ms") < 1.0, "{e}");
     }
 }
 
 #[test]
 fn waiting_on_a_lock_is_blocked() {
-    let (_, stalled) = injected_stalls(&[], "lock");
+    let (_, stalled, w) = injected_stalls(&[], "lock");
     assert_all(&stalled, "blocked");
     for e in &stalled {
-        let t = &e["evidence"]["presenting_thread"];
-        assert!(t["max_blocked_ms"].as_f64() > Some(50.0), "{e}");
+        let (t, frame_ms) = presenter_and_frame(e, &w);
+        // The loader sleeps 60 ms holding the lock after telling the frame thread it has it: the
+        // frame thread spends that time blocked on the lock, save what it spent waiting for a CPU
+        // (counted apart) and a few instructions.
+        let max_blocked = field(&t, "max_blocked_ms");
+        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms");
+        assert!(
+            (least..=frame_ms).contains(&max_blocked),
+            "longest block {max_blocked} ms, expected [{least:.2}, {frame_ms:.2}]: {e}"
+        );
         // The lock holder is one of the game's threads and shows up beside the render thread.
         let busy = e["evidence"]["busy_threads"].as_array().expect("busy");
         assert!(busy.iter().any(|b| b["comm"] == "loader"), "{e}");
@@ -186,22 +360,31 @@ fn a_wait_inside_a_gpu_ioctl_is_a_driver_wait() {
         Path::new("/dev/kvm").exists(),
         "NOT RUN: /dev/kvm is missing, and the blocking ioctl this test uses is KVM_RUN"
     );
-    let (p, stalled) = injected_stalls(&["--gpu-ioctl-type", "0xAE"], "kvm");
+    let (p, stalled, w) = injected_stalls(&["--gpu-ioctl-type", "0xAE"], "kvm");
     assert_all(&stalled, "gpu-driver-wait");
     for e in &stalled {
-        let t = &e["evidence"]["presenting_thread"];
-        assert!(t["blocked_in_gpu_ioctl_ms"].as_f64() > Some(50.0), "{e}");
+        let (t, frame_ms) = presenter_and_frame(e, &w);
+        // The waker sleeps 60 ms before signalling: the frame thread spends that time inside
+        // KVM_RUN, save what it spent waiting for a CPU and entering the ioctl.
+        let in_driver = field(&t, "blocked_in_gpu_ioctl_ms");
+        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms");
+        assert!(
+            (least..=frame_ms).contains(&in_driver),
+            "{in_driver} ms inside the ioctl, expected [{least:.2}, {frame_ms:.2}]: {e}"
+        );
         assert!(t["gpu_ioctls"].as_u64() >= Some(1), "{e}");
     }
+    // One KVM_RUN (at least) per stall: six stalls.
     assert!(p["ioctl"]["declared-gpu"]["count"].as_u64() >= Some(6));
 
-    let (control, stalled) = injected_stalls(&[], "kvm");
+    let (control, stalled, _) = injected_stalls(&[], "kvm");
     assert_all(&stalled, "blocked");
     assert_eq!(control["ioctl"]["declared-gpu"]["count"].as_u64(), Some(0));
     assert!(control["ioctl"]["other"]["count"].as_u64() >= Some(6));
 }
 
-/// The hog's bursts: (start, end) in CLOCK_MONOTONIC ns.
+/// The hog's bursts: (start, end) in CLOCK_MONOTONIC ns. The hog holds its CPU from before the
+/// start it logs until after the end it logs.
 fn read_bursts(path: &Path) -> Vec<(u64, u64)> {
     std::fs::read_to_string(path)
         .expect("hog log")
@@ -264,42 +447,70 @@ fn cpu_contention_is_found_and_the_competitor_named() {
             "--pin-cpu",
             "1",
         ],
-        || hog = Some(run_hog(dir.path(), "1", "6", "700")),
+        || {
+            // The bursts must fall among the game's steady frames, past the detector's warm-up:
+            // wait for its presents (however long its start took), then start the hog.
+            let game = wait_for_process("synthetic-game", Duration::from_secs(60));
+            wait_for_presents(game, 2.0, 10);
+            hog = Some(run_hog(dir.path(), "1", "6", "700"));
+        },
     );
     let (hog_pid, hog_cgroup, log) = hog.expect("hog ran");
     let bursts = read_bursts(&log);
     assert_eq!(bursts.len(), 6);
+    let w = &run.windows;
     let p = busiest(&run.report);
-    assert_eq!(p["frames"]["count"].as_u64(), Some(run.truth.len() as u64));
+    assert_eq!(p["frames"]["count"].as_u64(), Some(w.len() as u64));
 
-    // Independently: each burst made exactly one long frame in the game's own log.
-    let long = long_frames(&run.truth, 50.0);
-    let overlapping: Vec<u64> = long
-        .iter()
-        .copied()
-        .filter(|&i| {
-            let (from, to) = (run.truth[i as usize - 1], run.truth[i as usize]);
-            bursts.iter().any(|&(s, e)| s < to && e > from)
-        })
-        .collect();
-    assert_eq!(
-        overlapping.len(),
-        bursts.len(),
-        "one long frame per burst: {long:?}"
-    );
-    let contended = expected_stutters(p, &run.truth, &overlapping);
-    assert_eq!(contended.len(), bursts.len());
+    // Independently, from the two programs' own logs: each burst fell among the game's steady
+    // frames, and the game, sharing the hog's CPU, presented nothing during it, so one frame's
+    // interval holds the whole burst; the game's clock narrows it down to the frames that may
+    // (two, when the burst began inside a present call).
+    let mut burst_frames = Vec::new();
+    for &(start, end) in &bursts {
+        assert!(
+            w[WARMUP].after < start && end < w[w.len() - 1].before,
+            "the burst [{start}, {end}] fell outside the game's steady frames \
+             ([{}, {}])",
+            w[WARMUP].after,
+            w[w.len() - 1].before
+        );
+        assert!(
+            !w.iter().any(|p| start < p.before && p.after < end),
+            "the game presented during the burst [{start}, {end}]: the contention did not happen"
+        );
+        burst_frames.push(
+            (1..w.len())
+                .filter(|&k| w[k - 1].before <= start && end <= w[k].after)
+                .collect::<Vec<usize>>(),
+        );
+    }
+    let contended = check_stutters(p, w, &burst_frames);
     assert_all(&contended, "cpu-contention");
-    for e in &contended {
+    for (e, &(start, end)) in contended.iter().zip(&bursts) {
+        let burst_ms = ms(end - start);
+        let frame_ms = e["frame_time_ms"].as_f64().expect("frame_time_ms");
+        assert!(
+            frame_ms >= burst_ms - ROUNDING_MS,
+            "the frame ({frame_ms} ms) holds the whole {burst_ms:.2} ms burst: {e}"
+        );
+        // The game was off its CPU through the whole burst (asleep or waiting for it), and
+        // waited for it through the burst less what it may have slept through: its sleep ends
+        // at most one pace after its previous present. 13 ms more allow for the host delaying
+        // that wake-up (a stolen vCPU, which the guest cannot see).
+        let t = &e["evidence"]["presenting_thread"];
+        let off_cpu = field(t, "blocked_ms") + field(t, "runq_wait_ms");
+        assert!(
+            off_cpu >= burst_ms - ROUNDING_MS,
+            "{off_cpu:.3} ms off the CPU over a {burst_ms:.3} ms burst: {e}"
+        );
+        let least_wait = burst_ms - PACE_MS - 13.0;
         let who = &e["evidence"]["ran_instead"];
         assert_eq!(who["comm"], "cpu-hog", "{e}");
         assert_eq!(who["pid"].as_u64(), Some(u64::from(hog_pid)), "{e}");
         assert_eq!(who["cgroup"].as_str(), Some(hog_cgroup.as_str()), "{e}");
-        assert!(who["wait_ms"].as_f64() > Some(50.0), "{e}");
-        assert!(
-            e["evidence"]["presenting_thread"]["runq_wait_ms"].as_f64() > Some(50.0),
-            "{e}"
-        );
+        assert!(field(who, "wait_ms") >= least_wait, "{e}");
+        assert!(field(t, "runq_wait_ms") >= least_wait, "{e}");
         assert!(e["summary"].as_str().is_some_and(|s| s.contains("cpu-hog")));
     }
 }
@@ -314,38 +525,57 @@ fn a_steady_game_has_no_stutters() {
         &["--frames", "3200", "--interval-ms", "4", "--work-ms", "0.5"],
         || {},
     );
+    let w = &run.windows;
+    assert_eq!(
+        w.len(),
+        3200,
+        "the game presents every frame it is asked for"
+    );
     let p = busiest(&run.report);
-    assert!(p["frames"]["count"].as_u64() >= Some(3000));
-    // No false positives: every stutter reported is a frame the game itself measured as long
-    // (this machine is shared and can stall a thread; the game's own clock is the judge).
-    let truth_ms = intervals_ms(&run.truth);
-    let real_hitches = truth_ms.iter().filter(|&&ft| ft >= 20.0).count();
+    assert_eq!(p["frames"]["count"].as_u64(), Some(w.len() as u64));
+    // No false positives: every stutter reported took what the game's own clock allows, and that
+    // is above the floor (this machine is shared and can stall a thread; the game's clock is the
+    // judge).
+    let possible = (1..w.len()).filter(|&k| bounds(w, k).1 > FLOOR_MS).count();
     for e in events(p) {
-        let frame = e["frame"].as_u64().expect("frame") as usize;
+        let k = frame_of(e);
+        assert!((1..w.len()).contains(&k), "{e}");
+        let (least, most) = bounds(w, k);
         let reported = e["frame_time_ms"].as_f64().expect("frame_time_ms");
-        let measured = truth_ms[frame - 1];
         assert!(
-            measured >= 20.0 && (measured - reported).abs() <= 0.5,
-            "stutter at frame {frame} ({reported} ms) but the game measured {measured:.2} ms: {e}"
+            most > FLOOR_MS && (least - ROUNDING_MS..=most + ROUNDING_MS).contains(&reported),
+            "stutter at frame {k} ({reported} ms) but the game's clock puts it within \
+             [{least:.3}, {most:.3}] ms: {e}"
         );
     }
     assert!(
-        p["stutters"]["count"].as_u64() <= Some(real_hitches as u64),
+        p["stutters"]["count"].as_u64() <= Some(possible as u64),
         "{}",
         p["stutters"]
     );
-    if real_hitches > 0 {
-        eprintln!("note: the machine itself stalled the game {real_hitches} time(s) ≥ 20 ms");
+    if possible > 0 {
+        eprintln!("note: the game's clock allows {possible} frame(s) above {FLOOR_MS} ms");
     }
-    // The presenting thread's distributions come from the kernel's per-thread histograms.
+    // The presenting thread's distributions come from the kernel's per-thread histograms: its
+    // off-CPU periods are the kernel's count of its voluntary switches (getrusage of the frame
+    // thread, read by the game after its last frame; the slack is for its start-up before it
+    // first presented), and each of those ended with a wait for a CPU.
+    let truth = run.rusage.thread.voluntary;
+    let slack = 5 + truth / 50;
     let presenter = &p["presenting_threads"][0];
+    let off_cpu = presenter["off_cpu"]["count"]
+        .as_u64()
+        .expect("off_cpu count");
     assert!(
-        presenter["off_cpu"]["count"].as_u64() >= Some(3000),
-        "{presenter}"
+        off_cpu + slack >= truth && off_cpu <= truth + slack,
+        "{off_cpu} off-CPU periods, the kernel counted {truth} voluntary switches: {presenter}"
     );
+    let runq = presenter["runq_wait"]["count"]
+        .as_u64()
+        .expect("runq_wait count");
     assert!(
-        presenter["runq_wait"]["count"].as_u64() >= Some(3000),
-        "{presenter}"
+        runq + slack >= truth,
+        "{runq} waits for a CPU after {truth} voluntary switches: {presenter}"
     );
 }
 
@@ -359,11 +589,11 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
     let out = dir.path().join("report.json");
     let csv = dir.path().join("frames.csv");
     let (out_s, csv_s) = (out.display().to_string(), csv.display().to_string());
-    let agent = spawn_agent(
+    // No --duration: the capture is stopped once the hog is done, however long vkcube took to
+    // start.
+    let agent = WatchedAgent::spawn(
         &[
             "record",
-            "--duration",
-            "6",
             "--out",
             &out_s,
             "--frames-csv",
@@ -376,49 +606,70 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
         ],
         &[("DISPLAY", x.display.as_str())],
     );
-    wait_for_process("vkcube", Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(1));
-    let (_, _, log) = run_hog(dir.path(), "1", "4", "900");
-    let result = wait_with_deadline(agent, Duration::from_secs(120));
-    assert!(result.status.success(), "{}", stderr(&result));
+    let vkcube = wait_for_process("vkcube", Duration::from_secs(60));
+    wait_until_presenting(vkcube);
+    let (hog_pid, _, log) = run_hog(dir.path(), "1", "5", "900");
+    agent.signal(libc::SIGINT);
+    let (status, err) = agent.finish(Duration::from_secs(120));
+    assert!(status.success(), "{err}");
     let bursts = read_bursts(&log);
+    assert_eq!(bursts.len(), 5);
     let report = read_json(&out);
     let p = busiest(&report);
     assert_eq!(p["comm"], "vkcube");
-    let rows = read_csv(&csv);
-    let flagged: Vec<(u64, f64, String)> = rows
-        .iter()
-        .filter(|r| !r["stutter_cause"].is_empty())
-        .map(|r| {
-            (
-                r["present_ns"].parse().expect("present_ns"),
-                r["frame_time_ms"].parse().expect("frame_time_ms"),
-                r["stutter_cause"].clone(),
-            )
-        })
+    let pid = p["pid"].to_string();
+    let rows: Vec<_> = read_csv(&csv)
+        .into_iter()
+        .filter(|r| r["pid"] == pid)
         .collect();
-    for &(start, end) in &bursts {
-        let hit = flagged.iter().find(|(at, ft, _)| {
-            let from = at - (ft * 1e6) as u64;
-            from < end && *at > start
-        });
-        let (_, ft, cause) = hit.unwrap_or_else(|| {
-            panic!(
-                "no stutter over the burst at {start}: {flagged:?}; {}",
-                p["stutters"]
-            )
-        });
-        assert!(*ft >= 60.0, "the burst's frame took {ft} ms");
-        assert_eq!(cause, "cpu-contention", "{}", p["stutters"]);
+    let presents: Vec<u64> = rows
+        .iter()
+        .map(|r| r["present_ns"].parse().expect("present_ns"))
+        .collect();
+    let mut checked = 0;
+    for (i, &(start, end)) in bursts.iter().enumerate() {
+        assert!(
+            presents.len() > WARMUP && presents[WARMUP] < start,
+            "vkcube had not presented past the detector's warm-up when the burst at {start} \
+             began ({} frames)",
+            presents.len()
+        );
+        // vkcube's threads share CPU 1 with the hog: none presents during a burst, so one frame's
+        // interval holds the whole burst.
+        assert!(
+            !presents.iter().any(|&t| start < t && t < end),
+            "vkcube presented during the burst [{start}, {end}]: the contention did not happen"
+        );
+        let Some(k) = (1..presents.len()).find(|&k| presents[k - 1] <= start && end <= presents[k])
+        else {
+            // The capture stops right after the hog: only its last burst may have no frame after.
+            assert_eq!(
+                i,
+                bursts.len() - 1,
+                "no vkcube frame after the burst at {start}"
+            );
+            continue;
+        };
+        let row = &rows[k];
+        assert_eq!(
+            row["stutter_cause"], "cpu-contention",
+            "the frame over the burst at {start}: {row:?}; {}",
+            p["stutters"]
+        );
+        let frame: u64 = row["frame"].parse().expect("frame");
+        let e = events(p)
+            .iter()
+            .find(|e| e["frame"].as_u64() == Some(frame))
+            .unwrap_or_else(|| panic!("frame {frame} flagged in the CSV only: {}", p["stutters"]));
+        assert!(
+            e["summary"].as_str().is_some_and(|s| s.contains("cpu-hog")),
+            "the hog (pid {hog_pid}) is named: {e}"
+        );
+        checked += 1;
     }
-    let named = events(p)
-        .iter()
-        .filter(|e| e["cause"] == "cpu-contention")
-        .filter(|e| e["summary"].as_str().is_some_and(|s| s.contains("cpu-hog")))
-        .count();
-    let summaries: Vec<&str> = events(p)
-        .iter()
-        .filter_map(|e| e["summary"].as_str())
-        .collect();
-    assert!(named >= bursts.len(), "the hog is named: {summaries:#?}");
+    assert!(
+        checked >= bursts.len() - 1,
+        "{checked} of {} bursts had a vkcube frame after them",
+        bursts.len()
+    );
 }
