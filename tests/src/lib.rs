@@ -636,6 +636,15 @@ impl Rusage {
         })
     }
 
+    /// What was counted since `earlier` (of the same thread or process).
+    pub fn since(&self, earlier: &Rusage) -> Rusage {
+        Rusage {
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            involuntary: self.involuntary.saturating_sub(earlier.involuntary),
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+        }
+    }
+
     /// `VOLUNTARY INVOLUNTARY CPU_NS`.
     pub fn line(&self) -> String {
         format!("{} {} {}", self.voluntary, self.involuntary, self.cpu_ns)
@@ -654,11 +663,16 @@ impl Rusage {
     }
 }
 
-/// The synthetic game's getrusage counts: its frame thread's at the end of the frame loop and
-/// the whole process's just before it exits.
+/// The synthetic game's getrusage counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GameRusage {
+    /// The frame thread's, at the end of the frame loop (its whole life so far: for a thread
+    /// that exec'd, also what it did before).
     pub thread: Rusage,
+    /// The frame thread's during the frame loop only (from just before its first frame to just
+    /// after its last).
+    pub frame_loop: Rusage,
+    /// The whole process's, just before it exits.
     pub process: Rusage,
 }
 
@@ -681,6 +695,7 @@ pub fn read_rusage(truth: &Path) -> GameRusage {
     };
     GameRusage {
         thread: field("thread"),
+        frame_loop: field("frame_loop"),
         process: field("process"),
     }
 }

@@ -335,12 +335,16 @@ fn a_game_execd_from_a_launcher_thread_keeps_its_scheduler_evidence() {
         .expect("voluntary");
     assert!(voluntary <= truth + slack, "{}", p["sched"]);
     let presenter = &p["presenting_threads"][0];
+    // Every switch of the frame loop is the presenter's (a couple of counts of slack: two CPUs
+    // updating one thread's record at once may lose one); what the thread did before its exec
+    // is counted under its old tid, so the whole life's count is only an upper bound.
     let waits = presenter["off_cpu"]["count"]
         .as_u64()
         .expect("off_cpu count");
-    let truth = run.rusage.thread.voluntary;
+    let (in_loop, whole) = (run.rusage.frame_loop.voluntary, run.rusage.thread.voluntary);
     assert!(
-        waits + 5 + truth / 50 >= truth && waits <= truth + 5 + truth / 50,
-        "presenter waited {waits} times, the kernel counted {truth} voluntary switches: {presenter}"
+        waits + 2 >= in_loop && waits <= whole + 2,
+        "presenter waited {waits} times, the kernel counted {in_loop} voluntary switches in its \
+         frame loop and {whole} in its whole life: {presenter}"
     );
 }

@@ -206,7 +206,7 @@ impl LockStaller {
     }
 }
 
-fn frame_loop(args: &Args) -> Result<(Vec<(u64, u64)>, Rusage)> {
+fn frame_loop(args: &Args) -> Result<(Vec<(u64, u64)>, (Rusage, Rusage))> {
     if let Some(cpu) = args.pin_cpu {
         pin_to_cpu(cpu).context("--pin-cpu")?;
     }
@@ -232,6 +232,7 @@ fn frame_loop(args: &Args) -> Result<(Vec<(u64, u64)>, Rusage)> {
     std::thread::sleep(Duration::from_secs_f64(args.startup_delay_ms / 1000.0));
     let interval = (args.interval_ms * 1e6) as u64;
     let mut truth = Vec::with_capacity(args.frames as usize);
+    let loop_start = Rusage::of(libc::RUSAGE_THREAD)?;
     let mut next = monotonic_ns();
     for i in 0..args.frames {
         spin(args.work_ms);
@@ -254,7 +255,7 @@ fn frame_loop(args: &Args) -> Result<(Vec<(u64, u64)>, Rusage)> {
     }
     // The frame thread's own switches and CPU time, as the kernel counted them.
     let thread = Rusage::of(libc::RUSAGE_THREAD)?;
-    Ok((truth, thread))
+    Ok((truth, (thread, thread.since(&loop_start))))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -410,7 +411,7 @@ fn main() -> Result<()> {
     if args.frames == 0 || args.interval_ms <= 0.0 {
         bail!("--frames and --interval-ms must be positive");
     }
-    let (truth, thread) = if args.render_thread {
+    let (truth, (thread, frame_loop)) = if args.render_thread {
         std::thread::scope(|s| {
             std::thread::Builder::new()
                 .name("render".into())
@@ -433,7 +434,12 @@ fn main() -> Result<()> {
     let path = rusage_path(&args.truth);
     std::fs::write(
         &path,
-        format!("thread {}\nprocess {}\n", thread.line(), process.line()),
+        format!(
+            "thread {}\nframe_loop {}\nprocess {}\n",
+            thread.line(),
+            frame_loop.line(),
+            process.line()
+        ),
     )
     .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
