@@ -66,6 +66,86 @@ pub fn pids_named(comm: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Waits until the synthetic game `pid` (frame loop on its main thread, `work_ms` of busy work
+/// per frame) has presented at least `frames` frames, by the kernel's own account of that thread
+/// rather than a guess at how long start-up takes:
+/// - the loop has begun once the thread is seen asleep in its `clock_nanosleep(CLOCK_MONOTONIC,
+///   TIMER_ABSTIME)` (syscall 230, used nowhere else in the game), at CPU time `c0`;
+/// - a loop iteration costs at most `work_ms` (the busy work ends by the wall clock, and CPU time
+///   never outruns it) plus well under 2 ms (a present that EGL refuses at once, two syscalls):
+///   once the thread's CPU time (schedstat) passes `c0 + frames × (work_ms + 2 ms)`, at least
+///   `frames` presents have followed.
+///
+/// The deadline only bounds a hang.
+pub fn wait_for_presents(pid: u32, work_ms: f64, frames: u32) {
+    let task = format!("/proc/{pid}/task/{pid}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cpu_ns = || -> Option<u64> {
+        std::fs::read_to_string(format!("{task}/schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let start = loop {
+        let syscall = std::fs::read_to_string(format!("{task}/syscall"))
+            .unwrap_or_else(|e| panic!("cannot read {task}/syscall (has the game exited?): {e}"));
+        if syscall.starts_with("230 0x1 0x1 ") {
+            if let Some(c0) = cpu_ns() {
+                break c0;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the game (pid {pid}) did not reach its frame loop within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let target = start + u64::from(frames) * ((work_ms + 2.0) * 1e6) as u64;
+    loop {
+        let now = cpu_ns()
+            .unwrap_or_else(|| panic!("the game (pid {pid}) is gone before {frames} presents"));
+        if now >= target {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the game (pid {pid}) did not present {frames} frames within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Write calls an X client makes while starting up, before its first present: vkcube on lavapipe
+/// makes about 30 (32 for `vkcube --c 1`, measured with strace), then about 6 per frame (every
+/// present flushes the frame to the X server).
+pub const X_WRITES_WHILE_PRESENTING: u64 = 300;
+
+/// Waits until the X client `pid` presents frames in a loop: its write calls (the kernel's count,
+/// `syscw` in /proc/PID/io) pass [`X_WRITES_WHILE_PRESENTING`], ten times what starting up makes.
+/// The deadline only bounds a hang.
+pub fn wait_until_presenting(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .unwrap_or_else(|e| panic!("pid {pid} is gone before presenting: {e}"));
+        let writes: u64 = io
+            .lines()
+            .find_map(|l| l.strip_prefix("syscw:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("syscw in /proc/PID/io");
+        if writes >= X_WRITES_WHILE_PRESENTING {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} made only {writes} write calls in 60 s: it is not presenting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until a process with this name runs; its pid.
 pub fn wait_for_process(comm: &str, limit: Duration) -> u32 {
     let deadline = Instant::now() + limit;
@@ -186,10 +266,7 @@ impl WatchedAgent {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader take the last lines.
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
+                self.join_reader();
                 if self.stderr().lines().any(|l| l.contains(needle)) {
                     return;
                 }
@@ -236,20 +313,52 @@ impl WatchedAgent {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        self.join_reader();
         (status, self.stderr())
     }
 }
 
-impl Drop for WatchedAgent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+impl WatchedAgent {
+    /// Lets the stderr reader take the last lines, for a bounded time: a process the agent
+    /// launched inherits its stderr and may hold the pipe open after the agent exits.
+    fn join_reader(&mut self) {
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if reader.is_finished() {
+            let _ = reader.join();
         }
     }
+}
+
+impl Drop for WatchedAgent {
+    /// A test that fails midway leaves nothing behind for the next one: the agent is asked to
+    /// stop (SIGINT: it ends its capture and the command it launched), killed if it does not.
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// Stops a child agent that is still running: SIGINT, then SIGKILL after 10 s.
+fn stop_child(child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Waits for a child with a deadline, killing it if it overstays.
@@ -746,15 +855,12 @@ pub fn record_game(
     ]);
     args.extend(game_args.iter().map(|s| s.to_string()));
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = spawn_agent(&arg_refs, &[]);
+    // Stopped (with the game it launched) if the test fails midway; `record`'s own log level.
+    let agent = WatchedAgent::spawn(&arg_refs, &[("RUST_LOG", "warn")]);
     wait_for_process("synthetic-game", Duration::from_secs(60));
     during();
-    let result = wait_with_deadline(agent, Duration::from_secs(120));
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        stderr(&result)
-    );
+    let (status, err) = agent.finish(Duration::from_secs(120));
+    assert!(status.success(), "record failed: {err}");
     let windows = read_truth(&truth);
     let rows = read_csv(&csv);
     // Whatever the scenario: a thread is never the one that kept itself off the CPU.
@@ -771,7 +877,7 @@ pub fn record_game(
         truth: truth_times(&windows),
         windows,
         rusage: read_rusage(&truth),
-        stderr: stderr(&result),
+        stderr: err,
         out,
     }
 }

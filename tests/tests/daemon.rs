@@ -831,7 +831,7 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     gaps.sort_by(f64::total_cmp);
     let median = percentile(&gaps, 0.5);
     assert!(
-        median <= 5.0 * INTERVAL_MS as f64,
+        median < 2.0 * INTERVAL_MS as f64,
         "messages every {INTERVAL_MS} ms: median gap {median:.1} ms ({gaps:?})"
     );
     // Its session: every frame it presented.

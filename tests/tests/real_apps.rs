@@ -4,39 +4,13 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use nvbind_tests::{agent_with_env, busiest, read_json, require_root, stderr, WatchedAgent, Xvfb};
-
-/// Write calls an X client makes while starting up, before its first present: vkcube on lavapipe
-/// makes about 30 (32 for `vkcube --c 1`, measured with strace), then about 6 per frame (every
-/// present flushes the frame to the X server).
-const X_WRITES_WHILE_PRESENTING: u64 = 300;
-
-/// Waits until the X client `pid` presents frames in a loop: its write calls (the kernel's count,
-/// `syscw` in /proc/PID/io) pass [`X_WRITES_WHILE_PRESENTING`], ten times what starting up makes.
-/// The deadline only bounds a hang.
-fn wait_until_presenting(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
-            .unwrap_or_else(|e| panic!("pid {pid} is gone before presenting: {e}"));
-        let writes: u64 = io
-            .lines()
-            .find_map(|l| l.strip_prefix("syscw:"))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("syscw in /proc/PID/io");
-        if writes >= X_WRITES_WHILE_PRESENTING {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} made only {writes} write calls in 60 s: it is not presenting"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use nvbind_tests::{
+    agent_with_env, busiest, read_json, require_root, stderr, wait_until_presenting, WatchedAgent,
+    Xvfb,
+};
 
 /// Checks a real app's capture: frames seen, from the expected source, and consistent numbers.
 fn assert_real_capture(report: &serde_json::Value, comm: &str, source: &str, min_frames: u64) {

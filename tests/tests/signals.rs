@@ -1,65 +1,14 @@
 //! Stopping a capture with SIGINT or SIGTERM still writes a complete report, atomically.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nvbind_tests::{
-    busiest, game_bin, read_json, require_root, spawn_agent, stderr, wait_for_process,
-    wait_with_deadline,
+    busiest, game_bin, read_json, require_root, spawn_agent, stderr, wait_for_presents,
+    wait_for_process, wait_with_deadline,
 };
 
 /// Presents the game has made when the capture is stopped.
 const PRESENTS_BEFORE_THE_SIGNAL: u32 = 50;
-
-/// Waits until the synthetic game `pid` (frame loop on its main thread, `work_ms` of busy work
-/// per frame) has presented at least `frames` frames, by the kernel's own account of that thread
-/// rather than a guess at how long start-up takes:
-/// - the loop has begun once the thread is seen asleep in its `clock_nanosleep(CLOCK_MONOTONIC,
-///   TIMER_ABSTIME)` (syscall 230, used nowhere else in the game), at CPU time `c0`;
-/// - a loop iteration costs at most `work_ms` (the busy work ends by the wall clock, and CPU time
-///   never outruns it) plus well under 2 ms (a present that EGL refuses at once, two syscalls):
-///   once the thread's CPU time (schedstat) passes `c0 + frames × (work_ms + 2 ms)`, at least
-///   `frames` presents have followed.
-///
-/// The deadline only bounds a hang.
-fn wait_for_presents(pid: u32, work_ms: f64, frames: u32) {
-    let task = format!("/proc/{pid}/task/{pid}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let cpu_ns = || -> Option<u64> {
-        std::fs::read_to_string(format!("{task}/schedstat"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    let start = loop {
-        let syscall = std::fs::read_to_string(format!("{task}/syscall"))
-            .unwrap_or_else(|e| panic!("cannot read {task}/syscall (has the game exited?): {e}"));
-        if syscall.starts_with("230 0x1 0x1 ") {
-            if let Some(c0) = cpu_ns() {
-                break c0;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the game (pid {pid}) did not reach its frame loop within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let target = start + u64::from(frames) * ((work_ms + 2.0) * 1e6) as u64;
-    loop {
-        let now = cpu_ns()
-            .unwrap_or_else(|| panic!("the game (pid {pid}) is gone before {frames} presents"));
-        if now >= target {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the game (pid {pid}) did not present {frames} frames within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn stopped_by(signal: libc::c_int) {
     require_root();
