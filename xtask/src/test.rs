@@ -463,3 +463,28 @@ fn hog(cpu: usize, nice: i32, stop: &AtomicBool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_add_up() {
+        let mut counts = Counts::default();
+        add_counts(
+            "ok. 10 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.23s",
+            &mut counts,
+        );
+        add_counts(
+            "FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 14.26s",
+            &mut counts,
+        );
+        assert_eq!((counts.passed, counts.failed, counts.ignored), (13, 1, 2));
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(minutes(Duration::from_millis(2_340)), "2.3 s");
+        assert_eq!(minutes(Duration::from_secs(605)), "10 m 05 s");
+    }
+}
