@@ -396,9 +396,9 @@ fn synthetic_game_exports_carry_its_frame_times() {
             "row {i}: msBetweenPresents {ms}, the game's presents allow {lo}..={hi} ns"
         );
         // TimeInSeconds moves by the same frame time (counted from the capture's start, which
-        // comes before the game's first present; a time before it would read 0).
+        // comes before the game's first present: the clock starts before the command runs).
         let t = num(&row[7]);
-        if let Some(last) = last_t.filter(|&l| l > 0.0) {
+        if let Some(last) = last_t {
             let dt = t - last;
             assert!(
                 dt >= lo as f64 / 1e9 - 1e-9 && dt <= hi as f64 / 1e9 + 1e-9,

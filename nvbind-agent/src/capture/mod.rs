@@ -926,6 +926,13 @@ pub fn cpu_time_and_peak_rss() -> (f64, u64) {
     )
 }
 
+/// Starts the capture's clock (`started_ns` and its wall-clock time): now.
+fn start_clock(capture: &mut Capture) -> Instant {
+    capture.started_ns = monotonic_ns();
+    capture.started_unix_s = unix_time_at(capture.started_ns);
+    Instant::now()
+}
+
 /// Records until the duration, the targets' exit, or a signal.
 pub async fn record(options: RecordOptions) -> Result<Outcome> {
     // Validate the target before loading anything.
@@ -961,6 +968,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         .map(|config| gpu::Sampler::start(&discovery, config));
 
     let mut launched: Option<Launched> = None;
+    let mut started: Option<Instant> = None;
     match &options.target {
         TargetSpec::Pid(pid) => {
             session.track(*pid, true)?;
@@ -1002,16 +1010,21 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         TargetSpec::Command(argv) => {
             let mut child = Launched::spawn(argv)?;
             session.track(child.pid, false)?;
+            // The capture's clock starts before the command runs: its first frame is after it.
+            started = Some(start_clock(&mut session.capture));
             child.release();
             launched = Some(child);
         }
+    }
+    // A running target is tracked from here: no frame of it comes before the capture's start.
+    if started.is_none() && !session.capture.processes.is_empty() {
+        started = Some(start_clock(&mut session.capture));
     }
 
     // Everything is attached and the targets are tracked: a frame presented from now on is
     // captured. Said at info level, so that a script (or a test) can start its workload then.
     log::info!("probes attached, capturing {}", options.target);
     let waiting_since = Instant::now();
-    let mut started: Option<Instant> = None;
     let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
     // A duplicate of the ring buffer's descriptor (same file description), owned by the poller.
     // SAFETY: the borrowed descriptor is open for as long as `session.probes` lives.
@@ -1049,9 +1062,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
             }
         }
         if started.is_none() && !session.capture.processes.is_empty() {
-            started = Some(Instant::now());
-            session.capture.started_ns = monotonic_ns();
-            session.capture.started_unix_s = unix_time_at(session.capture.started_ns);
+            started = Some(start_clock(&mut session.capture));
         }
         match started {
             None => {
