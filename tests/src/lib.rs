@@ -457,12 +457,6 @@ impl Drop for Xvfb {
     }
 }
 
-/// Time between consecutive present timestamps (ns), in ms, in order: frame `i + 1` took
-/// element `i`.
-pub fn intervals_ms(ts: &[u64]) -> Vec<f64> {
-    ts.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6).collect()
-}
-
 /// CLOCK_MONOTONIC in nanoseconds (the clock the kernel's probes stamp events with).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -662,20 +656,41 @@ pub fn assert_within_windows(captured: &[u64], windows: &[PresentWindow]) {
     );
 }
 
+/// Bounds, on the game's own clock, of frame `k`'s time (present `k - 1` to present `k`, ms) as a
+/// probe at the present call measures it: each present is stamped inside its [before, after]
+/// window, so the interval lies within [before(k) − after(k − 1), after(k) − before(k − 1)],
+/// however slow or noisy the machine.
+pub fn frame_bounds_ms(w: &[PresentWindow], k: usize) -> (f64, f64) {
+    let (lo, hi) = frame_bounds_ns(w, k);
+    (lo as f64 / 1e6, hi as f64 / 1e6)
+}
+
+/// [`frame_bounds_ms`] in nanoseconds.
+pub fn frame_bounds_ns(w: &[PresentWindow], k: usize) -> (u64, u64) {
+    (
+        w[k].before.saturating_sub(w[k - 1].after),
+        w[k].after.saturating_sub(w[k - 1].before),
+    )
+}
+
+/// The game's own pace: its median frame interval by its clock, ms.
+pub fn pace_ms(w: &[PresentWindow]) -> f64 {
+    let mut intervals: Vec<f64> = w
+        .windows(2)
+        .map(|p| p[1].before.saturating_sub(p[0].before) as f64 / 1e6)
+        .collect();
+    intervals.sort_by(f64::total_cmp);
+    percentile(&intervals, 0.5)
+}
+
 /// What the windows allow for each frame interval (frame `i + 1` took element `i`), in ms,
 /// sorted: the shortest (`after` of the earlier present to `before` of the later) and the
 /// longest (`before` to `after`). Any frame stamped inside its window has an interval between
 /// the two, so any percentile of the true intervals lies between the same percentile of each.
 pub fn interval_bounds_ms(windows: &[PresentWindow]) -> (Vec<f64>, Vec<f64>) {
-    let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
-    let mut shortest: Vec<f64> = windows
-        .windows(2)
-        .map(|w| ms(w[0].after, w[1].before))
-        .collect();
-    let mut longest: Vec<f64> = windows
-        .windows(2)
-        .map(|w| ms(w[0].before, w[1].after))
-        .collect();
+    let (mut shortest, mut longest): (Vec<f64>, Vec<f64>) = (1..windows.len())
+        .map(|k| frame_bounds_ms(windows, k))
+        .unzip();
     shortest.sort_by(f64::total_cmp);
     longest.sort_by(f64::total_cmp);
     (shortest, longest)
@@ -709,11 +724,6 @@ pub fn assert_fps_allowed(windows: &[PresentWindow], reported_fps: f64) {
         (low..=high).contains(&reported_fps),
         "fps_avg {reported_fps}: the game's own present windows allow [{low}, {high}]"
     );
-}
-
-/// The game's own present times: the clock read just before each present call.
-pub fn truth_times(windows: &[PresentWindow]) -> Vec<u64> {
-    windows.iter().map(|w| w.before).collect()
 }
 
 /// What the kernel counted for a thread or a process (getrusage): the ground truth for the
@@ -816,9 +826,6 @@ pub struct GameRun {
     pub report: serde_json::Value,
     /// The per-frame CSV's rows.
     pub rows: Vec<std::collections::HashMap<String, String>>,
-    /// The game's own log of its present times (CLOCK_MONOTONIC ns, read just before each
-    /// present call).
-    pub truth: Vec<u64>,
     /// Each present's [before, after] window, in the same order.
     pub windows: Vec<PresentWindow>,
     /// What the kernel counted for the game's frame thread and process.
@@ -874,7 +881,6 @@ pub fn record_game(
     GameRun {
         report: read_json(&out),
         rows,
-        truth: truth_times(&windows),
         windows,
         rusage: read_rusage(&truth),
         stderr: err,

@@ -22,9 +22,9 @@ use std::{
 
 use futures_util::StreamExt;
 use nvbind_tests::{
-    agent, assert_one_line_error, assert_within_windows, game_bin, monotonic_ns, mount_point,
-    percentile, read_truth, require_root, Bpffs, FixtureHost, PresentWindow, TestCgroup, Tree,
-    Xvfb,
+    agent, assert_one_line_error, assert_within_windows, frame_bounds_ms, game_bin, monotonic_ns,
+    mount_point, percentile, read_truth, require_root, Bpffs, FixtureHost, PresentWindow,
+    TestCgroup, Tree, Xvfb,
 };
 use serde_json::Value;
 
@@ -480,12 +480,7 @@ fn check_live_view(view: &Value, made_after: u64, made_before: u64, truth: &[Pre
     // The window holds frames n - in_window .. n; each one's frame time lies between its
     // present calls' bounds, and so does any percentile of them.
     let (mut lo, mut hi): (Vec<f64>, Vec<f64>) = (n - in_window..n)
-        .map(|j| {
-            (
-                ms(truth[j].before.saturating_sub(truth[j - 1].after)),
-                ms(truth[j].after - truth[j - 1].before),
-            )
-        })
+        .map(|j| frame_bounds_ms(truth, j))
         .unzip();
     lo.sort_by(f64::total_cmp);
     hi.sort_by(f64::total_cmp);

@@ -20,8 +20,8 @@ use std::{
 };
 
 use nvbind_tests::{
-    agent, agent_with_env, game_bin, percentile, read_json, read_truth, record_game, require_root,
-    stderr, PresentWindow, Xvfb,
+    agent, agent_with_env, frame_bounds_ns, game_bin, percentile, read_json, read_truth,
+    record_game, require_root, stderr, Xvfb,
 };
 
 /// How long a wait for a program to do something may take before the test calls it a hang.
@@ -189,14 +189,6 @@ fn check_our_mangohud_rows(rows: &[Vec<String>]) -> Vec<f64> {
         );
     }
     frametimes
-}
-
-/// What the game's own present windows allow for frame `j`'s time (from present j-1 to j), ns.
-fn interval_bounds(truth: &[PresentWindow], j: usize) -> (u64, u64) {
-    (
-        truth[j].before.saturating_sub(truth[j - 1].after),
-        truth[j].after - truth[j - 1].before,
-    )
 }
 
 #[test]
@@ -376,7 +368,7 @@ fn synthetic_game_exports_carry_its_frame_times() {
     // Row i is frame i + 1: its time lies between what the game's own present windows allow
     // (truncated to µs), whatever the machine's load.
     for (i, ft) in frametimes.iter().enumerate() {
-        let (lo, hi) = interval_bounds(truth, i + 1);
+        let (lo, hi) = frame_bounds_ns(truth, i + 1);
         assert!(
             ((lo / 1000) as f64..=(hi / 1000) as f64).contains(ft),
             "row {i}: frametime {ft} µs, the game's presents allow {lo}..={hi} ns"
@@ -389,7 +381,7 @@ fn synthetic_game_exports_carry_its_frame_times() {
     for (i, row) in presentmon[1..].iter().enumerate() {
         assert_eq!(row[0], "synthetic-game");
         assert_eq!(row[3], "OpenGL", "EGL presents are OpenGL's");
-        let (lo, hi) = interval_bounds(truth, i + 1);
+        let (lo, hi) = frame_bounds_ns(truth, i + 1);
         let ms = num(&row[9]);
         assert!(
             ms >= lo as f64 / 1e6 - 1e-9 && ms <= hi as f64 / 1e6 + 1e-9,

@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use nvbind_tests::{agent, percentile, record_game, require_root, stderr, GameRun};
+use nvbind_tests::{agent, frame_bounds_ms, pace_ms, record_game, require_root, stderr, GameRun};
 
 /// `#ff7f0e`, the colour of `blocked` stutter markers (see report/svg.rs).
 const BLOCKED_RGB: [u8; 3] = [0xff, 0x7f, 0x0e];
@@ -60,12 +60,7 @@ fn the_summary_and_the_chart_show_the_stutters() {
         );
     }
     let w = &run.windows;
-    let mut intervals: Vec<f64> = w
-        .windows(2)
-        .map(|p| (p[1].before - p[0].before) as f64 / 1e6)
-        .collect();
-    intervals.sort_by(f64::total_cmp);
-    let pace = percentile(&intervals, 0.5);
+    let pace = pace_ms(w);
     for e in events {
         let k = e["frame"].as_u64().expect("frame") as usize;
         if INJECTED.contains(&(k as u64)) {
@@ -73,7 +68,7 @@ fn the_summary_and_the_chart_show_the_stutters() {
         }
         assert!((1..w.len()).contains(&k), "{e}");
         // The probe stamps each present inside the game's [before, after] window of it.
-        let most = (w[k].after - w[k - 1].before) as f64 / 1e6;
+        let (_, most) = frame_bounds_ms(w, k);
         assert!(
             most >= 2.0 * pace,
             "stutter at frame {k}, but the game's clock allows at most {most:.2} ms: {e}"

@@ -11,7 +11,7 @@ use std::{
 };
 
 use nvbind_tests::{
-    busiest, hog_bin, percentile, read_csv, read_json, record_game, require_root,
+    busiest, frame_bounds_ms, hog_bin, pace_ms, read_csv, read_json, record_game, require_root,
     wait_for_presents, wait_for_process, wait_until_presenting, PresentWindow, WatchedAgent, Xvfb,
 };
 
@@ -41,27 +41,6 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
-/// Bounds, on the game's own clock, of frame `k`'s time (present `k - 1` to present `k`) as a probe
-/// at the present call measures it: the probe stamps each present inside that present's
-/// [before, after] window, so the interval lies within
-/// [before(k) − after(k − 1), after(k) − before(k − 1)], however slow or noisy the machine.
-fn bounds(w: &[PresentWindow], k: usize) -> (f64, f64) {
-    (
-        ms(w[k].before.saturating_sub(w[k - 1].after)),
-        ms(w[k].after - w[k - 1].before),
-    )
-}
-
-/// The game's own pace: its median frame interval by its clock.
-fn pace(w: &[PresentWindow]) -> f64 {
-    let mut intervals: Vec<f64> = w
-        .windows(2)
-        .map(|p| ms(p[1].before - p[0].before))
-        .collect();
-    intervals.sort_by(f64::total_cmp);
-    percentile(&intervals, 0.5)
-}
-
 /// Checks the reported stutters against the game's own clock and returns, for each injected
 /// cause, the one stutter reported for it (`injected[i]`: the frames whose interval may hold
 /// cause `i`, by the workloads' logs).
@@ -80,7 +59,7 @@ fn check_stutters(
     w: &[PresentWindow],
     injected: &[Vec<usize>],
 ) -> Vec<serde_json::Value> {
-    let pace = pace(w);
+    let pace = pace_ms(w);
     let mut found = Vec::new();
     for frames in injected {
         let hits: Vec<&serde_json::Value> = events(p)
@@ -97,7 +76,7 @@ fn check_stutters(
     }
     let reported: Vec<usize> = events(p).iter().map(frame_of).collect();
     for k in WARMUP + 1..w.len() {
-        let (least, _) = bounds(w, k);
+        let (least, _) = frame_bounds_ms(w, k);
         if least >= 4.0 * pace && least > FLOOR_MS {
             assert!(
                 reported.contains(&k),
@@ -114,7 +93,7 @@ fn check_stutters(
             "stutter at frame {k}, but the game presented {} frames: {e}",
             w.len()
         );
-        let (least, most) = bounds(w, k);
+        let (least, most) = frame_bounds_ms(w, k);
         let reported_ms = e["frame_time_ms"].as_f64().expect("frame_time_ms");
         assert!(
             (least - ROUNDING_MS..=most + ROUNDING_MS).contains(&reported_ms),
@@ -181,7 +160,7 @@ fn injected_stalls(
     // between the previous present's end and that present's start.
     let injected: Vec<usize> = (0..w.len()).filter(|i| i % 50 == 49).collect();
     for &k in &injected {
-        let (least, _) = bounds(&w, k);
+        let (least, _) = frame_bounds_ms(&w, k);
         assert!(
             least >= STALL_MS,
             "the game's clock shows the stall before frame {k}: {least:.2} ms"
@@ -222,7 +201,7 @@ fn assert_all(events: &[serde_json::Value], cause: &str) {
 /// The presenting thread's evidence for a stutter, and the most the game's clock allows any of
 /// its waits in that frame to have lasted (the whole frame).
 fn presenter_and_frame(e: &serde_json::Value, w: &[PresentWindow]) -> (serde_json::Value, f64) {
-    let (_, most) = bounds(w, frame_of(e));
+    let (_, most) = frame_bounds_ms(w, frame_of(e));
     (e["evidence"]["presenting_thread"].clone(), most)
 }
 
@@ -456,11 +435,13 @@ fn a_steady_game_has_no_stutters() {
     // No false positives: every stutter reported took what the game's own clock allows, and that
     // is above the floor (this machine is shared and can stall a thread; the game's clock is the
     // judge).
-    let possible = (1..w.len()).filter(|&k| bounds(w, k).1 > FLOOR_MS).count();
+    let possible = (1..w.len())
+        .filter(|&k| frame_bounds_ms(w, k).1 > FLOOR_MS)
+        .count();
     for e in events(p) {
         let k = frame_of(e);
         assert!((1..w.len()).contains(&k), "{e}");
-        let (least, most) = bounds(w, k);
+        let (least, most) = frame_bounds_ms(w, k);
         let reported = e["frame_time_ms"].as_f64().expect("frame_time_ms");
         assert!(
             most > FLOOR_MS && (least - ROUNDING_MS..=most + ROUNDING_MS).contains(&reported),
