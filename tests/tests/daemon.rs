@@ -273,6 +273,32 @@ impl Drop for Daemon {
 }
 
 /// curl's (status, body) for one request; `args` end with the URL.
+/// The kernel's count of skipped runs (`recursion_misses`) of the loaded programs named `name`,
+/// as `bpftool` reads it (it leaves the field out when it is 0).
+fn kernel_skipped_runs(name: &str) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
+    let matching: Vec<&Value> = progs
+        .as_array()
+        .expect("a list of programs")
+        .iter()
+        .filter(|p| p["name"] == name)
+        .collect();
+    assert!(!matching.is_empty(), "no program {name} is loaded");
+    matching
+        .iter()
+        .map(|p| p["recursion_misses"].as_u64().unwrap_or(0))
+        .sum()
+}
+
 fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args([
@@ -907,6 +933,33 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     ] {
         assert!(metrics.contains(&series), "{series} missing from:\n{metrics}");
     }
+    // Skipped runs are the kernel's own count of them: bpftool reads the same counter. The
+    // daemon refreshes its copy in housekeeping, so wait for it to reach what bpftool said
+    // before; it can never exceed what bpftool says after.
+    let wakeup = "nvbind_bpf_program_skipped_runs_total{program=\"nvbind_sched_wakeup\"} ";
+    let before = kernel_skipped_runs("nvbind_sched_wakeup");
+    let deadline = Instant::now() + HANG;
+    let ours = loop {
+        let (_, text) = curl(&[&daemon.url("/metrics")]);
+        let ours: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(wakeup))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{wakeup} missing from:\n{text}"));
+        if ours >= before {
+            break ours;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "skipped runs {ours}, the kernel counted {before}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let after = kernel_skipped_runs("nvbind_sched_wakeup");
+    assert!(
+        ours <= after,
+        "skipped runs {ours}, the kernel counted {before} before and {after} after"
+    );
 
     // 50 HTTP clients at once (curl's parallel mode: 50 connections).
     let urls: Vec<String> = (0..50)

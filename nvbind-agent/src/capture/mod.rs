@@ -525,6 +525,9 @@ impl Tracker {
         }
         capture.dropped_events = self.probes.dropped_events();
         capture.program_costs = self.probes.program_costs();
+        if let Some(note) = skipped_runs_note(&capture.program_costs) {
+            capture.notes.push(note);
+        }
         capture.probe_statuses = self.probes.statuses().to_vec();
         capture.drm_counts = self.probes.drm_event_counts();
         if capture.drm_counts[3] > 0 {
@@ -1149,6 +1152,25 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     Ok(Outcome { capture, exit_code })
 }
 
+/// A note when the kernel skipped runs of the agent's programs (their recursion guard: another
+/// tracing program was running on that CPU), so some events, of tracked tasks or others, were
+/// never seen: the evidence of frames around them may be incomplete.
+fn skipped_runs_note(costs: &[ProgramCost]) -> Option<String> {
+    let skipped: Vec<String> = costs
+        .iter()
+        .filter(|c| c.recursion_misses > 0)
+        .map(|c| format!("{} {}", c.program, c.recursion_misses))
+        .collect();
+    (!skipped.is_empty()).then(|| {
+        format!(
+            "the kernel skipped runs of these probes while another tracing program ran on the same \
+             CPU ({}): events of any task, tracked or not; the evidence of a frame around one may \
+             be incomplete",
+            skipped.join(", ")
+        )
+    })
+}
+
 /// Lowers the agent's priority (AGENT_NICE), so it does not cause the stutters it measures.
 pub fn yield_to_games() {
     // SAFETY: setpriority on this process; failure only leaves the priority as it was.
@@ -1229,4 +1251,35 @@ fn uname() -> (String, String) {
         String::from_utf8_lossy(&bytes).into_owned()
     };
     (text(&uts.release), text(&uts.nodename))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost(program: &str, recursion_misses: u64) -> ProgramCost {
+        ProgramCost {
+            program: program.into(),
+            run_count: 10,
+            run_time_ns: 1_000,
+            mean_ns_per_run: 100.0,
+            recursion_misses,
+        }
+    }
+
+    #[test]
+    fn skipped_runs_are_named_with_their_counts() {
+        assert_eq!(skipped_runs_note(&[cost("nvbind_sched_switch", 0)]), None);
+        let note = skipped_runs_note(&[
+            cost("nvbind_sched_switch", 0),
+            cost("nvbind_sched_wakeup", 2),
+            cost("nvbind_present", 1),
+        ])
+        .expect("a note");
+        assert!(
+            note.contains("(nvbind_sched_wakeup 2, nvbind_present 1)"),
+            "{note}"
+        );
+        assert!(!note.contains("nvbind_sched_switch"), "{note}");
+    }
 }

@@ -402,6 +402,20 @@ impl Collector for StateCollector {
             Some(&Unit::Seconds),
             &time,
         )?;
+        let skipped: Vec<_> = live
+            .agent
+            .bpf
+            .iter()
+            .map(|p| (program(p), ConstCounter::new(p.recursion_misses)))
+            .collect();
+        family(
+            e,
+            "bpf_program_skipped_runs",
+            "Times the kernel skipped each of nvbind's eBPF programs because another tracing \
+             program was running on that CPU: events it never saw",
+            None,
+            &skipped,
+        )?;
         let agent = &live.agent;
         single(
             e,
