@@ -525,9 +525,6 @@ impl Tracker {
         }
         capture.dropped_events = self.probes.dropped_events();
         capture.program_costs = self.probes.program_costs();
-        if let Some(note) = skipped_runs_note(&capture.program_costs) {
-            capture.notes.push(note);
-        }
         capture.probe_statuses = self.probes.statuses().to_vec();
         capture.drm_counts = self.probes.drm_event_counts();
         if capture.drm_counts[3] > 0 {
@@ -1145,6 +1142,11 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         },
         None => 0,
     };
+    // The programs were loaded for this capture, so their counts are its own (a daemon's span
+    // many sessions: there the counts are on /metrics, not in each session's notes).
+    if let Some(note) = skipped_runs_note(&capture.program_costs) {
+        capture.notes.push(note);
+    }
     let (cpu_at_end, peak_rss) = cpu_time_and_peak_rss();
     capture.agent_cpu_s = cpu_at_end - cpu_at_start;
     capture.agent_peak_rss_bytes = peak_rss;
