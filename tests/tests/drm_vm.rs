@@ -82,6 +82,17 @@ fn process<'a>(report: &'a Value, comm: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {comm} in the report: {}", report["processes"]))
 }
 
+/// Runs the kernel skipped of the report's programs whose name starts with `prefix`.
+fn skipped_runs(report: &Value, prefix: &str) -> u64 {
+    report["agent"]["bpf"]
+        .as_array()
+        .expect("agent.bpf")
+        .iter()
+        .filter(|c| c["program"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .map(|c| c["recursion_misses"].as_u64().expect("recursion_misses"))
+        .sum()
+}
+
 /// The intervals between the flip deliveries in the kernel's trace buffer (lines like
 /// `modetest-55 [000] d.h1. 12.345678: drm_vblank_event_delivered: file=… crtc=0 seq=…`), ms,
 /// sorted.
@@ -239,9 +250,20 @@ fn sequence_and_late_vblank_events_are_not_display_frames() {
         display["count"], 0,
         "no flip: every event was asked for: {display}"
     );
-    // 60 CRTC_QUEUE_SEQUENCE events (no queued tracepoint for those) and 60 late WAIT_VBLANK ones.
-    assert_eq!(display["vblank_events_delivered"], 120, "{display}");
-    assert_eq!(display["vblank_events_queued"], 60, "{display}");
+    // 60 CRTC_QUEUE_SEQUENCE events (no queued tracepoint for those) and 60 late WAIT_VBLANK ones,
+    // but for runs of the DRM probes the kernel skipped (its recursion guard: a vblank interrupt
+    // while another tracing program ran on that CPU), which the report counts.
+    let skipped = skipped_runs(&report, "nvbind_drm");
+    for (field, asked) in [
+        ("vblank_events_delivered", 120),
+        ("vblank_events_queued", 60),
+    ] {
+        let seen = display[field].as_u64().expect(field);
+        assert!(
+            seen <= asked && seen + skipped >= asked,
+            "{field}: {seen} of {asked}, {skipped} DRM probe runs skipped: {display}"
+        );
+    }
     let requests = &p["ioctl"]["drm"]["requests"];
     assert_eq!(requests["CRTC_QUEUE_SEQUENCE"], 60, "{requests}");
     assert_eq!(requests["WAIT_VBLANK"], 120, "{requests}");
