@@ -823,15 +823,17 @@ pub fn read_rusage(truth: &Path) -> GameRusage {
 /// `agent.bpf[].recursion_misses` of `nvbind_sched_*`): events nvbind could not see, so counts
 /// checked against the kernel's own may fall short by that many.
 pub fn skipped_sched_runs(report: &serde_json::Value) -> u64 {
+    skipped_runs(report, "nvbind_sched")
+}
+
+/// Runs the kernel skipped (the report's `agent.bpf[].recursion_misses`) of the programs whose
+/// name starts with `prefix`.
+pub fn skipped_runs(report: &serde_json::Value, prefix: &str) -> u64 {
     report["agent"]["bpf"]
         .as_array()
         .expect("agent.bpf")
         .iter()
-        .filter(|c| {
-            c["program"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("nvbind_sched"))
-        })
+        .filter(|c| c["program"].as_str().is_some_and(|n| n.starts_with(prefix)))
         .map(|c| c["recursion_misses"].as_u64().expect("recursion_misses"))
         .sum()
 }

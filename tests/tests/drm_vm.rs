@@ -13,6 +13,7 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
+use nvbind_tests::skipped_runs;
 use serde_json::Value;
 
 /// The console's `==BEGIN name==` … `==END name==` sections.
@@ -80,17 +81,6 @@ fn process<'a>(report: &'a Value, comm: &str) -> &'a Value {
         .as_array()
         .and_then(|a| a.iter().find(|p| p["comm"] == comm))
         .unwrap_or_else(|| panic!("no {comm} in the report: {}", report["processes"]))
-}
-
-/// Runs the kernel skipped of the report's programs whose name starts with `prefix`.
-fn skipped_runs(report: &Value, prefix: &str) -> u64 {
-    report["agent"]["bpf"]
-        .as_array()
-        .expect("agent.bpf")
-        .iter()
-        .filter(|c| c["program"].as_str().is_some_and(|n| n.starts_with(prefix)))
-        .map(|c| c["recursion_misses"].as_u64().expect("recursion_misses"))
-        .sum()
 }
 
 /// The intervals between the flip deliveries in the kernel's trace buffer (lines like
