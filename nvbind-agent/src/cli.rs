@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     binding,
     capture::{self, RecordOptions},
-    doctor, gpu, report,
+    doctor, gpu,
+    probes::KernelHooks,
+    report,
     stutter::DetectorConfig,
     target::TargetSpec,
 };
@@ -52,6 +54,10 @@ pub struct DaemonArgs {
     /// Read the GPUs this many times a second (0: not at all).
     #[arg(long, value_name = "HZ")]
     pub gpu_sample_hz: Option<f64>,
+    /// Scheduler probes on BTF tracepoints (btf), classic tracepoints (classic), or BTF where
+    /// the kernel has it (auto).
+    #[arg(long, value_name = "HOOKS")]
+    pub kernel_hooks: Option<KernelHooks>,
     /// Read sysfs from here instead of /sys.
     #[arg(long, value_name = "DIR")]
     pub sysfs_root: Option<PathBuf>,
@@ -79,6 +85,9 @@ pub enum Command {
         /// Mount tracefs at /sys/kernel/tracing if it is not mounted.
         #[arg(long)]
         mount_tracefs: bool,
+        /// Scheduler probes on BTF tracepoints, classic tracepoints, or BTF where possible.
+        #[arg(long, value_name = "HOOKS", default_value = "auto")]
+        kernel_hooks: KernelHooks,
     },
     /// Record a game's frames and what the scheduler and GPU driver did to its threads.
     Record(RecordArgs),
@@ -152,6 +161,10 @@ pub struct RecordArgs {
     /// Mount tracefs at /sys/kernel/tracing if it is not mounted.
     #[arg(long)]
     pub mount_tracefs: bool,
+    /// Scheduler probes on BTF tracepoints (btf), classic tracepoints (classic, the fallback for
+    /// kernels without BTF), or BTF where the kernel has it (auto).
+    #[arg(long, value_name = "HOOKS", default_value = "auto")]
+    pub kernel_hooks: KernelHooks,
     /// A stutter is a frame longer than this many times the trailing average frame time.
     #[arg(long, value_name = "FACTOR", default_value_t = DetectorConfig::default().factor)]
     pub stutter_factor: f64,
@@ -439,8 +452,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Doctor {
             json,
             mount_tracefs,
+            kernel_hooks,
         } => {
-            let d = doctor::diagnose(mount_tracefs);
+            let d = doctor::diagnose(mount_tracefs, kernel_hooks);
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
@@ -507,6 +521,7 @@ fn run_daemon(args: DaemonArgs) -> Result<u8> {
             reports_dir: args.reports_dir,
             keep_reports: args.keep_reports,
             gpu_sample_hz: args.gpu_sample_hz,
+            kernel_hooks: args.kernel_hooks,
             sysfs_root: args.sysfs_root,
             dev_root: args.dev_root,
             proc_root: args.proc_root,
@@ -565,6 +580,7 @@ fn record(args: RecordArgs) -> Result<u8> {
         gpu_sampling,
         gpu_roots,
         progress: true,
+        kernel_hooks: args.kernel_hooks,
     }))?;
     let (report, rows) = report::build(&outcome.capture);
     report::write::report_json(&args.out, &report)?;

@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::probes::{
-    self, libraries::LIBRARY_KINDS, tracefs, LoadOptions, ProbeError, ProbeStatus, Probes,
-    TRACEPOINTS,
+    self, libraries::LIBRARY_KINDS, tracefs, KernelHooks, LoadOptions, ProbeError, ProbeStatus,
+    Probes, TRACEPOINTS,
 };
 
 #[derive(Debug, Serialize)]
@@ -16,7 +16,8 @@ pub struct Diagnosis {
     pub ready: bool,
     pub root: bool,
     pub kernel: String,
-    /// Kernel BTF (/sys/kernel/btf/vmlinux). The current probes do not need it.
+    /// Kernel BTF (/sys/kernel/btf/vmlinux): the scheduler probes use BTF tracepoints with it,
+    /// classic tracepoints without.
     pub btf: bool,
     pub tracefs: Option<String>,
     /// Why loading failed, when it did.
@@ -26,7 +27,7 @@ pub struct Diagnosis {
 }
 
 /// Probes the machine.
-pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
+pub fn diagnose(mount_tracefs: bool, kernel_hooks: KernelHooks) -> Diagnosis {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -35,15 +36,15 @@ pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
         mount_tracefs,
         require_core: false,
         discover_presenters: false,
+        kernel_hooks,
     });
     let tracefs = tracefs::find().ok().map(|p| p.display().to_string());
     match loaded {
         Ok(p) => {
             let statuses = p.statuses().to_vec();
             let ready = TRACEPOINTS.iter().filter(|t| t.required).all(|t| {
-                statuses
-                    .iter()
-                    .any(|s| s.program == t.program && s.attached)
+                let name = format!("{}:{}", t.category, t.name);
+                statuses.iter().any(|s| s.name == name && s.attached)
             });
             Diagnosis {
                 ready,
@@ -70,6 +71,13 @@ pub fn diagnose(mount_tracefs: bool) -> Diagnosis {
                     name,
                     family: family.into(),
                     program: program.into(),
+                    hook: if family == "present" {
+                        "uprobe"
+                    } else {
+                        "tracepoint"
+                    }
+                    .into(),
+                    fallback: None,
                     attached: false,
                     reason: Some(reason.clone()),
                     fix: fix.clone(),
@@ -124,7 +132,13 @@ pub fn render(d: &Diagnosis) -> String {
         } else {
             "unavailable"
         };
-        out.push_str(&format!("{:<10} {:<width$}  {state}", p.family, p.name));
+        out.push_str(&format!(
+            "{:<10} {:<width$}  {:<10} {state}",
+            p.family, p.name, p.hook
+        ));
+        if let Some(why) = &p.fallback {
+            out.push_str(&format!(" (not on a BTF tracepoint: {why})"));
+        }
         if let Some(r) = &p.reason {
             out.push_str(&format!(": {r}"));
         }

@@ -332,6 +332,50 @@ pub struct ThreadState {
 }
 
 /// How a blocked period began, so its time lands in the right counter when it ends.
+/// Task states as `sched_switch` reports them, and the mapping from a task's raw `__state` (what
+/// the BTF tracepoint receives) to the classic tracepoint's `prev_state`, so both hooks feed the
+/// same logic. Values are the kernel's since 5.18 (the first with `prev_state` in the BTF
+/// tracepoint's arguments, which is what nvbind requires to use it); see `include/linux/sched.h`,
+/// `__task_state_index()` and `__trace_sched_switch_state()`.
+pub mod task_state {
+    /// `TASK_UNINTERRUPTIBLE` (the `D` of `ps`).
+    pub const UNINTERRUPTIBLE: u64 = 0x2;
+    /// `EXIT_DEAD | EXIT_ZOMBIE` (`X`, `Z`): a task's last switch.
+    pub const EXIT_STATES: u64 = 0x10 | 0x20;
+    /// `TASK_REPORT`: the bits of a state the tracepoint reports.
+    const REPORT: u32 = 0x7f;
+    /// `TASK_IDLE` (`TASK_UNINTERRUPTIBLE | TASK_NOLOAD`): reported as idle, not as `D`.
+    const IDLE: u32 = 0x2 | 0x400;
+    /// `TASK_RTLOCK_WAIT`: a sleeping spinlock on PREEMPT_RT, reported as `D`.
+    const RTLOCK_WAIT: u32 = 0x1000;
+
+    /// The classic `sched_switch` tracepoint's `prev_state` for a switch the BTF tracepoint saw:
+    /// `report_max` (`TASK_REPORT_MAX`) for a preemption, else the single bit of the task's
+    /// reported state (0 for `TASK_RUNNING`).
+    #[inline(always)]
+    pub fn classic_prev_state(preempt: bool, raw: u32, exit_state: u32, report_max: u64) -> u64 {
+        if preempt {
+            return report_max;
+        }
+        if raw & RTLOCK_WAIT != 0 {
+            return UNINTERRUPTIBLE;
+        }
+        if raw & IDLE == IDLE {
+            // TASK_REPORT_IDLE, the bit just below TASK_REPORT_MAX.
+            return report_max >> 1;
+        }
+        let state = (raw | exit_state) & REPORT;
+        let mut bit = 0x40;
+        while bit != 0 {
+            if state & bit != 0 {
+                return bit as u64;
+            }
+            bit >>= 1;
+        }
+        0
+    }
+}
+
 pub mod blocked_kind {
     /// Interruptible sleep outside a GPU ioctl (futex, poll, nanosleep, pipe and socket waits).
     pub const SLEEP: u32 = 0;
@@ -587,6 +631,31 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn raw_task_states_map_to_what_the_classic_tracepoint_reports() {
+        use super::task_state::classic_prev_state as state;
+        const MAX: u64 = 0x100;
+        // A preemption is TASK_REPORT_MAX, whatever the task's state.
+        assert_eq!(state(true, 0x1, 0, MAX), MAX);
+        assert_eq!(state(true, 0x0, 0, MAX), MAX);
+        // Running (a yield, or a preemption on the way back to user space) is 0.
+        assert_eq!(state(false, 0x0, 0, MAX), 0);
+        // S, D, stopped, traced, parked: their own bit.
+        for bit in [0x1, 0x2, 0x4, 0x8, 0x40] {
+            assert_eq!(state(false, bit, 0, MAX), bit as u64);
+        }
+        // TASK_KILLABLE (WAKEKILL | UNINTERRUPTIBLE) is D; TASK_IDLE is I (not D).
+        assert_eq!(state(false, 0x100 | 0x2, 0, MAX), 0x2);
+        assert_eq!(state(false, 0x400 | 0x2, 0, MAX), 0x80);
+        // A task's last switch: TASK_DEAD in its state, EXIT_ZOMBIE or EXIT_DEAD in exit_state.
+        assert_eq!(state(false, 0x80, 0x20, MAX), 0x20);
+        assert_eq!(state(false, 0x80, 0x10, MAX), 0x10);
+        // Preempted after exit_notify(): still running, already a zombie (the tracepoint says Z).
+        assert_eq!(state(false, 0x0, 0x20, MAX), 0x20);
+        // An rtlock wait is D.
+        assert_eq!(state(false, 0x1000 | 0x1, 0, MAX), 0x2);
+    }
+
     use super::*;
 
     #[test]

@@ -10,27 +10,133 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_smp_processor_id, generated::bpf_get_current_cgroup_id,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use nvbind_common::{
-    blocked_kind, hist_bucket, ioctl_class, thread_status, Culprit, PreemptorKey, PreemptorValue,
-    ProcessHistograms, ThreadState, RECENT_WAIT_NS, TASK_COMM_LEN,
+    blocked_kind, hist_bucket, ioctl_class, task_state, thread_status, Culprit, PreemptorKey,
+    PreemptorValue, ProcessHistograms, ThreadState, RECENT_WAIT_NS, TASK_COMM_LEN,
 };
 
 use crate::state::{
-    current_ids, field, now_ns, thread, CPU_WATCH, PREEMPTORS, PRESENTER_HISTS, PROC_HISTS,
-    SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_REPORT_MAX,
-    WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
+    current_ids, field, kernel_field, now_ns, thread, CPU_WATCH, PREEMPTORS, PRESENTER_HISTS,
+    PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_COMM_OFF,
+    TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF, TASK_REPORT_MAX, WAKEUP_PID_OFF,
+    WAKEUP_TARGET_CPU_OFF,
 };
+
+/// What a `sched_switch` hook tells about one switch; each hook reads a value only when the
+/// switch concerns a tracked thread and needs it.
+trait Switch {
+    /// The next task's tid (the kernel's `pid`), as the kernel gives it.
+    fn next_pid(&self) -> Option<i32>;
+    /// The previous task's state as the classic tracepoint reports it (`prev_state`).
+    fn prev_state(&self) -> u64;
+    fn next_comm(&self) -> [u8; TASK_COMM_LEN];
+}
+
+/// What a `sched_wakeup` hook tells about one wakeup.
+trait Wakeup {
+    fn pid(&self) -> Option<i32>;
+    /// The CPU the task will run on.
+    fn target_cpu(&self) -> Option<u32>;
+}
+
+/// The classic tracepoints: fields of a record, at offsets from tracefs.
+struct Record<'a>(&'a TracePointContext);
+
+impl Switch for Record<'_> {
+    fn next_pid(&self) -> Option<i32> {
+        field(self.0, &SWITCH_NEXT_PID_OFF)
+    }
+    fn prev_state(&self) -> u64 {
+        field::<i64>(self.0, &SWITCH_PREV_STATE_OFF).unwrap_or(0) as u64
+    }
+    fn next_comm(&self) -> [u8; TASK_COMM_LEN] {
+        field(self.0, &SWITCH_NEXT_COMM_OFF).unwrap_or_default()
+    }
+}
+
+impl Wakeup for Record<'_> {
+    fn pid(&self) -> Option<i32> {
+        field(self.0, &WAKEUP_PID_OFF)
+    }
+    fn target_cpu(&self) -> Option<u32> {
+        field::<i32>(self.0, &WAKEUP_TARGET_CPU_OFF).map(|cpu| cpu as u32)
+    }
+}
+
+/// The BTF tracepoints: the kernel's own arguments (task pointers), read at `task_struct`
+/// offsets from the kernel's BTF. Unlike classic tracepoints, each has its own recursion guard:
+/// a wakeup from an interrupt that lands while another tracing program runs on the CPU is still
+/// seen (the classic ones share one per-CPU guard and skip it).
+struct SwitchArgs {
+    preempt: bool,
+    prev: *const u8,
+    next: *const u8,
+    /// The previous task's raw `__state` (`prev_state` argument, kernel 5.18 and later).
+    raw_state: u32,
+}
+
+impl Switch for SwitchArgs {
+    fn next_pid(&self) -> Option<i32> {
+        kernel_field(self.next, &TASK_PID_OFF)
+    }
+    fn prev_state(&self) -> u64 {
+        let exit_state = if self.preempt {
+            0
+        } else {
+            kernel_field::<u32>(self.prev, &TASK_EXIT_STATE_OFF).unwrap_or(0)
+        };
+        task_state::classic_prev_state(
+            self.preempt,
+            self.raw_state,
+            exit_state,
+            TASK_REPORT_MAX.load(),
+        )
+    }
+    fn next_comm(&self) -> [u8; TASK_COMM_LEN] {
+        kernel_field(self.next, &TASK_COMM_OFF).unwrap_or_default()
+    }
+}
+
+/// A `sched_wakeup`/`sched_wakeup_new` BTF tracepoint's task.
+struct WokenTask(*const u8);
+
+impl Wakeup for WokenTask {
+    fn pid(&self) -> Option<i32> {
+        kernel_field(self.0, &TASK_PID_OFF)
+    }
+    fn target_cpu(&self) -> Option<u32> {
+        kernel_field(self.0, &TASK_CPU_OFF)
+    }
+}
 
 #[tracepoint]
 pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
+    switched(&Record(&ctx));
+    0
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn nvbind_sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
+    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+    //              unsigned int prev_state)
+    let args = SwitchArgs {
+        preempt: ctx.arg::<u64>(0) & 0xff != 0,
+        prev: ctx.arg(1),
+        next: ctx.arg(2),
+        raw_state: ctx.arg::<u64>(3) as u32,
+    };
+    switched(&args);
+    0
+}
+
+#[inline(always)]
+fn switched(args: &impl Switch) {
     let now = now_ns();
     // pid 0 is every CPU's idle task: never tracked, never a preemptor worth naming.
-    let next_tid = field::<i32>(&ctx, &SWITCH_NEXT_PID_OFF)
-        .filter(|&pid| pid > 0)
-        .map(|pid| pid as u32);
+    let next_tid = args.next_pid().filter(|&pid| pid > 0).map(|pid| pid as u32);
     // The tracepoint runs in the context of the task being switched out.
     let (prev_tgid, prev_tid) = current_ids();
     // SAFETY: helper without arguments.
@@ -40,7 +146,7 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
         if let Some(prev) = thread(prev_tid) {
             // An exited thread's counters are final (its last switch closed them).
             if prev.status != thread_status::EXITED {
-                switched_out(&ctx, prev, now, cpu, next_tid);
+                switched_out(args, prev, now, cpu, next_tid);
             }
         }
     }
@@ -53,12 +159,11 @@ pub fn nvbind_sched_switch(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    0
 }
 
 #[inline(always)]
 fn switched_out(
-    ctx: &TracePointContext,
+    args: &impl Switch,
     prev: &mut ThreadState,
     now: u64,
     cpu: u32,
@@ -67,15 +172,15 @@ fn switched_out(
     if prev.status == thread_status::RUNNING {
         prev.totals.on_cpu_ns += now.saturating_sub(prev.since_ns);
     }
-    let state: i64 = field(ctx, &SWITCH_PREV_STATE_OFF).unwrap_or(0);
+    let state = args.prev_state();
     prev.since_ns = now;
-    if state & EXIT_STATES != 0 {
+    if state & task_state::EXIT_STATES != 0 {
         // Its last switch: the counters are final, and this one is not a sleep (getrusage()
         // does not count it either).
         prev.status = thread_status::EXITED;
         return;
     }
-    let report_max = TASK_REPORT_MAX.load() as i64;
+    let report_max = TASK_REPORT_MAX.load();
     // A task preempted in the kernel is reported as TASK_REPORT_MAX (not its real state); one
     // preempted on its way back to user space, or that yielded, reports 0 (TASK_RUNNING). Either
     // way it still wanted the CPU: runnable, and an involuntary switch (the kernel's nivcsw).
@@ -93,7 +198,7 @@ fn switched_out(
         prev.preempted = 1;
         prev.totals.involuntary_switches += 1;
         if let Some(next_tid) = next_tid {
-            note_preemptor(ctx, prev, next_tid);
+            note_preemptor(args, prev, next_tid);
         }
         // The preemptor may run only a moment (the game's own worker it woke, a kworker) before a
         // hog takes the CPU for the rest of the wait: watch the CPU as for a wakeup.
@@ -104,7 +209,7 @@ fn switched_out(
         prev.blocked_kind =
             if prev.ioctl_start_ns != 0 && ioctl_class::is_gpu(prev.ioctl_class as usize) {
                 blocked_kind::GPU_IOCTL
-            } else if state & TASK_UNINTERRUPTIBLE != 0 {
+            } else if state & task_state::UNINTERRUPTIBLE != 0 {
                 blocked_kind::UNINTERRUPTIBLE
             } else {
                 blocked_kind::SLEEP
@@ -112,15 +217,9 @@ fn switched_out(
     }
 }
 
-/// `TASK_UNINTERRUPTIBLE` in `prev_state` (the `D` of `ps`); stable since the beginning.
-const TASK_UNINTERRUPTIBLE: i64 = 0x2;
-/// `EXIT_DEAD` and `EXIT_ZOMBIE` in `prev_state` (`X`, `Z`): the tracepoint reports a task's
-/// exit state at its last switch, after `sched_process_exit` and the rest of its exit path.
-const EXIT_STATES: i64 = 0x10 | 0x20;
-
 #[inline(always)]
-fn note_preemptor(ctx: &TracePointContext, victim: &mut ThreadState, next_tid: u32) {
-    let comm: [u8; TASK_COMM_LEN] = field(ctx, &SWITCH_NEXT_COMM_OFF).unwrap_or_default();
+fn note_preemptor(args: &impl Switch, victim: &mut ThreadState, next_tid: u32) {
+    let comm = args.next_comm();
     victim.last_preemptor_tid = next_tid;
     victim.last_preemptor_comm = comm;
     let key = PreemptorKey {
@@ -374,8 +473,8 @@ fn add_to(h: Option<*mut ProcessHistograms>, bucket: usize, runq: bool) {
 }
 
 #[inline(always)]
-fn woken(ctx: &TracePointContext, new_task: bool) {
-    let Some(tid) = field::<i32>(ctx, &WAKEUP_PID_OFF) else {
+fn woken(args: &impl Wakeup, new_task: bool) {
+    let Some(tid) = args.pid() else {
         return;
     };
     if tid <= 0 {
@@ -390,8 +489,8 @@ fn woken(ctx: &TracePointContext, new_task: bool) {
             end_blocked(t, tid as u32, now);
             t.totals.wakeups += 1;
             t.preempted = 0;
-            if let Some(cpu) = field::<i32>(ctx, &WAKEUP_TARGET_CPU_OFF) {
-                arm_watch(t, cpu as u32, now);
+            if let Some(cpu) = args.target_cpu() {
+                arm_watch(t, cpu, now);
             }
         }
         // A new thread's first run-queue wait starts at wake_up_new_task.
@@ -404,12 +503,26 @@ fn woken(ctx: &TracePointContext, new_task: bool) {
 
 #[tracepoint]
 pub fn nvbind_sched_wakeup(ctx: TracePointContext) -> u32 {
-    woken(&ctx, false);
+    woken(&Record(&ctx), false);
     0
 }
 
 #[tracepoint]
 pub fn nvbind_sched_wakeup_new(ctx: TracePointContext) -> u32 {
-    woken(&ctx, true);
+    woken(&Record(&ctx), true);
+    0
+}
+
+/// sched_wakeup(struct task_struct *p)
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn nvbind_sched_wakeup_btf(ctx: BtfTracePointContext) -> u32 {
+    woken(&WokenTask(ctx.arg(0)), false);
+    0
+}
+
+/// sched_wakeup_new(struct task_struct *p)
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn nvbind_sched_wakeup_new_btf(ctx: BtfTracePointContext) -> u32 {
+    woken(&WokenTask(ctx.arg(0)), true);
     0
 }

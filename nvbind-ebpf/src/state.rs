@@ -117,6 +117,17 @@ pub static DRM_DELIVERED_FILE_OFF: Global<u32> = Global::new(8);
 pub static DRM_DELIVERED_CRTC_OFF: Global<u32> = Global::new(16);
 #[unsafe(no_mangle)]
 pub static DRM_DELIVERED_SEQ_OFF: Global<u32> = Global::new(20);
+/// `task_struct` field offsets for the BTF tracepoints (`tp_btf`), which receive task pointers
+/// instead of records: read by the agent from the running kernel's BTF at load time, and only
+/// then are those programs loaded.
+#[unsafe(no_mangle)]
+pub static TASK_PID_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_COMM_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_EXIT_STATE_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_CPU_OFF: Global<u32> = Global::new(0);
 /// Non-zero (set by the daemon at load): any process that presents a frame starts being tracked
 /// from that frame on, unless it is in `IGNORED_PROCESSES`.
 #[unsafe(no_mangle)]
@@ -131,6 +142,18 @@ pub fn field<T>(ctx: &aya_ebpf::programs::TracePointContext, offset: &Global<u32
     // SAFETY: the offset comes from the tracepoint's own format file; the read is a checked
     // bpf_probe_read_kernel, which fails instead of faulting.
     unsafe { ctx.read_at::<T>(offset.load() as usize).ok() }
+}
+
+/// Reads a field of a kernel object (a `task_struct` a BTF tracepoint handed over) at an offset
+/// set at load time from the kernel's BTF.
+#[inline(always)]
+pub fn kernel_field<T>(object: *const u8, offset: &Global<u32>) -> Option<T> {
+    // SAFETY: the offset comes from the running kernel's BTF for this object's type; the read is
+    // a checked bpf_probe_read_kernel, which fails instead of faulting.
+    unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel(object.add(offset.load() as usize) as *const T)
+            .ok()
+    }
 }
 
 #[inline(always)]

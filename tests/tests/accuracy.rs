@@ -19,6 +19,11 @@ struct Run {
 }
 
 fn record_game(dir: &Path, command: &[&str], game_args: &[&str]) -> Run {
+    record_game_with(dir, &[], command, game_args)
+}
+
+/// `record_game` with more arguments for `record`.
+fn record_game_with(dir: &Path, agent_args: &[&str], command: &[&str], game_args: &[&str]) -> Run {
     let out = dir.join("report.json");
     let csv = dir.join("frames.csv");
     let truth = dir.join("truth.txt");
@@ -29,8 +34,9 @@ fn record_game(dir: &Path, command: &[&str], game_args: &[&str]) -> Run {
         out.display().to_string(),
         "--frames-csv".into(),
         csv.display().to_string(),
-        "--".into(),
     ];
+    args.extend(agent_args.iter().map(|s| s.to_string()));
+    args.push("--".into());
     args.extend(command.iter().map(|s| s.to_string()));
     let game_cmd = format!(
         "{} --truth {} {}",
@@ -294,6 +300,55 @@ fn record_all_tracks_running_and_new_processes() {
         "every process on the host: only {}",
         processes.len()
     );
+}
+
+/// The scheduler probes give the same truth on either kind of tracepoint: BTF tracepoints (the
+/// default where the kernel has BTF; they read `task_struct` at offsets from the kernel's BTF) and
+/// classic ones (the fallback). Each run's frames match the game's own log and its switch counts
+/// and CPU time the kernel's getrusage; a wrong BTF offset (pid, state, exit state) or a wrong
+/// decoding of the raw task state loses or misfiles switches, which these comparisons catch.
+#[test]
+fn scheduler_counts_match_the_kernel_on_btf_and_classic_tracepoints() {
+    require_root();
+    for (hooks, program, hook) in [
+        ("btf", "nvbind_sched_switch_btf", "tp_btf"),
+        ("classic", "nvbind_sched_switch", "tracepoint"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = record_game_with(
+            dir.path(),
+            &["--kernel-hooks", hooks],
+            &[],
+            &[
+                "--frames",
+                "120",
+                "--interval-ms",
+                "8",
+                "--stall-every",
+                "40",
+                "--stall-ms",
+                "20",
+            ],
+        );
+        let switch = run.report["capture"]["sources"]
+            .as_array()
+            .expect("capture.sources")
+            .iter()
+            .find(|s| s["name"] == "sched:sched_switch")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (&switch["program"], &switch["hook"], &switch["attached"]),
+            (
+                &serde_json::json!(program),
+                &serde_json::json!(hook),
+                &serde_json::json!(true)
+            ),
+            "--kernel-hooks {hooks}: {switch}"
+        );
+        assert_matches_truth(&run, 120);
+        assert_sched_matches_rusage(&run.report, &run.rusage);
+    }
 }
 
 /// A game exec'd by a *thread* of a multi-threaded launcher takes the launcher's pid (the kernel

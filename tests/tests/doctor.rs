@@ -64,3 +64,53 @@ fn doctor_lists_every_probe_with_its_state() {
     );
     assert!(text.contains("ready: record can run"), "{text}");
 }
+
+/// Which tracepoints the scheduler probes use, and why: BTF tracepoints where the kernel has BTF
+/// (this machine's and the test VM's kernels do), classic ones when asked, each saying so.
+#[test]
+fn doctor_says_which_kind_of_tracepoint_each_scheduler_probe_uses() {
+    require_root();
+    let has_btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    assert!(
+        has_btf,
+        "this kernel has no /sys/kernel/btf/vmlinux: the BTF tracepoints cannot be tested here"
+    );
+    for (hooks, hook, program_suffix, fallback) in [
+        ("auto", "tp_btf", "_btf", None),
+        ("btf", "tp_btf", "_btf", None),
+        ("classic", "tracepoint", "", Some("--kernel-hooks classic")),
+    ] {
+        let out = agent(&["doctor", "--json", "--kernel-hooks", hooks]);
+        let d: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", stderr(&out)));
+        assert_eq!(d["ready"], true, "--kernel-hooks {hooks}: {d}");
+        for name in ["sched_switch", "sched_wakeup", "sched_wakeup_new"] {
+            let p = d["probes"]
+                .as_array()
+                .expect("probes")
+                .iter()
+                .find(|p| p["name"] == format!("sched:{name}"))
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(p["hook"], hook, "--kernel-hooks {hooks}: {p}");
+            assert_eq!(
+                p["program"],
+                format!("nvbind_{name}{program_suffix}"),
+                "--kernel-hooks {hooks}: {p}"
+            );
+            match fallback {
+                Some(why) => assert!(
+                    p["fallback"].as_str().unwrap_or("").contains(why),
+                    "--kernel-hooks {hooks}: {p}"
+                ),
+                None => assert!(p.get("fallback").is_none(), "{p}"),
+            }
+        }
+    }
+    let table = agent(&["doctor", "--kernel-hooks", "classic"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("not on a BTF tracepoint: classic tracepoints were asked for"),
+        "{text}"
+    );
+}

@@ -26,7 +26,8 @@ use tokio::{
 use crate::{
     gpu,
     probes::{
-        comm_str, libraries, monotonic_ns, Event, LoadOptions, ProbeStatus, Probes, ProgramCost,
+        comm_str, libraries, monotonic_ns, Event, KernelHooks, LoadOptions, ProbeStatus, Probes,
+        ProgramCost,
     },
     stutter::{Detector, DetectorConfig},
     target::{self, Launched, TargetSpec},
@@ -193,6 +194,8 @@ pub struct RecordOptions {
     pub gpu_roots: gpu::Roots,
     /// Draw a live line (elapsed, FPS, p99, stutters) on stderr when it is a terminal.
     pub progress: bool,
+    /// BTF or classic tracepoints for the scheduler probes.
+    pub kernel_hooks: KernelHooks,
 }
 
 /// A finished recording and the exit code the agent should end with.
@@ -949,6 +952,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
         mount_tracefs: options.mount_tracefs,
         require_core: true,
         discover_presenters: false,
+        kernel_hooks: options.kernel_hooks,
     })?;
     probes.declare_gpu_ioctl_types(&options.gpu_ioctl_types)?;
     let (cpu_at_start, _) = cpu_time_and_peak_rss();

@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::stutter::DetectorConfig;
+use crate::{probes::KernelHooks, stutter::DetectorConfig};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/nvbind/agent.toml";
@@ -42,6 +42,7 @@ pub struct Config {
     pub reports: ReportsConfig,
     pub stutter: StutterConfig,
     pub gpu: GpuConfig,
+    pub probes: ProbesConfig,
 }
 
 /// The local API.
@@ -118,6 +119,14 @@ pub struct GpuConfig {
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
     pub proc_root: PathBuf,
+}
+
+/// How the kernel is hooked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// "auto" (BTF tracepoints where the kernel has BTF, else classic ones), "btf" or "classic".
+    pub kernel_hooks: KernelHooks,
 }
 
 impl Default for ApiConfig {
@@ -411,6 +420,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2") && e.contains("csv"), "{e}");
+    }
+
+    #[test]
+    fn kernel_hooks_are_chosen_by_name() {
+        assert_eq!(
+            parse("[probes]\nkernel_hooks = \"classic\"\n")
+                .unwrap()
+                .probes
+                .kernel_hooks,
+            KernelHooks::Classic
+        );
+        let e = parse("[probes]\nkernel_hooks = \"fast\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use self::{
 use crate::{
     capture::{cpu_time_and_peak_rss, Capture, Tracker},
     gpu,
-    probes::{monotonic_ns, LoadOptions, Probes},
+    probes::{monotonic_ns, KernelHooks, LoadOptions, Probes},
     report,
 };
 
@@ -72,6 +72,7 @@ pub struct Overrides {
     pub reports_dir: Option<PathBuf>,
     pub keep_reports: Option<usize>,
     pub gpu_sample_hz: Option<f64>,
+    pub kernel_hooks: Option<KernelHooks>,
     pub sysfs_root: Option<PathBuf>,
     pub dev_root: Option<PathBuf>,
     pub proc_root: Option<PathBuf>,
@@ -94,6 +95,9 @@ impl Overrides {
         }
         if let Some(v) = self.gpu_sample_hz {
             c.gpu.sample_hz = v;
+        }
+        if let Some(v) = self.kernel_hooks {
+            c.probes.kernel_hooks = v;
         }
         if let Some(v) = &self.sysfs_root {
             c.gpu.sysfs_root = v.clone();
@@ -214,6 +218,7 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
         mount_tracefs: options.mount_tracefs,
         require_core: true,
         discover_presenters: true,
+        kernel_hooks: config.probes.kernel_hooks,
     })?;
     let discovery = gpu::discover(&gpu_roots, &gpu::Warnings::default());
     let sampler = config
@@ -855,6 +860,7 @@ impl Daemon {
             ("api.listen", config.api.listen != self.config.api.listen),
             ("api.socket", config.api.socket != self.config.api.socket),
             ("gpu", config.gpu != self.config.gpu),
+            ("probes", config.probes != self.config.probes),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -877,6 +883,7 @@ impl Daemon {
         applied.api.listen = self.config.api.listen.clone();
         applied.api.socket = self.config.api.socket.clone();
         applied.gpu = self.config.gpu.clone();
+        applied.probes = self.config.probes.clone();
         self.config = applied;
         // Processes excluded under the old lists are looked at again under the new ones.
         self.rejected.clear();

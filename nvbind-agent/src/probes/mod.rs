@@ -1,6 +1,7 @@
 //! Loading nvbind's eBPF programs, attaching what the running kernel offers, and reading back what
 //! they gathered. Everything the capture and `doctor` need from the kernel goes through [`Probes`].
 
+pub mod btf;
 pub mod libraries;
 pub mod tracefs;
 pub mod vulkan;
@@ -15,7 +16,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        KProbe, Program, TracePoint, UProbe,
+        BtfTracePoint, KProbe, Program, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader, Pod,
 };
@@ -54,6 +55,8 @@ pub enum ProbeError {
     Load(String),
     #[error("required probe {probe} is unavailable: {reason}")]
     Required { probe: String, reason: String },
+    #[error("BTF tracepoints were asked for (--kernel-hooks btf) but cannot be used: {0}")]
+    BtfUnavailable(String),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF map {map}: {source}")]
@@ -73,6 +76,13 @@ pub struct ProbeStatus {
     pub family: Cow<'static, str>,
     /// The eBPF program.
     pub program: Cow<'static, str>,
+    /// How it hooks the kernel: `tp_btf` (a BTF tracepoint), `tracepoint` (a classic one),
+    /// `kprobe` or `uprobe`.
+    #[serde(default)]
+    pub hook: Cow<'static, str>,
+    /// Why the preferred hook (a BTF tracepoint) is not the one used, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
     pub attached: bool,
     /// Why it is unavailable (absent when attached).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,11 +155,16 @@ pub const DRM_KPROBES: [DrmKprobe; 4] = [
     },
 ];
 
-/// A classic tracepoint and the program nvbind attaches to it.
+/// A tracepoint and the programs nvbind attaches to it.
 #[derive(Debug, Clone, Copy)]
 pub struct Tracepoint {
     pub family: &'static str,
+    /// The program for the classic tracepoint.
     pub program: &'static str,
+    /// The program for the BTF tracepoint of the same name, preferred where there is one: it
+    /// costs less per event and has its own recursion guard (a classic tracepoint program is
+    /// skipped whenever it fires while another tracing program runs on the same CPU).
+    pub btf_program: Option<&'static str>,
     pub category: &'static str,
     pub name: &'static str,
     /// `record` cannot run without it.
@@ -166,18 +181,49 @@ const fn tp(
     Tracepoint {
         family,
         program,
+        btf_program: None,
         category,
         name,
         required,
     }
 }
 
+/// A tracepoint with a BTF program besides the classic one.
+const fn tp_btf(
+    family: &'static str,
+    program: &'static str,
+    btf_program: &'static str,
+    category: &'static str,
+    name: &'static str,
+) -> Tracepoint {
+    Tracepoint {
+        btf_program: Some(btf_program),
+        ..tp(family, program, category, name, true)
+    }
+}
+
+/// Which kind of tracepoint the scheduler probes use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelHooks {
+    /// BTF tracepoints where the kernel has BTF, classic tracepoints otherwise.
+    #[default]
+    Auto,
+    /// BTF tracepoints only: fail if the kernel cannot give them.
+    Btf,
+    /// Classic tracepoints only (the fallback for kernels without BTF).
+    Classic,
+}
+
 /// Every tracepoint program, one row each.
 #[rustfmt::skip]
 pub const TRACEPOINTS: &[Tracepoint] = &[
-    tp("scheduler", "nvbind_sched_switch", "sched", "sched_switch", true),
-    tp("scheduler", "nvbind_sched_wakeup", "sched", "sched_wakeup", true),
-    tp("scheduler", "nvbind_sched_wakeup_new", "sched", "sched_wakeup_new", true),
+    tp_btf("scheduler", "nvbind_sched_switch", "nvbind_sched_switch_btf", "sched", "sched_switch"),
+    tp_btf("scheduler", "nvbind_sched_wakeup", "nvbind_sched_wakeup_btf", "sched", "sched_wakeup"),
+    tp_btf(
+        "scheduler", "nvbind_sched_wakeup_new", "nvbind_sched_wakeup_new_btf", "sched",
+        "sched_wakeup_new",
+    ),
     tp("ioctl", "nvbind_ioctl_enter", "syscalls", "sys_enter_ioctl", false),
     tp("ioctl", "nvbind_ioctl_exit", "syscalls", "sys_exit_ioctl", false),
     tp("process", "nvbind_newtask", "task", "task_newtask", true),
@@ -215,7 +261,12 @@ pub struct LoadOptions {
     pub require_core: bool,
     /// Track every process from its first present (the daemon), not only the ones asked for.
     pub discover_presenters: bool,
+    /// BTF or classic tracepoints for the scheduler probes.
+    pub kernel_hooks: KernelHooks,
 }
+
+/// What the BTF tracepoints need from the running kernel, or why it cannot give it.
+type BtfSupport = Result<(aya::Btf, btf::TaskLayout), String>;
 
 /// The loaded programs, their attachments and their maps.
 pub struct Probes {
@@ -229,6 +280,14 @@ pub struct Probes {
     /// Keeps the kernel's bpf_stats collection on while the probes live.
     _stats: Option<OwnedFd>,
     pub tracefs: PathBuf,
+}
+
+/// The kernel's BTF and the `task_struct` layout in it, or why the BTF tracepoints cannot be used.
+fn btf_support() -> BtfSupport {
+    let layout = btf::TaskLayout::from_kernel().map_err(|e| e.to_string())?;
+    let btf = aya::Btf::from_sys_fs()
+        .map_err(|e| format!("cannot read the kernel's BTF: {}", error_chain(&e)))?;
+    Ok((btf, layout))
 }
 
 /// Whether the agent runs with root privileges.
@@ -326,6 +385,24 @@ impl Probes {
         for (name, value) in &values {
             loader.override_global(name, value, true);
         }
+        let btf_support = (options.kernel_hooks != KernelHooks::Classic).then(btf_support);
+        let task_offsets = match &btf_support {
+            Some(Ok((_, layout))) => vec![
+                ("TASK_PID_OFF", layout.pid),
+                ("TASK_COMM_OFF", layout.comm),
+                ("TASK_EXIT_STATE_OFF", layout.exit_state),
+                ("TASK_CPU_OFF", layout.cpu),
+            ],
+            _ => Vec::new(),
+        };
+        for (name, value) in &task_offsets {
+            loader.override_global(name, value, true);
+        }
+        if let Some(Err(why)) = &btf_support {
+            if options.kernel_hooks == KernelHooks::Btf {
+                return Err(ProbeError::BtfUnavailable(why.clone()));
+            }
+        }
         let report_max = format("sched_switch")
             .and_then(Format::task_report_max)
             .unwrap_or(0x100);
@@ -357,7 +434,19 @@ impl Probes {
             tracefs: tracefs.clone(),
         };
         for tp in TRACEPOINTS {
-            let status = probes.attach_tracepoint(tp, format(tp.name).is_some());
+            let has_format = format(tp.name).is_some();
+            let status = match (tp.btf_program, &btf_support) {
+                (Some(program), Some(support)) => {
+                    probes.attach_preferring_btf(tp, program, support, has_format, &options)
+                }
+                (Some(_), None) => ProbeStatus {
+                    fallback: Some(
+                        "classic tracepoints were asked for (--kernel-hooks classic)".into(),
+                    ),
+                    ..probes.attach_tracepoint(tp, has_format)
+                },
+                (None, _) => probes.attach_tracepoint(tp, has_format),
+            };
             if tp.required && options.require_core && !status.attached {
                 return Err(ProbeError::Required {
                     probe: status.name.clone(),
@@ -380,6 +469,8 @@ impl Probes {
                 name: format!("uprobe:{}", kind.sonames[0]),
                 family: "present".into(),
                 program: "nvbind_present".into(),
+                hook: "uprobe".into(),
+                fallback: None,
                 attached: false,
                 reason: Some(format!("{} is not installed on the host", kind.sonames[0])),
                 fix: Some(
@@ -390,6 +481,60 @@ impl Probes {
             });
         }
         Ok(probes)
+    }
+
+    /// Attaches a tracepoint's BTF program, or (unless BTF was insisted on) its classic one,
+    /// saying why.
+    fn attach_preferring_btf(
+        &mut self,
+        tp: &Tracepoint,
+        program: &'static str,
+        support: &BtfSupport,
+        has_format: bool,
+        options: &LoadOptions,
+    ) -> ProbeStatus {
+        let result = support.as_ref().map_err(Clone::clone).and_then(|(btf, _)| {
+            let prog: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or("program missing from the object")?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            prog.load(tp.name, btf).map_err(|e| error_chain(&e))?;
+            prog.attach().map_err(|e| error_chain(&e))?;
+            Ok(())
+        });
+        let why = match result {
+            Ok(()) => {
+                return ProbeStatus {
+                    name: format!("{}:{}", tp.category, tp.name),
+                    family: tp.family.into(),
+                    program: program.into(),
+                    hook: "tp_btf".into(),
+                    fallback: None,
+                    attached: true,
+                    reason: None,
+                    fix: None,
+                }
+            }
+            Err(why) => why,
+        };
+        if options.kernel_hooks == KernelHooks::Btf {
+            return ProbeStatus {
+                name: format!("{}:{}", tp.category, tp.name),
+                family: tp.family.into(),
+                program: program.into(),
+                hook: "tp_btf".into(),
+                fallback: None,
+                attached: false,
+                reason: Some(why),
+                fix: Some("use --kernel-hooks auto to fall back to classic tracepoints".into()),
+            };
+        }
+        ProbeStatus {
+            fallback: Some(why),
+            ..self.attach_tracepoint(tp, has_format)
+        }
     }
 
     fn attach_tracepoint(&mut self, tp: &Tracepoint, has_format: bool) -> ProbeStatus {
@@ -404,6 +549,8 @@ impl Probes {
             name: format!("{category}:{name}"),
             family: family.into(),
             program: program.into(),
+            hook: "tracepoint".into(),
+            fallback: None,
             attached: false,
             reason: None,
             fix: None,
@@ -450,6 +597,8 @@ impl Probes {
                 name: format!("kprobe:{}", probe.functions[0]),
                 family: "drm".into(),
                 program: probe.program.into(),
+                hook: "kprobe".into(),
+                fallback: None,
                 attached: false,
                 reason: None,
                 fix: None,
@@ -526,6 +675,8 @@ impl Probes {
                 name: format!("uprobe:{}:{}", lib.display, hook.symbol),
                 family: "present".into(),
                 program: hook.program.into(),
+                hook: "uprobe".into(),
+                fallback: None,
                 attached: ok,
                 reason: result.err(),
                 fix: None,
@@ -543,6 +694,8 @@ impl Probes {
                     name: "uprobe:vkQueuePresentKHR (installed Vulkan drivers)".into(),
                     family: "present".into(),
                     program: "nvbind_present".into(),
+                    hook: "uprobe".into(),
+                    fallback: None,
                     attached: false,
                     reason: Some(format!(
                         "cannot resolve the drivers' present functions: {e}"
@@ -571,6 +724,8 @@ impl Probes {
                 ),
                 family: "present".into(),
                 program: "nvbind_present".into(),
+                hook: "uprobe".into(),
+                fallback: None,
                 attached: result.is_ok(),
                 reason: result.err(),
                 fix: None,
@@ -624,6 +779,8 @@ impl Probes {
             name: format!("uprobe:{}+{offset:#x}:vkQueuePresentKHR", mapping.path),
             family: "present".into(),
             program: "nvbind_present".into(),
+            hook: "uprobe".into(),
+            fallback: None,
             attached: true,
             reason: None,
             fix: None,
