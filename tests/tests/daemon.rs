@@ -927,7 +927,7 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
         format!("nvbind_frames_total{{pid=\"{pid}\",comm=\"synthetic-game\"}}"),
         format!("nvbind_stutters_total{{pid=\"{pid}\",comm=\"synthetic-game\",cause=\"blocked\"}}"),
         "nvbind_bpf_program_runs_total{program=\"nvbind_present\"}".to_string(),
-        "nvbind_bpf_program_run_seconds_total{program=\"nvbind_sched_switch\"}".to_string(),
+        "nvbind_bpf_program_run_seconds_total{program=\"nvbind_sched_switch_btf\"}".to_string(),
         "nvbind_agent_resident_memory_bytes ".to_string(),
         "nvbind_agent_cpu_seconds_total ".to_string(),
     ] {
@@ -936,8 +936,9 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     // Skipped runs are the kernel's own count of them: bpftool reads the same counter. The
     // daemon refreshes its copy in housekeeping, so wait for it to reach what bpftool said
     // before; it can never exceed what bpftool says after.
-    let wakeup = "nvbind_bpf_program_skipped_runs_total{program=\"nvbind_sched_wakeup\"} ";
-    let before = kernel_skipped_runs("nvbind_sched_wakeup");
+    // (The wakeup program is the BTF tracepoint's on this kernel, which has BTF.)
+    let wakeup = "nvbind_bpf_program_skipped_runs_total{program=\"nvbind_sched_wakeup_btf\"} ";
+    let before = kernel_skipped_runs("nvbind_sched_wakeup_btf");
     let deadline = Instant::now() + HANG;
     let ours = loop {
         let (_, text) = curl(&[&daemon.url("/metrics")]);
@@ -955,7 +956,7 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let after = kernel_skipped_runs("nvbind_sched_wakeup");
+    let after = kernel_skipped_runs("nvbind_sched_wakeup_btf");
     assert!(
         ours <= after,
         "skipped runs {ours}, the kernel counted {before} before and {after} after"

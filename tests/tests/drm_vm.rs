@@ -127,6 +127,21 @@ fn doctor_in_the_vm_lists_the_drm_probes_as_attached() {
         assert!(line.trim_end().ends_with("attached"), "{line}");
     }
     assert!(doctor.contains("ready: record can run"), "{doctor}");
+    // A second kernel (Debian's 6.1) with its own task_struct layout: the scheduler probes load
+    // on its BTF tracepoints too, at offsets read from its BTF (a field missing or of the wrong
+    // size there would have sent them to the classic tracepoints, with the reason).
+    for probe in [
+        "sched:sched_switch ",
+        "sched:sched_wakeup ",
+        "sched:sched_wakeup_new ",
+    ] {
+        let line = doctor
+            .lines()
+            .find(|l| l.contains(probe))
+            .unwrap_or_else(|| panic!("doctor does not list {probe}:\n{doctor}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[2..], ["tp_btf", "attached"], "{line}");
+    }
 }
 
 #[test]

@@ -41,13 +41,17 @@ fn assert_real_capture(report: &serde_json::Value, comm: &str, source: &str, min
     }
     assert!(p["sched"]["on_cpu_s"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(report["capture"]["duration_s"].as_f64().unwrap_or(0.0) > 0.0);
+    // The scheduler's switch program (on the BTF tracepoint: this kernel has BTF) ran, and its
+    // cost is in the report.
     assert!(
         report["agent"]["bpf"]
             .as_array()
             .expect("bpf costs")
             .iter()
-            .any(|b| b["program"] == "nvbind_sched_switch" && b["run_count"].as_u64() > Some(0)),
-        "bpf_stats recorded"
+            .any(|b| b["program"] == "nvbind_sched_switch_btf"
+                && b["run_count"].as_u64() > Some(0)),
+        "bpf_stats recorded: {}",
+        report["agent"]["bpf"]
     );
 }
 

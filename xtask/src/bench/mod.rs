@@ -105,10 +105,17 @@ fn read_report(path: &Path) -> Result<Value> {
 }
 
 /// (run_count, mean ns) of a program in a report.
+///
+/// A scheduler program is the classic tracepoint's or the BTF tracepoint's (`…_btf`), whichever
+/// the agent attached (only that one is loaded, so only it is in the report).
 fn cost(report: &Value, program: &str) -> (u64, f64) {
+    let btf = format!("{program}_btf");
     report["agent"]["bpf"]
         .as_array()
-        .and_then(|a| a.iter().find(|b| b["program"] == program))
+        .and_then(|a| {
+            a.iter()
+                .find(|b| b["program"] == program || b["program"] == btf.as_str())
+        })
         .map(|b| {
             (
                 b["run_count"].as_u64().unwrap_or(0),
