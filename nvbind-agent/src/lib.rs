@@ -1,5 +1,8 @@
 //! nvbind-agent: frame-pacing and GPU telemetry for Linux gaming hosts.
 //!
+//! - [`clock`]: CLOCK_MONOTONIC, the clock of every timestamp, and its wall-clock conversion.
+//! - [`frames`]: the frame model every layer builds on (the capture's processes, frames and
+//!   evidence; frame-time statistics; the live window of recent frames).
 //! - [`probes`]: loads the eBPF programs, attaches what the kernel offers, reads their maps.
 //! - [`target`]: which processes to record (pid, name, or a command launched under the agent).
 //! - [`capture`]: the recording loop: frames from the ring buffer, per-thread kernel evidence.
@@ -15,8 +18,10 @@
 pub mod binding;
 pub mod capture;
 pub mod cli;
+pub mod clock;
 pub mod daemon;
 pub mod doctor;
+pub mod frames;
 pub mod gpu;
 pub mod probes;
 pub mod report;

@@ -12,23 +12,18 @@ mod progress;
 mod snapshots;
 
 use anyhow::{bail, Context, Result};
-use nvbind_common::{
-    present_source, CrtcVblanks, Culprit, PreemptorKey, PreemptorValue, ProcessHistograms,
-    ThreadCounters, ThreadState,
-};
+use nvbind_common::{present_source, Culprit};
 use snapshots::ThreadSnapshots;
-pub use snapshots::{ThreadDelta, ThreadWindow};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
 };
 
 use crate::{
+    clock::{monotonic_ns, unix_time_at},
+    frames::{Capture, DisplayRecord, Frame, ProcessRecord},
     gpu,
-    probes::{
-        comm_str, libraries, monotonic_ns, Event, KernelHooks, LoadOptions, ProbeStatus, Probes,
-        ProgramCost,
-    },
+    probes::{comm_str, libraries, Event, KernelHooks, LoadOptions, Probes, ProgramCost},
     stutter::{Detector, DetectorConfig},
     target::{self, Launched, TargetSpec},
 };
@@ -86,97 +81,6 @@ const PRESENTING_RECENTLY_NS: u64 = 2_000_000_000;
 const MAX_SNAPSHOT_THREADS: usize = 256;
 /// Run-queue waits shorter than this are not worth naming a culprit's cgroup for.
 const CULPRIT_CGROUP_MIN_WAIT_NS: u64 = 1_000_000;
-
-/// A frame as the kernel reported it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Frame {
-    pub ts_ns: u64,
-    pub tid: u32,
-    pub source: u32,
-    pub cpu: u32,
-    pub delta: ThreadCounters,
-    pub max_runq_wait_ns: u64,
-    pub max_blocked_ns: u64,
-    pub last_preemptor_tid: u32,
-    /// Who ran while the presenting thread waited for a CPU in this interval.
-    pub culprit: Culprit,
-}
-
-/// A tracked process and its frames.
-#[derive(Debug, Clone, Default)]
-pub struct ProcessRecord {
-    pub pid: u32,
-    pub ppid: u32,
-    pub comm: String,
-    pub exe: String,
-    pub cmdline: Vec<String>,
-    pub tracked_at_ns: u64,
-    pub exited_ns: Option<u64>,
-    pub frames: Vec<Frame>,
-    /// Files (and offsets) of learned `vkQueuePresentKHR` implementations.
-    pub resolved_present: Vec<String>,
-    /// Whether it was already running when tracking began (not launched or exec'd under us).
-    pub preexisting: bool,
-    /// For frames that looked like stutters while recording (by present time): what every
-    /// thread of the process did around them.
-    pub thread_windows: HashMap<u64, ThreadWindow>,
-    /// PCI address of the GPU whose device node the process had open (its render GPU).
-    pub gpu: Option<String>,
-    /// DRM display events of the DRM files it flipped or waited on, in time order.
-    pub display: Vec<DisplayRecord>,
-    /// Its DRM ioctls by number (`_IOC_NR`), read at the end.
-    pub drm_requests: Vec<(u32, u64)>,
-}
-
-/// One DRM display event of a process (see `nvbind_common::display_kind`).
-#[derive(Debug, Clone, Copy)]
-pub struct DisplayRecord {
-    pub ts_ns: u64,
-    pub kind: u32,
-    pub crtc: u32,
-    pub seq: u32,
-    /// When the process last asked for a flip, a commit or a vblank event (0: unknown).
-    pub request_ns: u64,
-}
-
-/// Everything a recording gathered.
-#[derive(Debug, Clone, Default)]
-pub struct Capture {
-    pub target: String,
-    pub started_ns: u64,
-    pub ended_ns: u64,
-    pub started_unix_s: f64,
-    pub end_reason: String,
-    pub processes: BTreeMap<u32, ProcessRecord>,
-    pub threads: Vec<(u32, ThreadState)>,
-    pub thread_names: HashMap<u32, String>,
-    pub histograms: HashMap<u32, ProcessHistograms>,
-    pub preemptors: Vec<(PreemptorKey, PreemptorValue)>,
-    /// Run-queue and blocked histograms of each thread that presented, by tid.
-    pub presenter_histograms: HashMap<u32, ProcessHistograms>,
-    /// Cgroups of the tasks that kept tracked threads waiting, by tid.
-    pub culprit_cgroups: HashMap<u32, String>,
-    /// Process ids of those tasks, by tid.
-    pub culprit_pids: HashMap<u32, u32>,
-    /// The stutter thresholds the capture was recorded with.
-    pub stutter: DetectorConfig,
-    pub dropped_events: u64,
-    pub program_costs: Vec<ProgramCost>,
-    pub probe_statuses: Vec<ProbeStatus>,
-    pub drm_counts: [u64; 4],
-    /// Vblank cadence per CRTC index.
-    pub crtc_vblanks: Vec<(u32, CrtcVblanks)>,
-    pub notes: Vec<String>,
-    pub agent_cpu_s: f64,
-    pub agent_peak_rss_bytes: u64,
-    pub kernel: String,
-    pub hostname: String,
-    pub cpus: usize,
-    /// Every GPU found, with its samples (none when sampling was off or impossible).
-    pub gpus: Vec<gpu::GpuSeries>,
-    /// Time between GPU samples; 0 when GPUs were not sampled.
-    pub gpu_period_ns: u64,
-}
 
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
@@ -1194,16 +1098,6 @@ fn describe_host(capture: &mut Capture) {
     capture.kernel = kernel;
     capture.hostname = hostname;
     capture.cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-}
-
-/// The wall-clock time (seconds since the Unix epoch) of a CLOCK_MONOTONIC instant.
-pub fn unix_time_at(monotonic: u64) -> f64 {
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let age_s = monotonic_ns().saturating_sub(monotonic) as f64 / 1e9;
-    now_unix - age_s
 }
 
 /// Says, for processes whose frames could not come from the best source, why.

@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Tracker;
 use crate::{
-    daemon::live::{FrameOutcome, Identity, LiveProcess},
+    clock::monotonic_ns,
+    frames::{FrameOutcome, Identity, LiveProcess},
     stutter::DetectorConfig,
 };
 
@@ -81,17 +82,16 @@ impl Progress {
             (None, _) => "waiting for the target to start".to_string(),
             (Some(e), None) => format!("{:.1} s · no frames yet", e.as_secs_f64()),
             (Some(e), Some(p)) => {
-                let view = p.view(WINDOW, &[]);
-                let p99 = view
-                    .frame_time_ms
-                    .as_ref()
-                    .map_or("–".to_string(), |f| format!("{:.2} ms", f.p99));
+                let window = p.window(WINDOW, monotonic_ns());
+                let p99 = window.summary.as_ref().map_or("–".to_string(), |s| {
+                    format!("{:.2} ms", s.frame_time_ms.p99)
+                });
                 format!(
                     "{:.1} s · {} (pid {}) · {:.1} fps · p99 {p99} · {} stutters · {} frames",
                     e.as_secs_f64(),
                     p.comm,
                     p.pid,
-                    view.fps,
+                    window.fps,
                     p.stutters_total,
                     p.frames_total
                 )

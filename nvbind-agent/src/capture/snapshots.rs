@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use nvbind_common::{Culprit, ThreadCounters, ThreadState};
+use nvbind_common::{ThreadCounters, ThreadState};
+
+use crate::frames::{ThreadDelta, ThreadWindow};
 
 /// How long snapshots are kept: longer than any frame worth explaining in detail.
 const KEEP_NS: u64 = 2_000_000_000;
@@ -17,23 +19,6 @@ const MIN_NAMED_WAIT_NS: u64 = 1_000_000;
 struct Snapshot {
     ts_ns: u64,
     threads: Vec<(u32, ThreadState)>,
-}
-
-/// What one thread did within a window.
-#[derive(Debug, Clone, Default)]
-pub struct ThreadDelta {
-    pub tid: u32,
-    pub counters: ThreadCounters,
-    /// Who kept it waiting for a CPU longest, when that wait ended within the window.
-    pub waited_behind: Option<Culprit>,
-}
-
-/// What each thread of a process did between two snapshots that enclose an interval.
-#[derive(Debug, Clone, Default)]
-pub struct ThreadWindow {
-    pub from_ns: u64,
-    pub to_ns: u64,
-    pub threads: Vec<ThreadDelta>,
 }
 
 /// Per process, the snapshots of the last [`KEEP_NS`].

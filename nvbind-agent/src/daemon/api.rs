@@ -26,10 +26,10 @@ use tokio::sync::{watch, Notify};
 
 use super::{
     config::Config,
-    live::{container_id, Live, ProcessView},
+    live::{self, Live, ProcessView},
     metrics::Metrics,
 };
-use crate::{binding, gpu};
+use crate::{binding, frames::container_id, gpu};
 
 /// Bounds of `?interval_ms=` on the WebSocket streams.
 const MIN_INTERVAL_MS: u64 = 10;
@@ -191,7 +191,7 @@ async fn processes(State(shared): State<Arc<Shared>>) -> Json<ProcessesBody> {
         processes: live
             .processes
             .values()
-            .map(|p| p.view(live.window, &live.gpus))
+            .map(|p| live::process_view(p, live.window, &live.gpus))
             .collect(),
     })
 }
@@ -207,7 +207,7 @@ fn process_view(shared: &Shared, pid: u32) -> ApiResult<ProcessView> {
     let live = shared.live();
     live.processes
         .get(&pid)
-        .map(|p| p.view(live.window, &live.gpus))
+        .map(|p| live::process_view(p, live.window, &live.gpus))
         .ok_or_else(|| {
             let why = if crate::target::is_alive(pid) {
                 "runs but has not presented a frame (or is excluded by the config)"
@@ -373,7 +373,7 @@ fn container_body_of(
         .processes
         .values()
         .filter(|p| inside(&p.cgroup))
-        .map(|p| p.view(live.window, &live.gpus))
+        .map(|p| live::process_view(p, live.window, &live.gpus))
         .collect();
     if processes.is_empty() && binding.is_none() && id.starts_with('/') {
         let exists = binding::cgroup2_mount()
@@ -562,8 +562,8 @@ async fn run_stream(
 fn message<T: Serialize>(seq: u64, live: bool, body: Option<T>) -> serde_json::Result<String> {
     serde_json::to_string(&StreamMessage {
         seq,
-        sent_unix_s: crate::capture::unix_time_at(crate::probes::monotonic_ns()),
-        sent_ns: crate::probes::monotonic_ns(),
+        sent_unix_s: crate::clock::unix_time_at(crate::clock::monotonic_ns()),
+        sent_ns: crate::clock::monotonic_ns(),
         live,
         body,
     })

@@ -1,257 +1,54 @@
 //! What the daemon knows right now, for the API, the WebSocket streams and `/metrics`: each
 //! tracked game's recent frames, every GPU's newest sample, and the agent's own cost.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
-use nvbind_common::present_source;
 use serde::Serialize;
 
 use crate::{
-    gpu::{GpuInfo, GpuSample},
-    probes::{monotonic_ns, ProgramCost},
-    report::{
-        stats::{self, FrameTimeStats, LowFps},
-        SOURCE_PREFERENCE,
+    clock::monotonic_ns,
+    frames::{
+        stats::{FrameTimeStats, LowFps},
+        LiveProcess,
     },
-    stutter::{Cause, Detector, DetectorConfig},
+    gpu::{GpuInfo, GpuSample},
+    probes::ProgramCost,
 };
 
-/// Frames kept per process for the live window, whatever the window: bounds memory at
-/// ~16 bytes × this.
-const MAX_RECENT_FRAMES: usize = 65_536;
-
-#[derive(Debug, Clone, Copy)]
-struct RecentFrame {
-    ts_ns: u64,
-    frame_time_ns: u64,
-    stutter: bool,
-}
-
-/// One tracked game, as it is now.
-#[derive(Debug)]
-pub struct LiveProcess {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: String,
-    pub cgroup: String,
-    pub container_id: Option<String>,
-    /// PCI address of the GPU it renders on, once known.
-    pub gpu: Option<String>,
-    pub tracked_since_unix_s: f64,
-    /// The frame source counted (the best seen so far; see `report::SOURCE_PREFERENCE`).
-    source: u32,
-    last_present_ns: u64,
-    /// The first frame counted from the current source.
-    first_present_ns: u64,
-    pub frames_total: u64,
-    pub stutters_total: u64,
-    pub stutters_by_cause: BTreeMap<Cause, u64>,
-    recent: VecDeque<RecentFrame>,
-    detector: Detector,
-    /// Session part (a long session is written in parts of `reports.max_session_frames`).
-    pub part: u32,
-    /// Frames of the tracker's record already counted.
-    seen: usize,
-}
-
-/// What one new frame meant, for the caller's counters.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FrameOutcome {
-    /// A frame from a source that is not the one counted.
-    Ignored,
-    /// The first frame counted: no frame time yet.
-    First,
-    /// A frame time, with the trailing average when it was a stutter.
-    Timed {
-        frame_time_ns: u64,
-        stutter_baseline_ms: Option<f64>,
-    },
-}
-
-impl LiveProcess {
-    pub fn new(pid: u32, identity: Identity, stutter: DetectorConfig) -> LiveProcess {
-        LiveProcess {
-            pid,
-            comm: identity.comm,
-            exe: identity.exe,
-            container_id: container_id(&identity.cgroup),
-            cgroup: identity.cgroup,
-            gpu: None,
-            tracked_since_unix_s: identity.tracked_since_unix_s,
-            source: 0,
-            last_present_ns: 0,
-            first_present_ns: 0,
-            frames_total: 0,
-            stutters_total: 0,
-            stutters_by_cause: BTreeMap::new(),
-            recent: VecDeque::new(),
-            detector: Detector::new(stutter),
-            part: 0,
-            seen: 0,
-        }
-    }
-
-    /// Counts the frames of `frames` (the tracker's record of this process) not counted yet.
-    /// Returns each new frame's index in `frames` and what it meant.
-    pub fn catch_up(&mut self, frames: &[crate::capture::Frame]) -> Vec<(usize, FrameOutcome)> {
-        let start = self.seen.min(frames.len());
-        self.seen = frames.len();
-        frames[start..]
+/// A live process's JSON view over the last `window`.
+pub fn process_view(p: &LiveProcess, window: Duration, gpus: &[GpuStatus]) -> ProcessView {
+    let now = monotonic_ns();
+    let w = p.window(window, now);
+    ProcessView {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        exe: p.exe.clone(),
+        cgroup: p.cgroup.clone(),
+        container_id: p.container_id.clone(),
+        tracked_since_unix_s: p.tracked_since_unix_s,
+        source: p.source_name(),
+        window_s: window.as_secs_f64(),
+        frames_in_window: w.frames,
+        fps: w.fps,
+        frame_time_ms: w.summary.as_ref().map(|s| s.frame_time_ms.clone()),
+        low_fps: w.summary.map(|s| s.low_fps),
+        stutters_in_window: w.stutters,
+        frames_total: p.frames_total,
+        stutters_total: p.stutters_total,
+        stutters_by_cause: p
+            .stutters_by_cause
             .iter()
-            .enumerate()
-            .map(|(i, f)| (start + i, self.push(f.ts_ns, f.source)))
-            .collect()
+            .map(|(c, n)| (c.name(), *n))
+            .collect(),
+        last_frame_ns: w.last_frame_ns,
+        last_frame_age_ms: w.last_frame_ns.map(|t| now.saturating_sub(t) as f64 / 1e6),
+        gpu: p.gpu.as_ref().and_then(|pci| {
+            gpus.iter()
+                .find(|g| g.info.pci_address == *pci)
+                .map(GpuStatus::view)
+        }),
+        gpu_pci_address: p.gpu.clone(),
     }
-
-    /// The tracker's record now holds only its last frame (a session part was taken out).
-    pub fn restart_record(&mut self) {
-        self.seen = 1;
-    }
-
-    /// Counts a present. Frames from a source better than the counted one switch the count to
-    /// it (a Vulkan game seen first through the loader's export, then through its driver's
-    /// function); frames from worse sources are ignored, as in reports.
-    pub fn push(&mut self, ts_ns: u64, source: u32) -> FrameOutcome {
-        let rank = |s: u32| SOURCE_PREFERENCE.iter().position(|&p| p == s);
-        match (rank(source), rank(self.source)) {
-            (None, _) => return FrameOutcome::Ignored,
-            (Some(new), Some(old)) if new > old => return FrameOutcome::Ignored,
-            (Some(new), old) if old != Some(new) => {
-                self.source = source;
-                self.last_present_ns = 0;
-                self.recent.clear();
-            }
-            _ => {}
-        }
-        self.frames_total += 1;
-        let previous = std::mem::replace(&mut self.last_present_ns, ts_ns);
-        if previous == 0 || ts_ns <= previous {
-            self.first_present_ns = ts_ns;
-            return FrameOutcome::First;
-        }
-        let frame_time_ns = ts_ns - previous;
-        let stutter_baseline_ms = self.detector.push(frame_time_ns as f64 / 1e6);
-        if self.recent.len() == MAX_RECENT_FRAMES {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(RecentFrame {
-            ts_ns,
-            frame_time_ns,
-            stutter: stutter_baseline_ms.is_some(),
-        });
-        FrameOutcome::Timed {
-            frame_time_ns,
-            stutter_baseline_ms,
-        }
-    }
-
-    pub fn count_stutter(&mut self, cause: Cause) {
-        self.stutters_total += 1;
-        *self.stutters_by_cause.entry(cause).or_insert(0) += 1;
-    }
-
-    /// Forgets frames older than the window (the caller's clock).
-    pub fn trim(&mut self, window: Duration, now_ns: u64) {
-        let from = now_ns.saturating_sub(window.as_nanos() as u64);
-        while self.recent.front().is_some_and(|f| f.ts_ns < from) {
-            self.recent.pop_front();
-        }
-    }
-
-    pub fn source_name(&self) -> &'static str {
-        present_source::name(self.source)
-    }
-
-    /// The JSON view over the last `window`.
-    pub fn view(&self, window: Duration, gpus: &[GpuStatus]) -> ProcessView {
-        let now = monotonic_ns();
-        let from = now.saturating_sub(window.as_nanos() as u64);
-        let in_window: Vec<&RecentFrame> = self.recent.iter().filter(|f| f.ts_ns >= from).collect();
-        let frame_times: Vec<u64> = in_window.iter().map(|f| f.frame_time_ns).collect();
-        let summary = stats::summarize(&frame_times);
-        // Frame times over the window (or the time since the first frame, when that is
-        // shorter): the FPS a player saw. A game that stopped presenting goes down to 0 as the
-        // window passes, rather than showing its last rate.
-        let span_ns = now.saturating_sub(from.max(self.first_present_ns)).max(1);
-        let fps = if self.first_present_ns == 0 {
-            0.0
-        } else {
-            in_window.len() as f64 / (span_ns as f64 / 1e9)
-        };
-        ProcessView {
-            pid: self.pid,
-            comm: self.comm.clone(),
-            exe: self.exe.clone(),
-            cgroup: self.cgroup.clone(),
-            container_id: self.container_id.clone(),
-            tracked_since_unix_s: self.tracked_since_unix_s,
-            source: self.source_name(),
-            window_s: window.as_secs_f64(),
-            frames_in_window: in_window.len() as u64,
-            fps,
-            frame_time_ms: summary.as_ref().map(|s| s.frame_time_ms.clone()),
-            low_fps: summary.map(|s| s.low_fps),
-            stutters_in_window: in_window.iter().filter(|f| f.stutter).count() as u64,
-            frames_total: self.frames_total,
-            stutters_total: self.stutters_total,
-            stutters_by_cause: self
-                .stutters_by_cause
-                .iter()
-                .map(|(c, n)| (c.name(), *n))
-                .collect(),
-            last_frame_ns: (self.last_present_ns != 0).then_some(self.last_present_ns),
-            last_frame_age_ms: (self.last_present_ns != 0)
-                .then(|| now.saturating_sub(self.last_present_ns) as f64 / 1e6),
-            gpu: self.gpu.as_ref().and_then(|pci| {
-                gpus.iter()
-                    .find(|g| g.info.pci_address == *pci)
-                    .map(GpuStatus::view)
-            }),
-            gpu_pci_address: self.gpu.clone(),
-        }
-    }
-}
-
-/// Who a process is, read from /proc when it is first tracked.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    pub comm: String,
-    pub exe: String,
-    pub cgroup: String,
-    pub tracked_since_unix_s: f64,
-}
-
-impl Identity {
-    /// Reads `pid`'s name, binary and cgroup v2 path (empty where unreadable: it may have exited).
-    pub fn of(pid: u32, comm: &str, exe: &str) -> Identity {
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-            })
-            .unwrap_or_default();
-        Identity {
-            comm: comm.to_string(),
-            exe: exe.to_string(),
-            cgroup,
-            tracked_since_unix_s: crate::capture::unix_time_at(monotonic_ns()),
-        }
-    }
-}
-
-/// The container id in a cgroup path: the last component that holds 64 hexadecimal digits,
-/// as Docker (`/docker/<id>`, `docker-<id>.scope`), Podman (`libpod-<id>.scope`), containerd
-/// (`cri-containerd-<id>.scope`) and CRI-O (`crio-<id>.scope`) name them.
-pub fn container_id(cgroup: &str) -> Option<String> {
-    cgroup.rsplit('/').find_map(|part| {
-        let part = part.strip_suffix(".scope").unwrap_or(part);
-        let id = part.rsplit('-').next()?;
-        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
-    })
 }
 
 /// One GPU now.
@@ -358,83 +155,4 @@ pub struct GpuView {
     pub not_sampled: Option<String>,
     pub sample_age_ms: Option<f64>,
     pub sample: Option<GpuSample>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn process() -> LiveProcess {
-        LiveProcess::new(7, Identity::default(), DetectorConfig::default())
-    }
-
-    #[test]
-    fn container_ids_are_found_in_cgroup_paths() {
-        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        for path in [
-            format!("/system.slice/docker-{id}.scope"),
-            format!("/docker/{id}"),
-            format!("/machine.slice/libpod-{id}.scope/container"),
-            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
-        ] {
-            assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
-        }
-        assert_eq!(
-            container_id("/user.slice/user-1000.slice/session-2.scope"),
-            None
-        );
-        assert_eq!(container_id(""), None);
-    }
-
-    #[test]
-    fn better_sources_take_over_and_worse_ones_are_ignored() {
-        let mut p = process();
-        assert_eq!(
-            p.push(1_000_000, present_source::VULKAN_LOADER),
-            FrameOutcome::First
-        );
-        assert!(matches!(
-            p.push(17_000_000, present_source::VULKAN_LOADER),
-            FrameOutcome::Timed {
-                frame_time_ns: 16_000_000,
-                ..
-            }
-        ));
-        // The driver's function is found: counting starts over from it.
-        assert_eq!(
-            p.push(18_000_000, present_source::VULKAN_RESOLVED),
-            FrameOutcome::First
-        );
-        assert_eq!(
-            p.push(33_000_000, present_source::VULKAN_LOADER),
-            FrameOutcome::Ignored
-        );
-        assert!(matches!(
-            p.push(34_000_000, present_source::VULKAN_RESOLVED),
-            FrameOutcome::Timed {
-                frame_time_ns: 16_000_000,
-                ..
-            }
-        ));
-        assert_eq!(p.source_name(), "vulkan");
-        assert_eq!(p.frames_total, 4);
-    }
-
-    #[test]
-    fn a_long_frame_is_a_stutter() {
-        let mut p = process();
-        let mut t = 0;
-        let mut stutters = 0;
-        for i in 0..200u64 {
-            t += if i == 150 { 100_000_000 } else { 16_000_000 };
-            if let FrameOutcome::Timed {
-                stutter_baseline_ms: Some(_),
-                ..
-            } = p.push(t, present_source::GLX)
-            {
-                stutters += 1;
-            }
-        }
-        assert_eq!(stutters, 1);
-    }
 }

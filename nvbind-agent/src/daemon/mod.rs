@@ -30,13 +30,15 @@ use tokio::{
 use self::{
     api::Shared,
     config::{Candidate, Config},
-    live::{AgentStatus, FrameOutcome, GpuStatus, Identity, Live, LiveProcess},
+    live::{AgentStatus, GpuStatus, Live},
     metrics::{CauseLabels, Metrics, ProcessLabels},
 };
 use crate::{
-    capture::{cpu_time_and_peak_rss, Capture, Tracker},
+    capture::{cpu_time_and_peak_rss, Tracker},
+    clock::monotonic_ns,
+    frames::{Capture, FrameOutcome, Identity, LiveProcess},
     gpu,
-    probes::{monotonic_ns, KernelHooks, LoadOptions, Probes},
+    probes::{KernelHooks, LoadOptions, Probes},
     report,
 };
 
@@ -228,7 +230,7 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
         window: config.window(),
         agent: AgentStatus {
             version: env!("CARGO_PKG_VERSION"),
-            started_unix_s: crate::capture::unix_time_at(monotonic_ns()),
+            started_unix_s: crate::clock::unix_time_at(monotonic_ns()),
             ..Default::default()
         },
         gpus: discovery

@@ -12,7 +12,7 @@ use std::{
 use thiserror::Error;
 
 use super::config::{Export, ReportsConfig};
-use crate::{capture::Capture, report};
+use crate::{frames::Capture, report};
 
 #[derive(Debug, Error)]
 pub enum SessionError {

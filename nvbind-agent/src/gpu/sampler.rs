@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{backend_for, Discovery, GpuBackend, GpuInfo, GpuSample};
-use crate::probes::monotonic_ns;
+use crate::clock::monotonic_ns;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerConfig {

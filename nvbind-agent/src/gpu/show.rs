@@ -31,7 +31,7 @@ pub fn listing(discovery: &Discovery, gap: Duration) -> GpuListing {
     for gpu in &discovery.gpus {
         match backend_for(gpu, discovery, &discovery.warnings) {
             Ok(mut backend) => {
-                backend.sample(crate::probes::monotonic_ns());
+                backend.sample(crate::clock::monotonic_ns());
                 backends.push((gpus.len(), backend));
                 gpus.push(ListedGpu {
                     info: gpu.clone(),
@@ -50,7 +50,7 @@ pub fn listing(discovery: &Discovery, gap: Duration) -> GpuListing {
         std::thread::sleep(gap);
     }
     for (i, mut backend) in backends {
-        gpus[i].now = Some(backend.sample(crate::probes::monotonic_ns()));
+        gpus[i].now = Some(backend.sample(crate::clock::monotonic_ns()));
     }
     GpuListing {
         nvml: discovery.nvml_state.clone(),

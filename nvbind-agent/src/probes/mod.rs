@@ -889,7 +889,7 @@ impl Probes {
             .insert(pid, flags, 0)
             .map_err(Self::map_err("TRACKED_PROCESSES"))?;
         // ...then the threads it already has.
-        let now = monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
         for tid in thread_ids(pid) {
             if threads.get(&tid, 0).is_ok() {
@@ -1204,17 +1204,6 @@ pub fn thread_ids(pid: u32) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn raise_memlock_limit() {

@@ -5,8 +5,8 @@
 use nvbind_common::{display_kind, CrtcVblanks};
 use serde::{Deserialize, Serialize};
 
-use super::stats::{self, FrameTimeStats};
-use crate::capture::{DisplayRecord, Frame};
+use crate::frames::stats::{self, FrameTimeStats};
+use crate::frames::{DisplayRecord, Frame};
 
 /// Where display-side frames come from.
 pub const DISPLAY_SOURCE: &str = "drm_vblank_event_delivered";

@@ -514,7 +514,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        capture::{Capture, Frame, ProcessRecord},
+        frames::{Capture, Frame, ProcessRecord},
         gpu::{test_gpu, GpuSeries, Vendor},
         report::build,
     };

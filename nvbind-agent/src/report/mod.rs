@@ -3,7 +3,6 @@
 
 pub mod display;
 pub mod export;
-pub mod stats;
 pub mod stutters;
 pub mod summary;
 pub mod svg;
@@ -15,7 +14,7 @@ use nvbind_common::{ioctl_class, present_source, ThreadCounters};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    capture::{Capture, Frame, ProcessRecord},
+    frames::{stats, Capture, Frame, ProcessRecord, SOURCE_PREFERENCE},
     gpu::{self, GpuReport},
     probes::{comm_str, ProbeStatus, ProgramCost},
     stutter::GpuEvidence,
@@ -287,15 +286,6 @@ pub struct FrameRow {
     pub gpu_clock_hertz: Option<f64>,
     pub gpu_throttle_reasons: String,
 }
-
-/// Preference among frame sources when a process shows several: the call closest to the game's
-/// own frame loop first.
-pub(crate) const SOURCE_PREFERENCE: [u32; 4] = [
-    present_source::VULKAN_RESOLVED,
-    present_source::VULKAN_LOADER,
-    present_source::GLX,
-    present_source::EGL,
-];
 
 /// The frames of one process from its chosen source, each carrying the evidence of every present
 /// of its thread since the previous chosen frame (evidence from other sources is folded in, not lost).

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{gpu_ioctls, ms};
 use crate::{
-    capture::{Capture, Frame, ProcessRecord},
+    frames::{Capture, Frame, ProcessRecord},
     gpu,
     probes::comm_str,
     stutter::{

@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-use super::{stats::Log2Summary, ProcessReport, Report};
+use super::{ProcessReport, Report};
+use crate::frames::stats::Log2Summary;
 use crate::gpu::GpuReport;
 
 /// The human summary of a report, listing at most `worst` stutters per process.
