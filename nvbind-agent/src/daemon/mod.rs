@@ -21,7 +21,6 @@ use std::future::IntoFuture;
 
 use anyhow::{Context, Result};
 use tokio::{
-    io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
     sync::{watch, Notify},
     task::JoinSet,
@@ -34,7 +33,11 @@ use self::{
     metrics::{CauseLabels, Metrics, ProcessLabels},
 };
 use crate::{
-    capture::{cpu_time_and_peak_rss, Tracker},
+    capture::{
+        cpu_time_and_peak_rss,
+        pump::{EventPump, StopSignals, Wake},
+        Tracker,
+    },
     clock::monotonic_ns,
     frames::{Capture, FrameOutcome, Identity, LiveProcess},
     gpu,
@@ -42,8 +45,6 @@ use crate::{
     report,
 };
 
-/// How often the ring buffer is read when no stream asks sooner.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// How often GPU status, the agent's cost and the live windows are refreshed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a session report that could not be written is tried again.
@@ -212,8 +213,7 @@ struct Daemon {
 }
 
 async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) -> Result<u8> {
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let stop_signals = StopSignals::install()?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let probes = Probes::load(LoadOptions {
@@ -284,33 +284,18 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
         daemon.config.reports.dir.display()
     );
 
-    // A duplicate of the ring buffer's descriptor (same file description), owned by the poller:
-    // readable when a record that asks for a wakeup (a new process, a resolved Vulkan present
-    // function) is waiting.
-    // SAFETY: the borrowed descriptor is open for as long as the tracker's probes live.
-    let events_fd =
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(daemon.tracker.probes().events_fd()) }
-            .try_clone_to_owned()
-            .context("cannot duplicate the eBPF ring buffer descriptor")?;
-    // SAFETY: `events_fd` is owned by the AsyncFd, open and unchanged for its whole life.
-    let wakeups = unsafe { AsyncFd::register_with_interest(events_fd, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("cannot poll the eBPF ring buffer")?;
-
-    let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pump = EventPump::new(daemon.tracker.probes(), stop_signals)?;
     let mut last_housekeeping = Instant::now();
     let mut last_retry = Instant::now();
     let mut last_process_scan = Instant::now();
     let signal_name = loop {
         tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shared.drain_request.notified() => {}
-            ready = wakeups.readable() => {
-                if let Ok(mut guard) = ready {
-                    guard.clear_ready();
+            wake = pump.next() => {
+                if let Wake::Stop(signal) = wake {
+                    break signal.name();
                 }
             }
+            _ = shared.drain_request.notified() => {}
             Some(done) = daemon.writes.join_next(), if !daemon.writes.is_empty() => {
                 daemon.written(done);
                 continue;
@@ -319,8 +304,6 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
                 daemon.reload();
                 continue;
             }
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
         }
         daemon.tracker.step();
         daemon.sync();
@@ -340,7 +323,7 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
     };
     log::info!("{signal_name}: writing open sessions and stopping");
     let _ = stop.send(true);
-    tokio::time::sleep(DRAIN_INTERVAL).await;
+    EventPump::settle().await;
     daemon.tracker.step();
     daemon.sync();
     let open: Vec<u32> = daemon.tracker.processes().keys().copied().collect();

@@ -1,0 +1,397 @@
+//! [`Tracker`]: the tracked processes, their frames and the evidence around their stutters, kept
+//! up to date from the kernel's records. `record` runs one for a bounded capture; the daemon runs
+//! one for ever and takes each process out when it exits.
+
+mod scan;
+mod sessions;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use nvbind_common::Culprit;
+
+use self::scan::{LastScan, SCAN_INTERVAL};
+use super::snapshots::ThreadSnapshots;
+use crate::{
+    clock::monotonic_ns,
+    frames::{Capture, DisplayRecord, Frame, ProcessRecord},
+    gpu,
+    probes::{comm_str, libraries, Event, Probes},
+    stutter::{Detector, DetectorConfig},
+    target,
+};
+
+/// Processes that presented within this long get their threads' counters read on every drain
+/// (the evidence of stutters beyond the presenting thread).
+const PRESENTING_RECENTLY_NS: u64 = 2_000_000_000;
+/// Most threads of one process whose counters are read per drain.
+const MAX_SNAPSHOT_THREADS: usize = 256;
+/// Run-queue waits shorter than this are not worth naming a culprit's cgroup for.
+const CULPRIT_CGROUP_MIN_WAIT_NS: u64 = 1_000_000;
+
+/// Tracked processes, their frames and the evidence around their stutters, kept up to date by
+/// [`Tracker::step`]. `record` runs one for a bounded capture; the daemon runs one for ever and
+/// takes each process out with [`Tracker::take_process`] when it exits.
+pub struct Tracker {
+    pub(in crate::capture) probes: Probes,
+    pub(in crate::capture) capture: Capture,
+    follow_children: bool,
+    /// Recent counters of the threads of processes that present.
+    snapshots: ThreadSnapshots,
+    /// A stutter detector per (pid, present source), fed as frames arrive, with the last present.
+    detectors: HashMap<(u32, u32), (Detector, u64)>,
+    /// Likely stutters waiting for a snapshot after their end: (pid, previous present, present).
+    pending_windows: Vec<(u32, u64, u64)>,
+    /// Threads of each tracked process, as of the last scan.
+    tids: HashMap<u32, Vec<u32>>,
+    /// When each process's memory map was last searched for graphics libraries.
+    library_scans: HashMap<u32, LastScan>,
+    /// When each process's liveness and threads were last read.
+    process_scans: HashMap<u32, LastScan>,
+    /// GPU device nodes (major, minor) and the PCI address of the GPU each belongs to.
+    gpu_nodes: Vec<(u32, u32, String)>,
+    /// Processes whose open files were already searched for a GPU node (once, after their first
+    /// frame: a process that presents has its GPU open by then).
+    gpu_searched: HashSet<u32>,
+    last_scan: Instant,
+}
+
+impl Tracker {
+    /// A tracker over loaded probes. `gpus` are the GPUs found (for each process's render GPU).
+    pub fn new(
+        probes: Probes,
+        stutter: DetectorConfig,
+        follow_children: bool,
+        gpus: &[gpu::GpuInfo],
+    ) -> Tracker {
+        Tracker {
+            probes,
+            capture: Capture {
+                stutter,
+                ..Default::default()
+            },
+            follow_children,
+            snapshots: ThreadSnapshots::default(),
+            detectors: HashMap::new(),
+            pending_windows: Vec::new(),
+            tids: HashMap::new(),
+            library_scans: HashMap::new(),
+            process_scans: HashMap::new(),
+            gpu_nodes: gpus
+                .iter()
+                .flat_map(|g| {
+                    g.device_nodes
+                        .iter()
+                        .filter(|n| !n.shared)
+                        .map(|n| (n.major, n.minor, g.pci_address.clone()))
+                })
+                .collect(),
+            gpu_searched: HashSet::new(),
+            last_scan: Instant::now(),
+        }
+    }
+
+    /// One round: reads the kernel's records, snapshots the threads of presenting processes,
+    /// hooks new graphics libraries, and every SCAN_INTERVAL checks tracked processes.
+    pub fn step(&mut self) {
+        self.drain();
+        self.snapshot_threads();
+        self.scan_new_libraries();
+        if self.last_scan.elapsed() >= SCAN_INTERVAL {
+            self.last_scan = Instant::now();
+            self.scan();
+        }
+    }
+
+    /// The processes tracked so far, by pid.
+    pub fn processes(&self) -> &BTreeMap<u32, ProcessRecord> {
+        &self.capture.processes
+    }
+
+    /// The loaded probes (for their costs and statuses).
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// The stutter thresholds in use.
+    pub fn stutter_config(&self) -> DetectorConfig {
+        self.capture.stutter
+    }
+
+    /// What the tracker holds so far (frames, thread names, culprits), for live verdicts.
+    pub fn live_capture(&self) -> &Capture {
+        &self.capture
+    }
+
+    /// Tracks the threads a process discovered by its first present already has (the kernel adds
+    /// the presenting thread and threads created from then on; the scheduler probes see only
+    /// tracked threads, so a game's workers would otherwise be missing from stutter evidence).
+    pub fn adopt(&mut self, pid: u32) {
+        if let Err(e) = self.probes.track_process(pid, self.follow_children) {
+            log::debug!("pid {pid}: cannot track its threads: {e}");
+        }
+    }
+
+    /// Hooks the graphics libraries `pid` maps that are not hooked yet (copies inside containers
+    /// and runtimes are other files than the host's). Returns the newly hooked files.
+    pub fn hook_libraries_of(&mut self, pid: u32) -> Vec<String> {
+        self.probes.attach_process_libraries(pid)
+    }
+
+    /// Thresholds for processes tracked from now on.
+    pub fn set_stutter_config(&mut self, stutter: DetectorConfig) {
+        self.capture.stutter = stutter;
+    }
+
+    /// Lets the kernel track ignored processes' pids again once those processes are gone.
+    pub fn forget_ignored(&mut self) {
+        if let Err(e) = self.probes.forget_ignored(target::is_alive) {
+            log::warn!("cannot prune the ignored-process map: {e}");
+        }
+    }
+
+    pub(in crate::capture) fn track(&mut self, pid: u32, preexisting: bool) -> Result<()> {
+        self.probes
+            .track_process(pid, self.follow_children)
+            .with_context(|| format!("cannot track pid {pid}"))?;
+        self.note_process(pid, 0, preexisting);
+        Ok(())
+    }
+
+    /// Records a process the kernel or we started tracking, and hooks the libraries it has mapped.
+    fn note_process(&mut self, pid: u32, ppid: u32, preexisting: bool) {
+        self.note_process_named(pid, ppid, preexisting, String::new());
+    }
+
+    /// As `note_process`, with the name the kernel reported (kept if the process is already gone
+    /// when /proc is read: a fast game can start and exit between two drains).
+    fn note_process_named(&mut self, pid: u32, ppid: u32, preexisting: bool, comm: String) {
+        let now = monotonic_ns();
+        let record = self
+            .capture
+            .processes
+            .entry(pid)
+            .or_insert_with(|| ProcessRecord {
+                pid,
+                ppid,
+                tracked_at_ns: now,
+                preexisting,
+                comm,
+                ..Default::default()
+            });
+        refresh_identity(record);
+        for lib in self.probes.attach_process_libraries(pid) {
+            log::info!("pid {pid}: hooked {lib}");
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Present(e) => {
+                let pid = e.header.tgid;
+                if !self.capture.processes.contains_key(&pid) {
+                    self.note_process(pid, 0, false);
+                }
+                if let Some(p) = self.capture.processes.get_mut(&pid) {
+                    p.frames.push(Frame {
+                        ts_ns: e.header.ts_ns,
+                        tid: e.header.tid,
+                        source: e.header.aux,
+                        cpu: e.cpu,
+                        delta: e.delta,
+                        max_runq_wait_ns: e.max_runq_wait_ns,
+                        max_blocked_ns: e.max_blocked_ns,
+                        last_preemptor_tid: e.last_preemptor_tid,
+                        culprit: e.culprit,
+                    });
+                }
+                self.note_culprit(&e.culprit);
+                self.watch_for_stutter(pid, e.header.aux, e.header.ts_ns);
+            }
+            Event::VulkanPresentResolved(e) => {
+                let pid = e.header.tgid;
+                log::debug!(
+                    "pid {pid}: vkQueuePresentKHR resolved {} µs ago",
+                    monotonic_ns().saturating_sub(e.header.ts_ns) / 1000
+                );
+                match self.probes.attach_resolved_present(pid, e.address) {
+                    Ok(Some(file)) => {
+                        log::info!(
+                            "pid {pid}: hooked vkQueuePresentKHR at {:#x} in {file}, {} µs after it was resolved",
+                            e.address,
+                            monotonic_ns().saturating_sub(e.header.ts_ns) / 1000
+                        );
+                        if let Some(p) = self.capture.processes.get_mut(&pid) {
+                            p.resolved_present.push(file);
+                        }
+                    }
+                    Ok(None) => {
+                        if let Some(p) = self.capture.processes.get_mut(&pid) {
+                            if let Some((m, offset)) = libraries::locate(pid, e.address) {
+                                let function = format!("{}+{offset:#x}", m.path);
+                                if !p.resolved_present.contains(&function) {
+                                    p.resolved_present.push(function);
+                                }
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        let note = format!("pid {pid}: cannot hook its vkQueuePresentKHR: {why}");
+                        log::warn!("{note}");
+                        self.capture.notes.push(note);
+                    }
+                }
+            }
+            Event::ProcessTracked(e) => {
+                self.note_process_named(e.header.tgid, e.header.aux, false, comm_str(&e.comm))
+            }
+            Event::ProcessExec(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
+                    p.comm = comm_str(&e.comm);
+                    refresh_identity(p);
+                }
+            }
+            Event::ProcessExit(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
+                    p.exited_ns.get_or_insert(e.header.ts_ns);
+                }
+            }
+            Event::Display(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
+                    p.display.push(DisplayRecord {
+                        ts_ns: e.header.ts_ns,
+                        kind: e.header.aux,
+                        crtc: e.crtc,
+                        seq: e.seq,
+                        request_ns: e.request_ns,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Remembers the cgroup and process of a task that kept a tracked thread waiting, while it
+    /// still exists.
+    fn note_culprit(&mut self, c: &Culprit) {
+        if c.tid == 0 || c.wait_ns < CULPRIT_CGROUP_MIN_WAIT_NS {
+            return;
+        }
+        use std::collections::hash_map::Entry;
+        if let Entry::Vacant(slot) = self.capture.culprit_pids.entry(c.tid) {
+            let pid = if c.tgid != 0 {
+                Some(c.tgid)
+            } else {
+                target::tgid_of(c.tid)
+            };
+            if let Some(pid) = pid {
+                slot.insert(pid);
+            }
+        }
+        if let Entry::Vacant(slot) = self.capture.culprit_cgroups.entry(c.tid) {
+            let cgroup = target::cgroup_of(c.tid)
+                .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)));
+            if let Some(cgroup) = cgroup {
+                slot.insert(cgroup);
+            }
+        }
+    }
+
+    /// Runs the stutter rule over frames as they arrive, so that likely stutters get the evidence
+    /// of the process's other threads before the snapshots covering them are forgotten.
+    fn watch_for_stutter(&mut self, pid: u32, source: u32, ts_ns: u64) {
+        let config = self.capture.stutter;
+        let (detector, last) = self
+            .detectors
+            .entry((pid, source))
+            .or_insert_with(|| (Detector::new(config), 0));
+        let previous = std::mem::replace(last, ts_ns);
+        if previous == 0 || ts_ns <= previous {
+            return;
+        }
+        if detector.push((ts_ns - previous) as f64 / 1e6).is_some() {
+            self.pending_windows.push((pid, previous, ts_ns));
+        }
+    }
+
+    /// Reads the counters of every thread of the processes that presented recently, then gives
+    /// likely stutters whose end is now covered their window.
+    pub(in crate::capture) fn snapshot_threads(&mut self) {
+        let now = monotonic_ns();
+        let presenting: Vec<u32> = self
+            .capture
+            .processes
+            .values()
+            .filter(|p| {
+                p.exited_ns.is_none()
+                    && p.frames
+                        .last()
+                        .is_some_and(|f| now.saturating_sub(f.ts_ns) < PRESENTING_RECENTLY_NS)
+            })
+            .map(|p| p.pid)
+            .collect();
+        for pid in presenting {
+            let mut tids = self.tids.get(&pid).cloned().unwrap_or_default();
+            if let Some(p) = self.capture.processes.get(&pid) {
+                tids.extend(p.frames.last().map(|f| f.tid));
+            }
+            tids.sort_unstable();
+            tids.dedup();
+            tids.truncate(MAX_SNAPSHOT_THREADS);
+            if let Ok(states) = self.probes.thread_states(&tids) {
+                self.snapshots.push(pid, monotonic_ns(), states);
+            }
+        }
+        self.resolve_windows(now);
+    }
+
+    /// Fills the thread windows of likely stutters that ended before `covered_until`.
+    pub(in crate::capture) fn resolve_windows(&mut self, covered_until: u64) {
+        let pending = std::mem::take(&mut self.pending_windows);
+        for (pid, from, to) in pending {
+            if to > covered_until {
+                self.pending_windows.push((pid, from, to));
+                continue;
+            }
+            let Some(window) = self.snapshots.window(pid, from, to) else {
+                continue;
+            };
+            // Name the cgroups of whoever preempted the game's threads, while they still exist.
+            for t in &window.threads {
+                if let Some(c) = &t.waited_behind {
+                    self.note_culprit(c);
+                }
+            }
+            if let Some(p) = self.capture.processes.get_mut(&pid) {
+                p.thread_windows.insert(to, window);
+            }
+        }
+    }
+
+    pub(in crate::capture) fn drain(&mut self) {
+        let mut events = Vec::new();
+        self.probes.drain_events(|e| events.push(e));
+        for e in events {
+            self.handle(e);
+        }
+    }
+}
+
+/// Re-reads a process's name, binary, command line and parent from /proc.
+fn refresh_identity(record: &mut ProcessRecord) {
+    let Ok(proc) = procfs::process::Process::new(record.pid as i32) else {
+        return;
+    };
+    if let Ok(stat) = proc.stat() {
+        record.comm = stat.comm;
+        record.ppid = stat.ppid as u32;
+    }
+    if let Ok(exe) = proc.exe() {
+        record.exe = exe.display().to_string();
+    }
+    if let Ok(cmdline) = proc.cmdline() {
+        record.cmdline = cmdline;
+    }
+}

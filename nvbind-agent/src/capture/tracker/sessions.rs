@@ -1,0 +1,273 @@
+//! Taking frames and whole processes out of the tracker (the daemon's sessions, `record`'s end),
+//! with the kernel's state of their threads.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+use nvbind_common::present_source;
+
+use super::Tracker;
+use crate::{
+    capture::host::describe_host,
+    clock::{monotonic_ns, unix_time_at},
+    frames::{Capture, ProcessRecord},
+    gpu,
+    probes::libraries,
+};
+
+impl Tracker {
+    /// Takes the frames of a still-running process out as a capture of its own (a long
+    /// session's part), keeping it tracked. The last frame stays, so the next part's first frame
+    /// time is measured from it (and counted once, in the next part).
+    pub fn take_frames(
+        &mut self,
+        pid: u32,
+        gpus: Vec<gpu::GpuSeries>,
+        gpu_period_ns: u64,
+    ) -> Option<Capture> {
+        let record = self.capture.processes.get_mut(&pid)?;
+        let last = *record.frames.last()?;
+        let mut part = ProcessRecord {
+            frames: std::mem::replace(&mut record.frames, vec![last]),
+            thread_windows: std::mem::take(&mut record.thread_windows),
+            // Display events go with the part too (a compositor's flips would otherwise pile up
+            // for the whole session and be written again in every part).
+            display: std::mem::take(&mut record.display),
+            resolved_present: record.resolved_present.clone(),
+            ..record.clone()
+        };
+        part.exited_ns = None;
+        record.tracked_at_ns = last.ts_ns;
+        let started_ns = part.frames.first().map_or(part.tracked_at_ns, |f| f.ts_ns);
+        let mut capture = self.session_capture(
+            part,
+            (started_ns, last.ts_ns),
+            gpus,
+            gpu_period_ns,
+            "session-frame-limit",
+        );
+        capture.notes.push(
+            "one part of a long session (reports.max_session_frames): thread totals and \
+             histograms count from the start of the session"
+                .into(),
+        );
+        Some(capture)
+    }
+    /// A capture of one process's session: its record, the names of its threads, the culprits
+    /// named so far, the GPU series given, and what the kernel holds about it.
+    fn session_capture(
+        &mut self,
+        record: ProcessRecord,
+        (started_ns, ended_ns): (u64, u64),
+        gpus: Vec<gpu::GpuSeries>,
+        gpu_period_ns: u64,
+        end_reason: &str,
+    ) -> Capture {
+        let pid = record.pid;
+        let tids = crate::probes::thread_ids(pid);
+        let mut capture = Capture {
+            target: format!("pid {pid} ({})", record.comm),
+            stutter: self.capture.stutter,
+            culprit_cgroups: self.capture.culprit_cgroups.clone(),
+            culprit_pids: self.capture.culprit_pids.clone(),
+            thread_names: self
+                .capture
+                .thread_names
+                .iter()
+                .filter(|(tid, _)| {
+                    tids.contains(tid) || self.tids.get(&pid).is_some_and(|t| t.contains(tid))
+                })
+                .map(|(tid, name)| (*tid, name.clone()))
+                .collect(),
+            gpus,
+            gpu_period_ns,
+            started_ns,
+            ended_ns,
+            started_unix_s: unix_time_at(started_ns),
+            end_reason: end_reason.to_string(),
+            ..Default::default()
+        };
+        capture.processes.insert(pid, record);
+        if let Err(e) = self.collect_kernel_state(&mut capture) {
+            capture.notes.push(format!(
+                "the kernel's per-thread state could not be read: {e}"
+            ));
+        }
+        describe_host(&mut capture);
+        capture
+    }
+    /// Stops tracking `pid` and forgets it; `ignore`: its presents must not track it again.
+    pub fn drop_process(&mut self, pid: u32, ignore: bool) {
+        self.forget(pid);
+        if let Err(e) = self.probes.untrack_process(pid, ignore) {
+            log::warn!("pid {pid}: cannot stop tracking it in the kernel: {e}");
+        }
+    }
+    fn forget(&mut self, pid: u32) -> Option<ProcessRecord> {
+        let record = self.capture.processes.remove(&pid);
+        self.detectors.retain(|(p, _), _| *p != pid);
+        self.pending_windows.retain(|(p, _, _)| *p != pid);
+        self.snapshots.forget(pid);
+        self.library_scans.remove(&pid);
+        self.process_scans.remove(&pid);
+        self.gpu_searched.remove(&pid);
+        if let Some(tids) = self.tids.remove(&pid) {
+            for tid in tids {
+                self.capture.thread_names.remove(&tid);
+            }
+        }
+        if self.capture.processes.is_empty() {
+            // Names of other processes' tasks that kept tracked threads waiting: only needed
+            // while someone is tracked.
+            self.capture.culprit_cgroups.clear();
+            self.capture.culprit_pids.clear();
+        }
+        record
+    }
+    /// Takes an exited (or abandoned) process out as a capture of its own, with its kernel state
+    /// and the GPU series of its lifetime, and stops tracking it.
+    pub fn take_process(
+        &mut self,
+        pid: u32,
+        gpus: Vec<gpu::GpuSeries>,
+        gpu_period_ns: u64,
+        end_reason: &str,
+    ) -> Option<Capture> {
+        // Evidence for its last likely stutters, with what the snapshots hold now.
+        let pending: Vec<(u32, u64, u64)> = self
+            .pending_windows
+            .iter()
+            .copied()
+            .filter(|(p, _, _)| *p == pid)
+            .collect();
+        self.pending_windows.retain(|(p, _, _)| *p != pid);
+        for (p, from, to) in pending {
+            if let Some(window) = self.snapshots.window(p, from, to) {
+                if let Some(record) = self.capture.processes.get_mut(&p) {
+                    record.thread_windows.insert(to, window);
+                }
+            }
+        }
+        // Out of the map now, but `forget` (which drops its thread list, needed for the
+        // names) only after the capture is made.
+        let record = self.capture.processes.remove(&pid)?;
+        let started_ns = record
+            .frames
+            .first()
+            .map_or(record.tracked_at_ns, |f| f.ts_ns.min(record.tracked_at_ns));
+        let ended_ns = record.exited_ns.unwrap_or_else(monotonic_ns);
+        let capture = self.session_capture(
+            record,
+            (started_ns, ended_ns),
+            gpus,
+            gpu_period_ns,
+            end_reason,
+        );
+        self.forget(pid);
+        if let Err(e) = self.probes.untrack_process(pid, false) {
+            log::warn!("pid {pid}: cannot stop tracking it in the kernel: {e}");
+        }
+        Some(capture)
+    }
+    /// Reads what the kernel holds about the capture's processes: their threads' totals and
+    /// names, histograms, preemptors, and the probes' costs and statuses.
+    pub(in crate::capture) fn collect_kernel_state(&mut self, capture: &mut Capture) -> Result<()> {
+        let pids: HashSet<u32> = capture.processes.keys().copied().collect();
+        capture.threads = self
+            .probes
+            .threads()?
+            .into_iter()
+            .filter(|(_, t)| pids.contains(&t.tgid))
+            .collect();
+        for (tid, t) in &capture.threads {
+            if !capture.thread_names.contains_key(tid) {
+                if let Ok(name) =
+                    std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", t.tgid))
+                {
+                    capture
+                        .thread_names
+                        .insert(*tid, name.trim_end().to_string());
+                }
+            }
+        }
+        for pid in &pids {
+            if let Some(h) = self.probes.histograms(*pid)? {
+                capture.histograms.insert(*pid, h);
+            }
+        }
+        capture.preemptors = self
+            .probes
+            .preemptors()?
+            .into_iter()
+            .filter(|(k, _)| pids.contains(&k.victim_tgid))
+            .collect();
+        let presenters: std::collections::BTreeSet<u32> = capture
+            .processes
+            .values()
+            .flat_map(|p| p.frames.iter().map(|f| f.tid))
+            .collect();
+        for tid in presenters {
+            if let Some(h) = self.probes.presenter_histograms(tid)? {
+                capture.presenter_histograms.insert(tid, h);
+            }
+        }
+        capture.dropped_events = self.probes.dropped_events();
+        capture.program_costs = self.probes.program_costs();
+        capture.probe_statuses = self.probes.statuses().to_vec();
+        capture.drm_counts = self.probes.drm_event_counts();
+        if capture.drm_counts[3] > 0 {
+            capture.notes.push(format!(
+                "{} DRM event(s) delivered to a tracked process could not be read as this kernel's                  struct drm_pending_event was expected to be laid out: counted as flips (please                  report the kernel version)",
+                capture.drm_counts[3]
+            ));
+        }
+        capture.crtc_vblanks = self.probes.crtc_vblanks();
+        for (pid, requests) in self.probes.drm_ioctl_counts(&pids) {
+            if let Some(p) = capture.processes.get_mut(&pid) {
+                p.drm_requests = requests;
+            }
+        }
+        explain_sources(capture);
+        if capture.dropped_events > 0 {
+            capture.notes.push(format!(
+                "{} kernel records were lost (ring buffer full): frame counts are lower bounds",
+                capture.dropped_events
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Says, for processes whose frames could not come from the best source, why.
+fn explain_sources(capture: &mut Capture) {
+    let mut notes = Vec::new();
+    for p in capture.processes.values() {
+        let has = |s: u32| p.frames.iter().any(|f| f.source == s);
+        let uses_vulkan = !p.resolved_present.is_empty()
+            || libraries::process_libraries(p.pid)
+                .iter()
+                .any(|l| l.kind.name == "vulkan");
+        if p.preexisting && uses_vulkan && !has(present_source::VULKAN_RESOLVED) {
+            notes.push(format!(
+                "pid {} ({}) was already running when tracking began and loads Vulkan: its \
+                 vkQueuePresentKHR pointer was resolved before nvbind could see it, so its frames \
+                 come from {}; start it under the agent (`record -- COMMAND` or `--comm NAME`) to \
+                 capture every Vulkan present",
+                p.pid,
+                p.comm,
+                if p.frames.is_empty() {
+                    "no source".to_string()
+                } else {
+                    let mut sources: Vec<&str> = p
+                        .frames
+                        .iter()
+                        .map(|f| present_source::name(f.source))
+                        .collect();
+                    sources.dedup();
+                    sources.join(", ")
+                }
+            ));
+        }
+    }
+    capture.notes.extend(notes);
+}
