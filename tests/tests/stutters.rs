@@ -564,14 +564,24 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
         .iter()
         .map(|r| r["present_ns"].parse().expect("present_ns"))
         .collect();
-    let (mut checked, mut lost) = (0, 0);
+    let (mut checked, mut lost, mut early) = (0, 0, 0);
+    assert!(
+        presents.len() > WARMUP,
+        "vkcube presented {} frames",
+        presents.len()
+    );
     for (i, &(start, end)) in bursts.iter().enumerate() {
-        assert!(
-            presents.len() > WARMUP && presents[WARMUP] < start,
-            "vkcube had not presented past the detector's warm-up when the burst at {start} \
-             began ({} frames)",
-            presents.len()
-        );
+        // The test starts the hog once vkcube writes to its X server in a loop, a proxy for
+        // presenting; a burst that still came before the detector's warm-up cannot be a stutter
+        // (there is no average yet) and is not judged, which the count below bounds.
+        if presents[WARMUP] >= start {
+            eprintln!(
+                "note: the burst at {start} came before vkcube's frame {WARMUP} ({})",
+                presents[WARMUP]
+            );
+            early += 1;
+            continue;
+        }
         // vkcube's threads share CPU 1 with the hog: none presents during a burst, so one frame's
         // interval holds the whole burst.
         assert!(
@@ -618,14 +628,16 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
         checked += 1;
     }
     assert!(
-        checked + lost >= bursts.len() - 1,
+        checked + lost + early >= bursts.len() - 1,
         "{checked} of {} bursts had a vkcube frame after them",
         bursts.len()
     );
-    // Frames whose evidence the kernel lost are rare: most bursts are judged.
+    // Frames whose evidence the kernel lost, and bursts before vkcube's warm-up, are rare: most
+    // bursts are judged.
     assert!(
         checked * 2 >= bursts.len(),
-        "only {checked} of {} bursts' frames were judged ({lost} lost their evidence)",
+        "only {checked} of {} bursts' frames were judged ({lost} lost their evidence, {early} \
+         came before the warm-up)",
         bursts.len()
     );
 }
