@@ -345,7 +345,13 @@ fn blame(
         // may have armed it); a stretch that ended inside the wait is this wait's culprit. A
         // preempted thread's own stretch ends at the very switch that begins its wait (`since_ns`):
         // strictly after, and never the waiter itself.
-        let watched = t.wake_cpu == cpu
+        //
+        // A thread the scheduler moved to another CPU before it ran waited first on the one it
+        // was woken or preempted on: that CPU's holder is its culprit when it held the CPU for at
+        // least half the wait (else the wait was mostly spent elsewhere, and the task it ran
+        // after on the new CPU is named instead).
+        let migrated = t.wake_cpu != cpu;
+        let watched = (!migrated || w.longest.wait_ns.saturating_mul(2) >= waited)
             && w.armed_ns != 0
             && w.armed_ns <= t.since_ns
             && w.longest.tid != 0

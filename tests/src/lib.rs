@@ -66,54 +66,24 @@ pub fn pids_named(comm: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Waits until the synthetic game `pid` (frame loop on its main thread, `work_ms` of busy work
-/// per frame) has presented at least `frames` frames, by the kernel's own account of that thread
-/// rather than a guess at how long start-up takes:
-/// - the loop has begun once the thread is seen asleep in its `clock_nanosleep(CLOCK_MONOTONIC,
-///   TIMER_ABSTIME)` (syscall 230, used nowhere else in the game), at CPU time `c0`;
-/// - a loop iteration costs at most `work_ms` (the busy work ends by the wall clock, and CPU time
-///   never outruns it) plus well under 2 ms (a present that EGL refuses at once, two syscalls):
-///   once the thread's CPU time (schedstat) passes `c0 + frames × (work_ms + 2 ms)`, at least
-///   `frames` presents have followed.
+/// Waits until the synthetic game whose truth file is `truth` has presented at least `frames`
+/// frames, by its own count ([`presents_so_far`]): not a guess from CPU time or start-up time
+/// (its first presents can cost far more CPU than later ones while Mesa compiles shaders).
 ///
 /// The deadline only bounds a hang.
-pub fn wait_for_presents(pid: u32, work_ms: f64, frames: u32) {
-    let task = format!("/proc/{pid}/task/{pid}");
+pub fn wait_for_presents(truth: &Path, frames: u32) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let cpu_ns = || -> Option<u64> {
-        std::fs::read_to_string(format!("{task}/schedstat"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    let start = loop {
-        let syscall = std::fs::read_to_string(format!("{task}/syscall"))
-            .unwrap_or_else(|e| panic!("cannot read {task}/syscall (has the game exited?): {e}"));
-        if syscall.starts_with("230 0x1 0x1 ") {
-            if let Some(c0) = cpu_ns() {
-                break c0;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the game (pid {pid}) did not reach its frame loop within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let target = start + u64::from(frames) * ((work_ms + 2.0) * 1e6) as u64;
     loop {
-        let now = cpu_ns()
-            .unwrap_or_else(|| panic!("the game (pid {pid}) is gone before {frames} presents"));
-        if now >= target {
+        let presented = presents_so_far(truth);
+        if presented >= u64::from(frames) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the game (pid {pid}) did not present {frames} frames within 60 s"
+            "the game presented {presented} of {frames} frames within 60 s ({})",
+            progress_path(truth).display()
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -448,6 +418,22 @@ impl Xvfb {
     }
 }
 
+impl Xvfb {
+    /// Keeps the X server (every thread of it) on one CPU, away from a competitor a test runs on
+    /// another: a client blocked on a server that waits behind the competitor is a different
+    /// story (a wait chain) from the one such a test tells.
+    pub fn pin_to_cpu(&self, cpu: usize) -> Result<()> {
+        let pid = self.child.id();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("cannot list the threads of Xvfb (pid {pid})"))?;
+        for task in tasks {
+            let tid = task?.file_name().to_string_lossy().parse::<u32>()?;
+            pin_task_to_cpu(tid, cpu)?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Xvfb {
     fn drop(&mut self) {
         // SIGTERM lets Xvfb remove its socket and lock file.
@@ -470,6 +456,11 @@ pub fn monotonic_ns() -> u64 {
 
 /// Pins the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    pin_task_to_cpu(0, cpu)
+}
+
+/// Pins task `tid` (0: the calling thread) to one CPU.
+fn pin_task_to_cpu(tid: u32, cpu: usize) -> Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
         bail!("CPU {cpu} is out of range");
     }
@@ -478,9 +469,9 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: `set` is a valid cpu_set_t.
     unsafe {
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             bail!(
-                "cannot pin to CPU {cpu}: {}",
+                "cannot pin task {tid} to CPU {cpu}: {}",
                 std::io::Error::last_os_error()
             );
         }
@@ -800,6 +791,23 @@ pub fn rusage_path(truth: &Path) -> PathBuf {
     let mut name = truth.as_os_str().to_owned();
     name.push(".rusage");
     PathBuf::from(name)
+}
+
+/// Where the synthetic game counts its presents as it goes (beside its truth file): 8 bytes, a
+/// native-endian u64 in a shared file mapping, updated after every present, so a test can wait
+/// for presents that really happened.
+pub fn progress_path(truth: &Path) -> PathBuf {
+    let mut name = truth.as_os_str().to_owned();
+    name.push(".progress");
+    PathBuf::from(name)
+}
+
+/// The presents the synthetic game with truth file `truth` has made so far (0 before it starts).
+pub fn presents_so_far(truth: &Path) -> u64 {
+    std::fs::read(progress_path(truth))
+        .ok()
+        .and_then(|bytes| bytes.get(..8)?.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
 }
 
 /// Reads what the synthetic game wrote to [`rusage_path`].

@@ -26,8 +26,8 @@ fn stopped_by(signal: libc::c_int) {
         ],
         &[],
     );
-    let pid = wait_for_process("synthetic-game", Duration::from_secs(60));
-    wait_for_presents(pid, 1.0, PRESENTS_BEFORE_THE_SIGNAL);
+    wait_for_process("synthetic-game", Duration::from_secs(60));
+    wait_for_presents(&truth, PRESENTS_BEFORE_THE_SIGNAL);
     assert!(!out.exists(), "nothing is written before the capture ends");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.id() as i32, signal) };

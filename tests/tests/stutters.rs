@@ -365,8 +365,7 @@ fn cpu_contention_is_found_and_the_competitor_named() {
         || {
             // The bursts must fall among the game's steady frames, past the detector's warm-up:
             // wait for its presents (however long its start took), then start the hog.
-            let game = wait_for_process("synthetic-game", Duration::from_secs(60));
-            wait_for_presents(game, 2.0, 10);
+            wait_for_presents(&dir.path().join("truth.txt"), WARMUP as u32 + 5);
             hog = Some(run_hog(dir.path(), "1", "6", "700"));
         },
     );
@@ -516,11 +515,14 @@ fn a_steady_game_has_no_stutters() {
 }
 
 /// vkcube on lavapipe, all its threads on CPU 1 with the hog: each burst is a stutter put down to
-/// CPU contention, checked against the hog's own log through the per-frame CSV.
+/// CPU contention, checked against the hog's own log through the per-frame CSV. The X server
+/// stays on CPU 0: vkcube waits on it for every present, and a server stuck behind the hog would
+/// make vkcube's frame a wait on another process (a chain this test does not tell).
 #[test]
 fn vkcube_under_contention_stutters_for_the_right_reason() {
     require_root();
     let x = Xvfb::start().expect("Xvfb");
+    x.pin_to_cpu(0).expect("pin Xvfb to CPU 0");
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("report.json");
     let csv = dir.path().join("frames.csv");
@@ -562,14 +564,24 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
         .iter()
         .map(|r| r["present_ns"].parse().expect("present_ns"))
         .collect();
-    let (mut checked, mut lost) = (0, 0);
+    let (mut checked, mut lost, mut early) = (0, 0, 0);
+    assert!(
+        presents.len() > WARMUP,
+        "vkcube presented {} frames",
+        presents.len()
+    );
     for (i, &(start, end)) in bursts.iter().enumerate() {
-        assert!(
-            presents.len() > WARMUP && presents[WARMUP] < start,
-            "vkcube had not presented past the detector's warm-up when the burst at {start} \
-             began ({} frames)",
-            presents.len()
-        );
+        // The test starts the hog once vkcube writes to its X server in a loop, a proxy for
+        // presenting; a burst that still came before the detector's warm-up cannot be a stutter
+        // (there is no average yet) and is not judged, which the count below bounds.
+        if presents[WARMUP] >= start {
+            eprintln!(
+                "note: the burst at {start} came before vkcube's frame {WARMUP} ({})",
+                presents[WARMUP]
+            );
+            early += 1;
+            continue;
+        }
         // vkcube's threads share CPU 1 with the hog: none presents during a burst, so one frame's
         // interval holds the whole burst.
         assert!(
@@ -601,8 +613,8 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
         }
         assert_eq!(
             row["stutter_cause"], "cpu-contention",
-            "the frame over the burst at {start}: {row:?}; {}",
-            p["stutters"]
+            "the frame over the burst at {start}: {row:?}; {}; the probes' costs: {}",
+            p["stutters"], report["agent"]["bpf"]
         );
         let frame: u64 = row["frame"].parse().expect("frame");
         let e = events(p)
@@ -616,14 +628,16 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
         checked += 1;
     }
     assert!(
-        checked + lost >= bursts.len() - 1,
+        checked + lost + early >= bursts.len() - 1,
         "{checked} of {} bursts had a vkcube frame after them",
         bursts.len()
     );
-    // Frames whose evidence the kernel lost are rare: most bursts are judged.
+    // Frames whose evidence the kernel lost, and bursts before vkcube's warm-up, are rare: most
+    // bursts are judged.
     assert!(
         checked * 2 >= bursts.len(),
-        "only {checked} of {} bursts' frames were judged ({lost} lost their evidence)",
+        "only {checked} of {} bursts' frames were judged ({lost} lost their evidence, {early} \
+         came before the warm-up)",
         bursts.len()
     );
 }

@@ -18,14 +18,17 @@ use std::{
     ffi::c_void,
     io::Write,
     path::PathBuf,
-    sync::{mpsc, Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use libloading::{Library, Symbol};
-use nvbind_tests::{monotonic_ns, pin_to_cpu, rusage_path, Rusage};
+use nvbind_tests::{monotonic_ns, pin_to_cpu, progress_path, rusage_path, Rusage};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -214,6 +217,53 @@ struct FrameLoop {
     in_loop: Rusage,
 }
 
+/// The count of presents made so far, in a shared file mapping that tests read as it changes
+/// (see `nvbind_tests::presents_so_far`): no system call per frame.
+struct Progress {
+    count: &'static AtomicU64,
+}
+
+impl Progress {
+    fn create(path: &std::path::Path) -> Result<Progress> {
+        // Read and write: a shared mapping needs both.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.set_len(8)
+            .with_context(|| format!("cannot size {}", path.display()))?;
+        // SAFETY: a fresh 8-byte shared mapping of a file we own; it stays mapped for the life
+        // of the process (never unmapped), so the 'static reference below stays valid.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            bail!(
+                "cannot map {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: page-aligned, 8 bytes, zero-filled by set_len, mapped for ever (above).
+        let count = unsafe { AtomicU64::from_ptr(at.cast::<u64>()) };
+        Ok(Progress { count })
+    }
+
+    fn set(&self, presents: u64) {
+        self.count.store(presents, Ordering::Release);
+    }
+}
+
 fn frame_loop(args: &Args) -> Result<FrameLoop> {
     if let Some(cpu) = args.pin_cpu {
         pin_to_cpu(cpu).context("--pin-cpu")?;
@@ -238,6 +288,7 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
         }
     );
     std::thread::sleep(Duration::from_secs_f64(args.startup_delay_ms / 1000.0));
+    let progress = Progress::create(&progress_path(&args.truth))?;
     let interval = (args.interval_ms * 1e6) as u64;
     let mut truth = Vec::with_capacity(args.frames as usize);
     let loop_start = Rusage::of(libc::RUSAGE_THREAD)?;
@@ -255,6 +306,7 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
         let before = monotonic_ns();
         egl.present();
         truth.push((before, monotonic_ns()));
+        progress.set(truth.len() as u64);
         next += interval;
         let now = monotonic_ns();
         if next < now {
