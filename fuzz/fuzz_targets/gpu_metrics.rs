@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvbind_common::gpu_metrics::{indep_throttle_reasons, parse, MetricsError};
+use nvbind_gpu_metrics::{indep_throttle_reasons, parse, MetricsError};
 
 /// Largest value a `u16` member can carry that is not the "unsupported" marker.
 const MAX_U16: f32 = 65534.0;

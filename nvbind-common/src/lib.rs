@@ -601,11 +601,6 @@ pub mod device_policy {
     }
 }
 
-/// Decoder for amdgpu's binary `gpu_metrics` sysfs file: userspace only (plain byte parsing, no
-/// I/O), so the BPF programs, which have no floating point, never compile it.
-#[cfg(not(target_arch = "bpf"))]
-pub mod gpu_metrics;
-
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and integer arrays, and

@@ -1,50 +1,15 @@
 //! Process tracking: threads and children of tracked processes are tracked from their creation,
 //! processes whose name is watched are tracked from their `execve`, and exits are reported.
 
-use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_get_current_comm,
-    macros::tracepoint,
-    programs::TracePointContext,
-};
-use nvbind_common::{
-    event_kind, thread_status, track_flags, EventHeader, ProcessEvent, TASK_COMM_LEN,
-};
+use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
+use nvbind_common::{event_kind, thread_status, track_flags};
 
 use crate::state::{
-    count_drop, current_ids, field, now_ns, start_tracking_process, start_tracking_thread, thread,
-    EVENTS, EXIT_GROUP_DEAD_OFF, NEWTASK_FLAGS_OFF, NEWTASK_PID_OFF, TRACKED_PROCESSES,
-    WATCHED_COMMS,
+    current_ids, emit, field, start_tracking_process, start_tracking_thread, thread,
+    EXIT_GROUP_DEAD_OFF, NEWTASK_FLAGS_OFF, NEWTASK_PID_OFF, TRACKED_PROCESSES, WATCHED_COMMS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
-
-/// Sends a process lifecycle record to the agent.
-#[inline(always)]
-pub fn emit(kind: u32, tgid: u32, tid: u32, aux: u32) {
-    let comm = bpf_get_current_comm().unwrap_or([0u8; TASK_COMM_LEN]);
-    let event = ProcessEvent {
-        header: EventHeader {
-            kind,
-            tgid,
-            tid,
-            aux,
-            ts_ns: now_ns(),
-        },
-        comm,
-    };
-    // New and exec'd processes wake the agent at once (it hooks their graphics libraries before
-    // the first frame); exits can wait for the next drain.
-    // (Forced: the kernel's adaptive wakeup stays silent while earlier no-wakeup records wait.)
-    let flags = if kind == event_kind::PROCESS_EXIT {
-        BPF_RB_NO_WAKEUP as u64
-    } else {
-        BPF_RB_FORCE_WAKEUP as u64
-    };
-    if EVENTS.output::<ProcessEvent>(&event, flags).is_err() {
-        count_drop();
-    }
-}
 
 /// `task:task_newtask` runs in the parent while the child is being created.
 #[tracepoint]

@@ -1,15 +1,15 @@
 //! Maps and load-time settings shared by the probe families.
 
 use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use nvbind_common::{
-    event_kind, thread_status, CpuWatch, PreemptorKey, PreemptorValue, ProcessHistograms,
-    ThreadState, TASK_COMM_LEN,
+    event_kind, thread_status, CpuWatch, EventHeader, PreemptorKey, PreemptorValue, ProcessEvent,
+    ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 /// CPUs covered by `CPU_WATCH`.
@@ -240,7 +240,7 @@ pub fn discover_current_thread() -> Option<(u32, u32, &'static mut ThreadState)>
     }
     start_tracking_process(tgid, 0);
     start_tracking_thread(tgid, tid, thread_status::RUNNING);
-    crate::process::emit(event_kind::PROCESS_TRACKED, tgid, tid, 0);
+    emit(event_kind::PROCESS_TRACKED, tgid, tid, 0);
     thread(tid).map(|t| (tgid, tid, t))
 }
 
@@ -273,5 +273,34 @@ pub fn count_drop() {
     if let Some(p) = DROPPED_EVENTS.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *p += 1 };
+    }
+}
+
+/// Sends a process lifecycle record to the agent. Here, beside the ring buffer and drop counter
+/// it uses, because the process tracepoints and `discover_current_thread` both send these: state
+/// imports no probe family, so the imports run one way.
+#[inline(always)]
+pub fn emit(kind: u32, tgid: u32, tid: u32, aux: u32) {
+    let comm = bpf_get_current_comm().unwrap_or([0u8; TASK_COMM_LEN]);
+    let event = ProcessEvent {
+        header: EventHeader {
+            kind,
+            tgid,
+            tid,
+            aux,
+            ts_ns: now_ns(),
+        },
+        comm,
+    };
+    // New and exec'd processes wake the agent at once (it hooks their graphics libraries before
+    // the first frame); exits can wait for the next drain.
+    // (Forced: the kernel's adaptive wakeup stays silent while earlier no-wakeup records wait.)
+    let flags = if kind == event_kind::PROCESS_EXIT {
+        BPF_RB_NO_WAKEUP as u64
+    } else {
+        BPF_RB_FORCE_WAKEUP as u64
+    };
+    if EVENTS.output::<ProcessEvent>(&event, flags).is_err() {
+        count_drop();
     }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod packages;
 mod setup;
 mod test;
 mod util;

@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{self, cargo, output_of, run, step};
+use crate::{
+    packages::debian_packages,
+    util::{self, cargo, output_of, run, step},
+};
 
 /// What a command needs the machine to have; each level includes the ones before it, so a
 /// gamer's first `cargo xtask run` installs only what the agent's main job uses.
@@ -144,46 +147,6 @@ fn promtool() -> Result<()> {
         .with_context(|| format!("cannot copy promtool to {}", dest.display()))?;
     let _ = fs::remove_dir_all(&work);
     Ok(())
-}
-
-pub fn debian_packages(packages: &[&str]) -> Result<()> {
-    let mut missing = Vec::new();
-    for &pkg in packages {
-        if !dpkg_installed(pkg)? {
-            missing.push(pkg);
-        }
-    }
-    if missing.is_empty() {
-        eprintln!(
-            "    skip: all {} Debian packages installed ({})",
-            packages.len(),
-            packages.join(" ")
-        );
-        return Ok(());
-    }
-    eprintln!(
-        "    do: install missing Debian packages: {}",
-        missing.join(" ")
-    );
-    run(Command::new("apt-get")
-        .arg("update")
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    Ok(())
-}
-
-fn dpkg_installed(pkg: &str) -> Result<bool> {
-    // A missing package makes dpkg-query exit 1 with nothing on stdout; that is "not installed".
-    // A multi-arch package prints one status per architecture.
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}\n", pkg])
-        .output()
-        .context("could not run dpkg-query (setup supports Debian only)")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(stdout.lines().any(|l| l.trim() == "install ok installed"))
 }
 
 /// Cargo installs bpf-linker into `$CARGO_HOME/bin` (default `~/.cargo/bin`); make sure the

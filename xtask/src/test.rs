@@ -250,107 +250,33 @@ fn integration_tests(root: &Path) -> Result<Vec<String>> {
 
 pub fn test(root: &Path, options: &Options) -> Result<()> {
     let started = Instant::now();
-    let target = target_dir(root);
-    let debug = target.join("debug");
-    let agent = debug.join("nvbind-agent");
-    let drm_client = debug.join("drm-sequence");
+    let paths = Paths::new(root);
     let mut runner = Runner {
         results: Vec::new(),
         counts: Counts::default(),
     };
 
-    // Every cargo step sets NVBIND_REQUIRE_EBPF the same way: the agent's build script reruns
-    // whenever it changes, so mixing would rebuild the agent between steps.
-    let cargo = |args: &[&str]| {
-        let mut c = cargo_cmd(root);
-        c.args(args).env("NVBIND_REQUIRE_EBPF", "1");
-        c
-    };
-    runner.step("fmt", |_| plain(cargo(&["fmt", "--all", "--check"])).into());
-    runner.step("clippy", |_| {
-        plain(cargo(&[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))
-        .into()
-    });
-    let built = runner.step("build", |_| {
-        let r = plain(cargo(&[
-            "build",
-            "-p",
-            "nvbind-agent",
-            "-p",
-            "nvbind-tests",
-            "--bins",
-        ]));
-        match r {
-            Ok(()) => [&agent, &drm_client]
-                .iter()
-                .find(|b| !b.exists())
-                .map_or(StepOutcome::Ok, |missing| {
-                    StepOutcome::Err(anyhow::anyhow!("{} was not built", missing.display()))
-                }),
-            Err(e) => StepOutcome::Err(e),
-        }
-    });
+    lint(&mut runner, root);
+    let built = build(&mut runner, root, &paths);
     runner.step("unit tests", |counts| {
         harness(
-            cargo(&[
-                "test",
-                "--workspace",
-                "--exclude",
-                "nvbind-tests",
-                "--no-fail-fast",
-            ]),
+            cargo_step(
+                root,
+                &[
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "nvbind-tests",
+                    "--no-fail-fast",
+                ],
+            ),
             counts,
         )
     });
 
     let files = integration_tests(root)?;
-    let vm_console = target.join("xtask-test/drm-vm-console.txt");
     if built {
-        let hogs = options.stress.then(CpuHogs::start);
-        // The DRM checks run in the test VM (this kernel has no DRM); tests/drm_vm.rs reads the
-        // console this run saved, marked with this run's id: a console left by `cargo xtask vm`
-        // or by an earlier run is never taken for this one's.
-        let run_id = format!(
-            "{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
-        let _ = std::fs::remove_file(&vm_console);
-        runner.step("DRM checks in the test VM (vkms)", |_| {
-            drm_vm(&target, &agent, &drm_client, &run_id, &vm_console).into()
-        });
-        for file in &files {
-            let name = format!("integration tests/{file}.rs");
-            runner.step(&name, |counts| {
-                let mut c = cargo(&["test", "-p", "nvbind-tests", "--test", file]);
-                c.args(["--", "--test-threads=1"])
-                    .args(&options.harness_args)
-                    .env("NVBIND_AGENT_BIN", &agent)
-                    .env("NVBIND_SYNTHETIC_GAME_BIN", debug.join("synthetic-game"))
-                    .env("NVBIND_CPU_HOG_BIN", debug.join("cpu-hog"))
-                    .env("NVBIND_OPEN_PROBE_BIN", debug.join("open-probe"))
-                    .env("NVBIND_XVFB", "1")
-                    .env("NVBIND_VM_CONSOLE", &vm_console)
-                    .env("NVBIND_VM_RUN_ID", &run_id);
-                match setup::promtool_path() {
-                    Ok(p) => {
-                        c.env("NVBIND_PROMTOOL", p);
-                    }
-                    Err(e) => return StepOutcome::Err(e),
-                }
-                harness(c, counts)
-            });
-        }
-        drop(hogs);
+        root_tests(&mut runner, root, &paths, &files, options);
     } else {
         runner.not_run("DRM checks in the test VM (vkms)", "the build failed");
         for file in &files {
@@ -368,6 +294,145 @@ pub fn test(root: &Path, options: &Options) -> Result<()> {
     } else {
         bail!("some test steps failed (summary above)")
     }
+}
+
+/// Where the steps find the debug build's binaries and put the VM's console.
+struct Paths {
+    target: PathBuf,
+    debug: PathBuf,
+    agent: PathBuf,
+    drm_client: PathBuf,
+    vm_console: PathBuf,
+}
+
+impl Paths {
+    fn new(root: &Path) -> Paths {
+        let target = target_dir(root);
+        let debug = target.join("debug");
+        Paths {
+            agent: debug.join("nvbind-agent"),
+            drm_client: debug.join("drm-sequence"),
+            vm_console: target.join("xtask-test/drm-vm-console.txt"),
+            debug,
+            target,
+        }
+    }
+}
+
+/// A cargo command for a step. Every cargo step sets NVBIND_REQUIRE_EBPF the same way: the
+/// agent's build script reruns whenever it changes, so mixing would rebuild the agent between
+/// steps.
+fn cargo_step(root: &Path, args: &[&str]) -> Command {
+    let mut c = cargo_cmd(root);
+    c.args(args).env("NVBIND_REQUIRE_EBPF", "1");
+    c
+}
+
+/// The fmt and clippy steps.
+fn lint(runner: &mut Runner, root: &Path) {
+    runner.step("fmt", |_| {
+        plain(cargo_step(root, &["fmt", "--all", "--check"])).into()
+    });
+    runner.step("clippy", |_| {
+        plain(cargo_step(
+            root,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ))
+        .into()
+    });
+}
+
+/// The build step: the agent and the tests' binaries. True when it passed and both binaries the
+/// later steps run are there.
+fn build(runner: &mut Runner, root: &Path, paths: &Paths) -> bool {
+    runner.step("build", |_| {
+        let r = plain(cargo_step(
+            root,
+            &[
+                "build",
+                "-p",
+                "nvbind-agent",
+                "-p",
+                "nvbind-tests",
+                "--bins",
+            ],
+        ));
+        match r {
+            Ok(()) => [&paths.agent, &paths.drm_client]
+                .iter()
+                .find(|b| !b.exists())
+                .map_or(StepOutcome::Ok, |missing| {
+                    StepOutcome::Err(anyhow::anyhow!("{} was not built", missing.display()))
+                }),
+            Err(e) => StepOutcome::Err(e),
+        }
+    })
+}
+
+/// The steps that need the built binaries and root: the DRM checks in the test VM, then each
+/// integration-test file, under the stress mode's load when asked for.
+fn root_tests(
+    runner: &mut Runner,
+    root: &Path,
+    paths: &Paths,
+    files: &[String],
+    options: &Options,
+) {
+    let hogs = options.stress.then(CpuHogs::start);
+    // The DRM checks run in the test VM (this kernel has no DRM); tests/drm_vm.rs reads the
+    // console this run saved, marked with this run's id: a console left by `cargo xtask vm`
+    // or by an earlier run is never taken for this one's.
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let _ = std::fs::remove_file(&paths.vm_console);
+    runner.step("DRM checks in the test VM (vkms)", |_| {
+        drm_vm(
+            &paths.target,
+            &paths.agent,
+            &paths.drm_client,
+            &run_id,
+            &paths.vm_console,
+        )
+        .into()
+    });
+    for file in files {
+        let name = format!("integration tests/{file}.rs");
+        runner.step(&name, |counts| {
+            let mut c = cargo_step(root, &["test", "-p", "nvbind-tests", "--test", file]);
+            c.args(["--", "--test-threads=1"])
+                .args(&options.harness_args)
+                .env("NVBIND_AGENT_BIN", &paths.agent)
+                .env(
+                    "NVBIND_SYNTHETIC_GAME_BIN",
+                    paths.debug.join("synthetic-game"),
+                )
+                .env("NVBIND_CPU_HOG_BIN", paths.debug.join("cpu-hog"))
+                .env("NVBIND_OPEN_PROBE_BIN", paths.debug.join("open-probe"))
+                .env("NVBIND_XVFB", "1")
+                .env("NVBIND_VM_CONSOLE", &paths.vm_console)
+                .env("NVBIND_VM_RUN_ID", &run_id);
+            match setup::promtool_path() {
+                Ok(p) => {
+                    c.env("NVBIND_PROMTOOL", p);
+                }
+                Err(e) => return StepOutcome::Err(e),
+            }
+            harness(c, counts)
+        });
+    }
+    drop(hogs);
 }
 
 /// Boots the test VM with the DRM checks, saving its console (marked with `run_id`) where

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    setup::debian_packages,
+    packages::debian_packages,
     util::{output_of, run, step},
 };
 

@@ -2,7 +2,7 @@
 //! documents in Documentation/gpu/amdgpu/thermal.rst), the binary `gpu_metrics` table for what
 //! only it carries (throttle status, hotspot on older kernels' hwmon, fan on APUs).
 
-use nvbind_common::gpu_metrics::{self, GpuMetrics};
+use nvbind_gpu_metrics::{self as gpu_metrics, GpuMetrics};
 
 use super::{sysfs::SysfsDir, GpuBackend, GpuInfo, GpuSample, Warnings};
 

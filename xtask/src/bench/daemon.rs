@@ -116,11 +116,36 @@ async fn stream(url: String, until: Instant) -> Result<Vec<Seen>> {
     Ok(seen)
 }
 
+/// The two games: 250 fps and 60 fps (name, frame interval in ms, frames), long enough for the
+/// whole measurement.
+const GAMES: [(&str, f64, u32); 2] = [("fast", 4.0, 8000), ("vsync", 16.667, 2000)];
+
 pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
     step("daemon: frame-to-WebSocket latency; agent CPU and memory, idle vs 2 games + 10 streams");
     let dir = dir.join("daemon");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
+    // `running` lives to the end: dropping it kills whatever is still running, on every path.
+    let (mut running, daemon_pid, port) = start_daemon(agent, &dir)?;
+    let (idle_cpu, idle_rss) = measure_idle(daemon_pid)?;
+
+    let pids = start_games(game, &dir, &mut running)?;
+    sleep(Duration::from_secs(2));
+    let cpu1 = cpu_seconds(daemon_pid)?;
+    let started = Instant::now();
+    let per_game = watch_streams(port, &pids, started + MEASURE)?;
+    let busy_cpu = (cpu_seconds(daemon_pid)? - cpu1) / started.elapsed().as_secs_f64();
+    let (busy_rss, peak_rss) = memory(daemon_pid)?;
+    stop(&mut running, daemon_pid);
+
+    print_latency(&dir, &per_game);
+    print_footprint(idle_cpu, idle_rss, busy_cpu, busy_rss, peak_rss);
+    Ok(())
+}
+
+/// Starts the daemon on a free local port with its reports under `dir`, and waits until it
+/// tracks processes. Returns it (as `Running`, so a failed wait still kills it), its pid and port.
+fn start_daemon(agent: &Path, dir: &Path) -> Result<(Running, u32, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -141,7 +166,7 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
         .spawn()
         .context("start the daemon")?;
     let daemon_pid = daemon.id();
-    let mut running = Running(vec![daemon]);
+    let running = Running(vec![daemon]);
     let deadline = Instant::now() + Duration::from_secs(90);
     while !fs::read_to_string(dir.join("agent.log"))?.contains("tracking every process") {
         if Instant::now() > deadline {
@@ -152,16 +177,24 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
         }
         sleep(Duration::from_millis(100));
     }
+    Ok((running, daemon_pid, port))
+}
+
+/// The idle daemon's CPU (share of one core over `IDLE`) and RSS, after a second to settle.
+fn measure_idle(daemon_pid: u32) -> Result<(f64, u64)> {
     sleep(Duration::from_secs(1));
     let cpu0 = cpu_seconds(daemon_pid)?;
     sleep(IDLE);
     let idle_cpu = (cpu_seconds(daemon_pid)? - cpu0) / IDLE.as_secs_f64();
     let (idle_rss, _) = memory(daemon_pid)?;
+    Ok((idle_cpu, idle_rss))
+}
 
-    // Two games: 250 fps and 60 fps, long enough for the whole measurement.
-    let games = [("fast", 4.0, 8000u32), ("vsync", 16.667, 2000u32)];
+/// Starts the synthetic games of `GAMES`, each writing its ground truth to `<name>.truth` in
+/// `dir`; they join `running` so they are killed with it. Returns their pids, in `GAMES` order.
+fn start_games(game: &Path, dir: &Path, running: &mut Running) -> Result<Vec<u32>> {
     let mut pids = Vec::new();
-    for (name, interval, frames) in games {
+    for (name, interval, frames) in GAMES {
         let child = Command::new(game)
             .args([
                 "--frames",
@@ -178,16 +211,18 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
         pids.push(child.id());
         running.0.push(child);
     }
-    sleep(Duration::from_secs(2));
-    let cpu1 = cpu_seconds(daemon_pid)?;
-    let started = Instant::now();
-    let until = started + MEASURE;
+    Ok(pids)
+}
+
+/// Opens `STREAMS_PER_GAME` WebSocket streams per game and reads them until `until`; returns
+/// the messages seen, per game, in the order of `pids`.
+fn watch_streams(port: u16, pids: &[u32], until: Instant) -> Result<Vec<Vec<Seen>>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let per_game: Vec<Vec<Seen>> = runtime.block_on(async {
+    runtime.block_on(async {
         let mut tasks = Vec::new();
-        for &pid in &pids {
+        for &pid in pids {
             for _ in 0..STREAMS_PER_GAME {
                 let url =
                     format!("ws://127.0.0.1:{port}/metrics/{pid}?interval_ms={STREAM_INTERVAL_MS}");
@@ -201,22 +236,28 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
             out[i].extend(seen);
         }
         anyhow::Ok(out)
-    })?;
-    let busy_cpu = (cpu_seconds(daemon_pid)? - cpu1) / started.elapsed().as_secs_f64();
-    let (busy_rss, peak_rss) = memory(daemon_pid)?;
+    })
+}
+
+/// Kills the games, then asks the daemon to stop (SIGTERM) and gives it time to exit cleanly.
+fn stop(running: &mut Running, daemon_pid: u32) {
     for (child, _) in running.0.iter_mut().skip(1).zip(0..) {
         let _ = child.kill();
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon_pid as i32, libc::SIGTERM) };
     sleep(Duration::from_secs(2));
+}
 
+/// The latency table: per game, how old its newest frame was when a message arrived, and how
+/// many messages were up to date with the game's own ground truth.
+fn print_latency(dir: &Path, per_game: &[Vec<Seen>]) {
     println!();
     println!("#### Daemon: frame-to-WebSocket latency ({} streams per game at {STREAM_INTERVAL_MS} ms, {} s)", STREAMS_PER_GAME, MEASURE.as_secs());
     println!();
     println!("| game | messages | latency p50 | p99 | max | up to date |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (i, (name, interval, _)) in games.iter().enumerate() {
+    for (i, (name, interval, _)) in GAMES.iter().enumerate() {
         let seen = &per_game[i];
         let mut latency: Vec<f64> = seen
             .iter()
@@ -252,6 +293,10 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
             100.0 * up_to_date as f64 / seen.len().max(1) as f64
         );
     }
+}
+
+/// The footprint table: the daemon idle against the daemon with both games and all streams.
+fn print_footprint(idle_cpu: f64, idle_rss: u64, busy_cpu: f64, busy_rss: u64, peak_rss: u64) {
     println!();
     println!("#### Daemon: footprint");
     println!();
@@ -269,5 +314,4 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
         busy_rss as f64 / (1 << 20) as f64,
         peak_rss as f64 / (1 << 20) as f64
     );
-    Ok(())
 }

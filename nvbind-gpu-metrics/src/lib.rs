@@ -39,6 +39,13 @@
 //! `structure_size` is used when it is at least the header's own 4 bytes: the decoder then looks at
 //! no more than `min(structure_size, buffer length)` bytes. A smaller value is ignored (the buffer
 //! length is used). Nothing past the buffer is ever read, and no input can make [`parse`] panic.
+//!
+//! User space only (the agent reads the file; the fuzz target in `fuzz/` feeds it bytes), which is
+//! why it is its own crate rather than part of `nvbind-common`, the `#[repr(C)]` types shared with
+//! the kernel programs.
+
+// Plain byte parsing: no I/O and no allocation, so it needs nothing beyond `core`.
+#![no_std]
 
 use core::fmt;
 
