@@ -74,6 +74,34 @@ pub mod present_source {
     }
 }
 
+/// [`present_source`] as a type: what user space decodes a frame's source into.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PresentSource {
+    VulkanLoader = present_source::VULKAN_LOADER,
+    VulkanResolved = present_source::VULKAN_RESOLVED,
+    Glx = present_source::GLX,
+    Egl = present_source::EGL,
+}
+
+impl PresentSource {
+    /// The source a record's value names, if any.
+    pub const fn from_u32(value: u32) -> Option<PresentSource> {
+        Some(match value {
+            present_source::VULKAN_LOADER => PresentSource::VulkanLoader,
+            present_source::VULKAN_RESOLVED => PresentSource::VulkanResolved,
+            present_source::GLX => PresentSource::Glx,
+            present_source::EGL => PresentSource::Egl,
+            _ => return None,
+        })
+    }
+
+    /// The stable name used in reports and CSVs.
+    pub const fn name(self) -> &'static str {
+        present_source::name(self as u32)
+    }
+}
+
 /// Scheduler state of a tracked thread, as the probes last saw it.
 pub mod thread_status {
     /// Tracked, but no scheduler event seen yet.
@@ -110,6 +138,33 @@ pub mod event_kind {
     /// [`crate::DisplayEvent`]: a DRM event of a tracked process's DRM file (`aux` =
     /// [`crate::display_kind`]).
     pub const DISPLAY: u32 = 6;
+}
+
+/// [`event_kind`] as a type: what user space decodes a record's header into.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Present = event_kind::PRESENT,
+    VulkanPresentResolved = event_kind::VULKAN_PRESENT_RESOLVED,
+    ProcessTracked = event_kind::PROCESS_TRACKED,
+    ProcessExec = event_kind::PROCESS_EXEC,
+    ProcessExit = event_kind::PROCESS_EXIT,
+    Display = event_kind::DISPLAY,
+}
+
+impl EventKind {
+    /// The kind a record header's value names, if any (a newer kernel side may send more).
+    pub const fn from_u32(value: u32) -> Option<EventKind> {
+        Some(match value {
+            event_kind::PRESENT => EventKind::Present,
+            event_kind::VULKAN_PRESENT_RESOLVED => EventKind::VulkanPresentResolved,
+            event_kind::PROCESS_TRACKED => EventKind::ProcessTracked,
+            event_kind::PROCESS_EXEC => EventKind::ProcessExec,
+            event_kind::PROCESS_EXIT => EventKind::ProcessExit,
+            event_kind::DISPLAY => EventKind::Display,
+            _ => return None,
+        })
+    }
 }
 
 /// What a [`DisplayEvent`] reports.
@@ -626,6 +681,28 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kinds_and_sources_decode_from_what_the_kernel_writes() {
+        for kind in [
+            EventKind::Present,
+            EventKind::VulkanPresentResolved,
+            EventKind::ProcessTracked,
+            EventKind::ProcessExec,
+            EventKind::ProcessExit,
+            EventKind::Display,
+        ] {
+            assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+        assert_eq!(EventKind::from_u32(99), None);
+        for value in 1..=present_source::MAX {
+            let source = PresentSource::from_u32(value).expect("every source up to MAX");
+            assert_eq!(source as u32, value);
+            assert_eq!(source.name(), present_source::name(value));
+        }
+        assert_eq!(PresentSource::from_u32(present_source::MAX + 1), None);
+    }
+
     #[test]
     fn raw_task_states_map_to_what_the_classic_tracepoint_reports() {
         use super::task_state::classic_prev_state as state;

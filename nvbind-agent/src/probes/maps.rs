@@ -1,0 +1,222 @@
+//! What nvbind tells the kernel programs (which processes and names to track, which ioctl types
+//! are GPU calls) and reads back from their maps (threads, histograms, preemptors, counters).
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    Pod,
+};
+use nvbind_common::{
+    track_flags, DrmFileOwner, DrmIoctlKey, PreemptorKey, PreemptorValue, ProcessHistograms,
+    ThreadState, TASK_COMM_LEN,
+};
+
+use super::{comm_key, ProbeError, Probes};
+
+impl Probes {
+    pub(super) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
+        self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))
+    }
+    /// A hash map of the object, read-only.
+    pub(super) fn hash_map<K: Pod, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&MapData, K, V>, ProbeError> {
+        BpfHashMap::try_from(self.map(name)?)
+            .map_err(|source| ProbeError::Map { map: name, source })
+    }
+    /// A hash map of the object, writable.
+    fn hash_map_mut<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
+    }
+    /// Wraps a map operation's error with the map's name.
+    fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+        move |source| ProbeError::Map { map: name, source }
+    }
+    /// Starts tracking a process and the threads it has now (new ones are tracked by the kernel).
+    pub fn track_process(&mut self, pid: u32, follow_children: bool) -> Result<(), ProbeError> {
+        let flags = if follow_children {
+            track_flags::FOLLOW_CHILDREN
+        } else {
+            0
+        };
+        {
+            let mut hists = self.hash_map_mut::<u32, ProcessHistograms>("PROC_HISTS")?;
+            if hists.get(&pid, 0).is_err() {
+                hists
+                    .insert(pid, ProcessHistograms::default(), 0)
+                    .map_err(Self::map_err("PROC_HISTS"))?;
+            }
+        }
+        // The process first, so threads it creates from now on are caught by the kernel...
+        self.hash_map_mut::<u32, u32>("TRACKED_PROCESSES")?
+            .insert(pid, flags, 0)
+            .map_err(Self::map_err("TRACKED_PROCESSES"))?;
+        // ...then the threads it already has.
+        let now = crate::clock::monotonic_ns();
+        let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
+        for tid in thread_ids(pid) {
+            if threads.get(&tid, 0).is_ok() {
+                continue;
+            }
+            let state = ThreadState {
+                tgid: pid,
+                since_ns: now,
+                last_cpu: u32::MAX,
+                ..Default::default()
+            };
+            // BPF_NOEXIST: the kernel may have added it meanwhile.
+            let _ = threads.insert(tid, state, 1);
+        }
+        Ok(())
+    }
+    /// Stops tracking a process and forgets its kernel state (threads, histograms). In discovery
+    /// mode `ignore` also keeps its next presents from tracking it again, until
+    /// [`Self::forget_ignored`].
+    pub fn untrack_process(&mut self, pid: u32, ignore: bool) -> Result<(), ProbeError> {
+        if ignore {
+            self.hash_map_mut::<u32, u32>("IGNORED_PROCESSES")?
+                .insert(pid, 1, 0)
+                .map_err(Self::map_err("IGNORED_PROCESSES"))?;
+        }
+        // Removing a missing key fails with ENOENT: nothing to undo then.
+        let _ = self
+            .hash_map_mut::<u32, u32>("TRACKED_PROCESSES")?
+            .remove(&pid);
+        let _ = self
+            .hash_map_mut::<u32, ProcessHistograms>("PROC_HISTS")?
+            .remove(&pid);
+        let tids: Vec<u32> = self
+            .threads()?
+            .into_iter()
+            .filter(|(_, t)| t.tgid == pid)
+            .map(|(tid, _)| tid)
+            .collect();
+        let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
+        for tid in &tids {
+            let _ = threads.remove(tid);
+        }
+        let mut presenters = self.hash_map_mut::<u32, ProcessHistograms>("PRESENTER_HISTS")?;
+        for tid in &tids {
+            let _ = presenters.remove(tid);
+        }
+        // Its DRM requests and files: a daemon runs for days, and a reused pid is another game.
+        // (Maps whose program was never loaded, without DRM, are simply absent.)
+        if let Ok(mut counts) = self.hash_map_mut::<DrmIoctlKey, u64>("DRM_IOCTL_COUNTS") {
+            let keys: Vec<DrmIoctlKey> = counts
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.tgid == pid)
+                .collect();
+            for key in keys {
+                let _ = counts.remove(&key);
+            }
+        }
+        if let Ok(mut owners) = self.hash_map_mut::<u64, DrmFileOwner>("DRM_FILE_OWNERS") {
+            let files: Vec<u64> = owners
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, o)| o.tgid == pid)
+                .map(|(file, _)| file)
+                .collect();
+            for file in files {
+                let _ = owners.remove(&file);
+            }
+        }
+        Ok(())
+    }
+    /// Drops ignored processes that no longer exist (their pid may be reused by a game).
+    pub fn forget_ignored(&mut self, is_alive: impl Fn(u32) -> bool) -> Result<(), ProbeError> {
+        let mut ignored = self.hash_map_mut::<u32, u32>("IGNORED_PROCESSES")?;
+        let gone: Vec<u32> = ignored
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|&pid| !is_alive(pid))
+            .collect();
+        for pid in gone {
+            let _ = ignored.remove(&pid);
+        }
+        Ok(())
+    }
+    /// Tracks every process whose `execve` gives it this name (comm, at most 15 bytes).
+    pub fn watch_comm(&mut self, name: &str, follow_children: bool) -> Result<(), ProbeError> {
+        let flags = if follow_children {
+            track_flags::FOLLOW_CHILDREN
+        } else {
+            0
+        };
+        self.hash_map_mut::<[u8; TASK_COMM_LEN], u32>("WATCHED_COMMS")?
+            .insert(comm_key(name), flags, 0)
+            .map_err(Self::map_err("WATCHED_COMMS"))
+    }
+    /// Declares ioctl type bytes (`_IOC_TYPE`) as GPU driver calls, for drivers nvbind does not know
+    /// by name: time blocked inside them counts as a GPU driver wait.
+    pub fn declare_gpu_ioctl_types(&mut self, types: &[u8]) -> Result<(), ProbeError> {
+        const MAP: &str = "DECLARED_GPU_IOCTL_TYPES";
+        let map = self.ebpf.map_mut(MAP).ok_or(ProbeError::MissingMap(MAP))?;
+        let mut array = aya::maps::Array::<_, u32>::try_from(map).map_err(Self::map_err(MAP))?;
+        for &t in types {
+            array.set(u32::from(t), 1, 0).map_err(Self::map_err(MAP))?;
+        }
+        Ok(())
+    }
+    /// The state of the given threads now (threads no longer tracked are left out). One map
+    /// lookup per thread: cheaper than walking the whole map when several processes are tracked.
+    pub fn thread_states(&self, tids: &[u32]) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
+        let threads = self.hash_map::<u32, ThreadState>("THREADS")?;
+        Ok(tids
+            .iter()
+            .filter_map(|&tid| Some((tid, threads.get(&tid, 0).ok()?)))
+            .collect())
+    }
+    /// Every tracked thread's state, by tid.
+    pub fn threads(&self) -> Result<Vec<(u32, ThreadState)>, ProbeError> {
+        let threads = self.hash_map::<u32, ThreadState>("THREADS")?;
+        Ok(threads.iter().filter_map(Result::ok).collect())
+    }
+    /// The in-kernel run-queue and blocked-time histograms of a tracked process.
+    pub fn histograms(&self, tgid: u32) -> Result<Option<ProcessHistograms>, ProbeError> {
+        let hists = self.hash_map::<u32, ProcessHistograms>("PROC_HISTS")?;
+        Ok(hists.get(&tgid, 0).ok())
+    }
+    /// The run-queue and blocked-time histograms of a thread that presented frames.
+    pub fn presenter_histograms(&self, tid: u32) -> Result<Option<ProcessHistograms>, ProbeError> {
+        let hists = self.hash_map::<u32, ProcessHistograms>("PRESENTER_HISTS")?;
+        Ok(hists.get(&tid, 0).ok())
+    }
+    /// Who preempted tracked processes: (victim tgid, preemptor tid, count, preemptor comm).
+    pub fn preemptors(&self) -> Result<Vec<(PreemptorKey, PreemptorValue)>, ProbeError> {
+        let map = self.hash_map::<PreemptorKey, PreemptorValue>("PREEMPTORS")?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+    /// Ring-buffer records lost because the buffer was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.sum_per_cpu("DROPPED_EVENTS", 0)
+    }
+    pub(super) fn sum_per_cpu(&self, map: &'static str, index: u32) -> u64 {
+        let Ok(map) = self.map(map) else { return 0 };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        array
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// The threads of a process now (empty if it is gone).
+pub fn thread_ids(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,217 @@
+//! The present probes: uprobes on the graphics libraries' frame calls (`vkQueuePresentKHR`,
+//! `glXSwapBuffers`, `eglSwapBuffers`), on the installed Vulkan drivers' present functions, and
+//! on those a process learns at run time.
+
+use std::path::Path;
+
+use aya::programs::{
+    uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    UProbe,
+};
+use nvbind_common::present_source;
+
+use super::{
+    error_chain,
+    libraries::{self, LibraryFile},
+    vulkan, ProbeStatus, Probes,
+};
+
+/// Where in a file a uprobe goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum ProbeAt {
+    /// An exported function.
+    Symbol(&'static str),
+    /// A file offset (a function learned at run time).
+    Offset(u64),
+}
+
+/// One uprobe: a program at a place in a file (identified by device and inode, as the kernel does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct UprobePoint {
+    dev: u64,
+    ino: u64,
+    at: ProbeAt,
+    program: &'static str,
+}
+
+impl Probes {
+    /// Attaches every hook of a library file once (by inode). Returns how many hooks attached.
+    pub fn attach_library(&mut self, lib: &LibraryFile) -> usize {
+        if !self.hooked_files.insert((lib.dev, lib.ino)) {
+            return 0;
+        }
+        let mut attached = 0;
+        for hook in lib.kind.hooks {
+            let point = UprobePoint {
+                dev: lib.dev,
+                ino: lib.ino,
+                at: ProbeAt::Symbol(hook.symbol),
+                program: hook.program,
+            };
+            let result = self.attach_uprobe(point, &lib.path, hook.cookie);
+            // Only the frame hooks are worth a line each in doctor.
+            if hook.program != "nvbind_present" && result.is_ok() {
+                attached += 1;
+                continue;
+            }
+            let ok = result.is_ok();
+            attached += ok as usize;
+            self.statuses.push(ProbeStatus {
+                name: format!("uprobe:{}:{}", lib.display, hook.symbol),
+                family: "present".into(),
+                program: hook.program.into(),
+                hook: "uprobe".into(),
+                fallback: None,
+                attached: ok,
+                reason: result.err(),
+                fix: None,
+            });
+        }
+        attached
+    }
+    /// Hooks every installed Vulkan driver's `vkQueuePresentKHR` (see [`vulkan`]).
+    pub(super) fn hook_installed_vulkan_drivers(&mut self) {
+        let found = match vulkan::resolve_with_helper(std::time::Duration::from_secs(15)) {
+            Ok(found) => found,
+            Err(e) => {
+                self.statuses.push(ProbeStatus {
+                    name: "uprobe:vkQueuePresentKHR (installed Vulkan drivers)".into(),
+                    family: "present".into(),
+                    program: "nvbind_present".into(),
+                    hook: "uprobe".into(),
+                    fallback: None,
+                    attached: false,
+                    reason: Some(format!(
+                        "cannot resolve the drivers' present functions: {e}"
+                    )),
+                    fix: Some(
+                        "install the Vulkan loader and a driver; games are still hooked when \
+                         they resolve vkQueuePresentKHR, minus their first frames"
+                            .into(),
+                    ),
+                });
+                return;
+            }
+        };
+        for f in found {
+            let Ok(meta) = std::fs::metadata(&f.path) else {
+                continue;
+            };
+            use std::os::unix::fs::MetadataExt;
+            let result = self.attach_vulkan_present(&f.path, meta.dev(), meta.ino(), f.offset);
+            self.statuses.push(ProbeStatus {
+                name: format!(
+                    "uprobe:{}+{:#x}:vkQueuePresentKHR ({})",
+                    f.path.display(),
+                    f.offset,
+                    f.device
+                ),
+                family: "present".into(),
+                program: "nvbind_present".into(),
+                hook: "uprobe".into(),
+                fallback: None,
+                attached: result.is_ok(),
+                reason: result.err(),
+                fix: None,
+            });
+        }
+    }
+    /// Hooks a `vkQueuePresentKHR` implementation at a file offset: return probe first, so an
+    /// entry is never counted without its return (see `in_vulkan_present` in the kernel).
+    fn attach_vulkan_present(
+        &mut self,
+        file: &Path,
+        dev: u64,
+        ino: u64,
+        offset: u64,
+    ) -> Result<(), String> {
+        let at = |program| UprobePoint {
+            dev,
+            ino,
+            at: ProbeAt::Offset(offset),
+            program,
+        };
+        self.attach_uprobe(at("nvbind_present_vk_ret"), file, 0)?;
+        self.attach_uprobe(
+            at("nvbind_present"),
+            file,
+            present_source::VULKAN_RESOLVED as u64,
+        )
+    }
+    /// Probes a `vkQueuePresentKHR` implementation that `pid` learned at `address`.
+    /// Returns the mapped file's name when a new probe was placed.
+    pub fn attach_resolved_present(
+        &mut self,
+        pid: u32,
+        address: u64,
+    ) -> Result<Option<String>, String> {
+        let (mapping, offset) = libraries::locate(pid, address)
+            .ok_or_else(|| format!("address {address:#x} is not in a file mapping of pid {pid}"))?;
+        let key = UprobePoint {
+            dev: mapping.dev,
+            ino: mapping.ino,
+            at: ProbeAt::Offset(offset),
+            program: "nvbind_present",
+        };
+        if self.uprobe_points.contains(&key) {
+            return Ok(None);
+        }
+        self.attach_vulkan_present(&mapping.open_path(pid), mapping.dev, mapping.ino, offset)?;
+        self.statuses.push(ProbeStatus {
+            name: format!("uprobe:{}+{offset:#x}:vkQueuePresentKHR", mapping.path),
+            family: "present".into(),
+            program: "nvbind_present".into(),
+            hook: "uprobe".into(),
+            fallback: None,
+            attached: true,
+            reason: None,
+            fix: None,
+        });
+        Ok(Some(format!("{}+{offset:#x}", mapping.path)))
+    }
+    /// Places one uprobe (once: a point already probed is left alone). `target` is a path the
+    /// kernel can open to reach the file named by `point`.
+    fn attach_uprobe(
+        &mut self,
+        point: UprobePoint,
+        target: &Path,
+        cookie: u64,
+    ) -> Result<(), String> {
+        if self.uprobe_points.contains(&point) {
+            return Ok(());
+        }
+        let program = point.program;
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| error_chain(&e))?;
+        }
+        let location = match point.at {
+            ProbeAt::Symbol(symbol) => UProbeAttachLocation::Symbol(symbol),
+            ProbeAt::Offset(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+        };
+        let attach_point = UProbeAttachPoint {
+            location,
+            cookie: (cookie != 0).then_some(cookie),
+        };
+        prog.attach(attach_point, target, UProbeScope::AllProcesses)
+            .map_err(|e| error_chain(&e))?;
+        self.uprobe_points.insert(point);
+        Ok(())
+    }
+    /// Attaches hooks in every not-yet-hooked graphics library `pid` has mapped.
+    /// Returns the names of the newly hooked files.
+    pub fn attach_process_libraries(&mut self, pid: u32) -> Vec<String> {
+        let mut hooked = Vec::new();
+        for lib in libraries::process_libraries(pid) {
+            if self.attach_library(&lib) > 0 {
+                hooked.push(lib.display);
+            }
+        }
+        hooked
+    }
+}
