@@ -495,7 +495,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             let spec = binding::cdi::generate(&discovery.gpus, &roots.dev, &kind)?;
             let json = binding::cdi::to_json(&spec);
             match output {
-                Some(path) => report::write::text(&path, &json)?,
+                Some(path) => report::write_text(&path, &json)?,
                 None => print!("{json}"),
             }
             Ok(0)
@@ -558,12 +558,12 @@ fn record(args: RecordArgs) -> Result<u8> {
     let gpu_roots = args.roots.roots()?;
     let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
     // Refuse early rather than record for an hour and lose it.
-    report::write::check_writable(&args.out)?;
+    report::check_writable(&args.out)?;
     for csv in [&args.frames_csv, &args.mangohud_csv, &args.presentmon_csv]
         .into_iter()
         .flatten()
     {
-        report::write::check_writable(csv)?;
+        report::check_writable(csv)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -583,19 +583,17 @@ fn record(args: RecordArgs) -> Result<u8> {
         kernel_hooks: args.kernel_hooks,
     }))?;
     let (report, rows) = report::build(&outcome.capture);
-    report::write::report_json(&args.out, &report)?;
-    if let Some(csv) = &args.frames_csv {
-        report::write::frames_csv(csv, &rows)?;
-    }
-    if let Some(path) = &args.mangohud_csv {
-        for (pid, file) in report::export::outputs(path, &report) {
-            report::export::mangohud_csv(&file, &report, &rows, pid)?;
-        }
-    }
-    if let Some(path) = &args.presentmon_csv {
-        for (pid, file) in report::export::outputs(path, &report) {
-            report::export::presentmon_csv(&file, &report, &rows, pid)?;
-        }
+    let outputs = report::Outputs {
+        report: args.out.clone(),
+        frames_csv: args.frames_csv.clone(),
+        mangohud_csv: args.mangohud_csv.clone(),
+        presentmon_csv: args.presentmon_csv.clone(),
+    };
+    // Every output is tried; the report is written even when a per-frame log fails, and the
+    // first failure is the command's error.
+    let failed = report::write_outputs(&outputs, &report, &rows)?;
+    if let Some(failure) = failed.into_iter().next() {
+        return Err(failure.error.into());
     }
     for p in report.processes.iter().filter(|p| p.frames.count > 0) {
         eprintln!(
@@ -611,12 +609,7 @@ fn record(args: RecordArgs) -> Result<u8> {
     }
     for p in &report.processes {
         if let Some(d) = &p.frames.display {
-            eprintln!(
-                "{} (pid {}): {}",
-                p.comm,
-                p.pid,
-                report::display::one_line(d)
-            );
+            eprintln!("{} (pid {}): {}", p.comm, p.pid, report::display_line(d));
         }
     }
     if report
@@ -634,7 +627,7 @@ fn record(args: RecordArgs) -> Result<u8> {
 }
 
 fn show_report(args: ReportArgs) -> Result<u8> {
-    let report = report::write::read_report(&args.file)?;
+    let report = report::read_report(&args.file)?;
     if let Some(svg_path) = &args.svg {
         let process = match args.pid {
             Some(pid) => report
@@ -659,16 +652,16 @@ fn show_report(args: ReportArgs) -> Result<u8> {
                     )
                 })?,
         };
-        report::write::check_writable(svg_path)?;
-        let svg = report::svg::render(process)?;
-        report::write::text(svg_path, &svg)?;
+        report::check_writable(svg_path)?;
+        let svg = report::render_svg(process)?;
+        report::write_text(svg_path, &svg)?;
         eprintln!(
             "chart of pid {} written to {}",
             process.pid,
             svg_path.display()
         );
     }
-    print!("{}", report::summary::render(&report, args.worst));
+    print!("{}", report::render_summary(&report, args.worst));
     Ok(0)
 }
 

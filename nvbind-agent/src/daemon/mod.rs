@@ -574,7 +574,7 @@ impl Daemon {
             return;
         };
         let gpus = self.gpu_series_since(previous.ts_ns.saturating_sub(2 * self.gpu_period_ns));
-        let verdict = report::stutters::verdict_now(
+        let verdict = report::verdict_now(
             capture,
             record,
             previous,

@@ -23,7 +23,7 @@ pub enum SessionError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Write(#[from] report::write::WriteError),
+    Write(#[from] report::WriteError),
 }
 
 /// What writing one session produced.
@@ -41,7 +41,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SessionError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    report::write::check_writable(&dir.join(".nvbind-write-check"))?;
+    report::check_writable(&dir.join(".nvbind-write-check"))?;
     Ok(())
 }
 
@@ -92,35 +92,20 @@ pub fn write(
         return Ok(Written::default());
     }
     let stem = stem(capture, process.pid, &process.comm, part);
+    let path_of = |suffix: &str| config.dir.join(format!("{stem}.{suffix}"));
+    let wanted = |export: Export| config.exports.contains(&export).then_some(());
+    let outputs = report::Outputs {
+        report: path_of("json"),
+        frames_csv: wanted(Export::Frames).map(|()| path_of("frames.csv")),
+        mangohud_csv: wanted(Export::Mangohud).map(|()| path_of("mangohud.csv")),
+        presentmon_csv: wanted(Export::Presentmon).map(|()| path_of("presentmon.csv")),
+    };
     let mut written = Written::default();
-    for export in &config.exports {
-        let (suffix, result) = match export {
-            Export::Frames => {
-                let path = config.dir.join(format!("{stem}.frames.csv"));
-                ("frames.csv", report::write::frames_csv(&path, &rows))
-            }
-            Export::Mangohud => {
-                let path = config.dir.join(format!("{stem}.mangohud.csv"));
-                (
-                    "mangohud.csv",
-                    report::export::mangohud_csv(&path, &report, &rows, process.pid),
-                )
-            }
-            Export::Presentmon => {
-                let path = config.dir.join(format!("{stem}.presentmon.csv"));
-                (
-                    "presentmon.csv",
-                    report::export::presentmon_csv(&path, &report, &rows, process.pid),
-                )
-            }
-        };
-        if let Err(e) = result {
-            log::warn!("{e}");
-            written.failed_exports.push(suffix.to_string());
-        }
+    for failure in report::write_outputs(&outputs, &report, &rows)? {
+        log::warn!("{}", failure.error);
+        written.failed_exports.push(failure.export.to_string());
     }
-    let path = config.dir.join(format!("{stem}.json"));
-    report::write::report_json(&path, &report)?;
+    let path = outputs.report;
     written.report = Some(path);
     Ok(written)
 }

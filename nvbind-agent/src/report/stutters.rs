@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use nvbind_common::Culprit;
 use serde::{Deserialize, Serialize};
 
-use super::{gpu_ioctls, ms};
+use super::units::{ms, FrameMs};
 use crate::{
     frames::{Capture, Frame, ProcessRecord},
     gpu,
@@ -139,25 +139,25 @@ fn thread_name(capture: &Capture, tid: u32) -> String {
 
 fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Frame) -> Evidence {
     let d = &frame.delta;
-    let (gpu_calls, gpu_ns) = gpu_ioctls(d);
+    let c = FrameMs::of(frame);
     let presenting_thread = ThreadEvidence {
         tid: frame.tid,
         comm: thread_name(capture, frame.tid),
-        on_cpu_ms: ms(d.on_cpu_ns),
-        runq_wait_ms: ms(d.runq_wait_ns),
-        max_runq_wait_ms: ms(frame.max_runq_wait_ns),
-        blocked_ms: ms(d.blocked_ns),
-        max_blocked_ms: ms(frame.max_blocked_ns),
-        blocked_in_gpu_ioctl_ms: ms(d.blocked_in_gpu_ioctl_ns),
-        blocked_uninterruptible_ms: ms(d.blocked_uninterruptible_ns),
+        on_cpu_ms: c.on_cpu,
+        runq_wait_ms: c.runq_wait,
+        max_runq_wait_ms: c.max_runq_wait,
+        blocked_ms: c.blocked,
+        max_blocked_ms: c.max_blocked,
+        blocked_in_gpu_ioctl_ms: c.blocked_in_gpu_ioctl,
+        blocked_uninterruptible_ms: c.blocked_uninterruptible,
         blocked_sleeping_ms: ms(d
             .blocked_ns
             .saturating_sub(d.blocked_in_gpu_ioctl_ns)
             .saturating_sub(d.blocked_uninterruptible_ns)),
         involuntary_switches: d.involuntary_switches,
         migrations: d.migrations,
-        gpu_ioctls: gpu_calls,
-        gpu_ioctl_ms: ms(gpu_ns),
+        gpu_ioctls: c.gpu_ioctls,
+        gpu_ioctl_ms: c.gpu_ioctl,
     };
     let window = p.thread_windows.get(&frame.ts_ns);
     let mut busy_threads: Vec<BusyThread> = window

@@ -1,0 +1,464 @@
+//! Building the report and the per-frame rows from a finished capture, one part at a time.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nvbind_common::{ioctl_class, present_source, ProcessHistograms, ThreadCounters};
+
+use super::{
+    display,
+    stutters::{self, StutterReport},
+    units::{ms, secs, FrameMs},
+    AgentInfo, CaptureInfo, CrtcReport, DrmInfo, FrameRow, FramesReport, HostInfo,
+    IoctlClassReport, Preemptor, PresentingThreadReport, ProcessReport, Report, SchedReport,
+    ThreadReport, Timeline, SCHEMA,
+};
+use crate::{
+    frames::{stats, Capture, Frame, ProcessRecord, SOURCE_PREFERENCE},
+    gpu,
+    probes::comm_str,
+    stutter::GpuEvidence,
+};
+
+/// Threads listed per process (the busiest by CPU time).
+const THREADS_LISTED: usize = 16;
+/// Preemptors listed per process (the most frequent).
+const PREEMPTORS_LISTED: usize = 10;
+
+/// Builds the report and the per-frame rows from a finished capture.
+pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
+    let mut rows = Vec::new();
+    let mut processes: Vec<ProcessReport> = capture
+        .processes
+        .values()
+        .map(|p| process_report(capture, p, &mut rows))
+        .collect();
+    // The game first: most frames, then most CPU.
+    processes.sort_by(|a, b| {
+        b.frames
+            .count
+            .cmp(&a.frames.count)
+            .then(b.sched.on_cpu_s.total_cmp(&a.sched.on_cpu_s))
+    });
+    let report = Report {
+        schema: SCHEMA.into(),
+        agent: AgentInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            bpf: capture.program_costs.clone(),
+            cpu_s: capture.agent_cpu_s,
+            peak_rss_bytes: capture.agent_peak_rss_bytes,
+        },
+        host: HostInfo {
+            kernel: capture.kernel.clone(),
+            hostname: capture.hostname.clone(),
+            cpus: capture.cpus,
+        },
+        capture: capture_info(capture),
+        processes,
+        gpus: capture
+            .gpus
+            .iter()
+            .map(|g| gpu::summarise(g, capture.started_ns))
+            .collect(),
+        gpu_sample_period_s: (capture.gpu_period_ns > 0).then(|| secs(capture.gpu_period_ns)),
+    };
+    (report, rows)
+}
+
+/// One process's report; its frames' rows go to `rows`.
+fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>) -> ProcessReport {
+    let (source, frames) = chosen_frames(p);
+    let stutters = stutters::analyse(capture, p, &frames);
+    rows.extend(frame_rows(capture, p, &frames, &stutters));
+    let (totals, threads) = threads(capture, p.pid, &frames);
+    let hists = capture.histograms.get(&p.pid).copied().unwrap_or_default();
+    ProcessReport {
+        pid: p.pid,
+        ppid: p.ppid,
+        comm: p.comm.clone(),
+        exe: p.exe.clone(),
+        cmdline: p.cmdline.clone(),
+        exited: p.exited_ns.is_some(),
+        frames: frames_report(capture, p, source, &frames),
+        sched: sched_report(&totals, &hists, preemptors(capture, p.pid)),
+        ioctl: ioctl_classes(&totals, p),
+        threads,
+        presenting_threads: presenting_threads(capture, &frames),
+        stutters,
+        gpu: p.gpu.clone(),
+    }
+}
+
+/// The frames of one process from its chosen source, each carrying the evidence of every present
+/// of its thread since the previous chosen frame (evidence from other sources is folded in, not lost).
+fn chosen_frames(p: &ProcessRecord) -> (u32, Vec<Frame>) {
+    let count = |s: u32| p.frames.iter().filter(|f| f.source == s).count();
+    let Some(source) = SOURCE_PREFERENCE.into_iter().find(|&s| count(s) > 0) else {
+        return (0, Vec::new());
+    };
+    let mut pending: HashMap<u32, ThreadCounters> = HashMap::new();
+    let mut frames = Vec::new();
+    for f in &p.frames {
+        if f.source == source {
+            let mut frame = *f;
+            if let Some(extra) = pending.remove(&f.tid) {
+                frame.delta.add(&extra);
+            }
+            frames.push(frame);
+        } else {
+            pending.entry(f.tid).or_default().add(&f.delta);
+        }
+    }
+    (source, frames)
+}
+
+/// One CSV row per chosen frame, with its stutter verdict and the GPU's state over it.
+fn frame_rows(
+    capture: &Capture,
+    p: &ProcessRecord,
+    frames: &[Frame],
+    stutters: &StutterReport,
+) -> Vec<FrameRow> {
+    let causes: HashMap<u64, &str> = stutters
+        .events
+        .iter()
+        .map(|e| (e.frame, e.cause.name()))
+        .collect();
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let c = FrameMs::of(f);
+            let gpu = match i.checked_sub(1) {
+                Some(j) => gpu::evidence_for(
+                    &capture.gpus,
+                    p.gpu.as_deref(),
+                    frames[j].ts_ns,
+                    f.ts_ns,
+                    capture.gpu_period_ns,
+                ),
+                None => GpuEvidence::default(),
+            };
+            FrameRow {
+                frame: i as u64,
+                pid: p.pid,
+                tid: f.tid,
+                source: present_source::name(f.source).to_string(),
+                present_ns: f.ts_ns,
+                t_s: secs(f.ts_ns.saturating_sub(capture.started_ns)),
+                frame_time_ms: i.checked_sub(1).map(|j| ms(f.ts_ns - frames[j].ts_ns)),
+                on_cpu_ms: c.on_cpu,
+                runq_wait_ms: c.runq_wait,
+                max_runq_wait_ms: c.max_runq_wait,
+                blocked_ms: c.blocked,
+                max_blocked_ms: c.max_blocked,
+                blocked_in_gpu_ioctl_ms: c.blocked_in_gpu_ioctl,
+                blocked_uninterruptible_ms: c.blocked_uninterruptible,
+                involuntary_switches: f.delta.involuntary_switches,
+                migrations: f.delta.migrations,
+                gpu_ioctls: c.gpu_ioctls,
+                gpu_ioctl_ms: c.gpu_ioctl,
+                last_preemptor_tid: f.last_preemptor_tid,
+                ran_instead_tid: f.culprit.tid,
+                ran_instead_comm: comm_str(&f.culprit.comm),
+                stutter_cause: causes
+                    .get(&(i as u64))
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                gpu_utilization_ratio: gpu.utilization_ratio,
+                gpu_clock_hertz: gpu.graphics_clock_hertz,
+                gpu_throttle_reasons: gpu.throttle_reasons.join("+"),
+            }
+        })
+        .collect()
+}
+
+/// The frames section: count, sources, statistics, timeline and display.
+fn frames_report(
+    capture: &Capture,
+    p: &ProcessRecord,
+    source: u32,
+    frames: &[Frame],
+) -> FramesReport {
+    let frame_times: Vec<u64> = frames
+        .windows(2)
+        .map(|w| w[1].ts_ns.saturating_sub(w[0].ts_ns))
+        .collect();
+    let summary = stats::summarize(&frame_times);
+    let mut sources_seen = BTreeMap::new();
+    for f in &p.frames {
+        *sources_seen
+            .entry(present_source::name(f.source).to_string())
+            .or_insert(0u64) += 1;
+    }
+    FramesReport {
+        count: frames.len() as u64,
+        source: if frames.is_empty() {
+            "none".into()
+        } else {
+            present_source::name(source).into()
+        },
+        sources_seen,
+        presenting_tids: presenting_tids(frames),
+        vulkan_present_functions: p.resolved_present.clone(),
+        duration_s: match (frames.first(), frames.last()) {
+            (Some(a), Some(b)) => secs(b.ts_ns - a.ts_ns),
+            _ => 0.0,
+        },
+        fps_avg: summary.as_ref().map(|s| s.fps_avg),
+        frame_time_ms: summary.as_ref().map(|s| s.frame_time_ms.clone()),
+        low_fps: summary.map(|s| s.low_fps),
+        timeline: frames
+            .first()
+            .filter(|_| frames.len() > 1)
+            .map(|first| Timeline {
+                first_present_t_s: secs(first.ts_ns.saturating_sub(capture.started_ns)),
+                frame_times_ms: frame_times
+                    .iter()
+                    .map(|&ns| (ns as f64 / 1e3).round() / 1e3)
+                    .collect(),
+            }),
+        display: display::report(&p.display, frames, &capture.crtc_vblanks),
+    }
+}
+
+fn presenting_tids(frames: &[Frame]) -> Vec<u32> {
+    let mut tids: Vec<u32> = frames.iter().map(|f| f.tid).collect();
+    tids.sort_unstable();
+    tids.dedup();
+    tids
+}
+
+/// The process's counters (all its threads) and its busiest threads.
+fn threads(capture: &Capture, pid: u32, frames: &[Frame]) -> (ThreadCounters, Vec<ThreadReport>) {
+    let threads: Vec<_> = capture
+        .threads
+        .iter()
+        .filter(|(_, t)| t.tgid == pid)
+        .collect();
+    let mut totals = ThreadCounters::default();
+    for (_, t) in &threads {
+        totals.add(&t.totals);
+    }
+    let mut reports: Vec<ThreadReport> = threads
+        .iter()
+        .map(|(tid, t)| ThreadReport {
+            tid: *tid,
+            comm: capture.thread_names.get(tid).cloned().unwrap_or_default(),
+            presents: frames.iter().filter(|f| f.tid == *tid).count() as u64,
+            on_cpu_s: secs(t.totals.on_cpu_ns),
+            runq_wait_s: secs(t.totals.runq_wait_ns),
+            blocked_s: secs(t.totals.blocked_ns),
+            involuntary_switches: t.totals.involuntary_switches,
+            migrations: t.totals.migrations,
+        })
+        .collect();
+    reports.sort_by(|a, b| b.on_cpu_s.total_cmp(&a.on_cpu_s).then(a.tid.cmp(&b.tid)));
+    reports.truncate(THREADS_LISTED);
+    (totals, reports)
+}
+
+/// Each presenting thread with its own run-queue and off-CPU distributions.
+fn presenting_threads(capture: &Capture, frames: &[Frame]) -> Vec<PresentingThreadReport> {
+    presenting_tids(frames)
+        .into_iter()
+        .map(|tid| {
+            let h = capture
+                .presenter_histograms
+                .get(&tid)
+                .copied()
+                .unwrap_or_default();
+            PresentingThreadReport {
+                tid,
+                comm: capture.thread_names.get(&tid).cloned().unwrap_or_default(),
+                frames: frames.iter().filter(|f| f.tid == tid).count() as u64,
+                runq_wait: stats::summarize_log2(&h.runq_wait),
+                off_cpu: stats::summarize_log2(&h.blocked),
+            }
+        })
+        .collect()
+}
+
+/// Who preempted the process's threads most often.
+fn preemptors(capture: &Capture, pid: u32) -> Vec<Preemptor> {
+    let mut preemptors: Vec<Preemptor> = capture
+        .preemptors
+        .iter()
+        .filter(|(k, _)| k.victim_tgid == pid)
+        .map(|(k, v)| Preemptor {
+            tid: k.preemptor_tid,
+            comm: comm_str(&v.comm),
+            count: v.count,
+        })
+        .collect();
+    preemptors.sort_by(|a, b| b.count.cmp(&a.count).then(a.tid.cmp(&b.tid)));
+    preemptors.truncate(PREEMPTORS_LISTED);
+    preemptors
+}
+
+fn sched_report(
+    totals: &ThreadCounters,
+    hists: &ProcessHistograms,
+    preemptors: Vec<Preemptor>,
+) -> SchedReport {
+    SchedReport {
+        on_cpu_s: secs(totals.on_cpu_ns),
+        runq_wait_s: secs(totals.runq_wait_ns),
+        blocked_s: secs(totals.blocked_ns),
+        blocked_in_gpu_ioctl_s: secs(totals.blocked_in_gpu_ioctl_ns),
+        involuntary_switches: totals.involuntary_switches,
+        voluntary_switches: totals.voluntary_switches,
+        migrations: totals.migrations,
+        wakeups: totals.wakeups,
+        runq_wait: stats::summarize_log2(&hists.runq_wait),
+        blocked: stats::summarize_log2(&hists.blocked),
+        preemptors,
+    }
+}
+
+/// The process's ioctls by class (DRM with its requests by name).
+fn ioctl_classes(totals: &ThreadCounters, p: &ProcessRecord) -> BTreeMap<String, IoctlClassReport> {
+    (0..ioctl_class::COUNT)
+        .map(|i| {
+            let count = totals.ioctl_count[i];
+            let ns = totals.ioctl_ns[i];
+            (
+                ioctl_class::NAMES[i].to_string(),
+                IoctlClassReport {
+                    count,
+                    total_ms: ms(ns),
+                    mean_us: if count > 0 {
+                        ns as f64 / count as f64 / 1e3
+                    } else {
+                        0.0
+                    },
+                    requests: if i == ioctl_class::DRM {
+                        p.drm_requests
+                            .iter()
+                            .map(|&(nr, n)| (display::drm_request_name(nr), n))
+                            .collect()
+                    } else {
+                        BTreeMap::new()
+                    },
+                },
+            )
+        })
+        .collect()
+}
+
+/// What was recorded and how: the target, the probes, DRM's counts, the notes.
+fn capture_info(capture: &Capture) -> CaptureInfo {
+    let drm = capture.drm_counts;
+    CaptureInfo {
+        started_unix_s: capture.started_unix_s,
+        duration_s: secs(capture.ended_ns.saturating_sub(capture.started_ns)),
+        end_reason: capture.end_reason.clone(),
+        target: capture.target.clone(),
+        sources: capture.probe_statuses.clone(),
+        dropped_events: capture.dropped_events,
+        drm: DrmInfo {
+            available: capture
+                .probe_statuses
+                .iter()
+                .any(|s| s.family == "drm" && s.attached),
+            vblank_events: drm[0],
+            queued_events: drm[1],
+            delivered_events: drm[2],
+            unreadable_events: drm[3],
+            crtcs: capture
+                .crtc_vblanks
+                .iter()
+                .map(|(crtc, v)| CrtcReport {
+                    crtc: *crtc,
+                    vblanks: v.count,
+                    first_seq: v.first_seq,
+                    last_seq: v.last_seq,
+                    refresh_hz: v.refresh_hz(),
+                })
+                .collect(),
+        },
+        notes: capture.notes.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ts_ms: u64, tid: u32, source: u32, on_cpu_ns: u64) -> Frame {
+        Frame {
+            ts_ns: ts_ms * 1_000_000,
+            tid,
+            source,
+            cpu: 0,
+            delta: ThreadCounters {
+                on_cpu_ns,
+                ..Default::default()
+            },
+            max_runq_wait_ns: 0,
+            max_blocked_ns: 0,
+            last_preemptor_tid: 0,
+            culprit: Default::default(),
+        }
+    }
+
+    #[test]
+    fn prefers_vulkan_and_folds_other_evidence_in() {
+        let p = ProcessRecord {
+            pid: 1,
+            frames: vec![
+                frame(0, 1, present_source::VULKAN_RESOLVED, 5),
+                frame(5, 1, present_source::EGL, 7),
+                frame(10, 1, present_source::VULKAN_RESOLVED, 3),
+            ],
+            ..Default::default()
+        };
+        let (source, frames) = chosen_frames(&p);
+        assert_eq!(source, present_source::VULKAN_RESOLVED);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            frames[1].delta.on_cpu_ns, 10,
+            "the EGL present's evidence is kept"
+        );
+    }
+
+    #[test]
+    fn a_capture_without_frames_reports_none() {
+        let mut capture = Capture::default();
+        capture.processes.insert(
+            9,
+            ProcessRecord {
+                pid: 9,
+                comm: "idle".into(),
+                ..Default::default()
+            },
+        );
+        let (report, rows) = build(&capture);
+        assert_eq!(report.schema, SCHEMA);
+        assert_eq!(report.processes[0].frames.source, "none");
+        assert_eq!(report.processes[0].frames.fps_avg, None);
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn frame_times_come_from_consecutive_presents() {
+        let mut capture = Capture::default();
+        capture.processes.insert(
+            2,
+            ProcessRecord {
+                pid: 2,
+                frames: (0..11)
+                    .map(|i| frame(i * 10, 2, present_source::GLX, 0))
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        let (report, rows) = build(&capture);
+        let f = &report.processes[0].frames;
+        assert_eq!(f.count, 11);
+        assert_eq!(f.source, "glx");
+        assert!((f.fps_avg.expect("fps") - 100.0).abs() < 1e-9);
+        assert_eq!(rows.len(), 11);
+        assert_eq!(rows[0].frame_time_ms, None);
+        assert_eq!(rows[1].frame_time_ms, Some(10.0));
+    }
+}
