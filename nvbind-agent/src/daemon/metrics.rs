@@ -176,6 +176,7 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::live::{AgentStatus, GpuStatus};
 
     #[test]
     fn counters_gain_their_suffix_and_openmetrics_only_lines_go() {
@@ -218,6 +219,376 @@ mod tests {
         metrics.forget(&labels);
         assert!(!metrics.encode_openmetrics().unwrap().contains("pid=\"42\""));
     }
+
+    /// A live state with something in every family: two games, a GPU fully sampled and
+    /// throttled, one partly sampled, one asleep (suspended), one never sampled, and eBPF
+    /// program costs with skipped runs.
+    fn representative() -> Metrics {
+        use crate::{
+            frames::{Identity, LiveProcess},
+            gpu::{GpuInfo, GpuSample, Vendor},
+            probes::ProgramCost,
+        };
+        let gpu_info = |index: usize, vendor: Vendor, name: &str| GpuInfo {
+            index,
+            vendor,
+            name: name.into(),
+            pci_address: format!("0000:0{index}:00.0"),
+            pci_id: "10de:2684".into(),
+            driver: "nvidia".into(),
+            driver_version: None,
+            uuid: None,
+            device_nodes: Vec::new(),
+            runtime_suspended: false,
+            sysfs_path: std::path::PathBuf::new(),
+        };
+        let full = GpuSample {
+            t_ns: 1,
+            utilization_ratio: Some(0.75),
+            memory_utilization_ratio: Some(0.5),
+            graphics_clock_hertz: Some(2.52e9),
+            sm_clock_hertz: Some(2.52e9),
+            memory_clock_hertz: Some(1.05e10),
+            vram_used_bytes: Some(6_442_450_944),
+            vram_total_bytes: Some(25_769_803_776),
+            power_watts: Some(312.5),
+            temperature_celsius: Some(71.0),
+            fan_rpm: Some(1650.0),
+            throttle_reasons: Some(vec!["power".into(), "thermal".into()]),
+            ..Default::default()
+        };
+        let partial = GpuSample {
+            t_ns: 2,
+            utilization_ratio: Some(0.0),
+            graphics_clock_hertz: Some(3e8),
+            vram_total_bytes: Some(8_589_934_592),
+            temperature_celsius: Some(45.5),
+            throttle_reasons: Some(Vec::new()),
+            ..Default::default()
+        };
+        let asleep = GpuSample {
+            t_ns: 3,
+            suspended: true,
+            throttle_reasons: Some(vec!["idle".into()]),
+            ..Default::default()
+        };
+        let gpus = vec![
+            (gpu_info(0, Vendor::Nvidia, "RTX 4090"), Some(full)),
+            (gpu_info(1, Vendor::Amd, "RX 6800"), Some(partial)),
+            (gpu_info(2, Vendor::Intel, "Arc A770"), Some(asleep)),
+            (gpu_info(3, Vendor::Other, "virtio"), None),
+        ];
+        let process = |pid: u32, comm: &str| {
+            let identity = Identity {
+                comm: comm.into(),
+                exe: format!("/usr/bin/{comm}"),
+                cgroup: String::new(),
+                tracked_since_unix_s: 1.0,
+            };
+            (pid, LiveProcess::new(pid, identity, Default::default()))
+        };
+        let bpf = vec![
+            ProgramCost {
+                program: "present".into(),
+                run_count: 123_456,
+                run_time_ns: 1_500_000_000,
+                mean_ns_per_run: 12_150.0,
+                recursion_misses: 0,
+            },
+            ProgramCost {
+                program: "sched_switch".into(),
+                run_count: 9_876_543_210,
+                run_time_ns: 123_456_789,
+                mean_ns_per_run: 12.5,
+                recursion_misses: 17,
+            },
+        ];
+        let live = Arc::new(RwLock::new(Live {
+            window: std::time::Duration::from_secs(10),
+            processes: [process(42, "game"), process(77, "other game")].into(),
+            gpus: gpus
+                .into_iter()
+                .map(|(info, sample)| GpuStatus {
+                    info,
+                    sample,
+                    not_sampled: None,
+                })
+                .collect(),
+            agent: AgentStatus {
+                version: "test",
+                started_unix_s: 1.0,
+                cpu_seconds: 12.25,
+                resident_bytes: 41_943_040,
+                dropped_events: 5,
+                bpf,
+                reports_written: 3,
+                reports_failed: 1,
+            },
+        }));
+        let metrics = Metrics::new(live);
+        let labels = ProcessLabels {
+            pid: "42".into(),
+            comm: "game".into(),
+        };
+        for seconds in [0.010, 0.016, 0.120] {
+            metrics.frame_time.get_or_create(&labels).observe(seconds);
+            metrics.frames.get_or_create(&labels).inc();
+        }
+        metrics
+            .stutters
+            .get_or_create(&CauseLabels {
+                pid: "42".into(),
+                comm: "game".into(),
+                cause: "cpu-contention".into(),
+            })
+            .inc();
+        metrics
+    }
+
+    #[test]
+    fn the_exposition_of_a_representative_state_is_unchanged() {
+        let metrics = representative();
+        let om = metrics.encode_openmetrics().unwrap();
+        assert_eq!(om, EXPECTED_OPENMETRICS, "{om}");
+        let prom = metrics.encode_prometheus().unwrap();
+        assert_eq!(prom, EXPECTED_PROMETHEUS, "{prom}");
+    }
+
+    #[test]
+    fn the_exposition_of_an_empty_state_is_unchanged() {
+        let metrics = Metrics::new(Arc::new(RwLock::new(Live::default())));
+        let om = metrics.encode_openmetrics().unwrap();
+        assert_eq!(om, EXPECTED_EMPTY_OPENMETRICS, "{om}");
+    }
+
+    const EXPECTED_OPENMETRICS: &str = r##"# HELP nvbind_frame_time_seconds Time between consecutive presents of a tracked game (its counted frame source).
+# TYPE nvbind_frame_time_seconds histogram
+# UNIT nvbind_frame_time_seconds seconds
+nvbind_frame_time_seconds_sum{pid="42",comm="game"} 0.146
+nvbind_frame_time_seconds_count{pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.002",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.004167",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.006061",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.006944",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.008333",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.011111",pid="42",comm="game"} 1
+nvbind_frame_time_seconds_bucket{le="0.016667",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.022222",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.033333",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.05",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.066667",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.1",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.15",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.25",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.5",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="1.0",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="2.0",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="+Inf",pid="42",comm="game"} 3
+# HELP nvbind_frames Frames presented by a tracked game.
+# TYPE nvbind_frames counter
+nvbind_frames_total{pid="42",comm="game"} 3
+# HELP nvbind_stutters Stutters of a tracked game by live verdict (see docs/stutter.md).
+# TYPE nvbind_stutters counter
+nvbind_stutters_total{pid="42",comm="game",cause="cpu-contention"} 1
+# HELP nvbind_gpu_sampled 1 when the GPU's counters are read, 0 when nvbind cannot read them
+# TYPE nvbind_gpu_sampled gauge
+nvbind_gpu_sampled{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 1
+nvbind_gpu_sampled{gpu="1",pci_address="0000:01:00.0",vendor="AMD",name="RX 6800"} 1
+nvbind_gpu_sampled{gpu="2",pci_address="0000:02:00.0",vendor="Intel",name="Arc A770"} 1
+nvbind_gpu_sampled{gpu="3",pci_address="0000:03:00.0",vendor="other",name="virtio"} 0
+# HELP nvbind_gpu_utilization_ratio Share of time the GPU was busy
+# TYPE nvbind_gpu_utilization_ratio gauge
+# UNIT nvbind_gpu_utilization_ratio ratio
+nvbind_gpu_utilization_ratio{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 0.75
+nvbind_gpu_utilization_ratio{gpu="1",pci_address="0000:01:00.0",vendor="AMD",name="RX 6800"} 0.0
+# HELP nvbind_gpu_memory_used_bytes VRAM in use
+# TYPE nvbind_gpu_memory_used_bytes gauge
+# UNIT nvbind_gpu_memory_used_bytes bytes
+nvbind_gpu_memory_used_bytes{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 6442450944.0
+# HELP nvbind_gpu_memory_total_bytes VRAM installed
+# TYPE nvbind_gpu_memory_total_bytes gauge
+# UNIT nvbind_gpu_memory_total_bytes bytes
+nvbind_gpu_memory_total_bytes{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 25769803776.0
+nvbind_gpu_memory_total_bytes{gpu="1",pci_address="0000:01:00.0",vendor="AMD",name="RX 6800"} 8589934592.0
+# HELP nvbind_gpu_power_watts Board power draw
+# TYPE nvbind_gpu_power_watts gauge
+# UNIT nvbind_gpu_power_watts watts
+nvbind_gpu_power_watts{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 312.5
+# HELP nvbind_gpu_temperature_celsius GPU temperature
+# TYPE nvbind_gpu_temperature_celsius gauge
+# UNIT nvbind_gpu_temperature_celsius celsius
+nvbind_gpu_temperature_celsius{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 71.0
+nvbind_gpu_temperature_celsius{gpu="1",pci_address="0000:01:00.0",vendor="AMD",name="RX 6800"} 45.5
+# HELP nvbind_gpu_fan_speed_rpm Fan speed in revolutions per minute
+# TYPE nvbind_gpu_fan_speed_rpm gauge
+# UNIT nvbind_gpu_fan_speed_rpm rpm
+nvbind_gpu_fan_speed_rpm{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 1650.0
+# HELP nvbind_gpu_clock_hertz Clock frequency
+# TYPE nvbind_gpu_clock_hertz gauge
+# UNIT nvbind_gpu_clock_hertz hertz
+nvbind_gpu_clock_hertz{gpu="0",pci_address="0000:00:00.0",clock="graphics"} 2520000000.0
+nvbind_gpu_clock_hertz{gpu="0",pci_address="0000:00:00.0",clock="sm"} 2520000000.0
+nvbind_gpu_clock_hertz{gpu="0",pci_address="0000:00:00.0",clock="memory"} 10500000000.0
+nvbind_gpu_clock_hertz{gpu="1",pci_address="0000:01:00.0",clock="graphics"} 300000000.0
+# HELP nvbind_gpu_throttled 1 for each reason the GPU's clocks are held down now
+# TYPE nvbind_gpu_throttled gauge
+nvbind_gpu_throttled{gpu="0",pci_address="0000:00:00.0",reason="power"} 1
+nvbind_gpu_throttled{gpu="0",pci_address="0000:00:00.0",reason="thermal"} 1
+nvbind_gpu_throttled{gpu="2",pci_address="0000:02:00.0",reason="idle"} 1
+# HELP nvbind_bpf_program_runs Times each of nvbind's eBPF programs ran (kernel bpf_stats)
+# TYPE nvbind_bpf_program_runs counter
+nvbind_bpf_program_runs_total{program="present"} 123456
+nvbind_bpf_program_runs_total{program="sched_switch"} 9876543210
+# HELP nvbind_bpf_program_run_seconds Time spent in each of nvbind's eBPF programs (kernel bpf_stats)
+# TYPE nvbind_bpf_program_run_seconds counter
+# UNIT nvbind_bpf_program_run_seconds seconds
+nvbind_bpf_program_run_seconds_total{program="present"} 1.5
+nvbind_bpf_program_run_seconds_total{program="sched_switch"} 0.123456789
+# HELP nvbind_bpf_program_skipped_runs Times the kernel skipped each of nvbind's eBPF programs because another tracing program was running on that CPU: events it never saw
+# TYPE nvbind_bpf_program_skipped_runs counter
+nvbind_bpf_program_skipped_runs_total{program="present"} 0
+nvbind_bpf_program_skipped_runs_total{program="sched_switch"} 17
+# HELP nvbind_agent_cpu_seconds CPU time the agent used
+# TYPE nvbind_agent_cpu_seconds counter
+# UNIT nvbind_agent_cpu_seconds seconds
+nvbind_agent_cpu_seconds_total 12.25
+# HELP nvbind_agent_resident_memory_bytes The agent's resident memory
+# TYPE nvbind_agent_resident_memory_bytes gauge
+# UNIT nvbind_agent_resident_memory_bytes bytes
+nvbind_agent_resident_memory_bytes 41943040.0
+# HELP nvbind_dropped_events Kernel records lost because the ring buffer was full
+# TYPE nvbind_dropped_events counter
+nvbind_dropped_events_total 5
+# HELP nvbind_tracked_processes Games tracked now
+# TYPE nvbind_tracked_processes gauge
+nvbind_tracked_processes 2
+# HELP nvbind_reports_written Session reports written
+# TYPE nvbind_reports_written counter
+nvbind_reports_written_total 3
+# HELP nvbind_reports_failed Session reports that could not be written
+# TYPE nvbind_reports_failed counter
+nvbind_reports_failed_total 1
+# EOF
+"##;
+    const EXPECTED_PROMETHEUS: &str = r##"# HELP nvbind_frame_time_seconds Time between consecutive presents of a tracked game (its counted frame source).
+# TYPE nvbind_frame_time_seconds histogram
+nvbind_frame_time_seconds_sum{pid="42",comm="game"} 0.146
+nvbind_frame_time_seconds_count{pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.002",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.004167",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.006061",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.006944",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.008333",pid="42",comm="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.011111",pid="42",comm="game"} 1
+nvbind_frame_time_seconds_bucket{le="0.016667",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.022222",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.033333",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.05",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.066667",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.1",pid="42",comm="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.15",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.25",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.5",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="1.0",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="2.0",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_bucket{le="+Inf",pid="42",comm="game"} 3
+# HELP nvbind_frames_total Frames presented by a tracked game.
+# TYPE nvbind_frames_total counter
+nvbind_frames_total{pid="42",comm="game"} 3
+# HELP nvbind_stutters_total Stutters of a tracked game by live verdict (see docs/stutter.md).
+# TYPE nvbind_stutters_total counter
+nvbind_stutters_total{pid="42",comm="game",cause="cpu-contention"} 1
+# HELP nvbind_gpu_sampled 1 when the GPU's counters are read, 0 when nvbind cannot read them
+# TYPE nvbind_gpu_sampled gauge
+nvbind_gpu_sampled{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 1
+nvbind_gpu_sampled{gpu="1",pci_address="0000:01:00.0",vendor="AMD",name="RX 6800"} 1
+nvbind_gpu_sampled{gpu="2",pci_address="0000:02:00.0",vendor="Intel",name="Arc A770"} 1
+nvbind_gpu_sampled{gpu="3",pci_address="0000:03:00.0",vendor="other",name="virtio"} 0
+# HELP nvbind_gpu_utilization_ratio Share of time the GPU was busy
+# TYPE nvbind_gpu_utilization_ratio gauge
+nvbind_gpu_utilization_ratio{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 0.75
+nvbind_gpu_utilization_ratio{gpu="1",pci_address="0000:01:00.0",vendor="AMD",name="RX 6800"} 0.0
+# HELP nvbind_gpu_memory_used_bytes VRAM in use
+# TYPE nvbind_gpu_memory_used_bytes gauge
+nvbind_gpu_memory_used_bytes{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 6442450944.0
+# HELP nvbind_gpu_memory_total_bytes VRAM installed
+# TYPE nvbind_gpu_memory_total_bytes gauge
+nvbind_gpu_memory_total_bytes{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 25769803776.0
+nvbind_gpu_memory_total_bytes{gpu="1",pci_address="0000:01:00.0",vendor="AMD",name="RX 6800"} 8589934592.0
+# HELP nvbind_gpu_power_watts Board power draw
+# TYPE nvbind_gpu_power_watts gauge
+nvbind_gpu_power_watts{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 312.5
+# HELP nvbind_gpu_temperature_celsius GPU temperature
+# TYPE nvbind_gpu_temperature_celsius gauge
+nvbind_gpu_temperature_celsius{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 71.0
+nvbind_gpu_temperature_celsius{gpu="1",pci_address="0000:01:00.0",vendor="AMD",name="RX 6800"} 45.5
+# HELP nvbind_gpu_fan_speed_rpm Fan speed in revolutions per minute
+# TYPE nvbind_gpu_fan_speed_rpm gauge
+nvbind_gpu_fan_speed_rpm{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 1650.0
+# HELP nvbind_gpu_clock_hertz Clock frequency
+# TYPE nvbind_gpu_clock_hertz gauge
+nvbind_gpu_clock_hertz{gpu="0",pci_address="0000:00:00.0",clock="graphics"} 2520000000.0
+nvbind_gpu_clock_hertz{gpu="0",pci_address="0000:00:00.0",clock="sm"} 2520000000.0
+nvbind_gpu_clock_hertz{gpu="0",pci_address="0000:00:00.0",clock="memory"} 10500000000.0
+nvbind_gpu_clock_hertz{gpu="1",pci_address="0000:01:00.0",clock="graphics"} 300000000.0
+# HELP nvbind_gpu_throttled 1 for each reason the GPU's clocks are held down now
+# TYPE nvbind_gpu_throttled gauge
+nvbind_gpu_throttled{gpu="0",pci_address="0000:00:00.0",reason="power"} 1
+nvbind_gpu_throttled{gpu="0",pci_address="0000:00:00.0",reason="thermal"} 1
+nvbind_gpu_throttled{gpu="2",pci_address="0000:02:00.0",reason="idle"} 1
+# HELP nvbind_bpf_program_runs_total Times each of nvbind's eBPF programs ran (kernel bpf_stats)
+# TYPE nvbind_bpf_program_runs_total counter
+nvbind_bpf_program_runs_total{program="present"} 123456
+nvbind_bpf_program_runs_total{program="sched_switch"} 9876543210
+# HELP nvbind_bpf_program_run_seconds_total Time spent in each of nvbind's eBPF programs (kernel bpf_stats)
+# TYPE nvbind_bpf_program_run_seconds_total counter
+nvbind_bpf_program_run_seconds_total{program="present"} 1.5
+nvbind_bpf_program_run_seconds_total{program="sched_switch"} 0.123456789
+# HELP nvbind_bpf_program_skipped_runs_total Times the kernel skipped each of nvbind's eBPF programs because another tracing program was running on that CPU: events it never saw
+# TYPE nvbind_bpf_program_skipped_runs_total counter
+nvbind_bpf_program_skipped_runs_total{program="present"} 0
+nvbind_bpf_program_skipped_runs_total{program="sched_switch"} 17
+# HELP nvbind_agent_cpu_seconds_total CPU time the agent used
+# TYPE nvbind_agent_cpu_seconds_total counter
+nvbind_agent_cpu_seconds_total 12.25
+# HELP nvbind_agent_resident_memory_bytes The agent's resident memory
+# TYPE nvbind_agent_resident_memory_bytes gauge
+nvbind_agent_resident_memory_bytes 41943040.0
+# HELP nvbind_dropped_events_total Kernel records lost because the ring buffer was full
+# TYPE nvbind_dropped_events_total counter
+nvbind_dropped_events_total 5
+# HELP nvbind_tracked_processes Games tracked now
+# TYPE nvbind_tracked_processes gauge
+nvbind_tracked_processes 2
+# HELP nvbind_reports_written_total Session reports written
+# TYPE nvbind_reports_written_total counter
+nvbind_reports_written_total 3
+# HELP nvbind_reports_failed_total Session reports that could not be written
+# TYPE nvbind_reports_failed_total counter
+nvbind_reports_failed_total 1
+"##;
+    const EXPECTED_EMPTY_OPENMETRICS: &str = r##"# HELP nvbind_agent_cpu_seconds CPU time the agent used
+# TYPE nvbind_agent_cpu_seconds counter
+# UNIT nvbind_agent_cpu_seconds seconds
+nvbind_agent_cpu_seconds_total 0.0
+# HELP nvbind_agent_resident_memory_bytes The agent's resident memory
+# TYPE nvbind_agent_resident_memory_bytes gauge
+# UNIT nvbind_agent_resident_memory_bytes bytes
+nvbind_agent_resident_memory_bytes 0.0
+# HELP nvbind_dropped_events Kernel records lost because the ring buffer was full
+# TYPE nvbind_dropped_events counter
+nvbind_dropped_events_total 0
+# HELP nvbind_tracked_processes Games tracked now
+# TYPE nvbind_tracked_processes gauge
+nvbind_tracked_processes 0
+# HELP nvbind_reports_written Session reports written
+# TYPE nvbind_reports_written counter
+nvbind_reports_written_total 0
+# HELP nvbind_reports_failed Session reports that could not be written
+# TYPE nvbind_reports_failed counter
+nvbind_reports_failed_total 0
+# EOF
+"##;
 }
 
 /// GPU gauges and the agent's own cost, from the live state at scrape time.
