@@ -513,7 +513,7 @@ fn run_daemon(args: DaemonArgs) -> Result<u8> {
     crate::daemon::run(crate::daemon::DaemonOptions {
         config_path: args
             .config
-            .unwrap_or_else(|| crate::daemon::config::DEFAULT_PATH.into()),
+            .unwrap_or_else(|| crate::daemon::DEFAULT_PATH.into()),
         config_explicit: explicit,
         overrides: crate::daemon::Overrides {
             listen: args.listen,

@@ -6,17 +6,19 @@ use std::sync::{Arc, RwLock};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder},
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
         gauge::ConstGauge,
         histogram::Histogram,
+        MetricType,
     },
     registry::{Registry, Unit},
 };
 
-use super::live::Live;
+use super::live::{GpuStatus, Live};
+use crate::{gpu::GpuSample, probes::ProgramCost};
 
 /// Frame-time buckets in seconds: the refresh intervals players know (500, 240, 165, 144, 120,
 /// 90, 60, 45, 30, 20, 15 Hz) and the long frames beyond.
@@ -36,33 +38,6 @@ pub struct CauseLabels {
     pub pid: String,
     pub comm: String,
     pub cause: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct GpuLabels {
-    gpu: String,
-    pci_address: String,
-    vendor: String,
-    name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ClockLabels {
-    gpu: String,
-    pci_address: String,
-    clock: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ThrottleLabels {
-    gpu: String,
-    pci_address: String,
-    reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ProgramLabels {
-    program: String,
 }
 
 fn frame_time_histogram() -> Histogram {
@@ -173,75 +148,10 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_gain_their_suffix_and_openmetrics_only_lines_go() {
-        let om = "# HELP nvbind_frames Frames.\n# TYPE nvbind_frames counter\n\
-                  nvbind_frames_total{pid=\"1\"} 3\n\
-                  # HELP nvbind_frame_time_seconds Time.\n# TYPE nvbind_frame_time_seconds histogram\n\
-                  # UNIT nvbind_frame_time_seconds seconds\nnvbind_frame_time_seconds_count 2\n# EOF\n";
-        assert_eq!(
-            openmetrics_to_prometheus(om),
-            "# HELP nvbind_frames_total Frames.\n# TYPE nvbind_frames_total counter\n\
-             nvbind_frames_total{pid=\"1\"} 3\n\
-             # HELP nvbind_frame_time_seconds Time.\n# TYPE nvbind_frame_time_seconds histogram\n\
-             nvbind_frame_time_seconds_count 2\n"
-        );
-    }
-
-    #[test]
-    fn the_live_state_is_exported_in_base_units() {
-        let live = Arc::new(RwLock::new(Live::default()));
-        let metrics = Metrics::new(Arc::clone(&live));
-        let labels = ProcessLabels {
-            pid: "42".into(),
-            comm: "game".into(),
-        };
-        metrics.frame_time.get_or_create(&labels).observe(0.010);
-        metrics.frames.get_or_create(&labels).inc();
-        live.write().unwrap().agent.cpu_seconds = 1.5;
-        let text = metrics.encode_openmetrics().unwrap();
-        assert!(
-            text.contains(
-                "nvbind_frame_time_seconds_bucket{le=\"0.011111\",pid=\"42\",comm=\"game\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("nvbind_agent_cpu_seconds_total 1.5"),
-            "{text}"
-        );
-        assert!(text.ends_with("# EOF\n"));
-        metrics.forget(&labels);
-        assert!(!metrics.encode_openmetrics().unwrap().contains("pid=\"42\""));
-    }
-}
-
 /// GPU gauges and the agent's own cost, from the live state at scrape time.
 #[derive(Debug)]
 struct StateCollector {
     live: Arc<RwLock<Live>>,
-}
-
-/// Encodes one family of constant values.
-fn family<L: EncodeLabelSet, M: EncodeMetric>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    series: &[(L, M)],
-) -> Result<(), std::fmt::Error> {
-    let Some((_, first)) = series.first() else {
-        return Ok(());
-    };
-    let mut metric = encoder.encode_descriptor(name, help, unit, first.metric_type())?;
-    for (labels, value) in series {
-        value.encode(metric.encode_family(labels)?)?;
-    }
-    Ok(())
 }
 
 impl Collector for StateCollector {
@@ -250,227 +160,300 @@ impl Collector for StateCollector {
             .live
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let e = &mut encoder;
-
-        let gpu = |g: &super::live::GpuStatus| GpuLabels {
-            gpu: g.info.index.to_string(),
-            pci_address: g.info.pci_address.clone(),
-            vendor: g.info.vendor.label().to_string(),
-            name: g.info.name.clone(),
-        };
-        let info: Vec<_> = live
-            .gpus
-            .iter()
-            .map(|g| (gpu(g), ConstGauge::new(i64::from(g.sample.is_some()))))
-            .collect();
-        family(
-            e,
-            "gpu_sampled",
-            "1 when the GPU's counters are read, 0 when nvbind cannot read them",
-            None,
-            &info,
-        )?;
-        let sampled = || {
-            live.gpus
-                .iter()
-                .filter_map(|g| Some((g, g.sample.as_ref()?)))
-        };
-        let gauge = |get: &dyn Fn(&crate::gpu::GpuSample) -> Option<f64>| -> Vec<_> {
-            sampled()
-                .filter(|(_, s)| !s.suspended)
-                .filter_map(|(g, s)| Some((gpu(g), ConstGauge::new(get(s)?))))
-                .collect()
-        };
-        family(
-            e,
-            "gpu_utilization",
-            "Share of time the GPU was busy",
-            Some(&Unit::Other("ratio".into())),
-            &gauge(&|s| s.utilization_ratio),
-        )?;
-        family(
-            e,
-            "gpu_memory_used",
-            "VRAM in use",
-            Some(&Unit::Bytes),
-            &gauge(&|s| s.vram_used_bytes.map(|b| b as f64)),
-        )?;
-        family(
-            e,
-            "gpu_memory_total",
-            "VRAM installed",
-            Some(&Unit::Bytes),
-            &gauge(&|s| s.vram_total_bytes.map(|b| b as f64)),
-        )?;
-        family(
-            e,
-            "gpu_power",
-            "Board power draw",
-            Some(&Unit::Other("watts".into())),
-            &gauge(&|s| s.power_watts),
-        )?;
-        family(
-            e,
-            "gpu_temperature",
-            "GPU temperature",
-            Some(&Unit::Celsius),
-            &gauge(&|s| s.temperature_celsius),
-        )?;
-        family(
-            e,
-            "gpu_fan_speed",
-            "Fan speed in revolutions per minute",
-            Some(&Unit::Other("rpm".into())),
-            &gauge(&|s| s.fan_rpm),
-        )?;
-        let clocks: Vec<_> = sampled()
-            .filter(|(_, s)| !s.suspended)
-            .flat_map(|(g, s)| {
-                [
-                    ("graphics", s.graphics_clock_hertz),
-                    ("sm", s.sm_clock_hertz),
-                    ("memory", s.memory_clock_hertz),
-                ]
-                .into_iter()
-                .filter_map(move |(clock, v)| {
-                    Some((
-                        ClockLabels {
-                            gpu: g.info.index.to_string(),
-                            pci_address: g.info.pci_address.clone(),
-                            clock: clock.into(),
-                        },
-                        ConstGauge::new(v?),
-                    ))
-                })
-            })
-            .collect();
-        family(
-            e,
-            "gpu_clock",
-            "Clock frequency",
-            Some(&Unit::Other("hertz".into())),
-            &clocks,
-        )?;
-        let throttles: Vec<_> = sampled()
-            .flat_map(|(g, s)| {
-                s.throttle_reasons.iter().flatten().map(move |reason| {
-                    (
-                        ThrottleLabels {
-                            gpu: g.info.index.to_string(),
-                            pci_address: g.info.pci_address.clone(),
-                            reason: reason.clone(),
-                        },
-                        ConstGauge::new(1i64),
-                    )
-                })
-            })
-            .collect();
-        family(
-            e,
-            "gpu_throttled",
-            "1 for each reason the GPU's clocks are held down now",
-            None,
-            &throttles,
-        )?;
-
-        let program = |p: &crate::probes::ProgramCost| ProgramLabels {
-            program: p.program.clone(),
-        };
-        let runs: Vec<_> = live
-            .agent
-            .bpf
-            .iter()
-            .map(|p| (program(p), ConstCounter::new(p.run_count)))
-            .collect();
-        family(
-            e,
-            "bpf_program_runs",
-            "Times each of nvbind's eBPF programs ran (kernel bpf_stats)",
-            None,
-            &runs,
-        )?;
-        let time: Vec<_> = live
-            .agent
-            .bpf
-            .iter()
-            .map(|p| (program(p), ConstCounter::new(p.run_time_ns as f64 / 1e9)))
-            .collect();
-        family(
-            e,
-            "bpf_program_run",
-            "Time spent in each of nvbind's eBPF programs (kernel bpf_stats)",
-            Some(&Unit::Seconds),
-            &time,
-        )?;
-        let skipped: Vec<_> = live
-            .agent
-            .bpf
-            .iter()
-            .map(|p| (program(p), ConstCounter::new(p.recursion_misses)))
-            .collect();
-        family(
-            e,
-            "bpf_program_skipped_runs",
-            "Times the kernel skipped each of nvbind's eBPF programs because another tracing \
-             program was running on that CPU: events it never saw",
-            None,
-            &skipped,
-        )?;
-        let agent = &live.agent;
-        single(
-            e,
-            "agent_cpu",
-            "CPU time the agent used",
-            Some(&Unit::Seconds),
-            ConstCounter::new(agent.cpu_seconds),
-        )?;
-        single(
-            e,
-            "agent_resident_memory",
-            "The agent's resident memory",
-            Some(&Unit::Bytes),
-            ConstGauge::new(agent.resident_bytes as f64),
-        )?;
-        single(
-            e,
-            "dropped_events",
-            "Kernel records lost because the ring buffer was full",
-            None,
-            ConstCounter::new(agent.dropped_events),
-        )?;
-        single(
-            e,
-            "tracked_processes",
-            "Games tracked now",
-            None,
-            ConstGauge::new(live.processes.len() as i64),
-        )?;
-        single(
-            e,
-            "reports_written",
-            "Session reports written",
-            None,
-            ConstCounter::new(agent.reports_written),
-        )?;
-        single(
-            e,
-            "reports_failed",
-            "Session reports that could not be written",
-            None,
-            ConstCounter::new(agent.reports_failed),
-        )?;
+        for family in STATE_FAMILIES {
+            family.encode(&live, &mut encoder)?;
+        }
         Ok(())
     }
 }
 
-/// Encodes one metric without labels.
-fn single<M: EncodeMetric>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: M,
-) -> Result<(), std::fmt::Error> {
-    let metric = encoder.encode_descriptor(name, help, unit, value.metric_type())?;
-    value.encode(metric)
+/// The families read from the live state, in the order they are exported.
+const STATE_FAMILIES: &[StateFamily] = &[
+    StateFamily {
+        name: "gpu_sampled",
+        help: "1 when the GPU's counters are read, 0 when nvbind cannot read them",
+        kind: Kind::Gauge,
+        unit: None,
+        read: Read::Each(|live| {
+            live.gpus
+                .iter()
+                .map(|g| (gpu_labels(g), Number::Int(u64::from(g.sample.is_some()))))
+                .collect()
+        }),
+    },
+    StateFamily {
+        name: "gpu_utilization",
+        help: "Share of time the GPU was busy",
+        kind: Kind::Gauge,
+        unit: Some("ratio"),
+        read: Read::Sample(|s| s.utilization_ratio.map(Number::Float)),
+    },
+    StateFamily {
+        name: "gpu_memory_used",
+        help: "VRAM in use",
+        kind: Kind::Gauge,
+        unit: Some("bytes"),
+        read: Read::Sample(|s| s.vram_used_bytes.map(|b| Number::Float(b as f64))),
+    },
+    StateFamily {
+        name: "gpu_memory_total",
+        help: "VRAM installed",
+        kind: Kind::Gauge,
+        unit: Some("bytes"),
+        read: Read::Sample(|s| s.vram_total_bytes.map(|b| Number::Float(b as f64))),
+    },
+    StateFamily {
+        name: "gpu_power",
+        help: "Board power draw",
+        kind: Kind::Gauge,
+        unit: Some("watts"),
+        read: Read::Sample(|s| s.power_watts.map(Number::Float)),
+    },
+    StateFamily {
+        name: "gpu_temperature",
+        help: "GPU temperature",
+        kind: Kind::Gauge,
+        unit: Some("celsius"),
+        read: Read::Sample(|s| s.temperature_celsius.map(Number::Float)),
+    },
+    StateFamily {
+        name: "gpu_fan_speed",
+        help: "Fan speed in revolutions per minute",
+        kind: Kind::Gauge,
+        unit: Some("rpm"),
+        read: Read::Sample(|s| s.fan_rpm.map(Number::Float)),
+    },
+    StateFamily {
+        name: "gpu_clock",
+        help: "Clock frequency",
+        kind: Kind::Gauge,
+        unit: Some("hertz"),
+        read: Read::Each(gpu_clocks),
+    },
+    StateFamily {
+        name: "gpu_throttled",
+        help: "1 for each reason the GPU's clocks are held down now",
+        kind: Kind::Gauge,
+        unit: None,
+        read: Read::Each(gpu_throttle_reasons),
+    },
+    StateFamily {
+        name: "bpf_program_runs",
+        help: "Times each of nvbind's eBPF programs ran (kernel bpf_stats)",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::Program(|p| Number::Int(p.run_count)),
+    },
+    StateFamily {
+        name: "bpf_program_run",
+        help: "Time spent in each of nvbind's eBPF programs (kernel bpf_stats)",
+        kind: Kind::Counter,
+        unit: Some("seconds"),
+        read: Read::Program(|p| Number::Float(p.run_time_ns as f64 / 1e9)),
+    },
+    StateFamily {
+        name: "bpf_program_skipped_runs",
+        help: "Times the kernel skipped each of nvbind's eBPF programs because another tracing \
+               program was running on that CPU: events it never saw",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::Program(|p| Number::Int(p.recursion_misses)),
+    },
+    StateFamily {
+        name: "agent_cpu",
+        help: "CPU time the agent used",
+        kind: Kind::Counter,
+        unit: Some("seconds"),
+        read: Read::One(|live| Number::Float(live.agent.cpu_seconds)),
+    },
+    StateFamily {
+        name: "agent_resident_memory",
+        help: "The agent's resident memory",
+        kind: Kind::Gauge,
+        unit: Some("bytes"),
+        read: Read::One(|live| Number::Float(live.agent.resident_bytes as f64)),
+    },
+    StateFamily {
+        name: "dropped_events",
+        help: "Kernel records lost because the ring buffer was full",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::One(|live| Number::Int(live.agent.dropped_events)),
+    },
+    StateFamily {
+        name: "tracked_processes",
+        help: "Games tracked now",
+        kind: Kind::Gauge,
+        unit: None,
+        read: Read::One(|live| Number::Int(live.processes.len() as u64)),
+    },
+    StateFamily {
+        name: "reports_written",
+        help: "Session reports written",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::One(|live| Number::Int(live.agent.reports_written)),
+    },
+    StateFamily {
+        name: "reports_failed",
+        help: "Session reports that could not be written",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::One(|live| Number::Int(live.agent.reports_failed)),
+    },
+];
+
+/// One metric family read from the live state.
+struct StateFamily {
+    /// The name after `nvbind_` and before the unit (and a counter's `_total`).
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    /// The base unit, which the exposition appends to the name.
+    unit: Option<&'static str>,
+    read: Read,
 }
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// How a family's series are read from the live state.
+enum Read {
+    /// One value without labels; always exported.
+    One(fn(&Live) -> Number),
+    /// One series per GPU with a sample that is not `suspended`, where the sample has the value.
+    Sample(fn(&GpuSample) -> Option<Number>),
+    /// One series per eBPF program.
+    Program(fn(&ProgramCost) -> Number),
+    /// Any labelled series.
+    Each(fn(&Live) -> Vec<(Labels, Number)>),
+}
+
+/// A series' labels, in order.
+type Labels = Vec<(&'static str, String)>;
+
+/// A value as the exposition writes it: an integer stays an integer (`3`, not `3.0`).
+#[derive(Clone, Copy)]
+enum Number {
+    Int(u64),
+    Float(f64),
+}
+
+impl StateFamily {
+    /// Encodes the family; one whose labelled series are all absent is left out.
+    fn encode(&self, live: &Live, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let unit = self.unit.map(unit);
+        let metric_type = match self.kind {
+            Kind::Gauge => MetricType::Gauge,
+            Kind::Counter => MetricType::Counter,
+        };
+        let series = match self.read {
+            Read::One(read) => {
+                let value = read(live);
+                let metric =
+                    encoder.encode_descriptor(self.name, self.help, unit.as_ref(), metric_type)?;
+                return self.encode_value(value, metric);
+            }
+            Read::Sample(read) => live
+                .gpus
+                .iter()
+                .filter_map(|g| Some((g, g.sample.as_ref()?)))
+                .filter(|(_, s)| !s.suspended)
+                .filter_map(|(g, s)| Some((gpu_labels(g), read(s)?)))
+                .collect(),
+            Read::Program(read) => live
+                .agent
+                .bpf
+                .iter()
+                .map(|p| (vec![("program", p.program.clone())], read(p)))
+                .collect(),
+            Read::Each(read) => read(live),
+        };
+        if series.is_empty() {
+            return Ok(());
+        }
+        let mut metric =
+            encoder.encode_descriptor(self.name, self.help, unit.as_ref(), metric_type)?;
+        for (labels, value) in &series {
+            self.encode_value(*value, metric.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn encode_value(&self, value: Number, metric: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match (self.kind, value) {
+            (Kind::Gauge, Number::Int(v)) => ConstGauge::new(v).encode(metric),
+            (Kind::Gauge, Number::Float(v)) => ConstGauge::new(v).encode(metric),
+            (Kind::Counter, Number::Int(v)) => ConstCounter::new(v).encode(metric),
+            (Kind::Counter, Number::Float(v)) => ConstCounter::new(v).encode(metric),
+        }
+    }
+}
+
+/// The unit of a family, as `prometheus-client` names it.
+fn unit(name: &'static str) -> Unit {
+    match name {
+        "seconds" => Unit::Seconds,
+        "bytes" => Unit::Bytes,
+        "celsius" => Unit::Celsius,
+        other => Unit::Other(other.into()),
+    }
+}
+
+fn gpu_labels(g: &GpuStatus) -> Labels {
+    vec![
+        ("gpu", g.info.index.to_string()),
+        ("pci_address", g.info.pci_address.clone()),
+        ("vendor", g.info.vendor.label().to_string()),
+        ("name", g.info.name.clone()),
+    ]
+}
+
+/// Labels naming a GPU by index and address, and one more.
+fn gpu_and(g: &GpuStatus, key: &'static str, value: &str) -> Labels {
+    vec![
+        ("gpu", g.info.index.to_string()),
+        ("pci_address", g.info.pci_address.clone()),
+        (key, value.to_string()),
+    ]
+}
+
+/// Each clock of each GPU with a sample that is not `suspended`.
+fn gpu_clocks(live: &Live) -> Vec<(Labels, Number)> {
+    let mut series = Vec::new();
+    for g in &live.gpus {
+        let Some(s) = g.sample.as_ref().filter(|s| !s.suspended) else {
+            continue;
+        };
+        for (clock, hertz) in [
+            ("graphics", s.graphics_clock_hertz),
+            ("sm", s.sm_clock_hertz),
+            ("memory", s.memory_clock_hertz),
+        ] {
+            if let Some(hertz) = hertz {
+                series.push((gpu_and(g, "clock", clock), Number::Float(hertz)));
+            }
+        }
+    }
+    series
+}
+
+/// Each reason each sampled GPU gives for holding its clocks down (a suspended one's too).
+fn gpu_throttle_reasons(live: &Live) -> Vec<(Labels, Number)> {
+    live.gpus
+        .iter()
+        .filter_map(|g| Some((g, g.sample.as_ref()?)))
+        .flat_map(|(g, s)| {
+            s.throttle_reasons
+                .iter()
+                .flatten()
+                .map(move |reason| (gpu_and(g, "reason", reason), Number::Int(1)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+//! The API's listeners: the TCP API and the admin Unix socket.
+
+use std::{future::IntoFuture, os::unix::fs::PermissionsExt, sync::Arc};
+
+use anyhow::{Context, Result};
+use tokio::{sync::watch, task::JoinSet};
+
+use super::{api, api::Shared, config::Config};
+
+/// Binds the TCP API and the Unix socket (errors here are fatal: a daemon that cannot serve
+/// its API must say so at start), and serves them until `stopped` turns true.
+pub(super) async fn start_servers(
+    config: &Config,
+    shared: &Arc<Shared>,
+    stopped: watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let mut tasks = JoinSet::new();
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|&s| s).await;
+    };
+    if !config.api.listen.is_empty() {
+        let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr}: set api.listen in the config or --listen")
+        })?;
+        if !addr.ip().is_loopback() {
+            log::warn!(
+                "the API listens on {addr}, which is not a loopback address: anyone who can \
+                 reach it sees what runs on this host"
+            );
+        }
+        log::info!("API on http://{addr}");
+        let app = api::read_routes(Arc::clone(shared));
+        tasks.spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(until_stopped(stopped.clone()))
+                .into_future(),
+        );
+    }
+    let socket = config.api.socket.clone();
+    if !socket.as_os_str().is_empty() {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        // A socket left by an agent that did not stop cleanly; anything else is not ours.
+        if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() {
+                let _ = std::fs::remove_file(&socket);
+            } else {
+                anyhow::bail!(
+                    "{} exists and is not a socket: remove it or set api.socket",
+                    socket.display()
+                );
+            }
+        }
+        // Created owner-only from the start (umask), so there is no moment in which another
+        // user could connect; nothing else creates files while the daemon starts.
+        // SAFETY: umask has no preconditions; the previous mask is restored right after.
+        let previous = unsafe { libc::umask(0o177) };
+        let bound = tokio::net::UnixListener::bind(&socket);
+        // SAFETY: as above.
+        unsafe { libc::umask(previous) };
+        let listener = bound.with_context(|| {
+            format!(
+                "cannot listen on {}: set api.socket in the config or --socket",
+                socket.display()
+            )
+        })?;
+        // Root only: binding changes what containers may open.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {} to root", socket.display()))?;
+        log::info!("admin API (binding) on unix:{}", socket.display());
+        let app = api::admin_routes(Arc::clone(shared));
+        tasks.spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(until_stopped(stopped))
+                .into_future(),
+        );
+    }
+    Ok(async move {
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(e)) = result {
+                log::warn!("API server: {e}");
+            }
+        }
+    })
+}

@@ -1,0 +1,55 @@
+//! SIGHUP: the configuration re-read and applied where it can be without a restart.
+
+use super::{sessions, tracking::Daemon};
+
+impl Daemon {
+    /// SIGHUP: re-reads the configuration. A bad file is reported and the running one kept.
+    pub(super) fn reload(&mut self) {
+        let config = match self.options.load_config() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("SIGHUP: configuration not reloaded, the running one stays: {e:#}");
+                return;
+            }
+        };
+        if let Err(e) = sessions::prepare_dir(&config.reports.dir) {
+            log::error!("SIGHUP: configuration not reloaded, the running one stays: {e}");
+            return;
+        }
+        let needs_restart: Vec<&str> = [
+            ("api.listen", config.api.listen != self.config.api.listen),
+            ("api.socket", config.api.socket != self.config.api.socket),
+            ("gpu", config.gpu != self.config.gpu),
+            ("probes", config.probes != self.config.probes),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !needs_restart.is_empty() {
+            log::warn!(
+                "SIGHUP: {} changed and take effect only after a restart",
+                needs_restart.join(", ")
+            );
+        }
+        self.tracker.set_stutter_config(config.detector());
+        self.live().window = config.window();
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = config.clone();
+        // Keep what cannot change without a restart as it runs.
+        let mut applied = config;
+        applied.api.listen = self.config.api.listen.clone();
+        applied.api.socket = self.config.api.socket.clone();
+        applied.gpu = self.config.gpu.clone();
+        applied.probes = self.config.probes.clone();
+        self.config = applied;
+        // Processes excluded under the old lists are looked at again under the new ones.
+        self.rejected.clear();
+        log::info!(
+            "SIGHUP: configuration reloaded from {}",
+            self.options.config_path.display()
+        );
+    }
+}
