@@ -62,7 +62,7 @@ pub fn diagnose(mount_tracefs: bool, kernel_hooks: KernelHooks) -> Diagnosis {
                 ProbeError::Tracefs(_) => Some(
                     "mount -t tracefs nodev /sys/kernel/tracing (or pass --mount-tracefs)".into(),
                 ),
-                ProbeError::MissingObject => Some("cargo xtask setup, then rebuild".into()),
+                ProbeError::MissingObject(_) => Some("cargo xtask setup, then rebuild".into()),
                 _ => None,
             };
             let reason = e.to_string();

@@ -68,11 +68,8 @@ pub enum BindError {
     Drifted { cgroup: PathBuf },
     #[error("{0} is not bound by nvbind (see `nvbind-agent bindings`)")]
     NotBound(PathBuf),
-    #[error(
-        "this nvbind-agent was built without its eBPF programs (the eBPF toolchain was missing): \
-         run `cargo xtask setup` and rebuild"
-    )]
-    MissingObject,
+    #[error(transparent)]
+    MissingObject(#[from] crate::probes::MissingObject),
     #[error("{0}")]
     Kernel(String),
     #[error("binding record: {0}")]

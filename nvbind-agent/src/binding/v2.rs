@@ -54,7 +54,7 @@ impl Policy {
     /// loaded here from its ELF sections rather than through aya (see [`bpf`] for why).
     pub fn load(record: &BindingRecord, rules: Option<&[DeviceRule]>) -> Result<Policy, BindError> {
         if DEVICE_OBJECT.is_empty() {
-            return Err(BindError::MissingObject);
+            return Err(crate::probes::MissingObject.into());
         }
         bpf::raise_memlock_limit();
         let elf = object::File::parse(DEVICE_OBJECT)

@@ -73,12 +73,7 @@ impl Probes {
                 continue;
             }
             let result = (|| -> Result<&str, String> {
-                let prog: &mut KProbe = self
-                    .ebpf
-                    .program_mut(probe.program)
-                    .ok_or("program missing from the object")?
-                    .try_into()
-                    .map_err(|e| format!("{e}"))?;
+                let prog: &mut KProbe = self.program(probe.program)?;
                 if loaded.insert(probe.program) {
                     prog.load().map_err(|e| error_chain(&e))?;
                 }

@@ -10,7 +10,7 @@ use super::{
     libraries::{self, LIBRARY_KINDS},
     object_available, tracefs,
     tracefs::Format,
-    KernelHooks, ProbeError, ProbeStatus, Probes, PROBES_OBJECT, TRACEPOINTS,
+    KernelHooks, MissingObject, ProbeError, ProbeStatus, Probes, PROBES_OBJECT, TRACEPOINTS,
 };
 
 /// How to load.
@@ -149,7 +149,7 @@ impl Probes {
             return Err(ProbeError::NotRoot);
         }
         if !object_available() {
-            return Err(ProbeError::MissingObject);
+            return Err(MissingObject.into());
         }
         let tracefs = if options.mount_tracefs {
             tracefs::ensure_mounted()?

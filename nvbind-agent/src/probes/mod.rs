@@ -46,11 +46,8 @@ pub enum ProbeError {
     NotRoot,
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
-    #[error(
-        "this nvbind-agent was built without its eBPF programs (the eBPF toolchain was missing): \
-         run `cargo xtask setup` and rebuild"
-    )]
-    MissingObject,
+    #[error(transparent)]
+    MissingObject(#[from] MissingObject),
     #[error("cannot load the eBPF programs: {0}")]
     Load(String),
     #[error("required probe {probe} is unavailable: {reason}")]
@@ -66,6 +63,15 @@ pub enum ProbeError {
         source: aya::maps::MapError,
     },
 }
+
+/// This agent was built without its eBPF objects (the probes', and the device policy `bind`
+/// loads): said the same way wherever one is needed.
+#[derive(Debug, Clone, Copy, Error)]
+#[error(
+    "this nvbind-agent was built without its eBPF programs (the eBPF toolchain was missing): \
+     run `cargo xtask setup` and rebuild"
+)]
+pub struct MissingObject;
 
 /// Whether a probe is attached, and if not, why and what would fix it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +154,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Probes {
+    /// A program of the object, as its type (`TracePoint`, `KProbe`, ...).
+    fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T, String>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))
+    }
+
     pub fn statuses(&self) -> &[ProbeStatus] {
         &self.statuses
     }

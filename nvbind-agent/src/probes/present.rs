@@ -181,12 +181,7 @@ impl Probes {
             return Ok(());
         }
         let program = point.program;
-        let prog: &mut UProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing from the object"))?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
+        let prog: &mut UProbe = self.program(program)?;
         if prog.fd().is_err() {
             prog.load().map_err(|e| error_chain(&e))?;
         }

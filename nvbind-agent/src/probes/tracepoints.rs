@@ -97,12 +97,7 @@ impl Probes {
         options: &LoadOptions,
     ) -> ProbeStatus {
         let result = support.as_ref().map_err(Clone::clone).and_then(|(btf, _)| {
-            let prog: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(program)
-                .ok_or("program missing from the object")?
-                .try_into()
-                .map_err(|e| format!("{e}"))?;
+            let prog: &mut BtfTracePoint = self.program(program)?;
             prog.load(tp.name, btf).map_err(|e| error_chain(&e))?;
             prog.attach().map_err(|e| error_chain(&e))?;
             Ok(())
@@ -169,12 +164,7 @@ impl Probes {
             return status;
         }
         let result = (|| -> Result<(), String> {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(program)
-                .ok_or("program missing from the object")?
-                .try_into()
-                .map_err(|e| format!("{e}"))?;
+            let prog: &mut TracePoint = self.program(program)?;
             prog.load().map_err(|e| error_chain(&e))?;
             prog.attach(category, name).map_err(|e| error_chain(&e))?;
             Ok(())
