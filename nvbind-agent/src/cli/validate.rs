@@ -67,13 +67,7 @@ pub(super) fn seconds(value: Option<f64>, flag: &str) -> Result<Option<Duration>
 
 /// `--gpu-sample-hz`: how often GPUs are read during a recording (`None`: not at all).
 pub(super) fn gpu_sampling(hz: f64) -> Result<Option<gpu::SamplerConfig>> {
-    Ok(match hz {
-        0.0 => None,
-        hz if hz.is_finite() && (0.1..=1000.0).contains(&hz) => Some(gpu::SamplerConfig {
-            period: Duration::from_secs_f64(1.0 / hz),
-        }),
-        hz => anyhow::bail!("--gpu-sample-hz must be 0 (off) or between 0.1 and 1000, not {hz}"),
-    })
+    gpu::SamplerConfig::from_hz(hz, "--gpu-sample-hz").map_err(anyhow::Error::msg)
 }
 
 impl RootArgs {
