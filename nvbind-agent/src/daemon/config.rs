@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{probes::KernelHooks, stutter::DetectorConfig};
+use crate::{gpu::SamplerConfig, probes::KernelHooks, stutter::DetectorConfig};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/nvbind/agent.toml";
@@ -267,14 +267,7 @@ impl Config {
             e.replace("--stutter-factor", "stutter.factor")
                 .replace("--stutter-floor-ms", "stutter.floor_ms")
         })?;
-        if self.gpu.sample_hz != 0.0
-            && !(self.gpu.sample_hz.is_finite() && (0.1..=1000.0).contains(&self.gpu.sample_hz))
-        {
-            return Err(format!(
-                "gpu.sample_hz must be 0 (off) or between 0.1 and 1000, not {}",
-                self.gpu.sample_hz
-            ));
-        }
+        self.gpu_sampling()?;
         if self.reports.max_session_frames < 1000 {
             return Err(format!(
                 "reports.max_session_frames must be at least 1000, not {}",
@@ -304,8 +297,15 @@ impl Config {
         }
     }
 
+    /// How often GPUs are read (`None`: not at all), by the rule `record --gpu-sample-hz`
+    /// follows too.
+    fn gpu_sampling(&self) -> Result<Option<SamplerConfig>, String> {
+        SamplerConfig::from_hz(self.gpu.sample_hz, "gpu.sample_hz")
+    }
+
+    /// The time between GPU reads of a checked configuration (`None`: not read).
     pub fn gpu_period(&self) -> Option<Duration> {
-        (self.gpu.sample_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / self.gpu.sample_hz))
+        self.gpu_sampling().ok().flatten().map(|c| c.period)
     }
 
     pub fn window(&self) -> Duration {

@@ -26,6 +26,25 @@ impl Default for SamplerConfig {
     }
 }
 
+impl SamplerConfig {
+    /// The sampling rate rule, for `record --gpu-sample-hz` and the daemon's `gpu.sample_hz`:
+    /// 0 turns sampling off (`None`), otherwise 0.1 to 1000 reads a second. `name` is the value
+    /// as the user gave it, for the error.
+    pub fn from_hz(hz: f64, name: &str) -> Result<Option<SamplerConfig>, String> {
+        if hz == 0.0 {
+            Ok(None)
+        } else if hz.is_finite() && (0.1..=1000.0).contains(&hz) {
+            Ok(Some(SamplerConfig {
+                period: Duration::from_secs_f64(1.0 / hz),
+            }))
+        } else {
+            Err(format!(
+                "{name} must be 0 (off) or between 0.1 and 1000, not {hz}"
+            ))
+        }
+    }
+}
+
 /// Everything sampled from one GPU.
 #[derive(Debug, Clone)]
 pub struct GpuSeries {
@@ -192,6 +211,24 @@ fn run(
         match stopped.recv_timeout(next.saturating_duration_since(now)) {
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_off_or_between_a_tenth_and_a_thousand_hertz() {
+        assert_eq!(SamplerConfig::from_hz(0.0, "x"), Ok(None));
+        assert_eq!(
+            SamplerConfig::from_hz(10.0, "x"),
+            Ok(Some(SamplerConfig::default()))
+        );
+        for hz in [-1.0, 0.05, 1000.5, f64::NAN, f64::INFINITY] {
+            let e = SamplerConfig::from_hz(hz, "--gpu-sample-hz").unwrap_err();
+            assert!(e.starts_with("--gpu-sample-hz must be 0 (off)"), "{e}");
         }
     }
 }

@@ -1,0 +1,83 @@
+//! Command-line interface: the commands and flags ([`args`]), what makes their values valid
+//! ([`validate`]), and one module per group of commands that does the work.
+
+mod args;
+mod binding;
+mod daemon;
+mod doctor;
+mod gpus;
+mod record;
+mod report;
+mod validate;
+
+use anyhow::Result;
+
+pub use args::{
+    BindArgs, BpffsArg, CdiCommand, CgroupArg, Cli, Command, DaemonArgs, NvmlMode, RecordArgs,
+    ReportArgs, RootArgs, UnbindArgs,
+};
+
+impl Command {
+    /// Commands that print and exit (as opposed to `record`, which holds sockets, pipes and
+    /// files open for a long time).
+    pub fn prints_and_exits(&self) -> bool {
+        !matches!(self, Command::Record(_))
+    }
+}
+
+impl Cli {
+    /// Whether the process only prints and exits (not a recording, not the daemon).
+    pub fn prints_and_exits(&self) -> bool {
+        self.command.as_ref().is_some_and(Command::prints_and_exits)
+    }
+
+    /// Whether this runs the daemon.
+    pub fn is_daemon(&self) -> bool {
+        self.command.is_none()
+    }
+}
+
+/// Runs a command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    let Some(command) = cli.command else {
+        return daemon::run(cli.daemon);
+    };
+    match command {
+        Command::Doctor {
+            json,
+            mount_tracefs,
+            kernel_hooks,
+        } => doctor::doctor(json, mount_tracefs, kernel_hooks),
+        Command::Record(args) => record::record(args),
+        Command::Report(args) => report::show(args),
+        Command::Gpus { json, roots } => gpus::list(json, &roots),
+        Command::Bind(args) => binding::bind(args),
+        Command::Unbind(args) => binding::unbind(args),
+        Command::Bindings { json, bpffs } => binding::list(json, &bpffs),
+        Command::Cdi(CdiCommand::Generate {
+            output,
+            kind,
+            roots,
+        }) => binding::cdi_generate(output, &kind, &roots),
+        Command::ResolveVulkanPresent => doctor::resolve_vulkan_present(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn no_command_is_the_daemon_and_empty_values_turn_listeners_off() {
+        let cli = Cli::try_parse_from(["nvbind-agent", "--socket", "", "--listen", ""]).unwrap();
+        assert!(cli.is_daemon() && !cli.prints_and_exits());
+        assert_eq!(cli.daemon.socket.as_deref(), Some(""));
+        assert_eq!(cli.daemon.listen.as_deref(), Some(""));
+        let cli = Cli::try_parse_from(["nvbind-agent", "doctor"]).unwrap();
+        assert!(!cli.is_daemon() && cli.prints_and_exits());
+        // Daemon flags belong to the daemon, not to a command.
+        assert!(Cli::try_parse_from(["nvbind-agent", "--listen", "x", "doctor"]).is_err());
+    }
+}
