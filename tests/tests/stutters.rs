@@ -17,6 +17,19 @@ use nvbind_tests::{
 };
 
 /// The report rounds a stutter's frame time to the microsecond.
+/// Held for the whole of a test that runs the CPU hog: the harness runs this file's tests in
+/// parallel, and two hogs on CPU 1 at once would each be the other test's culprit (both real,
+/// neither the one the test knows).
+static HOG_CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the hog's CPU for a test (a test that failed while holding it does not poison it for
+/// the next).
+fn hog_cpu() -> std::sync::MutexGuard<'static, ()> {
+    HOG_CPU
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const ROUNDING_MS: f64 = 0.001;
 /// The detector's floor, and its warm-up: frames 1 to 5 only seed the average (docs/stutter.md).
 const FLOOR_MS: f64 = 20.0;
@@ -347,6 +360,7 @@ fn run_hog(dir: &Path, cpu: &str, bursts: &str, period_ms: &str) -> (u32, String
 #[test]
 fn cpu_contention_is_found_and_the_competitor_named() {
     require_root();
+    let _hog_cpu = hog_cpu();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut hog = None;
     let run = record_game(
@@ -521,6 +535,7 @@ fn a_steady_game_has_no_stutters() {
 #[test]
 fn vkcube_under_contention_stutters_for_the_right_reason() {
     require_root();
+    let _hog_cpu = hog_cpu();
     let x = Xvfb::start().expect("Xvfb");
     x.pin_to_cpu(0).expect("pin Xvfb to CPU 0");
     let dir = tempfile::tempdir().expect("tempdir");
