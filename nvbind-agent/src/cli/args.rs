@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::validate::parse_ioctl_type;
 use crate::{binding, probes::KernelHooks, stutter::DetectorConfig};
 
 #[derive(Debug, Parser)]
@@ -297,4 +296,39 @@ pub struct ReportArgs {
     /// How many of the worst stutters to describe per process.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub worst: usize,
+}
+
+/// An ioctl type byte: a number (`0x64`, `100`) or one ASCII character (`d`).
+fn parse_ioctl_type(text: &str) -> Result<u8, String> {
+    let trimmed = text.trim().trim_matches('\'');
+    let parsed = match trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+    {
+        Some(hex) => u8::from_str_radix(hex, 16).ok(),
+        None if trimmed.len() == 1 && !trimmed.as_bytes()[0].is_ascii_digit() => {
+            Some(trimmed.as_bytes()[0])
+        }
+        None => trimmed.parse().ok(),
+    };
+    parsed.ok_or_else(|| {
+        format!(
+            "{text:?} is not an ioctl type byte: give 0x00-0xff, 0-255 or one character such as d"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_types_are_numbers_or_characters() {
+        assert_eq!(parse_ioctl_type("0xAE"), Ok(0xae));
+        assert_eq!(parse_ioctl_type("100"), Ok(100));
+        assert_eq!(parse_ioctl_type("d"), Ok(b'd'));
+        assert_eq!(parse_ioctl_type("'F'"), Ok(b'F'));
+        assert!(parse_ioctl_type("0x1ff").is_err());
+        assert!(parse_ioctl_type("dd").is_err());
+    }
 }

@@ -8,26 +8,6 @@ use anyhow::{Context, Result};
 use super::args::{NvmlMode, RootArgs};
 use crate::{gpu, stutter::DetectorConfig, target::TargetSpec};
 
-/// An ioctl type byte: a number (`0x64`, `100`) or one ASCII character (`d`).
-pub(super) fn parse_ioctl_type(text: &str) -> Result<u8, String> {
-    let trimmed = text.trim().trim_matches('\'');
-    let parsed = match trimmed
-        .strip_prefix("0x")
-        .or_else(|| trimmed.strip_prefix("0X"))
-    {
-        Some(hex) => u8::from_str_radix(hex, 16).ok(),
-        None if trimmed.len() == 1 && !trimmed.as_bytes()[0].is_ascii_digit() => {
-            Some(trimmed.as_bytes()[0])
-        }
-        None => trimmed.parse().ok(),
-    };
-    parsed.ok_or_else(|| {
-        format!(
-            "{text:?} is not an ioctl type byte: give 0x00-0xff, 0-255 or one character such as d"
-        )
-    })
-}
-
 /// What `record` records: exactly one of `--pid`, `--comm` (not empty), `--all` or a command.
 pub(super) fn target(
     pid: Option<u32>,
@@ -92,20 +72,5 @@ impl RootArgs {
                 NvmlMode::Never => false,
             },
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ioctl_types_are_numbers_or_characters() {
-        assert_eq!(parse_ioctl_type("0xAE"), Ok(0xae));
-        assert_eq!(parse_ioctl_type("100"), Ok(100));
-        assert_eq!(parse_ioctl_type("d"), Ok(b'd'));
-        assert_eq!(parse_ioctl_type("'F'"), Ok(b'F'));
-        assert!(parse_ioctl_type("0x1ff").is_err());
-        assert!(parse_ioctl_type("dd").is_err());
     }
 }

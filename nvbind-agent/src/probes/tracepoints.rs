@@ -102,31 +102,25 @@ impl Probes {
             prog.attach().map_err(|e| error_chain(&e))?;
             Ok(())
         });
+        let status = ProbeStatus {
+            name: format!("{}:{}", tp.category, tp.name),
+            family: tp.family.into(),
+            program: program.into(),
+            hook: "tp_btf".into(),
+            fallback: None,
+            attached: result.is_ok(),
+            reason: None,
+            fix: None,
+        };
         let why = match result {
-            Ok(()) => {
-                return ProbeStatus {
-                    name: format!("{}:{}", tp.category, tp.name),
-                    family: tp.family.into(),
-                    program: program.into(),
-                    hook: "tp_btf".into(),
-                    fallback: None,
-                    attached: true,
-                    reason: None,
-                    fix: None,
-                }
-            }
+            Ok(()) => return status,
             Err(why) => why,
         };
         if options.kernel_hooks == KernelHooks::Btf {
             return ProbeStatus {
-                name: format!("{}:{}", tp.category, tp.name),
-                family: tp.family.into(),
-                program: program.into(),
-                hook: "tp_btf".into(),
-                fallback: None,
-                attached: false,
                 reason: Some(why),
                 fix: Some("use --kernel-hooks auto to fall back to classic tracepoints".into()),
+                ..status
             };
         }
         ProbeStatus {
