@@ -11,6 +11,7 @@ use nvbind_common::{
 use super::ThreadWindow;
 use crate::{
     gpu,
+    identity::ProcessIdentity,
     probes::{ProbeStatus, ProgramCost},
     stutter::DetectorConfig,
 };
@@ -38,6 +39,8 @@ pub struct ProcessRecord {
     pub comm: String,
     pub exe: String,
     pub cmdline: Vec<String>,
+    /// Its name as a person knows it, its Wine build and Steam app id (read with the above).
+    pub identity: ProcessIdentity,
     pub tracked_at_ns: u64,
     pub exited_ns: Option<u64>,
     pub frames: Vec<Frame>,

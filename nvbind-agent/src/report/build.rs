@@ -9,12 +9,13 @@ use super::{
     stutters::{self, StutterReport},
     units::{ms, secs, FrameMs},
     AgentInfo, CaptureInfo, CrtcReport, DrmInfo, FrameRow, FramesReport, HostInfo,
-    IoctlClassReport, Preemptor, PresentingThreadReport, ProcessReport, Report, SchedReport,
-    ThreadReport, Timeline, SCHEMA,
+    IoctlClassReport, OtherProcess, OtherProcesses, Preemptor, PresentingThreadReport,
+    ProcessReport, Report, SchedReport, ThreadReport, Timeline, SCHEMA,
 };
 use crate::{
     frames::{stats, Capture, Frame, ProcessRecord, SOURCE_PREFERENCE},
     gpu,
+    identity::display_name,
     probes::comm_str,
     stutter::GpuEvidence,
 };
@@ -27,11 +28,11 @@ const PREEMPTORS_LISTED: usize = 10;
 /// Builds the report and the per-frame rows from a finished capture.
 pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
     let mut rows = Vec::new();
-    let mut processes: Vec<ProcessReport> = capture
+    let (mut processes, others): (Vec<ProcessReport>, Vec<ProcessReport>) = capture
         .processes
         .values()
         .map(|p| process_report(capture, p, &mut rows))
-        .collect();
+        .partition(ProcessReport::presented);
     // The game first: most frames, then most CPU.
     processes.sort_by(|a, b| {
         b.frames
@@ -54,6 +55,7 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
         },
         capture: capture_info(capture),
         processes,
+        other_processes: OtherProcesses::of(others.iter().map(OtherProcess::of)),
         gpus: capture
             .gpus
             .iter()
@@ -74,9 +76,16 @@ fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>
     ProcessReport {
         pid: p.pid,
         ppid: p.ppid,
+        name: if p.identity.name.is_empty() {
+            display_name(&p.comm, &p.exe, &p.cmdline)
+        } else {
+            p.identity.name.clone()
+        },
         comm: p.comm.clone(),
         exe: p.exe.clone(),
         cmdline: p.cmdline.clone(),
+        wine: p.identity.wine.clone(),
+        steam_app_id: p.identity.steam_app_id,
         exited: p.exited_ns.is_some(),
         frames: frames_report(capture, p, source, &frames),
         sched: sched_report(&totals, &hists, preemptors(capture, p.pid)),
@@ -383,6 +392,7 @@ fn capture_info(capture: &Capture) -> CaptureInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::SCHEMA_V1;
 
     fn frame(ts_ms: u64, tid: u32, source: u32, on_cpu_ns: u64) -> Frame {
         Frame {
@@ -422,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn a_capture_without_frames_reports_none() {
+    fn a_process_without_frames_is_folded_into_the_other_processes() {
         let mut capture = Capture::default();
         capture.processes.insert(
             9,
@@ -432,11 +442,67 @@ mod tests {
                 ..Default::default()
             },
         );
+        capture.processes.insert(
+            2,
+            ProcessRecord {
+                pid: 2,
+                comm: "game".into(),
+                frames: vec![frame(0, 2, present_source::GLX, 0)],
+                ..Default::default()
+            },
+        );
         let (report, rows) = build(&capture);
         assert_eq!(report.schema, SCHEMA);
-        assert_eq!(report.processes[0].frames.source, "none");
-        assert_eq!(report.processes[0].frames.fps_avg, None);
-        assert!(rows.is_empty());
+        assert_eq!(report.processes.len(), 1);
+        assert_eq!(report.processes[0].name, "game");
+        assert_eq!(
+            report.processes[0].frames.fps_avg, None,
+            "one frame: no rate"
+        );
+        let others = &report.other_processes;
+        assert_eq!((others.count, others.processes.len()), (1, 1));
+        assert_eq!(
+            (others.processes[0].pid, others.processes[0].name.as_str()),
+            (9, "idle")
+        );
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_v1_report_is_upgraded_on_reading() {
+        let mut capture = Capture::default();
+        for (pid, frames) in [(9, vec![]), (2, vec![frame(0, 2, present_source::GLX, 0)])] {
+            capture.processes.insert(
+                pid,
+                ProcessRecord {
+                    pid,
+                    comm: "wine64".into(),
+                    exe: "/usr/lib/wine/wine64".into(),
+                    cmdline: vec![format!("C:\\Games\\game{pid}.exe")],
+                    frames,
+                    ..Default::default()
+                },
+            );
+        }
+        let (report, _) = build(&capture);
+        // What a v1 writer wrote: every process in full in `processes`, no names.
+        let quiet = process_report(&capture, &capture.processes[&9], &mut Vec::new());
+        let mut v1 = serde_json::to_value(&report).expect("encode");
+        v1["schema"] = SCHEMA_V1.into();
+        v1["processes"] = serde_json::to_value([&report.processes[0], &quiet]).expect("encode");
+        for p in v1["processes"].as_array_mut().expect("processes") {
+            p.as_object_mut().expect("object").remove("name");
+        }
+        v1.as_object_mut()
+            .expect("object")
+            .remove("other_processes");
+        let read: Report = serde_json::from_value(v1).expect("a v1 document decodes");
+        let upgraded = read.upgrade();
+        assert_eq!(upgraded.schema, SCHEMA);
+        assert_eq!(upgraded.processes.len(), 1);
+        assert_eq!(upgraded.processes[0].name, "game2.exe");
+        assert_eq!(upgraded.other_processes.count, 1);
+        assert_eq!(upgraded.other_processes.processes[0].name, "game9.exe");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::{
     clock::monotonic_ns,
     frames::{Capture, DisplayRecord, Frame, ProcessRecord},
     gpu,
+    identity::ProcessIdentity,
     probes::{comm_str, libraries, Event, Probes},
     stutter::{Detector, DetectorConfig},
     target,
@@ -196,6 +197,12 @@ impl Tracker {
                     self.note_process(pid, 0, false);
                 }
                 if let Some(p) = self.capture.processes.get_mut(&pid) {
+                    if p.frames.is_empty() {
+                        // A program may rename itself after exec (Wine names the process after
+                        // the Windows program and rewrites its command line): by its first frame
+                        // it is who it will be.
+                        refresh_identity(p);
+                    }
                     p.frames.push(Frame {
                         ts_ns: e.header.ts_ns,
                         tid: e.header.tid,
@@ -391,7 +398,13 @@ fn refresh_identity(record: &mut ProcessRecord) {
     if let Ok(exe) = proc.exe() {
         record.exe = exe.display().to_string();
     }
-    if let Ok(cmdline) = proc.cmdline() {
+    if let Ok(mut cmdline) = proc.cmdline() {
+        // A program that rewrites its command line in place (Wine does) leaves the rest of the
+        // original area as empty arguments.
+        while cmdline.last().is_some_and(String::is_empty) {
+            cmdline.pop();
+        }
         record.cmdline = cmdline;
     }
+    record.identity = ProcessIdentity::read(record.pid, &record.comm, &record.exe, &record.cmdline);
 }
