@@ -628,7 +628,7 @@ fn games_started_after_the_daemon_are_tracked_from_their_first_frame() {
     game.wait_exit();
     let (first_path, report) = daemon.wait_for_report(game_pid);
     let truth = truth(work.path());
-    assert_eq!(report["schema"], "nvbind.report/v1");
+    assert_eq!(report["schema"], "nvbind.report/v2");
     assert_eq!(report["capture"]["end_reason"], "process-exited");
     let p = &report["processes"][0];
     assert_eq!(p["pid"], game_pid);
@@ -923,9 +923,9 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
     assert!(openmetrics.contains("# TYPE nvbind_frames counter"));
     for series in [
-        format!("nvbind_frame_time_seconds_bucket{{le=\"0.016667\",pid=\"{pid}\",comm=\"synthetic-game\"}}"),
-        format!("nvbind_frames_total{{pid=\"{pid}\",comm=\"synthetic-game\"}}"),
-        format!("nvbind_stutters_total{{pid=\"{pid}\",comm=\"synthetic-game\",cause=\"blocked\"}}"),
+        format!("nvbind_frame_time_seconds_bucket{{le=\"0.016667\",pid=\"{pid}\",comm=\"synthetic-game\",name=\"synthetic-game\"}}"),
+        format!("nvbind_frames_total{{pid=\"{pid}\",comm=\"synthetic-game\",name=\"synthetic-game\"}}"),
+        format!("nvbind_stutters_total{{pid=\"{pid}\",comm=\"synthetic-game\",name=\"synthetic-game\",cause=\"blocked\"}}"),
         "nvbind_bpf_program_runs_total{program=\"nvbind_present\"}".to_string(),
         "nvbind_bpf_program_run_seconds_total{program=\"nvbind_sched_switch_btf\"}".to_string(),
         "nvbind_agent_resident_memory_bytes ".to_string(),
