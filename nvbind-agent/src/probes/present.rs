@@ -86,11 +86,17 @@ impl Probes {
                         reason: Some(format!(
                             "cannot resolve the drivers' present functions: {e:#}"
                         )),
-                        fix: Some(
-                            "install the Vulkan loader and a driver; games are still hooked when \
-                             they resolve vkQueuePresentKHR, minus their first frames"
-                                .into(),
-                        ),
+                        fix: Some(format!(
+                            "install {}; games are still hooked when they resolve \
+                             vkQueuePresentKHR, minus their first frames",
+                            match resolution.abi {
+                                vulkan::Abi::X86_64 => "the Vulkan loader and a driver",
+                                vulkan::Abi::I386 =>
+                                    "the 32-bit Vulkan loader and a 32-bit driver (Debian: \
+                                     libvulkan1:i386 and mesa-vulkan-drivers:i386), or ignore \
+                                     this if no 32-bit Vulkan game runs here",
+                            }
+                        )),
                     });
                     continue;
                 }
