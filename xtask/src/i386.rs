@@ -246,14 +246,37 @@ impl Apt {
                 err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("")
             );
         }
-        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("Inst ")?.split_whitespace().next())
-            .map(str::to_string)
-            .collect();
+        let names = packages_to_install(&String::from_utf8_lossy(&out.stdout));
         if names.is_empty() {
             bail!("`{line}` named no package to fetch");
         }
         Ok(names)
+    }
+}
+
+/// The packages apt's simulated install would unpack (`Inst NAME (VERSION …)` lines).
+fn packages_to_install(simulation: &str) -> Vec<String> {
+    simulation
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst ")?.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_packages_of_a_simulated_install() {
+        let simulation = "\
+Reading package lists...
+The following NEW packages will be installed:
+  libc6 vulkan-tools
+Inst libc6 (2.36-9+deb12u14 Debian-Security:12/stable-security [i386])
+Inst vulkan-tools (1.3.239.0+dfsg-1 Debian:12.11/stable [i386])
+Conf libc6 (2.36-9+deb12u14 Debian-Security:12/stable-security [i386])
+";
+        assert_eq!(packages_to_install(simulation), ["libc6", "vulkan-tools"]);
     }
 }
