@@ -11,13 +11,14 @@ mod agent;
 mod bins;
 mod game;
 mod host;
+mod i386;
 mod report;
 mod timing;
 mod workloads;
 
 pub use agent::{
-    agent, agent_with_env, assert_one_line_error, spawn_agent, stderr, wait_with_deadline,
-    WatchedAgent,
+    agent, agent_command, agent_with_env, assert_one_line_error, spawn_agent, stderr,
+    wait_with_deadline, WatchedAgent,
 };
 pub use bins::{agent_bin, game_bin, hog_bin, probe_bin, promtool_bin, require_root};
 pub use game::{
@@ -25,6 +26,7 @@ pub use game::{
     GameRusage, PresentWindow, Rusage,
 };
 pub use host::{mount_point, Bpffs, FixtureHost, TestCgroup, Tree};
+pub use i386::I386;
 pub use report::{
     busiest, read_csv, read_json, skipped_runs, skipped_sched_runs, switch_count_slack,
 };

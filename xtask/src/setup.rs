@@ -23,7 +23,8 @@ pub enum Need {
     /// Run the agent's main job (doctor, then vkcube recorded under Xvfb): tracefs and the
     /// Vulkan demo's packages.
     Run,
-    /// Run the test suite: its workloads, real peers and clients, promtool and the DRM test VM.
+    /// Run the test suite: its workloads, real peers and clients, promtool, the DRM test VM and
+    /// the 32-bit programs.
     Test,
     /// Run the benchmarks: the test suite's tools plus the peers they are compared with.
     Bench,
@@ -105,7 +106,9 @@ pub fn setup(need: Need) -> Result<()> {
     }
     if need >= Need::Test {
         promtool()?;
-        crate::vm::prepare(&util::target_dir(&util::workspace_root()?))?;
+        let target = util::target_dir(&util::workspace_root()?);
+        crate::vm::prepare(&target)?;
+        crate::i386::prepare(&target)?;
     }
     Ok(())
 }
