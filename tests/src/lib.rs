@@ -14,6 +14,7 @@ mod host;
 mod i386;
 mod report;
 mod timing;
+mod wine;
 mod workloads;
 
 pub use agent::{
@@ -34,6 +35,7 @@ pub use timing::{
     assert_fps_allowed, assert_quantile_allowed, assert_within_windows, frame_bounds_ms,
     frame_bounds_ns, interval_bounds_ms, pace_ms, percentile,
 };
+pub use wine::{game_threads, second_window_truth, Wine, WINE64};
 pub use workloads::{
     monotonic_ns, pids_named, pin_to_cpu, wait_for_presents, wait_for_process,
     wait_until_presenting, Xvfb, X_WRITES_WHILE_PRESENTING,

@@ -68,6 +68,11 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     // A multi-threaded launcher that execs a game, in the tests.
     "python3",
+    // Windows games under Wine: Debian's wine64 runs a test game of our own, built with mingw-w64
+    // (Vulkan's headers from libvulkan-dev).
+    "wine64",
+    "gcc-mingw-w64-x86-64-win32",
+    "libvulkan-dev",
 ];
 
 /// Peers the benchmarks compare against or load the machine with.

@@ -42,8 +42,17 @@ pub fn is_wine_loader(exe: &str) -> bool {
 
 /// The Wine build string of `pid`'s `ntdll.so`, or `None` when it maps none or it cannot be read.
 pub fn wine_version(pid: u32) -> Option<String> {
-    let range = ntdll_mapping(pid)?;
-    let file = File::open(format!("/proc/{pid}/map_files/{range}")).ok()?;
+    let Some(range) = ntdll_mapping(pid) else {
+        log::debug!("pid {pid}: no ntdll.so mapped (yet)");
+        return None;
+    };
+    let file = match File::open(format!("/proc/{pid}/map_files/{range}")) {
+        Ok(file) => file,
+        Err(e) => {
+            log::debug!("pid {pid}: cannot open its ntdll.so mapping {range}: {e}");
+            return None;
+        }
+    };
     let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > NTDLL_MAX_BYTES {
         return None;

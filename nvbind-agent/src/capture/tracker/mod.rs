@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use nvbind_common::Culprit;
+use nvbind_common::{process_tracked, Culprit};
 
 use self::scan::{LastScan, SCAN_INTERVAL};
 use super::snapshots::ThreadSnapshots;
@@ -252,12 +252,26 @@ impl Tracker {
                     }
                 }
             }
+            Event::ProcessTracked(e) if e.header.aux == process_tracked::RENAMED => {
+                // It took a watched name while running: the kernel tracks it from now, and its
+                // threads that already exist are adopted here.
+                let pid = e.header.tgid;
+                if let Err(why) = self.probes.track_process(pid, self.follow_children) {
+                    log::warn!("pid {pid}: cannot adopt its threads: {why}");
+                }
+                self.note_process_named(pid, 0, false, comm_str(&e.comm))
+            }
             Event::ProcessTracked(e) => {
                 self.note_process_named(e.header.tgid, e.header.aux, false, comm_str(&e.comm))
             }
             Event::ProcessExec(e) => {
                 if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
                     p.comm = comm_str(&e.comm);
+                    refresh_identity(p);
+                }
+            }
+            Event::ProcessRenamed(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
                     refresh_identity(p);
                 }
             }
@@ -404,7 +418,40 @@ fn refresh_identity(record: &mut ProcessRecord) {
         while cmdline.last().is_some_and(String::is_empty) {
             cmdline.pop();
         }
-        record.cmdline = cmdline;
+        // An exited process (a zombie) has none left: what was read before stays.
+        if !cmdline.is_empty() {
+            record.cmdline = cmdline;
+        }
     }
-    record.identity = ProcessIdentity::read(record.pid, &record.comm, &record.exe, &record.cmdline);
+    let mut identity =
+        ProcessIdentity::read(record.pid, &record.comm, &record.exe, &record.cmdline);
+    // What can only be read while the process lives is kept from an earlier read (the Wine
+    // build of a process that has since exited).
+    if let (Some(now), Some(before)) = (identity.wine.as_mut(), record.identity.wine.as_ref()) {
+        if now.version.is_none() {
+            now.version = before.version.clone();
+        }
+    }
+    identity.steam_app_id = identity.steam_app_id.or(record.identity.steam_app_id);
+    if identity.name != record.identity.name || identity.wine != record.identity.wine {
+        let wine = identity
+            .wine
+            .as_ref()
+            .map(|w| {
+                format!(
+                    " under Wine ({})",
+                    w.version.as_deref().unwrap_or("build unread")
+                )
+            })
+            .unwrap_or_default();
+        // At info level for a Windows program (its name is not its comm's, and `--all` tracks
+        // every process: naming each would flood the log).
+        let level = if identity.wine.is_some() {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        log::log!(level, "pid {} is {}{wine}", record.pid, identity.name);
+    }
+    record.identity = identity;
 }
