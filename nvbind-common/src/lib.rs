@@ -607,6 +607,9 @@ pub struct PresentEvent {
     pub culprit: Culprit,
     /// The presenting thread's counters since its previous present (or since it was tracked).
     pub delta: ThreadCounters,
+    /// What the frame was handed to: the GLX drawable, the EGL surface, or the first swapchain
+    /// of the Vulkan present (0: unreadable). A process can present to several windows.
+    pub target: u64,
 }
 
 /// A `vkGet{Device,Instance}ProcAddr("vkQueuePresentKHR")` call returned `address` in `tgid`.

@@ -48,8 +48,52 @@ pub fn nvbind_present(ctx: ProbeContext) -> u32 {
         }
     }
     mark_presenter(t, tid);
-    emit_present(t, tgid, tid, source);
+    let target = present_target(&ctx, source);
+    emit_present(t, tgid, tid, source, target);
     0
+}
+
+/// The second argument of the probed call, widened to 64 bits, at the function's first
+/// instruction: x86-64 passes it in rsi, i386 (cdecl) at `[esp + 8]` (see [`name_argument`]).
+#[inline(always)]
+fn second_argument(ctx: &ProbeContext) -> Option<u64> {
+    // SAFETY: the context's registers are the program's own.
+    let regs = unsafe { &*ctx.regs };
+    if !is_32_bit(regs) {
+        return ctx.arg::<u64>(1);
+    }
+    let slot = (regs.rsp & 0xffff_ffff).wrapping_add(8) as *const u32;
+    // SAFETY: a checked read of user memory; a fault is an error, not a crash.
+    unsafe { bpf_probe_read_user(slot) }.ok().map(u64::from)
+}
+
+/// What a present hands its frame to: `glXSwapBuffers(dpy, drawable)`'s drawable,
+/// `eglSwapBuffers(dpy, surface)`'s surface, or the first swapchain in
+/// `vkQueuePresentKHR(queue, VkPresentInfoKHR *)` (0 when unreadable).
+#[inline(always)]
+fn present_target(ctx: &ProbeContext, source: u32) -> u64 {
+    let Some(argument) = second_argument(ctx) else {
+        return 0;
+    };
+    if source != present_source::VULKAN_LOADER && source != present_source::VULKAN_RESOLVED {
+        return argument;
+    }
+    // VkPresentInfoKHR { sType; pNext; waitSemaphoreCount; pWaitSemaphores; swapchainCount;
+    // pSwapchains; ... }: pSwapchains is at byte 40 with 8-byte pointers, at 20 on i386. A
+    // swapchain handle is 64 bits on both.
+    // SAFETY: the context's registers are the program's own.
+    let swapchains = if is_32_bit(unsafe { &*ctx.regs }) {
+        // SAFETY: a checked read of user memory.
+        unsafe { bpf_probe_read_user((argument + 20) as *const u32) }.map(u64::from)
+    } else {
+        // SAFETY: a checked read of user memory.
+        unsafe { bpf_probe_read_user((argument + 40) as *const u64) }
+    };
+    match swapchains {
+        // SAFETY: a checked read of user memory.
+        Ok(list) if list != 0 => unsafe { bpf_probe_read_user(list as *const u64) }.unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Return of a hooked `vkQueuePresentKHR`.
@@ -62,7 +106,7 @@ pub fn nvbind_present_vk_ret(_ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32) {
+fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u64) {
     let now = now_ns();
     // Close the running slice so this frame's on-CPU time includes it.
     if t.status == thread_status::RUNNING {
@@ -91,6 +135,7 @@ fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32) {
         (*e).max_blocked_ns = t.frame_max_blocked_ns;
         (*e).culprit = t.frame_culprit;
         t.totals.since_into(&t.at_last_present, &mut (*e).delta);
+        (*e).target = target;
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     t.at_last_present = t.totals;

@@ -12,7 +12,7 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use nvbind_tests::{
     assert_within_windows, game_threads, read_csv, read_json, read_truth, require_root,
-    wait_with_deadline, WatchedAgent, Wine, Xvfb,
+    second_window_truth, wait_with_deadline, WatchedAgent, Wine, Xvfb,
 };
 use serde_json::Value;
 
@@ -287,4 +287,44 @@ fn a_wine_game_is_found_by_its_exe_name_from_its_first_frame() {
         &["vulkan", "vulkan-loader"],
         wine,
     );
+}
+
+/// A game presenting to two windows at different rates (a second view, a launcher beside the
+/// game): its frames are its main window's, the one it presented the most frames to, and both
+/// windows are listed. The first window gets every frame, the second one in four (the game's
+/// own logs of each).
+#[test]
+fn a_game_presenting_to_two_windows_counts_its_main_one() {
+    let wine = Wine::require();
+    let (report, dir, _) = launched("two-windows", &[]);
+    let (_, csv, truth) = paths(dir.path());
+    let p = assert_wine_capture(&report, Path::new(&csv), Path::new(&truth), &["glx"], wine);
+    let second = second_window_truth(Path::new(&truth));
+    assert_eq!(
+        second.len(),
+        FRAMES / 4,
+        "the game's log of its second window"
+    );
+    let windows = p["frames"]["swapchains"].as_array().expect("swapchains");
+    let listed: Vec<(bool, u64)> = windows
+        .iter()
+        .map(|w| (w["main"] == true, w["frames"].as_u64().expect("frames")))
+        .collect();
+    assert_eq!(
+        listed,
+        [(true, FRAMES as u64), (false, second.len() as u64)],
+        "{windows:?}"
+    );
+    assert_ne!(windows[0]["id"], windows[1]["id"]);
+    // Presents to the second window are counted where they belong, not as frames.
+    assert_eq!(
+        p["frames"]["sources_seen"]["glx"].as_u64(),
+        Some((FRAMES + second.len()) as u64),
+        "{}",
+        p["frames"]
+    );
+    let (out, _, _) = paths(dir.path());
+    let summary = nvbind_tests::agent(&["report", &out]);
+    let text = String::from_utf8_lossy(&summary.stdout);
+    assert!(text.contains("presented to 2 windows"), "{text}");
 }

@@ -29,6 +29,8 @@ pub struct Frame {
     pub last_preemptor_tid: u32,
     /// Who ran while the presenting thread waited for a CPU in this interval.
     pub culprit: Culprit,
+    /// What it was handed to: a GLX drawable, an EGL surface, a Vulkan swapchain (0: unknown).
+    pub target: u64,
 }
 
 /// A tracked process and its frames.

@@ -10,7 +10,7 @@ use super::{
     units::{ms, secs, FrameMs},
     AgentInfo, CaptureInfo, CrtcReport, DrmInfo, FrameRow, FramesReport, HostInfo,
     IoctlClassReport, OtherProcess, OtherProcesses, Preemptor, PresentingThreadReport,
-    ProcessReport, Report, SchedReport, ThreadReport, Timeline, SCHEMA,
+    ProcessReport, Report, SchedReport, SwapchainReport, ThreadReport, Timeline, SCHEMA,
 };
 use crate::{
     frames::{stats, Capture, Frame, ProcessRecord, SOURCE_PREFERENCE},
@@ -97,17 +97,20 @@ fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>
     }
 }
 
-/// The frames of one process from its chosen source, each carrying the evidence of every present
-/// of its thread since the previous chosen frame (evidence from other sources is folded in, not lost).
+/// The frames of one process: from its chosen source and, when it presents to several windows,
+/// to its main one ([`main_target`]). Each carries the evidence of every present of its thread
+/// since the previous chosen frame (presents from other sources or to other windows are folded
+/// in, not lost).
 fn chosen_frames(p: &ProcessRecord) -> (u32, Vec<Frame>) {
     let count = |s: u32| p.frames.iter().filter(|f| f.source == s).count();
     let Some(source) = SOURCE_PREFERENCE.into_iter().find(|&s| count(s) > 0) else {
         return (0, Vec::new());
     };
+    let main = main_target(&targets(p, source));
     let mut pending: HashMap<u32, ThreadCounters> = HashMap::new();
     let mut frames = Vec::new();
     for f in &p.frames {
-        if f.source == source {
+        if f.source == source && f.target == main {
             let mut frame = *f;
             if let Some(extra) = pending.remove(&f.tid) {
                 frame.delta.add(&extra);
@@ -118,6 +121,63 @@ fn chosen_frames(p: &ProcessRecord) -> (u32, Vec<Frame>) {
         }
     }
     (source, frames)
+}
+
+/// What one window (swapchain, drawable, surface) of a process was handed, from one source.
+struct TargetFrames {
+    target: u64,
+    first_ns: u64,
+    last_ns: u64,
+    frames: u64,
+}
+
+/// Every target `source`'s presents went to, in the order each was first presented to.
+fn targets(p: &ProcessRecord, source: u32) -> Vec<TargetFrames> {
+    let mut seen: Vec<TargetFrames> = Vec::new();
+    for f in p.frames.iter().filter(|f| f.source == source) {
+        match seen.iter_mut().find(|t| t.target == f.target) {
+            Some(t) => {
+                t.frames += 1;
+                t.last_ns = f.ts_ns;
+            }
+            None => seen.push(TargetFrames {
+                target: f.target,
+                first_ns: f.ts_ns,
+                last_ns: f.ts_ns,
+                frames: 1,
+            }),
+        }
+    }
+    seen
+}
+
+/// The process's main window: the one it presented the most frames to (a game's view over its
+/// launcher, a second view, an overlay's window); on a tie, the one presented to first.
+fn main_target(targets: &[TargetFrames]) -> u64 {
+    targets
+        .iter()
+        .enumerate()
+        .max_by(|(i, a), (j, b)| a.frames.cmp(&b.frames).then(j.cmp(i)))
+        .map_or(0, |(_, t)| t.target)
+}
+
+/// The windows of a process that presented to more than one (none otherwise).
+fn swapchain_reports(p: &ProcessRecord, source: u32) -> Vec<SwapchainReport> {
+    let targets = targets(p, source);
+    if targets.len() < 2 {
+        return Vec::new();
+    }
+    let main = main_target(&targets);
+    targets
+        .iter()
+        .map(|t| SwapchainReport {
+            id: format!("{:#x}", t.target),
+            main: t.target == main,
+            frames: t.frames,
+            fps_avg: (t.frames > 1 && t.last_ns > t.first_ns)
+                .then(|| (t.frames - 1) as f64 / secs(t.last_ns - t.first_ns)),
+        })
+        .collect()
 }
 
 /// One CSV row per chosen frame, with its stutter verdict and the GPU's state over it.
@@ -208,6 +268,7 @@ fn frames_report(
         },
         sources_seen,
         presenting_tids: presenting_tids(frames),
+        swapchains: swapchain_reports(p, source),
         vulkan_present_functions: p.resolved_present.clone(),
         duration_s: match (frames.first(), frames.last()) {
             (Some(a), Some(b)) => secs(b.ts_ns - a.ts_ns),
@@ -408,6 +469,7 @@ mod tests {
             max_blocked_ns: 0,
             last_preemptor_tid: 0,
             culprit: Default::default(),
+            target: 0,
         }
     }
 
@@ -503,6 +565,56 @@ mod tests {
         assert_eq!(upgraded.processes[0].name, "game2.exe");
         assert_eq!(upgraded.other_processes.count, 1);
         assert_eq!(upgraded.other_processes.processes[0].name, "game9.exe");
+    }
+
+    #[test]
+    fn the_main_window_is_the_one_with_the_most_frames() {
+        let mut capture = Capture::default();
+        let on = |ts_ms: u64, target: u64| Frame {
+            target,
+            ..frame(ts_ms, 2, present_source::GLX, 1)
+        };
+        // A launcher window first, then the game's at twice its rate.
+        let mut frames: Vec<Frame> = (0..10).map(|i| on(i * 20, 0xa)).collect();
+        frames.extend((0..20).map(|i| on(5 + i * 10, 0xb)));
+        frames.sort_by_key(|f| f.ts_ns);
+        capture.processes.insert(
+            2,
+            ProcessRecord {
+                pid: 2,
+                frames,
+                ..Default::default()
+            },
+        );
+        let (report, rows) = build(&capture);
+        let f = &report.processes[0].frames;
+        assert_eq!(f.count, 20, "the game's window");
+        assert_eq!(rows.len(), 20);
+        assert!(
+            (f.fps_avg.expect("fps") - 100.0).abs() < 1e-9,
+            "{:?}",
+            f.fps_avg
+        );
+        let windows: Vec<(&str, bool, u64)> = f
+            .swapchains
+            .iter()
+            .map(|w| (w.id.as_str(), w.main, w.frames))
+            .collect();
+        assert_eq!(windows, [("0xa", false, 10), ("0xb", true, 20)]);
+        // Every present's evidence is kept: the launcher's fold into the game's frames.
+        let on_cpu: u64 = rows
+            .iter()
+            .map(|r| (r.on_cpu_ms * 1e6).round() as u64)
+            .sum();
+        assert_eq!(on_cpu, 30, "{rows:?}");
+        // On a tie, the window presented to first.
+        let tie = [(0xc, 5), (0xd, 5)].map(|(target, frames)| TargetFrames {
+            target,
+            first_ns: target,
+            last_ns: target,
+            frames,
+        });
+        assert_eq!(main_target(&tie), 0xc);
     }
 
     #[test]

@@ -520,6 +520,7 @@ mod tests {
             max_blocked_ns: 0,
             last_preemptor_tid: 0,
             culprit: Default::default(),
+            target: 0,
         }
     }
 

@@ -253,6 +253,10 @@ pub struct FramesReport {
     pub sources_seen: BTreeMap<String, u64>,
     /// Threads that presented.
     pub presenting_tids: Vec<u32>,
+    /// When the process presented to several windows (Vulkan swapchains, GLX drawables, EGL
+    /// surfaces) from the chosen source: each, and which is the main one whose frames these are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swapchains: Vec<SwapchainReport>,
     /// Vulkan `vkQueuePresentKHR` implementations learned for this process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vulkan_present_functions: Vec<String>,
@@ -268,6 +272,19 @@ pub struct FramesReport {
     /// and the process flipped or waited on a display itself; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display: Option<display::DisplayReport>,
+}
+
+/// One window a process presented to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwapchainReport {
+    /// The handle the present was given (the Vulkan swapchain, the GLX drawable's XID, the EGL
+    /// surface), in hexadecimal; 0x0 when it could not be read.
+    pub id: String,
+    /// Whether its frames are the process's `frames` (the one with the most frames).
+    pub main: bool,
+    pub frames: u64,
+    /// Frames over the time from its first to its last (absent with fewer than 2 frames).
+    pub fps_avg: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

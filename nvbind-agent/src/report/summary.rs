@@ -134,6 +134,22 @@ fn process(out: &mut String, p: &ProcessReport, worst: usize) {
         f.duration_s,
         f.fps_avg.unwrap_or(0.0)
     );
+    if !f.swapchains.is_empty() {
+        let windows: Vec<String> = f
+            .swapchains
+            .iter()
+            .map(|w| {
+                let main = if w.main { ", its frames above" } else { "" };
+                format!("{} {} frames{main}", w.id, w.frames)
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  presented to {} windows: {}",
+            f.swapchains.len(),
+            windows.join("; ")
+        );
+    }
     if let Some(t) = &f.frame_time_ms {
         let _ = writeln!(
             out,

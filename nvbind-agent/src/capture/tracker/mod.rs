@@ -213,6 +213,7 @@ impl Tracker {
                         max_blocked_ns: e.max_blocked_ns,
                         last_preemptor_tid: e.last_preemptor_tid,
                         culprit: e.culprit,
+                        target: e.target,
                     });
                 }
                 self.note_culprit(&e.culprit);
