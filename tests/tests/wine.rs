@@ -12,7 +12,7 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use nvbind_tests::{
     assert_within_windows, game_threads, read_csv, read_json, read_truth, require_root,
-    second_window_truth, wait_with_deadline, WatchedAgent, Wine, Xvfb,
+    second_window_truth, wait_with_deadline, TestCgroup, Tree, WatchedAgent, Wine, Xvfb,
 };
 use serde_json::Value;
 
@@ -105,6 +105,15 @@ fn assert_wine_helpers_folded(report: &Value) {
 /// `record -- wine64 wingame.exe MODE FRAMES TRUTH` on a private Xvfb; the report, the CSV and
 /// the truth file, and what the agent printed.
 fn launched(mode: &str, extra_env: &[(&str, &str)]) -> (Value, tempfile::TempDir, String) {
+    launched_in(mode, extra_env, None)
+}
+
+/// As [`launched`], the game started inside `cgroup` (cgroup v2) when one is given.
+fn launched_in(
+    mode: &str,
+    extra_env: &[(&str, &str)],
+    cgroup: Option<&Path>,
+) -> (Value, tempfile::TempDir, String) {
     require_root();
     let wine = Wine::require();
     let x = Xvfb::start().expect("Xvfb");
@@ -119,6 +128,15 @@ fn launched(mode: &str, extra_env: &[(&str, &str)]) -> (Value, tempfile::TempDir
         csv,
         "--".into(),
     ];
+    if let Some(cgroup) = cgroup {
+        // The shell moves itself into the cgroup, then becomes Wine (same pid).
+        args.extend([
+            "sh".to_string(),
+            "-c".into(),
+            format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cgroup.display()),
+            "sh".into(),
+        ]);
+    }
     args.extend(wine.game_argv(&[mode, &frames, &truth]));
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let env = wine.env(&x.display);
@@ -175,7 +193,14 @@ fn an_opengl_game_under_wine_is_captured_exactly_and_named_by_its_exe() {
 #[test]
 fn a_vulkan_game_under_wine_is_captured_exactly_through_winevulkan() {
     let wine = Wine::require();
-    let (report, dir, printed) = launched("vk", &[]);
+    // Started the way Steam starts games where it uses systemd scopes: in a cgroup named after
+    // the app.
+    let parent = TestCgroup::new(Tree::V2, "steam");
+    let scope = parent.path.join("app-steam-app570-4711.scope");
+    std::fs::create_dir(&scope).expect("create the app's cgroup");
+    let (report, dir, printed) = launched_in("vk", &[], Some(&scope));
+    // Every process in it has exited (the capture waited for all of them).
+    std::fs::remove_dir(&scope).expect("remove the app's cgroup");
     let (_, csv, truth) = paths(dir.path());
     let p = assert_wine_capture(
         &report,
@@ -184,7 +209,7 @@ fn a_vulkan_game_under_wine_is_captured_exactly_through_winevulkan() {
         &["vulkan", "vulkan-loader"],
         wine,
     );
-    assert!(p.get("steam_app_id").is_none(), "not a Steam game: {p}");
+    assert_eq!(p["steam_app_id"], 570, "from its cgroup: {p}");
     // The console lists the game by its name, and only the game.
     assert!(
         printed.contains(&format!("wingame.exe (pid {})", p["pid"])),
