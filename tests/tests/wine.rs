@@ -236,6 +236,7 @@ fn a_game_presenting_from_a_second_thread_has_its_evidence_on_the_right_threads(
         &["vulkan", "vulkan-loader"],
         wine,
     );
+    assert!(p.get("steam_app_id").is_none(), "not a Steam game: {p}");
     let (game, presenter) = game_threads(Path::new(&truth));
     assert_ne!(
         game, presenter,
