@@ -804,7 +804,7 @@ mod tests {
         );
         assert_eq!(
             size_of::<PresentEvent>(),
-            24 + 8 + 16 + size_of::<Culprit>() + size_of::<ThreadCounters>()
+            24 + 8 + 16 + size_of::<Culprit>() + size_of::<ThreadCounters>() + 8
         );
     }
 }
