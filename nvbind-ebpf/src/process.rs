@@ -83,9 +83,18 @@ pub fn nvbind_rename(ctx: TracePointContext) -> u32 {
         emit(event_kind::PROCESS_RENAMED, tgid, tid, 0);
         return 0;
     }
-    let Some(comm) = field::<[u8; TASK_COMM_LEN]>(&ctx, &RENAME_NEWCOMM_OFF) else {
+    let Some(mut comm) = field::<[u8; TASK_COMM_LEN]>(&ctx, &RENAME_NEWCOMM_OFF) else {
         return 0;
     };
+    // The kernel copies the new name with `strscpy`, which does not clear the record's bytes
+    // after its NUL: whatever the trace buffer held there would make the name a different key.
+    let mut ended = false;
+    for byte in comm.iter_mut() {
+        ended |= *byte == 0;
+        if ended {
+            *byte = 0;
+        }
+    }
     // SAFETY: plain lookup of a u32 value.
     let Some(flags) = (unsafe { WATCHED_COMMS.get(&comm) }).copied() else {
         return 0;

@@ -15,6 +15,7 @@ use crate::PresentWindow;
 
 /// Debian's Wine loader (`wine64`; the `wine` package's `/usr/bin/wine` wrapper is not needed).
 pub const WINE64: &str = "/usr/lib/wine/wine64";
+const WINESERVER: &str = "/usr/lib/wine/wineserver64";
 const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
 
 /// Wine, a prefix for this test process, and the test game built for it.
@@ -52,6 +53,20 @@ impl Wine {
                 version: String::from_utf8_lossy(&version.stdout).trim().to_string(),
             }
         })
+    }
+
+    /// Stops the prefix's Wine server and its services if an earlier test left them running (the
+    /// server lingers a few seconds after its last program): each test's game starts its own,
+    /// as a game started cold does.
+    pub fn quiet(&self) {
+        for flag in ["-k", "-w"] {
+            let _ = Command::new(WINESERVER)
+                .arg(flag)
+                .env("WINEPREFIX", &self.prefix)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     /// `wine64 wingame.exe ARGS` on `display`, in this test run's prefix.
@@ -164,7 +179,7 @@ fn make_prefix(dir: &Path, prefix: &Path) {
     );
     // wineboot returns once the prefix is made; its server lingers a few seconds. Wait for it
     // so that the tests' own runs start from a quiet prefix.
-    let _ = Command::new("/usr/lib/wine/wineserver64")
+    let _ = Command::new(WINESERVER)
         .arg("-w")
         .env("WINEPREFIX", prefix)
         .status();

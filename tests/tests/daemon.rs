@@ -1562,6 +1562,7 @@ fn a_wine_game_is_tracked_and_named_by_its_exe() {
     require_root();
     let _one = serial();
     let wine = Wine::require();
+    wine.quiet();
     let x = Xvfb::start().expect("Xvfb");
     let daemon = Daemon::start("");
     let work = tempfile::tempdir().expect("tempdir");

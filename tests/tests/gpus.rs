@@ -44,7 +44,11 @@ struct UntilStopped {
 
 impl UntilStopped {
     fn new(host: &FixtureHost) -> UntilStopped {
-        let file = host.dir.path().join("stop-the-game");
+        // One file per recording: a test that records twice on one host must not find the
+        // first game's stop file already there.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = host.dir.path().join(format!("stop-the-game-{n}"));
         UntilStopped {
             arg: file.display().to_string(),
             file,

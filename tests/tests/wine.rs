@@ -116,6 +116,7 @@ fn launched_in(
 ) -> (Value, tempfile::TempDir, String) {
     require_root();
     let wine = Wine::require();
+    wine.quiet();
     let x = Xvfb::start().expect("Xvfb");
     let dir = tempfile::tempdir().expect("tempdir");
     let (out, csv, truth) = paths(dir.path());
@@ -267,6 +268,7 @@ fn a_game_presenting_from_a_second_thread_has_its_evidence_on_the_right_threads(
 fn a_wine_game_is_found_by_its_exe_name_from_its_first_frame() {
     require_root();
     let wine = Wine::require();
+    wine.quiet();
     let x = Xvfb::start().expect("Xvfb");
     let dir = tempfile::tempdir().expect("tempdir");
     let (out, csv, truth) = paths(dir.path());

@@ -134,6 +134,22 @@ impl Tracker {
         if let Err(e) = self.probes.track_process(pid, self.follow_children) {
             log::debug!("pid {pid}: cannot track its threads: {e}");
         }
+        // Their names now, while they live: a short-lived process may be gone by the next scan.
+        self.learn_thread_names(pid, &crate::probes::thread_ids(pid));
+    }
+
+    /// Reads the names of `pid`'s threads `tids` not named yet (a thread that has exited is
+    /// skipped: its name is gone with it).
+    pub(in crate::capture) fn learn_thread_names(&mut self, pid: u32, tids: &[u32]) {
+        for &tid in tids {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.capture.thread_names.entry(tid)
+            {
+                if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
+                    slot.insert(name.trim_end().to_string());
+                }
+            }
+        }
     }
 
     /// Hooks the graphics libraries `pid` maps that are not hooked yet (copies inside containers
