@@ -15,7 +15,6 @@ use super::{
 use crate::{
     frames::{stats, Capture, Frame, ProcessRecord, SOURCE_PREFERENCE},
     gpu,
-    identity::display_name,
     probes::comm_str,
     stutter::GpuEvidence,
 };
@@ -76,11 +75,7 @@ fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>
     ProcessReport {
         pid: p.pid,
         ppid: p.ppid,
-        name: if p.identity.name.is_empty() {
-            display_name(&p.comm, &p.exe, &p.cmdline)
-        } else {
-            p.identity.name.clone()
-        },
+        name: p.name(),
         comm: p.comm.clone(),
         exe: p.exe.clone(),
         cmdline: p.cmdline.clone(),
