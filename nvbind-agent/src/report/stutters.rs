@@ -154,6 +154,8 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
             .blocked_ns
             .saturating_sub(d.blocked_in_gpu_ioctl_ns)
             .saturating_sub(d.blocked_uninterruptible_ns)),
+        unseen_ms: c.unseen,
+        missed_switches: d.missed_switches,
         involuntary_switches: d.involuntary_switches,
         migrations: d.migrations,
         gpu_ioctls: c.gpu_ioctls,
