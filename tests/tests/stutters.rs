@@ -250,13 +250,13 @@ fn unreported(cause: &str, unseen_ms: f64) -> bool {
 /// How much of a stutter's frame the kernel did not report (`unseen_ms` of its presenting
 /// thread): 0 when every switch reached the probes. A stall's block may be short by as much, and
 /// no more (a block misfiled as CPU time or a CPU wait still fails).
-fn unrecorded_ms(e: &serde_json::Value) -> f64 {
+fn unseen_ms(e: &serde_json::Value) -> f64 {
     field(&e["evidence"]["presenting_thread"], "unseen_ms")
 }
 
 /// [`unreported`] for a stutter event.
 fn stutter_unreported(e: &serde_json::Value) -> bool {
-    unreported(e["cause"].as_str().unwrap_or(""), unrecorded_ms(e))
+    unreported(e["cause"].as_str().unwrap_or(""), unseen_ms(e))
 }
 
 fn field(t: &serde_json::Value, name: &str) -> f64 {
@@ -275,7 +275,7 @@ fn a_sleeping_render_thread_is_blocked() {
         // the call and going to sleep); no block outlasts the frame that holds it.
         let max_blocked = field(&t, "max_blocked_ms");
         assert!(
-            (STALL_MS - 5.0 - unrecorded_ms(e)..=frame_ms).contains(&max_blocked),
+            (STALL_MS - 5.0 - unseen_ms(e)..=frame_ms).contains(&max_blocked),
             "longest block {max_blocked} ms, the frame at most {frame_ms:.2} ms: {e}"
         );
         assert!(field(&t, "blocked_in_gpu_ioctl_ms") < 1.0, "{e}");
@@ -292,7 +292,7 @@ fn waiting_on_a_lock_is_blocked() {
         // frame thread spends that time blocked on the lock, save what it spent waiting for a CPU
         // (counted apart) and a few instructions.
         let max_blocked = field(&t, "max_blocked_ms");
-        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms") - unrecorded_ms(e);
+        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms") - unseen_ms(e);
         assert!(
             (least..=frame_ms).contains(&max_blocked),
             "longest block {max_blocked} ms, expected [{least:.2}, {frame_ms:.2}]: {e}"
@@ -320,7 +320,7 @@ fn a_wait_inside_a_gpu_ioctl_is_a_driver_wait() {
         // The waker sleeps 60 ms before signalling: the frame thread spends that time inside
         // KVM_RUN, save what it spent waiting for a CPU and entering the ioctl.
         let in_driver = field(&t, "blocked_in_gpu_ioctl_ms");
-        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms") - unrecorded_ms(e);
+        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms") - unseen_ms(e);
         assert!(
             (least..=frame_ms).contains(&in_driver),
             "{in_driver} ms inside the ioctl, expected [{least:.2}, {frame_ms:.2}]: {e}"
