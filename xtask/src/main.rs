@@ -125,6 +125,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             if !util::is_root() {
                 bail!("the integration tests load eBPF programs: run as root");
             }
+            // A fresh clone's test build, VM and fixtures take about 7 GiB under target/ (xtask's
+            // own build is there already, so look for the agent's); a warm one adds incremental
+            // state and the run's own files.
+            let target = target_dir(&root);
+            let warm = target.join("debug/nvbind-agent").is_file();
+            let need_gib = if warm { 3 } else { 8 };
+            util::ensure_free_space(&target, need_gib << 30, "`cargo xtask test`")?;
             setup::setup(setup::Need::Test)?;
             test::test(
                 &root,

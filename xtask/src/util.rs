@@ -99,3 +99,40 @@ pub fn output_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Bytes free to an unprivileged writer on the filesystem holding `path` (or the nearest
+/// existing ancestor), or None where statvfs cannot say.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and stats is a writable statvfs that the
+    // call fills in entirely when it returns 0.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stats = unsafe { stats.assume_init() };
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// Refuses to start a long job that would die halfway with "No space left on device" from a
+/// linker, far from its cause: `need` bytes must be free where `dir` lives.
+pub fn ensure_free_space(dir: &Path, need: u64, job: &str) -> Result<()> {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let Some(free) = free_bytes(dir) else {
+        // Not knowing is no reason to refuse; the build itself will say if space runs out.
+        return Ok(());
+    };
+    if free < need {
+        bail!(
+            "{job} needs about {:.0} GiB free under {}, and only {:.1} GiB is: free some space \
+             (for example `cargo clean`, or remove old clones and their target/ folders) and run it again",
+            need as f64 / GIB,
+            dir.display(),
+            free as f64 / GIB
+        );
+    }
+    Ok(())
+}
