@@ -135,7 +135,13 @@ impl Tracker {
             log::debug!("pid {pid}: cannot track its threads: {e}");
         }
         // Their names now, while they live: a short-lived process may be gone by the next scan.
-        self.learn_thread_names(pid, &crate::probes::thread_ids(pid));
+        // The list is kept with them: a capture keeps the names of its process's threads only.
+        let tids = crate::probes::thread_ids(pid);
+        self.learn_thread_names(pid, &tids);
+        let known = self.tids.entry(pid).or_default();
+        known.extend(tids);
+        known.sort_unstable();
+        known.dedup();
     }
 
     /// Reads the names of `pid`'s threads `tids` not named yet (a thread that has exited is

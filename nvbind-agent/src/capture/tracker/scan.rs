@@ -101,7 +101,8 @@ impl Tracker {
                 if let Some(p) = self.capture.processes.get_mut(&pid) {
                     p.exited_ns = Some(now);
                 }
-                self.tids.remove(&pid);
+                // Its thread list stays until the process is taken out as a capture: the report
+                // names its threads from it (their /proc entries are gone now).
                 self.snapshots.forget(pid);
                 continue;
             }
