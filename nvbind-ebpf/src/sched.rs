@@ -8,22 +8,28 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_smp_processor_id, generated::bpf_get_current_cgroup_id,
+        bpf_get_current_comm, bpf_get_smp_processor_id, bpf_probe_read_kernel_buf,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use nvbind_common::{
-    blocked_kind, hist_bucket, ioctl_class, task_state, thread_status, Culprit, PreemptorKey,
-    PreemptorValue, ProcessHistograms, ThreadState, RECENT_WAIT_NS, TASK_COMM_LEN,
+    blocked_kind, culprit_flags, hist_bucket, ioctl_class, task_state, thread_status, Culprit,
+    HeldBy, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState, WatchedWait,
+    HELD_SLOTS, MAX_ANCESTORS, RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN,
 };
 
 use crate::state::{
-    current_ids, field, kernel_field, now_ns, thread, CPU_WATCH, PREEMPTORS, PRESENTER_HISTS,
+    current_ids, field, kernel_field, now_ns, thread, CPU_WATCH, CULPRIT_SCRATCH, PREEMPTORS, PRESENTER_HISTS,
     PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_COMM_OFF,
-    TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF, TASK_REPORT_MAX, WAKEUP_PID_OFF,
+    TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_FLAGS_OFF, TASK_GROUP_LEADER_OFF, TASK_PID_OFF,
+    TASK_REAL_PARENT_OFF, TASK_REPORT_MAX, TASK_START_TIME_OFF, TASK_TGID_OFF, WAKEUP_PID_OFF,
     WAKEUP_TARGET_CPU_OFF,
 };
+
+/// `PF_KTHREAD` in `task_struct.flags`: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// What a `sched_switch` hook tells about one switch; each hook reads a value only when the
 /// switch concerns a tracked thread and needs it.
@@ -146,7 +152,7 @@ fn switched(args: &impl Switch) {
         if let Some(prev) = thread(prev_tid) {
             // An exited thread's counters are final (its last switch closed them).
             if prev.status != thread_status::EXITED {
-                switched_out(args, prev, now, cpu, next_tid);
+                switched_out(args, prev, prev_tid, now, cpu, next_tid);
             }
         }
     }
@@ -165,6 +171,7 @@ fn switched(args: &impl Switch) {
 fn switched_out(
     args: &impl Switch,
     prev: &mut ThreadState,
+    prev_tid: u32,
     now: u64,
     cpu: u32,
     next_tid: Option<u32>,
@@ -202,7 +209,7 @@ fn switched_out(
         }
         // The preemptor may run only a moment (the game's own worker it woke, a kworker) before a
         // hog takes the CPU for the rest of the wait: watch the CPU as for a wakeup.
-        arm_watch(prev, cpu, now);
+        arm_watch(prev, prev_tid, cpu, now);
     } else {
         prev.status = thread_status::BLOCKED;
         prev.totals.voluntary_switches += 1;
@@ -252,8 +259,12 @@ fn switched_in(
     let waited = now.saturating_sub(next.since_ns);
     match next.status {
         // An exiting thread's waits say nothing about the game (and its preemptions were not
-        // counted either, see `switched_out`).
-        thread_status::RUNNABLE if next.exiting != 0 => {}
+        // counted either, see `switched_out`); its watched wait ends all the same.
+        thread_status::RUNNABLE if next.exiting != 0 => {
+            if let Some(c) = scratch() {
+                take_wait(next, next_tid, waited, cpu, c);
+            }
+        }
         thread_status::RUNNABLE => {
             next.totals.runq_wait_ns += waited;
             if waited > next.frame_max_runq_wait_ns {
@@ -275,57 +286,290 @@ fn switched_in(
     next.since_ns = now;
 }
 
-/// While a tracked thread waits for this CPU, remembers the longest stretch another task held it.
+/// The task whose stretch on a CPU just ended (the current task at a switch).
+struct Stretch {
+    cgroup_id: u64,
+    tid: u32,
+    tgid: u32,
+    comm: [u8; TASK_COMM_LEN],
+}
+
+/// The process a stretch of the current task is blamed on: its id, its main thread (whose name
+/// the process goes by; a kernel address, 0 when unknown) and [`culprit_flags`].
+struct Blamed {
+    leader: u64,
+    pid: u32,
+    flags: u32,
+}
+
+/// The process the current task's CPU time is blamed on in a wait that began at `since`: its
+/// own process (`tgid`) when that was already running, else the nearest ancestor that was (at
+/// most `MAX_ANCESTORS` up, else the furthest looked at), never init or kthreadd (an orphan, or a
+/// process the kernel started, answers for itself), and a kernel thread always for itself.
+/// Without the kernel's `task_struct` layout (no BTF), the current process.
 #[inline(always)]
+fn blamed_for(tgid: u32, since: u64) -> Blamed {
+    let mut b = Blamed {
+        leader: 0,
+        pid: tgid,
+        flags: 0,
+    };
+    if TASK_GROUP_LEADER_OFF.load() == 0 {
+        return b;
+    }
+    // SAFETY: a helper without arguments; the pointer is only read through checked
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let mut leader = kernel_field::<u64>(task, &TASK_GROUP_LEADER_OFF).unwrap_or(0);
+    for depth in 0..=MAX_ANCESTORS {
+        let at = leader as *const u8;
+        let pid = kernel_field::<u32>(at, &TASK_TGID_OFF).unwrap_or(0);
+        if leader == 0 || pid == 0 {
+            break;
+        }
+        let start_ns = kernel_field::<u64>(at, &TASK_START_TIME_OFF).unwrap_or(0);
+        let kernel_thread = kernel_field::<u32>(at, &TASK_FLAGS_OFF).unwrap_or(0) & PF_KTHREAD != 0;
+        b.leader = leader;
+        b.pid = pid;
+        b.flags = match (kernel_thread, depth) {
+            (true, _) => culprit_flags::KERNEL_THREAD,
+            (false, 0) => 0,
+            (false, _) => culprit_flags::CHILDREN,
+        };
+        if kernel_thread || start_ns <= since {
+            break;
+        }
+        let parent = kernel_field::<u64>(at, &TASK_REAL_PARENT_OFF).unwrap_or(0);
+        let ppid = kernel_field::<u32>(parent as *const u8, &TASK_TGID_OFF).unwrap_or(0);
+        if parent == 0 || ppid <= 2 {
+            break;
+        }
+        leader = kernel_field::<u64>(parent as *const u8, &TASK_GROUP_LEADER_OFF).unwrap_or(0);
+    }
+    b
+}
+
+/// Writes the name of `who` (its main thread's, so the name after an `execve`) into `dst`; the
+/// current task's `comm` when the kernel's layout is unknown.
+#[inline(always)]
+fn process_comm(who: &Blamed, current: &[u8; TASK_COMM_LEN], dst: &mut [u8; TASK_COMM_LEN]) {
+    let offset = TASK_COMM_OFF.load();
+    if who.leader != 0 && offset != 0 {
+        // SAFETY: a checked read of the kernel's task name, at its offset from BTF.
+        let read =
+            unsafe { bpf_probe_read_kernel_buf((who.leader as *const u8).add(offset as usize), dst) };
+        if read.is_ok() {
+            return;
+        }
+    }
+    *dst = *current;
+}
+
+/// A context switch on a watched CPU: the stretch that ends (the current task's) is added to
+/// every tracked wait it overlapped, under the process blamed for it.
+///
+/// A BPF function of its own, not inlined: its frame and the rest of `sched_switch`'s would not
+/// fit the 512-byte BPF stack together.
+#[inline(never)]
 fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
     let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
         return;
     };
-    // SAFETY: live map value; a racing arm from another CPU can at worst lose one stretch.
+    // SAFETY: live map value; a racing update from another CPU (a waker following a new wait)
+    // can at worst lose part of one stretch.
     let w = unsafe { &mut *w };
     if w.armed_ns == 0 {
         return;
     }
-    let start = if w.last_switch_ns > w.armed_ns {
-        w.last_switch_ns
-    } else {
-        w.armed_ns
-    };
-    let stretch = now.saturating_sub(start);
+    let start = w.last_switch_ns;
     w.last_switch_ns = now;
-    if prev_tid == 0 || stretch <= w.longest.wait_ns {
+    if prev_tid == 0 {
         return;
     }
-    w.longest.wait_ns = stretch;
-    w.longest.at_ns = now;
-    w.longest.tid = prev_tid;
-    w.longest.tgid = prev_tgid;
-    w.longest.comm = bpf_get_current_comm().unwrap_or_default();
-    // SAFETY: helper without arguments; the current task is `prev`.
-    w.longest.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // The earliest wait this stretch held up: the holder's process counts as itself only if it
+    // was running when that wait began (one lineage for all the waits: the earliest is the
+    // strictest).
+    let mut oldest = 0;
+    for ww in w.waits.iter() {
+        if followed(ww, now) && ww.tid != prev_tid && (oldest == 0 || ww.since_ns < oldest) {
+            oldest = ww.since_ns;
+        }
+    }
+    if oldest == 0 {
+        return;
+    }
+    let who = blamed_for(prev_tgid, oldest);
+    let task = Stretch {
+        // SAFETY: helper without arguments; the current task is `prev`.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tid: prev_tid,
+        tgid: prev_tgid,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    for ww in w.waits.iter_mut() {
+        // A waiter never holds up its own wait.
+        if !followed(ww, now) || ww.tid == prev_tid {
+            continue;
+        }
+        let from = if start > ww.since_ns {
+            start
+        } else {
+            ww.since_ns
+        };
+        add_held(ww, &who, now.saturating_sub(from), &task);
+    }
 }
 
-/// Arms the watch of the CPU a tracked thread waits for, woken onto it or preempted on it (unless
-/// another wait holds the watch).
+/// Whether a place in a watch holds a wait still worth following at `now` (not free, not stale).
 #[inline(always)]
-fn arm_watch(t: &mut ThreadState, cpu: u32, now: u64) {
+fn followed(ww: &WatchedWait, now: u64) -> bool {
+    ww.since_ns != 0 && ww.since_ns < now && now - ww.since_ns <= STALE_WAIT_NS
+}
+
+/// Adds a stretch of `task` to the wait's account of `who`. Each process has one slot, chosen
+/// by its id (cheap enough for every switch); a process that would take the slot of another
+/// with more time than this stretch is not counted.
+#[inline(always)]
+fn add_held(ww: &mut WatchedWait, who: &Blamed, stretch: u64, task: &Stretch) {
+    if stretch == 0 {
+        return;
+    }
+    let Some(h) = ww.held.get_mut(who.pid as usize % HELD_SLOTS) else {
+        return;
+    };
+    if h.held_ns == 0 || h.pid != who.pid {
+        if h.held_ns > stretch {
+            return;
+        }
+        h.held_ns = 0;
+        h.longest_ns = 0;
+        h.flags = 0;
+        h.pid = who.pid;
+    }
+    h.held_ns += stretch;
+    h.flags |= who.flags;
+    process_comm(who, &task.comm, &mut h.comm);
+    if stretch > h.longest_ns {
+        h.longest_ns = stretch;
+        h.tid = task.tid;
+        h.tgid = task.tgid;
+        h.task_comm = task.comm;
+        h.cgroup_id = task.cgroup_id;
+    }
+}
+
+/// Follows the wait of tracked thread `t` (`tid`) for `cpu`, which begins `now` (woken onto it or
+/// preempted on it): a place in the CPU's watch, unless the watch already follows as many waits
+/// as it can.
+#[inline(always)]
+fn arm_watch(t: &mut ThreadState, tid: u32, cpu: u32, now: u64) {
     t.wake_cpu = cpu;
     let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
         return;
     };
     // SAFETY: live map value.
     let w = unsafe { &mut *w };
-    if w.armed_ns != 0 && now.saturating_sub(w.armed_ns) < RECENT_WAIT_NS {
+    if w.armed_ns == 0 {
+        w.armed_ns = now;
+        w.last_switch_ns = now;
+    }
+    // The thread's own earlier wait here if it was never taken (it ran elsewhere), else a free
+    // place, else one whose thread is long gone.
+    let mut place: *mut WatchedWait = core::ptr::null_mut();
+    for ww in w.waits.iter_mut() {
+        if ww.since_ns != 0 && ww.tid == tid {
+            place = ww;
+            break;
+        }
+    }
+    if place.is_null() {
+        for ww in w.waits.iter_mut() {
+            if ww.since_ns == 0 || now.saturating_sub(ww.since_ns) > STALE_WAIT_NS {
+                place = ww;
+                break;
+            }
+        }
+    }
+    if place.is_null() {
         return;
     }
-    w.armed_ns = now;
-    w.last_switch_ns = 0;
-    w.longest = Culprit::default();
+    // SAFETY: points into the live map value.
+    let ww = unsafe { &mut *place };
+    // Closed while it is filled in: the CPU's own switches skip it meanwhile.
+    ww.since_ns = 0;
+    ww.tid = tid;
+    for h in ww.held.iter_mut() {
+        h.held_ns = 0;
+        h.longest_ns = 0;
+        h.pid = 0;
+        h.flags = 0;
+    }
+    ww.since_ns = now;
 }
 
-/// Credits a run-queue wait of `t` to the task that kept it off the CPU (see `Culprit`): the task
-/// that held this CPU longest in one stretch while the thread waited (its watch), else the
-/// preempting task when the wait began with a preemption, else the previous task.
+/// The per-CPU culprit being put together (see `CULPRIT_SCRATCH`).
+#[inline(always)]
+fn scratch() -> Option<&'static mut Culprit> {
+    // SAFETY: this CPU's own slot; `sched_switch`, its only user, never runs nested on a CPU.
+    CULPRIT_SCRATCH.get_ptr_mut(0).map(|c| unsafe { &mut *c })
+}
+
+/// Ends the followed wait of `t` (`tid`), which got `cpu` after `waited`; true, with the culprit
+/// in `c`, when the watch followed the wait and someone held the CPU: the process whose tasks
+/// held the CPU it waited for longest.
+#[inline(always)]
+fn take_wait(t: &ThreadState, tid: u32, waited: u64, cpu: u32, c: &mut Culprit) -> bool {
+    let Some(w) = CPU_WATCH.get_ptr_mut(t.wake_cpu) else {
+        return false;
+    };
+    // SAFETY: live map value.
+    let w = unsafe { &mut *w };
+    let mut found: *mut WatchedWait = core::ptr::null_mut();
+    for ww in w.waits.iter_mut() {
+        if ww.since_ns != 0 && ww.since_ns == t.since_ns && ww.tid == tid {
+            found = ww;
+            break;
+        }
+    }
+    if found.is_null() {
+        return false;
+    }
+    // SAFETY: points into the live map value.
+    let ww = unsafe { &mut *found };
+    let mut best: *const HeldBy = core::ptr::null();
+    let mut most = 0;
+    for h in ww.held.iter() {
+        if h.held_ns > most {
+            most = h.held_ns;
+            best = h;
+        }
+    }
+    // A thread the scheduler moved to another CPU before it ran waited first on this one: this
+    // CPU's holder is its culprit when it held the CPU for at least half the wait (else the wait
+    // was mostly spent elsewhere).
+    let named = !best.is_null() && (t.wake_cpu == cpu || most.saturating_mul(2) >= waited);
+    if named {
+        // SAFETY: points into the live map value.
+        let h = unsafe { &*best };
+        c.wait_ns = 0;
+        c.held_ns = h.held_ns;
+        c.longest_ns = h.longest_ns;
+        c.cgroup_id = h.cgroup_id;
+        c.tid = h.tid;
+        c.tgid = h.tgid;
+        c.pid = h.pid;
+        c.flags = h.flags;
+        c.comm = h.task_comm;
+        c.process_comm = h.comm;
+    }
+    ww.since_ns = 0;
+    ww.tid = 0;
+    named
+}
+
+/// Credits a run-queue wait of `t` to who kept it off the CPU (see `Culprit`): the process whose
+/// tasks held the CPU longest while it waited (the watch), else the preempting task when the wait
+/// began with a preemption, else the previous task.
 #[inline(always)]
 fn blame(
     t: &mut ThreadState,
@@ -338,33 +582,12 @@ fn blame(
 ) {
     let by_preemptor = t.preempted != 0 && t.last_preemptor_tid != 0;
     t.preempted = 0;
-    if let Some(w) = CPU_WATCH.get_ptr_mut(t.wake_cpu) {
-        // SAFETY: live map value.
-        let w = unsafe { &mut *w };
-        // A watch armed no later than this wait began covers it (another tracked thread's wait
-        // may have armed it); a stretch that ended inside the wait is this wait's culprit. A
-        // preempted thread's own stretch ends at the very switch that begins its wait (`since_ns`):
-        // strictly after, and never the waiter itself.
-        //
-        // A thread the scheduler moved to another CPU before it ran waited first on the one it
-        // was woken or preempted on: that CPU's holder is its culprit when it held the CPU for at
-        // least half the wait (else the wait was mostly spent elsewhere, and the task it ran
-        // after on the new CPU is named instead).
-        let migrated = t.wake_cpu != cpu;
-        let watched = (!migrated || w.longest.wait_ns.saturating_mul(2) >= waited)
-            && w.armed_ns != 0
-            && w.armed_ns <= t.since_ns
-            && w.longest.tid != 0
-            && w.longest.tid != waiter_tid
-            && w.longest.at_ns > t.since_ns;
-        let culprit = w.longest;
-        // The watch is not disarmed when the wait that armed it ends: other threads' waits may
-        // have begun under it (a thread preempted by the worker it just woke joins the worker's
-        // watch); it lapses after RECENT_WAIT_NS, when the next wait re-arms it.
-        if watched {
-            credit(t, culprit, waited, now);
-            return;
-        }
+    let Some(c) = scratch() else {
+        return;
+    };
+    if take_wait(t, waiter_tid, waited, cpu, c) {
+        credit(t, c, waited, now);
+        return;
     }
     let tid = if by_preemptor {
         t.last_preemptor_tid
@@ -378,17 +601,26 @@ fn blame(
         credit_same(t, tid, waited, now);
         return;
     }
-    // Only now pay for the culprit's details.
-    let mut c = Culprit {
-        tid,
-        comm: t.last_preemptor_comm,
-        ..Culprit::default()
-    };
+    // Only now pay for the culprit's details. A preemptor is known by its tid and name alone
+    // (the agent finds its process); the previous task is the current one.
+    c.held_ns = 0;
+    c.longest_ns = 0;
+    c.cgroup_id = 0;
+    c.tid = tid;
+    c.tgid = 0;
+    c.pid = 0;
+    c.flags = 0;
+    c.comm = t.last_preemptor_comm;
+    c.process_comm = [0; TASK_COMM_LEN];
     if !by_preemptor {
         c.tgid = prev_tgid;
         c.comm = bpf_get_current_comm().unwrap_or_default();
         // SAFETY: helper without arguments; the current task is `prev`.
         c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        let who = blamed_for(prev_tgid, t.since_ns);
+        c.pid = who.pid;
+        c.flags = who.flags;
+        process_comm(&who, &c.comm, &mut c.process_comm);
     }
     credit(t, c, waited, now);
 }
@@ -410,18 +642,33 @@ fn credit_same(t: &mut ThreadState, tid: u32, waited: u64, now: u64) {
     }
 }
 
-/// Charges a wait of `waited` to a known culprit `c`.
+/// Charges a wait of `waited` to a known culprit `c`: added to the frame's culprit when it is the
+/// same process (whose longest stretch, and latest name, it keeps), else replacing it when longer.
 #[inline(always)]
-fn credit(t: &mut ThreadState, mut c: Culprit, waited: u64, now: u64) {
+fn credit(t: &mut ThreadState, c: &mut Culprit, waited: u64, now: u64) {
     c.wait_ns = waited;
     c.at_ns = now;
     if replaces_recent(t, waited, now) {
-        t.recent_wait = c;
+        t.recent_wait = *c;
     }
-    if t.frame_culprit.tid == c.tid {
-        credit_same(t, c.tid, waited, now);
-    } else if waited > t.frame_culprit.wait_ns {
-        t.frame_culprit = c;
+    let f = &mut t.frame_culprit;
+    if f.tid != 0 && f.same_as(&c) {
+        f.wait_ns += waited;
+        f.held_ns += c.held_ns;
+        f.at_ns = now;
+        f.flags |= c.flags;
+        if c.process_comm[0] != 0 {
+            f.process_comm = c.process_comm;
+        }
+        if c.longest_ns > f.longest_ns {
+            f.longest_ns = c.longest_ns;
+            f.tid = c.tid;
+            f.tgid = c.tgid;
+            f.comm = c.comm;
+            f.cgroup_id = c.cgroup_id;
+        }
+    } else if waited > f.wait_ns {
+        *f = *c;
     }
 }
 
@@ -496,7 +743,7 @@ fn woken(args: &impl Wakeup, new_task: bool) {
             t.totals.wakeups += 1;
             t.preempted = 0;
             if let Some(cpu) = args.target_cpu() {
-                arm_watch(t, cpu, now);
+                arm_watch(t, tid as u32, cpu, now);
             }
         }
         // A new thread's first run-queue wait starts at wake_up_new_task.
