@@ -869,8 +869,14 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<Culprit>(), 5 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(size_of::<HeldBy>(), 3 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
-        assert_eq!(size_of::<WatchedWait>(), 16 + HELD_SLOTS * size_of::<HeldBy>());
-        assert_eq!(size_of::<CpuWatch>(), 16 + WATCH_WAITS * size_of::<WatchedWait>());
+        assert_eq!(
+            size_of::<WatchedWait>(),
+            16 + HELD_SLOTS * size_of::<HeldBy>()
+        );
+        assert_eq!(
+            size_of::<CpuWatch>(),
+            16 + WATCH_WAITS * size_of::<WatchedWait>()
+        );
         assert_eq!(
             size_of::<ThreadState>(),
             // ten 8-byte words of scalars, the preemptor's comm, two culprits, two counter sets

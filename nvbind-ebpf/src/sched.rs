@@ -16,16 +16,16 @@ use aya_ebpf::{
 };
 use nvbind_common::{
     blocked_kind, culprit_flags, hist_bucket, ioctl_class, task_state, thread_status, Culprit,
-    HeldBy, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState, WatchedWait,
-    HELD_SLOTS, MAX_ANCESTORS, RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN,
+    HeldBy, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState, WatchedWait, HELD_SLOTS,
+    MAX_ANCESTORS, RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN,
 };
 
 use crate::state::{
-    current_ids, field, kernel_field, now_ns, thread, CPU_WATCH, CULPRIT_SCRATCH, PREEMPTORS, PRESENTER_HISTS,
-    PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_COMM_OFF,
-    TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_FLAGS_OFF, TASK_GROUP_LEADER_OFF, TASK_PID_OFF,
-    TASK_REAL_PARENT_OFF, TASK_REPORT_MAX, TASK_START_TIME_OFF, TASK_TGID_OFF, WAKEUP_PID_OFF,
-    WAKEUP_TARGET_CPU_OFF,
+    current_ids, field, kernel_field, now_ns, thread, CPU_WATCH, CULPRIT_SCRATCH, PREEMPTORS,
+    PRESENTER_HISTS, PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF,
+    TASK_COMM_OFF, TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_FLAGS_OFF, TASK_GROUP_LEADER_OFF,
+    TASK_PID_OFF, TASK_REAL_PARENT_OFF, TASK_REPORT_MAX, TASK_START_TIME_OFF, TASK_TGID_OFF,
+    WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
 };
 
 /// `PF_KTHREAD` in `task_struct.flags`: a kernel thread.
@@ -356,8 +356,9 @@ fn process_comm(who: &Blamed, current: &[u8; TASK_COMM_LEN], dst: &mut [u8; TASK
     let offset = TASK_COMM_OFF.load();
     if who.leader != 0 && offset != 0 {
         // SAFETY: a checked read of the kernel's task name, at its offset from BTF.
-        let read =
-            unsafe { bpf_probe_read_kernel_buf((who.leader as *const u8).add(offset as usize), dst) };
+        let read = unsafe {
+            bpf_probe_read_kernel_buf((who.leader as *const u8).add(offset as usize), dst)
+        };
         if read.is_ok() {
             return;
         }

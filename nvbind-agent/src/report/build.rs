@@ -138,6 +138,7 @@ fn frame_rows(
                 ),
                 None => GpuEvidence::default(),
             };
+            let blamed = super::stutters::ran_instead(capture, &f.culprit);
             FrameRow {
                 frame: i as u64,
                 pid: p.pid,
@@ -167,6 +168,8 @@ fn frame_rows(
                 gpu_utilization_ratio: gpu.utilization_ratio,
                 gpu_clock_hertz: gpu.graphics_clock_hertz,
                 gpu_throttle_reasons: gpu.throttle_reasons.join("+"),
+                ran_instead_pid: blamed.as_ref().and_then(|r| r.pid),
+                ran_instead_process: blamed.map(|r| r.comm).unwrap_or_default(),
             }
         })
         .collect()

@@ -212,7 +212,7 @@ pub struct ThreadReport {
 }
 
 /// The CSV header, in [`FrameRow`] field order.
-pub const FRAME_CSV_COLUMNS: [&str; 25] = [
+pub const FRAME_CSV_COLUMNS: [&str; 27] = [
     "frame",
     "pid",
     "tid",
@@ -238,6 +238,8 @@ pub const FRAME_CSV_COLUMNS: [&str; 25] = [
     "gpu_utilization_ratio",
     "gpu_clock_hertz",
     "gpu_throttle_reasons",
+    "ran_instead_pid",
+    "ran_instead_process",
 ];
 
 /// One frame of the CSV export.
@@ -275,4 +277,9 @@ pub struct FrameRow {
     pub gpu_utilization_ratio: Option<f64>,
     pub gpu_clock_hertz: Option<f64>,
     pub gpu_throttle_reasons: String,
+    /// The process blamed for this thread's waits in this interval (see docs/stutter.md): the
+    /// task's own, or the running ancestor of a short-lived child (empty: none or unknown).
+    pub ran_instead_pid: Option<u32>,
+    /// Its name (after any `execve`).
+    pub ran_instead_process: String,
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use nvbind_common::Culprit;
+use nvbind_common::{culprit_flags, Culprit};
 use serde::{Deserialize, Serialize};
 
 use super::units::{ms, FrameMs};
@@ -12,7 +12,7 @@ use crate::{
     gpu,
     probes::comm_str,
     stutter::{
-        attribute, BusyThread, Cause, Detector, DetectorConfig, Evidence, RanInstead,
+        attribute, Blame, BusyThread, Cause, Detector, DetectorConfig, Evidence, RanInstead,
         ThreadEvidence,
     },
 };
@@ -49,6 +49,11 @@ pub struct StutterEvent {
     pub confidence: f64,
     /// The verdict in a sentence.
     pub summary: String,
+    /// The process a person would blame, when the verdict names one (`cpu-contention`): the one
+    /// that kept the presenting thread waiting for a CPU, or kept the game's own thread it
+    /// waited for waiting (then `via` is that thread).
+    #[serde(default)]
+    pub culprit: Option<Blame>,
     pub evidence: Evidence,
 }
 
@@ -79,6 +84,7 @@ pub fn analyse(capture: &Capture, p: &ProcessRecord, frames: &[Frame]) -> Stutte
             cause: verdict.cause,
             confidence: verdict.confidence,
             summary: verdict.summary,
+            culprit: verdict.culprit,
             evidence,
         });
     }
@@ -206,22 +212,45 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
     }
 }
 
-fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> {
+/// Who kept a thread waiting, as the report names it: the process blamed (its name when it last
+/// held the CPU, else /proc's, else the task's), what /proc said of it while it ran, and the task
+/// of it that held the CPU longest.
+pub(super) fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> {
     if c.tid == 0 || c.wait_ns == 0 {
         return None;
     }
-    Some(RanInstead {
-        tid: c.tid,
-        pid: (c.tgid != 0)
-            .then_some(c.tgid)
-            .or_else(|| capture.culprit_pids.get(&c.tid).copied()),
-        comm: comm_str(&c.comm),
-        cgroup: capture
+    let task_pid = (c.tgid != 0)
+        .then_some(c.tgid)
+        .or_else(|| capture.culprit_pids.get(&c.tid).copied());
+    let pid = (c.pid != 0).then_some(c.pid).or(task_pid);
+    let process = pid.and_then(|p| capture.culprit_processes.get(&p));
+    let task_comm = comm_str(&c.comm);
+    let comm = Some(comm_str(&c.process_comm))
+        .filter(|name| !name.is_empty())
+        .or_else(|| process.map(|p| p.comm.clone()))
+        .unwrap_or_else(|| task_comm.clone());
+    let task_cgroup = || {
+        capture
             .culprit_cgroups
             .get(&c.tid)
             .cloned()
-            .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id))),
+            .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)))
+    };
+    Some(RanInstead {
+        pid,
+        comm,
+        cmdline: process
+            .map(|p| p.cmdline.clone())
+            .filter(|cmdline| !cmdline.is_empty()),
+        kernel_thread: c.flags & culprit_flags::KERNEL_THREAD != 0
+            || process.is_some_and(|p| p.kernel_thread),
+        children: c.flags & culprit_flags::CHILDREN != 0,
+        cgroup: process.and_then(|p| p.cgroup.clone()).or_else(task_cgroup),
         wait_ms: ms(c.wait_ns),
+        held_ms: (c.held_ns != 0).then(|| ms(c.held_ns)),
+        tid: c.tid,
+        task_pid,
+        task_comm,
     })
 }
 
@@ -284,5 +313,73 @@ mod tests {
             ("hog", Some("/hogs"))
         );
         assert!(!e.evidence.gpu.sampled && e.evidence.gpu.missing.is_some());
+    }
+
+    fn comm(name: &str) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..name.len()].copy_from_slice(name.as_bytes());
+        c
+    }
+
+    /// A shell loop's child held the CPU: the report names the shell by the name the kernel gave
+    /// it last (after its exec, whatever /proc said at first sight), with its command line, and
+    /// the child as the task.
+    #[test]
+    fn the_process_blamed_is_named_as_it_ran_with_what_proc_said() {
+        let mut capture = Capture::default();
+        capture.culprit_processes.insert(
+            700,
+            crate::frames::CulpritProcess {
+                comm: "chrt".into(),
+                cmdline: "sh -c while :; do tick; done".into(),
+                ppid: 1,
+                kernel_thread: false,
+                cgroup: Some("/hogs".into()),
+            },
+        );
+        let c = Culprit {
+            wait_ns: 150_000_000,
+            held_ns: 148_000_000,
+            tid: 901,
+            tgid: 901,
+            pid: 700,
+            flags: culprit_flags::CHILDREN,
+            comm: comm("tick"),
+            process_comm: comm("sh"),
+            ..Default::default()
+        };
+        let r = ran_instead(&capture, &c).expect("named");
+        assert_eq!(
+            (r.pid, r.comm.as_str(), r.cmdline.as_deref()),
+            (Some(700), "sh", Some("sh -c while :; do tick; done"))
+        );
+        assert_eq!(
+            (r.tid, r.task_pid, r.task_comm.as_str()),
+            (901, Some(901), "tick")
+        );
+        assert!(r.children && !r.kernel_thread);
+        assert_eq!(
+            (r.held_ms, r.cgroup.as_deref()),
+            (Some(148.0), Some("/hogs"))
+        );
+        // Without the kernel's name, /proc's; a preemptor known by its tid alone gets its
+        // process from what the agent read while it ran.
+        let c = Culprit {
+            process_comm: [0; 16],
+            ..c
+        };
+        assert_eq!(ran_instead(&capture, &c).expect("named").comm, "chrt");
+        capture.culprit_pids.insert(42, 40);
+        let preemptor = Culprit {
+            wait_ns: 1_000_000,
+            tid: 42,
+            comm: comm("worker"),
+            ..Default::default()
+        };
+        let r = ran_instead(&capture, &preemptor).expect("named");
+        assert_eq!(
+            (r.pid, r.comm.as_str(), r.held_ms),
+            (Some(40), "worker", None)
+        );
     }
 }

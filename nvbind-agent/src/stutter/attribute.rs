@@ -66,18 +66,71 @@ pub struct ThreadEvidence {
     pub gpu_ioctl_ms: f64,
 }
 
-/// The task that had a thread's CPU while it waited (the one that kept it off longest).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Who had a thread's CPU while it waited: the process blamed (the one whose tasks held the CPU
+/// longest, short-lived children counted under their running ancestor; see docs/stutter.md), and
+/// the task of it that held the CPU longest in one stretch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RanInstead {
-    pub tid: u32,
-    /// Its process, when the kernel saw it (it may be a kernel thread or have exited).
+    /// The process blamed, when known (a preemptor that exited before the agent saw it is not).
     pub pid: Option<u32>,
+    /// Its name when its task last held the CPU: the name after any `execve`.
     pub comm: String,
+    /// Its command line, read from /proc while it ran (`null` for a kernel thread, or a process
+    /// gone before it was read).
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Whether it is a kernel thread (`ksoftirqd`, `kworker`).
+    #[serde(default)]
+    pub kernel_thread: bool,
+    /// Whether some of its time was its short-lived children's (processes that started during
+    /// the wait: a shell loop's commands, `make -j`'s compilers).
+    #[serde(default)]
+    pub children: bool,
     /// Its cgroup (v2 path from /proc, else the cgroup id the kernel gave), when there is one.
     pub cgroup: Option<String>,
-    /// Run-queue wait attributed to this task: within the frame for the presenting thread; the
-    /// longest single wait for another thread.
+    /// Run-queue wait attributed to it: within the frame for the presenting thread; the longest
+    /// single wait for another thread.
     pub wait_ms: f64,
+    /// How long its tasks held the CPU during that wait; `null` when the culprit was inferred
+    /// (the preemptor, or the task that ran last), not measured.
+    #[serde(default)]
+    pub held_ms: Option<f64>,
+    /// The task that held the CPU longest in one stretch: the process's own thread, or one of
+    /// its children.
+    pub tid: u32,
+    /// That task's process (a child's own pid), when known.
+    #[serde(default)]
+    pub task_pid: Option<u32>,
+    /// That task's name.
+    #[serde(default)]
+    pub task_comm: String,
+}
+
+impl RanInstead {
+    /// Whether it may be named as the culprit: a kernel thread only when it really held the CPU
+    /// for at least half the wait charged to it (else it is just what ran last, or in between).
+    pub fn nameable(&self) -> bool {
+        !self.kernel_thread || self.held_ms.is_some_and(|held| 2.0 * held >= self.wait_ms)
+    }
+}
+
+/// Who a person would blame for a stutter: the process that kept the presenting thread off the
+/// CPU, or kept the game's own thread it waited for off the CPU (then `via` is that thread).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blame {
+    #[serde(flatten)]
+    pub who: RanInstead,
+    /// The game's thread between the presenting thread and the culprit, when there is one.
+    pub via: Option<ViaThread>,
+}
+
+/// The game's own thread the presenting thread was blocked on while it waited for a CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViaThread {
+    pub tid: u32,
+    pub comm: String,
+    /// How long it waited for a CPU over the busy threads' window.
+    pub runq_wait_ms: f64,
 }
 
 /// Another thread of the process over (about) the same interval.
@@ -143,12 +196,14 @@ pub struct Evidence {
     pub gpu: GpuEvidence,
 }
 
-/// A verdict, its confidence (0–1) and the sentence that explains it.
+/// A verdict, its confidence (0–1), the sentence that explains it, and who is to blame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub cause: Cause,
     pub confidence: f64,
     pub summary: String,
+    /// The process a person would blame (`cpu-contention` only), when one is known.
+    pub culprit: Option<Blame>,
 }
 
 /// VRAM use above which a GPU wait is put down to memory pressure.
@@ -193,6 +248,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     if amount < MIN_SHARE_OF_EXCESS * excess {
         return Verdict {
             cause: Cause::Unknown,
+            culprit: None,
             confidence: round2(1.0 - amount / excess),
             summary: format!(
                 "{head}: the kernel's evidence does not explain it ({who} ran {:.1} ms, waited {:.1} \
@@ -204,6 +260,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     match dominant {
         None => Verdict {
             cause: Cause::Unknown,
+            culprit: None,
             confidence: direct_confidence,
             summary: format!(
                 "{head}: {who} was on a CPU for {:.1} ms, without contention or blocking: the \
@@ -212,9 +269,22 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
             ),
         },
         Some(Cause::CpuContention) => {
-            let instead = match &e.ran_instead {
-                Some(r) => format!(" while {} held its CPU", describe(r)),
-                None => String::new(),
+            let culprit = e
+                .ran_instead
+                .as_ref()
+                .filter(|r| r.nameable())
+                .map(|r| Blame {
+                    who: r.clone(),
+                    via: None,
+                });
+            let instead = match (&culprit, &e.ran_instead) {
+                (Some(b), _) => format!(" while {} held its CPU", describe(&b.who)),
+                (None, Some(r)) => format!(
+                    "; no task held its CPU for most of the wait (the kernel thread `{}` ran \
+                     last)",
+                    r.comm
+                ),
+                (None, None) => String::new(),
             };
             Verdict {
                 cause: Cause::CpuContention,
@@ -224,6 +294,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
                      migrations)",
                     t.runq_wait_ms, t.involuntary_switches, t.migrations
                 ),
+                culprit,
             }
         }
         Some(Cause::GpuDriverWait) => {
@@ -253,6 +324,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
             Verdict {
                 cause,
                 confidence: direct_confidence,
+                culprit: None,
                 summary: format!(
                     "{head}: {who} was blocked {:.1} ms inside GPU driver ioctls ({} call{}){why}",
                     t.blocked_in_gpu_ioctl_ms,
@@ -265,21 +337,48 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     }
 }
 
-/// "`comm` (tid N, pid P, cgroup C)".
+/// The culprit for a sentence: "`sh` (pid 812, `sh -c while …`, through its short-lived child
+/// `tick` (pid 900), cgroup /)", "`vkcube` (pid 9096, thread `llvmpipe-0` tid 9098, cgroup /)",
+/// "the kernel thread `ksoftirqd/1` (pid 15)".
 fn describe(r: &RanInstead) -> String {
-    format!(
-        "`{}` (tid {}{}{})",
-        r.comm,
-        r.tid,
-        r.pid
-            .filter(|&p| p != r.tid)
-            .map(|p| format!(", pid {p}"))
-            .unwrap_or_default(),
-        r.cgroup
-            .as_ref()
-            .map(|c| format!(", cgroup {c}"))
-            .unwrap_or_default()
-    )
+    if r.kernel_thread {
+        return format!(
+            "the kernel thread `{}` ({})",
+            r.comm,
+            r.pid
+                .map_or(format!("tid {}", r.tid), |p| format!("pid {p}"))
+        );
+    }
+    let mut parts = vec![r
+        .pid
+        .map_or(format!("tid {}", r.tid), |p| format!("pid {p}"))];
+    let by_itself = r.pid.is_none() || r.task_pid == r.pid;
+    if r.children && !by_itself {
+        if let Some(cmdline) = r.cmdline.as_deref().filter(|c| !c.is_empty()) {
+            parts.push(format!("`{}`", shorten(cmdline, 60)));
+        }
+        parts.push(format!(
+            "through its short-lived child `{}`{}",
+            r.task_comm,
+            r.task_pid
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default()
+        ));
+    } else if r.pid.is_some_and(|p| p != r.tid) && !r.task_comm.is_empty() {
+        parts.push(format!("thread `{}` tid {}", r.task_comm, r.tid));
+    }
+    if let Some(c) = &r.cgroup {
+        parts.push(format!("cgroup {c}"));
+    }
+    format!("`{}` ({})", r.comm, parts.join(", "))
+}
+
+/// `text` cut to about `max` characters, with an ellipsis when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
 }
 
 /// The presenting thread slept outside the GPU driver. If it was waiting for another thread of
@@ -302,26 +401,43 @@ fn blocked_verdict(head: &str, who: &str, excess: f64, confidence: f64, e: &Evid
                 .total_cmp(&b.blocked_in_gpu_ioctl_ms)
         });
     if let Some(b) = starved {
+        // The chain: the presenting thread waited for the game's thread, which waited behind the
+        // culprit; that culprit is the stutter's, not whoever briefly held the presenting
+        // thread's own CPU.
+        let culprit = b
+            .waited_behind
+            .as_ref()
+            .filter(|r| r.nameable())
+            .map(|r| Blame {
+                who: r.clone(),
+                via: Some(ViaThread {
+                    tid: b.tid,
+                    comm: b.comm.clone(),
+                    runq_wait_ms: b.runq_wait_ms,
+                }),
+            });
         return Verdict {
             cause: Cause::CpuContention,
             confidence: round2(confidence * INDIRECT),
             summary: format!(
-                "{head}: {who} was blocked {:.1} ms, while the game's thread `{}` (tid {}) waited \
-                 {:.1} ms for a CPU{}",
+                "{head}: {who} was blocked {:.1} ms waiting for the game's thread `{}` (tid {}), \
+                 which waited {:.1} ms for a CPU{}",
                 t.blocked_ms,
                 b.comm,
                 b.tid,
                 b.runq_wait_ms,
-                b.waited_behind
+                culprit
                     .as_ref()
-                    .map(|r| format!(", behind {}", describe(r)))
+                    .map(|c| format!(" behind {}", describe(&c.who)))
                     .unwrap_or_default()
             ),
+            culprit,
         };
     }
     if let Some(b) = in_driver {
         return Verdict {
             cause: Cause::GpuDriverWait,
+            culprit: None,
             confidence: round2(confidence * INDIRECT),
             summary: format!(
                 "{head}: {who} was blocked {:.1} ms, while the game's thread `{}` (tid {}) was \
@@ -340,6 +456,7 @@ fn blocked_verdict(head: &str, who: &str, excess: f64, confidence: f64, e: &Evid
     };
     Verdict {
         cause: Cause::Blocked,
+        culprit: None,
         confidence,
         summary: format!(
             "{head}: {who} was blocked {:.1} ms outside the GPU driver (longest single wait {:.1} \
@@ -368,8 +485,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_long_run_queue_wait_is_contention_and_names_who_ran() {
+    fn process(pid: u32, comm: &str, wait_ms: f64) -> RanInstead {
+        RanInstead {
+            pid: Some(pid),
+            comm: comm.into(),
+            wait_ms,
+            held_ms: Some(wait_ms),
+            tid: pid,
+            task_pid: Some(pid),
+            task_comm: comm.into(),
+            ..Default::default()
+        }
+    }
+
+    fn contention(ran_instead: RanInstead) -> Evidence {
         let mut e = evidence(ThreadEvidence {
             on_cpu_ms: 4.0,
             runq_wait_ms: 80.0,
@@ -379,20 +508,86 @@ mod tests {
             involuntary_switches: 1,
             ..Default::default()
         });
-        e.ran_instead = Some(RanInstead {
-            tid: 812,
-            pid: Some(812),
-            comm: "shader-compiler".into(),
+        e.ran_instead = Some(ran_instead);
+        e
+    }
+
+    #[test]
+    fn a_long_run_queue_wait_is_contention_and_names_who_ran() {
+        let e = contention(RanInstead {
             cgroup: Some("/user.slice".into()),
-            wait_ms: 80.0,
+            ..process(812, "shader-compiler", 80.0)
         });
         let v = attribute(4210, 96.0, 16.7, &e);
         assert_eq!(v.cause, Cause::CpuContention);
         assert!(v.confidence > 0.8, "{v:?}");
         assert!(v
             .summary
-            .contains("`shader-compiler` (tid 812, cgroup /user.slice)"));
+            .contains("`shader-compiler` (pid 812, cgroup /user.slice)"));
         assert!(v.summary.starts_with("frame 4210 took 96.0 ms"));
+        let culprit = v.culprit.expect("a culprit");
+        assert_eq!((culprit.who.pid, culprit.via), (Some(812), None));
+    }
+
+    #[test]
+    fn a_process_working_through_children_is_named_with_its_command_line() {
+        let e = contention(RanInstead {
+            cmdline: Some(format!("sh -c while :; do {}; done", "x".repeat(80))),
+            children: true,
+            tid: 900,
+            task_pid: Some(900),
+            task_comm: "tick".into(),
+            ..process(812, "sh", 80.0)
+        });
+        let v = attribute(1, 96.0, 16.7, &e);
+        assert!(
+            v.summary.contains(
+                "while `sh` (pid 812, `sh -c while :; do xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…`, \
+                 through its short-lived child `tick` (pid 900)) held its CPU"
+            ),
+            "{}",
+            v.summary
+        );
+        // A thread of the process itself is a thread, not a child.
+        let e = contention(RanInstead {
+            tid: 9098,
+            task_comm: "llvmpipe-0".into(),
+            ..process(9096, "vkcube", 80.0)
+        });
+        let v = attribute(1, 96.0, 16.7, &e);
+        assert!(
+            v.summary
+                .contains("`vkcube` (pid 9096, thread `llvmpipe-0` tid 9098)"),
+            "{}",
+            v.summary
+        );
+    }
+
+    #[test]
+    fn a_kernel_thread_is_named_only_when_it_held_the_cpu_for_the_wait() {
+        let kthread = RanInstead {
+            kernel_thread: true,
+            ..process(15, "ksoftirqd/1", 80.0)
+        };
+        let v = attribute(1, 96.0, 16.7, &contention(kthread.clone()));
+        assert!(v.culprit.is_some());
+        assert!(v
+            .summary
+            .contains("the kernel thread `ksoftirqd/1` (pid 15)"));
+        for held_ms in [None, Some(1.0)] {
+            let v = attribute(
+                1,
+                96.0,
+                16.7,
+                &contention(RanInstead {
+                    held_ms,
+                    ..kthread.clone()
+                }),
+            );
+            assert_eq!(v.cause, Cause::CpuContention);
+            assert!(v.culprit.is_none(), "{v:?}");
+            assert!(v.summary.contains("no task held its CPU"), "{}", v.summary);
+        }
     }
 
     #[test]
@@ -450,19 +645,27 @@ mod tests {
             blocked_in_gpu_ioctl_ms: 0.0,
             involuntary_switches: 2,
             migrations: 0,
-            waited_behind: Some(RanInstead {
-                tid: 40,
-                pid: None,
-                comm: "kworker/1:1".into(),
-                cgroup: None,
-                wait_ms: 50.0,
-            }),
+            waited_behind: Some(process(4242, "make", 50.0)),
         });
         let v = attribute(1, 76.0, 16.7, &e);
         assert_eq!(v.cause, Cause::CpuContention);
         assert!(v.confidence < direct.confidence);
-        assert!(v.summary.contains("`main` (tid 9)"));
-        assert!(v.summary.contains("behind `kworker/1:1` (tid 40)"));
+        assert!(
+            v.summary.contains(
+                "blocked 70.0 ms waiting for the game's thread `main` (tid 9), which waited 55.0 \
+                 ms for a CPU behind `make` (pid 4242)"
+            ),
+            "{}",
+            v.summary
+        );
+        // The headline culprit is the worker's, through the worker, whoever briefly held the
+        // presenting thread's own CPU.
+        e.ran_instead = Some(process(700, "Xvfb", 0.9));
+        let culprit = attribute(1, 76.0, 16.7, &e).culprit.expect("a culprit");
+        assert_eq!(
+            (culprit.who.comm.as_str(), culprit.via.map(|v| v.tid)),
+            ("make", Some(9))
+        );
     }
 
     #[test]

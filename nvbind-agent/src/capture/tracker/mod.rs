@@ -17,7 +17,7 @@ use self::scan::{LastScan, SCAN_INTERVAL};
 use super::snapshots::ThreadSnapshots;
 use crate::{
     clock::monotonic_ns,
-    frames::{Capture, DisplayRecord, Frame, ProcessRecord},
+    frames::{Capture, CulpritProcess, DisplayRecord, Frame, ProcessRecord},
     gpu,
     probes::{comm_str, libraries, Event, Probes},
     stutter::{Detector, DetectorConfig},
@@ -273,8 +273,9 @@ impl Tracker {
         }
     }
 
-    /// Remembers the cgroup and process of a task that kept a tracked thread waiting, while it
-    /// still exists.
+    /// Remembers the cgroup and process of a task that kept a tracked thread waiting, and what
+    /// the process blamed is (name, command line, parent, cgroup), while they still exist: a
+    /// shell loop's children and a build's compilers are gone by the end of the capture.
     fn note_culprit(&mut self, c: &Culprit) {
         if c.tid == 0 || c.wait_ns < CULPRIT_CGROUP_MIN_WAIT_NS {
             return;
@@ -295,6 +296,25 @@ impl Tracker {
                 .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)));
             if let Some(cgroup) = cgroup {
                 slot.insert(cgroup);
+            }
+        }
+        let pid = match c.pid {
+            0 => self.capture.culprit_pids.get(&c.tid).copied(),
+            pid => Some(pid),
+        };
+        let Some(pid) = pid else {
+            return;
+        };
+        // Read once, and again when the kernel names it otherwise (it exec'd since).
+        let named = comm_str(&c.process_comm);
+        let stale = self
+            .capture
+            .culprit_processes
+            .get(&pid)
+            .is_none_or(|p| !named.is_empty() && p.comm != named);
+        if stale {
+            if let Some(p) = read_culprit_process(pid) {
+                self.capture.culprit_processes.insert(pid, p);
             }
         }
     }
@@ -377,6 +397,27 @@ impl Tracker {
             self.handle(e);
         }
     }
+}
+
+/// `PF_KTHREAD` in /proc/PID/stat's flags: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// What /proc says of a process blamed for a wait; `None` once it is gone.
+fn read_culprit_process(pid: u32) -> Option<CulpritProcess> {
+    let proc = procfs::process::Process::new(pid as i32).ok()?;
+    let stat = proc.stat().ok()?;
+    let kernel_thread = stat.flags & PF_KTHREAD != 0;
+    Some(CulpritProcess {
+        comm: stat.comm,
+        // A kernel thread has none; a process that exited meanwhile neither.
+        cmdline: proc
+            .cmdline()
+            .map(|words| words.join(" "))
+            .unwrap_or_default(),
+        ppid: stat.ppid as u32,
+        kernel_thread,
+        cgroup: target::cgroup_of(pid),
+    })
 }
 
 /// Re-reads a process's name, binary, command line and parent from /proc.
