@@ -450,9 +450,9 @@ pub const RECENT_WAIT_NS: u64 = 250_000_000;
 /// longest in one stretch.
 ///
 /// A wait is charged to the process whose tasks held the thread's CPU longest in total during it
-/// (`CpuWatch`, `HeldBy`): a task counts under its own process, or, when its process started
-/// after the wait began (a short-lived child: a shell loop's commands, `make -j`'s compilers),
-/// under its nearest ancestor process that was already running. Without a watch, the wait goes
+/// (`CpuWatch`, `HeldBy`): a task counts under its own process, or, when its process is young
+/// (started less than `YOUNG_NS` before the wait began: a short-lived child, a shell loop's
+/// commands, `make -j`'s compilers), under its nearest ancestor process that is not. Without a watch, the wait goes
 /// to the preempting task when it began with a preemption, else to the task that had the CPU
 /// until the thread got it. Several waits behind the same process add up; a longer single wait
 /// behind another process replaces it (a one-slot heavy-hitter sketch: cheap, and exact when one
@@ -475,8 +475,8 @@ pub struct Culprit {
     pub tid: u32,
     /// Its process id, 0 when unknown.
     pub tgid: u32,
-    /// The process blamed: `tgid`, or the nearest ancestor of `tgid` that was running when the
-    /// wait began; 0 when unknown.
+    /// The process blamed: `tgid`, or, when that is young, its nearest ancestor that is not
+    /// (`YOUNG_NS`); 0 when unknown.
     pub pid: u32,
     /// [`culprit_flags`].
     pub flags: u32,
@@ -503,7 +503,7 @@ impl Culprit {
 pub mod culprit_flags {
     /// The process is a kernel thread (`PF_KTHREAD`).
     pub const KERNEL_THREAD: u32 = 1;
-    /// Some of its time was its descendants': processes that started after the wait began.
+    /// Some of its time was its young descendants' (see `YOUNG_NS`).
     pub const CHILDREN: u32 = 2;
 }
 
@@ -515,7 +515,12 @@ pub const HELD_SLOTS: usize = 4;
 /// A followed wait this old gives its place to a new one when the watch is full (its thread
 /// stopped being tracked, or the wait was lost).
 pub const STALE_WAIT_NS: u64 = 2_000_000_000;
-/// Ancestors looked at above a task whose process is younger than the wait.
+/// A task's CPU time counts under its own process when that process had been running this long
+/// when the wait began (it was alive for the whole stutter: longer than a frame worth explaining
+/// in detail); a younger process's (a shell loop's command, a build's compiler) counts under its
+/// nearest ancestor that had.
+pub const YOUNG_NS: u64 = 250_000_000;
+/// Ancestors looked at above a task whose process is young.
 pub const MAX_ANCESTORS: usize = 4;
 
 /// One process whose tasks held a CPU while a tracked thread waited for it.
@@ -547,7 +552,9 @@ pub struct WatchedWait {
     pub since_ns: u64,
     /// The waiting thread.
     pub tid: u32,
-    pub _pad: u32,
+    /// Non-zero when it presents frames: its wait may take the place of another thread's when
+    /// the watch is full.
+    pub presenter: u32,
     /// Who held the CPU meanwhile, by process.
     pub held: [HeldBy; HELD_SLOTS],
 }

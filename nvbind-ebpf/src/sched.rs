@@ -17,7 +17,7 @@ use aya_ebpf::{
 use nvbind_common::{
     blocked_kind, culprit_flags, hist_bucket, ioctl_class, task_state, thread_status, Culprit,
     HeldBy, PreemptorKey, PreemptorValue, ProcessHistograms, ThreadState, WatchedWait, HELD_SLOTS,
-    MAX_ANCESTORS, RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN,
+    MAX_ANCESTORS, RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN, YOUNG_NS,
 };
 
 use crate::state::{
@@ -303,12 +303,13 @@ struct Blamed {
 }
 
 /// The process the current task's CPU time is blamed on in a wait that began at `since`: its
-/// own process (`tgid`) when that was already running, else the nearest ancestor that was (at
-/// most `MAX_ANCESTORS` up, else the furthest looked at), never init or kthreadd (an orphan, or a
-/// process the kernel started, answers for itself), and a kernel thread always for itself.
-/// Without the kernel's `task_struct` layout (no BTF), the current process.
+/// own process (`tgid`) when that had been running for `YOUNG_NS` by then, else the nearest
+/// ancestor that had (at most `MAX_ANCESTORS` up, else the furthest looked at), never init or
+/// kthreadd (an orphan, or a process the kernel started, answers for itself), and a kernel thread
+/// always for itself. Without the kernel's `task_struct` layout (no BTF), the current process.
 #[inline(always)]
 fn blamed_for(tgid: u32, since: u64) -> Blamed {
+    let settled_by = since.saturating_sub(YOUNG_NS);
     let mut b = Blamed {
         leader: 0,
         pid: tgid,
@@ -336,7 +337,7 @@ fn blamed_for(tgid: u32, since: u64) -> Blamed {
             (false, 0) => 0,
             (false, _) => culprit_flags::CHILDREN,
         };
-        if kernel_thread || start_ns <= since {
+        if kernel_thread || start_ns <= settled_by {
             break;
         }
         let parent = kernel_field::<u64>(at, &TASK_REAL_PARENT_OFF).unwrap_or(0);
@@ -388,7 +389,7 @@ fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
         return;
     }
     // The earliest wait this stretch held up: the holder's process counts as itself only if it
-    // was running when that wait began (one lineage for all the waits: the earliest is the
+    // was not young when that wait began (one lineage for all the waits: the earliest is the
     // strictest).
     let mut oldest = 0;
     for ww in w.waits.iter() {
@@ -491,6 +492,15 @@ fn arm_watch(t: &mut ThreadState, tid: u32, cpu: u32, now: u64) {
             }
         }
     }
+    // Full: a presenting thread's wait (a frame's) goes before a worker's.
+    if place.is_null() && t.presenter != 0 {
+        for ww in w.waits.iter_mut() {
+            if ww.presenter == 0 {
+                place = ww;
+                break;
+            }
+        }
+    }
     if place.is_null() {
         return;
     }
@@ -499,6 +509,7 @@ fn arm_watch(t: &mut ThreadState, tid: u32, cpu: u32, now: u64) {
     // Closed while it is filled in: the CPU's own switches skip it meanwhile.
     ww.since_ns = 0;
     ww.tid = tid;
+    ww.presenter = t.presenter;
     for h in ww.held.iter_mut() {
         h.held_ns = 0;
         h.longest_ns = 0;

@@ -19,7 +19,7 @@ pub use agent::{
     agent, agent_with_env, assert_one_line_error, spawn_agent, stderr, wait_with_deadline,
     WatchedAgent,
 };
-pub use bins::{agent_bin, game_bin, hog_bin, probe_bin, promtool_bin, require_root};
+pub use bins::{agent_bin, game_bin, hog_bin, probe_bin, promtool_bin, require_root, tick_bin};
 pub use game::{
     presents_so_far, progress_path, read_rusage, read_truth, record_game, rusage_path, GameRun,
     GameRusage, PresentWindow, Rusage,

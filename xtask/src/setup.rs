@@ -67,6 +67,9 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     // A multi-threaded launcher that execs a game, in the tests.
     "python3",
+    // A build competing with a game: the stutter tests run `make -j` of a small C project.
+    "make",
+    "gcc",
 ];
 
 /// Peers the benchmarks compare against or load the machine with.

@@ -278,7 +278,7 @@ pub struct FrameRow {
     pub gpu_clock_hertz: Option<f64>,
     pub gpu_throttle_reasons: String,
     /// The process blamed for this thread's waits in this interval (see docs/stutter.md): the
-    /// task's own, or the running ancestor of a short-lived child (empty: none or unknown).
+    /// task's own, or the nearest ancestor of a young child that is not young (empty: none or unknown).
     pub ran_instead_pid: Option<u32>,
     /// Its name (after any `execve`).
     pub ran_instead_process: String,

@@ -67,7 +67,8 @@ pub struct ThreadEvidence {
 }
 
 /// Who had a thread's CPU while it waited: the process blamed (the one whose tasks held the CPU
-/// longest, short-lived children counted under their running ancestor; see docs/stutter.md), and
+/// longest, a young process's counted under its nearest ancestor that is not; see
+/// docs/stutter.md), and
 /// the task of it that held the CPU longest in one stretch.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RanInstead {
@@ -82,8 +83,8 @@ pub struct RanInstead {
     /// Whether it is a kernel thread (`ksoftirqd`, `kworker`).
     #[serde(default)]
     pub kernel_thread: bool,
-    /// Whether some of its time was its short-lived children's (processes that started during
-    /// the wait: a shell loop's commands, `make -j`'s compilers).
+    /// Whether some of its time was its children's: processes it started shortly before or
+    /// during the wait (a shell loop's commands, `make -j`'s compilers).
     #[serde(default)]
     pub children: bool,
     /// Its cgroup (v2 path from /proc, else the cgroup id the kernel gave), when there is one.
@@ -337,8 +338,8 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     }
 }
 
-/// The culprit for a sentence: "`sh` (pid 812, `sh -c while …`, through its short-lived child
-/// `tick` (pid 900), cgroup /)", "`vkcube` (pid 9096, thread `llvmpipe-0` tid 9098, cgroup /)",
+/// The culprit for a sentence: "`sh` (pid 812, `sh -c while …`, through the children it started
+/// (longest on the CPU: `tick`, pid 900), cgroup /)", "`vkcube` (pid 9096, thread `llvmpipe-0` tid 9098, cgroup /)",
 /// "the kernel thread `ksoftirqd/1` (pid 15)".
 fn describe(r: &RanInstead) -> String {
     if r.kernel_thread {
@@ -358,11 +359,9 @@ fn describe(r: &RanInstead) -> String {
             parts.push(format!("`{}`", shorten(cmdline, 60)));
         }
         parts.push(format!(
-            "through its short-lived child `{}`{}",
+            "through the children it started (longest on the CPU: `{}`{})",
             r.task_comm,
-            r.task_pid
-                .map(|p| format!(" (pid {p})"))
-                .unwrap_or_default()
+            r.task_pid.map(|p| format!(", pid {p}")).unwrap_or_default()
         ));
     } else if r.pid.is_some_and(|p| p != r.tid) && !r.task_comm.is_empty() {
         parts.push(format!("thread `{}` tid {}", r.task_comm, r.tid));
@@ -543,7 +542,7 @@ mod tests {
         assert!(
             v.summary.contains(
                 "while `sh` (pid 812, `sh -c while :; do xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…`, \
-                 through its short-lived child `tick` (pid 900)) held its CPU"
+                 through the children it started (longest on the CPU: `tick`, pid 900)) held its CPU"
             ),
             "{}",
             v.summary
