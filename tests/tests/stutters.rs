@@ -5,14 +5,14 @@
 //! from the workloads' own logs or from what the kernel guarantees (a sleep never ends early).
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use nvbind_tests::{
     busiest, frame_bounds_ms, hog_bin, pace_ms, read_csv, read_json, record_game, require_root,
-    skipped_sched_runs, switch_count_slack, wait_for_presents, wait_for_process,
+    skipped_sched_runs, switch_count_slack, tick_bin, wait_for_presents, wait_for_process,
     wait_until_presenting, PresentWindow, WatchedAgent, Xvfb,
 };
 
@@ -324,10 +324,35 @@ fn read_bursts(path: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Runs the CPU hog on `cpu`; returns its pid, cgroup, and the path of its burst log.
-fn run_hog(dir: &Path, cpu: &str, bursts: &str, period_ms: &str) -> (u32, String, PathBuf) {
+/// A competitor for the game's CPU: the process a person would blame for its bursts (its pid,
+/// its name after its `execve`s, its cgroup) and the bursts it logged.
+struct Competitor {
+    pid: u32,
+    comm: &'static str,
+    cgroup: String,
+    bursts: Vec<(u64, u64)>,
+}
+
+/// The cgroup v2 path of a process, read while it runs.
+fn cgroup_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits for a competitor the test started; it must succeed (SCHED_FIFO needs root).
+fn finish(mut child: std::process::Child, what: &str) {
+    let status = child.wait().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(status.success(), "{what} failed (SCHED_FIFO needs root)");
+}
+
+/// Runs the CPU hog on `cpu`: one process, bursts of 80 ms at SCHED_FIFO.
+fn run_hog(dir: &Path, cpu: &str, bursts: &str, period_ms: &str) -> Competitor {
     let log = dir.join("bursts.txt");
-    let mut hog = Command::new(hog_bin())
+    let hog = Command::new(hog_bin())
         .args([
             "--cpu",
             cpu,
@@ -337,8 +362,10 @@ fn run_hog(dir: &Path, cpu: &str, bursts: &str, period_ms: &str) -> (u32, String
             period_ms,
             "--bursts",
             bursts,
+            // Longer than YOUNG (250 ms): by its first burst the hog is a process of its own,
+            // not a young child of the test's.
             "--delay-ms",
-            "300",
+            "500",
             "--log",
         ])
         .arg(&log)
@@ -346,78 +373,237 @@ fn run_hog(dir: &Path, cpu: &str, bursts: &str, period_ms: &str) -> (u32, String
         .spawn()
         .expect("start cpu-hog");
     let pid = hog.id();
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let status = hog.wait().expect("cpu-hog ends");
-    assert!(status.success(), "cpu-hog failed (SCHED_FIFO needs root)");
-    let v2 = cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or_default()
-        .to_string();
-    (pid, v2, log)
+    let cgroup = cgroup_of(pid);
+    finish(hog, "cpu-hog");
+    Competitor {
+        pid,
+        comm: "cpu-hog",
+        cgroup,
+        bursts: read_bursts(&log),
+    }
 }
 
-#[test]
-fn cpu_contention_is_found_and_the_competitor_named() {
-    require_root();
-    let _hog_cpu = hog_cpu();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut hog = None;
-    let run = record_game(
-        dir.path(),
-        &[],
-        &[
-            "--frames",
-            "420",
-            "--interval-ms",
-            "16.7",
-            "--work-ms",
-            "2",
-            "--pin-cpu",
-            "1",
-        ],
-        || {
-            // The bursts must fall among the game's steady frames, past the detector's warm-up:
-            // wait for its presents (however long its start took), then start the hog.
-            wait_for_presents(&dir.path().join("truth.txt"), WARMUP as u32 + 5);
-            hog = Some(run_hog(dir.path(), "1", "6", "700"));
-        },
+/// A directory in memory (tmpfs) for a competitor that forks and execs in its bursts, with a
+/// copy of `tick` in it: a burst that waited for the disk (a page of a binary, a file written)
+/// would leave the CPU idle for the game to run in.
+fn in_memory() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("nvbind-contention")
+        .tempdir_in("/dev/shm")
+        .expect("a directory in /dev/shm (tmpfs)");
+    let tick = dir.path().join("tick");
+    std::fs::copy(tick_bin(), &tick).expect("copy tick into tmpfs");
+    (dir, tick)
+}
+
+/// A shell loop at SCHED_FIFO on CPU 1, started through `chrt` and `taskset` (both exec, so the
+/// process is `chrt`, then `taskset`, then `sh`): five bursts of 80 ms in which it forks one
+/// short-lived child after another (`tick`, which spins 1 ms), each burst stamped by a child.
+fn run_shell_loop(dir: &Path) -> Competitor {
+    let (memory, tick) = in_memory();
+    const SCRIPT: &str = r#"
+log=$1 tick=$2
+sleep 0.5
+for burst in 1 2 3 4 5; do
+  start=$("$tick")
+  end=$((start + 80000000))
+  while [ "$("$tick" --spin-ms 1)" -lt "$end" ]; do :; done
+  echo "$start $("$tick")" >> "$log"
+  sleep 0.7
+done
+"#;
+    let log = dir.join("bursts.txt");
+    let shell = Command::new("chrt")
+        .args(["-f", "50", "taskset", "-c", "1", "sh", "-c", SCRIPT, "sh"])
+        .arg(&log)
+        .arg(&tick)
+        .spawn()
+        .expect("start the shell loop");
+    let pid = shell.id();
+    let cgroup = cgroup_of(pid);
+    finish(shell, "the shell loop");
+    drop(memory);
+    Competitor {
+        pid,
+        comm: "sh",
+        cgroup,
+        bursts: read_bursts(&log),
+    }
+}
+
+/// Bursts of the build, and compilations per burst (`make -j4`: all at once).
+const BUILD_BURSTS: usize = 5;
+const BUILD_JOBS: usize = 4;
+
+/// A small C project built by `make -j4` at SCHED_FIFO on CPU 1, started through `chrt` and
+/// `taskset`: one make for the whole test, whose Makefile compiles the project `BUILD_JOBS`
+/// times in each of `BUILD_BURSTS` bursts, 0.6 s apart, each burst stamped by `tick` before its
+/// first compilation and after its last.
+fn run_build(_: &Path) -> Competitor {
+    // In memory, compiled with -pipe and TMPDIR there: nothing in a burst waits for the disk.
+    let (memory, tick) = in_memory();
+    let project = memory.path();
+    std::fs::write(project.join("src.c"), BUILD_SOURCE).expect("src.c");
+    let mut makefile = format!(
+        "TICK := {}\n.PHONY: all\nall: b{BUILD_BURSTS}.end\n",
+        tick.display()
     );
-    let (hog_pid, hog_cgroup, log) = hog.expect("hog ran");
-    let bursts = read_bursts(&log);
-    assert_eq!(bursts.len(), 6);
+    for k in 1..=BUILD_BURSTS {
+        let after = if k > 1 {
+            format!("b{}.end", k - 1)
+        } else {
+            String::new()
+        };
+        makefile += &format!("b{k}.start: {after}\n\tsleep 0.6\n\t$(TICK) > $@\n");
+        let objects: Vec<String> = (1..=BUILD_JOBS).map(|j| format!("b{k}.o{j}")).collect();
+        for o in &objects {
+            makefile += &format!("{o}: b{k}.start\n\tgcc -pipe -O2 -c src.c -o $@\n");
+        }
+        makefile += &format!("b{k}.end: {}\n\t$(TICK) > $@\n", objects.join(" "));
+    }
+    std::fs::write(project.join("Makefile"), makefile).expect("Makefile");
+    let warm = Command::new("gcc")
+        .args(["-pipe", "-O2", "-c", "src.c", "-o", "warm.o"])
+        .current_dir(project)
+        .status()
+        .expect("run gcc (make and gcc are test packages: cargo xtask setup)");
+    assert!(warm.success(), "gcc cannot build the test project");
+    let make = Command::new("chrt")
+        .args(["-f", "50", "taskset", "-c", "1", "make", "-s", "-j4"])
+        .current_dir(project)
+        .env("TMPDIR", project)
+        .spawn()
+        .expect("start make");
+    let pid = make.id();
+    let cgroup = cgroup_of(pid);
+    finish(make, "make");
+    let stamp = |name: String| -> u64 {
+        let text = std::fs::read_to_string(project.join(&name)).expect("burst stamp");
+        text.trim().parse().expect("ns")
+    };
+    Competitor {
+        pid,
+        comm: "make",
+        cgroup,
+        bursts: (1..=BUILD_BURSTS)
+            .map(|k| (stamp(format!("b{k}.start")), stamp(format!("b{k}.end"))))
+            .collect(),
+    }
+}
+
+/// The test project: enough C for a compilation to take the compiler tens of milliseconds.
+const BUILD_SOURCE: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+struct item { unsigned long key; double value; char name[32]; };
+static unsigned long mix(unsigned long x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdUL; x ^= x >> 33; return x;
+}
+static int cmp(const void *a, const void *b) {
+    const struct item *x = a, *y = b;
+    return (x->key > y->key) - (x->key < y->key);
+}
+double work(int n) {
+    struct item *items = calloc(n, sizeof *items);
+    double sum = 0;
+    if (!items) return 0;
+    for (int i = 0; i < n; i++) {
+        items[i].key = mix(i);
+        items[i].value = i * 0.5;
+        snprintf(items[i].name, sizeof items[i].name, "item-%d", i);
+    }
+    qsort(items, n, sizeof *items, cmp);
+    for (int i = 0; i < n; i++) sum += items[i].value * (double)strlen(items[i].name);
+    free(items);
+    return sum;
+}
+"#;
+
+/// Where the game's threads run against the competitor, which takes CPU 1.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// The frame thread on CPU 1: it cannot present during a burst, so one frame holds it.
+    SharedCpu,
+    /// The frame thread on CPU 0, and each frame waits for its `submit` thread on CPU 1.
+    SubmitThread,
+}
+
+/// What a contention run gives each test: the report and CSV, the competitor, and each burst
+/// whose stutter the kernel kept the evidence of, with that stutter.
+struct Contended {
+    run: nvbind_tests::GameRun,
+    competitor: Competitor,
+    judged: Vec<((u64, u64), serde_json::Value)>,
+}
+
+/// Records the game (`frames` at 16.7 ms, 2 ms of work each) while `start` runs a competitor on
+/// CPU 1 once the game is past its warm-up, and checks the stutters against both programs' logs:
+/// each burst fell among the game's steady frames and is exactly one stutter among the frames it
+/// overlaps (with the frame thread on CPU 1, the game presented nothing during it, so one frame
+/// holds it whole), every other stutter is one the game's clock allows, and at least half the
+/// bursts' frames kept their evidence (the kernel can skip probe runs, and the report says so).
+fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competitor) -> Contended {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut competitor = None;
+    let mut args = vec![
+        "--frames",
+        frames,
+        "--interval-ms",
+        "16.7",
+        "--work-ms",
+        "2",
+    ];
+    args.extend(match layout {
+        Layout::SharedCpu => ["--pin-cpu", "1"].as_slice(),
+        Layout::SubmitThread => ["--pin-cpu", "0", "--submit-cpu", "1"].as_slice(),
+    });
+    let run = record_game(dir.path(), &[], &args, || {
+        // The bursts must fall among the game's steady frames, past the detector's warm-up:
+        // wait for its presents (however long its start took), then start the competitor.
+        wait_for_presents(&dir.path().join("truth.txt"), WARMUP as u32 + 5);
+        competitor = Some(start(dir.path()));
+    });
+    let competitor = competitor.expect("the competitor ran");
+    let bursts = &competitor.bursts;
     let w = &run.windows;
     let p = busiest(&run.report);
     assert_eq!(p["frames"]["count"].as_u64(), Some(w.len() as u64));
-
-    // Independently, from the two programs' own logs: each burst fell among the game's steady
-    // frames, and the game, sharing the hog's CPU, presented nothing during it, so one frame's
-    // interval holds the whole burst; the game's clock narrows it down to the frames that may
-    // (two, when the burst began inside a present call).
     let mut burst_frames = Vec::new();
-    for &(start, end) in &bursts {
+    for &(start, end) in bursts {
         assert!(
             w[WARMUP].after < start && end < w[w.len() - 1].before,
-            "the burst [{start}, {end}] fell outside the game's steady frames \
-             ([{}, {}])",
+            "the burst [{start}, {end}] fell outside the game's steady frames ([{}, {}])",
             w[WARMUP].after,
             w[w.len() - 1].before
         );
-        assert!(
-            !w.iter().any(|p| start < p.before && p.after < end),
-            "the game presented during the burst [{start}, {end}]: the contention did not happen"
-        );
-        burst_frames.push(
-            (1..w.len())
-                .filter(|&k| w[k - 1].before <= start && end <= w[k].after)
-                .collect::<Vec<usize>>(),
-        );
+        burst_frames.push(match layout {
+            Layout::SharedCpu => {
+                let inside: Vec<(i64, i64)> = w
+                    .iter()
+                    .filter(|p| start < p.before && p.after < end)
+                    .map(|p| (p.before as i64 - start as i64, p.after as i64 - start as i64))
+                    .collect();
+                assert!(
+                    inside.is_empty(),
+                    "the game presented during the burst [{start}, {end}] (at {inside:?} ns \
+                     into it): the contention did not happen"
+                );
+                (1..w.len())
+                    .filter(|&k| w[k - 1].before <= start && end <= w[k].after)
+                    .collect::<Vec<usize>>()
+            }
+            Layout::SubmitThread => (1..w.len())
+                .filter(|&k| w[k - 1].before < end && start < w[k].after)
+                .collect(),
+        });
     }
     let stutters = check_stutters(p, w, &burst_frames);
-    // Every burst's frame is judged, unless the kernel lost its evidence (and the report says so).
-    let (judged, lost): (Vec<_>, Vec<_>) = stutters.iter().zip(&bursts).partition(|(e, _)| {
-        e["cause"] == "cpu-contention" || !stutter_evidence_lost(&run.report, e)
-    });
+    let (judged, lost): (Vec<_>, Vec<_>) =
+        bursts.iter().copied().zip(stutters).partition(|(_, e)| {
+            e["cause"] == "cpu-contention" || !stutter_evidence_lost(&run.report, e)
+        });
     assert!(
         judged.len() * 2 >= bursts.len(),
         "only {} of {} bursts' frames had their evidence: {}",
@@ -431,9 +617,54 @@ fn cpu_contention_is_found_and_the_competitor_named() {
             lost.len()
         );
     }
-    let contended: Vec<serde_json::Value> = judged.iter().map(|(e, _)| (*e).clone()).collect();
-    assert_all(&contended, "cpu-contention");
-    for (e, &(start, end)) in judged.iter().map(|(e, b)| (*e, *b)) {
+    let events: Vec<serde_json::Value> = judged.iter().map(|(_, e)| e.clone()).collect();
+    assert_all(&events, "cpu-contention");
+    for (burst, e) in &judged {
+        eprintln!(
+            "burst at {}: frame {}, culprit {}",
+            burst.0, e["frame"], e["culprit"]
+        );
+    }
+    Contended {
+        run,
+        competitor,
+        judged,
+    }
+}
+
+/// Checks that a stutter names the competitor as the process to blame, in its headline culprit
+/// (measured: it held the CPU for most of the wait charged to it) and in the sentence, and
+/// returns the culprit.
+fn assert_blames<'e>(e: &'e serde_json::Value, who: &Competitor) -> &'e serde_json::Value {
+    let c = &e["culprit"];
+    assert_eq!(c["pid"].as_u64(), Some(u64::from(who.pid)), "{e}");
+    assert_eq!(c["comm"], who.comm, "{e}");
+    assert_eq!(c["kernel_thread"], false, "{e}");
+    assert_eq!(c["cgroup"].as_str(), Some(who.cgroup.as_str()), "{e}");
+    let held = c["held_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("not measured: {e}"));
+    assert!(2.0 * held >= field(c, "wait_ms"), "{e}");
+    let named = format!("`{}` (pid {}", who.comm, who.pid);
+    assert!(
+        e["summary"].as_str().is_some_and(|s| s.contains(&named)),
+        "{named} is not in the sentence: {e}"
+    );
+    c
+}
+
+#[test]
+fn cpu_contention_is_found_and_the_competitor_named() {
+    let _hog_cpu = hog_cpu();
+    let Contended {
+        competitor: hog,
+        judged,
+        ..
+    } = contended(Layout::SharedCpu, "420", |dir| {
+        run_hog(dir, "1", "6", "700")
+    });
+    assert_eq!(hog.bursts.len(), 6);
+    for ((start, end), e) in &judged {
         let burst_ms = ms(end - start);
         let frame_ms = e["frame_time_ms"].as_f64().expect("frame_time_ms");
         assert!(
@@ -453,11 +684,121 @@ fn cpu_contention_is_found_and_the_competitor_named() {
         let least_wait = burst_ms - PACE_MS - 13.0;
         let who = &e["evidence"]["ran_instead"];
         assert_eq!(who["comm"], "cpu-hog", "{e}");
-        assert_eq!(who["pid"].as_u64(), Some(u64::from(hog_pid)), "{e}");
-        assert_eq!(who["cgroup"].as_str(), Some(hog_cgroup.as_str()), "{e}");
+        assert_eq!(who["pid"].as_u64(), Some(u64::from(hog.pid)), "{e}");
+        assert_eq!(who["cgroup"].as_str(), Some(hog.cgroup.as_str()), "{e}");
         assert!(field(who, "wait_ms") >= least_wait, "{e}");
         assert!(field(t, "runq_wait_ms") >= least_wait, "{e}");
-        assert!(e["summary"].as_str().is_some_and(|s| s.contains("cpu-hog")));
+        // One process that did its own work: no children, and the task is the hog itself.
+        let c = assert_blames(e, &hog);
+        assert_eq!(
+            (c["children"].as_bool(), c["task_pid"].as_u64()),
+            (Some(false), Some(u64::from(hog.pid))),
+            "{e}"
+        );
+        assert!(c["via"].is_null(), "{e}");
+    }
+}
+
+/// The hog is a shell loop at SCHED_FIFO that forks a short-lived child after another: the
+/// stutters name the shell by its name after `chrt` and `taskset` exec'd it (`sh`, not `chrt`),
+/// with its command line, not one of its children and not a kernel thread that ran between
+/// them; the busiest child is named as the task.
+#[test]
+fn a_forking_shell_loop_is_named_as_the_shell() {
+    let _hog_cpu = hog_cpu();
+    let Contended {
+        run,
+        competitor: shell,
+        judged,
+    } = contended(Layout::SharedCpu, "420", run_shell_loop);
+    assert_eq!(shell.bursts.len(), 5);
+    for (_, e) in &judged {
+        let c = assert_blames(e, &shell);
+        assert!(
+            c["cmdline"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("sh -c")),
+            "{e}"
+        );
+        assert_eq!(c["children"], true, "{e}");
+        assert_eq!(c["task_comm"], "tick", "{e}");
+        assert_ne!(c["task_pid"].as_u64(), Some(u64::from(shell.pid)), "{e}");
+        assert_eq!(
+            e["evidence"]["ran_instead"]["pid"].as_u64(),
+            Some(u64::from(shell.pid)),
+            "{e}"
+        );
+        // The per-frame CSV names the same process.
+        let frame = e["frame"].to_string();
+        let row = run
+            .rows
+            .iter()
+            .find(|r| r["frame"] == frame)
+            .unwrap_or_else(|| panic!("no CSV row for {e}"));
+        assert_eq!(
+            (
+                row["ran_instead_pid"].as_str(),
+                row["ran_instead_process"].as_str()
+            ),
+            (shell.pid.to_string().as_str(), "sh"),
+            "{row:?}"
+        );
+    }
+}
+
+/// A build competes with the game: `make -j4` of a small C project, its compilers forked and
+/// gone within each burst. The stutters name `make` (the process alive through the stutter that
+/// spawned them), not a compiler, with a compiler as the busiest task.
+#[test]
+fn a_build_is_named_as_make_with_its_busiest_compiler() {
+    let _hog_cpu = hog_cpu();
+    let Contended {
+        competitor: make,
+        judged,
+        ..
+    } = contended(Layout::SharedCpu, "480", run_build);
+    assert_eq!(make.bursts.len(), BUILD_BURSTS);
+    for (_, e) in &judged {
+        let c = assert_blames(e, &make);
+        assert!(
+            c["cmdline"].as_str().is_some_and(|s| s.starts_with("make")),
+            "{e}"
+        );
+        assert_eq!(c["children"], true, "{e}");
+        assert_ne!(c["task_pid"].as_u64(), Some(u64::from(make.pid)), "{e}");
+        let task = c["task_comm"].as_str().unwrap_or_default();
+        assert!(
+            ["cc1", "as", "gcc", "collect2"].contains(&task),
+            "the busiest task is {task}, not a compiler: {e}"
+        );
+    }
+}
+
+/// The game's frame thread (CPU 0) waits each frame for its `submit` thread, which shares CPU 1
+/// with the hog: each burst stalls the frame through that thread. The stutter's culprit is the
+/// hog, through `submit`, and the sentence tells the chain; whatever briefly held the frame
+/// thread's own CPU is not the headline.
+#[test]
+fn a_frame_waiting_on_a_starved_thread_blames_who_starved_it() {
+    let _hog_cpu = hog_cpu();
+    let Contended {
+        competitor: hog,
+        judged,
+        ..
+    } = contended(Layout::SubmitThread, "420", |dir| {
+        run_hog(dir, "1", "6", "700")
+    });
+    assert_eq!(hog.bursts.len(), 6);
+    for (_, e) in &judged {
+        let c = assert_blames(e, &hog);
+        assert_eq!(c["via"]["comm"], "submit", "{e}");
+        let summary = e["summary"].as_str().unwrap_or_default();
+        assert!(
+            summary.contains("waiting for the game's thread `submit`")
+                && summary.contains("which waited")
+                && summary.contains(&format!("behind `cpu-hog` (pid {}", hog.pid)),
+            "{e}"
+        );
     }
 }
 
@@ -561,11 +902,11 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
     );
     let vkcube = wait_for_process("vkcube", Duration::from_secs(60));
     wait_until_presenting(vkcube);
-    let (hog_pid, _, log) = run_hog(dir.path(), "1", "5", "900");
+    let hog = run_hog(dir.path(), "1", "5", "900");
     agent.signal(libc::SIGINT);
     let (status, err) = agent.finish(Duration::from_secs(120));
     assert!(status.success(), "{err}");
-    let bursts = read_bursts(&log);
+    let (hog_pid, bursts) = (hog.pid, hog.bursts);
     assert_eq!(bursts.len(), 5);
     let report = read_json(&out);
     let p = busiest(&report);
