@@ -64,10 +64,12 @@ fn ms(ns: u64) -> f64 {
 /// - A frame the game's clock proves at least 4× its pace (after the warm-up) is reported: the
 ///   detector flags 2.5× the trailing average, and noise would have to lift that average 60 %
 ///   above the game's own pace to hide it.
-/// - Any other stutter is a frame the game's clock allows to have been long (twice its pace or
-///   more): the shared VM stalls a thread for real now and then, and such a frame is a true
-///   stutter, not a false positive. Each is printed; however many the machine causes, each is
-///   checked.
+/// - Any other stutter is a frame the game's clock allows to have been long (over the detector's
+///   floor, above the game's pace): the shared VM stalls a thread for real now and then, and such
+///   a frame is a true stutter, not a false positive. (Not twice the pace: the trailing average
+///   the detector compares with can sit below the pace, since a late frame left out of it as a
+///   stutter is followed by a short one that is not.) Each is printed; however many the machine
+///   causes, each is checked.
 fn check_stutters(
     p: &serde_json::Value,
     w: &[PresentWindow],
@@ -118,7 +120,7 @@ fn check_stutters(
             continue;
         }
         assert!(
-            most >= 2.0 * pace && reported_ms > FLOOR_MS,
+            most > FLOOR_MS && reported_ms > FLOOR_MS,
             "stutter at frame {k} ({reported_ms} ms), but the game's clock allows at most \
              {most:.2} ms (its pace: {pace:.1} ms): {e}"
         );
@@ -583,7 +585,12 @@ fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competit
                 let inside: Vec<(i64, i64)> = w
                     .iter()
                     .filter(|p| start < p.before && p.after < end)
-                    .map(|p| (p.before as i64 - start as i64, p.after as i64 - start as i64))
+                    .map(|p| {
+                        (
+                            p.before as i64 - start as i64,
+                            p.after as i64 - start as i64,
+                        )
+                    })
                     .collect();
                 assert!(
                     inside.is_empty(),

@@ -372,11 +372,13 @@ fn describe(r: &RanInstead) -> String {
     format!("`{}` ({})", r.comm, parts.join(", "))
 }
 
-/// `text` cut to about `max` characters, with an ellipsis when cut.
+/// `text` on one line (runs of whitespace as one space: a shell script's newlines), cut to `max`
+/// characters with an ellipsis when longer.
 fn shorten(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
     }
 }
 
@@ -531,7 +533,7 @@ mod tests {
     #[test]
     fn a_process_working_through_children_is_named_with_its_command_line() {
         let e = contention(RanInstead {
-            cmdline: Some(format!("sh -c while :; do {}; done", "x".repeat(80))),
+            cmdline: Some(format!("sh -c while :;\n  do {}; done", "x".repeat(80))),
             children: true,
             tid: 900,
             task_pid: Some(900),
