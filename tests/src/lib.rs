@@ -34,5 +34,5 @@ pub use timing::{
 };
 pub use workloads::{
     monotonic_ns, pids_named, pin_to_cpu, wait_for_presents, wait_for_process,
-    wait_until_presenting, Xvfb, X_WRITES_WHILE_PRESENTING,
+    wait_until_presenting, Resident, Xvfb, X_WRITES_WHILE_PRESENTING,
 };

@@ -13,7 +13,7 @@ use std::{
 use nvbind_tests::{
     busiest, frame_bounds_ms, hog_bin, pace_ms, read_csv, read_json, record_game, require_root,
     skipped_sched_runs, switch_count_slack, tick_bin, wait_for_presents, wait_for_process,
-    wait_until_presenting, PresentWindow, WatchedAgent, Xvfb,
+    wait_until_presenting, PresentWindow, Resident, WatchedAgent, Xvfb,
 };
 
 /// The report rounds a stutter's frame time to the microsecond.
@@ -385,24 +385,46 @@ fn run_hog(dir: &Path, cpu: &str, bursts: &str, period_ms: &str) -> Competitor {
     }
 }
 
-/// A directory in memory (tmpfs) for a competitor that forks and execs in its bursts, with a
-/// copy of `tick` in it: a burst that waited for the disk (a page of a binary, a file written)
-/// would leave the CPU idle for the game to run in.
-fn in_memory() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("nvbind-contention")
-        .tempdir_in("/dev/shm")
-        .expect("a directory in /dev/shm (tmpfs)");
-    let tick = dir.path().join("tick");
-    std::fs::copy(tick_bin(), &tick).expect("copy tick into tmpfs");
-    (dir, tick)
+/// A place for a competitor that forks and execs in its bursts, made ready before the game
+/// starts (so that none of it competes with the game's first frames, whose average the first
+/// burst's frame is compared with): a directory in memory (tmpfs) with a copy of `tick`, and the
+/// programs it runs locked in memory with their libraries. A burst that waited for the disk (a
+/// page of a binary the shared machine's other work pushed out of the page cache, a file
+/// written) would leave the CPU idle, and the game would run in it.
+struct InMemory {
+    dir: tempfile::TempDir,
+    tick: std::path::PathBuf,
+    _resident: Resident,
+}
+
+impl InMemory {
+    fn new(programs: &[&str]) -> InMemory {
+        let dir = tempfile::Builder::new()
+            .prefix("nvbind-contention")
+            .tempdir_in("/dev/shm")
+            .expect("a directory in /dev/shm (tmpfs)");
+        let tick = dir.path().join("tick");
+        std::fs::copy(tick_bin(), &tick).expect("copy tick into tmpfs");
+        let tick_path = tick.display().to_string();
+        let mut all = programs.to_vec();
+        all.push(&tick_path);
+        let resident = Resident::programs(&all).expect("lock the competitor's programs in memory");
+        InMemory {
+            dir,
+            tick,
+            _resident: resident,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 /// A shell loop at SCHED_FIFO on CPU 1, started through `chrt` and `taskset` (both exec, so the
 /// process is `chrt`, then `taskset`, then `sh`): five bursts of 80 ms in which it forks one
 /// short-lived child after another (`tick`, which spins 1 ms), each burst stamped by a child.
-fn run_shell_loop(dir: &Path) -> Competitor {
-    let (memory, tick) = in_memory();
+fn run_shell_loop(place: &InMemory) -> Competitor {
     const SCRIPT: &str = r#"
 log=$1 tick=$2
 sleep 0.5
@@ -414,17 +436,16 @@ for burst in 1 2 3 4 5; do
   sleep 0.7
 done
 "#;
-    let log = dir.join("bursts.txt");
+    let log = place.path().join("bursts.txt");
     let shell = Command::new("chrt")
         .args(["-f", "50", "taskset", "-c", "1", "sh", "-c", SCRIPT, "sh"])
         .arg(&log)
-        .arg(&tick)
+        .arg(&place.tick)
         .spawn()
         .expect("start the shell loop");
     let pid = shell.id();
     let cgroup = cgroup_of(pid);
     finish(shell, "the shell loop");
-    drop(memory);
     Competitor {
         pid,
         comm: "sh",
@@ -437,18 +458,23 @@ done
 const BUILD_BURSTS: usize = 5;
 const BUILD_JOBS: usize = 4;
 
-/// A small C project built by `make -j4` at SCHED_FIFO on CPU 1, started through `chrt` and
-/// `taskset`: one make for the whole test, whose Makefile compiles the project `BUILD_JOBS`
-/// times in each of `BUILD_BURSTS` bursts, 0.6 s apart, each burst stamped by `tick` before its
-/// first compilation and after its last.
-fn run_build(_: &Path) -> Competitor {
-    // In memory, compiled with -pipe and TMPDIR there: nothing in a burst waits for the disk.
-    let (memory, tick) = in_memory();
-    let project = memory.path();
+/// A small C project for `make -j4`, in memory (compiled with -pipe and TMPDIR there: nothing in
+/// a burst waits for the disk) with the build's programs locked in memory: one make for the
+/// whole test, whose Makefile compiles the project `BUILD_JOBS` times in each of `BUILD_BURSTS`
+/// bursts, 0.6 s apart, each burst stamped by `tick` before its first compilation and after its
+/// last.
+fn prepare_build() -> InMemory {
+    let cc1 = Command::new("gcc")
+        .arg("-print-prog-name=cc1")
+        .output()
+        .expect("run gcc (make and gcc are test packages: cargo xtask setup)");
+    let cc1 = String::from_utf8_lossy(&cc1.stdout).trim().to_string();
+    let place = InMemory::new(&["make", "gcc", &cc1, "as", "sh"]);
+    let project = place.path();
     std::fs::write(project.join("src.c"), BUILD_SOURCE).expect("src.c");
     let mut makefile = format!(
         "TICK := {}\n.PHONY: all\nall: b{BUILD_BURSTS}.end\n",
-        tick.display()
+        place.tick.display()
     );
     for k in 1..=BUILD_BURSTS {
         let after = if k > 1 {
@@ -464,12 +490,21 @@ fn run_build(_: &Path) -> Competitor {
         makefile += &format!("b{k}.end: {}\n\t$(TICK) > $@\n", objects.join(" "));
     }
     std::fs::write(project.join("Makefile"), makefile).expect("Makefile");
+    // One compilation first: whatever else the compiler reads is in the page cache too.
     let warm = Command::new("gcc")
         .args(["-pipe", "-O2", "-c", "src.c", "-o", "warm.o"])
         .current_dir(project)
+        .env("TMPDIR", project)
         .status()
-        .expect("run gcc (make and gcc are test packages: cargo xtask setup)");
+        .expect("run gcc");
     assert!(warm.success(), "gcc cannot build the test project");
+    place
+}
+
+/// Runs the build prepared by [`prepare_build`] at SCHED_FIFO on CPU 1, started through `chrt`
+/// and `taskset`.
+fn run_build(place: &InMemory) -> Competitor {
+    let project = place.path();
     let make = Command::new("chrt")
         .args(["-f", "50", "taskset", "-c", "1", "make", "-s", "-j4"])
         .current_dir(project)
@@ -712,12 +747,16 @@ fn cpu_contention_is_found_and_the_competitor_named() {
 /// them; the busiest child is named as the task.
 #[test]
 fn a_forking_shell_loop_is_named_as_the_shell() {
+    require_root();
     let _hog_cpu = hog_cpu();
     let Contended {
         run,
         competitor: shell,
         judged,
-    } = contended(Layout::SharedCpu, "420", run_shell_loop);
+    } = {
+        let place = InMemory::new(&["sh"]);
+        contended(Layout::SharedCpu, "420", |_| run_shell_loop(&place))
+    };
     assert_eq!(shell.bursts.len(), 5);
     for (_, e) in &judged {
         let c = assert_blames(e, &shell);
@@ -758,12 +797,16 @@ fn a_forking_shell_loop_is_named_as_the_shell() {
 /// spawned them), not a compiler, with a compiler as the busiest task.
 #[test]
 fn a_build_is_named_as_make_with_its_busiest_compiler() {
+    require_root();
     let _hog_cpu = hog_cpu();
     let Contended {
         competitor: make,
         judged,
         ..
-    } = contended(Layout::SharedCpu, "480", run_build);
+    } = {
+        let place = prepare_build();
+        contended(Layout::SharedCpu, "480", |_| run_build(&place))
+    };
     assert_eq!(make.bursts.len(), BUILD_BURSTS);
     for (_, e) in &judged {
         let c = assert_blames(e, &make);
