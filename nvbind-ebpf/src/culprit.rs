@@ -1,0 +1,426 @@
+//! Who kept a tracked thread off the CPU (`Culprit`), for the scheduler programs: each CPU's
+//! watch follows the waits of tracked threads for it, adds every stretch another task held the CPU
+//! to them under the process blamed for that task (its own, or a young process's nearest older
+//! ancestor), and charges each wait to the process with the most time; without a watch, to the
+//! preemptor or the task that ran last. Several waits behind one process add up per frame.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_probe_read_kernel_buf,
+    generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+};
+use nvbind_common::{
+    culprit_flags, Culprit, HeldBy, ThreadState, WatchedWait, HELD_SLOTS, MAX_ANCESTORS,
+    RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN, YOUNG_NS,
+};
+
+use crate::state::{
+    kernel_field, CPU_WATCH, CULPRIT_SCRATCH, TASK_COMM_OFF, TASK_FLAGS_OFF, TASK_GROUP_LEADER_OFF,
+    TASK_REAL_PARENT_OFF, TASK_START_TIME_OFF, TASK_TGID_OFF,
+};
+
+/// `PF_KTHREAD` in `task_struct.flags`: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// The task whose stretch on a CPU just ended (the current task at a switch).
+struct Stretch {
+    cgroup_id: u64,
+    tid: u32,
+    tgid: u32,
+    comm: [u8; TASK_COMM_LEN],
+}
+
+/// The process a stretch of the current task is blamed on: its id, its main thread (whose name
+/// the process goes by; a kernel address, 0 when unknown) and [`culprit_flags`].
+struct Blamed {
+    leader: u64,
+    pid: u32,
+    flags: u32,
+}
+
+/// The process the current task's CPU time is blamed on in a wait that began at `since`: its
+/// own process (`tgid`) when that had been running for `YOUNG_NS` by then, else the nearest
+/// ancestor that had (at most `MAX_ANCESTORS` up, else the furthest looked at), never init or
+/// kthreadd (an orphan, or a process the kernel started, answers for itself), and a kernel thread
+/// always for itself. Without the kernel's `task_struct` layout (no BTF), the current process.
+#[inline(always)]
+fn blamed_for(tgid: u32, since: u64) -> Blamed {
+    let settled_by = since.saturating_sub(YOUNG_NS);
+    let mut b = Blamed {
+        leader: 0,
+        pid: tgid,
+        flags: 0,
+    };
+    if TASK_GROUP_LEADER_OFF.load() == 0 {
+        return b;
+    }
+    // SAFETY: a helper without arguments; the pointer is only read through checked
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let mut leader = kernel_field::<u64>(task, &TASK_GROUP_LEADER_OFF).unwrap_or(0);
+    for depth in 0..=MAX_ANCESTORS {
+        let at = leader as *const u8;
+        let pid = kernel_field::<u32>(at, &TASK_TGID_OFF).unwrap_or(0);
+        if leader == 0 || pid == 0 {
+            break;
+        }
+        let start_ns = kernel_field::<u64>(at, &TASK_START_TIME_OFF).unwrap_or(0);
+        let kernel_thread = kernel_field::<u32>(at, &TASK_FLAGS_OFF).unwrap_or(0) & PF_KTHREAD != 0;
+        b.leader = leader;
+        b.pid = pid;
+        b.flags = match (kernel_thread, depth) {
+            (true, _) => culprit_flags::KERNEL_THREAD,
+            (false, 0) => 0,
+            (false, _) => culprit_flags::CHILDREN,
+        };
+        if kernel_thread || start_ns <= settled_by {
+            break;
+        }
+        let parent = kernel_field::<u64>(at, &TASK_REAL_PARENT_OFF).unwrap_or(0);
+        let ppid = kernel_field::<u32>(parent as *const u8, &TASK_TGID_OFF).unwrap_or(0);
+        if parent == 0 || ppid <= 2 {
+            break;
+        }
+        leader = kernel_field::<u64>(parent as *const u8, &TASK_GROUP_LEADER_OFF).unwrap_or(0);
+    }
+    b
+}
+
+/// Writes the name of `who` (its main thread's, so the name after an `execve`) into `dst`; the
+/// current task's `comm` when the kernel's layout is unknown.
+#[inline(always)]
+fn process_comm(who: &Blamed, current: &[u8; TASK_COMM_LEN], dst: &mut [u8; TASK_COMM_LEN]) {
+    let offset = TASK_COMM_OFF.load();
+    if who.leader != 0 && offset != 0 {
+        // SAFETY: a checked read of the kernel's task name, at its offset from BTF.
+        let read = unsafe {
+            bpf_probe_read_kernel_buf((who.leader as *const u8).add(offset as usize), dst)
+        };
+        if read.is_ok() {
+            return;
+        }
+    }
+    *dst = *current;
+}
+
+/// A context switch on a watched CPU: the stretch that ends (the current task's) is added to
+/// every tracked wait it overlapped, under the process blamed for it.
+///
+/// A BPF function of its own, not inlined: its frame and the rest of `sched_switch`'s would not
+/// fit the 512-byte BPF stack together.
+#[inline(never)]
+pub(crate) fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
+    let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: live map value; a racing update from another CPU (a waker following a new wait)
+    // can at worst lose part of one stretch.
+    let w = unsafe { &mut *w };
+    if w.armed_ns == 0 {
+        return;
+    }
+    let start = w.last_switch_ns;
+    w.last_switch_ns = now;
+    if prev_tid == 0 {
+        return;
+    }
+    // The earliest wait this stretch held up: the holder's process counts as itself only if it
+    // was not young when that wait began (one lineage for all the waits: the earliest is the
+    // strictest).
+    let mut oldest = 0;
+    for ww in w.waits.iter() {
+        if followed(ww, now) && ww.tid != prev_tid && (oldest == 0 || ww.since_ns < oldest) {
+            oldest = ww.since_ns;
+        }
+    }
+    if oldest == 0 {
+        return;
+    }
+    let who = blamed_for(prev_tgid, oldest);
+    let task = Stretch {
+        // SAFETY: helper without arguments; the current task is `prev`.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tid: prev_tid,
+        tgid: prev_tgid,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    for ww in w.waits.iter_mut() {
+        // A waiter never holds up its own wait.
+        if !followed(ww, now) || ww.tid == prev_tid {
+            continue;
+        }
+        let from = if start > ww.since_ns {
+            start
+        } else {
+            ww.since_ns
+        };
+        add_held(ww, &who, now.saturating_sub(from), &task);
+    }
+}
+
+/// Whether a place in a watch holds a wait still worth following at `now` (not free, not stale).
+#[inline(always)]
+fn followed(ww: &WatchedWait, now: u64) -> bool {
+    ww.since_ns != 0 && ww.since_ns < now && now - ww.since_ns <= STALE_WAIT_NS
+}
+
+/// Adds a stretch of `task` to the wait's account of `who`. Each process has one slot, chosen
+/// by its id (cheap enough for every switch); a process that would take the slot of another
+/// with more time than this stretch is not counted.
+#[inline(always)]
+fn add_held(ww: &mut WatchedWait, who: &Blamed, stretch: u64, task: &Stretch) {
+    if stretch == 0 {
+        return;
+    }
+    let Some(h) = ww.held.get_mut(who.pid as usize % HELD_SLOTS) else {
+        return;
+    };
+    if h.held_ns == 0 || h.pid != who.pid {
+        if h.held_ns > stretch {
+            return;
+        }
+        h.held_ns = 0;
+        h.longest_ns = 0;
+        h.flags = 0;
+        h.pid = who.pid;
+    }
+    h.held_ns += stretch;
+    h.flags |= who.flags;
+    process_comm(who, &task.comm, &mut h.comm);
+    if stretch > h.longest_ns {
+        h.longest_ns = stretch;
+        h.tid = task.tid;
+        h.tgid = task.tgid;
+        h.task_comm = task.comm;
+        h.cgroup_id = task.cgroup_id;
+    }
+}
+
+/// Follows the wait of tracked thread `t` (`tid`) for `cpu`, which begins `now` (woken onto it or
+/// preempted on it): a place in the CPU's watch, unless the watch already follows as many waits
+/// as it can.
+#[inline(always)]
+pub(crate) fn arm_watch(t: &mut ThreadState, tid: u32, cpu: u32, now: u64) {
+    t.wake_cpu = cpu;
+    let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: live map value.
+    let w = unsafe { &mut *w };
+    if w.armed_ns == 0 {
+        w.armed_ns = now;
+        w.last_switch_ns = now;
+    }
+    // The thread's own earlier wait here if it was never taken (it ran elsewhere), else a free
+    // place, else one whose thread is long gone.
+    let mut place: *mut WatchedWait = core::ptr::null_mut();
+    for ww in w.waits.iter_mut() {
+        if ww.since_ns != 0 && ww.tid == tid {
+            place = ww;
+            break;
+        }
+    }
+    if place.is_null() {
+        for ww in w.waits.iter_mut() {
+            if ww.since_ns == 0 || now.saturating_sub(ww.since_ns) > STALE_WAIT_NS {
+                place = ww;
+                break;
+            }
+        }
+    }
+    // Full: a presenting thread's wait (a frame's) goes before a worker's.
+    if place.is_null() && t.presenter != 0 {
+        for ww in w.waits.iter_mut() {
+            if ww.presenter == 0 {
+                place = ww;
+                break;
+            }
+        }
+    }
+    if place.is_null() {
+        return;
+    }
+    // SAFETY: points into the live map value.
+    let ww = unsafe { &mut *place };
+    // Closed while it is filled in: the CPU's own switches skip it meanwhile.
+    ww.since_ns = 0;
+    ww.tid = tid;
+    ww.presenter = t.presenter;
+    for h in ww.held.iter_mut() {
+        h.held_ns = 0;
+        h.longest_ns = 0;
+        h.pid = 0;
+        h.flags = 0;
+    }
+    ww.since_ns = now;
+}
+
+/// The per-CPU culprit being put together (see `CULPRIT_SCRATCH`).
+#[inline(always)]
+pub(crate) fn scratch() -> Option<&'static mut Culprit> {
+    // SAFETY: this CPU's own slot; `sched_switch`, its only user, never runs nested on a CPU.
+    CULPRIT_SCRATCH.get_ptr_mut(0).map(|c| unsafe { &mut *c })
+}
+
+/// Ends the followed wait of `t` (`tid`), which got `cpu` after `waited`; true, with the culprit
+/// in `c`, when the watch followed the wait and someone held the CPU: the process whose tasks
+/// held the CPU it waited for longest.
+#[inline(always)]
+pub(crate) fn take_wait(t: &ThreadState, tid: u32, waited: u64, cpu: u32, c: &mut Culprit) -> bool {
+    let Some(w) = CPU_WATCH.get_ptr_mut(t.wake_cpu) else {
+        return false;
+    };
+    // SAFETY: live map value.
+    let w = unsafe { &mut *w };
+    let mut found: *mut WatchedWait = core::ptr::null_mut();
+    for ww in w.waits.iter_mut() {
+        if ww.since_ns != 0 && ww.since_ns == t.since_ns && ww.tid == tid {
+            found = ww;
+            break;
+        }
+    }
+    if found.is_null() {
+        return false;
+    }
+    // SAFETY: points into the live map value.
+    let ww = unsafe { &mut *found };
+    let mut best: *const HeldBy = core::ptr::null();
+    let mut most = 0;
+    for h in ww.held.iter() {
+        if h.held_ns > most {
+            most = h.held_ns;
+            best = h;
+        }
+    }
+    // A thread the scheduler moved to another CPU before it ran waited first on this one: this
+    // CPU's holder is its culprit when it held the CPU for at least half the wait (else the wait
+    // was mostly spent elsewhere).
+    let named = !best.is_null() && (t.wake_cpu == cpu || most.saturating_mul(2) >= waited);
+    if named {
+        // SAFETY: points into the live map value.
+        let h = unsafe { &*best };
+        c.wait_ns = 0;
+        c.held_ns = h.held_ns;
+        c.longest_ns = h.longest_ns;
+        c.cgroup_id = h.cgroup_id;
+        c.tid = h.tid;
+        c.tgid = h.tgid;
+        c.pid = h.pid;
+        c.flags = h.flags;
+        c.comm = h.task_comm;
+        c.process_comm = h.comm;
+    }
+    ww.since_ns = 0;
+    ww.tid = 0;
+    named
+}
+
+/// Credits a run-queue wait of `t` to who kept it off the CPU (see `Culprit`): the process whose
+/// tasks held the CPU longest while it waited (the watch), else the preempting task when the wait
+/// began with a preemption, else the previous task.
+#[inline(always)]
+pub(crate) fn blame(
+    t: &mut ThreadState,
+    waiter_tid: u32,
+    waited: u64,
+    now: u64,
+    cpu: u32,
+    prev_tgid: u32,
+    prev_tid: u32,
+) {
+    let by_preemptor = t.preempted != 0 && t.last_preemptor_tid != 0;
+    t.preempted = 0;
+    let Some(c) = scratch() else {
+        return;
+    };
+    if take_wait(t, waiter_tid, waited, cpu, c) {
+        credit(t, c, waited, now);
+        return;
+    }
+    let tid = if by_preemptor {
+        t.last_preemptor_tid
+    } else {
+        prev_tid
+    };
+    if tid == 0 {
+        return;
+    }
+    if !credit_needs_details(t, tid, waited, now) {
+        credit_same(t, tid, waited, now);
+        return;
+    }
+    // Only now pay for the culprit's details. A preemptor is known by its tid and name alone
+    // (the agent finds its process); the previous task is the current one.
+    c.held_ns = 0;
+    c.longest_ns = 0;
+    c.cgroup_id = 0;
+    c.tid = tid;
+    c.tgid = 0;
+    c.pid = 0;
+    c.flags = 0;
+    c.comm = t.last_preemptor_comm;
+    c.process_comm = [0; TASK_COMM_LEN];
+    if !by_preemptor {
+        c.tgid = prev_tgid;
+        c.comm = bpf_get_current_comm().unwrap_or_default();
+        // SAFETY: helper without arguments; the current task is `prev`.
+        c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        let who = blamed_for(prev_tgid, t.since_ns);
+        c.pid = who.pid;
+        c.flags = who.flags;
+        process_comm(&who, &c.comm, &mut c.process_comm);
+    }
+    credit(t, c, waited, now);
+}
+
+/// Whether charging `waited` to task `tid` replaces the frame's culprit or the recent wait (and
+/// so needs the task's name and cgroup), rather than only adding to the same culprit.
+#[inline(always)]
+fn credit_needs_details(t: &ThreadState, tid: u32, waited: u64, now: u64) -> bool {
+    let frame = &t.frame_culprit;
+    (frame.tid != tid && waited > frame.wait_ns) || replaces_recent(t, waited, now)
+}
+
+/// Adds `waited` to the frame's culprit when it is task `tid`.
+#[inline(always)]
+fn credit_same(t: &mut ThreadState, tid: u32, waited: u64, now: u64) {
+    if t.frame_culprit.tid == tid {
+        t.frame_culprit.wait_ns += waited;
+        t.frame_culprit.at_ns = now;
+    }
+}
+
+/// Charges a wait of `waited` to a known culprit `c`: added to the frame's culprit when it is the
+/// same process (whose longest stretch, and latest name, it keeps), else replacing it when longer.
+#[inline(always)]
+fn credit(t: &mut ThreadState, c: &mut Culprit, waited: u64, now: u64) {
+    c.wait_ns = waited;
+    c.at_ns = now;
+    if replaces_recent(t, waited, now) {
+        t.recent_wait = *c;
+    }
+    let f = &mut t.frame_culprit;
+    if f.tid != 0 && f.same_as(&c) {
+        f.wait_ns += waited;
+        f.held_ns += c.held_ns;
+        f.at_ns = now;
+        f.flags |= c.flags;
+        if c.process_comm[0] != 0 {
+            f.process_comm = c.process_comm;
+        }
+        if c.longest_ns > f.longest_ns {
+            f.longest_ns = c.longest_ns;
+            f.tid = c.tid;
+            f.tgid = c.tgid;
+            f.comm = c.comm;
+            f.cgroup_id = c.cgroup_id;
+        }
+    } else if waited > f.wait_ns {
+        *f = *c;
+    }
+}
+
+/// Whether a wait of `waited` ending `now` replaces the thread's recent longest wait.
+#[inline(always)]
+fn replaces_recent(t: &ThreadState, waited: u64, now: u64) -> bool {
+    waited >= t.recent_wait.wait_ns || now.saturating_sub(t.recent_wait.at_ns) > RECENT_WAIT_NS
+}
