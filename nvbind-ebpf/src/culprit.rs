@@ -21,76 +21,104 @@ use crate::state::{
 /// `PF_KTHREAD` in `task_struct.flags`: a kernel thread.
 const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// The task whose stretch on a CPU just ended (the current task at a switch).
+/// The task whose stretch on a CPU just ended (the current task at a switch); its name and cgroup
+/// are read only when a wait's account needs them (`fill`).
 struct Stretch {
     cgroup_id: u64,
     tid: u32,
     tgid: u32,
+    filled: bool,
     comm: [u8; TASK_COMM_LEN],
 }
 
+impl Stretch {
+    #[inline(always)]
+    fn fill(&mut self) {
+        if !self.filled {
+            self.filled = true;
+            self.comm = bpf_get_current_comm().unwrap_or_default();
+            // SAFETY: helper without arguments; the current task is the one whose stretch ended.
+            self.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        }
+    }
+}
+
 /// The process a stretch of the current task is blamed on: its id, its main thread (whose name
-/// the process goes by; a kernel address, 0 when unknown) and [`culprit_flags`].
+/// the process goes by; a kernel address, 0 when unknown), whether that main thread is the
+/// current task, and [`culprit_flags`].
 struct Blamed {
     leader: u64,
     pid: u32,
     flags: u32,
+    current: bool,
 }
 
-/// The process the current task's CPU time is blamed on in a wait that began at `since`: its
-/// own process (`tgid`) when that had been running for `YOUNG_NS` by then, else the nearest
-/// ancestor that had (at most `MAX_ANCESTORS` up, else the furthest looked at), never init or
-/// kthreadd (an orphan, or a process the kernel started, answers for itself), and a kernel thread
-/// always for itself. Without the kernel's `task_struct` layout (no BTF), the current process.
+/// The process the current task (`tid` of `tgid`) is blamed for in a wait that began at `since`:
+/// its own process when that had been running for `YOUNG_NS` by then, else the nearest ancestor
+/// that had (at most `MAX_ANCESTORS` up, else the furthest looked at), never init or kthreadd (an
+/// orphan, or a process the kernel started, answers for itself); a kernel thread always for
+/// itself. Without the kernel's `task_struct` layout (no BTF), the current process.
+///
+/// This runs at every switch that ends a stretch inside a followed wait, so the common case (an
+/// old process's main thread) costs two reads: its start time and its flags.
 #[inline(always)]
-fn blamed_for(tgid: u32, since: u64) -> Blamed {
+fn blamed_for(tgid: u32, tid: u32, since: u64) -> Blamed {
     let settled_by = since.saturating_sub(YOUNG_NS);
     let mut b = Blamed {
         leader: 0,
         pid: tgid,
         flags: 0,
+        current: true,
     };
     if TASK_GROUP_LEADER_OFF.load() == 0 {
         return b;
     }
     // SAFETY: a helper without arguments; the pointer is only read through checked
     // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let mut leader = kernel_field::<u64>(task, &TASK_GROUP_LEADER_OFF).unwrap_or(0);
+    let task = unsafe { bpf_get_current_task() };
+    // A main thread is its own leader.
+    let mut leader = if tid == tgid {
+        task
+    } else {
+        kernel_field::<u64>(task as *const u8, &TASK_GROUP_LEADER_OFF).unwrap_or(0)
+    };
+    let mut pid = tgid;
     for depth in 0..=MAX_ANCESTORS {
-        let at = leader as *const u8;
-        let pid = kernel_field::<u32>(at, &TASK_TGID_OFF).unwrap_or(0);
         if leader == 0 || pid == 0 {
             break;
         }
-        let start_ns = kernel_field::<u64>(at, &TASK_START_TIME_OFF).unwrap_or(0);
-        let kernel_thread = kernel_field::<u32>(at, &TASK_FLAGS_OFF).unwrap_or(0) & PF_KTHREAD != 0;
+        let at = leader as *const u8;
         b.leader = leader;
         b.pid = pid;
-        b.flags = match (kernel_thread, depth) {
-            (true, _) => culprit_flags::KERNEL_THREAD,
-            (false, 0) => 0,
-            (false, _) => culprit_flags::CHILDREN,
-        };
-        if kernel_thread || start_ns <= settled_by {
+        b.current = leader == task;
+        if depth == 0 {
+            let flags = kernel_field::<u32>(at, &TASK_FLAGS_OFF).unwrap_or(0);
+            if flags & PF_KTHREAD != 0 {
+                b.flags = culprit_flags::KERNEL_THREAD;
+                break;
+            }
+        } else {
+            b.flags = culprit_flags::CHILDREN;
+        }
+        if kernel_field::<u64>(at, &TASK_START_TIME_OFF).unwrap_or(0) <= settled_by {
             break;
         }
-        let parent = kernel_field::<u64>(at, &TASK_REAL_PARENT_OFF).unwrap_or(0);
-        let ppid = kernel_field::<u32>(parent as *const u8, &TASK_TGID_OFF).unwrap_or(0);
-        if parent == 0 || ppid <= 2 {
+        let parent = kernel_field::<u64>(at, &TASK_REAL_PARENT_OFF).unwrap_or(0) as *const u8;
+        pid = kernel_field::<u32>(parent, &TASK_TGID_OFF).unwrap_or(0);
+        if parent.is_null() || pid <= 2 {
             break;
         }
-        leader = kernel_field::<u64>(parent as *const u8, &TASK_GROUP_LEADER_OFF).unwrap_or(0);
+        leader = kernel_field::<u64>(parent, &TASK_GROUP_LEADER_OFF).unwrap_or(0);
     }
     b
 }
 
-/// Writes the name of `who` (its main thread's, so the name after an `execve`) into `dst`; the
-/// current task's `comm` when the kernel's layout is unknown.
+/// Writes the name of `who` (its main thread's, so the name after an `execve`) into `dst`: the
+/// current task's `comm` when that is its main thread, or when the kernel's layout is unknown.
 #[inline(always)]
 fn process_comm(who: &Blamed, current: &[u8; TASK_COMM_LEN], dst: &mut [u8; TASK_COMM_LEN]) {
     let offset = TASK_COMM_OFF.load();
-    if who.leader != 0 && offset != 0 {
+    if !who.current && who.leader != 0 && offset != 0 {
         // SAFETY: a checked read of the kernel's task name, at its offset from BTF.
         let read = unsafe {
             bpf_probe_read_kernel_buf((who.leader as *const u8).add(offset as usize), dst)
@@ -135,13 +163,13 @@ pub(crate) fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
     if oldest == 0 {
         return;
     }
-    let who = blamed_for(prev_tgid, oldest);
-    let task = Stretch {
-        // SAFETY: helper without arguments; the current task is `prev`.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    let who = blamed_for(prev_tgid, prev_tid, oldest);
+    let mut task = Stretch {
+        cgroup_id: 0,
         tid: prev_tid,
         tgid: prev_tgid,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        filled: false,
+        comm: [0; TASK_COMM_LEN],
     };
     for ww in w.waits.iter_mut() {
         // A waiter never holds up its own wait.
@@ -153,7 +181,7 @@ pub(crate) fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
         } else {
             ww.since_ns
         };
-        add_held(ww, &who, now.saturating_sub(from), &task);
+        add_held(ww, &who, now.saturating_sub(from), &mut task);
     }
 }
 
@@ -165,9 +193,11 @@ fn followed(ww: &WatchedWait, now: u64) -> bool {
 
 /// Adds a stretch of `task` to the wait's account of `who`. Each process has one slot, chosen
 /// by its id (cheap enough for every switch); a process that would take the slot of another
-/// with more time than this stretch is not counted.
+/// with more time than this stretch is not counted. The names and the task's cgroup are written
+/// when the slot is taken and with each new longest stretch (the process's name after an
+/// `execve` during the wait comes with its next longest stretch; the agent reads /proc too).
 #[inline(always)]
-fn add_held(ww: &mut WatchedWait, who: &Blamed, stretch: u64, task: &Stretch) {
+fn add_held(ww: &mut WatchedWait, who: &Blamed, stretch: u64, task: &mut Stretch) {
     if stretch == 0 {
         return;
     }
@@ -185,13 +215,14 @@ fn add_held(ww: &mut WatchedWait, who: &Blamed, stretch: u64, task: &Stretch) {
     }
     h.held_ns += stretch;
     h.flags |= who.flags;
-    process_comm(who, &task.comm, &mut h.comm);
     if stretch > h.longest_ns {
+        task.fill();
         h.longest_ns = stretch;
         h.tid = task.tid;
         h.tgid = task.tgid;
         h.task_comm = task.comm;
         h.cgroup_id = task.cgroup_id;
+        process_comm(who, &task.comm, &mut h.comm);
     }
 }
 
@@ -364,7 +395,7 @@ pub(crate) fn blame(
         c.comm = bpf_get_current_comm().unwrap_or_default();
         // SAFETY: helper without arguments; the current task is `prev`.
         c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        let who = blamed_for(prev_tgid, t.since_ns);
+        let who = blamed_for(prev_tgid, prev_tid, t.since_ns);
         c.pid = who.pid;
         c.flags = who.flags;
         process_comm(&who, &c.comm, &mut c.process_comm);
