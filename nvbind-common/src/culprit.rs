@@ -15,11 +15,12 @@ pub const RECENT_WAIT_NS: u64 = 250_000_000;
 /// A wait is charged to the process whose tasks held the thread's CPU longest in total during it
 /// (`CpuWatch`, `HeldBy`): a task counts under its own process, or, when its process is young
 /// (started less than `YOUNG_NS` before the wait began: a short-lived child, a shell loop's
-/// commands, `make -j`'s compilers), under its nearest ancestor process that is not. Without a watch, the wait goes
-/// to the preempting task when it began with a preemption, else to the task that had the CPU
-/// until the thread got it. Several waits behind the same process add up; a longer single wait
-/// behind another process replaces it (a one-slot heavy-hitter sketch: cheap, and exact when one
-/// process dominates, which is the case worth naming).
+/// commands, `make -j`'s compilers), under its nearest ancestor process that is not. Without a
+/// watch, the wait goes to the preempting task when it began with a preemption, else to the task
+/// that had the CPU until the thread got it. Several waits behind the same process add up; a
+/// wait behind another process that weighs more (`weight`: held the CPU longer) replaces it (a
+/// one-slot heavy-hitter sketch: cheap, and exact when one process dominates, which is the case
+/// worth naming).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Culprit {
@@ -51,6 +52,17 @@ pub struct Culprit {
 }
 
 impl Culprit {
+    /// What it counts for against another culprit of the same frame: the time its tasks held the
+    /// CPU when that was measured, else the wait charged to it.
+    #[inline(always)]
+    pub fn weight(&self) -> u64 {
+        if self.held_ns != 0 {
+            self.held_ns
+        } else {
+            self.wait_ns
+        }
+    }
+
     /// Whether `other` blames the same process (the same task when the process is unknown).
     #[inline(always)]
     pub fn same_as(&self, other: &Culprit) -> bool {

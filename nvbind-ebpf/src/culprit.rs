@@ -408,7 +408,7 @@ pub(crate) fn blame(
 #[inline(always)]
 fn credit_needs_details(t: &ThreadState, tid: u32, waited: u64, now: u64) -> bool {
     let frame = &t.frame_culprit;
-    (frame.tid != tid && waited > frame.wait_ns) || replaces_recent(t, waited, now)
+    (frame.tid != tid && waited > frame.weight()) || replaces_recent(t, waited, now)
 }
 
 /// Adds `waited` to the frame's culprit when it is task `tid`.
@@ -421,7 +421,9 @@ fn credit_same(t: &mut ThreadState, tid: u32, waited: u64, now: u64) {
 }
 
 /// Charges a wait of `waited` to a known culprit `c`: added to the frame's culprit when it is the
-/// same process (whose longest stretch, and latest name, it keeps), else replacing it when longer.
+/// same process (whose longest stretch, and latest name, it keeps), else replacing it when it
+/// weighs more (`Culprit::weight`: it held the CPU longer in this wait than the frame's culprit
+/// did in all of its own).
 #[inline(always)]
 fn credit(t: &mut ThreadState, c: &mut Culprit, waited: u64, now: u64) {
     c.wait_ns = waited;
@@ -445,7 +447,7 @@ fn credit(t: &mut ThreadState, c: &mut Culprit, waited: u64, now: u64) {
             f.comm = c.comm;
             f.cgroup_id = c.cgroup_id;
         }
-    } else if waited > f.wait_ns {
+    } else if c.weight() > f.weight() {
         *f = *c;
     }
 }

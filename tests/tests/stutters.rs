@@ -331,6 +331,8 @@ fn read_bursts(path: &Path) -> Vec<(u64, u64)> {
 struct Competitor {
     pid: u32,
     comm: &'static str,
+    /// The names its children run under: none of them may be blamed.
+    programs: &'static [&'static str],
     cgroup: String,
     bursts: Vec<(u64, u64)>,
 }
@@ -380,6 +382,7 @@ fn run_hog(dir: &Path, cpu: &str, bursts: &str, period_ms: &str) -> Competitor {
     Competitor {
         pid,
         comm: "cpu-hog",
+        programs: &[],
         cgroup,
         bursts: read_bursts(&log),
     }
@@ -449,6 +452,7 @@ done
     Competitor {
         pid,
         comm: "sh",
+        programs: &["sh", "tick"],
         cgroup,
         bursts: read_bursts(&log),
     }
@@ -521,6 +525,7 @@ fn run_build(place: &InMemory) -> Competitor {
     Competitor {
         pid,
         comm: "make",
+        programs: &["sh", "tick", "sleep", "gcc", "cc1", "as", "collect2"],
         cgroup,
         bursts: (1..=BUILD_BURSTS)
             .map(|k| (stamp(format!("b{k}.start")), stamp(format!("b{k}.end"))))
@@ -674,25 +679,64 @@ fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competit
     }
 }
 
-/// Checks that a stutter names the competitor as the process to blame, in its headline culprit
-/// (measured: it held the CPU for most of the wait charged to it) and in the sentence, and
-/// returns the culprit.
-fn assert_blames<'e>(e: &'e serde_json::Value, who: &Competitor) -> &'e serde_json::Value {
-    let c = &e["culprit"];
-    assert_eq!(c["pid"].as_u64(), Some(u64::from(who.pid)), "{e}");
-    assert_eq!(c["comm"], who.comm, "{e}");
-    assert_eq!(c["kernel_thread"], false, "{e}");
-    assert_eq!(c["cgroup"].as_str(), Some(who.cgroup.as_str()), "{e}");
-    let held = c["held_ms"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("not measured: {e}"));
-    assert!(2.0 * held >= field(c, "wait_ms"), "{e}");
-    let named = format!("`{}` (pid {}", who.comm, who.pid);
+/// The stutters that blame the competitor, of those of its bursts the kernel kept the evidence
+/// of; every one is checked.
+///
+/// A stutter blames the competitor: its headline culprit is the competitor's process (its pid,
+/// its name after its `execve`s, its cgroup), measured (it held the CPU for most of the wait
+/// charged to it), and the sentence names it. Or another process held the CPU longer than the
+/// competitor in that frame (the shared machine runs other work, a VM under QEMU say, and the
+/// report is right to name it): that process held the CPU, as measured, at least as long as the
+/// competitor must have (its burst, less what the waiting thread may have slept through of it:
+/// one pace, the frame thread's 2 ms of work before it hands work on, and 13 ms the host may
+/// delay a wakeup), and it is none of the programs the competitor's children run. A kernel
+/// thread that ran between a hog's children, or a child named on its own, fails that. Such
+/// frames are noted; at least half the bursts blame the competitor.
+fn blaming<'j>(
+    judged: &'j [((u64, u64), serde_json::Value)],
+    who: &Competitor,
+) -> Vec<&'j ((u64, u64), serde_json::Value)> {
+    let mut blaming = Vec::new();
+    for burst in judged {
+        let ((start, end), e) = burst;
+        let c = &e["culprit"];
+        let held = c["held_ms"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no measured culprit: {e}"));
+        if c["pid"].as_u64() != Some(u64::from(who.pid)) {
+            let least = ms(end - start) - PACE_MS - 2.0 - 13.0;
+            let comm = c["comm"].as_str().unwrap_or_default();
+            assert!(
+                held >= least && comm != who.comm && !who.programs.contains(&comm),
+                "the competitor `{}` (pid {}) held the CPU for at least {least:.1} ms of this \
+                 frame, but {comm} is blamed for {held:.1} ms: {e}",
+                who.comm,
+                who.pid
+            );
+            eprintln!(
+                "note: another process held the CPU longer than the competitor: {}",
+                e["summary"]
+            );
+            continue;
+        }
+        assert_eq!(c["comm"], who.comm, "{e}");
+        assert_eq!(c["kernel_thread"], false, "{e}");
+        assert_eq!(c["cgroup"].as_str(), Some(who.cgroup.as_str()), "{e}");
+        assert!(2.0 * held >= field(c, "wait_ms"), "{e}");
+        let named = format!("`{}` (pid {}", who.comm, who.pid);
+        assert!(
+            e["summary"].as_str().is_some_and(|s| s.contains(&named)),
+            "{named} is not in the sentence: {e}"
+        );
+        blaming.push(burst);
+    }
     assert!(
-        e["summary"].as_str().is_some_and(|s| s.contains(&named)),
-        "{named} is not in the sentence: {e}"
+        blaming.len() * 2 >= judged.len(),
+        "only {} of {} bursts blame the competitor",
+        blaming.len(),
+        judged.len()
     );
-    c
+    blaming
 }
 
 #[test]
@@ -724,14 +768,19 @@ fn cpu_contention_is_found_and_the_competitor_named() {
             "{off_cpu:.3} ms off the CPU over a {burst_ms:.3} ms burst: {e}"
         );
         let least_wait = burst_ms - PACE_MS - 13.0;
+        assert!(field(t, "runq_wait_ms") >= least_wait, "{e}");
+    }
+    for ((start, end), e) in blaming(&judged, &hog) {
         let who = &e["evidence"]["ran_instead"];
+        assert!(
+            field(who, "wait_ms") >= ms(end - start) - PACE_MS - 13.0,
+            "{e}"
+        );
         assert_eq!(who["comm"], "cpu-hog", "{e}");
         assert_eq!(who["pid"].as_u64(), Some(u64::from(hog.pid)), "{e}");
         assert_eq!(who["cgroup"].as_str(), Some(hog.cgroup.as_str()), "{e}");
-        assert!(field(who, "wait_ms") >= least_wait, "{e}");
-        assert!(field(t, "runq_wait_ms") >= least_wait, "{e}");
         // One process that did its own work: no children, and the task is the hog itself.
-        let c = assert_blames(e, &hog);
+        let c = &e["culprit"];
         assert_eq!(
             (c["children"].as_bool(), c["task_pid"].as_u64()),
             (Some(false), Some(u64::from(hog.pid))),
@@ -758,8 +807,8 @@ fn a_forking_shell_loop_is_named_as_the_shell() {
         contended(Layout::SharedCpu, "420", |_| run_shell_loop(&place))
     };
     assert_eq!(shell.bursts.len(), 5);
-    for (_, e) in &judged {
-        let c = assert_blames(e, &shell);
+    for (_, e) in blaming(&judged, &shell) {
+        let c = &e["culprit"];
         assert!(
             c["cmdline"]
                 .as_str()
@@ -808,8 +857,8 @@ fn a_build_is_named_as_make_with_its_busiest_compiler() {
         contended(Layout::SharedCpu, "480", |_| run_build(&place))
     };
     assert_eq!(make.bursts.len(), BUILD_BURSTS);
-    for (_, e) in &judged {
-        let c = assert_blames(e, &make);
+    for (_, e) in blaming(&judged, &make) {
+        let c = &e["culprit"];
         assert!(
             c["cmdline"].as_str().is_some_and(|s| s.starts_with("make")),
             "{e}"
@@ -839,14 +888,20 @@ fn a_frame_waiting_on_a_starved_thread_blames_who_starved_it() {
         run_hog(dir, "1", "6", "700")
     });
     assert_eq!(hog.bursts.len(), 6);
+    // Whoever starved it, the frame waited through `submit`, and the sentence says so.
     for (_, e) in &judged {
-        let c = assert_blames(e, &hog);
-        assert_eq!(c["via"]["comm"], "submit", "{e}");
+        assert_eq!(e["culprit"]["via"]["comm"], "submit", "{e}");
         let summary = e["summary"].as_str().unwrap_or_default();
         assert!(
             summary.contains("waiting for the game's thread `submit`")
-                && summary.contains("which waited")
-                && summary.contains(&format!("behind `cpu-hog` (pid {}", hog.pid)),
+                && summary.contains("which waited"),
+            "{e}"
+        );
+    }
+    for (_, e) in blaming(&judged, &hog) {
+        let summary = e["summary"].as_str().unwrap_or_default();
+        assert!(
+            summary.contains(&format!("behind `cpu-hog` (pid {}", hog.pid)),
             "{e}"
         );
     }
