@@ -643,7 +643,7 @@ fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competit
     // A frame whose presenting thread's recorded time covers under half of it lost its evidence
     // (the kernel skipped probe runs, or two CPUs updating the thread's record at once lost the
     // wait: the base code does that to a few frames in hundreds, skipped runs or not), and so
-    // did one whose `submit` thread's recorded time over the busy window does (the same loss:
+    // did one whose `submit` thread's recorded time covers under half the busy window (the same loss:
     // measured with the base code too, once in about 50 bursts); it cannot be judged. A
     // systematic loss fails the count below.
     let accounted = |t: &serde_json::Value| {
@@ -652,10 +652,13 @@ fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competit
     let (judged, lost): (Vec<_>, Vec<_>) =
         bursts.iter().copied().zip(stutters).partition(|(_, e)| {
             let frame_ms = field(e, "frame_time_ms");
+            let window_ms = e["evidence"]["busy_threads_window_ms"]
+                .as_f64()
+                .unwrap_or(0.0);
             let submit_lost = layout == Layout::SubmitThread
                 && !e["evidence"]["busy_threads"].as_array().is_some_and(|b| {
                     b.iter()
-                        .any(|t| t["comm"] == "submit" && accounted(t) >= 0.5 * frame_ms)
+                        .any(|t| t["comm"] == "submit" && accounted(t) >= 0.5 * window_ms)
                 });
             e["cause"] == "cpu-contention"
                 || (accounted(&e["evidence"]["presenting_thread"]) >= 0.5 * frame_ms
