@@ -3,8 +3,14 @@
 //! the BPF target (prebuilt `core`, no build-std) and bpf-linker, in a separate target directory
 //! (a nested cargo on the host build's target directory would deadlock).
 //!
-//! When the eBPF toolchain is missing the host build still succeeds (so `cargo clippy` and the
-//! unit tests work anywhere), and the agent says at run time exactly what to install.
+//! It also builds the 32-bit Vulkan resolver (`resolve32/`, freestanding C for i386) with the
+//! host's C compiler, which the agent embeds and runs to find the 32-bit drivers' present
+//! function.
+//!
+//! When the eBPF toolchain (or a C compiler that can emit i386 code) is missing the host build
+//! still succeeds (so `cargo clippy` and the unit tests work anywhere), and the agent says at run
+//! time exactly what is missing. `NVBIND_REQUIRE_EBPF` (set by every `cargo xtask` build) makes
+//! either a build error instead.
 
 use std::{
     env, fs,
@@ -30,6 +36,9 @@ fn main() {
     );
     println!("cargo:rerun-if-env-changed=NVBIND_EBPF_DIR");
     println!("cargo:rerun-if-env-changed=NVBIND_REQUIRE_EBPF");
+
+    // Built first: the prebuilt-objects path below returns early.
+    resolve32(&manifest_dir, &out_dir);
 
     // A directory of prebuilt objects (named as the eBPF bins) skips the nested build.
     if let Ok(prebuilt) = env::var("NVBIND_EBPF_DIR") {
@@ -119,4 +128,78 @@ fn build_ebpf(workspace: &Path, bins: &[&str]) -> Result<PathBuf, String> {
         return Err("the eBPF build failed".into());
     }
     Ok(target_dir.join("bpfel-unknown-none/release"))
+}
+
+/// Builds `resolve32/resolve32.c` into `OUT_DIR/resolve32` (an empty placeholder when it cannot
+/// be built). No 32-bit libraries are needed: the program is freestanding, and it links against a
+/// stand-in `libvulkan.so.1` built here, which gives it the DT_NEEDED entry the host's i386
+/// dynamic linker resolves to the real loader at run time.
+fn resolve32(manifest_dir: &Path, out_dir: &Path) {
+    let source_dir = manifest_dir.join("resolve32");
+    println!("cargo:rerun-if-changed={}", source_dir.display());
+    println!("cargo:rerun-if-env-changed=CC");
+    let output = out_dir.join("resolve32");
+    match build_resolve32(&source_dir, out_dir, &output) {
+        Ok(()) => {}
+        Err(why) if env::var_os("NVBIND_REQUIRE_EBPF").is_some() => {
+            panic!("the 32-bit Vulkan resolver was not built: {why}");
+        }
+        Err(why) => {
+            println!("cargo:warning=32-bit Vulkan resolver not built ({why})");
+            fs::write(&output, b"").expect("write an empty placeholder resolver");
+        }
+    }
+}
+
+fn build_resolve32(source_dir: &Path, out_dir: &Path, output: &Path) -> Result<(), String> {
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    // Freestanding i386 code: no libc headers, start files or libgcc (the 32-bit development
+    // packages are not needed), no stack protector (it would need libc's guard).
+    let common = [
+        "-m32",
+        "-O2",
+        "-ffreestanding",
+        "-fno-builtin",
+        "-fno-stack-protector",
+        "-fno-asynchronous-unwind-tables",
+        "-nostdlib",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+    ];
+    let stub_dir = out_dir.join("resolve32-link");
+    fs::create_dir_all(&stub_dir).map_err(|e| format!("{}: {e}", stub_dir.display()))?;
+    let stub = stub_dir.join("libvulkan.so.1");
+    let compile = |args: &[&std::ffi::OsStr]| -> Result<(), String> {
+        let out = Command::new(&cc)
+            .args(common)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {cc}: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        Err(format!("{cc} -m32 failed: {first}"))
+    };
+    compile(&[
+        "-fPIC".as_ref(),
+        "-shared".as_ref(),
+        "-Wl,-soname,libvulkan.so.1".as_ref(),
+        "-o".as_ref(),
+        stub.as_os_str(),
+        source_dir.join("vulkan_stub.c").as_os_str(),
+    ])?;
+    compile(&[
+        "-fno-pie".as_ref(),
+        "-no-pie".as_ref(),
+        // Every i386 program's interpreter: a host with a 32-bit runtime has it.
+        "-Wl,--dynamic-linker=/lib/ld-linux.so.2".as_ref(),
+        "-Wl,-e,_start".as_ref(),
+        "-o".as_ref(),
+        output.as_os_str(),
+        source_dir.join("resolve32.c").as_os_str(),
+        stub.as_os_str(),
+    ])
 }

@@ -4,10 +4,12 @@
 //! - [`frames`]: the frame model every layer builds on (the capture's processes, frames and
 //!   evidence; frame-time statistics; the live window of recent frames).
 //! - [`probes`]: loads the eBPF programs, attaches what the kernel offers, reads their maps.
+//! - [`identity`]: who a process is as a person names it (a Wine game by its `.exe`), its Wine
+//!   build and Steam app id.
 //! - [`target`]: which processes to record (pid, name, or a command launched under the agent).
 //! - [`capture`]: the recording loop: frames from the ring buffer, per-thread kernel evidence.
 //! - [`stutter`]: which frames are stutters (CapFrameX's rule) and why (a verdict with evidence).
-//! - [`report`]: the `nvbind.report/v1` document, frame statistics, CSV export, the human summary
+//! - [`report`]: the `nvbind.report/v2` document, frame statistics, CSV export, the human summary
 //!   and the SVG chart.
 //! - [`gpu`]: GPU discovery, per-vendor counters (NVML, amdgpu and Intel sysfs) and the sampler.
 //! - [`doctor`]: what is attached and what is not, with reasons and fixes.
@@ -23,6 +25,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod frames;
 pub mod gpu;
+pub mod identity;
 pub mod probes;
 pub mod report;
 pub mod stutter;

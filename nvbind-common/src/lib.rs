@@ -125,6 +125,13 @@ pub mod track_flags {
     pub const FOLLOW_CHILDREN: u32 = 1;
 }
 
+/// The `aux` of a `PROCESS_TRACKED` record that is not a parent's pid.
+pub mod process_tracked {
+    /// The process took a watched name (`task:task_rename`) while it already ran: its other
+    /// threads are not tracked yet. A pid never reaches this value (`pid_max` ≤ 2^22).
+    pub const RENAMED: u32 = u32::MAX;
+}
+
 /// Kinds of ring-buffer records; every record starts with an [`EventHeader`].
 pub mod event_kind {
     /// [`crate::PresentEvent`]: a frame was handed over.
@@ -132,7 +139,7 @@ pub mod event_kind {
     /// [`crate::ResolvedPresentEvent`]: a process learned a `vkQueuePresentKHR` address.
     pub const VULKAN_PRESENT_RESOLVED: u32 = 2;
     /// [`crate::ProcessEvent`]: a process started being tracked (child of a tracked one, or an exec
-    /// whose name is watched).
+    /// or a rename to a watched name).
     pub const PROCESS_TRACKED: u32 = 3;
     /// [`crate::ProcessEvent`]: a tracked process called `execve` (its name and binary changed).
     pub const PROCESS_EXEC: u32 = 4;
@@ -141,6 +148,9 @@ pub mod event_kind {
     /// [`crate::DisplayEvent`]: a DRM event of a tracked process's DRM file (`aux` =
     /// [`crate::display_kind`]).
     pub const DISPLAY: u32 = 6;
+    /// [`crate::ProcessEvent`]: a tracked process renamed itself (its main thread's name; the
+    /// record's `comm` is the name before).
+    pub const PROCESS_RENAMED: u32 = 7;
 }
 
 /// [`event_kind`] as a type: what user space decodes a record's header into.
@@ -153,6 +163,7 @@ pub enum EventKind {
     ProcessExec = event_kind::PROCESS_EXEC,
     ProcessExit = event_kind::PROCESS_EXIT,
     Display = event_kind::DISPLAY,
+    ProcessRenamed = event_kind::PROCESS_RENAMED,
 }
 
 impl EventKind {
@@ -165,6 +176,7 @@ impl EventKind {
             event_kind::PROCESS_EXEC => EventKind::ProcessExec,
             event_kind::PROCESS_EXIT => EventKind::ProcessExit,
             event_kind::DISPLAY => EventKind::Display,
+            event_kind::PROCESS_RENAMED => EventKind::ProcessRenamed,
             _ => return None,
         })
     }
@@ -555,6 +567,9 @@ pub struct PresentEvent {
     pub culprit: Culprit,
     /// The presenting thread's counters since its previous present (or since it was tracked).
     pub delta: ThreadCounters,
+    /// What the frame was handed to: the GLX drawable, the EGL surface, or the first swapchain
+    /// of the Vulkan present (0: unreadable). A process can present to several windows.
+    pub target: u64,
 }
 
 /// A `vkGet{Device,Instance}ProcAddr("vkQueuePresentKHR")` call returned `address` in `tgid`.
@@ -571,7 +586,8 @@ pub struct ResolvedPresentEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessEvent {
-    /// `kind` = one of the `PROCESS_*` [`event_kind`]s; `aux` = parent tgid for `PROCESS_TRACKED`.
+    /// `kind` = one of the `PROCESS_*` [`event_kind`]s; `aux` = parent tgid for `PROCESS_TRACKED`
+    /// of a new child, 0 after an exec, [`process_tracked::RENAMED`] after a rename.
     pub header: EventHeader,
     /// The process's name at the time of the record.
     pub comm: [u8; TASK_COMM_LEN],
@@ -759,7 +775,7 @@ mod tests {
         );
         assert_eq!(
             size_of::<PresentEvent>(),
-            24 + 8 + 16 + size_of::<Culprit>() + size_of::<ThreadCounters>()
+            24 + 8 + 16 + size_of::<Culprit>() + size_of::<ThreadCounters>() + 8
         );
     }
 }

@@ -6,10 +6,17 @@
 //! implementation it learns about through `nvbind_vk_procaddr{,_ret}`: Vulkan apps (DXVK, volk,
 //! vkcube) call the driver's or a layer's function through a pointer from `vkGet*ProcAddr`, never
 //! the loader's export.
+//!
+//! Uprobes fire in 32-bit (i386) processes too; only the two programs that read arguments or a
+//! return value (`nvbind_vk_procaddr{,_ret}`) depend on the calling convention, and read the
+//! i386 one when the trapped task was running 32-bit code.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_probe_read_user_buf},
+    bindings::{pt_regs, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_probe_read_user,
+        bpf_probe_read_user_buf,
+    },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
@@ -41,8 +48,52 @@ pub fn nvbind_present(ctx: ProbeContext) -> u32 {
         }
     }
     mark_presenter(t, tid);
-    emit_present(t, tgid, tid, source);
+    let target = present_target(&ctx, source);
+    emit_present(t, tgid, tid, source, target);
     0
+}
+
+/// The second argument of the probed call, widened to 64 bits, at the function's first
+/// instruction: x86-64 passes it in rsi, i386 (cdecl) at `[esp + 8]` (see [`name_argument`]).
+#[inline(always)]
+fn second_argument(ctx: &ProbeContext) -> Option<u64> {
+    // SAFETY: the context's registers are the program's own.
+    let regs = unsafe { &*ctx.regs };
+    if !is_32_bit(regs) {
+        return ctx.arg::<u64>(1);
+    }
+    let slot = (regs.rsp & 0xffff_ffff).wrapping_add(8) as *const u32;
+    // SAFETY: a checked read of user memory; a fault is an error, not a crash.
+    unsafe { bpf_probe_read_user(slot) }.ok().map(u64::from)
+}
+
+/// What a present hands its frame to: `glXSwapBuffers(dpy, drawable)`'s drawable,
+/// `eglSwapBuffers(dpy, surface)`'s surface, or the first swapchain in
+/// `vkQueuePresentKHR(queue, VkPresentInfoKHR *)` (0 when unreadable).
+#[inline(always)]
+fn present_target(ctx: &ProbeContext, source: u32) -> u64 {
+    let Some(argument) = second_argument(ctx) else {
+        return 0;
+    };
+    if source != present_source::VULKAN_LOADER && source != present_source::VULKAN_RESOLVED {
+        return argument;
+    }
+    // VkPresentInfoKHR { sType; pNext; waitSemaphoreCount; pWaitSemaphores; swapchainCount;
+    // pSwapchains; ... }: pSwapchains is at byte 40 with 8-byte pointers, at 20 on i386. A
+    // swapchain handle is 64 bits on both.
+    // SAFETY: the context's registers are the program's own.
+    let swapchains = if is_32_bit(unsafe { &*ctx.regs }) {
+        // SAFETY: a checked read of user memory.
+        unsafe { bpf_probe_read_user((argument + 20) as *const u32) }.map(u64::from)
+    } else {
+        // SAFETY: a checked read of user memory.
+        unsafe { bpf_probe_read_user((argument + 40) as *const u64) }
+    };
+    match swapchains {
+        // SAFETY: a checked read of user memory.
+        Ok(list) if list != 0 => unsafe { bpf_probe_read_user(list as *const u64) }.unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Return of a hooked `vkQueuePresentKHR`.
@@ -55,7 +106,7 @@ pub fn nvbind_present_vk_ret(_ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32) {
+fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u64) {
     let now = now_ns();
     // Close the running slice so this frame's on-CPU time includes it.
     if t.status == thread_status::RUNNING {
@@ -84,12 +135,39 @@ fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32) {
         (*e).max_blocked_ns = t.frame_max_blocked_ns;
         (*e).culprit = t.frame_culprit;
         t.totals.since_into(&t.at_last_present, &mut (*e).delta);
+        (*e).target = target;
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     t.at_last_present = t.totals;
     t.frame_max_runq_wait_ns = 0;
     t.frame_max_blocked_ns = 0;
     t.frame_culprit = Default::default();
+}
+
+/// `__USER32_CS`: the code segment a task runs 32-bit code in (an i386 program on x86-64). The
+/// trap that ran the probe saved the task's own `cs`.
+const USER32_CS: u64 = 0x23;
+
+/// Whether the probed call was made by 32-bit code.
+#[inline(always)]
+fn is_32_bit(regs: &pt_regs) -> bool {
+    regs.cs == USER32_CS
+}
+
+/// The second argument of a `vkGet*ProcAddr` call (the name), at the function's first
+/// instruction. x86-64 passes it in rsi; i386 (cdecl) on the stack, above the return address and
+/// the first argument: `[esp + 8]`, a 4-byte pointer.
+#[inline(always)]
+fn name_argument(ctx: &ProbeContext) -> Option<*const u8> {
+    // SAFETY: the context's registers are the program's own.
+    let regs = unsafe { &*ctx.regs };
+    if !is_32_bit(regs) {
+        return ctx.arg::<*const u8>(1);
+    }
+    let slot = (regs.rsp & 0xffff_ffff).wrapping_add(8) as *const u32;
+    // SAFETY: a checked read of user memory; a fault is an error, not a crash.
+    let name = unsafe { bpf_probe_read_user(slot) }.ok()?;
+    Some(name as u64 as *const u8)
 }
 
 /// Entry of `vkGetDeviceProcAddr(device, name)` / `vkGetInstanceProcAddr(instance, name)`.
@@ -101,7 +179,7 @@ pub fn nvbind_vk_procaddr(ctx: ProbeContext) -> u32 {
     if tracked.is_none() && DISCOVER_PRESENTERS.load() == 0 {
         return 0;
     }
-    let Some(name) = ctx.arg::<*const u8>(1) else {
+    let Some(name) = name_argument(&ctx) else {
         return 0;
     };
     let mut buf = [0u8; VK_QUEUE_PRESENT_NAME.len()];
@@ -155,7 +233,12 @@ pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
             (tgid, tid)
         }
     };
-    let address: u64 = ctx.ret();
+    let mut address: u64 = ctx.ret();
+    // SAFETY: the context's registers are the program's own.
+    if is_32_bit(unsafe { &*ctx.regs }) {
+        // The i386 ABI returns a pointer in eax; rax's upper half is not part of it.
+        address &= 0xffff_ffff;
+    }
     if address == 0 {
         return 0;
     }

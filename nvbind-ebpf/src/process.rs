@@ -1,12 +1,14 @@
 //! Process tracking: threads and children of tracked processes are tracked from their creation,
-//! processes whose name is watched are tracked from their `execve`, and exits are reported.
+//! processes whose name is watched are tracked from their `execve` or from the moment they take
+//! the name, and exits are reported.
 
 use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
-use nvbind_common::{event_kind, thread_status, track_flags};
+use nvbind_common::{event_kind, process_tracked, thread_status, track_flags, TASK_COMM_LEN};
 
 use crate::state::{
     current_ids, emit, field, start_tracking_process, start_tracking_thread, thread,
-    EXIT_GROUP_DEAD_OFF, NEWTASK_FLAGS_OFF, NEWTASK_PID_OFF, TRACKED_PROCESSES, WATCHED_COMMS,
+    EXIT_GROUP_DEAD_OFF, NEWTASK_FLAGS_OFF, NEWTASK_PID_OFF, RENAME_NEWCOMM_OFF, RENAME_PID_OFF,
+    TRACKED_PROCESSES, WATCHED_COMMS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -57,6 +59,55 @@ pub fn nvbind_exec(_ctx: TracePointContext) -> u32 {
     start_tracking_process(tgid, flags);
     start_tracking_thread(tgid, tid, thread_status::RUNNING);
     emit(event_kind::PROCESS_TRACKED, tgid, tid, 0);
+    0
+}
+
+/// `task:task_rename` runs when a task is renamed (`prctl(PR_SET_NAME)`, a write to
+/// `/proc/self/comm`), before the new name is stored. A process that takes a watched name after
+/// its `execve` is tracked from then: Wine names its process after the Windows program it runs
+/// (`game.exe`) during start-up, long before the first frame. Only the process's own name
+/// counts: the main thread's (a render thread calling itself `game.exe` is not the process).
+#[tracepoint]
+pub fn nvbind_rename(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    let Some(renamed) = field::<i32>(&ctx, &RENAME_PID_OFF) else {
+        return 0;
+    };
+    if renamed as u32 != tgid {
+        return 0;
+    }
+    // SAFETY: plain lookup of a u32 value.
+    if unsafe { TRACKED_PROCESSES.get(tgid) }.is_some() {
+        // The agent reads who it is now: a Wine process has loaded Wine's ntdll by the time it
+        // names itself after the Windows program, long before its first frame.
+        emit(event_kind::PROCESS_RENAMED, tgid, tid, 0);
+        return 0;
+    }
+    let Some(mut comm) = field::<[u8; TASK_COMM_LEN]>(&ctx, &RENAME_NEWCOMM_OFF) else {
+        return 0;
+    };
+    // The kernel copies the new name with `strscpy`, which does not clear the record's bytes
+    // after its NUL: whatever the trace buffer held there would make the name a different key.
+    let mut ended = false;
+    for byte in comm.iter_mut() {
+        ended |= *byte == 0;
+        if ended {
+            *byte = 0;
+        }
+    }
+    // SAFETY: plain lookup of a u32 value.
+    let Some(flags) = (unsafe { WATCHED_COMMS.get(&comm) }).copied() else {
+        return 0;
+    };
+    start_tracking_process(tgid, flags);
+    start_tracking_thread(tgid, tid, thread_status::RUNNING);
+    // The process's other threads already run: the agent adopts them (`aux` RENAMED).
+    emit(
+        event_kind::PROCESS_TRACKED,
+        tgid,
+        tid,
+        process_tracked::RENAMED,
+    );
     0
 }
 

@@ -106,6 +106,10 @@ pub static NEWTASK_FLAGS_OFF: Global<u32> = Global::new(32);
 #[unsafe(no_mangle)]
 pub static EXIT_GROUP_DEAD_OFF: Global<u32> = Global::new(32);
 #[unsafe(no_mangle)]
+pub static RENAME_PID_OFF: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+pub static RENAME_NEWCOMM_OFF: Global<u32> = Global::new(28);
+#[unsafe(no_mangle)]
 pub static DRM_VBLANK_CRTC_OFF: Global<u32> = Global::new(8);
 #[unsafe(no_mangle)]
 pub static DRM_VBLANK_SEQ_OFF: Global<u32> = Global::new(12);

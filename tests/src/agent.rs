@@ -3,6 +3,8 @@
 
 use std::{
     process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -14,12 +16,17 @@ pub fn agent(args: &[&str]) -> Output {
 }
 
 pub fn agent_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    agent_command(args, env).output().expect("run nvbind-agent")
+}
+
+/// The agent's command, to adjust before running it (to completion: its output is captured).
+pub fn agent_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(agent_bin());
     cmd.args(args).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run nvbind-agent")
+    cmd
 }
 
 /// Starts the agent in the background.
@@ -35,42 +42,57 @@ pub fn spawn_agent(args: &[&str], env: &[(&str, &str)]) -> Child {
     cmd.spawn().expect("spawn nvbind-agent")
 }
 
-/// An agent started in the background whose stderr is read as it comes, so that a test can wait
-/// for what the agent says (an event) instead of sleeping for a time it guesses.
+/// An agent started in the background whose stderr (and stdout, where a launched command's output
+/// goes) is read as it comes, so that a test can wait for what the agent says (an event) instead
+/// of sleeping for a time it guesses.
 pub struct WatchedAgent {
     child: Child,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Reads `pipe` line by line into `sink` until it closes.
+fn gather(pipe: impl std::io::Read + Send + 'static, sink: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut all = sink.lock().unwrap_or_else(|e| e.into_inner());
+            all.push_str(&line);
+            all.push('\n');
+        }
+    })
 }
 
 impl WatchedAgent {
     /// Starts the agent with `RUST_LOG=info` (unless `env` sets it), so it logs its progress.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> WatchedAgent {
         let mut cmd = Command::new(agent_bin());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info");
+        cmd.args(args).env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        WatchedAgent::watch(cmd)
+    }
+
+    /// Starts an agent command made elsewhere ([`agent_command`], adjusted), watched the same
+    /// way; give it `RUST_LOG=info` to wait on its progress.
+    pub fn watch(mut cmd: Command) -> WatchedAgent {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn nvbind-agent");
-        let pipe = child.stderr.take().expect("piped stderr");
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut all = sink.lock().unwrap_or_else(|e| e.into_inner());
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let reader = gather(child.stderr.take().expect("piped stderr"), stderr.clone());
+        // Not joined: a launched command may hold it open after the agent exits, and nothing
+        // waits for its last words.
+        gather(child.stdout.take().expect("piped stdout"), stdout.clone());
         WatchedAgent {
             child,
             stderr,
+            stdout,
             reader: Some(reader),
         }
     }
@@ -82,6 +104,14 @@ impl WatchedAgent {
     /// Everything the agent wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Everything the agent and the command it launched wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -108,6 +138,32 @@ impl WatchedAgent {
             assert!(
                 Instant::now() < deadline,
                 "the agent did not say {needle:?} within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a line containing `needle` comes on stdout (from a command the agent
+    /// launched); returns that line. Panics if the agent exits first or `limit` passes, which
+    /// only bounds a hang.
+    pub fn wait_for_stdout_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.stdout().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the agent exited ({status}) before {needle:?} came on stdout:\n{}\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} did not come on stdout within {limit:?}:\n{}\n{}",
+                self.stdout(),
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(20));

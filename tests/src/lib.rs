@@ -11,13 +11,15 @@ mod agent;
 mod bins;
 mod game;
 mod host;
+mod i386;
 mod report;
 mod timing;
+mod wine;
 mod workloads;
 
 pub use agent::{
-    agent, agent_with_env, assert_one_line_error, spawn_agent, stderr, wait_with_deadline,
-    WatchedAgent,
+    agent, agent_command, agent_with_env, assert_one_line_error, spawn_agent, stderr,
+    wait_with_deadline, WatchedAgent,
 };
 pub use bins::{agent_bin, game_bin, hog_bin, probe_bin, promtool_bin, require_root, tick_bin};
 pub use game::{
@@ -25,6 +27,7 @@ pub use game::{
     GameRusage, PresentWindow, Rusage,
 };
 pub use host::{mount_point, Bpffs, FixtureHost, TestCgroup, Tree};
+pub use i386::I386;
 pub use report::{
     busiest, read_csv, read_json, skipped_runs, skipped_sched_runs, switch_count_slack,
 };
@@ -32,6 +35,7 @@ pub use timing::{
     assert_fps_allowed, assert_quantile_allowed, assert_within_windows, frame_bounds_ms,
     frame_bounds_ns, interval_bounds_ms, pace_ms, percentile,
 };
+pub use wine::{game_threads, second_window_truth, Wine, WINE64};
 pub use workloads::{
     monotonic_ns, pids_named, pin_to_cpu, wait_for_presents, wait_for_process,
     wait_until_presenting, Resident, Xvfb, X_WRITES_WHILE_PRESENTING,

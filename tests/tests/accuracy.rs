@@ -263,7 +263,21 @@ fn record_all_tracks_running_and_new_processes() {
     assert_eq!(report["capture"]["target"], "all processes");
     let processes = report["processes"].as_array().expect("processes");
     let pid_of = |p: &serde_json::Value| p["pid"].as_u64();
-    let sleeper = processes
+    // Processes that made no frame are folded into one section, each in brief.
+    let others = report["other_processes"]["processes"]
+        .as_array()
+        .expect("other_processes");
+    assert_eq!(
+        report["other_processes"]["count"].as_u64(),
+        Some(others.len() as u64)
+    );
+    assert!(
+        processes
+            .iter()
+            .all(|p| p["frames"]["count"].as_u64() > Some(0)),
+        "only presenters are listed in full"
+    );
+    let sleeper = others
         .iter()
         .find(|p| pid_of(p) == Some(u64::from(before.id())))
         .unwrap_or_else(|| {
@@ -274,7 +288,10 @@ fn record_all_tracks_running_and_new_processes() {
         });
     assert_eq!(sleeper["comm"], "sleep");
     assert!(
-        processes.iter().all(|p| pid_of(p) != Some(agent_pid)),
+        processes
+            .iter()
+            .chain(others)
+            .all(|p| pid_of(p) != Some(agent_pid)),
         "the agent does not record itself"
     );
     let presented = read_truth(&truth);
@@ -296,9 +313,9 @@ fn record_all_tracks_running_and_new_processes() {
         "p50",
     );
     assert!(
-        processes.len() >= 10,
+        processes.len() + others.len() >= 10,
         "every process on the host: only {}",
-        processes.len()
+        processes.len() + others.len()
     );
 }
 

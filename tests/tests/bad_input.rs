@@ -158,6 +158,9 @@ fn launched_command_exit_code_is_passed_on() {
     // The capture itself succeeded: a complete report exists.
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("JSON");
-    assert_eq!(report["schema"], "nvbind.report/v1");
+    assert_eq!(report["schema"], "nvbind.report/v2");
     assert_eq!(report["capture"]["end_reason"], "targets-exited");
+    // The shell made no frame: it is in the folded section, not a process entry of zeros.
+    assert_eq!(report["processes"], serde_json::json!([]));
+    assert_eq!(report["other_processes"]["processes"][0]["comm"], "sh");
 }

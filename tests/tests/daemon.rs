@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use nvbind_tests::{
     agent, assert_one_line_error, assert_within_windows, frame_bounds_ms, game_bin, monotonic_ns,
     mount_point, percentile, read_truth, require_root, Bpffs, FixtureHost, PresentWindow,
-    TestCgroup, Tree, Xvfb,
+    TestCgroup, Tree, Wine, Xvfb,
 };
 use serde_json::Value;
 
@@ -628,7 +628,7 @@ fn games_started_after_the_daemon_are_tracked_from_their_first_frame() {
     game.wait_exit();
     let (first_path, report) = daemon.wait_for_report(game_pid);
     let truth = truth(work.path());
-    assert_eq!(report["schema"], "nvbind.report/v1");
+    assert_eq!(report["schema"], "nvbind.report/v2");
     assert_eq!(report["capture"]["end_reason"], "process-exited");
     let p = &report["processes"][0];
     assert_eq!(p["pid"], game_pid);
@@ -923,9 +923,9 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
     assert!(openmetrics.contains("# TYPE nvbind_frames counter"));
     for series in [
-        format!("nvbind_frame_time_seconds_bucket{{le=\"0.016667\",pid=\"{pid}\",comm=\"synthetic-game\"}}"),
-        format!("nvbind_frames_total{{pid=\"{pid}\",comm=\"synthetic-game\"}}"),
-        format!("nvbind_stutters_total{{pid=\"{pid}\",comm=\"synthetic-game\",cause=\"blocked\"}}"),
+        format!("nvbind_frame_time_seconds_bucket{{le=\"0.016667\",pid=\"{pid}\",comm=\"synthetic-game\",name=\"synthetic-game\"}}"),
+        format!("nvbind_frames_total{{pid=\"{pid}\",comm=\"synthetic-game\",name=\"synthetic-game\"}}"),
+        format!("nvbind_stutters_total{{pid=\"{pid}\",comm=\"synthetic-game\",name=\"synthetic-game\",cause=\"blocked\"}}"),
         "nvbind_bpf_program_runs_total{program=\"nvbind_present\"}".to_string(),
         "nvbind_bpf_program_run_seconds_total{program=\"nvbind_sched_switch_btf\"}".to_string(),
         "nvbind_agent_resident_memory_bytes ".to_string(),
@@ -1551,5 +1551,56 @@ fn the_systemd_unit_is_valid() {
         out.status.success() && out.stderr.is_empty(),
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Windows game under Wine, started after the daemon: tracked from its first frame, shown by
+/// its `.exe` (with its Wine build) in the API while it runs, and its session report and file
+/// named after it, every frame counted (the game's own log).
+#[test]
+fn a_wine_game_is_tracked_and_named_by_its_exe() {
+    require_root();
+    let _one = serial();
+    let wine = Wine::require();
+    wine.quiet();
+    let x = Xvfb::start().expect("Xvfb");
+    let daemon = Daemon::start("");
+    let work = tempfile::tempdir().expect("tempdir");
+    let truth = work.path().join("truth.txt");
+    let hold = work.path().join("hold");
+    let mut game = wine
+        .game_command(&x.display, &["vk", "120", &truth.display().to_string()])
+        .env("WINGAME_HOLD_FILE", &hold)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the game under Wine");
+    // The game waits after its last frame until the daemon has said who it is.
+    daemon.wait_for_log("is wingame.exe under Wine (wine-");
+    let pid = game.id();
+    let view = daemon.wait_until_tracked(pid);
+    assert_eq!(view["name"], "wingame.exe", "{view}");
+    assert_eq!(view["comm"], "wingame.exe", "{view}");
+    assert_eq!(view["wine_version"], wine.version.as_str(), "{view}");
+    fs::write(&hold, "").expect("release the game");
+    assert!(game.wait().expect("the game ends").success());
+    let (path, report) = daemon.wait_for_report(pid);
+    assert!(
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains(&format!("-wingame.exe-{pid}"))),
+        "the session file is named after the game: {}",
+        path.display()
+    );
+    let p = &report["processes"][0];
+    assert_eq!(p["name"], "wingame.exe", "{p}");
+    assert_eq!(p["wine"]["version"], wine.version.as_str(), "{}", p["wine"]);
+    let windows = read_truth(&truth);
+    assert_eq!(windows.len(), 120);
+    assert_eq!(
+        p["frames"]["count"].as_u64(),
+        Some(windows.len() as u64),
+        "every frame from the first: {}",
+        p["frames"]
     );
 }

@@ -34,6 +34,39 @@ fn record_on(
     record_game(&dir, &args, game_args, during)
 }
 
+/// A game that runs on until the test has seen what it waits for: `--stop-file` in the fixture
+/// host (the game checks it before each frame, once it has presented its `--frames`). A number
+/// of frames alone would be a guess at how long a loaded machine takes to sample.
+struct UntilStopped {
+    file: PathBuf,
+    arg: String,
+}
+
+impl UntilStopped {
+    fn new(host: &FixtureHost) -> UntilStopped {
+        // One file per recording: a test that records twice on one host must not find the
+        // first game's stop file already there.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = host.dir.path().join(format!("stop-the-game-{n}"));
+        UntilStopped {
+            arg: file.display().to_string(),
+            file,
+        }
+    }
+
+    /// The game's arguments: `--stop-file FILE` and `rest`.
+    fn args<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--stop-file", self.arg.as_str()];
+        args.extend_from_slice(rest);
+        args
+    }
+
+    fn stop(&self) {
+        std::fs::write(&self.file, "").expect("write the stop file");
+    }
+}
+
 /// Replaces a fixture file the way no reader can see it half written: a new file renamed over
 /// the old one (the sampler opens each file afresh for every reading). `std::fs::write` would
 /// truncate first, and a sample taken in between would read an empty file.
@@ -448,10 +481,11 @@ fn intel_i915_and_xe_report_frequency_throttle_and_power() {
         .parse()
         .expect("µJ");
     let mut last = start;
+    let game = UntilStopped::new(&xe);
     let run = record_on(
         &xe,
         &["--gpu-sample-hz", "20"],
-        &["--frames", "240", "--interval-ms", "16.7"],
+        &game.args(&["--frames", "240", "--interval-ms", "16.7"]),
         || {
             let mut opens = Opens::watch(&hwmon);
             // The agent has read the counter at least once before it moves.
@@ -467,6 +501,7 @@ fn intel_i915_and_xe_report_frequency_throttle_and_power() {
             // way: the second one read the final value, and so does every later sample.
             opens.restart();
             opens.wait("energy1_input", 2);
+            game.stop();
         },
     );
     assert!(last > start, "the counter climbed");
@@ -645,16 +680,18 @@ fn broken_sysfs_files_are_skipped_with_one_warning_each() {
     // them rather than for a time); each bad one is reported once.
     const READS: u64 = 5;
     let hwmon = dev.join("hwmon/hwmon2");
+    let game = UntilStopped::new(&host);
     let run = record_on(
         &host,
         &["--gpu-sample-hz", "50"],
-        &["--frames", "60", "--interval-ms", "16.7"],
+        &game.args(&["--frames", "60", "--interval-ms", "16.7"]),
         || {
             let mut device = Opens::watch(&dev);
             let mut sensors = Opens::watch(&hwmon);
             device.wait("gpu_busy_percent", READS);
             device.wait("gpu_metrics", READS);
             sensors.wait("temp1_input", READS);
+            game.stop();
         },
     );
     let err = &run.stderr;
@@ -711,10 +748,11 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
     // is freed again. Each step waits for the sampler to have read the files (the kernel
     // counts its opens), not for a time; the files are replaced whole, never seen half written.
     let (mut filled, mut freed) = (None, None);
+    let game = UntilStopped::new(&host);
     let run = record_on(
         &host,
         &[],
-        &[
+        &game.args(&[
             "--frames",
             "240",
             "--interval-ms",
@@ -723,7 +761,7 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
             "60",
             "--stall-ms",
             "80",
-        ],
+        ]),
         || {
             // Every sample opens mem_info_vram_used once.
             let mut opens = Opens::watch(&dev);
@@ -741,6 +779,7 @@ fn a_sampled_capture_summarises_the_gpu_and_joins_it_with_frames() {
             // At least one after it was freed.
             opens.restart();
             opens.wait("mem_info_vram_used", 2);
+            game.stop();
         },
     );
     let (filled, freed) = (filled.expect("filled"), freed.expect("freed"));

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod i386;
 mod packages;
 mod setup;
 mod test;

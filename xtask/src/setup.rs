@@ -23,7 +23,8 @@ pub enum Need {
     /// Run the agent's main job (doctor, then vkcube recorded under Xvfb): tracefs and the
     /// Vulkan demo's packages.
     Run,
-    /// Run the test suite: its workloads, real peers and clients, promtool and the DRM test VM.
+    /// Run the test suite: its workloads, real peers and clients, promtool, the DRM test VM and
+    /// the 32-bit programs.
     Test,
     /// Run the benchmarks: the test suite's tools plus the peers they are compared with.
     Bench,
@@ -70,6 +71,11 @@ const TEST_PACKAGES: &[&str] = &[
     // A build competing with a game: the stutter tests run `make -j` of a small C project.
     "make",
     "gcc",
+    // Windows games under Wine: Debian's wine64 runs a test game of our own, built with mingw-w64
+    // (Vulkan's headers from libvulkan-dev).
+    "wine64",
+    "gcc-mingw-w64-x86-64-win32",
+    "libvulkan-dev",
 ];
 
 /// Peers the benchmarks compare against or load the machine with.
@@ -108,7 +114,9 @@ pub fn setup(need: Need) -> Result<()> {
     }
     if need >= Need::Test {
         promtool()?;
-        crate::vm::prepare(&util::target_dir(&util::workspace_root()?))?;
+        let target = util::target_dir(&util::workspace_root()?);
+        crate::vm::prepare(&target)?;
+        crate::i386::prepare(&target)?;
     }
     Ok(())
 }

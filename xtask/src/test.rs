@@ -423,7 +423,8 @@ fn root_tests(
                 .env("NVBIND_OPEN_PROBE_BIN", paths.debug.join("open-probe"))
                 .env("NVBIND_XVFB", "1")
                 .env("NVBIND_VM_CONSOLE", &paths.vm_console)
-                .env("NVBIND_VM_RUN_ID", &run_id);
+                .env("NVBIND_VM_RUN_ID", &run_id)
+                .env("NVBIND_I386_SYSROOT", crate::i386::sysroot(&paths.target));
             match setup::promtool_path() {
                 Ok(p) => {
                     c.env("NVBIND_PROMTOOL", p);

@@ -14,14 +14,14 @@
 
 use std::{
     fs,
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
 use aya::maps::{Array, Map, MapData};
 use nvbind_common::device_policy::{BindingRecord, RECORD_BYTES};
 
-use super::{BindError, Binding};
+use super::{bpf, BindError, Binding};
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -157,7 +157,10 @@ impl Registry {
 /// Removes a generation's pins: removing the `link` pin releases the kernel's last reference to
 /// the link, which detaches the program from the cgroup.
 pub fn remove_generation(dir: &Path) -> Result<(), BindError> {
-    // The link first, so that a failure later never leaves a policy without its record.
+    // The link first, so that a failure later never leaves a policy without its record; and
+    // detached before it is unpinned, so that the policy is gone when this returns (an unpinned
+    // link is released later, from an RCU callback).
+    detach_pinned_link(&dir.join("link"));
     for name in ["link", "rules", "record"] {
         let pin = dir.join(name);
         match fs::remove_file(&pin) {
@@ -167,6 +170,25 @@ pub fn remove_generation(dir: &Path) -> Result<(), BindError> {
         }
     }
     fs::remove_dir(dir).map_err(|e| BindError::io(dir, e))
+}
+
+/// Detaches the link pinned at `pin`, if there is one. A failure is not an error: removing the
+/// pin still detaches it, only later (kernels before 5.9 have no `BPF_LINK_DETACH`).
+fn detach_pinned_link(pin: &Path) {
+    let link = match bpf::obj_get(pin) {
+        Ok(link) => link,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            log::debug!("{}: cannot open the pinned link: {e}", pin.display());
+            return;
+        }
+    };
+    if let Err(e) = bpf::link_detach(link.as_fd()) {
+        log::debug!(
+            "{}: cannot detach the link now ({e}); it detaches when unpinned",
+            pin.display()
+        );
+    }
 }
 
 /// Removes an entry's directory once it has no generations left.

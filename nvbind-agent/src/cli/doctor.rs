@@ -17,7 +17,6 @@ pub(super) fn doctor(json: bool, mount_tracefs: bool, kernel_hooks: KernelHooks)
 
 /// `__resolve-vulkan-present`, run by the agent itself.
 pub(super) fn resolve_vulkan_present() -> Result<u8> {
-    let found = probes::vulkan::resolve_here()?;
-    print!("{}", probes::vulkan::format_lines(&found));
+    probes::vulkan::serve_here()?;
     Ok(0)
 }

@@ -21,10 +21,13 @@ pub fn process_view(p: &LiveProcess, window: Duration, gpus: &[GpuStatus]) -> Pr
     let w = p.window(window, now);
     ProcessView {
         pid: p.pid,
+        name: p.name.clone(),
         comm: p.comm.clone(),
         exe: p.exe.clone(),
         cgroup: p.cgroup.clone(),
         container_id: p.container_id.clone(),
+        steam_app_id: p.steam_app_id,
+        wine_version: p.wine_version.clone(),
         tracked_since_unix_s: p.tracked_since_unix_s,
         source: p.source_name(),
         window_s: window.as_secs_f64(),
@@ -112,11 +115,17 @@ impl Live {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessView {
     pub pid: u32,
+    /// The name a person knows it by (a Windows game by its .exe).
+    pub name: String,
     pub comm: String,
     pub exe: String,
     pub cgroup: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steam_app_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wine_version: Option<String>,
     pub tracked_since_unix_s: f64,
     /// The frame source counted (`vulkan`, `glx`, ...).
     pub source: &'static str,

@@ -31,12 +31,15 @@ const FRAME_TIME_BUCKETS: [f64; 17] = [
 pub struct ProcessLabels {
     pub pid: String,
     pub comm: String,
+    /// The name a person knows the process by (`crate::identity`).
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CauseLabels {
     pub pid: String,
     pub comm: String,
+    pub name: String,
     pub cause: String,
 }
 
@@ -95,6 +98,7 @@ impl Metrics {
             self.stutters.remove(&CauseLabels {
                 pid: labels.pid.clone(),
                 comm: labels.comm.clone(),
+                name: labels.name.clone(),
                 cause: cause.name().into(),
             });
         }

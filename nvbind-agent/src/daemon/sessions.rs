@@ -1,5 +1,5 @@
 //! Session reports: when a tracked game exits (or the agent stops, or a session reaches its
-//! frame limit), its capture becomes an `nvbind.report/v1` file in the reports directory, named
+//! frame limit), its capture becomes an `nvbind.report/v2` file in the reports directory, named
 //! so that names sort by start time, with the configured per-frame logs beside it. Old sessions
 //! are pruned beyond the configured count.
 
@@ -46,13 +46,13 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SessionError> {
 }
 
 /// The file stem of a session: UTC start time (sortable), name, pid, part.
-pub fn stem(capture: &Capture, pid: u32, comm: &str, part: u32) -> String {
+pub fn stem(capture: &Capture, pid: u32, name: &str, part: u32) -> String {
     let started = UNIX_EPOCH + Duration::from_secs_f64(capture.started_unix_s.max(0.0));
     // 2026-11-22T08:39:02.123Z, with ':' (awkward in file names on other systems) as '-'.
     let time = humantime::format_rfc3339_millis(started)
         .to_string()
         .replace(':', "-");
-    let name: String = comm
+    let name: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
@@ -85,13 +85,13 @@ pub fn write(
         log::info!(
             "pid {} ({}): {} frames, fewer than reports.min_frames ({}): no report",
             process.pid,
-            process.comm,
+            process.name,
             process.frames.count,
             config.min_frames
         );
         return Ok(Written::default());
     }
-    let stem = stem(capture, process.pid, &process.comm, part);
+    let stem = stem(capture, process.pid, &process.name, part);
     let path_of = |suffix: &str| config.dir.join(format!("{stem}.{suffix}"));
     let wanted = |export: Export| config.exports.contains(&export).then_some(());
     let outputs = report::Outputs {

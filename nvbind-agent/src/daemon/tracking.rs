@@ -113,7 +113,7 @@ impl Daemon {
                 let lp = match live.processes.entry(pid) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(slot) => {
-                        let identity = Identity::of(pid, &record.comm, &record.exe);
+                        let identity = Identity::of(record);
                         let candidate = Candidate {
                             comm: &identity.comm,
                             exe: &identity.exe,
@@ -130,7 +130,7 @@ impl Daemon {
                         }
                         log::info!(
                             "tracking pid {pid} ({}, {}) from its first frame",
-                            identity.comm,
+                            identity.name,
                             identity.exe
                         );
                         self.cpu_at_start.insert(pid, cpu_time_and_peak_rss().0);
@@ -145,6 +145,7 @@ impl Daemon {
                 let labels = ProcessLabels {
                     pid: pid.to_string(),
                     comm: lp.comm.clone(),
+                    name: lp.name.clone(),
                 };
                 for (i, outcome) in lp.catch_up(&record.frames) {
                     match outcome {
@@ -241,6 +242,7 @@ impl Daemon {
                 .get_or_create(&CauseLabels {
                     pid: pid.to_string(),
                     comm: lp.comm.clone(),
+                    name: lp.name.clone(),
                     cause: verdict.cause.name().into(),
                 })
                 .inc();
@@ -262,6 +264,7 @@ impl Daemon {
                 self.shared.metrics.forget(&ProcessLabels {
                     pid: pid.to_string(),
                     comm: lp.comm.clone(),
+                    name: lp.name.clone(),
                 });
             }
             removed.map(|p| p.part)

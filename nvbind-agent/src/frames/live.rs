@@ -8,9 +8,10 @@ use std::{
 
 use nvbind_common::present_source;
 
-use super::{stats, Frame, SOURCE_PREFERENCE};
+use super::{stats, Frame, ProcessRecord, SOURCE_PREFERENCE};
 use crate::{
     clock,
+    identity::display_name,
     stutter::{Cause, Detector, DetectorConfig},
 };
 
@@ -29,10 +30,14 @@ struct RecentFrame {
 #[derive(Debug)]
 pub struct LiveProcess {
     pub pid: u32,
+    /// The name a person knows it by (`crate::identity`).
+    pub name: String,
     pub comm: String,
     pub exe: String,
     pub cgroup: String,
     pub container_id: Option<String>,
+    pub steam_app_id: Option<u32>,
+    pub wine_version: Option<String>,
     /// PCI address of the GPU it renders on, once known.
     pub gpu: Option<String>,
     pub tracked_since_unix_s: f64,
@@ -70,8 +75,11 @@ impl LiveProcess {
     pub fn new(pid: u32, identity: Identity, stutter: DetectorConfig) -> LiveProcess {
         LiveProcess {
             pid,
+            name: identity.name,
             comm: identity.comm,
             exe: identity.exe,
+            steam_app_id: identity.steam_app_id,
+            wine_version: identity.wine_version,
             container_id: container_id(&identity.cgroup),
             cgroup: identity.cgroup,
             gpu: None,
@@ -202,15 +210,20 @@ pub struct LiveWindow {
 /// Who a process is, read from /proc when it is first tracked.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
+    pub name: String,
     pub comm: String,
     pub exe: String,
     pub cgroup: String,
+    pub steam_app_id: Option<u32>,
+    pub wine_version: Option<String>,
     pub tracked_since_unix_s: f64,
 }
 
 impl Identity {
-    /// Reads `pid`'s name, binary and cgroup v2 path (empty where unreadable: it may have exited).
-    pub fn of(pid: u32, comm: &str, exe: &str) -> Identity {
+    /// `record`'s names, with its cgroup v2 path read now (empty where unreadable: it may have
+    /// exited).
+    pub fn of(record: &ProcessRecord) -> Identity {
+        let pid = record.pid;
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
             .and_then(|text| {
@@ -219,8 +232,19 @@ impl Identity {
             })
             .unwrap_or_default();
         Identity {
-            comm: comm.to_string(),
-            exe: exe.to_string(),
+            name: if record.identity.name.is_empty() {
+                display_name(&record.comm, &record.exe, &record.cmdline)
+            } else {
+                record.identity.name.clone()
+            },
+            comm: record.comm.clone(),
+            exe: record.exe.clone(),
+            steam_app_id: record.identity.steam_app_id,
+            wine_version: record
+                .identity
+                .wine
+                .as_ref()
+                .and_then(|w| w.version.clone()),
             cgroup,
             tracked_since_unix_s: clock::unix_time_at(clock::monotonic_ns()),
         }

@@ -11,6 +11,7 @@ use nvbind_common::{
 use super::ThreadWindow;
 use crate::{
     gpu,
+    identity::ProcessIdentity,
     probes::{ProbeStatus, ProgramCost},
     stutter::DetectorConfig,
 };
@@ -28,6 +29,8 @@ pub struct Frame {
     pub last_preemptor_tid: u32,
     /// Who ran while the presenting thread waited for a CPU in this interval.
     pub culprit: Culprit,
+    /// What it was handed to: a GLX drawable, an EGL surface, a Vulkan swapchain (0: unknown).
+    pub target: u64,
 }
 
 /// A tracked process and its frames.
@@ -38,6 +41,8 @@ pub struct ProcessRecord {
     pub comm: String,
     pub exe: String,
     pub cmdline: Vec<String>,
+    /// Its name as a person knows it, its Wine build and Steam app id (read with the above).
+    pub identity: ProcessIdentity,
     pub tracked_at_ns: u64,
     pub exited_ns: Option<u64>,
     pub frames: Vec<Frame>,

@@ -19,6 +19,7 @@ pub enum Event {
     ProcessExec(ProcessEvent),
     ProcessExit(ProcessEvent),
     Display(DisplayEvent),
+    ProcessRenamed(ProcessEvent),
 }
 
 impl Probes {
@@ -52,6 +53,7 @@ fn decode(bytes: &[u8]) -> Option<Event> {
         EventKind::ProcessExec => Event::ProcessExec(read(bytes)?),
         EventKind::ProcessExit => Event::ProcessExit(read(bytes)?),
         EventKind::Display => Event::Display(read(bytes)?),
+        EventKind::ProcessRenamed => Event::ProcessRenamed(read(bytes)?),
     })
 }
 

@@ -97,7 +97,9 @@ pub fn kind_of(file_name: &str) -> Option<&'static LibraryKind> {
         .find(|k| k.sonames.contains(&file_name))
 }
 
-/// The directories the dynamic linker searches on Debian-like and Fedora-like x86-64 hosts.
+/// The directories the dynamic linker searches on Debian-like, Fedora-like and Arch-like x86-64
+/// hosts, for 64-bit programs and for 32-bit ones (Debian's multiarch `i386-linux-gnu`, Arch's
+/// `lib32`, Fedora's `/usr/lib`). A uprobe works the same in a 32-bit library.
 const HOST_LIBRARY_DIRS: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu",
     "/lib/x86_64-linux-gnu",
@@ -105,6 +107,10 @@ const HOST_LIBRARY_DIRS: &[&str] = &[
     "/lib64",
     "/usr/lib",
     "/usr/local/lib",
+    "/usr/lib/i386-linux-gnu",
+    "/lib/i386-linux-gnu",
+    "/usr/lib32",
+    "/lib32",
 ];
 
 /// The host's copies of every hooked library (deduplicated by inode).

@@ -69,51 +69,56 @@ impl Probes {
         }
         attached
     }
-    /// Hooks every installed Vulkan driver's `vkQueuePresentKHR` (see [`vulkan`]).
+    /// Hooks every installed Vulkan driver's `vkQueuePresentKHR`, 64-bit and 32-bit (see
+    /// [`vulkan`]).
     pub(super) fn hook_installed_vulkan_drivers(&mut self) {
-        let found = match vulkan::resolve_with_helper(std::time::Duration::from_secs(15)) {
-            Ok(found) => found,
-            Err(e) => {
+        for resolution in vulkan::resolve_installed(std::time::Duration::from_secs(15)) {
+            let found = match resolution.found {
+                Ok(found) => found,
+                Err(e) => {
+                    self.statuses.push(ProbeStatus {
+                        name: format!("uprobe:vkQueuePresentKHR ({})", resolution.abi.drivers()),
+                        family: "present".into(),
+                        program: "nvbind_present".into(),
+                        hook: "uprobe".into(),
+                        fallback: None,
+                        attached: false,
+                        reason: Some(format!(
+                            "cannot resolve the drivers' present functions: {e:#}"
+                        )),
+                        fix: Some(format!(
+                            "install {}; games are still hooked when they resolve \
+                             vkQueuePresentKHR, minus their first frames",
+                            match resolution.abi {
+                                vulkan::Abi::X86_64 => "the Vulkan loader and a driver",
+                                vulkan::Abi::I386 =>
+                                    "the 32-bit Vulkan loader and a 32-bit driver (Debian: \
+                                     libvulkan1:i386 and mesa-vulkan-drivers:i386), or ignore \
+                                     this if no 32-bit Vulkan game runs here",
+                            }
+                        )),
+                    });
+                    continue;
+                }
+            };
+            for f in found {
+                let result = self.attach_vulkan_present(&f.path, f.dev, f.ino, f.offset);
                 self.statuses.push(ProbeStatus {
-                    name: "uprobe:vkQueuePresentKHR (installed Vulkan drivers)".into(),
+                    name: format!(
+                        "uprobe:{}+{:#x}:vkQueuePresentKHR ({})",
+                        f.path.display(),
+                        f.offset,
+                        f.device
+                    ),
                     family: "present".into(),
                     program: "nvbind_present".into(),
                     hook: "uprobe".into(),
                     fallback: None,
-                    attached: false,
-                    reason: Some(format!(
-                        "cannot resolve the drivers' present functions: {e}"
-                    )),
-                    fix: Some(
-                        "install the Vulkan loader and a driver; games are still hooked when \
-                         they resolve vkQueuePresentKHR, minus their first frames"
-                            .into(),
-                    ),
+                    attached: result.is_ok(),
+                    reason: result.err(),
+                    fix: None,
                 });
-                return;
             }
-        };
-        for f in found {
-            let Ok(meta) = std::fs::metadata(&f.path) else {
-                continue;
-            };
-            use std::os::unix::fs::MetadataExt;
-            let result = self.attach_vulkan_present(&f.path, meta.dev(), meta.ino(), f.offset);
-            self.statuses.push(ProbeStatus {
-                name: format!(
-                    "uprobe:{}+{:#x}:vkQueuePresentKHR ({})",
-                    f.path.display(),
-                    f.offset,
-                    f.device
-                ),
-                family: "present".into(),
-                program: "nvbind_present".into(),
-                hook: "uprobe".into(),
-                fallback: None,
-                attached: result.is_ok(),
-                reason: result.err(),
-                fix: None,
-            });
         }
     }
     /// Hooks a `vkQueuePresentKHR` implementation at a file offset: return probe first, so an

@@ -79,6 +79,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
     tp("ioctl", "nvbind_ioctl_exit", "syscalls", "sys_exit_ioctl", false),
     tp("process", "nvbind_newtask", "task", "task_newtask", true),
     tp("process", "nvbind_exec", "sched", "sched_process_exec", true),
+    tp("process", "nvbind_rename", "task", "task_rename", false),
     tp("process", "nvbind_exit", "sched", "sched_process_exit", true),
     tp("drm", "nvbind_drm_vblank", "drm", "drm_vblank_event", false),
     tp("drm", "nvbind_drm_queued", "drm", "drm_vblank_event_queued", false),

@@ -9,12 +9,13 @@ use super::{
     stutters::{self, StutterReport},
     units::{ms, secs, FrameMs},
     AgentInfo, CaptureInfo, CrtcReport, DrmInfo, FrameRow, FramesReport, HostInfo,
-    IoctlClassReport, Preemptor, PresentingThreadReport, ProcessReport, Report, SchedReport,
-    ThreadReport, Timeline, SCHEMA,
+    IoctlClassReport, OtherProcess, OtherProcesses, Preemptor, PresentingThreadReport,
+    ProcessReport, Report, SchedReport, SwapchainReport, ThreadReport, Timeline, SCHEMA,
 };
 use crate::{
     frames::{stats, Capture, Frame, ProcessRecord, SOURCE_PREFERENCE},
     gpu,
+    identity::display_name,
     probes::comm_str,
     stutter::GpuEvidence,
 };
@@ -27,11 +28,11 @@ const PREEMPTORS_LISTED: usize = 10;
 /// Builds the report and the per-frame rows from a finished capture.
 pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
     let mut rows = Vec::new();
-    let mut processes: Vec<ProcessReport> = capture
+    let (mut processes, others): (Vec<ProcessReport>, Vec<ProcessReport>) = capture
         .processes
         .values()
         .map(|p| process_report(capture, p, &mut rows))
-        .collect();
+        .partition(ProcessReport::presented);
     // The game first: most frames, then most CPU.
     processes.sort_by(|a, b| {
         b.frames
@@ -54,6 +55,7 @@ pub fn build(capture: &Capture) -> (Report, Vec<FrameRow>) {
         },
         capture: capture_info(capture),
         processes,
+        other_processes: OtherProcesses::of(others.iter().map(OtherProcess::of)),
         gpus: capture
             .gpus
             .iter()
@@ -74,9 +76,16 @@ fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>
     ProcessReport {
         pid: p.pid,
         ppid: p.ppid,
+        name: if p.identity.name.is_empty() {
+            display_name(&p.comm, &p.exe, &p.cmdline)
+        } else {
+            p.identity.name.clone()
+        },
         comm: p.comm.clone(),
         exe: p.exe.clone(),
         cmdline: p.cmdline.clone(),
+        wine: p.identity.wine.clone(),
+        steam_app_id: p.identity.steam_app_id,
         exited: p.exited_ns.is_some(),
         frames: frames_report(capture, p, source, &frames),
         sched: sched_report(&totals, &hists, preemptors(capture, p.pid)),
@@ -88,17 +97,20 @@ fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>
     }
 }
 
-/// The frames of one process from its chosen source, each carrying the evidence of every present
-/// of its thread since the previous chosen frame (evidence from other sources is folded in, not lost).
+/// The frames of one process: from its chosen source and, when it presents to several windows,
+/// to its main one ([`main_target`]). Each carries the evidence of every present of its thread
+/// since the previous chosen frame (presents from other sources or to other windows are folded
+/// in, not lost).
 fn chosen_frames(p: &ProcessRecord) -> (u32, Vec<Frame>) {
     let count = |s: u32| p.frames.iter().filter(|f| f.source == s).count();
     let Some(source) = SOURCE_PREFERENCE.into_iter().find(|&s| count(s) > 0) else {
         return (0, Vec::new());
     };
+    let main = main_target(&targets(p, source));
     let mut pending: HashMap<u32, ThreadCounters> = HashMap::new();
     let mut frames = Vec::new();
     for f in &p.frames {
-        if f.source == source {
+        if f.source == source && f.target == main {
             let mut frame = *f;
             if let Some(extra) = pending.remove(&f.tid) {
                 frame.delta.add(&extra);
@@ -109,6 +121,63 @@ fn chosen_frames(p: &ProcessRecord) -> (u32, Vec<Frame>) {
         }
     }
     (source, frames)
+}
+
+/// What one window (swapchain, drawable, surface) of a process was handed, from one source.
+struct TargetFrames {
+    target: u64,
+    first_ns: u64,
+    last_ns: u64,
+    frames: u64,
+}
+
+/// Every target `source`'s presents went to, in the order each was first presented to.
+fn targets(p: &ProcessRecord, source: u32) -> Vec<TargetFrames> {
+    let mut seen: Vec<TargetFrames> = Vec::new();
+    for f in p.frames.iter().filter(|f| f.source == source) {
+        match seen.iter_mut().find(|t| t.target == f.target) {
+            Some(t) => {
+                t.frames += 1;
+                t.last_ns = f.ts_ns;
+            }
+            None => seen.push(TargetFrames {
+                target: f.target,
+                first_ns: f.ts_ns,
+                last_ns: f.ts_ns,
+                frames: 1,
+            }),
+        }
+    }
+    seen
+}
+
+/// The process's main window: the one it presented the most frames to (a game's view over its
+/// launcher, a second view, an overlay's window); on a tie, the one presented to first.
+fn main_target(targets: &[TargetFrames]) -> u64 {
+    targets
+        .iter()
+        .enumerate()
+        .max_by(|(i, a), (j, b)| a.frames.cmp(&b.frames).then(j.cmp(i)))
+        .map_or(0, |(_, t)| t.target)
+}
+
+/// The windows of a process that presented to more than one (none otherwise).
+fn swapchain_reports(p: &ProcessRecord, source: u32) -> Vec<SwapchainReport> {
+    let targets = targets(p, source);
+    if targets.len() < 2 {
+        return Vec::new();
+    }
+    let main = main_target(&targets);
+    targets
+        .iter()
+        .map(|t| SwapchainReport {
+            id: format!("{:#x}", t.target),
+            main: t.target == main,
+            frames: t.frames,
+            fps_avg: (t.frames > 1 && t.last_ns > t.first_ns)
+                .then(|| (t.frames - 1) as f64 / secs(t.last_ns - t.first_ns)),
+        })
+        .collect()
 }
 
 /// One CSV row per chosen frame, with its stutter verdict and the GPU's state over it.
@@ -202,6 +271,7 @@ fn frames_report(
         },
         sources_seen,
         presenting_tids: presenting_tids(frames),
+        swapchains: swapchain_reports(p, source),
         vulkan_present_functions: p.resolved_present.clone(),
         duration_s: match (frames.first(), frames.last()) {
             (Some(a), Some(b)) => secs(b.ts_ns - a.ts_ns),
@@ -386,6 +456,7 @@ fn capture_info(capture: &Capture) -> CaptureInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::SCHEMA_V1;
 
     fn frame(ts_ms: u64, tid: u32, source: u32, on_cpu_ns: u64) -> Frame {
         Frame {
@@ -401,6 +472,7 @@ mod tests {
             max_blocked_ns: 0,
             last_preemptor_tid: 0,
             culprit: Default::default(),
+            target: 0,
         }
     }
 
@@ -425,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn a_capture_without_frames_reports_none() {
+    fn a_process_without_frames_is_folded_into_the_other_processes() {
         let mut capture = Capture::default();
         capture.processes.insert(
             9,
@@ -435,11 +507,117 @@ mod tests {
                 ..Default::default()
             },
         );
+        capture.processes.insert(
+            2,
+            ProcessRecord {
+                pid: 2,
+                comm: "game".into(),
+                frames: vec![frame(0, 2, present_source::GLX, 0)],
+                ..Default::default()
+            },
+        );
         let (report, rows) = build(&capture);
         assert_eq!(report.schema, SCHEMA);
-        assert_eq!(report.processes[0].frames.source, "none");
-        assert_eq!(report.processes[0].frames.fps_avg, None);
-        assert!(rows.is_empty());
+        assert_eq!(report.processes.len(), 1);
+        assert_eq!(report.processes[0].name, "game");
+        assert_eq!(
+            report.processes[0].frames.fps_avg, None,
+            "one frame: no rate"
+        );
+        let others = &report.other_processes;
+        assert_eq!((others.count, others.processes.len()), (1, 1));
+        assert_eq!(
+            (others.processes[0].pid, others.processes[0].name.as_str()),
+            (9, "idle")
+        );
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_v1_report_is_upgraded_on_reading() {
+        let mut capture = Capture::default();
+        for (pid, frames) in [(9, vec![]), (2, vec![frame(0, 2, present_source::GLX, 0)])] {
+            capture.processes.insert(
+                pid,
+                ProcessRecord {
+                    pid,
+                    comm: "wine64".into(),
+                    exe: "/usr/lib/wine/wine64".into(),
+                    cmdline: vec![format!("C:\\Games\\game{pid}.exe")],
+                    frames,
+                    ..Default::default()
+                },
+            );
+        }
+        let (report, _) = build(&capture);
+        // What a v1 writer wrote: every process in full in `processes`, no names.
+        let quiet = process_report(&capture, &capture.processes[&9], &mut Vec::new());
+        let mut v1 = serde_json::to_value(&report).expect("encode");
+        v1["schema"] = SCHEMA_V1.into();
+        v1["processes"] = serde_json::to_value([&report.processes[0], &quiet]).expect("encode");
+        for p in v1["processes"].as_array_mut().expect("processes") {
+            p.as_object_mut().expect("object").remove("name");
+        }
+        v1.as_object_mut()
+            .expect("object")
+            .remove("other_processes");
+        let read: Report = serde_json::from_value(v1).expect("a v1 document decodes");
+        let upgraded = read.upgrade();
+        assert_eq!(upgraded.schema, SCHEMA);
+        assert_eq!(upgraded.processes.len(), 1);
+        assert_eq!(upgraded.processes[0].name, "game2.exe");
+        assert_eq!(upgraded.other_processes.count, 1);
+        assert_eq!(upgraded.other_processes.processes[0].name, "game9.exe");
+    }
+
+    #[test]
+    fn the_main_window_is_the_one_with_the_most_frames() {
+        let mut capture = Capture::default();
+        let on = |ts_ms: u64, target: u64| Frame {
+            target,
+            ..frame(ts_ms, 2, present_source::GLX, 1)
+        };
+        // A launcher window first, then the game's at twice its rate.
+        let mut frames: Vec<Frame> = (0..10).map(|i| on(i * 20, 0xa)).collect();
+        frames.extend((0..20).map(|i| on(5 + i * 10, 0xb)));
+        frames.sort_by_key(|f| f.ts_ns);
+        capture.processes.insert(
+            2,
+            ProcessRecord {
+                pid: 2,
+                frames,
+                ..Default::default()
+            },
+        );
+        let (report, rows) = build(&capture);
+        let f = &report.processes[0].frames;
+        assert_eq!(f.count, 20, "the game's window");
+        assert_eq!(rows.len(), 20);
+        assert!(
+            (f.fps_avg.expect("fps") - 100.0).abs() < 1e-9,
+            "{:?}",
+            f.fps_avg
+        );
+        let windows: Vec<(&str, bool, u64)> = f
+            .swapchains
+            .iter()
+            .map(|w| (w.id.as_str(), w.main, w.frames))
+            .collect();
+        assert_eq!(windows, [("0xa", false, 10), ("0xb", true, 20)]);
+        // Every present's evidence is kept: the launcher's fold into the game's frames.
+        let on_cpu: u64 = rows
+            .iter()
+            .map(|r| (r.on_cpu_ms * 1e6).round() as u64)
+            .sum();
+        assert_eq!(on_cpu, 30, "{rows:?}");
+        // On a tie, the window presented to first.
+        let tie = [(0xc, 5), (0xd, 5)].map(|(target, frames)| TargetFrames {
+            target,
+            first_ns: target,
+            last_ns: target,
+            frames,
+        });
+        assert_eq!(main_target(&tie), 0xc);
     }
 
     #[test]

@@ -295,6 +295,7 @@ mod tests {
             max_blocked_ns: 0,
             last_preemptor_tid: 0,
             culprit: Default::default(),
+            target: 0,
         };
         let frames = vec![frame(1), frame(18), frame(35)];
         let display = vec![

@@ -398,24 +398,14 @@ pub fn mangohud_csv_with(
     })
 }
 
-/// PresentMon's `Application`: the executable's file name (PresentMon writes the module name),
-/// or the comm when the executable is unknown or is not the program (Wine's preloader runs
-/// Windows games whose comm is the game's .exe); `<error>`, as PresentMon writes it, when neither
-/// is known.
+/// PresentMon's `Application`: the name a person knows the process by (PresentMon writes the
+/// module name: a Windows game's .exe, which is also nvbind's name for a Wine process);
+/// `<error>`, as PresentMon writes it, when it has none.
 fn application(report: &Report, pid: u32) -> String {
     let Some(p) = report.processes.iter().find(|p| p.pid == pid) else {
         return "<error>".into();
     };
-    let exe_name = Path::new(&p.exe)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = if !exe_name.is_empty() && (p.comm.is_empty() || exe_name.starts_with(&p.comm)) {
-        exe_name
-    } else {
-        p.comm.clone()
-    };
-    match field(&name) {
+    match field(&p.name) {
         n if n.is_empty() => "<error>".into(),
         n => n,
     }
@@ -530,6 +520,7 @@ mod tests {
             max_blocked_ns: 0,
             last_preemptor_tid: 0,
             culprit: Default::default(),
+            target: 0,
         }
     }
 

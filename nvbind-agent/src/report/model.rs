@@ -1,4 +1,4 @@
-//! The report's types: what `nvbind.report/v1` holds (docs/report-schema.md) and the per-frame
+//! The report's types: what `nvbind.report/v2` holds (docs/report-schema.md) and the per-frame
 //! CSV row.
 
 use std::collections::BTreeMap;
@@ -9,10 +9,13 @@ use super::{display, stutters::StutterReport};
 use crate::{
     frames::stats::{FrameTimeStats, Log2Summary, LowFps},
     gpu::GpuReport,
+    identity::{display_name, WineInfo},
     probes::{ProbeStatus, ProgramCost},
 };
 
-pub const SCHEMA: &str = "nvbind.report/v1";
+pub const SCHEMA: &str = "nvbind.report/v2";
+/// The previous version, still read (`report`, `--svg`, the exports): [`Report::upgrade`].
+pub const SCHEMA_V1: &str = "nvbind.report/v1";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -20,13 +23,87 @@ pub struct Report {
     pub agent: AgentInfo,
     pub host: HostInfo,
     pub capture: CaptureInfo,
+    /// The processes that presented at least one frame, the game first.
     pub processes: Vec<ProcessReport>,
+    /// Every other tracked process (launchers, Wine's helpers, shells), folded into one section.
+    #[serde(default)]
+    pub other_processes: OtherProcesses,
     /// Every GPU found, with what was sampled from it.
     #[serde(default)]
     pub gpus: Vec<GpuReport>,
     /// Time between GPU samples in seconds (absent: not sampled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_sample_period_s: Option<f64>,
+}
+
+impl Report {
+    /// Brings a report of an earlier version to this one: a `v1` report listed every tracked
+    /// process in `processes` and had no `name`; those without frames move to
+    /// `other_processes`, and each is named by today's rule.
+    pub fn upgrade(mut self) -> Report {
+        if self.schema == SCHEMA_V1 {
+            for p in &mut self.processes {
+                if p.name.is_empty() {
+                    p.name = display_name(&p.comm, &p.exe, &p.cmdline);
+                }
+            }
+            let (presenters, others) = std::mem::take(&mut self.processes)
+                .into_iter()
+                .partition(ProcessReport::presented);
+            self.processes = presenters;
+            self.other_processes = OtherProcesses::of(others.iter().map(OtherProcess::of));
+            self.schema = SCHEMA.into();
+        }
+        self
+    }
+}
+
+impl ProcessReport {
+    /// Whether it made frames: presents, or display events of its own (a program that flips
+    /// through DRM directly). The report's `processes` holds these; the rest are folded.
+    pub fn presented(&self) -> bool {
+        self.frames.count > 0 || self.frames.display.is_some()
+    }
+
+    /// `name (pid N)`, how the console and the sentences name a process.
+    pub fn label(&self) -> String {
+        format!("{} (pid {})", self.name, self.pid)
+    }
+}
+
+impl OtherProcesses {
+    /// The section for `processes`, the busiest first.
+    pub fn of(processes: impl Iterator<Item = OtherProcess>) -> OtherProcesses {
+        let mut processes: Vec<OtherProcess> = processes.collect();
+        processes.sort_by(|a, b| b.on_cpu_s.total_cmp(&a.on_cpu_s).then(a.pid.cmp(&b.pid)));
+        OtherProcesses {
+            count: processes.len(),
+            on_cpu_s: processes.iter().map(|p| p.on_cpu_s).sum(),
+            runq_wait_s: processes.iter().map(|p| p.runq_wait_s).sum(),
+            blocked_s: processes.iter().map(|p| p.blocked_s).sum(),
+            processes,
+        }
+    }
+}
+
+impl OtherProcess {
+    /// The brief of a full process report.
+    pub fn of(p: &ProcessReport) -> OtherProcess {
+        OtherProcess {
+            pid: p.pid,
+            ppid: p.ppid,
+            name: p.name.clone(),
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            exited: p.exited,
+            on_cpu_s: p.sched.on_cpu_s,
+            runq_wait_s: p.sched.runq_wait_s,
+            blocked_s: p.sched.blocked_s,
+            blocked_in_gpu_ioctl_s: p.sched.blocked_in_gpu_ioctl_s,
+            involuntary_switches: p.sched.involuntary_switches,
+            voluntary_switches: p.sched.voluntary_switches,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,13 +170,51 @@ pub struct CrtcReport {
     pub refresh_hz: Option<f64>,
 }
 
+/// The tracked processes that presented no frame: totals, and one line of evidence each.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OtherProcesses {
+    pub count: usize,
+    pub on_cpu_s: f64,
+    pub runq_wait_s: f64,
+    pub blocked_s: f64,
+    pub processes: Vec<OtherProcess>,
+}
+
+/// A tracked process that presented no frame, in brief.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OtherProcess {
+    pub pid: u32,
+    pub ppid: u32,
+    pub name: String,
+    pub comm: String,
+    pub exe: String,
+    pub exited: bool,
+    pub on_cpu_s: f64,
+    pub runq_wait_s: f64,
+    pub blocked_s: f64,
+    pub blocked_in_gpu_ioctl_s: f64,
+    pub involuntary_switches: u64,
+    pub voluntary_switches: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessReport {
     pub pid: u32,
     pub ppid: u32,
+    /// The name a person knows it by: a Windows game under Wine by its `.exe`, a native program
+    /// by its comm (or the executable's name when comm is cut short). See docs/report-schema.md.
+    #[serde(default)]
+    pub name: String,
+    /// The kernel's task name, as is.
     pub comm: String,
     pub exe: String,
     pub cmdline: Vec<String>,
+    /// Present when it runs a Windows program under Wine or Proton.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wine: Option<WineInfo>,
+    /// Its Steam app id, where the environment or the cgroup says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steam_app_id: Option<u32>,
     /// Whether the process exited during the capture.
     pub exited: bool,
     pub frames: FramesReport,
@@ -138,6 +253,10 @@ pub struct FramesReport {
     pub sources_seen: BTreeMap<String, u64>,
     /// Threads that presented.
     pub presenting_tids: Vec<u32>,
+    /// When the process presented to several windows (Vulkan swapchains, GLX drawables, EGL
+    /// surfaces) from the chosen source: each, and which is the main one whose frames these are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swapchains: Vec<SwapchainReport>,
     /// Vulkan `vkQueuePresentKHR` implementations learned for this process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vulkan_present_functions: Vec<String>,
@@ -153,6 +272,19 @@ pub struct FramesReport {
     /// and the process flipped or waited on a display itself; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display: Option<display::DisplayReport>,
+}
+
+/// One window a process presented to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwapchainReport {
+    /// The handle the present was given (the Vulkan swapchain, the GLX drawable's XID, the EGL
+    /// surface), in hexadecimal; 0x0 when it could not be read.
+    pub id: String,
+    /// Whether its frames are the process's `frames` (the one with the most frames).
+    pub main: bool,
+    pub frames: u64,
+    /// Frames over the time from its first to its last (absent with fewer than 2 frames).
+    pub fps_avg: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

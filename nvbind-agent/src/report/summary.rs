@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{ProcessReport, Report};
+use super::{OtherProcesses, ProcessReport, Report};
 use crate::frames::stats::Log2Summary;
 use crate::gpu::GpuReport;
 
@@ -15,20 +15,19 @@ pub fn render(report: &Report, worst: usize) -> String {
         "nvbind report: {} for {:.1} s ({}), kernel {}, {} CPUs",
         c.target, c.duration_s, c.end_reason, report.host.kernel, report.host.cpus
     );
-    let presenting: Vec<&ProcessReport> = report
-        .processes
-        .iter()
-        .filter(|p| p.frames.count > 0 || p.frames.display.is_some())
-        .collect();
-    if presenting.is_empty() {
+    let others = &report.other_processes;
+    if report.processes.is_empty() {
         let _ = writeln!(
             out,
             "\nno frames were captured ({} processes tracked); see the notes below",
-            report.processes.len()
+            others.count
         );
     }
-    for p in presenting {
+    for p in &report.processes {
         process(&mut out, p, worst);
+    }
+    if others.count > 0 && !report.processes.is_empty() {
+        other_processes(&mut out, others);
     }
     for g in &report.gpus {
         gpu(&mut out, g);
@@ -44,6 +43,28 @@ pub fn render(report: &Report, worst: usize) -> String {
         let _ = writeln!(out, "note: {note}");
     }
     out
+}
+
+/// One line for the processes that made no frame: how many, their CPU time, the busiest names.
+fn other_processes(out: &mut String, others: &OtherProcesses) {
+    const NAMED: usize = 3;
+    let mut names: Vec<String> = others
+        .processes
+        .iter()
+        .take(NAMED)
+        .map(|p| format!("{} {:.2} s", p.name, p.on_cpu_s))
+        .collect();
+    if others.count > NAMED {
+        names.push(format!("{} more", others.count - NAMED));
+    }
+    let _ = writeln!(
+        out,
+        "\n{} other processes made no frames: {:.2} s on CPU, {:.2} s waiting for a CPU ({})",
+        others.count,
+        others.on_cpu_s,
+        others.runq_wait_s,
+        names.join(", ")
+    );
 }
 
 fn gpu(out: &mut String, g: &GpuReport) {
@@ -99,27 +120,36 @@ fn gpu(out: &mut String, g: &GpuReport) {
 fn process(out: &mut String, p: &ProcessReport, worst: usize) {
     let f = &p.frames;
     if let Some(d) = &f.display {
-        let _ = writeln!(
-            out,
-            "\n{} (pid {}): {}",
-            p.comm,
-            p.pid,
-            super::display::one_line(d)
-        );
+        let _ = writeln!(out, "\n{}: {}", p.label(), super::display::one_line(d));
         if f.count == 0 {
             return;
         }
     }
     let _ = writeln!(
         out,
-        "\n{} (pid {}): {} frames from {} over {:.1} s, {:.1} fps average",
-        p.comm,
-        p.pid,
+        "\n{}: {} frames from {} over {:.1} s, {:.1} fps average",
+        p.label(),
         f.count,
         f.source,
         f.duration_s,
         f.fps_avg.unwrap_or(0.0)
     );
+    if !f.swapchains.is_empty() {
+        let windows: Vec<String> = f
+            .swapchains
+            .iter()
+            .map(|w| {
+                let main = if w.main { ", its frames above" } else { "" };
+                format!("{} {} frames{main}", w.id, w.frames)
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  presented to {} windows: {}",
+            f.swapchains.len(),
+            windows.join("; ")
+        );
+    }
     if let Some(t) = &f.frame_time_ms {
         let _ = writeln!(
             out,

@@ -78,9 +78,8 @@ fn draw_timeline(
     let x1 = points.last().map_or(1.0, |p| p.0).max(x0 + 1e-3);
     let y1 = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.08;
     let title = format!(
-        "{} (pid {}): {} frames, {:.1} fps average, p99 {:.2} ms, {} stutters",
-        p.comm,
-        p.pid,
+        "{}: {} frames, {:.1} fps average, p99 {:.2} ms, {} stutters",
+        p.label(),
         p.frames.count,
         p.frames.fps_avg.unwrap_or(0.0),
         p.frames.frame_time_ms.as_ref().map_or(0.0, |f| f.p99),

@@ -105,16 +105,18 @@ pub fn read_report(path: &Path) -> Result<Report, ReadError> {
         })?
         .get("schema")
         .and_then(|s| s.as_str().map(str::to_owned));
-    if schema.as_deref() != Some(super::SCHEMA) {
+    if !matches!(schema.as_deref(), Some(super::SCHEMA | super::SCHEMA_V1)) {
         return Err(ReadError::Schema {
             path: path.to_path_buf(),
             found: schema.unwrap_or_else(|| "none".into()),
         });
     }
-    serde_json::from_str(&text).map_err(|e| ReadError::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    serde_json::from_str::<Report>(&text)
+        .map(Report::upgrade)
+        .map_err(|e| ReadError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 #[derive(Debug, Error)]
@@ -128,7 +130,7 @@ pub enum ReadError {
     #[error("{path} is not a valid nvbind report: {message}")]
     Json { path: PathBuf, message: String },
     #[error(
-        "{path} is not an nvbind.report/v1 document (schema: {found}); give a file written by \
+        "{path} is not an nvbind.report/v1 or v2 document (schema: {found}); give a file written by \
          `nvbind-agent record`"
     )]
     Schema { path: PathBuf, found: String },

@@ -35,9 +35,14 @@ use nvbind_tests::{monotonic_ns, pin_to_cpu, progress_path, rusage_path, Rusage}
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Frames to present.
+    /// Frames to present (with `--stop-file`, the least it presents).
     #[arg(long, default_value_t = 300)]
     frames: u32,
+    /// Go on presenting after `--frames` until this file exists (checked before each frame): for
+    /// a test that needs the game running until it has seen something happen, however slow the
+    /// machine, rather than for a number of frames it guesses is enough.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
     /// Target frame interval in milliseconds.
     #[arg(long, default_value_t = 10.0)]
     interval_ms: f64,
@@ -349,7 +354,9 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
     let mut truth = Vec::with_capacity(args.frames as usize);
     let loop_start = Rusage::of(libc::RUSAGE_THREAD)?;
     let mut next = monotonic_ns();
-    for i in 0..args.frames {
+    let go_on = |i: u32| i < args.frames || args.stop_file.as_deref().is_some_and(|f| !f.exists());
+    let mut i = 0;
+    while go_on(i) {
         spin(args.work_ms);
         if args.stall_every > 0 && i % args.stall_every == args.stall_every - 1 {
             match (&lock_staller, kvm_staller.as_mut()) {
@@ -371,6 +378,7 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
         if next < now {
             next = now;
         }
+        i += 1;
     }
     // The frame thread's own switches and CPU time, as the kernel counted them.
     // The library's teardown (its threads joined) happens before the count, not after it.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use nvbind_common::Culprit;
+use nvbind_common::{process_tracked, Culprit};
 
 use self::scan::{LastScan, SCAN_INTERVAL};
 use super::snapshots::ThreadSnapshots;
@@ -19,6 +19,7 @@ use crate::{
     clock::monotonic_ns,
     frames::{Capture, CulpritProcess, DisplayRecord, Frame, ProcessRecord},
     gpu,
+    identity::ProcessIdentity,
     probes::{comm_str, libraries, Event, Probes},
     stutter::{Detector, DetectorConfig},
     target,
@@ -133,6 +134,22 @@ impl Tracker {
         if let Err(e) = self.probes.track_process(pid, self.follow_children) {
             log::debug!("pid {pid}: cannot track its threads: {e}");
         }
+        // Their names now, while they live: a short-lived process may be gone by the next scan.
+        self.learn_thread_names(pid, &crate::probes::thread_ids(pid));
+    }
+
+    /// Reads the names of `pid`'s threads `tids` not named yet (a thread that has exited is
+    /// skipped: its name is gone with it).
+    pub(in crate::capture) fn learn_thread_names(&mut self, pid: u32, tids: &[u32]) {
+        for &tid in tids {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.capture.thread_names.entry(tid)
+            {
+                if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
+                    slot.insert(name.trim_end().to_string());
+                }
+            }
+        }
     }
 
     /// Hooks the graphics libraries `pid` maps that are not hooked yet (copies inside containers
@@ -196,6 +213,12 @@ impl Tracker {
                     self.note_process(pid, 0, false);
                 }
                 if let Some(p) = self.capture.processes.get_mut(&pid) {
+                    if p.frames.is_empty() {
+                        // A program may rename itself after exec (Wine names the process after
+                        // the Windows program and rewrites its command line): by its first frame
+                        // it is who it will be.
+                        refresh_identity(p);
+                    }
                     p.frames.push(Frame {
                         ts_ns: e.header.ts_ns,
                         tid: e.header.tid,
@@ -206,6 +229,7 @@ impl Tracker {
                         max_blocked_ns: e.max_blocked_ns,
                         last_preemptor_tid: e.last_preemptor_tid,
                         culprit: e.culprit,
+                        target: e.target,
                     });
                 }
                 self.note_culprit(&e.culprit);
@@ -245,12 +269,26 @@ impl Tracker {
                     }
                 }
             }
+            Event::ProcessTracked(e) if e.header.aux == process_tracked::RENAMED => {
+                // It took a watched name while running: the kernel tracks it from now, and its
+                // threads that already exist are adopted here.
+                let pid = e.header.tgid;
+                if let Err(why) = self.probes.track_process(pid, self.follow_children) {
+                    log::warn!("pid {pid}: cannot adopt its threads: {why}");
+                }
+                self.note_process_named(pid, 0, false, comm_str(&e.comm))
+            }
             Event::ProcessTracked(e) => {
                 self.note_process_named(e.header.tgid, e.header.aux, false, comm_str(&e.comm))
             }
             Event::ProcessExec(e) => {
                 if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
                     p.comm = comm_str(&e.comm);
+                    refresh_identity(p);
+                }
+            }
+            Event::ProcessRenamed(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
                     refresh_identity(p);
                 }
             }
@@ -432,7 +470,46 @@ fn refresh_identity(record: &mut ProcessRecord) {
     if let Ok(exe) = proc.exe() {
         record.exe = exe.display().to_string();
     }
-    if let Ok(cmdline) = proc.cmdline() {
-        record.cmdline = cmdline;
+    if let Ok(mut cmdline) = proc.cmdline() {
+        // A program that rewrites its command line in place (Wine does) leaves the rest of the
+        // original area as empty arguments.
+        while cmdline.last().is_some_and(String::is_empty) {
+            cmdline.pop();
+        }
+        // An exited process (a zombie) has none left: what was read before stays.
+        if !cmdline.is_empty() {
+            record.cmdline = cmdline;
+        }
     }
+    let mut identity =
+        ProcessIdentity::read(record.pid, &record.comm, &record.exe, &record.cmdline);
+    // What can only be read while the process lives is kept from an earlier read (the Wine
+    // build of a process that has since exited).
+    if let (Some(now), Some(before)) = (identity.wine.as_mut(), record.identity.wine.as_ref()) {
+        if now.version.is_none() {
+            now.version = before.version.clone();
+        }
+    }
+    identity.steam_app_id = identity.steam_app_id.or(record.identity.steam_app_id);
+    if identity.name != record.identity.name || identity.wine != record.identity.wine {
+        let wine = identity
+            .wine
+            .as_ref()
+            .map(|w| {
+                format!(
+                    " under Wine ({})",
+                    w.version.as_deref().unwrap_or("build unread")
+                )
+            })
+            .unwrap_or_default();
+        // At info level for a Windows program (its name is not its comm's, and `--all` tracks
+        // every process: naming each would flood the log).
+        let level = if identity.wine.is_some() {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        log::log!(level, "pid {} is {}{wine}", record.pid, identity.name);
+    }
+    record.identity = identity;
 }

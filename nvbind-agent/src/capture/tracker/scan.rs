@@ -107,17 +107,7 @@ impl Tracker {
             }
             self.find_gpu(pid);
             let tids = crate::probes::thread_ids(pid);
-            for &tid in &tids {
-                if let std::collections::hash_map::Entry::Vacant(slot) =
-                    self.capture.thread_names.entry(tid)
-                {
-                    if let Ok(name) =
-                        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                    {
-                        slot.insert(name.trim_end().to_string());
-                    }
-                }
-            }
+            self.learn_thread_names(pid, &tids);
             self.tids.insert(pid, tids);
             self.process_scans
                 .insert(pid, LastScan::since(now, started));

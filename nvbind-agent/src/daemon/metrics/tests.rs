@@ -26,6 +26,7 @@ fn the_live_state_is_exported_in_base_units() {
     let labels = ProcessLabels {
         pid: "42".into(),
         comm: "game".into(),
+        name: "game".into(),
     };
     metrics.frame_time.get_or_create(&labels).observe(0.010);
     metrics.frames.get_or_create(&labels).inc();
@@ -33,7 +34,7 @@ fn the_live_state_is_exported_in_base_units() {
     let text = metrics.encode_openmetrics().unwrap();
     assert!(
         text.contains(
-            "nvbind_frame_time_seconds_bucket{le=\"0.011111\",pid=\"42\",comm=\"game\"} 1"
+            "nvbind_frame_time_seconds_bucket{le=\"0.011111\",pid=\"42\",comm=\"game\",name=\"game\"} 1"
         ),
         "{text}"
     );
@@ -117,9 +118,12 @@ fn representative() -> Metrics {
     };
     let process = |pid: u32, comm: &str| {
         let identity = Identity {
+            name: comm.into(),
             comm: comm.into(),
             exe: format!("/usr/bin/{comm}"),
             cgroup: String::new(),
+            steam_app_id: None,
+            wine_version: None,
             tracked_since_unix_s: 1.0,
         };
         (pid, LiveProcess::new(pid, identity, Default::default()))
@@ -159,6 +163,7 @@ fn representative() -> Metrics {
     let labels = ProcessLabels {
         pid: "42".into(),
         comm: "game".into(),
+        name: "game".into(),
     };
     for seconds in [0.010, 0.016, 0.120] {
         metrics.frame_time.get_or_create(&labels).observe(seconds);
@@ -169,6 +174,7 @@ fn representative() -> Metrics {
         .get_or_create(&CauseLabels {
             pid: "42".into(),
             comm: "game".into(),
+            name: "game".into(),
             cause: "cpu-contention".into(),
         })
         .inc();
@@ -194,32 +200,32 @@ fn the_exposition_of_an_empty_state_is_unchanged() {
 const EXPECTED_OPENMETRICS: &str = r##"# HELP nvbind_frame_time_seconds Time between consecutive presents of a tracked game (its counted frame source).
 # TYPE nvbind_frame_time_seconds histogram
 # UNIT nvbind_frame_time_seconds seconds
-nvbind_frame_time_seconds_sum{pid="42",comm="game"} 0.146
-nvbind_frame_time_seconds_count{pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="0.002",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.004167",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.006061",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.006944",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.008333",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.011111",pid="42",comm="game"} 1
-nvbind_frame_time_seconds_bucket{le="0.016667",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.022222",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.033333",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.05",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.066667",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.1",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.15",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="0.25",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="0.5",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="1.0",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="2.0",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="+Inf",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_sum{pid="42",comm="game",name="game"} 0.146
+nvbind_frame_time_seconds_count{pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.002",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.004167",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.006061",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.006944",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.008333",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.011111",pid="42",comm="game",name="game"} 1
+nvbind_frame_time_seconds_bucket{le="0.016667",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.022222",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.033333",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.05",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.066667",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.1",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.15",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.25",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.5",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="1.0",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="2.0",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="+Inf",pid="42",comm="game",name="game"} 3
 # HELP nvbind_frames Frames presented by a tracked game.
 # TYPE nvbind_frames counter
-nvbind_frames_total{pid="42",comm="game"} 3
+nvbind_frames_total{pid="42",comm="game",name="game"} 3
 # HELP nvbind_stutters Stutters of a tracked game by live verdict (see docs/stutter.md).
 # TYPE nvbind_stutters counter
-nvbind_stutters_total{pid="42",comm="game",cause="cpu-contention"} 1
+nvbind_stutters_total{pid="42",comm="game",name="game",cause="cpu-contention"} 1
 # HELP nvbind_gpu_sampled 1 when the GPU's counters are read, 0 when nvbind cannot read them
 # TYPE nvbind_gpu_sampled gauge
 nvbind_gpu_sampled{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 1
@@ -302,32 +308,32 @@ nvbind_reports_failed_total 1
 "##;
 const EXPECTED_PROMETHEUS: &str = r##"# HELP nvbind_frame_time_seconds Time between consecutive presents of a tracked game (its counted frame source).
 # TYPE nvbind_frame_time_seconds histogram
-nvbind_frame_time_seconds_sum{pid="42",comm="game"} 0.146
-nvbind_frame_time_seconds_count{pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="0.002",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.004167",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.006061",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.006944",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.008333",pid="42",comm="game"} 0
-nvbind_frame_time_seconds_bucket{le="0.011111",pid="42",comm="game"} 1
-nvbind_frame_time_seconds_bucket{le="0.016667",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.022222",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.033333",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.05",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.066667",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.1",pid="42",comm="game"} 2
-nvbind_frame_time_seconds_bucket{le="0.15",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="0.25",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="0.5",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="1.0",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="2.0",pid="42",comm="game"} 3
-nvbind_frame_time_seconds_bucket{le="+Inf",pid="42",comm="game"} 3
+nvbind_frame_time_seconds_sum{pid="42",comm="game",name="game"} 0.146
+nvbind_frame_time_seconds_count{pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.002",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.004167",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.006061",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.006944",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.008333",pid="42",comm="game",name="game"} 0
+nvbind_frame_time_seconds_bucket{le="0.011111",pid="42",comm="game",name="game"} 1
+nvbind_frame_time_seconds_bucket{le="0.016667",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.022222",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.033333",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.05",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.066667",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.1",pid="42",comm="game",name="game"} 2
+nvbind_frame_time_seconds_bucket{le="0.15",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.25",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="0.5",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="1.0",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="2.0",pid="42",comm="game",name="game"} 3
+nvbind_frame_time_seconds_bucket{le="+Inf",pid="42",comm="game",name="game"} 3
 # HELP nvbind_frames_total Frames presented by a tracked game.
 # TYPE nvbind_frames_total counter
-nvbind_frames_total{pid="42",comm="game"} 3
+nvbind_frames_total{pid="42",comm="game",name="game"} 3
 # HELP nvbind_stutters_total Stutters of a tracked game by live verdict (see docs/stutter.md).
 # TYPE nvbind_stutters_total counter
-nvbind_stutters_total{pid="42",comm="game",cause="cpu-contention"} 1
+nvbind_stutters_total{pid="42",comm="game",name="game",cause="cpu-contention"} 1
 # HELP nvbind_gpu_sampled 1 when the GPU's counters are read, 0 when nvbind cannot read them
 # TYPE nvbind_gpu_sampled gauge
 nvbind_gpu_sampled{gpu="0",pci_address="0000:00:00.0",vendor="NVIDIA",name="RTX 4090"} 1
