@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{
 };
 use nvbind_common::{
     culprit_flags, Culprit, HeldBy, ThreadState, WatchedWait, HELD_SLOTS, MAX_ANCESTORS,
-    RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN, YOUNG_NS,
+    RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN, WATCH_WAITS, YOUNG_NS,
 };
 
 use crate::state::{
@@ -20,6 +20,36 @@ use crate::state::{
 
 /// `PF_KTHREAD` in `task_struct.flags`: a kernel thread.
 const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Expands `$body` four times with `$i` = 0, 1, 2, 3: the loops over a watch's waits and over a
+/// wait's slots are written out. Left to LLVM, they become a pointer walk whose bound Linux 6.1's
+/// verifier loses track of (it then rejects the map access one past the end); newer verifiers
+/// follow it.
+macro_rules! each_of_four {
+    ($i:ident => $body:block) => {{
+        {
+            let $i: usize = 0;
+            $body
+        }
+        {
+            let $i: usize = 1;
+            $body
+        }
+        {
+            let $i: usize = 2;
+            $body
+        }
+        {
+            let $i: usize = 3;
+            $body
+        }
+    }};
+}
+
+const _: () = assert!(
+    WATCH_WAITS == 4 && HELD_SLOTS == 4,
+    "the loops over a watch's waits and a wait's slots are written out for four"
+);
 
 /// The task whose stretch on a CPU just ended (the current task at a switch); its name and cgroup
 /// are read only when a wait's account needs them (`fill`).
@@ -155,11 +185,12 @@ pub(crate) fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
     // was not young when that wait began (one lineage for all the waits: the earliest is the
     // strictest).
     let mut oldest = 0;
-    for ww in w.waits.iter() {
+    each_of_four!(i => {
+        let ww = &w.waits[i];
         if followed(ww, now) && ww.tid != prev_tid && (oldest == 0 || ww.since_ns < oldest) {
             oldest = ww.since_ns;
         }
-    }
+    });
     if oldest == 0 {
         return;
     }
@@ -171,18 +202,18 @@ pub(crate) fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
         filled: false,
         comm: [0; TASK_COMM_LEN],
     };
-    for ww in w.waits.iter_mut() {
+    each_of_four!(i => {
+        let ww = &mut w.waits[i];
         // A waiter never holds up its own wait.
-        if !followed(ww, now) || ww.tid == prev_tid {
-            continue;
+        if followed(ww, now) && ww.tid != prev_tid {
+            let from = if start > ww.since_ns {
+                start
+            } else {
+                ww.since_ns
+            };
+            add_held(ww, &who, now.saturating_sub(from), &mut task);
         }
-        let from = if start > ww.since_ns {
-            start
-        } else {
-            ww.since_ns
-        };
-        add_held(ww, &who, now.saturating_sub(from), &mut task);
-    }
+    });
 }
 
 /// Whether a place in a watch holds a wait still worth following at `now` (not free, not stale).
@@ -244,28 +275,27 @@ pub(crate) fn arm_watch(t: &mut ThreadState, tid: u32, cpu: u32, now: u64) {
     // The thread's own earlier wait here if it was never taken (it ran elsewhere), else a free
     // place, else one whose thread is long gone.
     let mut place: *mut WatchedWait = core::ptr::null_mut();
-    for ww in w.waits.iter_mut() {
-        if ww.since_ns != 0 && ww.tid == tid {
+    each_of_four!(i => {
+        let ww = &mut w.waits[i];
+        if place.is_null() && ww.since_ns != 0 && ww.tid == tid {
             place = ww;
-            break;
         }
-    }
-    if place.is_null() {
-        for ww in w.waits.iter_mut() {
-            if ww.since_ns == 0 || now.saturating_sub(ww.since_ns) > STALE_WAIT_NS {
-                place = ww;
-                break;
-            }
+    });
+    each_of_four!(i => {
+        let ww = &mut w.waits[i];
+        let free = ww.since_ns == 0 || now.saturating_sub(ww.since_ns) > STALE_WAIT_NS;
+        if place.is_null() && free {
+            place = ww;
         }
-    }
+    });
     // Full: a presenting thread's wait (a frame's) goes before a worker's.
-    if place.is_null() && t.presenter != 0 {
-        for ww in w.waits.iter_mut() {
-            if ww.presenter == 0 {
+    if t.presenter != 0 {
+        each_of_four!(i => {
+            let ww = &mut w.waits[i];
+            if place.is_null() && ww.presenter == 0 {
                 place = ww;
-                break;
             }
-        }
+        });
     }
     if place.is_null() {
         return;
@@ -276,12 +306,13 @@ pub(crate) fn arm_watch(t: &mut ThreadState, tid: u32, cpu: u32, now: u64) {
     ww.since_ns = 0;
     ww.tid = tid;
     ww.presenter = t.presenter;
-    for h in ww.held.iter_mut() {
+    each_of_four!(i => {
+        let h = &mut ww.held[i];
         h.held_ns = 0;
         h.longest_ns = 0;
         h.pid = 0;
         h.flags = 0;
-    }
+    });
     ww.since_ns = now;
 }
 
@@ -303,12 +334,12 @@ pub(crate) fn take_wait(t: &ThreadState, tid: u32, waited: u64, cpu: u32, c: &mu
     // SAFETY: live map value.
     let w = unsafe { &mut *w };
     let mut found: *mut WatchedWait = core::ptr::null_mut();
-    for ww in w.waits.iter_mut() {
-        if ww.since_ns != 0 && ww.since_ns == t.since_ns && ww.tid == tid {
+    each_of_four!(i => {
+        let ww = &mut w.waits[i];
+        if found.is_null() && ww.since_ns != 0 && ww.since_ns == t.since_ns && ww.tid == tid {
             found = ww;
-            break;
         }
-    }
+    });
     if found.is_null() {
         return false;
     }
@@ -316,12 +347,13 @@ pub(crate) fn take_wait(t: &ThreadState, tid: u32, waited: u64, cpu: u32, c: &mu
     let ww = unsafe { &mut *found };
     let mut best: *const HeldBy = core::ptr::null();
     let mut most = 0;
-    for h in ww.held.iter() {
+    each_of_four!(i => {
+        let h = &ww.held[i];
         if h.held_ns > most {
             most = h.held_ns;
             best = h;
         }
-    }
+    });
     // A thread the scheduler moved to another CPU before it ran waited first on this one: this
     // CPU's holder is its culprit when it held the CPU for at least half the wait (else the wait
     // was mostly spent elsewhere).
