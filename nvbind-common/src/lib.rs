@@ -283,6 +283,13 @@ pub struct ThreadCounters {
     pub migrations: u64,
     /// Times the thread was woken from a blocked state.
     pub wakeups: u64,
+    /// Time the scheduler probes could not place: a stretch that ended in a switch the kernel
+    /// never reported (a thread found running with no switch-in seen, or switched in with no
+    /// switch-out seen). Time is never lost silently: with this, on-CPU, run-queue and blocked
+    /// time add up to the thread's whole interval between two of its presents.
+    pub unseen_ns: u64,
+    /// How many such unreported switches were detected.
+    pub missed_switches: u64,
     /// Completed ioctls, per [`ioctl_class`].
     pub ioctl_count: [u64; ioctl_class::COUNT],
     /// Time spent inside ioctls (entry to return, on or off CPU), per [`ioctl_class`].
@@ -320,6 +327,8 @@ impl ThreadCounters {
             .saturating_sub(earlier.voluntary_switches);
         out.migrations = self.migrations.saturating_sub(earlier.migrations);
         out.wakeups = self.wakeups.saturating_sub(earlier.wakeups);
+        out.unseen_ns = self.unseen_ns.saturating_sub(earlier.unseen_ns);
+        out.missed_switches = self.missed_switches.saturating_sub(earlier.missed_switches);
         let mut i = 0;
         while i < ioctl_class::COUNT {
             out.ioctl_count[i] = self.ioctl_count[i].saturating_sub(earlier.ioctl_count[i]);
@@ -340,6 +349,8 @@ impl ThreadCounters {
         self.voluntary_switches += other.voluntary_switches;
         self.migrations += other.migrations;
         self.wakeups += other.wakeups;
+        self.unseen_ns += other.unseen_ns;
+        self.missed_switches += other.missed_switches;
         let mut i = 0;
         while i < ioctl_class::COUNT {
             self.ioctl_count[i] += other.ioctl_count[i];
@@ -755,7 +766,7 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(
             size_of::<ThreadCounters>(),
-            8 * (10 + 2 * ioctl_class::COUNT)
+            8 * (12 + 2 * ioctl_class::COUNT)
         );
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<Culprit>(), 5 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);

@@ -28,7 +28,7 @@ use nvbind_common::{
 
 use crate::state::{
     count_drop, current_ids, current_thread, discover_current_thread, mark_presenter, now_ns,
-    DISCOVER_PRESENTERS, EVENTS, RESOLVING_PRESENT,
+    unseen, DISCOVER_PRESENTERS, EVENTS, RESOLVING_PRESENT,
 };
 
 #[uprobe]
@@ -111,8 +111,12 @@ fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u
     // Close the running slice so this frame's on-CPU time includes it.
     if t.status == thread_status::RUNNING {
         t.totals.on_cpu_ns += now.saturating_sub(t.since_ns);
-        t.since_ns = now;
+    } else {
+        // It runs (it is presenting), yet no switch-in reached us: unseen, and running from now.
+        unseen(t, now);
+        t.status = thread_status::RUNNING;
     }
+    t.since_ns = now;
     let Some(mut entry) = EVENTS.reserve::<PresentEvent>(0) else {
         // Keep the snapshot: the next frame's record then carries this interval's evidence too.
         count_drop();

@@ -20,10 +20,10 @@ use nvbind_common::{
 use crate::{
     culprit::{arm_watch, blame, scratch, take_wait, watch_switch},
     state::{
-        current_ids, field, kernel_field, now_ns, thread, PREEMPTORS, PRESENTER_HISTS, PROC_HISTS,
-        SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_COMM_OFF,
-        TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF, TASK_REPORT_MAX, WAKEUP_PID_OFF,
-        WAKEUP_TARGET_CPU_OFF,
+        current_ids, field, kernel_field, now_ns, thread, unseen, PREEMPTORS, PRESENTER_HISTS,
+        PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF,
+        TASK_COMM_OFF, TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF, TASK_REPORT_MAX,
+        WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
     },
 };
 
@@ -174,6 +174,10 @@ fn switched_out(
 ) {
     if prev.status == thread_status::RUNNING {
         prev.totals.on_cpu_ns += now.saturating_sub(prev.since_ns);
+    } else {
+        // It ran, yet its switch-in never reached us: the stretch since its last known change
+        // (blocked, waiting, running: which, the kernel did not say) is unseen, not lost.
+        unseen(prev, now);
     }
     let state = args.prev_state();
     prev.since_ns = now;
@@ -271,7 +275,9 @@ fn switched_in(
         }
         // Woken without us seeing the wakeup (tracking began mid-sleep): count it as blocked.
         thread_status::BLOCKED => end_blocked(next, next_tid, now),
-        _ => {}
+        // Switched in while it was, by our account, running: its switch-out never reached us.
+        // (UNKNOWN: tracked by the agent's scan, state unknown until now.)
+        _ => unseen(next, now),
     }
     if next.last_cpu != u32::MAX && next.last_cpu != cpu {
         next.totals.migrations += 1;

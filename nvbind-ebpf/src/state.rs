@@ -200,6 +200,18 @@ pub fn thread(tid: u32) -> Option<&'static mut ThreadState> {
     THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
 }
 
+/// Charges the stretch of `t` since its last known change to `unseen_ns`: a switch that would
+/// have told what it was never reached the probes. On some kernels a context switch now and then
+/// reaches no tracepoint consumer at all (the kernel's own `sched_switch` trace event is missing
+/// too, and no recursion miss is counted; see docs/probes.md).
+#[inline(always)]
+pub fn unseen(t: &mut ThreadState, now: u64) {
+    if t.status != thread_status::UNKNOWN {
+        t.totals.missed_switches += 1;
+    }
+    t.totals.unseen_ns += now.saturating_sub(t.since_ns);
+}
+
 /// The current thread's record: tracked already, or belonging to a tracked process (a thread
 /// that appeared before tracking began and was not seen by the agent's /proc scan).
 #[inline(always)]

@@ -172,6 +172,44 @@ pub struct GameRun {
 /// `nvbind-agent record --out DIR/report.json --frames-csv DIR/frames.csv AGENT_ARGS --
 /// synthetic-game --truth DIR/truth.txt GAME_ARGS`; `during` runs once the game is up (to start
 /// a competitor, or change a fixture). Panics unless the recording succeeds.
+/// Each frame's record covers its whole interval: the presenting thread's time on a CPU, waiting
+/// for one, blocked, and what the kernel did not report (`unseen_ms`) add up to the time since
+/// its previous present, to the nanosecond. Every state change closes one stretch and opens the
+/// next, so this holds on any machine however loaded; it fails when time drops out of a thread's
+/// record (a transition that forgets to close its stretch, a switch missed without being
+/// counted as unseen) or is counted twice.
+pub fn assert_frames_accounted(rows: &[std::collections::HashMap<String, String>]) {
+    let num = |row: &std::collections::HashMap<String, String>, name: &str| -> f64 {
+        row[name]
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is not a number: {row:?}"))
+    };
+    for pair in rows.windows(2) {
+        let (previous, row) = (&pair[0], &pair[1]);
+        if previous["tid"] != row["tid"] {
+            continue;
+        }
+        let frame = num(row, "frame_time_ms");
+        if num(row, "unseen_ms") > 0.0 {
+            eprintln!(
+                "note: frame {}: the kernel did not report {} ms of its thread's switches",
+                row["frame"], row["unseen_ms"]
+            );
+        }
+        let covered = num(row, "on_cpu_ms")
+            + num(row, "runq_wait_ms")
+            + num(row, "blocked_ms")
+            + num(row, "unseen_ms");
+        // The CSV prints nanoseconds as milliseconds; sums of four such values agree to well
+        // under a nanosecond.
+        assert!(
+            (covered - frame).abs() < 1e-5,
+            "frame {}: its record covers {covered:.6} ms of its {frame:.6} ms: {row:?}",
+            row["frame"]
+        );
+    }
+}
+
 pub fn record_game(
     dir: &Path,
     agent_args: &[&str],
@@ -205,6 +243,7 @@ pub fn record_game(
     assert!(status.success(), "record failed: {err}");
     let windows = read_truth(&truth);
     let rows = read_csv(&csv);
+    assert_frames_accounted(&rows);
     // Whatever the scenario: a thread is never the one that kept itself off the CPU.
     for row in &rows {
         let (tid, culprit) = (&row["tid"], &row["ran_instead_tid"]);

@@ -247,13 +247,14 @@ fn record_all_tracks_running_and_new_processes() {
     let agent_pid = u64::from(recording.id());
     // The game starts once everything is attached (the agent says so).
     recording.wait_until_capturing();
-    let game = std::process::Command::new(game_bin())
+    let mut game = std::process::Command::new(game_bin())
         .arg("--truth")
         .arg(&truth)
         .args(["--frames", "60", "--interval-ms", "10"])
-        .status()
+        .spawn()
         .expect("run the synthetic game");
-    assert!(game.success());
+    let game_pid = u64::from(game.id());
+    assert!(game.wait().expect("the game ends").success());
     recording.signal(libc::SIGINT);
     let (status, err) = recording.finish(std::time::Duration::from_secs(120));
     let _ = before.kill();
@@ -296,8 +297,12 @@ fn record_all_tracks_running_and_new_processes() {
     );
     let presented = read_truth(&truth);
     assert_eq!(presented.len(), 60);
-    let game = &processes[0];
-    assert_eq!(game["comm"], "synthetic-game", "the game comes first");
+    // `--all` records whatever else presents on the host too: the game is found by its pid.
+    let game = processes
+        .iter()
+        .find(|p| pid_of(p) == Some(game_pid))
+        .unwrap_or_else(|| panic!("the game made frames: {processes:?}"));
+    assert_eq!(game["comm"], "synthetic-game");
     assert_eq!(
         game["frames"]["count"].as_u64(),
         Some(60),

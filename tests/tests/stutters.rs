@@ -12,8 +12,8 @@ use std::{
 
 use nvbind_tests::{
     busiest, frame_bounds_ms, hog_bin, pace_ms, read_csv, read_json, record_game, require_root,
-    skipped_sched_runs, switch_count_slack, tick_bin, wait_for_presents, wait_for_process,
-    wait_until_presenting, PresentWindow, Resident, WatchedAgent, Xvfb,
+    switch_count_slack, tick_bin, wait_for_presents, wait_for_process, wait_until_presenting,
+    PresentWindow, Resident, WatchedAgent, Xvfb,
 };
 
 /// The report rounds a stutter's frame time to the microsecond.
@@ -241,12 +241,35 @@ fn presenter_and_frame(e: &serde_json::Value, w: &[PresentWindow]) -> (serde_jso
     (e["evidence"]["presenting_thread"].clone(), most)
 }
 
-/// Whether the kernel lost a frame's evidence: it skipped runs of the scheduler probes (the
-/// report counts them, see docs/probes.md) and the presenting thread's recorded time (on the
-/// CPU, waiting for it, blocked) covers under half of the frame, which a frame with all its
-/// switches seen never does. Such a frame cannot be judged, and the report says why.
-fn evidence_lost(report: &serde_json::Value, accounted_ms: f64, frame_ms: f64) -> bool {
-    skipped_sched_runs(report) > 0 && accounted_ms < 0.5 * frame_ms
+/// Whether the report says it could not judge a frame because the kernel did not report what
+/// its presenting thread did over most of it: the verdict `unknown`, with time the probes could
+/// not place (`unseen_ms`). Now and then a context switch reaches no tracepoint consumer at all
+/// (docs/probes.md); the tests count such frames and still require most frames judged.
+fn unreported(cause: &str, unseen_ms: f64) -> bool {
+    cause == "unknown" && unseen_ms > 0.0
+}
+
+/// How much of a stutter's frame the kernel did not report (`unseen_ms` of its presenting
+/// thread): 0 when every switch reached the probes. A stall's block may be short by as much, and
+/// no more (a block misfiled as CPU time or a CPU wait still fails).
+fn unrecorded_ms(e: &serde_json::Value) -> f64 {
+    field(&e["evidence"]["presenting_thread"], "unseen_ms")
+}
+
+/// [`unreported`] for a stutter event: what the kernel did not report of its presenting thread,
+/// or of the game's other threads over the frame (a presenting thread blocked on a worker whose
+/// wait went unreported cannot be judged either; the report says so the same way).
+fn stutter_unreported(e: &serde_json::Value) -> bool {
+    let busy_unseen = e["evidence"]["busy_threads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| field(t, "unseen_ms"))
+        .fold(0.0, f64::max);
+    unreported(
+        e["cause"].as_str().unwrap_or(""),
+        unrecorded_ms(e).max(busy_unseen),
+    )
 }
 
 fn field(t: &serde_json::Value, name: &str) -> f64 {
@@ -265,7 +288,7 @@ fn a_sleeping_render_thread_is_blocked() {
         // the call and going to sleep); no block outlasts the frame that holds it.
         let max_blocked = field(&t, "max_blocked_ms");
         assert!(
-            (STALL_MS - 5.0..=frame_ms).contains(&max_blocked),
+            (STALL_MS - 5.0 - unrecorded_ms(e)..=frame_ms).contains(&max_blocked),
             "longest block {max_blocked} ms, the frame at most {frame_ms:.2} ms: {e}"
         );
         assert!(field(&t, "blocked_in_gpu_ioctl_ms") < 1.0, "{e}");
@@ -282,7 +305,7 @@ fn waiting_on_a_lock_is_blocked() {
         // frame thread spends that time blocked on the lock, save what it spent waiting for a CPU
         // (counted apart) and a few instructions.
         let max_blocked = field(&t, "max_blocked_ms");
-        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms");
+        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms") - unrecorded_ms(e);
         assert!(
             (least..=frame_ms).contains(&max_blocked),
             "longest block {max_blocked} ms, expected [{least:.2}, {frame_ms:.2}]: {e}"
@@ -310,7 +333,7 @@ fn a_wait_inside_a_gpu_ioctl_is_a_driver_wait() {
         // The waker sleeps 60 ms before signalling: the frame thread spends that time inside
         // KVM_RUN, save what it spent waiting for a CPU and entering the ioctl.
         let in_driver = field(&t, "blocked_in_gpu_ioctl_ms");
-        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms");
+        let least = STALL_MS - 5.0 - field(&t, "runq_wait_ms") - unrecorded_ms(e);
         assert!(
             (least..=frame_ms).contains(&in_driver),
             "{in_driver} ms inside the ioctl, expected [{least:.2}, {frame_ms:.2}]: {e}"
@@ -660,30 +683,12 @@ fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competit
         });
     }
     let stutters = check_stutters(p, w, &burst_frames);
-    // A frame whose presenting thread's recorded time covers under half of it lost its evidence
-    // (the kernel skipped probe runs, or two CPUs updating the thread's record at once lost the
-    // wait: the base code does that to a few frames in hundreds, skipped runs or not), and so
-    // did one whose `submit` thread's recorded time covers under half the busy window (the same loss:
-    // measured with the base code too, once in about 50 bursts); it cannot be judged. A
-    // systematic loss fails the count below.
-    let accounted = |t: &serde_json::Value| {
-        field(t, "on_cpu_ms") + field(t, "runq_wait_ms") + field(t, "blocked_ms")
-    };
-    let (judged, lost): (Vec<_>, Vec<_>) =
-        bursts.iter().copied().zip(stutters).partition(|(_, e)| {
-            let frame_ms = field(e, "frame_time_ms");
-            let window_ms = e["evidence"]["busy_threads_window_ms"]
-                .as_f64()
-                .unwrap_or(0.0);
-            let submit_lost = layout == Layout::SubmitThread
-                && !e["evidence"]["busy_threads"].as_array().is_some_and(|b| {
-                    b.iter()
-                        .any(|t| t["comm"] == "submit" && accounted(t) >= 0.5 * window_ms)
-                });
-            e["cause"] == "cpu-contention"
-                || (accounted(&e["evidence"]["presenting_thread"]) >= 0.5 * frame_ms
-                    && !submit_lost)
-        });
+    // Every burst's frame is judged, unless the kernel did not report it (and the report says so).
+    let (judged, lost): (Vec<_>, Vec<_>) = bursts
+        .iter()
+        .copied()
+        .zip(stutters)
+        .partition(|(_, e)| !stutter_unreported(e));
     assert!(
         judged.len() * 2 >= bursts.len(),
         "only {} of {} bursts' frames had their evidence: {}",
@@ -692,7 +697,10 @@ fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competit
         p["stutters"]
     );
     if !lost.is_empty() {
-        eprintln!("note: {} burst frame(s) lost their evidence", lost.len());
+        eprintln!(
+            "note: the kernel did not report {} burst frame(s): {lost:?}",
+            lost.len()
+        );
     }
     let events: Vec<serde_json::Value> = judged.iter().map(|(_, e)| e.clone()).collect();
     for ((start, end), e) in &judged {
@@ -732,8 +740,8 @@ fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competit
 /// one pace, the frame thread's 2 ms of work before it hands work on, and 13 ms the host may
 /// delay a wakeup), and it is none of the programs the competitor's children run. A kernel
 /// thread that ran between a hog's children, or a child named on its own, fails that. Such
-/// frames are noted (another session's contention test on the same CPU can take most bursts);
-/// at least one burst blames the competitor.
+/// frames are noted; most judged bursts must blame the competitor (a machine where something
+/// else takes most bursts cannot show that the competitor is named).
 fn blaming<'j>(
     judged: &'j [((u64, u64), serde_json::Value)],
     who: &Competitor,
@@ -773,8 +781,10 @@ fn blaming<'j>(
         blaming.push(burst);
     }
     assert!(
-        !blaming.is_empty(),
-        "no burst blames the competitor (other processes held the CPU longer in all {})",
+        !blaming.is_empty() && blaming.len() * 2 >= judged.len(),
+        "only {} of {} judged bursts blame the competitor (other processes held the CPU longer \
+         in the rest)",
+        blaming.len(),
         judged.len()
     );
     blaming
@@ -1118,14 +1128,10 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
             shifted += 1;
             continue;
         }
-        if row["stutter_cause"] != "cpu-contention"
-            && evidence_lost(
-                &report,
-                num("on_cpu_ms") + num("runq_wait_ms") + num("blocked_ms"),
-                num("frame_time_ms"),
-            )
-        {
-            eprintln!("note: the frame over the burst at {start} lost its evidence: {row:?}");
+        if unreported(&row["stutter_cause"], num("unseen_ms")) {
+            eprintln!(
+                "note: the kernel did not report the frame over the burst at {start}: {row:?}"
+            );
             lost += 1;
             continue;
         }
@@ -1154,7 +1160,7 @@ fn vkcube_under_contention_stutters_for_the_right_reason() {
     // bursts are judged.
     assert!(
         checked * 2 >= bursts.len(),
-        "only {checked} of {} bursts' frames were judged ({lost} lost their evidence, {early} \
+        "only {checked} of {} bursts' frames were judged ({lost} unreported by the kernel, {early} \
          came before the warm-up, {shifted} ended a run of stutters)",
         bursts.len()
     );

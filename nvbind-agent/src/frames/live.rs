@@ -11,7 +11,6 @@ use nvbind_common::present_source;
 use super::{stats, Frame, ProcessRecord, SOURCE_PREFERENCE};
 use crate::{
     clock,
-    identity::display_name,
     stutter::{Cause, Detector, DetectorConfig},
 };
 
@@ -232,11 +231,7 @@ impl Identity {
             })
             .unwrap_or_default();
         Identity {
-            name: if record.identity.name.is_empty() {
-                display_name(&record.comm, &record.exe, &record.cmdline)
-            } else {
-                record.identity.name.clone()
-            },
+            name: record.name(),
             comm: record.comm.clone(),
             exe: record.exe.clone(),
             steam_app_id: record.identity.steam_app_id,

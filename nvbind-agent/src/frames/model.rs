@@ -11,7 +11,7 @@ use nvbind_common::{
 use super::ThreadWindow;
 use crate::{
     gpu,
-    identity::ProcessIdentity,
+    identity::{display_name, ProcessIdentity},
     probes::{ProbeStatus, ProgramCost},
     stutter::DetectorConfig,
 };
@@ -59,6 +59,18 @@ pub struct ProcessRecord {
     pub display: Vec<DisplayRecord>,
     /// Its DRM ioctls by number (`_IOC_NR`), read at the end.
     pub drm_requests: Vec<(u32, u64)>,
+}
+
+impl ProcessRecord {
+    /// The name a person knows it by: as read from /proc, or by the same rule from what the
+    /// kernel reported when /proc was never read (a process gone before the first read).
+    pub fn name(&self) -> String {
+        if self.identity.name.is_empty() {
+            display_name(&self.comm, &self.exe, &self.cmdline)
+        } else {
+            self.identity.name.clone()
+        }
+    }
 }
 
 /// One DRM display event of a process (see `nvbind_common::display_kind`).

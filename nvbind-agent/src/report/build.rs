@@ -15,7 +15,6 @@ use super::{
 use crate::{
     frames::{stats, Capture, Frame, ProcessRecord, SOURCE_PREFERENCE},
     gpu,
-    identity::display_name,
     probes::comm_str,
     stutter::GpuEvidence,
 };
@@ -76,11 +75,7 @@ fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>
     ProcessReport {
         pid: p.pid,
         ppid: p.ppid,
-        name: if p.identity.name.is_empty() {
-            display_name(&p.comm, &p.exe, &p.cmdline)
-        } else {
-            p.identity.name.clone()
-        },
+        name: p.name(),
         comm: p.comm.clone(),
         exe: p.exe.clone(),
         cmdline: p.cmdline.clone(),
@@ -223,6 +218,7 @@ fn frame_rows(
                 max_blocked_ms: c.max_blocked,
                 blocked_in_gpu_ioctl_ms: c.blocked_in_gpu_ioctl,
                 blocked_uninterruptible_ms: c.blocked_uninterruptible,
+                unseen_ms: c.unseen,
                 involuntary_switches: f.delta.involuntary_switches,
                 migrations: f.delta.migrations,
                 gpu_ioctls: c.gpu_ioctls,
@@ -382,6 +378,8 @@ fn sched_report(
         voluntary_switches: totals.voluntary_switches,
         migrations: totals.migrations,
         wakeups: totals.wakeups,
+        unseen_s: secs(totals.unseen_ns),
+        missed_switches: totals.missed_switches,
         runq_wait: stats::summarize_log2(&hists.runq_wait),
         blocked: stats::summarize_log2(&hists.blocked),
         preemptors,

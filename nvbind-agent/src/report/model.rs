@@ -305,6 +305,12 @@ pub struct SchedReport {
     pub voluntary_switches: u64,
     pub migrations: u64,
     pub wakeups: u64,
+    /// Time the scheduler probes could not place (switches the kernel did not report; see
+    /// docs/probes.md), and how many such switches.
+    #[serde(default)]
+    pub unseen_s: f64,
+    #[serde(default)]
+    pub missed_switches: u64,
     /// Every run-queue wait of the process's threads (in-kernel histogram).
     pub runq_wait: Log2Summary,
     /// Every blocked period of the process's threads (in-kernel histogram).
@@ -344,7 +350,7 @@ pub struct ThreadReport {
 }
 
 /// The CSV header, in [`FrameRow`] field order.
-pub const FRAME_CSV_COLUMNS: [&str; 27] = [
+pub const FRAME_CSV_COLUMNS: [&str; 28] = [
     "frame",
     "pid",
     "tid",
@@ -359,6 +365,7 @@ pub const FRAME_CSV_COLUMNS: [&str; 27] = [
     "max_blocked_ms",
     "blocked_in_gpu_ioctl_ms",
     "blocked_uninterruptible_ms",
+    "unseen_ms",
     "involuntary_switches",
     "migrations",
     "gpu_ioctls",
@@ -394,6 +401,8 @@ pub struct FrameRow {
     pub max_blocked_ms: f64,
     pub blocked_in_gpu_ioctl_ms: f64,
     pub blocked_uninterruptible_ms: f64,
+    /// Time in this interval the scheduler probes could not place (see `unseen_s`).
+    pub unseen_ms: f64,
     pub involuntary_switches: u64,
     pub migrations: u64,
     pub gpu_ioctls: u64,

@@ -160,6 +160,8 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
             .blocked_ns
             .saturating_sub(d.blocked_in_gpu_ioctl_ns)
             .saturating_sub(d.blocked_uninterruptible_ns)),
+        unseen_ms: c.unseen,
+        missed_switches: d.missed_switches,
         involuntary_switches: d.involuntary_switches,
         migrations: d.migrations,
         gpu_ioctls: c.gpu_ioctls,
@@ -180,6 +182,7 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
                         runq_wait_ms: ms(c.runq_wait_ns),
                         blocked_ms: ms(c.blocked_ns),
                         blocked_in_gpu_ioctl_ms: ms(c.blocked_in_gpu_ioctl_ns),
+                        unseen_ms: ms(c.unseen_ns),
                         involuntary_switches: c.involuntary_switches,
                         migrations: c.migrations,
                         waited_behind: t

@@ -32,6 +32,8 @@ pub(crate) struct FrameMs {
     pub max_blocked: f64,
     pub blocked_in_gpu_ioctl: f64,
     pub blocked_uninterruptible: f64,
+    /// Time the scheduler probes could not place (`ThreadCounters::unseen_ns`).
+    pub unseen: f64,
     pub gpu_ioctls: u64,
     pub gpu_ioctl: f64,
 }
@@ -48,6 +50,7 @@ impl FrameMs {
             max_blocked: ms(f.max_blocked_ns),
             blocked_in_gpu_ioctl: ms(d.blocked_in_gpu_ioctl_ns),
             blocked_uninterruptible: ms(d.blocked_uninterruptible_ns),
+            unseen: ms(d.unseen_ns),
             gpu_ioctls,
             gpu_ioctl: ms(gpu_ns),
         }

@@ -60,6 +60,12 @@ pub struct ThreadEvidence {
     pub blocked_uninterruptible_ms: f64,
     /// Interruptible sleep outside GPU ioctls (futex, poll, nanosleep, pipes).
     pub blocked_sleeping_ms: f64,
+    /// Time the scheduler probes could not place: switches the kernel did not report (see
+    /// docs/probes.md). The rest of the evidence covers the frame less this.
+    #[serde(default)]
+    pub unseen_ms: f64,
+    #[serde(default)]
+    pub missed_switches: u64,
     pub involuntary_switches: u64,
     pub migrations: u64,
     pub gpu_ioctls: u64,
@@ -143,6 +149,9 @@ pub struct BusyThread {
     pub runq_wait_ms: f64,
     pub blocked_ms: f64,
     pub blocked_in_gpu_ioctl_ms: f64,
+    /// Time the scheduler probes could not place (switches the kernel did not report).
+    #[serde(default)]
+    pub unseen_ms: f64,
     pub involuntary_switches: u64,
     pub migrations: u64,
     /// Who kept it waiting for a CPU longest, when that wait ended within the window.
@@ -243,6 +252,28 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     parts.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (dominant, amount) = parts[0];
     let second = parts[1].1;
+    if t.unseen_ms > amount && t.unseen_ms >= MIN_SHARE_OF_EXCESS * excess {
+        // The kernel did not report what the thread did over most of the frame: say so rather
+        // than judge it on the part that was seen.
+        return Verdict {
+            cause: Cause::Unknown,
+            culprit: None,
+            confidence: round2((t.unseen_ms / excess).min(1.0)),
+            summary: format!(
+                "{head}: the kernel did not report {} of {who}, so {:.1} ms of \
+                 the frame cannot be placed (it ran {:.1} ms, waited {:.1} ms for a CPU and was \
+                 blocked {:.1} ms in the rest)",
+                match t.missed_switches {
+                    0 | 1 => "a context switch".to_string(),
+                    n => format!("{n} context switches"),
+                },
+                t.unseen_ms,
+                t.on_cpu_ms,
+                t.runq_wait_ms,
+                t.blocked_ms
+            ),
+        };
+    }
     let direct_confidence =
         round2((amount / excess).min(1.0) * (1.0 - 0.5 * second / amount.max(f64::EPSILON)));
 
@@ -253,8 +284,15 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
             confidence: round2(1.0 - amount / excess),
             summary: format!(
                 "{head}: the kernel's evidence does not explain it ({who} ran {:.1} ms, waited {:.1} \
-                 ms for a CPU and was blocked {:.1} ms)",
-                t.on_cpu_ms, t.runq_wait_ms, t.blocked_ms
+                 ms for a CPU and was blocked {:.1} ms{})",
+                t.on_cpu_ms,
+                t.runq_wait_ms,
+                t.blocked_ms,
+                if t.unseen_ms > 0.0 {
+                    format!("; {:.1} ms went unreported by the kernel", t.unseen_ms)
+                } else {
+                    String::new()
+                }
             ),
         };
     }
@@ -434,6 +472,26 @@ fn blocked_verdict(head: &str, who: &str, excess: f64, confidence: f64, e: &Evid
             ),
             culprit,
         };
+    }
+    let unreported = e
+        .busy_threads
+        .iter()
+        .filter(|b| b.unseen_ms >= threshold)
+        .max_by(|a, b| a.unseen_ms.total_cmp(&b.unseen_ms));
+    if in_driver.is_none() {
+        if let Some(b) = unreported {
+            // The thread it waited for may have been starved or stuck, but the kernel did not say.
+            return Verdict {
+                cause: Cause::Unknown,
+                culprit: None,
+                confidence: round2(confidence * INDIRECT),
+                summary: format!(
+                    "{head}: {who} was blocked {:.1} ms, while the kernel did not report {:.1} ms \
+                     of the game's thread `{}` (tid {}): what held it up cannot be told",
+                    t.blocked_ms, b.unseen_ms, b.comm, b.tid
+                ),
+            };
+        }
     }
     if let Some(b) = in_driver {
         return Verdict {
@@ -644,6 +702,7 @@ mod tests {
             runq_wait_ms: 55.0,
             blocked_ms: 0.0,
             blocked_in_gpu_ioctl_ms: 0.0,
+            unseen_ms: 0.0,
             involuntary_switches: 2,
             migrations: 0,
             waited_behind: Some(process(4242, "make", 50.0)),
@@ -685,6 +744,30 @@ mod tests {
         let v = attribute(1, 80.0, 16.0, &e);
         assert_eq!(v.cause, Cause::Unknown);
         assert!(v.summary.contains("own work"));
+    }
+
+    #[test]
+    fn a_frame_the_kernel_did_not_report_is_not_judged_on_what_was_seen() {
+        // 70 ms unplaced, 8 ms of it seen as a CPU wait: contention would be a guess.
+        let mut e = evidence(ThreadEvidence {
+            on_cpu_ms: 2.0,
+            runq_wait_ms: 8.0,
+            unseen_ms: 70.0,
+            missed_switches: 1,
+            ..Default::default()
+        });
+        let v = attribute(3, 80.0, 16.0, &e);
+        assert_eq!(v.cause, Cause::Unknown, "{v:?}");
+        assert!(
+            v.summary
+                .contains("did not report a context switch of the presenting thread `render`"),
+            "{v:?}"
+        );
+        assert!(v.summary.contains("70.0 ms of the frame cannot be placed"));
+        // A few unseen milliseconds do not hide a wait the kernel did report.
+        e.presenting_thread.runq_wait_ms = 70.0;
+        e.presenting_thread.unseen_ms = 8.0;
+        assert_eq!(attribute(3, 80.0, 16.0, &e).cause, Cause::CpuContention);
     }
 
     #[test]
