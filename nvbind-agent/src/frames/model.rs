@@ -85,7 +85,8 @@ pub struct DisplayRecord {
 }
 
 /// A process blamed for keeping tracked threads waiting, as /proc showed it while it ran (read
-/// again when the kernel reports it under a new name: it exec'd).
+/// again when the kernel reports it under a new name, it exec'd, at most once a second). Any
+/// process can be one: its text was read bounded and made printable.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CulpritProcess {
     pub comm: String,

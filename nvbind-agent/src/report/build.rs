@@ -225,7 +225,7 @@ fn frame_rows(
                 gpu_ioctl_ms: c.gpu_ioctl,
                 last_preemptor_tid: f.last_preemptor_tid,
                 ran_instead_tid: f.culprit.tid,
-                ran_instead_comm: comm_str(&f.culprit.comm),
+                ran_instead_comm: crate::identity::printable(&comm_str(&f.culprit.comm)),
                 stutter_cause: causes
                     .get(&(i as u64))
                     .map(|c| c.to_string())

@@ -10,6 +10,7 @@ use super::units::{ms, FrameMs};
 use crate::{
     frames::{Capture, Frame, ProcessRecord},
     gpu,
+    identity::printable,
     probes::comm_str,
     stutter::{
         attribute, Blame, BusyThread, Cause, Detector, DetectorConfig, Evidence, RanInstead,
@@ -227,8 +228,9 @@ pub(super) fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> 
         .or_else(|| capture.culprit_pids.get(&c.tid).copied());
     let pid = (c.pid != 0).then_some(c.pid).or(task_pid);
     let process = pid.and_then(|p| capture.culprit_processes.get(&p));
-    let task_comm = comm_str(&c.comm);
-    let comm = Some(comm_str(&c.process_comm))
+    // Names any process can give itself (`prctl`): printable before they reach a report.
+    let task_comm = printable(&comm_str(&c.comm));
+    let comm = Some(printable(&comm_str(&c.process_comm)))
         .filter(|name| !name.is_empty())
         .or_else(|| process.map(|p| p.comm.clone()))
         .unwrap_or_else(|| task_comm.clone());

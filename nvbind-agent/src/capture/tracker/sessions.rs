@@ -123,6 +123,7 @@ impl Tracker {
             self.capture.culprit_cgroups.clear();
             self.capture.culprit_pids.clear();
             self.capture.culprit_processes.clear();
+            self.culprit_reads.clear();
         }
         record
     }
