@@ -84,8 +84,12 @@ pub mod culprit_flags {
 
 /// Tracked threads' waits one CPU's watch follows at once.
 pub const WATCH_WAITS: usize = 4;
-/// Processes one wait's accounting keeps apart; when more held the CPU, the one with the least
-/// time so far makes room.
+/// Processes one wait's accounting keeps apart (`WatchedWait::held`, a Space-Saving table): a
+/// stretch goes to its process's slot; a process without one takes a free slot, else the slot
+/// that counts least (`HeldBy::held_ns + HeldBy::error_ns`, the first on a tie), and what that
+/// slot counted becomes its `error_ns`. A process that held the CPU for more than a
+/// `HELD_SLOTS`th of the time counted in the wait therefore always has a slot; the wait is
+/// charged to the slot with the most `held_ns`.
 pub const HELD_SLOTS: usize = 4;
 /// A followed wait this old gives its place to a new one when the watch is full (its thread
 /// stopped being tracked, or the wait was lost).
@@ -102,8 +106,12 @@ pub const MAX_ANCESTORS: usize = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeldBy {
-    /// Time its tasks held the CPU during the wait (0: the slot is free).
+    /// Time its tasks held the CPU during the wait since it took the slot (0: the slot is free).
     pub held_ns: u64,
+    /// What the slot counted (`held_ns + error_ns`) when the process took it from another: time
+    /// it may have held the CPU before, unmeasured (Space-Saving's overestimate); 0 when it took
+    /// a free slot. It only decides which slot makes room next.
+    pub error_ns: u64,
     /// The longest single stretch among them, and whose it was (`tid`, `tgid`, `cgroup_id`,
     /// `task_comm`).
     pub longest_ns: u64,

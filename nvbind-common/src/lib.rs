@@ -770,7 +770,7 @@ mod tests {
         );
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<Culprit>(), 5 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
-        assert_eq!(size_of::<HeldBy>(), 3 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
+        assert_eq!(size_of::<HeldBy>(), 4 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(
             size_of::<WatchedWait>(),
             16 + HELD_SLOTS * size_of::<HeldBy>()

@@ -222,23 +222,46 @@ fn followed(ww: &WatchedWait, now: u64) -> bool {
     ww.since_ns != 0 && ww.since_ns < now && now - ww.since_ns <= STALE_WAIT_NS
 }
 
-/// Adds a stretch of `task` to the wait's account of `who`. Each process has one slot, chosen
-/// by its id (cheap enough for every switch); a process that would take the slot of another
-/// with more time than this stretch is not counted. The names and the task's cgroup are written
-/// when the slot is taken and with each new longest stretch (the process's name after an
-/// `execve` during the wait comes with its next longest stretch; the agent reads /proc too).
+/// Adds a stretch of `task` to the wait's account of `who`: a Space-Saving table of
+/// `HELD_SLOTS` processes. The stretch goes to the process's own slot when it has one; else it
+/// takes the slot that counts least (`held_ns + error_ns`; a free slot counts 0), and what that
+/// slot counted becomes its `error_ns` (the most it may have held before, unmeasured). So a
+/// process made of many short stretches (a shell loop's children, a build's compilers) is not
+/// shut out by one longer stretch of another, and a process that held the CPU for more than
+/// a `HELD_SLOTS`th of the time counted in the wait always has a slot. The names and the task's
+/// cgroup are written when the slot is taken and with each new longest stretch (the process's
+/// name after an `execve` during the wait comes with its next longest stretch; the agent reads
+/// /proc too).
 #[inline(always)]
 fn add_held(ww: &mut WatchedWait, who: &Blamed, stretch: u64, task: &mut Stretch) {
     if stretch == 0 {
         return;
     }
-    let Some(h) = ww.held.get_mut(who.pid as usize % HELD_SLOTS) else {
-        return;
-    };
-    if h.held_ns == 0 || h.pid != who.pid {
-        if h.held_ns > stretch {
-            return;
+    // One pass over the slots, written out with constant indices (see `each_of_four`): the
+    // process's own slot, and the one that counts least (the first, on a tie).
+    let mut own: *mut HeldBy = core::ptr::null_mut();
+    let mut least: *mut HeldBy = core::ptr::null_mut();
+    let mut least_ns = u64::MAX;
+    each_of_four!(i => {
+        let h = &mut ww.held[i];
+        if h.held_ns != 0 && h.pid == who.pid {
+            own = h;
         }
+        let counts = h.held_ns + h.error_ns;
+        if counts < least_ns {
+            least_ns = counts;
+            least = h;
+        }
+    });
+    let taken = own.is_null();
+    let h = if taken { least } else { own };
+    if h.is_null() {
+        return;
+    }
+    // SAFETY: points into the live map value `ww` is part of.
+    let h = unsafe { &mut *h };
+    if taken {
+        h.error_ns = least_ns;
         h.held_ns = 0;
         h.longest_ns = 0;
         h.flags = 0;
@@ -309,6 +332,7 @@ pub(crate) fn arm_watch(t: &mut ThreadState, tid: u32, cpu: u32, now: u64) {
     each_of_four!(i => {
         let h = &mut ww.held[i];
         h.held_ns = 0;
+        h.error_ns = 0;
         h.longest_ns = 0;
         h.pid = 0;
         h.flags = 0;
@@ -345,6 +369,8 @@ pub(crate) fn take_wait(t: &ThreadState, tid: u32, waited: u64, cpu: u32, c: &mu
     }
     // SAFETY: points into the live map value.
     let ww = unsafe { &mut *found };
+    // Named by the time measured in its slot (`held_ns`), not by what the slot inherited
+    // (`error_ns`): a process is blamed for what it was seen to hold.
     let mut best: *const HeldBy = core::ptr::null();
     let mut most = 0;
     each_of_four!(i => {
