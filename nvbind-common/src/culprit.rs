@@ -47,7 +47,8 @@ pub struct Culprit {
     /// `tid`'s name.
     pub comm: [u8; TASK_COMM_LEN],
     /// `pid`'s name (its main thread's `comm`) when its task last held the CPU: the name after
-    /// any `execve`. Empty when unknown.
+    /// any `execve`. Empty when unknown (a thread other than the main one, whose main thread
+    /// could not be read: no BTF, or the read failed); the agent then names it from /proc.
     pub process_comm: [u8; TASK_COMM_LEN],
 }
 

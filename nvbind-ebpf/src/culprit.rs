@@ -75,7 +75,8 @@ impl Stretch {
 
 /// The process a stretch of the current task is blamed on: its id, its main thread (whose name
 /// the process goes by; a kernel address, 0 when unknown), whether that main thread is the
-/// current task, and [`culprit_flags`].
+/// current task (known without the address: the current task is its process's main thread), and
+/// [`culprit_flags`].
 struct Blamed {
     leader: u64,
     pid: u32,
@@ -94,11 +95,12 @@ struct Blamed {
 #[inline(always)]
 fn blamed_for(tgid: u32, tid: u32, since: u64) -> Blamed {
     let settled_by = since.saturating_sub(YOUNG_NS);
+    // Until the main thread is read: only a main thread is known to be its process's.
     let mut b = Blamed {
         leader: 0,
         pid: tgid,
         flags: 0,
-        current: true,
+        current: tid == tgid,
     };
     if TASK_GROUP_LEADER_OFF.load() == 0 {
         return b;
@@ -144,11 +146,18 @@ fn blamed_for(tgid: u32, tid: u32, since: u64) -> Blamed {
 }
 
 /// Writes the name of `who` (its main thread's, so the name after an `execve`) into `dst`: the
-/// current task's `comm` when that is its main thread, or when the kernel's layout is unknown.
+/// current task's `comm` when that is its main thread, else the main thread's read through the
+/// kernel's layout. Empty when neither is known (no BTF, or the read failed): another thread's
+/// own name is not its process's (a game's `llvmpipe-0`, a browser's `Compositor`), and the agent
+/// then names the process from /proc.
 #[inline(always)]
 fn process_comm(who: &Blamed, current: &[u8; TASK_COMM_LEN], dst: &mut [u8; TASK_COMM_LEN]) {
+    if who.current {
+        *dst = *current;
+        return;
+    }
     let offset = TASK_COMM_OFF.load();
-    if !who.current && who.leader != 0 && offset != 0 {
+    if who.leader != 0 && offset != 0 {
         // SAFETY: a checked read of the kernel's task name, at its offset from BTF.
         let read = unsafe {
             bpf_probe_read_kernel_buf((who.leader as *const u8).add(offset as usize), dst)
@@ -157,7 +166,7 @@ fn process_comm(who: &Blamed, current: &[u8; TASK_COMM_LEN], dst: &mut [u8; TASK
             return;
         }
     }
-    *dst = *current;
+    *dst = [0; TASK_COMM_LEN];
 }
 
 /// A context switch on a watched CPU: the stretch that ends (the current task's) is added to
