@@ -742,6 +742,14 @@ fn contended(layout: Layout, frames: &str, start: impl FnOnce(&Path) -> Competit
 /// thread that ran between a hog's children, or a child named on its own, fails that. Such
 /// frames are noted; most judged bursts must blame the competitor (a machine where something
 /// else takes most bursts cannot show that the competitor is named).
+/// The cgroup of the process a culprit (or `ran_instead`) blames: its own, read from /proc while
+/// it ran (`process_cgroup`), else its task's (`cgroup`).
+fn blamed_cgroup(c: &serde_json::Value) -> Option<&str> {
+    c["process_cgroup"]
+        .as_str()
+        .or_else(|| c["cgroup"].as_str())
+}
+
 fn blaming<'j>(
     judged: &'j [((u64, u64), serde_json::Value)],
     who: &Competitor,
@@ -753,9 +761,9 @@ fn blaming<'j>(
         let held = c["held_ms"]
             .as_f64()
             .unwrap_or_else(|| panic!("no measured culprit: {e}"));
-        if c["pid"].as_u64() != Some(u64::from(who.pid)) {
+        if c["process_pid"].as_u64() != Some(u64::from(who.pid)) {
             let least = ms(end - start) - PACE_MS - 2.0 - 13.0;
-            let comm = c["comm"].as_str().unwrap_or_default();
+            let comm = c["process"].as_str().unwrap_or_default();
             assert!(
                 held >= least && comm != who.comm && !who.programs.contains(&comm),
                 "the competitor `{}` (pid {}) held the CPU for at least {least:.1} ms of this \
@@ -769,9 +777,9 @@ fn blaming<'j>(
             );
             continue;
         }
-        assert_eq!(c["comm"], who.comm, "{e}");
+        assert_eq!(c["process"], who.comm, "{e}");
         assert_eq!(c["kernel_thread"], false, "{e}");
-        assert_eq!(c["cgroup"].as_str(), Some(who.cgroup.as_str()), "{e}");
+        assert_eq!(blamed_cgroup(c), Some(who.cgroup.as_str()), "{e}");
         assert!(2.0 * held >= field(c, "wait_ms"), "{e}");
         let named = format!("`{}` (pid {}", who.comm, who.pid);
         assert!(
@@ -827,13 +835,13 @@ fn cpu_contention_is_found_and_the_competitor_named() {
             field(who, "wait_ms") >= ms(end - start) - PACE_MS - 13.0,
             "{e}"
         );
-        assert_eq!(who["comm"], "cpu-hog", "{e}");
-        assert_eq!(who["pid"].as_u64(), Some(u64::from(hog.pid)), "{e}");
-        assert_eq!(who["cgroup"].as_str(), Some(hog.cgroup.as_str()), "{e}");
+        assert_eq!(who["process"], "cpu-hog", "{e}");
+        assert_eq!(who["process_pid"].as_u64(), Some(u64::from(hog.pid)), "{e}");
+        assert_eq!(blamed_cgroup(who), Some(hog.cgroup.as_str()), "{e}");
         // One process that did its own work: no children, and the task is the hog itself.
         let c = &e["culprit"];
         assert_eq!(
-            (c["children"].as_bool(), c["task_pid"].as_u64()),
+            (c["children"].as_bool(), c["pid"].as_u64()),
             (Some(false), Some(u64::from(hog.pid))),
             "{e}"
         );
@@ -870,11 +878,11 @@ fn a_forking_shell_loop_is_named_as_the_shell() {
         // The longest stretch is a child's (a 1 ms spin and an exec) unless the host stole the
         // CPU in one of the shell's own.
         assert!(
-            c["task_comm"] == "tick" || c["task_pid"].as_u64() == Some(u64::from(shell.pid)),
+            c["comm"] == "tick" || c["pid"].as_u64() == Some(u64::from(shell.pid)),
             "{e}"
         );
         assert_eq!(
-            e["evidence"]["ran_instead"]["pid"].as_u64(),
+            e["evidence"]["ran_instead"]["process_pid"].as_u64(),
             Some(u64::from(shell.pid)),
             "{e}"
         );
@@ -887,7 +895,7 @@ fn a_forking_shell_loop_is_named_as_the_shell() {
             .unwrap_or_else(|| panic!("no CSV row for {e}"));
         assert_eq!(
             (
-                row["ran_instead_pid"].as_str(),
+                row["ran_instead_process_pid"].as_str(),
                 row["ran_instead_process"].as_str()
             ),
             (shell.pid.to_string().as_str(), "sh"),
@@ -919,8 +927,8 @@ fn a_build_is_named_as_make_with_its_busiest_compiler() {
             "{e}"
         );
         assert_eq!(c["children"], true, "{e}");
-        assert_ne!(c["task_pid"].as_u64(), Some(u64::from(make.pid)), "{e}");
-        let task = c["task_comm"].as_str().unwrap_or_default();
+        assert_ne!(c["pid"].as_u64(), Some(u64::from(make.pid)), "{e}");
+        let task = c["comm"].as_str().unwrap_or_default();
         assert!(
             ["cc1", "as", "gcc", "collect2"].contains(&task),
             "the busiest task is {task}, not a compiler: {e}"

@@ -233,8 +233,8 @@ fn frame_rows(
                 gpu_utilization_ratio: gpu.utilization_ratio,
                 gpu_clock_hertz: gpu.graphics_clock_hertz,
                 gpu_throttle_reasons: gpu.throttle_reasons.join("+"),
-                ran_instead_pid: blamed.as_ref().and_then(|r| r.pid),
-                ran_instead_process: blamed.map(|r| r.comm).unwrap_or_default(),
+                ran_instead_process_pid: blamed.as_ref().and_then(|r| r.process_pid),
+                ran_instead_process: blamed.map(|r| r.process).unwrap_or_default(),
             }
         })
         .collect()

@@ -377,7 +377,7 @@ pub const FRAME_CSV_COLUMNS: [&str; 28] = [
     "gpu_utilization_ratio",
     "gpu_clock_hertz",
     "gpu_throttle_reasons",
-    "ran_instead_pid",
+    "ran_instead_process_pid",
     "ran_instead_process",
 ];
 
@@ -419,8 +419,9 @@ pub struct FrameRow {
     pub gpu_clock_hertz: Option<f64>,
     pub gpu_throttle_reasons: String,
     /// The process blamed for this thread's waits in this interval (see docs/stutter.md): the
-    /// task's own, or the nearest ancestor of a young child that is not young (empty: none or unknown).
-    pub ran_instead_pid: Option<u32>,
-    /// Its name (after any `execve`).
+    /// task's own (`ran_instead_tid`'s), or the nearest ancestor of a young child that is not
+    /// young (empty: none or unknown).
+    pub ran_instead_process_pid: Option<u32>,
+    /// Its name (after any `execve`; empty when unknown).
     pub ran_instead_process: String,
 }

@@ -216,46 +216,53 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
     }
 }
 
-/// Who kept a thread waiting, as the report names it: the process blamed (its name when it last
-/// held the CPU, else /proc's, else the task's), what /proc said of it while it ran, and the task
-/// of it that held the CPU longest.
+/// Who kept a thread waiting, as the report names it: the task that held the CPU longest in one
+/// stretch (its tid, process, name and cgroup, as report v2 always named them), and the process
+/// blamed (its name when it last held the CPU, else /proc's, and what /proc said of it while it
+/// ran).
 pub(super) fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> {
     if c.tid == 0 || c.wait_ns == 0 {
         return None;
     }
-    let task_pid = (c.tgid != 0)
+    let pid = (c.tgid != 0)
         .then_some(c.tgid)
         .or_else(|| capture.culprit_pids.get(&c.tid).copied());
-    let pid = (c.pid != 0).then_some(c.pid).or(task_pid);
-    let process = pid.and_then(|p| capture.culprit_processes.get(&p));
+    let process_pid = (c.pid != 0).then_some(c.pid).or(pid);
+    let process = process_pid.and_then(|p| capture.culprit_processes.get(&p));
     // Names any process can give itself (`prctl`): printable before they reach a report.
-    let task_comm = printable(&comm_str(&c.comm));
-    let comm = Some(printable(&comm_str(&c.process_comm)))
+    let comm = printable(&comm_str(&c.comm));
+    // The task's own name is its process's only when it is that process's main thread: a
+    // worker's (`llvmpipe-0`) is not.
+    let main_thread = process_pid == Some(c.tid);
+    let process_name = Some(printable(&comm_str(&c.process_comm)))
         .filter(|name| !name.is_empty())
-        .or_else(|| process.map(|p| p.comm.clone()))
-        .unwrap_or_else(|| task_comm.clone());
-    let task_cgroup = || {
-        capture
+        .or_else(|| {
+            process
+                .map(|p| p.comm.clone())
+                .filter(|name| !name.is_empty())
+        })
+        .or_else(|| main_thread.then(|| comm.clone()))
+        .unwrap_or_default();
+    Some(RanInstead {
+        tid: c.tid,
+        pid,
+        comm,
+        cgroup: capture
             .culprit_cgroups
             .get(&c.tid)
             .cloned()
-            .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)))
-    };
-    Some(RanInstead {
-        pid,
-        comm,
+            .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id))),
+        wait_ms: ms(c.wait_ns),
+        process_pid,
+        process: process_name,
         cmdline: process
             .map(|p| p.cmdline.clone())
             .filter(|cmdline| !cmdline.is_empty()),
+        process_cgroup: process.and_then(|p| p.cgroup.clone()),
         kernel_thread: c.flags & culprit_flags::KERNEL_THREAD != 0
             || process.is_some_and(|p| p.kernel_thread),
         children: c.flags & culprit_flags::CHILDREN != 0,
-        cgroup: process.and_then(|p| p.cgroup.clone()).or_else(task_cgroup),
-        wait_ms: ms(c.wait_ns),
         held_ms: (c.held_ns != 0).then(|| ms(c.held_ns)),
-        tid: c.tid,
-        task_pid,
-        task_comm,
     })
 }
 
@@ -317,6 +324,8 @@ mod tests {
             (who.comm.as_str(), who.cgroup.as_deref()),
             ("hog", Some("/hogs"))
         );
+        // The hog's own main thread: its name is its process's.
+        assert_eq!((who.process_pid, who.process.as_str()), (Some(812), "hog"));
         assert!(!e.evidence.gpu.sampled && e.evidence.gpu.missing.is_some());
     }
 
@@ -326,9 +335,10 @@ mod tests {
         c
     }
 
-    /// A shell loop's child held the CPU: the report names the shell by the name the kernel gave
-    /// it last (after its exec, whatever /proc said at first sight), with its command line, and
-    /// the child as the task.
+    /// A shell loop's child held the CPU: the report keeps the child as the task (`tid`, `pid`,
+    /// `comm`, `cgroup`, their meanings in report v2) and names the shell as the process blamed,
+    /// by the name the kernel gave it last (after its exec, whatever /proc said at first sight),
+    /// with its command line.
     #[test]
     fn the_process_blamed_is_named_as_it_ran_with_what_proc_said() {
         let mut capture = Capture::default();
@@ -342,6 +352,7 @@ mod tests {
                 cgroup: Some("/hogs".into()),
             },
         );
+        capture.culprit_cgroups.insert(901, "/hogs/child".into());
         let c = Culprit {
             wait_ns: 150_000_000,
             held_ns: 148_000_000,
@@ -355,25 +366,26 @@ mod tests {
         };
         let r = ran_instead(&capture, &c).expect("named");
         assert_eq!(
-            (r.pid, r.comm.as_str(), r.cmdline.as_deref()),
-            (Some(700), "sh", Some("sh -c while :; do tick; done"))
+            (r.tid, r.pid, r.comm.as_str(), r.cgroup.as_deref()),
+            (901, Some(901), "tick", Some("/hogs/child"))
         );
         assert_eq!(
-            (r.tid, r.task_pid, r.task_comm.as_str()),
-            (901, Some(901), "tick")
+            (r.process_pid, r.process.as_str(), r.cmdline.as_deref()),
+            (Some(700), "sh", Some("sh -c while :; do tick; done"))
         );
         assert!(r.children && !r.kernel_thread);
         assert_eq!(
-            (r.held_ms, r.cgroup.as_deref()),
+            (r.held_ms, r.process_cgroup.as_deref()),
             (Some(148.0), Some("/hogs"))
         );
-        // Without the kernel's name, /proc's; a preemptor known by its tid alone gets its
-        // process from what the agent read while it ran.
+        // Without the kernel's name, /proc's.
         let c = Culprit {
             process_comm: [0; 16],
             ..c
         };
-        assert_eq!(ran_instead(&capture, &c).expect("named").comm, "chrt");
+        assert_eq!(ran_instead(&capture, &c).expect("named").process, "chrt");
+        // A preemptor known by its tid alone gets its process from what the agent read while it
+        // ran; a thread that is not its process's main one does not lend it its name.
         capture.culprit_pids.insert(42, 40);
         let preemptor = Culprit {
             wait_ns: 1_000_000,
@@ -383,8 +395,35 @@ mod tests {
         };
         let r = ran_instead(&capture, &preemptor).expect("named");
         assert_eq!(
-            (r.pid, r.comm.as_str(), r.held_ms),
-            (Some(40), "worker", None)
+            (r.pid, r.process_pid, r.comm.as_str(), r.process.as_str()),
+            (Some(40), Some(40), "worker", "")
         );
+        assert_eq!(r.held_ms, None);
+        // A main thread does.
+        capture.culprit_pids.insert(40, 40);
+        let main = Culprit {
+            tid: 40,
+            ..preemptor
+        };
+        assert_eq!(
+            ran_instead(&capture, &main).expect("named").process,
+            "worker"
+        );
+    }
+
+    /// Names a process gave itself reach the report printable.
+    #[test]
+    fn hostile_names_are_printable() {
+        let c = Culprit {
+            wait_ns: 1_000_000,
+            tid: 7,
+            tgid: 7,
+            pid: 7,
+            comm: comm("a\x1b[2Jb\n"),
+            process_comm: comm("c\x07d"),
+            ..Default::default()
+        };
+        let r = ran_instead(&Capture::default(), &c).expect("named");
+        assert_eq!((r.comm.as_str(), r.process.as_str()), ("a?[2Jb?", "c?d"));
     }
 }

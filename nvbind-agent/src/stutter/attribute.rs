@@ -72,20 +72,42 @@ pub struct ThreadEvidence {
     pub gpu_ioctl_ms: f64,
 }
 
-/// Who had a thread's CPU while it waited: the process blamed (the one whose tasks held the CPU
-/// longest, a young process's counted under its nearest ancestor that is not; see
-/// docs/stutter.md), and
-/// the task of it that held the CPU longest in one stretch.
+/// Who had a thread's CPU while it waited: the task that held it longest in one stretch (`tid`,
+/// `pid`, `comm`, `cgroup`: their meanings as in report v2), and the process blamed for the wait
+/// (`process_pid`, `process`, …: the one whose tasks held the CPU longest, a young process's
+/// counted under its nearest ancestor that is not; see docs/stutter.md), that task's own process
+/// or an ancestor of it. Every name and command line in it is printable.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RanInstead {
-    /// The process blamed, when known (a preemptor that exited before the agent saw it is not).
+    /// The task that held the CPU longest in one stretch during the wait: a thread of the process
+    /// blamed, or one of its young descendants.
+    pub tid: u32,
+    /// That task's own process, when known (a preemptor that exited before the agent saw it is
+    /// not).
     pub pid: Option<u32>,
-    /// Its name when its task last held the CPU: the name after any `execve`.
+    /// That task's name.
     pub comm: String,
+    /// That task's cgroup (v2 path from /proc, else the cgroup id the kernel gave), when there is
+    /// one.
+    pub cgroup: Option<String>,
+    /// Run-queue wait attributed to it: within the frame for the presenting thread; the longest
+    /// single wait for another thread.
+    pub wait_ms: f64,
+    /// The process blamed: `pid`, or, when that process was young, its nearest ancestor that was
+    /// not. `null` when unknown.
+    #[serde(default)]
+    pub process_pid: Option<u32>,
+    /// Its name (its main thread's, after any `execve`): the kernel's when its task last held
+    /// the CPU, else /proc's; empty when neither is known.
+    #[serde(default)]
+    pub process: String,
     /// Its command line, read from /proc while it ran (`null` for a kernel thread, or a process
     /// gone before it was read).
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// Its cgroup, read from /proc while it ran (`null` when it was gone first).
+    #[serde(default)]
+    pub process_cgroup: Option<String>,
     /// Whether it is a kernel thread (`ksoftirqd`, `kworker`).
     #[serde(default)]
     pub kernel_thread: bool,
@@ -93,24 +115,10 @@ pub struct RanInstead {
     /// during the wait (a shell loop's commands, `make -j`'s compilers).
     #[serde(default)]
     pub children: bool,
-    /// Its cgroup (v2 path from /proc, else the cgroup id the kernel gave), when there is one.
-    pub cgroup: Option<String>,
-    /// Run-queue wait attributed to it: within the frame for the presenting thread; the longest
-    /// single wait for another thread.
-    pub wait_ms: f64,
     /// How long its tasks held the CPU during that wait; `null` when the culprit was inferred
     /// (the preemptor, or the task that ran last), not measured.
     #[serde(default)]
     pub held_ms: Option<f64>,
-    /// The task that held the CPU longest in one stretch: the process's own thread, or one of
-    /// its children.
-    pub tid: u32,
-    /// That task's process (a child's own pid), when known.
-    #[serde(default)]
-    pub task_pid: Option<u32>,
-    /// That task's name.
-    #[serde(default)]
-    pub task_comm: String,
 }
 
 impl RanInstead {
@@ -377,37 +385,45 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
 }
 
 /// The culprit for a sentence: "`sh` (pid 812, `sh -c while …`, through the children it started
-/// (longest on the CPU: `tick`, pid 900), cgroup /)", "`vkcube` (pid 9096, thread `llvmpipe-0` tid 9098, cgroup /)",
-/// "the kernel thread `ksoftirqd/1` (pid 15)".
+/// (longest on the CPU: `tick`, pid 900), cgroup /)", "`vkcube` (pid 9096, thread `llvmpipe-0`
+/// tid 9098, cgroup /)", "the kernel thread `ksoftirqd/1` (pid 15)"; a process whose name is
+/// unknown is "an unnamed process (pid 40, thread `worker` tid 42)".
 fn describe(r: &RanInstead) -> String {
+    let id = r
+        .process_pid
+        .map_or(format!("tid {}", r.tid), |p| format!("pid {p}"));
     if r.kernel_thread {
-        return format!(
-            "the kernel thread `{}` ({})",
-            r.comm,
-            r.pid
-                .map_or(format!("tid {}", r.tid), |p| format!("pid {p}"))
-        );
+        // A kernel thread is a process of one task: the task's name is the process's.
+        let name = if r.process.is_empty() {
+            &r.comm
+        } else {
+            &r.process
+        };
+        return format!("the kernel thread `{name}` ({id})");
     }
-    let mut parts = vec![r
-        .pid
-        .map_or(format!("tid {}", r.tid), |p| format!("pid {p}"))];
-    let by_itself = r.pid.is_none() || r.task_pid == r.pid;
+    let mut parts = vec![id];
+    let by_itself = r.process_pid.is_none() || r.pid == r.process_pid;
     if r.children && !by_itself {
         if let Some(cmdline) = r.cmdline.as_deref().filter(|c| !c.is_empty()) {
             parts.push(format!("`{}`", shorten(cmdline, 60)));
         }
         parts.push(format!(
             "through the children it started (longest on the CPU: `{}`{})",
-            r.task_comm,
-            r.task_pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+            r.comm,
+            r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
         ));
-    } else if r.pid.is_some_and(|p| p != r.tid) && !r.task_comm.is_empty() {
-        parts.push(format!("thread `{}` tid {}", r.task_comm, r.tid));
+    } else if r.process_pid.is_some_and(|p| p != r.tid) && !r.comm.is_empty() {
+        parts.push(format!("thread `{}` tid {}", r.comm, r.tid));
     }
-    if let Some(c) = &r.cgroup {
+    if let Some(c) = r.process_cgroup.as_ref().or(r.cgroup.as_ref()) {
         parts.push(format!("cgroup {c}"));
     }
-    format!("`{}` ({})", r.comm, parts.join(", "))
+    let name = if r.process.is_empty() {
+        "an unnamed process".to_string()
+    } else {
+        format!("`{}`", r.process)
+    };
+    format!("{name} ({})", parts.join(", "))
 }
 
 /// `text` on one line (runs of whitespace as one space: a shell script's newlines), cut to `max`
@@ -546,13 +562,13 @@ mod tests {
 
     fn process(pid: u32, comm: &str, wait_ms: f64) -> RanInstead {
         RanInstead {
+            tid: pid,
             pid: Some(pid),
             comm: comm.into(),
             wait_ms,
+            process_pid: Some(pid),
+            process: comm.into(),
             held_ms: Some(wait_ms),
-            tid: pid,
-            task_pid: Some(pid),
-            task_comm: comm.into(),
             ..Default::default()
         }
     }
@@ -585,7 +601,7 @@ mod tests {
             .contains("`shader-compiler` (pid 812, cgroup /user.slice)"));
         assert!(v.summary.starts_with("frame 4210 took 96.0 ms"));
         let culprit = v.culprit.expect("a culprit");
-        assert_eq!((culprit.who.pid, culprit.via), (Some(812), None));
+        assert_eq!((culprit.who.process_pid, culprit.via), (Some(812), None));
     }
 
     #[test]
@@ -594,8 +610,8 @@ mod tests {
             cmdline: Some(format!("sh -c while :;\n  do {}; done", "x".repeat(80))),
             children: true,
             tid: 900,
-            task_pid: Some(900),
-            task_comm: "tick".into(),
+            pid: Some(900),
+            comm: "tick".into(),
             ..process(812, "sh", 80.0)
         });
         let v = attribute(1, 96.0, 16.7, &e);
@@ -610,13 +626,27 @@ mod tests {
         // A thread of the process itself is a thread, not a child.
         let e = contention(RanInstead {
             tid: 9098,
-            task_comm: "llvmpipe-0".into(),
+            comm: "llvmpipe-0".into(),
             ..process(9096, "vkcube", 80.0)
         });
         let v = attribute(1, 96.0, 16.7, &e);
         assert!(
             v.summary
                 .contains("`vkcube` (pid 9096, thread `llvmpipe-0` tid 9098)"),
+            "{}",
+            v.summary
+        );
+        // A process whose name is not known is not named after its thread.
+        let e = contention(RanInstead {
+            tid: 9098,
+            comm: "llvmpipe-0".into(),
+            process: String::new(),
+            ..process(9096, "vkcube", 80.0)
+        });
+        let v = attribute(1, 96.0, 16.7, &e);
+        assert!(
+            v.summary
+                .contains("while an unnamed process (pid 9096, thread `llvmpipe-0` tid 9098)"),
             "{}",
             v.summary
         );
@@ -723,7 +753,7 @@ mod tests {
         e.ran_instead = Some(process(700, "Xvfb", 0.9));
         let culprit = attribute(1, 76.0, 16.7, &e).culprit.expect("a culprit");
         assert_eq!(
-            (culprit.who.comm.as_str(), culprit.via.map(|v| v.tid)),
+            (culprit.who.process.as_str(), culprit.via.map(|v| v.tid)),
             ("make", Some(9))
         );
     }
