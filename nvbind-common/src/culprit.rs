@@ -46,9 +46,13 @@ pub struct Culprit {
     pub flags: u32,
     /// `tid`'s name.
     pub comm: [u8; TASK_COMM_LEN],
-    /// `pid`'s name (its main thread's `comm`) when its task last held the CPU: the name after
-    /// any `execve`. Empty when unknown (a thread other than the main one, whose main thread
-    /// could not be read: no BTF, or the read failed); the agent then names it from /proc.
+    /// `pid`'s name (its main thread's `comm`) as read at its longest stretch in a wait charged
+    /// to it: written when the process takes its place in the wait's account and again with
+    /// each new longest stretch (for an inferred culprit, when the wait ended), and taken from
+    /// the latest wait when several behind it add up. A name taken by an `execve` during a wait
+    /// comes with the process's next longest stretch. Empty when unknown (a thread other than
+    /// the main one, whose main thread could not be read: no BTF, or the read failed); the agent
+    /// then names it from /proc.
     pub process_comm: [u8; TASK_COMM_LEN],
 }
 
@@ -123,7 +127,7 @@ pub struct HeldBy {
     pub flags: u32,
     pub tid: u32,
     pub tgid: u32,
-    /// `pid`'s name at its last stretch.
+    /// `pid`'s name as read at its longest stretch (written with `longest_ns`).
     pub comm: [u8; TASK_COMM_LEN],
     pub task_comm: [u8; TASK_COMM_LEN],
 }

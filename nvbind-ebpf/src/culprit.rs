@@ -391,7 +391,8 @@ pub(crate) fn take_wait(t: &ThreadState, tid: u32, waited: u64, cpu: u32, c: &mu
     });
     // A thread the scheduler moved to another CPU before it ran waited first on this one: this
     // CPU's holder is its culprit when it held the CPU for at least half the wait (else the wait
-    // was mostly spent elsewhere).
+    // was mostly spent elsewhere). Only stretches that ended count: a task still running here
+    // is not seen (docs/stutter.md states the limit).
     let named = !best.is_null() && (t.wake_cpu == cpu || most.saturating_mul(2) >= waited);
     if named {
         // SAFETY: points into the live map value.

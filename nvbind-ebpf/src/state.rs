@@ -139,8 +139,8 @@ pub static TASK_EXIT_STATE_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static TASK_CPU_OFF: Global<u32> = Global::new(0);
 /// `task_struct` offsets for naming the process a task's CPU time is blamed on (see
-/// `sched::lineage`), with `TASK_COMM_OFF`: read from the kernel's BTF whatever the hooks; 0 when
-/// the kernel has no BTF, and then each task counts under its own process.
+/// `culprit::blamed_for`), with `TASK_COMM_OFF`: read from the kernel's BTF whatever the hooks;
+/// 0 when the kernel has no BTF, and then each task counts under its own process.
 #[unsafe(no_mangle)]
 pub static TASK_TGID_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]

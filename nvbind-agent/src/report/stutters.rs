@@ -218,7 +218,7 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
 
 /// Who kept a thread waiting, as the report names it: the task that held the CPU longest in one
 /// stretch (its tid, process, name and cgroup, as report v2 always named them), and the process
-/// blamed (its name when it last held the CPU, else /proc's, and what /proc said of it while it
+/// blamed (the kernel's name for it, else /proc's, and what /proc said of it while it
 /// ran).
 pub(super) fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> {
     if c.tid == 0 || c.wait_ns == 0 {

@@ -97,8 +97,8 @@ pub struct RanInstead {
     /// not. `null` when unknown.
     #[serde(default)]
     pub process_pid: Option<u32>,
-    /// Its name (its main thread's, after any `execve`): the kernel's when its task last held
-    /// the CPU, else /proc's; empty when neither is known.
+    /// Its name (its main thread's, after any `execve`): the kernel's, read at its longest
+    /// stretch in the wait, else /proc's; empty when neither is known.
     #[serde(default)]
     pub process: String,
     /// Its command line, read from /proc while it ran (`null` for a kernel thread, or a process
