@@ -56,11 +56,21 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
+/// How much of /proc/TID/cgroup is read: a path per hierarchy, and a user with a delegated
+/// subtree (systemd's user instance) can nest cgroups as deep as it likes.
+const CGROUP_FILE_MAX_BYTES: u64 = 64 << 10;
+/// The longest cgroup path kept (the kernel's `PATH_MAX`).
+const CGROUP_PATH_MAX: usize = 4096;
+
 /// The cgroup of a task (a tid works: /proc resolves thread ids too): its cgroup v2 path, or on a
-/// v1-only host the path in the `cpu` hierarchy (the one that decides who gets a CPU).
+/// v1-only host the path in the `cpu` hierarchy (the one that decides who gets a CPU). Any task
+/// can be asked about (a culprit is any process on the host), so the read is bounded and the
+/// path made printable: it goes into reports and sentences.
 pub fn cgroup_of(tid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{tid}/cgroup")).ok()?;
-    parse_cgroup_file(&text)
+    let bytes =
+        crate::identity::read_bounded(&format!("/proc/{tid}/cgroup"), CGROUP_FILE_MAX_BYTES)?;
+    parse_cgroup_file(&String::from_utf8_lossy(&bytes))
+        .map(|path| crate::identity::printable_within(&path, CGROUP_PATH_MAX))
 }
 
 /// The process (thread group) a task belongs to.

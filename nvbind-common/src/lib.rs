@@ -11,6 +11,9 @@ pub const TASK_COMM_LEN: usize = 16;
 /// (bucket 0 also holds 0 and 1 ns); the last bucket holds everything above ~9 minutes.
 pub const HIST_BUCKETS: usize = 40;
 
+mod culprit;
+pub use culprit::*;
+
 /// Classes of ioctl the probes separate, by the ioctl's "type" byte (`_IOC_TYPE(cmd)`).
 pub mod ioctl_class {
     /// DRM core and every DRM driver (`DRM_IOCTL_BASE` is `'d'`).
@@ -463,49 +466,6 @@ pub mod blocked_kind {
     pub const UNINTERRUPTIBLE: u32 = 2;
 }
 
-/// How long a thread's `recent_wait` (and a CPU watch) is kept against shorter waits: long enough
-/// for the agent's next snapshot (every 20 ms) to see it, short enough that last second's wait
-/// does not hide this frame's.
-pub const RECENT_WAIT_NS: u64 = 250_000_000;
-
-/// The task that kept a tracked thread off the CPU longest within one frame interval. A wait is
-/// charged to the task that held the thread's CPU longest in one stretch during it (`CpuWatch`);
-/// without a watch, to the preempting task when it began with a preemption, else to the task that
-/// had the CPU until the thread got it. Several waits behind the
-/// same task add up; a longer single wait behind another task replaces it (a one-slot
-/// heavy-hitter sketch: cheap, and exact when one task dominates, which is the case worth naming).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Culprit {
-    /// Run-queue wait attributed to this task, in the frame interval.
-    pub wait_ns: u64,
-    /// When the (last) wait behind it ended (`bpf_ktime_get_ns`).
-    pub at_ns: u64,
-    /// Its cgroup v2 id (the inode number of its cgroup directory), 0 when unknown.
-    pub cgroup_id: u64,
-    /// Its tid, 0 when none.
-    pub tid: u32,
-    /// Its process id, 0 when unknown.
-    pub tgid: u32,
-    /// Its name.
-    pub comm: [u8; TASK_COMM_LEN],
-}
-
-/// Per CPU (`CPU_WATCH`, indexed by CPU): while a tracked thread woken onto or preempted on this
-/// CPU waits for it, the task that held the CPU longest in one stretch. The wait is charged to
-/// that task, not to whoever happened to run last before it got the CPU or to a preemptor that
-/// ran only a moment.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuWatch {
-    /// When a tracked thread's wakeup or preemption armed the watch (0: disarmed).
-    pub armed_ns: u64,
-    /// The last context switch on this CPU while armed.
-    pub last_switch_ns: u64,
-    /// The longest stretch seen, and who ran it.
-    pub longest: Culprit,
-}
-
 /// In-kernel histograms of one tracked process (`PROC_HISTS`, keyed by tgid) or of one presenting
 /// thread (`PRESENTER_HISTS`, keyed by tid): every run-queue wait and every blocked period, in log2
 /// buckets of nanoseconds.
@@ -692,6 +652,8 @@ mod user {
     unsafe impl aya::Pod for super::ProcessHistograms {}
     unsafe impl aya::Pod for super::Culprit {}
     unsafe impl aya::Pod for super::CpuWatch {}
+    unsafe impl aya::Pod for super::HeldBy {}
+    unsafe impl aya::Pod for super::WatchedWait {}
     unsafe impl aya::Pod for super::PreemptorKey {}
     unsafe impl aya::Pod for super::PreemptorValue {}
     unsafe impl aya::Pod for super::EventHeader {}
@@ -807,7 +769,16 @@ mod tests {
             8 * (12 + 2 * ioctl_class::COUNT)
         );
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<Culprit>(), 8 + 8 + 8 + 4 + 4 + TASK_COMM_LEN);
+        assert_eq!(size_of::<Culprit>(), 5 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
+        assert_eq!(size_of::<HeldBy>(), 4 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
+        assert_eq!(
+            size_of::<WatchedWait>(),
+            16 + HELD_SLOTS * size_of::<HeldBy>()
+        );
+        assert_eq!(
+            size_of::<CpuWatch>(),
+            16 + WATCH_WAITS * size_of::<WatchedWait>()
+        );
         assert_eq!(
             size_of::<ThreadState>(),
             // ten 8-byte words of scalars, the preemptor's comm, two culprits, two counter sets

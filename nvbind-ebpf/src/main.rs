@@ -8,6 +8,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod culprit;
+#[cfg(target_arch = "bpf")]
 mod drm;
 #[cfg(target_arch = "bpf")]
 mod ioctl;

@@ -4,25 +4,27 @@
 //! The run-queue algorithm is the classic one (bcc's runqlat): a thread becomes runnable when it
 //! is woken (`sched_wakeup`, `sched_wakeup_new`) or preempted (`sched_switch` with the previous task
 //! still runnable), and the wait ends when `sched_switch` puts it on a CPU. Per-thread state lives
-//! in `THREADS`; nothing is sent to userspace from here.
+//! in `THREADS`; nothing is sent to userspace from here. Who kept a waiting thread off its CPU
+//! is `culprit`'s.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_smp_processor_id, generated::bpf_get_current_cgroup_id,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use nvbind_common::{
-    blocked_kind, hist_bucket, ioctl_class, task_state, thread_status, Culprit, PreemptorKey,
-    PreemptorValue, ProcessHistograms, ThreadState, RECENT_WAIT_NS, TASK_COMM_LEN,
+    blocked_kind, hist_bucket, ioctl_class, task_state, thread_status, PreemptorKey,
+    PreemptorValue, ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
-use crate::state::{
-    current_ids, field, kernel_field, now_ns, thread, unseen, CPU_WATCH, PREEMPTORS,
-    PRESENTER_HISTS, PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF,
-    TASK_COMM_OFF, TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF, TASK_REPORT_MAX,
-    WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
+use crate::{
+    culprit::{arm_watch, blame, scratch, take_wait, watch_switch},
+    state::{
+        current_ids, field, kernel_field, now_ns, thread, unseen, PREEMPTORS, PRESENTER_HISTS,
+        PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF,
+        TASK_COMM_OFF, TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF, TASK_REPORT_MAX,
+        WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
+    },
 };
 
 /// What a `sched_switch` hook tells about one switch; each hook reads a value only when the
@@ -146,7 +148,7 @@ fn switched(args: &impl Switch) {
         if let Some(prev) = thread(prev_tid) {
             // An exited thread's counters are final (its last switch closed them).
             if prev.status != thread_status::EXITED {
-                switched_out(args, prev, now, cpu, next_tid);
+                switched_out(args, prev, prev_tid, now, cpu, next_tid);
             }
         }
     }
@@ -165,6 +167,7 @@ fn switched(args: &impl Switch) {
 fn switched_out(
     args: &impl Switch,
     prev: &mut ThreadState,
+    prev_tid: u32,
     now: u64,
     cpu: u32,
     next_tid: Option<u32>,
@@ -206,7 +209,7 @@ fn switched_out(
         }
         // The preemptor may run only a moment (the game's own worker it woke, a kworker) before a
         // hog takes the CPU for the rest of the wait: watch the CPU as for a wakeup.
-        arm_watch(prev, cpu, now);
+        arm_watch(prev, prev_tid, cpu, now);
     } else {
         prev.status = thread_status::BLOCKED;
         prev.totals.voluntary_switches += 1;
@@ -256,8 +259,12 @@ fn switched_in(
     let waited = now.saturating_sub(next.since_ns);
     match next.status {
         // An exiting thread's waits say nothing about the game (and its preemptions were not
-        // counted either, see `switched_out`).
-        thread_status::RUNNABLE if next.exiting != 0 => {}
+        // counted either, see `switched_out`); its watched wait ends all the same.
+        thread_status::RUNNABLE if next.exiting != 0 => {
+            if let Some(c) = scratch() {
+                take_wait(next, next_tid, waited, cpu, c);
+            }
+        }
         thread_status::RUNNABLE => {
             next.totals.runq_wait_ns += waited;
             if waited > next.frame_max_runq_wait_ns {
@@ -279,162 +286,6 @@ fn switched_in(
     next.totals.switches_in += 1;
     next.status = thread_status::RUNNING;
     next.since_ns = now;
-}
-
-/// While a tracked thread waits for this CPU, remembers the longest stretch another task held it.
-#[inline(always)]
-fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
-    let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
-        return;
-    };
-    // SAFETY: live map value; a racing arm from another CPU can at worst lose one stretch.
-    let w = unsafe { &mut *w };
-    if w.armed_ns == 0 {
-        return;
-    }
-    let start = if w.last_switch_ns > w.armed_ns {
-        w.last_switch_ns
-    } else {
-        w.armed_ns
-    };
-    let stretch = now.saturating_sub(start);
-    w.last_switch_ns = now;
-    if prev_tid == 0 || stretch <= w.longest.wait_ns {
-        return;
-    }
-    w.longest.wait_ns = stretch;
-    w.longest.at_ns = now;
-    w.longest.tid = prev_tid;
-    w.longest.tgid = prev_tgid;
-    w.longest.comm = bpf_get_current_comm().unwrap_or_default();
-    // SAFETY: helper without arguments; the current task is `prev`.
-    w.longest.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-}
-
-/// Arms the watch of the CPU a tracked thread waits for, woken onto it or preempted on it (unless
-/// another wait holds the watch).
-#[inline(always)]
-fn arm_watch(t: &mut ThreadState, cpu: u32, now: u64) {
-    t.wake_cpu = cpu;
-    let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
-        return;
-    };
-    // SAFETY: live map value.
-    let w = unsafe { &mut *w };
-    if w.armed_ns != 0 && now.saturating_sub(w.armed_ns) < RECENT_WAIT_NS {
-        return;
-    }
-    w.armed_ns = now;
-    w.last_switch_ns = 0;
-    w.longest = Culprit::default();
-}
-
-/// Credits a run-queue wait of `t` to the task that kept it off the CPU (see `Culprit`): the task
-/// that held this CPU longest in one stretch while the thread waited (its watch), else the
-/// preempting task when the wait began with a preemption, else the previous task.
-#[inline(always)]
-fn blame(
-    t: &mut ThreadState,
-    waiter_tid: u32,
-    waited: u64,
-    now: u64,
-    cpu: u32,
-    prev_tgid: u32,
-    prev_tid: u32,
-) {
-    let by_preemptor = t.preempted != 0 && t.last_preemptor_tid != 0;
-    t.preempted = 0;
-    if let Some(w) = CPU_WATCH.get_ptr_mut(t.wake_cpu) {
-        // SAFETY: live map value.
-        let w = unsafe { &mut *w };
-        // A watch armed no later than this wait began covers it (another tracked thread's wait
-        // may have armed it); a stretch that ended inside the wait is this wait's culprit. A
-        // preempted thread's own stretch ends at the very switch that begins its wait (`since_ns`):
-        // strictly after, and never the waiter itself.
-        //
-        // A thread the scheduler moved to another CPU before it ran waited first on the one it
-        // was woken or preempted on: that CPU's holder is its culprit when it held the CPU for at
-        // least half the wait (else the wait was mostly spent elsewhere, and the task it ran
-        // after on the new CPU is named instead).
-        let migrated = t.wake_cpu != cpu;
-        let watched = (!migrated || w.longest.wait_ns.saturating_mul(2) >= waited)
-            && w.armed_ns != 0
-            && w.armed_ns <= t.since_ns
-            && w.longest.tid != 0
-            && w.longest.tid != waiter_tid
-            && w.longest.at_ns > t.since_ns;
-        let culprit = w.longest;
-        // The watch is not disarmed when the wait that armed it ends: other threads' waits may
-        // have begun under it (a thread preempted by the worker it just woke joins the worker's
-        // watch); it lapses after RECENT_WAIT_NS, when the next wait re-arms it.
-        if watched {
-            credit(t, culprit, waited, now);
-            return;
-        }
-    }
-    let tid = if by_preemptor {
-        t.last_preemptor_tid
-    } else {
-        prev_tid
-    };
-    if tid == 0 {
-        return;
-    }
-    if !credit_needs_details(t, tid, waited, now) {
-        credit_same(t, tid, waited, now);
-        return;
-    }
-    // Only now pay for the culprit's details.
-    let mut c = Culprit {
-        tid,
-        comm: t.last_preemptor_comm,
-        ..Culprit::default()
-    };
-    if !by_preemptor {
-        c.tgid = prev_tgid;
-        c.comm = bpf_get_current_comm().unwrap_or_default();
-        // SAFETY: helper without arguments; the current task is `prev`.
-        c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    }
-    credit(t, c, waited, now);
-}
-
-/// Whether charging `waited` to task `tid` replaces the frame's culprit or the recent wait (and
-/// so needs the task's name and cgroup), rather than only adding to the same culprit.
-#[inline(always)]
-fn credit_needs_details(t: &ThreadState, tid: u32, waited: u64, now: u64) -> bool {
-    let frame = &t.frame_culprit;
-    (frame.tid != tid && waited > frame.wait_ns) || replaces_recent(t, waited, now)
-}
-
-/// Adds `waited` to the frame's culprit when it is task `tid`.
-#[inline(always)]
-fn credit_same(t: &mut ThreadState, tid: u32, waited: u64, now: u64) {
-    if t.frame_culprit.tid == tid {
-        t.frame_culprit.wait_ns += waited;
-        t.frame_culprit.at_ns = now;
-    }
-}
-
-/// Charges a wait of `waited` to a known culprit `c`.
-#[inline(always)]
-fn credit(t: &mut ThreadState, mut c: Culprit, waited: u64, now: u64) {
-    c.wait_ns = waited;
-    c.at_ns = now;
-    if replaces_recent(t, waited, now) {
-        t.recent_wait = c;
-    }
-    if t.frame_culprit.tid == c.tid {
-        credit_same(t, c.tid, waited, now);
-    } else if waited > t.frame_culprit.wait_ns {
-        t.frame_culprit = c;
-    }
-}
-
-/// Whether a wait of `waited` ending `now` replaces the thread's recent longest wait.
-#[inline(always)]
-fn replaces_recent(t: &ThreadState, waited: u64, now: u64) -> bool {
-    waited >= t.recent_wait.wait_ns || now.saturating_sub(t.recent_wait.at_ns) > RECENT_WAIT_NS
 }
 
 /// Ends a blocked period of `t` at `now`.
@@ -502,7 +353,7 @@ fn woken(args: &impl Wakeup, new_task: bool) {
             t.totals.wakeups += 1;
             t.preempted = 0;
             if let Some(cpu) = args.target_cpu() {
-                arm_watch(t, cpu, now);
+                arm_watch(t, tid as u32, cpu, now);
             }
         }
         // A new thread's first run-queue wait starts at wake_up_new_task.

@@ -8,8 +8,8 @@ use aya_ebpf::{
     Global,
 };
 use nvbind_common::{
-    event_kind, thread_status, CpuWatch, EventHeader, PreemptorKey, PreemptorValue, ProcessEvent,
-    ProcessHistograms, ThreadState, TASK_COMM_LEN,
+    event_kind, thread_status, CpuWatch, Culprit, EventHeader, PreemptorKey, PreemptorValue,
+    ProcessEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 /// CPUs covered by `CPU_WATCH`.
@@ -23,6 +23,12 @@ pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384,
 /// map, because the waker arms the slot of the CPU the wakee will run on.
 #[map]
 pub static CPU_WATCH: Array<CpuWatch> = Array::with_max_entries(MAX_CPUS, 0);
+
+/// Where the scheduler programs put together the culprit of a wait (a `Culprit` does not fit the
+/// BPF stack beside everything else `sched_switch` holds). Per CPU: only `sched_switch` uses it,
+/// and it never runs nested on one CPU.
+#[map]
+pub static CULPRIT_SCRATCH: PerCpuArray<Culprit> = PerCpuArray::with_max_entries(1, 0);
 
 /// One zeroed thread record to insert from.
 #[map]
@@ -132,6 +138,19 @@ pub static TASK_COMM_OFF: Global<u32> = Global::new(0);
 pub static TASK_EXIT_STATE_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static TASK_CPU_OFF: Global<u32> = Global::new(0);
+/// `task_struct` offsets for naming the process a task's CPU time is blamed on (see
+/// `culprit::blamed_for`), with `TASK_COMM_OFF`: read from the kernel's BTF whatever the hooks;
+/// 0 when the kernel has no BTF, and then each task counts under its own process.
+#[unsafe(no_mangle)]
+pub static TASK_TGID_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_GROUP_LEADER_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_REAL_PARENT_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_START_TIME_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_FLAGS_OFF: Global<u32> = Global::new(0);
 /// Non-zero (set by the daemon at load): any process that presents a frame starts being tracked
 /// from that frame on, unless it is in `IGNORED_PROCESSES`.
 #[unsafe(no_mangle)]

@@ -36,6 +36,11 @@ pub fn hog_bin() -> PathBuf {
     bin_from_env("NVBIND_CPU_HOG_BIN", "cpu-hog")
 }
 
+/// The short-lived child of the contention tests' shell loops (spins, then prints the time).
+pub fn tick_bin() -> PathBuf {
+    bin_from_env("NVBIND_TICK_BIN", "tick")
+}
+
 /// The open-probe helper (opens device nodes from inside a cgroup).
 pub fn probe_bin() -> PathBuf {
     bin_from_env("NVBIND_OPEN_PROBE_BIN", "open-probe")

@@ -68,6 +68,9 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     // A multi-threaded launcher that execs a game, in the tests.
     "python3",
+    // A build competing with a game: the stutter tests run `make -j` of a small C project.
+    "make",
+    "gcc",
     // Windows games under Wine: Debian's wine64 runs a test game of our own, built with mingw-w64
     // (Vulkan's headers from libvulkan-dev).
     "wine64",

@@ -419,6 +419,7 @@ fn root_tests(
                     paths.debug.join("synthetic-game"),
                 )
                 .env("NVBIND_CPU_HOG_BIN", paths.debug.join("cpu-hog"))
+                .env("NVBIND_TICK_BIN", paths.debug.join("tick"))
                 .env("NVBIND_OPEN_PROBE_BIN", paths.debug.join("open-probe"))
                 .env("NVBIND_XVFB", "1")
                 .env("NVBIND_VM_CONSOLE", &paths.vm_console)

@@ -12,7 +12,7 @@ mod threads;
 use nvbind_common::present_source;
 
 pub use live::{container_id, FrameOutcome, Identity, LiveProcess, LiveWindow};
-pub use model::{Capture, DisplayRecord, Frame, ProcessRecord};
+pub use model::{Capture, CulpritProcess, DisplayRecord, Frame, ProcessRecord};
 pub use threads::{ThreadDelta, ThreadWindow};
 
 /// Preference among frame sources when a process shows several: the call closest to the game's

@@ -84,6 +84,20 @@ pub struct DisplayRecord {
     pub request_ns: u64,
 }
 
+/// A process blamed for keeping tracked threads waiting, as /proc showed it while it ran (read
+/// again when the kernel reports it under a new name, it exec'd, at most once a second). Any
+/// process can be one: its text was read bounded and made printable.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CulpritProcess {
+    pub comm: String,
+    /// Its command line, words joined by spaces; empty for a kernel thread.
+    pub cmdline: String,
+    pub ppid: u32,
+    pub kernel_thread: bool,
+    /// Its cgroup v2 path (or its cgroup v1 `cpu` path).
+    pub cgroup: Option<String>,
+}
+
 /// Everything a recording gathered.
 #[derive(Debug, Clone, Default)]
 pub struct Capture {
@@ -103,6 +117,8 @@ pub struct Capture {
     pub culprit_cgroups: HashMap<u32, String>,
     /// Process ids of those tasks, by tid.
     pub culprit_pids: HashMap<u32, u32>,
+    /// The processes blamed for those waits, by pid, as /proc showed them while they ran.
+    pub culprit_processes: HashMap<u32, CulpritProcess>,
     /// The stutter thresholds the capture was recorded with.
     pub stutter: DetectorConfig,
     pub dropped_events: u64,

@@ -17,7 +17,7 @@
 mod steam;
 mod wine;
 
-use std::path::Path;
+use std::{io::Read, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -109,14 +109,32 @@ fn windows_file_name(path: &str) -> &str {
 /// `text` with control characters replaced by `?` and cut to [`NAME_MAX`] bytes at a character
 /// boundary: names end up in logs, terminals, CSV files and Prometheus labels.
 pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(NAME_MAX));
+    printable_within(text, NAME_MAX)
+}
+
+/// [`printable`] for text longer than a name (a command line, a cgroup path): control characters
+/// replaced by `?`, cut to `max` bytes at a character boundary.
+pub fn printable_within(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
     for c in text.chars() {
-        if out.len() + c.len_utf8() > NAME_MAX {
+        if out.len() + c.len_utf8() > max {
             break;
         }
         out.push(if c.is_control() { '?' } else { c });
     }
     out
+}
+
+/// The first `max` bytes of a file, `None` when it cannot be read: another process's /proc
+/// files (its command line, environment, cgroup) are as large as that process makes them.
+pub fn read_bounded(path: &str, max: u64) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(max)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! app (`app-steam-app<N>-<M>.scope`); tools that group games by cgroup use `steam_app_<N>`.
 //! Either is enough; the environment is read first.
 
-use std::{fs::File, io::Read};
+use super::read_bounded;
 
 /// Environment variables that carry the app id, in the order they are trusted.
 const ENVIRONMENT_KEYS: [&str; 3] = ["SteamAppId", "STEAM_COMPAT_APP_ID", "SteamGameId"];
@@ -22,16 +22,6 @@ pub fn steam_app_id(pid: u32) -> Option<u32> {
     }
     let cgroup = read_bounded(&format!("/proc/{pid}/cgroup"), CGROUP_MAX_BYTES)?;
     app_id_in_cgroup(&String::from_utf8_lossy(&cgroup))
-}
-
-fn read_bounded(path: &str, max: u64) -> Option<Vec<u8>> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(max)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    Some(bytes)
 }
 
 /// The app id in an environment block (`KEY=VALUE` entries separated by NULs).

@@ -96,6 +96,48 @@ impl TaskLayout {
     }
 }
 
+/// Byte offsets of the `task_struct` fields that name the process a task's CPU time is blamed on:
+/// its process id, its main thread (whose name the process goes by), its parent, when its
+/// process started, and whether it is a kernel thread. Needs no BTF tracepoint, only BTF: the
+/// scheduler programs read these from the current task whichever hooks they are attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineageLayout {
+    /// `tgid`, `pid_t`.
+    pub tgid: u32,
+    /// `group_leader`, a pointer.
+    pub group_leader: u32,
+    /// `real_parent`, a pointer.
+    pub real_parent: u32,
+    /// `start_time`, `u64`: CLOCK_MONOTONIC nanoseconds (the clock of `bpf_ktime_get_ns`).
+    pub start_time: u32,
+    /// `flags`, `unsigned int` (`PF_KTHREAD`).
+    pub flags: u32,
+    /// `comm`, `char[TASK_COMM_LEN]`.
+    pub comm: u32,
+}
+
+impl LineageLayout {
+    /// The running kernel's layout.
+    pub fn from_kernel() -> Result<LineageLayout, LayoutError> {
+        let path = Path::new(VMLINUX_BTF);
+        let btf = Btf::from_file(path).map_err(|e| LayoutError::Unreadable {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let task = named_struct(&btf, "task_struct")?;
+        let field = |name: &str, size: usize| sized_member(&btf, &task, "task_struct", name, size);
+        let pointer = std::mem::size_of::<usize>();
+        Ok(LineageLayout {
+            tgid: field("tgid", 4)?,
+            group_leader: field("group_leader", pointer)?,
+            real_parent: field("real_parent", pointer)?,
+            start_time: field("start_time", 8)?,
+            flags: field("flags", 4)?,
+            comm: field("comm", 16)?,
+        })
+    }
+}
+
 fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, LayoutError> {
     btf.resolve_types_by_name(name)
         .ok()
@@ -240,6 +282,26 @@ mod tests {
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{layout:?}");
         // task_struct is several kilobytes; thread_info (and its cpu) comes first when present.
         assert!(layout.comm > 64 && layout.comm < 16384, "{layout:?}");
+    }
+
+    /// The lineage fields are distinct, inside `task_struct`, and agree with the tracepoint
+    /// layout where they overlap.
+    #[test]
+    fn the_running_kernels_lineage_layout_is_found() {
+        let lineage = LineageLayout::from_kernel().expect("the kernel's task_struct lineage");
+        let task = TaskLayout::from_kernel().expect("the kernel's task_struct layout");
+        assert_eq!((lineage.tgid, lineage.comm), (task.tgid, task.comm));
+        let mut offsets = [
+            lineage.tgid,
+            lineage.group_leader,
+            lineage.real_parent,
+            lineage.start_time,
+            lineage.flags,
+            lineage.comm,
+        ];
+        offsets.sort_unstable();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{lineage:?}");
+        assert!(offsets[5] < 16384, "{lineage:?}");
     }
 
     #[test]

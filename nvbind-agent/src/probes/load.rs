@@ -118,6 +118,19 @@ impl Settings {
                 ("TASK_CPU_OFF", layout.cpu),
             ]);
         }
+        // Naming the process a culprit task belongs to needs only BTF, not the BTF hooks: with
+        // classic hooks the layout is still read, and without BTF each task answers for itself.
+        match btf::LineageLayout::from_kernel() {
+            Ok(l) => globals.extend([
+                ("TASK_TGID_OFF", l.tgid),
+                ("TASK_GROUP_LEADER_OFF", l.group_leader),
+                ("TASK_REAL_PARENT_OFF", l.real_parent),
+                ("TASK_START_TIME_OFF", l.start_time),
+                ("TASK_FLAGS_OFF", l.flags),
+                ("TASK_COMM_OFF", l.comm),
+            ]),
+            Err(why) => log::debug!("culprits are named by their own process only: {why}"),
+        }
         globals.push((
             "DISCOVER_PRESENTERS",
             u32::from(options.discover_presenters),
@@ -138,6 +151,11 @@ impl Settings {
             loader.override_global(name, value, true);
         }
         loader.override_global("TASK_REPORT_MAX", &self.task_report_max, true);
+        // One CPU watch per possible CPU (each is over a kilobyte: the object's 1024 would lock
+        // a megabyte on a 2-CPU machine); a CPU past the end just goes unwatched.
+        if let Ok(cpus) = aya::util::nr_cpus() {
+            loader.map_max_entries("CPU_WATCH", cpus.clamp(1, 1024) as u32);
+        }
         loader
             .load(PROBES_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))

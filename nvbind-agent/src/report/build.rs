@@ -202,6 +202,7 @@ fn frame_rows(
                 ),
                 None => GpuEvidence::default(),
             };
+            let blamed = super::stutters::ran_instead(capture, &f.culprit);
             FrameRow {
                 frame: i as u64,
                 pid: p.pid,
@@ -224,7 +225,7 @@ fn frame_rows(
                 gpu_ioctl_ms: c.gpu_ioctl,
                 last_preemptor_tid: f.last_preemptor_tid,
                 ran_instead_tid: f.culprit.tid,
-                ran_instead_comm: comm_str(&f.culprit.comm),
+                ran_instead_comm: crate::identity::printable(&comm_str(&f.culprit.comm)),
                 stutter_cause: causes
                     .get(&(i as u64))
                     .map(|c| c.to_string())
@@ -232,6 +233,8 @@ fn frame_rows(
                 gpu_utilization_ratio: gpu.utilization_ratio,
                 gpu_clock_hertz: gpu.graphics_clock_hertz,
                 gpu_throttle_reasons: gpu.throttle_reasons.join("+"),
+                ran_instead_process_pid: blamed.as_ref().and_then(|r| r.process_pid),
+                ran_instead_process: blamed.map(|r| r.process).unwrap_or_default(),
             }
         })
         .collect()

@@ -350,7 +350,7 @@ pub struct ThreadReport {
 }
 
 /// The CSV header, in [`FrameRow`] field order.
-pub const FRAME_CSV_COLUMNS: [&str; 26] = [
+pub const FRAME_CSV_COLUMNS: [&str; 28] = [
     "frame",
     "pid",
     "tid",
@@ -377,6 +377,8 @@ pub const FRAME_CSV_COLUMNS: [&str; 26] = [
     "gpu_utilization_ratio",
     "gpu_clock_hertz",
     "gpu_throttle_reasons",
+    "ran_instead_process_pid",
+    "ran_instead_process",
 ];
 
 /// One frame of the CSV export.
@@ -416,4 +418,10 @@ pub struct FrameRow {
     pub gpu_utilization_ratio: Option<f64>,
     pub gpu_clock_hertz: Option<f64>,
     pub gpu_throttle_reasons: String,
+    /// The process blamed for this thread's waits in this interval (see docs/stutter.md): the
+    /// task's own (`ran_instead_tid`'s), or the nearest ancestor of a young child that is not
+    /// young (empty: none or unknown).
+    pub ran_instead_process_pid: Option<u32>,
+    /// Its name (after any `execve`; empty when unknown).
+    pub ran_instead_process: String,
 }

@@ -3,16 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use nvbind_common::Culprit;
+use nvbind_common::{culprit_flags, Culprit};
 use serde::{Deserialize, Serialize};
 
 use super::units::{ms, FrameMs};
 use crate::{
     frames::{Capture, Frame, ProcessRecord},
     gpu,
+    identity::printable,
     probes::comm_str,
     stutter::{
-        attribute, BusyThread, Cause, Detector, DetectorConfig, Evidence, RanInstead,
+        attribute, Blame, BusyThread, Cause, Detector, DetectorConfig, Evidence, RanInstead,
         ThreadEvidence,
     },
 };
@@ -49,6 +50,11 @@ pub struct StutterEvent {
     pub confidence: f64,
     /// The verdict in a sentence.
     pub summary: String,
+    /// The process a person would blame, when the verdict names one (`cpu-contention`): the one
+    /// that kept the presenting thread waiting for a CPU, or kept the game's own thread it
+    /// waited for waiting (then `via` is that thread).
+    #[serde(default)]
+    pub culprit: Option<Blame>,
     pub evidence: Evidence,
 }
 
@@ -79,6 +85,7 @@ pub fn analyse(capture: &Capture, p: &ProcessRecord, frames: &[Frame]) -> Stutte
             cause: verdict.cause,
             confidence: verdict.confidence,
             summary: verdict.summary,
+            culprit: verdict.culprit,
             evidence,
         });
     }
@@ -176,6 +183,7 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
                         runq_wait_ms: ms(c.runq_wait_ns),
                         blocked_ms: ms(c.blocked_ns),
                         blocked_in_gpu_ioctl_ms: ms(c.blocked_in_gpu_ioctl_ns),
+                        unseen_ms: ms(c.unseen_ns),
                         involuntary_switches: c.involuntary_switches,
                         migrations: c.migrations,
                         waited_behind: t
@@ -208,22 +216,53 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
     }
 }
 
-fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> {
+/// Who kept a thread waiting, as the report names it: the task that held the CPU longest in one
+/// stretch (its tid, process, name and cgroup, as report v2 always named them), and the process
+/// blamed (the kernel's name for it, else /proc's, and what /proc said of it while it
+/// ran).
+pub(super) fn ran_instead(capture: &Capture, c: &Culprit) -> Option<RanInstead> {
     if c.tid == 0 || c.wait_ns == 0 {
         return None;
     }
+    let pid = (c.tgid != 0)
+        .then_some(c.tgid)
+        .or_else(|| capture.culprit_pids.get(&c.tid).copied());
+    let process_pid = (c.pid != 0).then_some(c.pid).or(pid);
+    let process = process_pid.and_then(|p| capture.culprit_processes.get(&p));
+    // Names any process can give itself (`prctl`): printable before they reach a report.
+    let comm = printable(&comm_str(&c.comm));
+    // The task's own name is its process's only when it is that process's main thread: a
+    // worker's (`llvmpipe-0`) is not.
+    let main_thread = process_pid == Some(c.tid);
+    let process_name = Some(printable(&comm_str(&c.process_comm)))
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            process
+                .map(|p| p.comm.clone())
+                .filter(|name| !name.is_empty())
+        })
+        .or_else(|| main_thread.then(|| comm.clone()))
+        .unwrap_or_default();
     Some(RanInstead {
         tid: c.tid,
-        pid: (c.tgid != 0)
-            .then_some(c.tgid)
-            .or_else(|| capture.culprit_pids.get(&c.tid).copied()),
-        comm: comm_str(&c.comm),
+        pid,
+        comm,
         cgroup: capture
             .culprit_cgroups
             .get(&c.tid)
             .cloned()
             .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id))),
         wait_ms: ms(c.wait_ns),
+        process_pid,
+        process: process_name,
+        cmdline: process
+            .map(|p| p.cmdline.clone())
+            .filter(|cmdline| !cmdline.is_empty()),
+        process_cgroup: process.and_then(|p| p.cgroup.clone()),
+        kernel_thread: c.flags & culprit_flags::KERNEL_THREAD != 0
+            || process.is_some_and(|p| p.kernel_thread),
+        children: c.flags & culprit_flags::CHILDREN != 0,
+        held_ms: (c.held_ns != 0).then(|| ms(c.held_ns)),
     })
 }
 
@@ -285,6 +324,106 @@ mod tests {
             (who.comm.as_str(), who.cgroup.as_deref()),
             ("hog", Some("/hogs"))
         );
+        // The hog's own main thread: its name is its process's.
+        assert_eq!((who.process_pid, who.process.as_str()), (Some(812), "hog"));
         assert!(!e.evidence.gpu.sampled && e.evidence.gpu.missing.is_some());
+    }
+
+    fn comm(name: &str) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..name.len()].copy_from_slice(name.as_bytes());
+        c
+    }
+
+    /// A shell loop's child held the CPU: the report keeps the child as the task (`tid`, `pid`,
+    /// `comm`, `cgroup`, their meanings in report v2) and names the shell as the process blamed,
+    /// by the name the kernel gave it last (after its exec, whatever /proc said at first sight),
+    /// with its command line.
+    #[test]
+    fn the_process_blamed_is_named_as_it_ran_with_what_proc_said() {
+        let mut capture = Capture::default();
+        capture.culprit_processes.insert(
+            700,
+            crate::frames::CulpritProcess {
+                comm: "chrt".into(),
+                cmdline: "sh -c while :; do tick; done".into(),
+                ppid: 1,
+                kernel_thread: false,
+                cgroup: Some("/hogs".into()),
+            },
+        );
+        capture.culprit_cgroups.insert(901, "/hogs/child".into());
+        let c = Culprit {
+            wait_ns: 150_000_000,
+            held_ns: 148_000_000,
+            tid: 901,
+            tgid: 901,
+            pid: 700,
+            flags: culprit_flags::CHILDREN,
+            comm: comm("tick"),
+            process_comm: comm("sh"),
+            ..Default::default()
+        };
+        let r = ran_instead(&capture, &c).expect("named");
+        assert_eq!(
+            (r.tid, r.pid, r.comm.as_str(), r.cgroup.as_deref()),
+            (901, Some(901), "tick", Some("/hogs/child"))
+        );
+        assert_eq!(
+            (r.process_pid, r.process.as_str(), r.cmdline.as_deref()),
+            (Some(700), "sh", Some("sh -c while :; do tick; done"))
+        );
+        assert!(r.children && !r.kernel_thread);
+        assert_eq!(
+            (r.held_ms, r.process_cgroup.as_deref()),
+            (Some(148.0), Some("/hogs"))
+        );
+        // Without the kernel's name, /proc's.
+        let c = Culprit {
+            process_comm: [0; 16],
+            ..c
+        };
+        assert_eq!(ran_instead(&capture, &c).expect("named").process, "chrt");
+        // A preemptor known by its tid alone gets its process from what the agent read while it
+        // ran; a thread that is not its process's main one does not lend it its name.
+        capture.culprit_pids.insert(42, 40);
+        let preemptor = Culprit {
+            wait_ns: 1_000_000,
+            tid: 42,
+            comm: comm("worker"),
+            ..Default::default()
+        };
+        let r = ran_instead(&capture, &preemptor).expect("named");
+        assert_eq!(
+            (r.pid, r.process_pid, r.comm.as_str(), r.process.as_str()),
+            (Some(40), Some(40), "worker", "")
+        );
+        assert_eq!(r.held_ms, None);
+        // A main thread does.
+        capture.culprit_pids.insert(40, 40);
+        let main = Culprit {
+            tid: 40,
+            ..preemptor
+        };
+        assert_eq!(
+            ran_instead(&capture, &main).expect("named").process,
+            "worker"
+        );
+    }
+
+    /// Names a process gave itself reach the report printable.
+    #[test]
+    fn hostile_names_are_printable() {
+        let c = Culprit {
+            wait_ns: 1_000_000,
+            tid: 7,
+            tgid: 7,
+            pid: 7,
+            comm: comm("a\x1b[2Jb\n"),
+            process_comm: comm("c\x07d"),
+            ..Default::default()
+        };
+        let r = ran_instead(&Capture::default(), &c).expect("named");
+        assert_eq!((r.comm.as_str(), r.process.as_str()), ("a?[2Jb?", "c?d"));
     }
 }

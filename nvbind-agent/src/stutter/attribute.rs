@@ -72,18 +72,80 @@ pub struct ThreadEvidence {
     pub gpu_ioctl_ms: f64,
 }
 
-/// The task that had a thread's CPU while it waited (the one that kept it off longest).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Who had a thread's CPU while it waited: the task that held it longest in one stretch (`tid`,
+/// `pid`, `comm`, `cgroup`: their meanings as in report v2), and the process blamed for the wait
+/// (`process_pid`, `process`, …: the one whose tasks held the CPU longest, a young process's
+/// counted under its nearest ancestor that is not; see docs/stutter.md), that task's own process
+/// or an ancestor of it. Every name and command line in it is printable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RanInstead {
+    /// The task that held the CPU longest in one stretch during the wait: a thread of the process
+    /// blamed, or one of its young descendants.
     pub tid: u32,
-    /// Its process, when the kernel saw it (it may be a kernel thread or have exited).
+    /// That task's own process, when known (a preemptor that exited before the agent saw it is
+    /// not).
     pub pid: Option<u32>,
+    /// That task's name.
     pub comm: String,
-    /// Its cgroup (v2 path from /proc, else the cgroup id the kernel gave), when there is one.
+    /// That task's cgroup (v2 path from /proc, else the cgroup id the kernel gave), when there is
+    /// one.
     pub cgroup: Option<String>,
-    /// Run-queue wait attributed to this task: within the frame for the presenting thread; the
-    /// longest single wait for another thread.
+    /// Run-queue wait attributed to it: within the frame for the presenting thread; the longest
+    /// single wait for another thread.
     pub wait_ms: f64,
+    /// The process blamed: `pid`, or, when that process was young, its nearest ancestor that was
+    /// not. `null` when unknown.
+    #[serde(default)]
+    pub process_pid: Option<u32>,
+    /// Its name (its main thread's, after any `execve`): the kernel's, read at its longest
+    /// stretch in the wait, else /proc's; empty when neither is known.
+    #[serde(default)]
+    pub process: String,
+    /// Its command line, read from /proc while it ran (`null` for a kernel thread, or a process
+    /// gone before it was read).
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Its cgroup, read from /proc while it ran (`null` when it was gone first).
+    #[serde(default)]
+    pub process_cgroup: Option<String>,
+    /// Whether it is a kernel thread (`ksoftirqd`, `kworker`).
+    #[serde(default)]
+    pub kernel_thread: bool,
+    /// Whether some of its time was its children's: processes it started shortly before or
+    /// during the wait (a shell loop's commands, `make -j`'s compilers).
+    #[serde(default)]
+    pub children: bool,
+    /// How long its tasks held the CPU during that wait; `null` when the culprit was inferred
+    /// (the preemptor, or the task that ran last), not measured.
+    #[serde(default)]
+    pub held_ms: Option<f64>,
+}
+
+impl RanInstead {
+    /// Whether it may be named as the culprit: a kernel thread only when it really held the CPU
+    /// for at least half the wait charged to it (else it is just what ran last, or in between).
+    pub fn nameable(&self) -> bool {
+        !self.kernel_thread || self.held_ms.is_some_and(|held| 2.0 * held >= self.wait_ms)
+    }
+}
+
+/// Who a person would blame for a stutter: the process that kept the presenting thread off the
+/// CPU, or kept the game's own thread it waited for off the CPU (then `via` is that thread).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blame {
+    #[serde(flatten)]
+    pub who: RanInstead,
+    /// The game's thread between the presenting thread and the culprit, when there is one.
+    pub via: Option<ViaThread>,
+}
+
+/// The game's own thread the presenting thread was blocked on while it waited for a CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViaThread {
+    pub tid: u32,
+    pub comm: String,
+    /// How long it waited for a CPU over the busy threads' window.
+    pub runq_wait_ms: f64,
 }
 
 /// Another thread of the process over (about) the same interval.
@@ -95,6 +157,9 @@ pub struct BusyThread {
     pub runq_wait_ms: f64,
     pub blocked_ms: f64,
     pub blocked_in_gpu_ioctl_ms: f64,
+    /// Time the scheduler probes could not place (switches the kernel did not report).
+    #[serde(default)]
+    pub unseen_ms: f64,
     pub involuntary_switches: u64,
     pub migrations: u64,
     /// Who kept it waiting for a CPU longest, when that wait ended within the window.
@@ -149,12 +214,14 @@ pub struct Evidence {
     pub gpu: GpuEvidence,
 }
 
-/// A verdict, its confidence (0–1) and the sentence that explains it.
+/// A verdict, its confidence (0–1), the sentence that explains it, and who is to blame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub cause: Cause,
     pub confidence: f64,
     pub summary: String,
+    /// The process a person would blame (`cpu-contention` only), when one is known.
+    pub culprit: Option<Blame>,
 }
 
 /// VRAM use above which a GPU wait is put down to memory pressure.
@@ -198,6 +265,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
         // than judge it on the part that was seen.
         return Verdict {
             cause: Cause::Unknown,
+            culprit: None,
             confidence: round2((t.unseen_ms / excess).min(1.0)),
             summary: format!(
                 "{head}: the kernel did not report {} of {who}, so {:.1} ms of \
@@ -220,6 +288,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     if amount < MIN_SHARE_OF_EXCESS * excess {
         return Verdict {
             cause: Cause::Unknown,
+            culprit: None,
             confidence: round2(1.0 - amount / excess),
             summary: format!(
                 "{head}: the kernel's evidence does not explain it ({who} ran {:.1} ms, waited {:.1} \
@@ -238,6 +307,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     match dominant {
         None => Verdict {
             cause: Cause::Unknown,
+            culprit: None,
             confidence: direct_confidence,
             summary: format!(
                 "{head}: {who} was on a CPU for {:.1} ms, without contention or blocking: the \
@@ -246,9 +316,22 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
             ),
         },
         Some(Cause::CpuContention) => {
-            let instead = match &e.ran_instead {
-                Some(r) => format!(" while {} held its CPU", describe(r)),
-                None => String::new(),
+            let culprit = e
+                .ran_instead
+                .as_ref()
+                .filter(|r| r.nameable())
+                .map(|r| Blame {
+                    who: r.clone(),
+                    via: None,
+                });
+            let instead = match (&culprit, &e.ran_instead) {
+                (Some(b), _) => format!(" while {} held its CPU", describe(&b.who)),
+                (None, Some(r)) => format!(
+                    "; no task held its CPU for most of the wait (the kernel thread `{}` ran \
+                     last)",
+                    r.comm
+                ),
+                (None, None) => String::new(),
             };
             Verdict {
                 cause: Cause::CpuContention,
@@ -258,6 +341,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
                      migrations)",
                     t.runq_wait_ms, t.involuntary_switches, t.migrations
                 ),
+                culprit,
             }
         }
         Some(Cause::GpuDriverWait) => {
@@ -287,6 +371,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
             Verdict {
                 cause,
                 confidence: direct_confidence,
+                culprit: None,
                 summary: format!(
                     "{head}: {who} was blocked {:.1} ms inside GPU driver ioctls ({} call{}){why}",
                     t.blocked_in_gpu_ioctl_ms,
@@ -299,21 +384,56 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     }
 }
 
-/// "`comm` (tid N, pid P, cgroup C)".
+/// The culprit for a sentence: "`sh` (pid 812, `sh -c while …`, through the children it started
+/// (longest on the CPU: `tick`, pid 900), cgroup /)", "`vkcube` (pid 9096, thread `llvmpipe-0`
+/// tid 9098, cgroup /)", "the kernel thread `ksoftirqd/1` (pid 15)"; a process whose name is
+/// unknown is "an unnamed process (pid 40, thread `worker` tid 42)".
 fn describe(r: &RanInstead) -> String {
-    format!(
-        "`{}` (tid {}{}{})",
-        r.comm,
-        r.tid,
-        r.pid
-            .filter(|&p| p != r.tid)
-            .map(|p| format!(", pid {p}"))
-            .unwrap_or_default(),
-        r.cgroup
-            .as_ref()
-            .map(|c| format!(", cgroup {c}"))
-            .unwrap_or_default()
-    )
+    let id = r
+        .process_pid
+        .map_or(format!("tid {}", r.tid), |p| format!("pid {p}"));
+    if r.kernel_thread {
+        // A kernel thread is a process of one task: the task's name is the process's.
+        let name = if r.process.is_empty() {
+            &r.comm
+        } else {
+            &r.process
+        };
+        return format!("the kernel thread `{name}` ({id})");
+    }
+    let mut parts = vec![id];
+    let by_itself = r.process_pid.is_none() || r.pid == r.process_pid;
+    if r.children && !by_itself {
+        if let Some(cmdline) = r.cmdline.as_deref().filter(|c| !c.is_empty()) {
+            parts.push(format!("`{}`", shorten(cmdline, 60)));
+        }
+        parts.push(format!(
+            "through the children it started (longest on the CPU: `{}`{})",
+            r.comm,
+            r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+        ));
+    } else if r.process_pid.is_some_and(|p| p != r.tid) && !r.comm.is_empty() {
+        parts.push(format!("thread `{}` tid {}", r.comm, r.tid));
+    }
+    if let Some(c) = r.process_cgroup.as_ref().or(r.cgroup.as_ref()) {
+        parts.push(format!("cgroup {c}"));
+    }
+    let name = if r.process.is_empty() {
+        "an unnamed process".to_string()
+    } else {
+        format!("`{}`", r.process)
+    };
+    format!("{name} ({})", parts.join(", "))
+}
+
+/// `text` on one line (runs of whitespace as one space: a shell script's newlines), cut to `max`
+/// characters with an ellipsis when longer.
+fn shorten(text: &str, max: usize) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
 }
 
 /// The presenting thread slept outside the GPU driver. If it was waiting for another thread of
@@ -336,26 +456,63 @@ fn blocked_verdict(head: &str, who: &str, excess: f64, confidence: f64, e: &Evid
                 .total_cmp(&b.blocked_in_gpu_ioctl_ms)
         });
     if let Some(b) = starved {
+        // The chain: the presenting thread waited for the game's thread, which waited behind the
+        // culprit; that culprit is the stutter's, not whoever briefly held the presenting
+        // thread's own CPU.
+        let culprit = b
+            .waited_behind
+            .as_ref()
+            .filter(|r| r.nameable())
+            .map(|r| Blame {
+                who: r.clone(),
+                via: Some(ViaThread {
+                    tid: b.tid,
+                    comm: b.comm.clone(),
+                    runq_wait_ms: b.runq_wait_ms,
+                }),
+            });
         return Verdict {
             cause: Cause::CpuContention,
             confidence: round2(confidence * INDIRECT),
             summary: format!(
-                "{head}: {who} was blocked {:.1} ms, while the game's thread `{}` (tid {}) waited \
-                 {:.1} ms for a CPU{}",
+                "{head}: {who} was blocked {:.1} ms waiting for the game's thread `{}` (tid {}), \
+                 which waited {:.1} ms for a CPU{}",
                 t.blocked_ms,
                 b.comm,
                 b.tid,
                 b.runq_wait_ms,
-                b.waited_behind
+                culprit
                     .as_ref()
-                    .map(|r| format!(", behind {}", describe(r)))
+                    .map(|c| format!(" behind {}", describe(&c.who)))
                     .unwrap_or_default()
             ),
+            culprit,
         };
+    }
+    let unreported = e
+        .busy_threads
+        .iter()
+        .filter(|b| b.unseen_ms >= threshold)
+        .max_by(|a, b| a.unseen_ms.total_cmp(&b.unseen_ms));
+    if in_driver.is_none() {
+        if let Some(b) = unreported {
+            // The thread it waited for may have been starved or stuck, but the kernel did not say.
+            return Verdict {
+                cause: Cause::Unknown,
+                culprit: None,
+                confidence: round2(confidence * INDIRECT),
+                summary: format!(
+                    "{head}: {who} was blocked {:.1} ms, while the kernel did not report {:.1} ms \
+                     of the game's thread `{}` (tid {}): what held it up cannot be told",
+                    t.blocked_ms, b.unseen_ms, b.comm, b.tid
+                ),
+            };
+        }
     }
     if let Some(b) = in_driver {
         return Verdict {
             cause: Cause::GpuDriverWait,
+            culprit: None,
             confidence: round2(confidence * INDIRECT),
             summary: format!(
                 "{head}: {who} was blocked {:.1} ms, while the game's thread `{}` (tid {}) was \
@@ -374,6 +531,7 @@ fn blocked_verdict(head: &str, who: &str, excess: f64, confidence: f64, e: &Evid
     };
     Verdict {
         cause: Cause::Blocked,
+        culprit: None,
         confidence,
         summary: format!(
             "{head}: {who} was blocked {:.1} ms outside the GPU driver (longest single wait {:.1} \
@@ -402,8 +560,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_long_run_queue_wait_is_contention_and_names_who_ran() {
+    fn process(pid: u32, comm: &str, wait_ms: f64) -> RanInstead {
+        RanInstead {
+            tid: pid,
+            pid: Some(pid),
+            comm: comm.into(),
+            wait_ms,
+            process_pid: Some(pid),
+            process: comm.into(),
+            held_ms: Some(wait_ms),
+            ..Default::default()
+        }
+    }
+
+    fn contention(ran_instead: RanInstead) -> Evidence {
         let mut e = evidence(ThreadEvidence {
             on_cpu_ms: 4.0,
             runq_wait_ms: 80.0,
@@ -413,20 +583,100 @@ mod tests {
             involuntary_switches: 1,
             ..Default::default()
         });
-        e.ran_instead = Some(RanInstead {
-            tid: 812,
-            pid: Some(812),
-            comm: "shader-compiler".into(),
+        e.ran_instead = Some(ran_instead);
+        e
+    }
+
+    #[test]
+    fn a_long_run_queue_wait_is_contention_and_names_who_ran() {
+        let e = contention(RanInstead {
             cgroup: Some("/user.slice".into()),
-            wait_ms: 80.0,
+            ..process(812, "shader-compiler", 80.0)
         });
         let v = attribute(4210, 96.0, 16.7, &e);
         assert_eq!(v.cause, Cause::CpuContention);
         assert!(v.confidence > 0.8, "{v:?}");
         assert!(v
             .summary
-            .contains("`shader-compiler` (tid 812, cgroup /user.slice)"));
+            .contains("`shader-compiler` (pid 812, cgroup /user.slice)"));
         assert!(v.summary.starts_with("frame 4210 took 96.0 ms"));
+        let culprit = v.culprit.expect("a culprit");
+        assert_eq!((culprit.who.process_pid, culprit.via), (Some(812), None));
+    }
+
+    #[test]
+    fn a_process_working_through_children_is_named_with_its_command_line() {
+        let e = contention(RanInstead {
+            cmdline: Some(format!("sh -c while :;\n  do {}; done", "x".repeat(80))),
+            children: true,
+            tid: 900,
+            pid: Some(900),
+            comm: "tick".into(),
+            ..process(812, "sh", 80.0)
+        });
+        let v = attribute(1, 96.0, 16.7, &e);
+        assert!(
+            v.summary.contains(
+                "while `sh` (pid 812, `sh -c while :; do xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…`, \
+                 through the children it started (longest on the CPU: `tick`, pid 900)) held its CPU"
+            ),
+            "{}",
+            v.summary
+        );
+        // A thread of the process itself is a thread, not a child.
+        let e = contention(RanInstead {
+            tid: 9098,
+            comm: "llvmpipe-0".into(),
+            ..process(9096, "vkcube", 80.0)
+        });
+        let v = attribute(1, 96.0, 16.7, &e);
+        assert!(
+            v.summary
+                .contains("`vkcube` (pid 9096, thread `llvmpipe-0` tid 9098)"),
+            "{}",
+            v.summary
+        );
+        // A process whose name is not known is not named after its thread.
+        let e = contention(RanInstead {
+            tid: 9098,
+            comm: "llvmpipe-0".into(),
+            process: String::new(),
+            ..process(9096, "vkcube", 80.0)
+        });
+        let v = attribute(1, 96.0, 16.7, &e);
+        assert!(
+            v.summary
+                .contains("while an unnamed process (pid 9096, thread `llvmpipe-0` tid 9098)"),
+            "{}",
+            v.summary
+        );
+    }
+
+    #[test]
+    fn a_kernel_thread_is_named_only_when_it_held_the_cpu_for_the_wait() {
+        let kthread = RanInstead {
+            kernel_thread: true,
+            ..process(15, "ksoftirqd/1", 80.0)
+        };
+        let v = attribute(1, 96.0, 16.7, &contention(kthread.clone()));
+        assert!(v.culprit.is_some());
+        assert!(v
+            .summary
+            .contains("the kernel thread `ksoftirqd/1` (pid 15)"));
+        for held_ms in [None, Some(1.0)] {
+            let v = attribute(
+                1,
+                96.0,
+                16.7,
+                &contention(RanInstead {
+                    held_ms,
+                    ..kthread.clone()
+                }),
+            );
+            assert_eq!(v.cause, Cause::CpuContention);
+            assert!(v.culprit.is_none(), "{v:?}");
+            assert!(v.summary.contains("no task held its CPU"), "{}", v.summary);
+        }
     }
 
     #[test]
@@ -482,21 +732,30 @@ mod tests {
             runq_wait_ms: 55.0,
             blocked_ms: 0.0,
             blocked_in_gpu_ioctl_ms: 0.0,
+            unseen_ms: 0.0,
             involuntary_switches: 2,
             migrations: 0,
-            waited_behind: Some(RanInstead {
-                tid: 40,
-                pid: None,
-                comm: "kworker/1:1".into(),
-                cgroup: None,
-                wait_ms: 50.0,
-            }),
+            waited_behind: Some(process(4242, "make", 50.0)),
         });
         let v = attribute(1, 76.0, 16.7, &e);
         assert_eq!(v.cause, Cause::CpuContention);
         assert!(v.confidence < direct.confidence);
-        assert!(v.summary.contains("`main` (tid 9)"));
-        assert!(v.summary.contains("behind `kworker/1:1` (tid 40)"));
+        assert!(
+            v.summary.contains(
+                "blocked 70.0 ms waiting for the game's thread `main` (tid 9), which waited 55.0 \
+                 ms for a CPU behind `make` (pid 4242)"
+            ),
+            "{}",
+            v.summary
+        );
+        // The headline culprit is the worker's, through the worker, whoever briefly held the
+        // presenting thread's own CPU.
+        e.ran_instead = Some(process(700, "Xvfb", 0.9));
+        let culprit = attribute(1, 76.0, 16.7, &e).culprit.expect("a culprit");
+        assert_eq!(
+            (culprit.who.process.as_str(), culprit.via.map(|v| v.tid)),
+            ("make", Some(9))
+        );
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! per frame), and in `TRUTH.rusage` the kernel's own counts (getrusage) for the frame thread
 //! and the whole process (see [`nvbind_tests::GameRusage`]).
 //!
+//! With `--submit-cpu N` every frame waits for a `submit` thread pinned to CPU N (a renderer's
+//! submit thread): a competitor on that CPU stalls the frame through it.
+//!
 //! Stalls come in three kinds, each a different cause for nvbind to find:
 //! - `sleep`: the frame thread sleeps (a `blocked` stutter);
 //! - `lock`: the frame thread waits on a mutex a `loader` thread holds while it sleeps (`blocked`);
@@ -58,6 +61,14 @@ struct Args {
     /// Pin the frame thread to this CPU.
     #[arg(long)]
     pin_cpu: Option<usize>,
+    /// Each frame, hand a submission to a `submit` thread pinned to this CPU and wait until it is
+    /// done (a renderer's submit thread): whatever keeps that thread off its CPU stalls the frame
+    /// through it.
+    #[arg(long)]
+    submit_cpu: Option<usize>,
+    /// The `submit` thread's busy work per frame, in milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    submit_ms: f64,
     /// Present from a thread created after startup instead of the main thread.
     #[arg(long)]
     render_thread: bool,
@@ -214,6 +225,47 @@ impl LockStaller {
     }
 }
 
+/// A `submit` thread on its own CPU that does each frame's submission while the frame thread
+/// waits for it.
+struct Submitter {
+    requests: mpsc::Sender<()>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Submitter {
+    fn start(cpu: usize, work_ms: f64) -> Result<Submitter> {
+        let (requests, incoming) = mpsc::channel::<()>();
+        let (done_tx, done) = mpsc::channel();
+        let (ready_tx, ready) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("submit".into())
+            .spawn(move || {
+                let pinned = pin_to_cpu(cpu).map_err(|e| format!("{e:#}"));
+                let ok = pinned.is_ok();
+                if ready_tx.send(pinned).is_err() || !ok {
+                    return;
+                }
+                while incoming.recv().is_ok() {
+                    spin(work_ms);
+                    if done_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the submit thread")?;
+        ready
+            .recv()
+            .context("submit thread gone")?
+            .map_err(|e| anyhow::anyhow!("cannot pin the submit thread to CPU {cpu}: {e}"))?;
+        Ok(Submitter { requests, done })
+    }
+
+    fn submit(&self) -> Result<()> {
+        self.requests.send(()).context("submit thread gone")?;
+        self.done.recv().context("submit thread gone")
+    }
+}
+
 /// What the frame loop saw: each present's [before, after] clock reads, and the frame thread's
 /// getrusage at the end (its whole life) and over the loop alone.
 struct FrameLoop {
@@ -282,6 +334,10 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
         StallKind::Kvm => Some(kvm_stall::KvmStaller::new()?),
         _ => None,
     };
+    let submitter = match args.submit_cpu {
+        Some(cpu) => Some(Submitter::start(cpu, args.submit_ms)?),
+        None => None,
+    };
     let egl = Egl::open()?;
     eprintln!(
         "synthetic-game: presenting {} frames through eglSwapBuffers ({})",
@@ -308,6 +364,9 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
                 (_, Some(k)) => k.stall(stall)?,
                 _ => std::thread::sleep(stall),
             }
+        }
+        if let Some(s) = &submitter {
+            s.submit()?;
         }
         sleep_until(next);
         let before = monotonic_ns();

@@ -12,14 +12,15 @@ use std::{
 
 use anyhow::{Context, Result};
 use nvbind_common::{process_tracked, Culprit};
+use procfs::FromRead;
 
 use self::scan::{LastScan, SCAN_INTERVAL};
 use super::snapshots::ThreadSnapshots;
 use crate::{
     clock::monotonic_ns,
-    frames::{Capture, DisplayRecord, Frame, ProcessRecord},
+    frames::{Capture, CulpritProcess, DisplayRecord, Frame, ProcessRecord},
     gpu,
-    identity::ProcessIdentity,
+    identity::{printable, printable_within, read_bounded, ProcessIdentity},
     probes::{comm_str, libraries, Event, Probes},
     stutter::{Detector, DetectorConfig},
     target,
@@ -32,6 +33,16 @@ const PRESENTING_RECENTLY_NS: u64 = 2_000_000_000;
 const MAX_SNAPSHOT_THREADS: usize = 256;
 /// Run-queue waits shorter than this are not worth naming a culprit's cgroup for.
 const CULPRIT_CGROUP_MIN_WAIT_NS: u64 = 1_000_000;
+/// A culprit process's /proc entries are read again at most this often: the kernel naming it
+/// otherwise than /proc did means it exec'd, but a process that renames itself (`prctl`) in a
+/// loop must not make the agent read /proc at every present.
+const CULPRIT_REREAD_NS: u64 = 1_000_000_000;
+/// How much of a culprit's /proc/PID/stat is read (a few hundred bytes: numbers and a name the
+/// kernel cuts to 15 bytes).
+const CULPRIT_STAT_MAX_BYTES: u64 = 4096;
+/// How much of a culprit's command line is read and kept: enough to tell a shell loop or a build
+/// by it, while any process can make its own as large as it likes.
+const CULPRIT_CMDLINE_MAX_BYTES: usize = 4096;
 
 /// Tracked processes, their frames and the evidence around their stutters, kept up to date by
 /// [`Tracker::step`]. `record` runs one for a bounded capture; the daemon runs one for ever and
@@ -57,6 +68,8 @@ pub struct Tracker {
     /// Processes whose open files were already searched for a GPU node (once, after their first
     /// frame: a process that presents has its GPU open by then).
     gpu_searched: HashSet<u32>,
+    /// When each culprit process's /proc entries were last read (monotonic ns), by pid.
+    culprit_reads: HashMap<u32, u64>,
     last_scan: Instant,
 }
 
@@ -91,6 +104,7 @@ impl Tracker {
                 })
                 .collect(),
             gpu_searched: HashSet::new(),
+            culprit_reads: HashMap::new(),
             last_scan: Instant::now(),
         }
     }
@@ -317,8 +331,9 @@ impl Tracker {
         }
     }
 
-    /// Remembers the cgroup and process of a task that kept a tracked thread waiting, while it
-    /// still exists.
+    /// Remembers the cgroup and process of a task that kept a tracked thread waiting, and what
+    /// the process blamed is (name, command line, parent, cgroup), while they still exist: a
+    /// shell loop's children and a build's compilers are gone by the end of the capture.
     fn note_culprit(&mut self, c: &Culprit) {
         if c.tid == 0 || c.wait_ns < CULPRIT_CGROUP_MIN_WAIT_NS {
             return;
@@ -339,6 +354,26 @@ impl Tracker {
                 .or_else(|| (c.cgroup_id != 0).then(|| format!("cgroup id {}", c.cgroup_id)));
             if let Some(cgroup) = cgroup {
                 slot.insert(cgroup);
+            }
+        }
+        let pid = match c.pid {
+            0 => self.capture.culprit_pids.get(&c.tid).copied(),
+            pid => Some(pid),
+        };
+        let Some(pid) = pid else {
+            return;
+        };
+        let now = monotonic_ns();
+        let due = culprit_read_due(
+            self.capture.culprit_processes.get(&pid),
+            &printable(&comm_str(&c.process_comm)),
+            self.culprit_reads.get(&pid).copied(),
+            now,
+        );
+        if due {
+            self.culprit_reads.insert(pid, now);
+            if let Some(p) = read_culprit_process(pid) {
+                self.capture.culprit_processes.insert(pid, p);
             }
         }
     }
@@ -423,6 +458,65 @@ impl Tracker {
     }
 }
 
+/// `PF_KTHREAD` in /proc/PID/stat's flags: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Whether a culprit process's /proc entries are to be read now (`now`, monotonic ns): it was
+/// never read (`known` is `None`: first seen, or gone at the last try), or the kernel names it
+/// `named`, otherwise than /proc did (it exec'd since); and not within `CULPRIT_REREAD_NS` of the
+/// last read (`last_read`).
+fn culprit_read_due(
+    known: Option<&CulpritProcess>,
+    named: &str,
+    last_read: Option<u64>,
+    now: u64,
+) -> bool {
+    let stale = known.is_none_or(|p| !named.is_empty() && p.comm != named);
+    stale && last_read.is_none_or(|at| now.saturating_sub(at) >= CULPRIT_REREAD_NS)
+}
+
+/// What /proc says of a process blamed for a wait; `None` once it is gone. Any process on the
+/// host can be one, so everything is read bounded and kept printable: it goes into reports and
+/// the verdicts' sentences.
+fn read_culprit_process(pid: u32) -> Option<CulpritProcess> {
+    let stat = read_bounded(&format!("/proc/{pid}/stat"), CULPRIT_STAT_MAX_BYTES)?;
+    let stat = procfs::process::Stat::from_read(stat.as_slice()).ok()?;
+    let kernel_thread = stat.flags & PF_KTHREAD != 0;
+    Some(CulpritProcess {
+        comm: printable(&stat.comm),
+        // A kernel thread has none; a process that exited meanwhile neither.
+        cmdline: read_bounded(
+            &format!("/proc/{pid}/cmdline"),
+            CULPRIT_CMDLINE_MAX_BYTES as u64,
+        )
+        .map(|raw| command_line(&raw))
+        .unwrap_or_default(),
+        ppid: stat.ppid as u32,
+        kernel_thread,
+        cgroup: target::cgroup_of(pid),
+    })
+}
+
+/// A /proc/PID/cmdline (arguments separated by NULs) as one printable line: the words joined by
+/// spaces, a word's own line breaks and tabs (a shell script given with `-c`) as spaces, any
+/// other control character (an escape sequence meant for a terminal) as `?`, cut to
+/// `CULPRIT_CMDLINE_MAX_BYTES`.
+fn command_line(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut words: Vec<&str> = text.split('\0').collect();
+    // The NUL after the last argument, and what a program that rewrites its command line in
+    // place (Wine, `setproctitle`) leaves as empty arguments.
+    while words.last().is_some_and(|w| w.is_empty()) {
+        words.pop();
+    }
+    let line: String = words
+        .join(" ")
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .collect();
+    printable_within(&line, CULPRIT_CMDLINE_MAX_BYTES)
+}
+
 /// Re-reads a process's name, binary, command line and parent from /proc.
 fn refresh_identity(record: &mut ProcessRecord) {
     let Ok(proc) = procfs::process::Process::new(record.pid as i32) else {
@@ -477,4 +571,69 @@ fn refresh_identity(record: &mut ProcessRecord) {
         log::log!(level, "pid {} is {}{wine}", record.pid, identity.name);
     }
     record.identity = identity;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_command_line_comes_out_printable_on_one_line() {
+        let raw = b"sh\0-c\0while :;\n\tdo tick; done\x1b]0;owned\x07\r\0\0\0";
+        let line = command_line(raw);
+        assert_eq!(line, "sh -c while :;  do tick; done?]0;owned? ");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+
+    #[test]
+    fn an_over_long_command_line_is_cut_at_the_cap() {
+        let mut raw = b"cc1\0".to_vec();
+        raw.extend(std::iter::repeat_n(b'x', 3 * CULPRIT_CMDLINE_MAX_BYTES));
+        let line = command_line(&raw);
+        assert_eq!(line.len(), CULPRIT_CMDLINE_MAX_BYTES);
+        assert!(line.starts_with("cc1 xxx"));
+        // A cut never splits a character, and bytes that are not UTF-8 are replaced.
+        let mut raw = vec![b'a'; CULPRIT_CMDLINE_MAX_BYTES - 1];
+        raw.extend("é\u{ff}".as_bytes());
+        raw.push(0xff);
+        let line = command_line(&raw);
+        assert_eq!(line.len(), CULPRIT_CMDLINE_MAX_BYTES - 1);
+        assert!(line.chars().all(|c| c == 'a'));
+    }
+
+    #[test]
+    fn a_culprit_is_read_at_first_sight_and_again_at_most_once_a_second() {
+        let known = CulpritProcess {
+            comm: "chrt".into(),
+            ..Default::default()
+        };
+        let second = CULPRIT_REREAD_NS;
+        assert!(culprit_read_due(None, "sh", None, 5));
+        // Gone at the last try: tried again only a second later.
+        assert!(!culprit_read_due(None, "sh", Some(5), 5 + second - 1));
+        assert!(culprit_read_due(None, "sh", Some(5), 5 + second));
+        // The kernel's name is /proc's, or unknown: never read again.
+        assert!(!culprit_read_due(
+            Some(&known),
+            "chrt",
+            Some(5),
+            10 * second
+        ));
+        assert!(!culprit_read_due(Some(&known), "", Some(5), 10 * second));
+        // Renamed (an exec, or prctl in a loop): once a second.
+        assert!(!culprit_read_due(
+            Some(&known),
+            "sh",
+            Some(5),
+            5 + second / 2
+        ));
+        assert!(culprit_read_due(Some(&known), "sh", Some(5), 5 + second));
+    }
+
+    #[test]
+    fn a_culprit_process_is_read_from_proc() {
+        let me = read_culprit_process(std::process::id()).expect("this process");
+        assert!(!me.kernel_thread && !me.comm.is_empty(), "{me:?}");
+        assert!(me.ppid != 0 && !me.cmdline.is_empty(), "{me:?}");
+    }
 }

@@ -70,6 +70,7 @@ impl Tracker {
             stutter: self.capture.stutter,
             culprit_cgroups: self.capture.culprit_cgroups.clone(),
             culprit_pids: self.capture.culprit_pids.clone(),
+            culprit_processes: self.capture.culprit_processes.clone(),
             thread_names: self
                 .capture
                 .thread_names
@@ -121,6 +122,8 @@ impl Tracker {
             // while someone is tracked.
             self.capture.culprit_cgroups.clear();
             self.capture.culprit_pids.clear();
+            self.capture.culprit_processes.clear();
+            self.culprit_reads.clear();
         }
         record
     }
