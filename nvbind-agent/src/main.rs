@@ -33,25 +33,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr. The daemon logs `info` by default; under systemd (`JOURNAL_STREAM` set) each
-/// line starts with its syslog priority (`<3>` error .. `<7>` debug), which journald reads as the
-/// entry's level and strips, and carries no timestamp (the journal adds its own).
+/// Logs to stderr, one line per message: `[LEVEL target] message`. The daemon logs `info` by
+/// default; under systemd (`JOURNAL_STREAM` set) each line starts with its syslog priority (`<3>`
+/// error .. `<7>` debug), which journald reads as the entry's level and strips, and carries no
+/// timestamp (the journal adds its own). Messages carry names any user can choose (a process's
+/// comm, an executable's path): their control characters are escaped, so a name cannot start a
+/// forged line (at emergency priority) or drive the terminal of whoever reads the log.
 fn init_logging(daemon: bool) {
     use std::io::Write;
     let default = if daemon { "info" } else { "warn" };
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
-    builder.format_timestamp(None);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.format(|out, record| {
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    builder.format(move |out, record| {
+        let message = record.args().to_string();
+        let message = nvbind_agent::identity::escape_controls(&message);
+        if journal {
             let priority = match record.level() {
                 log::Level::Error => 3,
                 log::Level::Warn => 4,
                 log::Level::Info => 6,
                 log::Level::Debug | log::Level::Trace => 7,
             };
-            writeln!(out, "<{priority}>{}", record.args())
-        });
-    }
+            writeln!(out, "<{priority}>{message}")
+        } else {
+            writeln!(out, "[{:<5} {}] {message}", record.level(), record.target())
+        }
+    });
     builder.init();
 }

@@ -48,12 +48,30 @@ pub enum TargetError {
     },
 }
 
-/// Whether a process exists and is not a zombie.
+/// Whether a process exists and is not a zombie. Only the kernel's word that it is gone counts:
+/// when /proc cannot be read for another reason (out of fds or memory, which a hostile user can
+/// cause), the process is taken as alive, never as exited (its kernel exit event still ends it).
 pub fn is_alive(pid: u32) -> bool {
-    match procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) {
-        Ok(stat) => !matches!(stat.state, 'Z' | 'X' | 'x'),
-        Err(_) => false,
+    let Ok(pid_t) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    if unsafe { libc::kill(pid_t, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return false;
     }
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(process_state(&stat), Some(b'Z' | b'X' | b'x')),
+        Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)),
+    }
+}
+
+/// The state letter of a /proc/PID/stat line (after the command name, which may hold spaces and
+/// parentheses).
+fn process_state(stat: &[u8]) -> Option<u8> {
+    let after_name = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(after_name + 2).copied()
 }
 
 /// How much of /proc/TID/cgroup is read: a path per hierarchy, and a user with a delegated
@@ -327,6 +345,60 @@ impl Drop for Launched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_kernel_saying_so_makes_a_process_dead() {
+        assert_eq!(process_state(b"42 (a) b) c) S 1 2"), Some(b'S'));
+        assert_eq!(process_state(b"42 (x"), None);
+        assert!(is_alive(std::process::id()));
+        assert!(!is_alive(3_999_999), "no such pid");
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while is_alive(child.id()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!is_alive(child.id()), "a zombie is not alive");
+        child.wait().expect("reap");
+
+        // Out of fds: this test again, in a process of its own whose fd table it fills.
+        const CHILD: &str = "NVBIND_TEST_IS_ALIVE_WITHOUT_FDS";
+        if std::env::var_os(CHILD).is_some() {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            // SAFETY: setrlimit reads a valid rlimit.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+            let mut hold = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                hold.push(f);
+            }
+            assert_eq!(
+                std::fs::File::open("/dev/null")
+                    .map_err(|e| e.raw_os_error())
+                    .err(),
+                Some(Some(libc::EMFILE))
+            );
+            assert!(is_alive(1), "EMFILE is not the process's death");
+            assert!(!is_alive(3_999_999), "the kernel still says what is gone");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "target::tests::only_the_kernel_saying_so_makes_a_process_dead",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the test in a process of its own");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     #[test]
     fn resolves_programs_like_execvp() {

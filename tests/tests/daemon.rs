@@ -66,7 +66,14 @@ impl Daemon {
     }
 
     fn start_with(api: &str, port: u16, extra: &str) -> Daemon {
+        Daemon::start_prepared(api, port, extra, |_| {})
+    }
+
+    /// As `start_with`, with `prepare` called on the reports directory's path first (it does not
+    /// exist yet).
+    fn start_prepared(api: &str, port: u16, extra: &str, prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(&dir.path().join("reports"));
         let config = format!(
             "{api}socket = \"{}\"\n\n{extra}\n",
             dir.path().join("agent.sock").display()
@@ -1176,6 +1183,29 @@ fn bad_configuration_is_refused_with_the_line_and_nothing_starts() {
 }
 
 #[test]
+fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    let socket = daemon.socket().display().to_string();
+    let other = tempfile::tempdir().expect("tempdir");
+    let out = agent(&[
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--socket",
+        &socket,
+        "--reports-dir",
+        &other.path().join("reports").display().to_string(),
+    ]);
+    assert_one_line_error(&out, &["another nvbind daemon", &socket, "--socket"]);
+    // The first daemon's socket is still there and still answers.
+    let (status, body) = curl(&["--unix-socket", &socket, "http://localhost/api/processes"]);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = curl(&[&daemon.url("/api/processes")]);
+    assert_eq!(status, 200);
+}
+
+#[test]
 fn fixture_gpus_are_served_and_binding_is_on_the_root_only_socket() {
     require_root();
     let _one = serial();
@@ -1520,6 +1550,159 @@ fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame
     );
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
+}
+
+#[test]
+fn reports_are_readable_by_root_and_the_reports_group_only_and_debris_is_swept() {
+    require_root();
+    let _one = serial();
+    // Debris a daemon killed mid-write leaves: a temporary report of a dead writer (pid 3999999
+    // is above pid_max's default), a per-frame log whose report is gone (an hour old), and what
+    // must stay: a live writer's temporary file (this test's pid), a fresh orphan (a session
+    // being written has its logs before its report's name) and a file that is not ours.
+    let dead_temp = ".2026-01-01T00-00-00.000Z-old-1.json.tmp-3999999-0";
+    let live_temp = format!(
+        ".2026-01-01T00-00-00.000Z-old-2.json.tmp-{}-0",
+        std::process::id()
+    );
+    let old_orphan = "2026-01-01T00-00-00.000Z-old-3.frames.csv";
+    let new_orphan = "2026-01-01T00-00-00.000Z-old-4.frames.csv";
+    let port = free_port();
+    let daemon = Daemon::start_prepared(
+        &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+        port,
+        // `games` (gid 60) is a group every Debian system has; the default, `nvbind`, is created
+        // by the package.
+        "[reports]\ngroup = \"games\"\nkeep = 50\n",
+        |reports| {
+            fs::create_dir(reports).expect("reports dir");
+            fs::set_permissions(reports, fs::Permissions::from_mode(0o755)).expect("chmod");
+            for name in [
+                dead_temp,
+                live_temp.as_str(),
+                old_orphan,
+                new_orphan,
+                "notes.txt",
+            ] {
+                fs::write(reports.join(name), "x").expect("plant");
+            }
+            let touched = Command::new("touch")
+                .args(["-d", "1 hour ago"])
+                .arg(reports.join(old_orphan))
+                .status()
+                .expect("touch");
+            assert!(touched.success());
+        },
+    );
+    let reports = daemon.reports();
+    let present = |name: &str| reports.join(name).exists();
+    // Swept at start, before the daemon serves.
+    assert!(
+        !present(dead_temp),
+        "a dead writer's temporary file is removed at start"
+    );
+    assert!(present(&live_temp), "a live writer's temporary file stays");
+    assert!(present("notes.txt"), "a file that is not a session's stays");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut game = start_game(work.path(), 30, 5.0);
+    let pid = game.pid;
+    game.wait_exit();
+    let (report, _) = daemon.wait_for_report(pid);
+    // Pruning, after each session, removes old orphans only.
+    assert!(
+        !present(old_orphan),
+        "an hour-old log without its report is removed: {}",
+        daemon.log()
+    );
+    assert!(
+        present(new_orphan),
+        "a fresh log without its report stays (its report may be on its way)"
+    );
+    assert!(present(&live_temp));
+
+    let dir_meta = fs::metadata(&reports).expect("reports dir");
+    assert_eq!(
+        dir_meta.permissions().mode() & 0o7777,
+        0o2750,
+        "root's, setgid, group-readable"
+    );
+    assert_eq!((dir_meta.uid(), dir_meta.gid()), (0, 60));
+    let stem = report
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("stem")
+        .to_string();
+    let session_files: Vec<PathBuf> = fs::read_dir(&reports)
+        .expect("list")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&stem))
+        })
+        .collect();
+    assert!(
+        session_files.len() >= 4,
+        "the report and its three logs: {session_files:?}"
+    );
+    for file in &session_files {
+        let meta = fs::symlink_metadata(file).expect("session file");
+        assert_eq!(
+            (meta.permissions().mode() & 0o777, meta.uid(), meta.gid()),
+            (0o640, 0, 60),
+            "{} is root's and the reports group's, unreadable by others",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn a_hostile_process_name_cannot_forge_log_lines_or_drive_a_terminal() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    // Any user can name an executable so: a newline then `<0>` would be a journal entry at
+    // emergency priority, and ESC sequences would drive the terminal of whoever reads the log.
+    let work = tempfile::tempdir().expect("tempdir");
+    let hostile = work.path().join("g\n<0>forged\x1b[2J");
+    fs::copy(game_bin(), &hostile).expect("copy the game");
+    let mut game = Game::new(
+        Command::new(&hostile)
+            .args(["--frames", "30", "--interval-ms", "5", "--truth"])
+            .arg(work.path().join("truth.txt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the game"),
+    );
+    let pid = game.pid;
+    game.wait_exit();
+    let (report, _) = daemon.wait_for_report(pid);
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("tracking pid {pid} (")),
+        "the daemon logged the game: {log}"
+    );
+    assert!(
+        log.contains("g\\n<0>forged\\u{1b}[2J"),
+        "its name is in the log, escaped: {log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("<0>")) && !log.contains('\x1b'),
+        "no line of the log is the name's: {log}"
+    );
+    let out = agent(&["report", &report.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.stdout.contains(&0x1b),
+        "`report` prints no escape sequence: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

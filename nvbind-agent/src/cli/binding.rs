@@ -75,7 +75,10 @@ pub(super) fn list(json: bool, bpffs: &BpffsArg) -> Result<u8> {
     if json {
         println!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
-        print!("{}", binding::render_list(&listed));
+        print!(
+            "{}",
+            crate::identity::terminal_safe(&binding::render_list(&listed))
+        );
     }
     Ok(0)
 }

@@ -13,7 +13,10 @@ pub(super) fn list(json: bool, roots: &RootArgs) -> Result<u8> {
     if json {
         println!("{}", serde_json::to_string_pretty(&listing)?);
     } else {
-        print!("{}", gpu::show::render(&listing));
+        print!(
+            "{}",
+            crate::identity::terminal_safe(&gpu::show::render(&listing))
+        );
     }
     Ok(0)
 }

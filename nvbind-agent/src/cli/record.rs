@@ -101,8 +101,12 @@ fn check_writable(outputs: &Outputs) -> Result<()> {
 /// One line per process with frames (and per display it drove), the capture's notes, and where
 /// the report went; on stderr, so stdout stays free.
 fn print_summary(report: &Report, out: &Path) {
+    use std::fmt::Write;
+    // Built whole, then printed terminal-safe: names are whatever the processes called themselves.
+    let mut text = String::new();
     for p in report.processes.iter().filter(|p| p.frames.count > 0) {
-        eprintln!(
+        let _ = writeln!(
+            text,
             "{} (pid {}): {} frames from {}, {:.1} fps average, p99 frame time {:.2} ms, {} stutters",
             p.comm,
             p.pid,
@@ -115,7 +119,13 @@ fn print_summary(report: &Report, out: &Path) {
     }
     for p in &report.processes {
         if let Some(d) = &p.frames.display {
-            eprintln!("{} (pid {}): {}", p.comm, p.pid, report::display_line(d));
+            let _ = writeln!(
+                text,
+                "{} (pid {}): {}",
+                p.comm,
+                p.pid,
+                report::display_line(d)
+            );
         }
     }
     if report
@@ -123,10 +133,14 @@ fn print_summary(report: &Report, out: &Path) {
         .iter()
         .all(|p| p.frames.count == 0 && p.frames.display.is_none())
     {
-        eprintln!("no frames were captured (see capture.notes and capture.sources in the report)");
+        let _ = writeln!(
+            text,
+            "no frames were captured (see capture.notes and capture.sources in the report)"
+        );
     }
     for note in &report.capture.notes {
-        eprintln!("note: {note}");
+        let _ = writeln!(text, "note: {note}");
     }
-    eprintln!("report written to {}", out.display());
+    let _ = writeln!(text, "report written to {}", out.display());
+    eprint!("{}", crate::identity::terminal_safe(&text));
 }

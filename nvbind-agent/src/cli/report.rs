@@ -40,7 +40,11 @@ pub(super) fn show(args: ReportArgs) -> Result<u8> {
             svg_path.display()
         );
     }
-    print!("{}", report::render_summary(&report, args.worst));
+    // A report file is anyone's text: printed terminal-safe.
+    print!(
+        "{}",
+        crate::identity::terminal_safe(&report::render_summary(&report, args.worst))
+    );
     Ok(0)
 }
 

@@ -91,6 +91,10 @@ pub struct ReportsConfig {
     /// A session that reaches this many frames is written and continues as a new part, so the
     /// agent's memory stays bounded however long a game runs.
     pub max_session_frames: usize,
+    /// The group that may read the reports (the directory is root's, mode 2750, and its files
+    /// 0640): a gamer joins it to read their sessions. Empty, or a group that does not exist:
+    /// root only.
+    pub group: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +180,7 @@ impl Default for ReportsConfig {
             min_frames: 2,
             exports: vec![Export::Frames, Export::Mangohud, Export::Presentmon],
             max_session_frames: 500_000,
+            group: "nvbind".into(),
         }
     }
 }
@@ -276,6 +281,23 @@ impl Config {
         }
         if self.reports.dir.as_os_str().is_empty() {
             return Err("reports.dir must not be empty".into());
+        }
+        if !self.reports.dir.is_absolute() {
+            // Relative to what? The daemon's working directory is not a place to write reports.
+            return Err(format!(
+                "reports.dir {:?} must be an absolute path such as /var/lib/nvbind/reports",
+                self.reports.dir
+            ));
+        }
+        let group = &self.reports.group;
+        let valid_group = group.len() <= 32
+            && group.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_lowercase() || b == b'_' || (i > 0 && (b.is_ascii_digit() || b == b'-'))
+            });
+        if !valid_group {
+            return Err(format!(
+                "reports.group {group:?} is not a group name (lowercase letters, digits, '_' and '-'; \"\" for root only)"
+            ));
         }
         Ok(())
     }
@@ -445,6 +467,16 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("gpu.sample_hz"));
         c = parse("[api]\nlisten = \"\"\n").unwrap();
         c.validate().unwrap();
+        c = parse("[reports]\ndir = \"reports\"\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("absolute"));
+        for bad in ["Games", "a b", "-x", "x;rm", "1abc"] {
+            c = parse(&format!("[reports]\ngroup = \"{bad}\"\n")).unwrap();
+            assert!(c.validate().unwrap_err().contains("reports.group"), "{bad}");
+        }
+        for good in ["", "nvbind", "games", "steam-users", "_x1"] {
+            c = parse(&format!("[reports]\ngroup = \"{good}\"\n")).unwrap();
+            c.validate().unwrap();
+        }
     }
 
     #[test]

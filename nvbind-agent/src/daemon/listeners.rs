@@ -7,6 +7,44 @@ use tokio::{sync::watch, task::JoinSet};
 
 use super::{api, api::Shared, config::Config};
 
+/// Takes the lock that says one daemon serves `socket` (`SOCKET.lock` beside it, flock'd: the
+/// kernel releases it when the daemon dies, however it dies). None when there is no socket.
+pub(super) fn lock_socket(socket: &std::path::Path) -> Result<Option<std::fs::File>> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    if socket.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut lock_path = socket.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let fd = rustix::fs::open(
+        &lock_path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| {
+        format!(
+            "cannot open {}: set api.socket in the config or --socket",
+            lock_path.display()
+        )
+    })?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(std::fs::File::from(fd))),
+        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
+            "another nvbind daemon serves {} (it holds {}): stop it first, or give this one \
+             another --socket",
+            socket.display(),
+            lock_path.display()
+        ),
+        Err(e) => Err(std::io::Error::from(e))
+            .with_context(|| format!("cannot lock {}", lock_path.display())),
+    }
+}
+
 /// Binds the TCP API and the Unix socket (errors here are fatal: a daemon that cannot serve
 /// its API must say so at start), and serves them until `stopped` turns true.
 pub(super) async fn start_servers(
@@ -43,7 +81,8 @@ pub(super) async fn start_servers(
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        // A socket left by an agent that did not stop cleanly; anything else is not ours.
+        // A socket left by an agent that did not stop cleanly (no live daemon holds the lock,
+        // see `lock_socket`); anything else is not ours.
         if let Ok(meta) = std::fs::symlink_metadata(&socket) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {

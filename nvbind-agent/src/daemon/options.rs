@@ -31,7 +31,8 @@ impl Overrides {
             c.api.socket = v.clone();
         }
         if let Some(v) = &self.reports_dir {
-            c.reports.dir = v.clone();
+            // On the command line a relative path means the caller's working directory.
+            c.reports.dir = std::path::absolute(v).unwrap_or_else(|_| v.clone());
         }
         if let Some(v) = self.keep_reports {
             c.reports.keep = v;

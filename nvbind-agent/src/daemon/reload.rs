@@ -12,7 +12,7 @@ impl Daemon {
                 return;
             }
         };
-        if let Err(e) = sessions::prepare_dir(&config.reports.dir) {
+        if let Err(e) = sessions::prepare_dir(&config.reports, false) {
             log::error!("SIGHUP: configuration not reloaded, the running one stays: {e}");
             return;
         }

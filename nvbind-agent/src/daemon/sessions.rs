@@ -35,14 +35,90 @@ pub struct Written {
     pub failed_exports: Vec<String>,
 }
 
-/// Makes sure the reports directory exists and can be written.
-pub fn prepare_dir(dir: &Path) -> Result<(), SessionError> {
+/// Makes sure the reports directory exists, is readable by root and `config.group` only, and
+/// can be written, and removes what writers killed mid-write left in it. `at_start`: no
+/// session of this daemon is being written (its own temporary files are debris too).
+pub fn prepare_dir(config: &ReportsConfig, at_start: bool) -> Result<(), SessionError> {
+    let dir = &config.dir;
     fs::create_dir_all(dir).map_err(|source| SessionError::Dir {
         path: dir.to_path_buf(),
         source,
     })?;
+    restrict(dir, &config.group).map_err(|source| SessionError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     report::check_writable(&dir.join(".nvbind-write-check"))?;
+    for name in report::sweep_debris(dir, at_start) {
+        log::warn!(
+            "removed {}: a temporary file left by a writer killed mid-write",
+            crate::identity::printable_within(&dir.join(name).to_string_lossy(), 4096)
+        );
+    }
     Ok(())
+}
+
+/// Root's directory, mode 2750: the setgid bit makes every file written in it the reports
+/// group's, and the daemon's umask (027) makes them 0640. A directory someone else owns is theirs
+/// (an administrator's choice): it is left as it is, with a warning when others can write it.
+fn restrict(dir: &Path, group: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::metadata(dir)?;
+    if meta.uid() != 0 {
+        log::warn!(
+            "reports.dir {} belongs to uid {}, not root: its reports are as private as that \
+             directory allows",
+            dir.display(),
+            meta.uid()
+        );
+        return Ok(());
+    }
+    let gid = if group.is_empty() {
+        0
+    } else {
+        match group_id(group) {
+            Some(gid) => gid,
+            None => {
+                log::info!(
+                    "reports.group {group:?} does not exist: reports are readable by root only \
+                     (create it with `groupadd --system {group}` to let its members read them)"
+                );
+                0
+            }
+        }
+    };
+    if meta.gid() != gid {
+        std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+    }
+    if meta.permissions().mode() & 0o7777 != 0o2750 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o2750))?;
+    }
+    Ok(())
+}
+
+/// The id of the group named `name` (through the system's group database), or None.
+fn group_id(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: every pointer is valid for the call: c_name is NUL-terminated, group and found are
+    // writable, and buf is writable for buf.len() bytes. The result is read only through `found`,
+    // which getgrnam_r sets to &group (initialised) on success, or to null.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            group.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: found is non-null, so it points at the initialised `group`.
+    Some(unsafe { (*found).gr_gid })
 }
 
 /// The file stem of a session: UTC start time (sortable), name, pid, part.
@@ -70,8 +146,8 @@ pub fn stem(capture: &Capture, pid: u32, name: &str, part: u32) -> String {
     }
 }
 
-/// Writes a finished session: per-frame logs first, the report last (its presence means the
-/// session is complete; pruning counts reports).
+/// Writes a finished session: the report's bytes first, then the per-frame logs, then the
+/// report's name (its presence means the session is complete; pruning counts reports).
 pub fn write(
     capture: &Capture,
     config: &ReportsConfig,
@@ -113,20 +189,29 @@ pub fn write(
 /// Deletes the oldest sessions (report and per-frame logs, oldest by when the report was
 /// written) beyond `keep` (0: keep all).
 /// Returns the stems removed.
+/// Also removes debris: temporary files of writers killed mid-write, and per-frame logs whose
+/// report is gone (older than [`ORPHAN_AGE`], so a session being written is never touched).
 pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
-    if keep == 0 {
-        return Vec::new();
-    }
     // One pruner at a time (sessions are written by several blocking tasks), and the directory is
     // listed under the lock so a pruner never works from a listing older than another's removals.
     static PRUNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = PRUNING.lock().unwrap_or_else(|p| p.into_inner());
+    for name in report::sweep_debris(dir, false) {
+        log::warn!(
+            "removed {}: a temporary file left by a writer killed mid-write",
+            crate::identity::printable_within(&name, 1024)
+        );
+    }
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
     let names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
+    remove_orphans(dir, &names);
+    if keep == 0 {
+        return Vec::new();
+    }
     // Oldest by when the session ended (its report was written), not by when it started: a long
     // game that ends after many short sessions is the newest, never pruned as it is written.
     let mut stems: Vec<(std::time::SystemTime, &str)> = names
@@ -157,6 +242,50 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
         }
     }
     doomed
+}
+
+/// How old a per-frame log without its report must be to be debris: a session's logs are
+/// written before its report takes its name, within seconds.
+const ORPHAN_AGE: Duration = Duration::from_secs(600);
+
+/// Removes the session files (per-frame logs) whose report does not exist, once older than
+/// [`ORPHAN_AGE`]: left by a daemon killed mid-write or by an older version that wrote them
+/// before the report.
+fn remove_orphans(dir: &Path, names: &[String]) {
+    let reports: std::collections::HashSet<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".json"))
+        .filter(|s| is_session_stem(s))
+        .collect();
+    for name in names {
+        let Some(stem) = session_stem_of(name) else {
+            continue;
+        };
+        if reports.contains(stem) || name.ends_with(".json") {
+            continue;
+        }
+        let path = dir.join(name);
+        let old_enough = fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= ORPHAN_AGE);
+        if old_enough && fs::remove_file(&path).is_ok() {
+            log::warn!(
+                "removed {}: a per-frame log whose report is gone",
+                crate::identity::printable_within(name, 1024)
+            );
+        }
+    }
+}
+
+/// The session stem a file of a session is named after (`STEM.json`, `STEM.frames.csv`, ...).
+fn session_stem_of(name: &str) -> Option<&str> {
+    // The stem holds one '.' (the milliseconds of its time, at byte 19); its suffix starts at
+    // the next.
+    let dot = name.get(20..)?.find('.')? + 20;
+    let stem = &name[..dot];
+    is_session_stem(stem).then_some(stem)
 }
 
 /// Whether a file stem is one of ours (starts with a UTC time as `stem` writes it), so that
@@ -224,5 +353,50 @@ mod tests {
             ]
         );
         assert!(prune(dir.path(), 0).is_empty());
+    }
+
+    #[test]
+    fn logs_without_their_report_are_removed_once_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = stem(&capture_at(1_795_000_000.0), 1, "game", 0);
+        let orphan = stem(&capture_at(1_795_000_001.0), 2, "game", 0);
+        let fresh = stem(&capture_at(1_795_000_002.0), 3, "game", 0);
+        assert_eq!(
+            session_stem_of(&format!("{orphan}.frames.csv")),
+            Some(orphan.as_str())
+        );
+        assert_eq!(session_stem_of("notes.frames.csv"), None);
+        for name in [
+            format!("{kept}.json"),
+            format!("{kept}.frames.csv"),
+            format!("{orphan}.frames.csv"),
+            format!("{orphan}.mangohud.csv"),
+            format!("{fresh}.frames.csv"),
+        ] {
+            fs::write(dir.path().join(&name), "").unwrap();
+            if name.starts_with(&orphan) || name.starts_with(&kept) {
+                let old = std::time::SystemTime::now() - 2 * ORPHAN_AGE;
+                fs::File::options()
+                    .write(true)
+                    .open(dir.path().join(&name))
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+        }
+        assert!(prune(dir.path(), 0).is_empty());
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                format!("{kept}.frames.csv"),
+                format!("{kept}.json"),
+                format!("{fresh}.frames.csv"),
+            ]
+        );
     }
 }

@@ -44,6 +44,9 @@ pub struct ProcessRecord {
     /// Its name as a person knows it, its Wine build and Steam app id (read with the above).
     pub identity: ProcessIdentity,
     pub tracked_at_ns: u64,
+    /// The kernel's count of lost records (all processes') when tracking started, or when the
+    /// last part of its session was cut: a session's report says how many were lost during it.
+    pub dropped_events_at_start: u64,
     pub exited_ns: Option<u64>,
     pub frames: Vec<Frame>,
     /// Files (and offsets) of learned `vkQueuePresentKHR` implementations.

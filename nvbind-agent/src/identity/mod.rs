@@ -125,6 +125,34 @@ pub fn printable_within(text: &str, max: usize) -> String {
     out
 }
 
+/// `text` with every control character written as an escape (`\n`, `\u{1b}`): for a log line,
+/// where a name with a newline would start a forged line (journald reads `<0>` at a line's start
+/// as emergency priority) and an escape sequence would drive the reader's terminal.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls_except(text, &[])
+}
+
+/// [`escape_controls`] for terminal output made of lines: line ends and tabs kept.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls_except(text, &['\n', '\t'])
+}
+
+fn escape_controls_except<'a>(text: &'a str, kept: &[char]) -> std::borrow::Cow<'a, str> {
+    let hostile = |c: char| c.is_control() && !kept.contains(&c);
+    if !text.chars().any(hostile) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hostile(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The first `max` bytes of a file, `None` when it cannot be read: another process's /proc
 /// files (its command line, environment, cgroup) are as large as that process makes them.
 pub fn read_bounded(path: &str, max: u64) -> Option<Vec<u8>> {
@@ -143,6 +171,20 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_logs_and_terminals() {
+        let forged = "game\n<0>kernel panic\u{1b}[2J\u{9b}";
+        let log = escape_controls(forged);
+        assert_eq!(log, "game\\n<0>kernel panic\\u{1b}[2J\\u{9b}");
+        assert!(!log.chars().any(char::is_control));
+        let tty = terminal_safe("a\tb\nc\u{1b}]0;title\u{7}");
+        assert_eq!(tty, "a\tb\nc\\u{1b}]0;title\\u{7}");
+        assert!(matches!(
+            escape_controls("vkcube ünï"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

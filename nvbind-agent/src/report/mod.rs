@@ -20,4 +20,6 @@ pub use output::{write_outputs, ExportFailure, Outputs};
 pub use stutters::{verdict_now, StutterReport};
 pub use summary::render as render_summary;
 pub use svg::render as render_svg;
-pub use write::{check_writable, read_report, text as write_text, ReadError, WriteError};
+pub use write::{
+    check_writable, read_report, sweep_debris, text as write_text, ReadError, WriteError,
+};

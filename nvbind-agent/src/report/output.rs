@@ -1,6 +1,8 @@
-//! The one way a report leaves the agent, for `record` and the daemon alike: the per-frame logs
-//! first, then the report (its presence means everything else was tried: the daemon's sessions
-//! count as written by their report, and a reader that sees it finds the logs beside it).
+//! The one way a report leaves the agent, for `record` and the daemon alike. The report's bytes
+//! go to disk first (on a full disk the per-frame logs, the bulk, must not take the space the
+//! report needs: it holds every summary), then the per-frame logs, and the report takes its name
+//! last: its presence means everything else was tried, so a reader (the daemon's pruning, a
+//! script watching the directory) that sees it finds the logs beside it.
 
 use std::path::{Path, PathBuf};
 
@@ -24,13 +26,15 @@ pub struct ExportFailure {
     pub error: WriteError,
 }
 
-/// Writes every output of `outputs`: the per-frame logs (a failure is returned, and the rest go
-/// on), then the report, whose own failure is the error.
+/// Writes every output of `outputs`: the report's bytes, whose failure is the error (and then
+/// nothing else is written: a log without its report is of no use), then the per-frame logs (a
+/// failure is returned, and the rest go on), then the report's name.
 pub fn write_outputs(
     outputs: &Outputs,
     report: &Report,
     rows: &[FrameRow],
 ) -> Result<Vec<ExportFailure>, WriteError> {
+    let report_file = write::prepare_report_json(&outputs.report, report)?;
     let mut failed = Vec::new();
     let mut note = |export: &'static str, result: Result<(), WriteError>| {
         if let Err(error) = result {
@@ -56,7 +60,7 @@ pub fn write_outputs(
             }),
         );
     }
-    write::report_json(&outputs.report, report)?;
+    report_file.commit()?;
     Ok(failed)
 }
 

@@ -207,6 +207,12 @@ impl Tracker {
     /// when /proc is read: a fast game can start and exit between two drains).
     fn note_process_named(&mut self, pid: u32, ppid: u32, preexisting: bool, comm: String) {
         let now = monotonic_ns();
+        // (A map read: only for a process not recorded yet.)
+        let dropped_now = if self.capture.processes.contains_key(&pid) {
+            0
+        } else {
+            self.probes.dropped_events()
+        };
         let record = self
             .capture
             .processes
@@ -215,6 +221,7 @@ impl Tracker {
                 pid,
                 ppid,
                 tracked_at_ns: now,
+                dropped_events_at_start: dropped_now,
                 preexisting,
                 comm,
                 ..Default::default()

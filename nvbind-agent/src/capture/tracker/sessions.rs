@@ -25,6 +25,7 @@ impl Tracker {
         gpus: Vec<gpu::GpuSeries>,
         gpu_period_ns: u64,
     ) -> Option<Capture> {
+        let dropped_now = self.probes.dropped_events();
         let record = self.capture.processes.get_mut(&pid)?;
         let last = *record.frames.last()?;
         let mut part = ProcessRecord {
@@ -38,6 +39,7 @@ impl Tracker {
         };
         part.exited_ns = None;
         record.tracked_at_ns = last.ts_ns;
+        record.dropped_events_at_start = dropped_now;
         let started_ns = part.frames.first().map_or(part.tracked_at_ns, |f| f.ts_ns);
         let mut capture = self.session_capture(
             part,
@@ -214,7 +216,15 @@ impl Tracker {
                 capture.presenter_histograms.insert(tid, h);
             }
         }
-        capture.dropped_events = self.probes.dropped_events();
+        // Lost while these processes were tracked (the ring buffer is shared: some may have
+        // been other processes' records), not since the agent started.
+        let dropped_before = capture
+            .processes
+            .values()
+            .map(|p| p.dropped_events_at_start)
+            .min()
+            .unwrap_or(0);
+        capture.dropped_events = self.probes.dropped_events().saturating_sub(dropped_before);
         capture.program_costs = self.probes.program_costs();
         capture.probe_statuses = self.probes.statuses().to_vec();
         capture.drm_counts = self.probes.drm_event_counts();
@@ -233,7 +243,8 @@ impl Tracker {
         explain_sources(capture);
         if capture.dropped_events > 0 {
             capture.notes.push(format!(
-                "{} kernel records were lost (ring buffer full): frame counts are lower bounds",
+                "{} kernel records were lost (ring buffer full) while this capture ran: frame \
+                 counts are lower bounds",
                 capture.dropped_events
             ));
         }

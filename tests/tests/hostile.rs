@@ -1,0 +1,146 @@
+//! The agent runs as root among unprivileged users: what such a user can plant or send is hostile
+//! input. Each test here makes the attack as that user would (`setpriv` to nobody) and checks
+//! that root did not follow it.
+
+use std::{
+    fs,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use nvbind_tests::{agent_bin, game_bin, read_json, require_root};
+
+const NOBODY: u32 = 65534;
+
+/// Runs `script` with sh as nobody (no groups).
+fn as_nobody(script: &str) {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("run setpriv");
+    assert!(
+        out.status.success(),
+        "as nobody: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn quoted(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
+
+#[test]
+fn root_never_writes_through_a_name_the_output_directorys_owner_planted() {
+    require_root();
+    // A root-only secret, and an output directory that belongs to nobody (as a gamer's home
+    // directory does to the gamer who runs `sudo nvbind-agent record --out ~/…`).
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let victim = secrets.path().join("shadow");
+    fs::write(&victim, "secret\n").expect("victim");
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let work = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = work.path().join("out");
+    fs::create_dir(&out).expect("out dir");
+    std::os::unix::fs::chown(&out, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let go = work.path().join("go");
+
+    let outputs = ["r.json", "f.csv", "m.csv", "p.csv"];
+    let path = |name: &str| out.join(name).display().to_string();
+    // The game waits for `go`, so that every name is planted before the agent writes anything
+    // of the capture.
+    let game = format!(
+        "while [ ! -e {go} ]; do sleep 0.02; done; exec {game} --frames 100 --interval-ms 5",
+        go = quoted(&go),
+        game = quoted(&game_bin())
+    );
+    let mut agent = Command::new(agent_bin())
+        .args([
+            "record",
+            "--out",
+            &path("r.json"),
+            "--frames-csv",
+            &path("f.csv"),
+            "--mangohud-csv",
+            &path("m.csv"),
+            "--presentmon-csv",
+            &path("p.csv"),
+            "--",
+            "sh",
+            "-c",
+            &game,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    // Every temporary name the agent could use (its pid with the first sequence numbers, and the
+    // bare pid an older agent used), and one final name, as links to the secret.
+    let mut plant = String::new();
+    for name in outputs {
+        for suffix in std::iter::once(String::new()).chain((0..16).map(|n| format!("-{n}"))) {
+            plant.push_str(&format!(
+                "ln -s {} {}; ",
+                quoted(&victim),
+                quoted(&out.join(format!(".{name}.tmp-{}{suffix}", agent.id())))
+            ));
+        }
+    }
+    plant.push_str(&format!(
+        "ln -sf {} {}",
+        quoted(&victim),
+        quoted(&out.join("p.csv"))
+    ));
+    as_nobody(&plant);
+    fs::write(&go, "").expect("let the game start");
+    let status = agent.wait().expect("wait for the agent");
+    let stderr = agent
+        .stderr
+        .take()
+        .map(|mut e| {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s).ok();
+            s
+        })
+        .unwrap_or_default();
+    assert!(status.success(), "the agent succeeded: {stderr}");
+
+    // The secret is as it was.
+    assert_eq!(fs::read_to_string(&victim).expect("victim"), "secret\n");
+    let meta = fs::metadata(&victim).expect("victim");
+    assert_eq!((meta.permissions().mode() & 0o777, meta.uid()), (0o600, 0));
+    // Every output is a file of its own (the planted final name replaced, not followed), and
+    // the report is whole.
+    for name in outputs {
+        let meta = fs::symlink_metadata(out.join(name)).expect("output");
+        assert!(
+            meta.file_type().is_file() && meta.len() > 0,
+            "{name} is a non-empty regular file"
+        );
+    }
+    let report = read_json(&out.join("r.json"));
+    assert_eq!(report["processes"][0]["frames"]["count"], 100, "{report}");
+    // The planted links are untouched, and the agent left no temporary file of its own.
+    let mut planted = 0;
+    for entry in fs::read_dir(&out).expect("list") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.contains(".tmp-") {
+            assert!(
+                entry.file_type().expect("type").is_symlink(),
+                "{name}: only the planted links have temporary names"
+            );
+            planted += 1;
+        }
+    }
+    assert_eq!(planted, outputs.len() * 17);
+}
