@@ -552,6 +552,13 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
         !bpffs.dir.path().join("nvbind").exists(),
         "a dry run does not even open the registry"
     );
+    // Listing is a read: it creates nothing either (the daemon serves it on every GET).
+    let out = run_ok(&agent_args(&["bindings"], &host, &bpffs));
+    assert!(
+        !bpffs.dir.path().join("nvbind").exists(),
+        "listing creates no registry: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Loads a two-instruction cgroup device program that denies everything (`r0 = 0; exit`) and

@@ -416,7 +416,10 @@ fn bind_v1(
 /// The bindings nvbind holds in `bpffs`, each checked against the kernel.
 pub fn list(bpffs: &Path) -> Result<Vec<BindingStatus>, BindError> {
     require_root()?;
-    let registry = Registry::open(bpffs)?;
+    // Read-only: creates nothing, and takes the registry's lock shared.
+    let Some(registry) = Registry::open_to_read(bpffs)? else {
+        return Ok(Vec::new());
+    };
     let mut listed = Vec::new();
     for entry in registry.entries()? {
         // One unreadable entry must not hide the others.

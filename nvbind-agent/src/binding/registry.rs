@@ -100,6 +100,33 @@ impl Registry {
         })
     }
 
+    /// Opens the registry under `bpffs` to read it: a shared lock (readers never wait for each
+    /// other, and never hold up a binding longer than a listing), and nothing created: a
+    /// registry that does not exist yet is empty. None when it does not exist.
+    pub fn open_to_read(bpffs: &Path) -> Result<Option<Registry>, BindError> {
+        if !is_bpffs(bpffs) {
+            return Err(BindError::NoBpffs(bpffs.into()));
+        }
+        let top = bpffs.join("nvbind");
+        let bindings = top.join("bindings");
+        let lock = match fs::File::open(&top) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(BindError::io(&top, e)),
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) } != 0 {
+            return Err(BindError::io(&top, std::io::Error::last_os_error()));
+        }
+        if !bindings.is_dir() {
+            return Ok(None);
+        }
+        Ok(Some(Registry {
+            bindings,
+            _lock: lock,
+        }))
+    }
+
     pub fn key_dir(&self, key: &str) -> PathBuf {
         self.bindings.join(key)
     }

@@ -76,6 +76,9 @@ pub struct GamesConfig {
     pub exclude_cgroup: Vec<String>,
 }
 
+/// The most frames a session part may hold in memory (see `ReportsConfig::max_session_frames`).
+pub const MAX_SESSION_FRAMES: usize = 200_000;
+
 /// Session reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -179,7 +182,7 @@ impl Default for ReportsConfig {
             keep: 200,
             min_frames: 2,
             exports: vec![Export::Frames, Export::Mangohud, Export::Presentmon],
-            max_session_frames: 500_000,
+            max_session_frames: 100_000,
             group: "nvbind".into(),
         }
     }
@@ -273,9 +276,11 @@ impl Config {
                 .replace("--stutter-floor-ms", "stutter.floor_ms")
         })?;
         self.gpu_sampling()?;
-        if self.reports.max_session_frames < 1000 {
+        // Frames are held in memory until their part is written (~250 bytes each): the upper
+        // bound is the daemon's memory bound per tracked game (50 MB).
+        if !(1000..=MAX_SESSION_FRAMES).contains(&self.reports.max_session_frames) {
             return Err(format!(
-                "reports.max_session_frames must be at least 1000, not {}",
+                "reports.max_session_frames must be from 1000 to {MAX_SESSION_FRAMES}, not {}",
                 self.reports.max_session_frames
             ));
         }
@@ -467,6 +472,8 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("gpu.sample_hz"));
         c = parse("[api]\nlisten = \"\"\n").unwrap();
         c.validate().unwrap();
+        c = parse("[reports]\nmax_session_frames = 200001\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("200000"));
         c = parse("[reports]\ndir = \"reports\"\n").unwrap();
         assert!(c.validate().unwrap_err().contains("absolute"));
         for bad in ["Games", "a b", "-x", "x;rm", "1abc"] {

@@ -94,6 +94,8 @@ pub struct AgentStatus {
     pub bpf: Vec<ProgramCost>,
     pub reports_written: u64,
     pub reports_failed: u64,
+    /// Unwritten session reports given up because too many were waiting (a full disk).
+    pub reports_lost: u64,
 }
 
 /// Everything the API reads. Written by the capture loop under a short lock.

@@ -305,6 +305,13 @@ const STATE_FAMILIES: &[StateFamily] = &[
         unit: None,
         read: Read::One(|live| Number::Int(live.agent.reports_failed)),
     },
+    StateFamily {
+        name: "reports_lost",
+        help: "Unwritten session reports given up because too many were waiting to be written",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::One(|live| Number::Int(live.agent.reports_lost)),
+    },
 ];
 
 /// One metric family read from the live state.

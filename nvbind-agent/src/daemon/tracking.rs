@@ -26,6 +26,9 @@ use crate::{
 
 /// How often a session report that could not be written is tried again.
 pub(super) const RETRY_INTERVAL: Duration = Duration::from_secs(10);
+/// Session reports kept in memory while they cannot be written (each holds its frames: up to
+/// `reports.max_session_frames`); beyond this the oldest is given up, loudly.
+pub(super) const MAX_UNWRITTEN_SESSIONS: usize = 8;
 
 /// A session on its way to disk.
 pub(super) struct PendingWrite {
@@ -376,6 +379,19 @@ impl Daemon {
                 );
                 self.live().agent.reports_failed += 1;
                 self.failed.push(pending);
+                // Each waiting session holds its frames in memory: on a disk that stays full,
+                // the oldest are given up rather than the daemon growing without end.
+                while self.failed.len() > MAX_UNWRITTEN_SESSIONS {
+                    let lost = self.failed.remove(0);
+                    log::error!(
+                        "gave up the session report of {} after {} attempts: {} more wait to be \
+                         written (free space in reports.dir)",
+                        lost.capture.target,
+                        lost.attempts,
+                        MAX_UNWRITTEN_SESSIONS
+                    );
+                    self.live().agent.reports_lost += 1;
+                }
             }
         }
     }

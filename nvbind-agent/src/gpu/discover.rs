@@ -45,7 +45,7 @@ const PCI_CLASS_DISPLAY: u32 = 0x03;
 /// Discovers every GPU under `roots`.
 pub fn discover(roots: &Roots, warnings: &Warnings) -> Discovery {
     let dev_nodes = DevNodes::scan(&roots.dev);
-    let kernel = std::fs::read_to_string(roots.proc.join("sys/kernel/osrelease"))
+    let kernel = super::sysfs::read_text(&roots.proc.join("sys/kernel/osrelease"))
         .ok()
         .map(|s| s.trim().to_string());
     let mut gpus: Vec<GpuInfo> = pci_display_devices(roots, warnings)
@@ -144,7 +144,7 @@ fn describe(
         .unwrap_or_else(|| "none".into());
     // Out-of-tree drivers (nvidia) publish a module version; in-tree ones are the kernel's.
     let driver_version =
-        std::fs::read_to_string(roots.sys.join("module").join(&driver).join("version"))
+        super::sysfs::read_text(&roots.sys.join("module").join(&driver).join("version"))
             .ok()
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
@@ -300,7 +300,7 @@ fn nvidia_proc_information(proc_root: &Path, address: &str) -> BTreeMap<String, 
         .join("driver/nvidia/gpus")
         .join(address)
         .join("information");
-    std::fs::read_to_string(path)
+    super::sysfs::read_text(&path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once(':'))

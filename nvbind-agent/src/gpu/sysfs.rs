@@ -63,7 +63,7 @@ impl SysfsDir {
     /// The file's bytes; `None` (silently) when it does not exist.
     pub fn bytes(&self, rel: &str) -> Option<Vec<u8>> {
         let path = self.path.join(rel);
-        match std::fs::read(&path) {
+        match read_attribute(&path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => {
@@ -147,7 +147,7 @@ impl SysfsDir {
     /// check this first and read nothing else.
     pub fn runtime_suspended(&self) -> bool {
         // Read without warnings: many devices have no runtime PM at all.
-        std::fs::read_to_string(self.path.join("power/runtime_status"))
+        read_text(&self.path.join("power/runtime_status"))
             .map(|s| matches!(s.trim(), "suspended" | "suspending"))
             .unwrap_or(false)
     }
@@ -185,6 +185,39 @@ fn clip(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
+/// The most read from one attribute file: sysfs serves at most a page, and `gpu_metrics`
+/// blobs are a few KiB; a fixture tree (or a hostile one) may hold anything.
+const ATTRIBUTE_MAX_BYTES: u64 = 64 << 10;
+
+/// The bytes of a sysfs or procfs attribute file, bounded, and only from a regular file: a FIFO
+/// or a device planted in a fixture tree (`--sysfs-root`) would block or never end. Opened
+/// non-blocking, so even a FIFO's open returns at once and is then refused.
+pub(crate) fn read_attribute(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::{
+        io::Read,
+        os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() || kind.is_fifo() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(ATTRIBUTE_MAX_BYTES).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`read_attribute`] as text (invalid UTF-8 replaced).
+pub(crate) fn read_text(path: &std::path::Path) -> std::io::Result<String> {
+    read_attribute(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +241,25 @@ mod tests {
         assert_eq!(d.flag("flag"), None);
         // garbage, empty and flag: three sources, each once; the missing file is not a problem.
         assert_eq!(warnings.count(), 3);
+    }
+
+    #[test]
+    fn a_fifo_or_a_huge_file_in_the_tree_never_blocks_or_floods() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("gpu_busy_percent");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: c_path is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        std::fs::write(dir.path().join("huge"), vec![b'7'; 1 << 20]).expect("write");
+        let warnings = Warnings::default();
+        let d = SysfsDir::new(dir.path(), warnings.clone());
+        // A blocking open of a FIFO with no writer would never return.
+        assert_eq!(d.u64("gpu_busy_percent"), None);
+        assert_eq!(warnings.count(), 1, "said once");
+        assert_eq!(
+            d.bytes("huge").map(|b| b.len() as u64),
+            Some(ATTRIBUTE_MAX_BYTES)
+        );
     }
 
     #[test]

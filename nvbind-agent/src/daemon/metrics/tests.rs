@@ -157,6 +157,7 @@ fn representative() -> Metrics {
             bpf,
             reports_written: 3,
             reports_failed: 1,
+            reports_lost: 2,
         },
     }));
     let metrics = Metrics::new(live);
@@ -304,6 +305,9 @@ nvbind_reports_written_total 3
 # HELP nvbind_reports_failed Session reports that could not be written
 # TYPE nvbind_reports_failed counter
 nvbind_reports_failed_total 1
+# HELP nvbind_reports_lost Unwritten session reports given up because too many were waiting to be written
+# TYPE nvbind_reports_lost counter
+nvbind_reports_lost_total 2
 # EOF
 "##;
 const EXPECTED_PROMETHEUS: &str = r##"# HELP nvbind_frame_time_seconds Time between consecutive presents of a tracked game (its counted frame source).
@@ -402,6 +406,9 @@ nvbind_reports_written_total 3
 # HELP nvbind_reports_failed_total Session reports that could not be written
 # TYPE nvbind_reports_failed_total counter
 nvbind_reports_failed_total 1
+# HELP nvbind_reports_lost_total Unwritten session reports given up because too many were waiting to be written
+# TYPE nvbind_reports_lost_total counter
+nvbind_reports_lost_total 2
 "##;
 const EXPECTED_EMPTY_OPENMETRICS: &str = r##"# HELP nvbind_agent_cpu_seconds CPU time the agent used
 # TYPE nvbind_agent_cpu_seconds counter
@@ -423,5 +430,8 @@ nvbind_reports_written_total 0
 # HELP nvbind_reports_failed Session reports that could not be written
 # TYPE nvbind_reports_failed counter
 nvbind_reports_failed_total 0
+# HELP nvbind_reports_lost Unwritten session reports given up because too many were waiting to be written
+# TYPE nvbind_reports_lost counter
+nvbind_reports_lost_total 0
 # EOF
 "##;
