@@ -140,6 +140,36 @@ impl Daemon {
         self.dir.path().join("agent.toml")
     }
 
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon runs").id()
+    }
+
+    /// Sets the daemon's fd limit (soft and hard), as systemd's default (1024) would: a test of
+    /// fd exhaustion must not pass because this machine allows more.
+    fn pin_fd_limit(&self, limit: u64) {
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: prlimit reads a valid rlimit; the old limit is not asked for.
+        let rc = unsafe {
+            libc::prlimit(
+                self.pid() as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &rlimit,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
+    /// How many fds the daemon holds.
+    fn open_fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("the daemon's fds")
+            .count()
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
@@ -1183,20 +1213,101 @@ fn bad_configuration_is_refused_with_the_line_and_nothing_starts() {
 }
 
 #[test]
+fn a_user_holding_a_thousand_idle_connections_cannot_blind_the_daemon() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    daemon.pin_fd_limit(1024);
+    // As nobody: 1,100 connections to the API, held open and idle (bash opens each one; its
+    // own fd limit raised so that it can hold them all).
+    let port = daemon.port;
+    let mut attacker = Command::new("prlimit")
+        .args([
+            "--nofile=4096:4096",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+        ])
+        .args(["--clear-groups", "bash", "-c"])
+        .arg(format!(
+            "for i in $(seq 1100); do exec {{fd}}<>/dev/tcp/127.0.0.1/{port} || exit 1; done; \
+             echo held; exec sleep 600"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the attacker");
+    let attacker_out = attacker.stdout.take().expect("stdout");
+    // Killed when the test ends, passed or failed.
+    let _attacker = Game::new(attacker);
+    let mut held = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(attacker_out), &mut held)
+        .expect("the attacker's word");
+    assert_eq!(
+        held.trim(),
+        "held",
+        "the attacker opened its 1,100 connections"
+    );
+    // The daemon sees them all (refusing beyond a user's share) before the game starts: it
+    // says so once.
+    daemon.wait_for_log("API: refused a connection");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut game = start_game(work.path(), 120, 5.0);
+    let pid = game.pid;
+    game.wait_exit();
+    let (_, report) = daemon.wait_for_report(pid);
+    let truth = truth(work.path());
+    assert_eq!(
+        report["processes"][0]["frames"]["count"].as_u64(),
+        Some(truth.len() as u64),
+        "every frame of a game started during the attack: {}",
+        daemon.log()
+    );
+    // Root still gets answers, and the daemon keeps under half its fds.
+    let (status, _) = curl(&[&daemon.url("/api/processes")]);
+    assert_eq!(status, 200, "root's request during the attack");
+    let fds = daemon.open_fds();
+    assert!(fds < 512, "the daemon holds {fds} fds of its 1024");
+    let refusals = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("refused a connection"))
+        .count();
+    assert!(
+        refusals <= 5,
+        "refusals are logged at most every 10 s, not {refusals} times"
+    );
+}
+
+#[test]
 fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
     require_root();
     let _one = serial();
     let daemon = Daemon::start("");
     let socket = daemon.socket().display().to_string();
     let other = tempfile::tempdir().expect("tempdir");
-    let out = agent(&[
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--socket",
-        &socket,
-        "--reports-dir",
-        &other.path().join("reports").display().to_string(),
-    ]);
+    let mut second = Command::new(nvbind_tests::agent_bin())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--socket", &socket])
+        .arg("--reports-dir")
+        .arg(other.path().join("reports"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a second daemon");
+    // It must refuse at once; one still running after the deadline started (and is killed).
+    let deadline = Instant::now() + HANG;
+    while second.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second daemon on {socket} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().expect("its output");
     assert_one_line_error(&out, &["another nvbind daemon", &socket, "--socket"]);
     // The first daemon's socket is still there and still answers.
     let (status, body) = curl(&["--unix-socket", &socket, "http://localhost/api/processes"]);

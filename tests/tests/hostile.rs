@@ -58,9 +58,11 @@ fn root_never_writes_through_a_name_the_output_directorys_owner_planted() {
     // The game waits for `go`, so that every name is planted before the agent writes anything
     // of the capture.
     let game = format!(
-        "while [ ! -e {go} ]; do sleep 0.02; done; exec {game} --frames 100 --interval-ms 5",
+        "while [ ! -e {go} ]; do sleep 0.02; done; exec {game} --frames 100 --interval-ms 5 \
+         --truth {truth}",
         go = quoted(&go),
-        game = quoted(&game_bin())
+        game = quoted(&game_bin()),
+        truth = quoted(&work.path().join("truth.txt"))
     );
     let mut agent = Command::new(agent_bin())
         .args([
@@ -115,7 +117,13 @@ fn root_never_writes_through_a_name_the_output_directorys_owner_planted() {
     assert!(status.success(), "the agent succeeded: {stderr}");
 
     // The secret is as it was.
-    assert_eq!(fs::read_to_string(&victim).expect("victim"), "secret\n");
+    let secret = fs::read_to_string(&victim).expect("victim");
+    assert!(
+        secret == "secret\n",
+        "root wrote through a planted link: the secret is now {} bytes, starting {:?}",
+        secret.len(),
+        secret.chars().take(80).collect::<String>()
+    );
     let meta = fs::metadata(&victim).expect("victim");
     assert_eq!((meta.permissions().mode() & 0o777, meta.uid()), (0o600, 0));
     // Every output is a file of its own (the planted final name replaced, not followed), and

@@ -494,8 +494,17 @@ async fn stream(
         ))
     })?;
     let interval = Duration::from_millis(interval_ms);
-    Ok(upgrade.on_upgrade(move |socket| run_stream(socket, shared, target, interval)))
+    // A client has nothing to send but pings and a close: a message is never buffered beyond
+    // a few KiB (unbounded, 30 clients each sending an unfinished 60 MiB message took the
+    // daemon to 2 GB).
+    Ok(upgrade
+        .max_message_size(WS_MAX_INCOMING_BYTES)
+        .max_frame_size(WS_MAX_INCOMING_BYTES)
+        .on_upgrade(move |socket| run_stream(socket, shared, target, interval)))
 }
+
+/// The largest message or frame a WebSocket client may send (a close with its reason, a ping).
+const WS_MAX_INCOMING_BYTES: usize = 4096;
 
 #[derive(Serialize)]
 struct StreamMessage<T: Serialize> {

@@ -5,7 +5,12 @@ use std::{future::IntoFuture, os::unix::fs::PermissionsExt, sync::Arc};
 use anyhow::{Context, Result};
 use tokio::{sync::watch, task::JoinSet};
 
-use super::{api, api::Shared, config::Config};
+use super::{
+    api,
+    api::Shared,
+    config::Config,
+    guard::{GuardedListener, Limits},
+};
 
 /// Takes the lock that says one daemon serves `socket` (`SOCKET.lock` beside it, flock'd: the
 /// kernel releases it when the daemon dies, however it dies). None when there is no socket.
@@ -69,6 +74,7 @@ pub(super) async fn start_servers(
         }
         log::info!("API on http://{addr}");
         let app = api::read_routes(Arc::clone(shared));
+        let listener = GuardedListener::new(listener, Limits::default());
         tasks.spawn(
             axum::serve(listener, app)
                 .with_graceful_shutdown(until_stopped(stopped.clone()))

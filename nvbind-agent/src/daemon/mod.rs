@@ -10,6 +10,7 @@
 
 mod api;
 mod config;
+mod guard;
 mod housekeeping;
 mod listeners;
 mod live;

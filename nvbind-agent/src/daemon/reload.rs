@@ -12,9 +12,12 @@ impl Daemon {
                 return;
             }
         };
-        if let Err(e) = sessions::prepare_dir(&config.reports, false) {
-            log::error!("SIGHUP: configuration not reloaded, the running one stays: {e}");
-            return;
+        match sessions::prepare_dir(&config.reports, false) {
+            Ok(notes) => notes.iter().for_each(|note| log::info!("SIGHUP: {note}")),
+            Err(e) => {
+                log::error!("SIGHUP: configuration not reloaded, the running one stays: {e}");
+                return;
+            }
         }
         let needs_restart: Vec<&str> = [
             ("api.listen", config.api.listen != self.config.api.listen),

@@ -53,7 +53,7 @@ pub fn run(options: DaemonOptions) -> Result<u8> {
     // directories 0750); the API's socket sets its own mode.
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o027) };
-    sessions::prepare_dir(&config.reports, true)?;
+    let notes = sessions::prepare_dir(&config.reports, true)?;
     // Before the runtime's threads start, so they inherit it.
     crate::capture::yield_to_games();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -61,10 +61,17 @@ pub fn run(options: DaemonOptions) -> Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(options, config, gpu_roots))
+    runtime.block_on(serve(options, config, gpu_roots, notes))
 }
 
-async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) -> Result<u8> {
+/// `notes`: what the start-up found worth saying, said once the daemon serves (so that a
+/// failure to start stays one line).
+async fn serve(
+    options: DaemonOptions,
+    config: Config,
+    gpu_roots: gpu::Roots,
+    notes: Vec<String>,
+) -> Result<u8> {
     let stop_signals = StopSignals::install()?;
     let sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
@@ -81,6 +88,9 @@ async fn serve(options: DaemonOptions, config: Config, gpu_roots: gpu::Roots) ->
     let shared = shared_state(&config, &discovery, sampler.is_some(), gpu_roots);
     let (stop, stopped) = watch::channel(false);
     let servers = start_servers(&config, &shared, stopped).await?;
+    for note in notes {
+        log::info!("{note}");
+    }
 
     let tracker = Tracker::new(probes, config.detector(), false, &discovery.gpus);
     let mut daemon = Daemon::new(tracker, Arc::clone(&shared), config, options, sampler);

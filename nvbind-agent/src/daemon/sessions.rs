@@ -38,13 +38,16 @@ pub struct Written {
 /// Makes sure the reports directory exists, is readable by root and `config.group` only, and
 /// can be written, and removes what writers killed mid-write left in it. `at_start`: no
 /// session of this daemon is being written (its own temporary files are debris too).
-pub fn prepare_dir(config: &ReportsConfig, at_start: bool) -> Result<(), SessionError> {
+///
+/// Returns what an administrator should know but that is no failure (the reports group does not
+/// exist), for the caller to log once the daemon is up.
+pub fn prepare_dir(config: &ReportsConfig, at_start: bool) -> Result<Vec<String>, SessionError> {
     let dir = &config.dir;
     fs::create_dir_all(dir).map_err(|source| SessionError::Dir {
         path: dir.to_path_buf(),
         source,
     })?;
-    restrict(dir, &config.group).map_err(|source| SessionError::Dir {
+    let notes = restrict(dir, &config.group).map_err(|source| SessionError::Dir {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -55,37 +58,34 @@ pub fn prepare_dir(config: &ReportsConfig, at_start: bool) -> Result<(), Session
             crate::identity::printable_within(&dir.join(name).to_string_lossy(), 4096)
         );
     }
-    Ok(())
+    Ok(notes)
 }
 
 /// Root's directory, mode 2750: the setgid bit makes every file written in it the reports
 /// group's, and the daemon's umask (027) makes them 0640. A directory someone else owns is theirs
 /// (an administrator's choice): it is left as it is, with a warning when others can write it.
-fn restrict(dir: &Path, group: &str) -> std::io::Result<()> {
+fn restrict(dir: &Path, group: &str) -> std::io::Result<Vec<String>> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = fs::metadata(dir)?;
     if meta.uid() != 0 {
-        log::warn!(
+        return Ok(vec![format!(
             "reports.dir {} belongs to uid {}, not root: its reports are as private as that \
              directory allows",
             dir.display(),
             meta.uid()
-        );
-        return Ok(());
+        )]);
     }
+    let mut notes = Vec::new();
     let gid = if group.is_empty() {
         0
     } else {
-        match group_id(group) {
-            Some(gid) => gid,
-            None => {
-                log::info!(
-                    "reports.group {group:?} does not exist: reports are readable by root only \
-                     (create it with `groupadd --system {group}` to let its members read them)"
-                );
-                0
-            }
-        }
+        group_id(group).unwrap_or_else(|| {
+            notes.push(format!(
+                "reports.group {group:?} does not exist: reports are readable by root only \
+                 (create it with `groupadd --system {group}` to let its members read them)"
+            ));
+            0
+        })
     };
     if meta.gid() != gid {
         std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
@@ -93,7 +93,7 @@ fn restrict(dir: &Path, group: &str) -> std::io::Result<()> {
     if meta.permissions().mode() & 0o7777 != 0o2750 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o2750))?;
     }
-    Ok(())
+    Ok(notes)
 }
 
 /// The id of the group named `name` (through the system's group database), or None.
