@@ -83,6 +83,9 @@ impl ThreadSnapshots {
                     waited_behind,
                 }
             })
+            // A thread that did nothing in the window tells nothing about it: a game's hundreds
+            // of sleeping threads would cost memory with every stutter kept.
+            .filter(|d| d.counters != ThreadCounters::default() || d.waited_behind.is_some())
             .collect();
         Some(ThreadWindow {
             from_ns: before.ts_ns,
@@ -137,6 +140,14 @@ mod tests {
             "a new thread counts from zero"
         );
         assert!(s.window(2, 0, 10).is_none());
+        s.push(1, 220, vec![(5, counters(31)), (6, counters(10))]);
+        let w = s.window(1, 205, 215).expect("a window");
+        let tids: Vec<u32> = w.threads.iter().map(|t| t.tid).collect();
+        assert_eq!(
+            tids,
+            [5],
+            "thread 6 did nothing, and 7 is gone: neither is kept"
+        );
     }
 
     #[test]

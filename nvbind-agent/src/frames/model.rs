@@ -33,6 +33,10 @@ pub struct Frame {
     pub target: u64,
 }
 
+/// The most stutters whose thread windows one process record keeps (a window holds a few
+/// hundred bytes per thread that did something in it).
+pub const MAX_THREAD_WINDOWS: usize = 1024;
+
 /// A tracked process and its frames.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessRecord {
@@ -54,8 +58,11 @@ pub struct ProcessRecord {
     /// Whether it was already running when tracking began (not launched or exec'd under us).
     pub preexisting: bool,
     /// For frames that looked like stutters while recording (by present time): what every
-    /// thread of the process did around them.
+    /// thread of the process did around them. At most [`MAX_THREAD_WINDOWS`] (see
+    /// [`ProcessRecord::keep_window`]).
     pub thread_windows: HashMap<u64, ThreadWindow>,
+    /// Windows given up to keep within that bound (the shortest went first).
+    pub thread_windows_dropped: u64,
     /// PCI address of the GPU whose device node the process had open (its render GPU).
     pub gpu: Option<String>,
     /// DRM display events of the DRM files it flipped or waited on, in time order.
@@ -65,6 +72,23 @@ pub struct ProcessRecord {
 }
 
 impl ProcessRecord {
+    /// Keeps the thread window of the likely stutter presented at `frame_ns`. A process that
+    /// stutters on every third frame for hours would otherwise keep every one; beyond
+    /// [`MAX_THREAD_WINDOWS`] the window that spans the least time (the mildest stutter) goes.
+    pub fn keep_window(&mut self, frame_ns: u64, window: ThreadWindow) {
+        self.thread_windows.insert(frame_ns, window);
+        while self.thread_windows.len() > MAX_THREAD_WINDOWS {
+            let mildest = self
+                .thread_windows
+                .iter()
+                .min_by_key(|(at, w)| (w.to_ns.saturating_sub(w.from_ns), **at))
+                .map(|(at, _)| *at);
+            let Some(mildest) = mildest else { break };
+            self.thread_windows.remove(&mildest);
+            self.thread_windows_dropped += 1;
+        }
+    }
+
     /// The name a person knows it by: as read from /proc, or by the same rule from what the
     /// kernel reported when /proc was never read (a process gone before the first read).
     pub fn name(&self) -> String {
@@ -140,4 +164,29 @@ pub struct Capture {
     pub gpus: Vec<gpu::GpuSeries>,
     /// Time between GPU samples; 0 when GPUs were not sampled.
     pub gpu_period_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_windows_are_bounded_and_the_mildest_go_first() {
+        let mut p = ProcessRecord::default();
+        let window = |span: u64| ThreadWindow {
+            from_ns: 0,
+            to_ns: span,
+            threads: Vec::new(),
+        };
+        // Spans 1.. in order, and one long stutter early on.
+        p.keep_window(0, window(1_000_000));
+        for at in 1..(MAX_THREAD_WINDOWS as u64 + 10) {
+            p.keep_window(at, window(at));
+        }
+        assert_eq!(p.thread_windows.len(), MAX_THREAD_WINDOWS);
+        assert_eq!(p.thread_windows_dropped, 10);
+        assert!(p.thread_windows.contains_key(&0), "the longest is kept");
+        assert!(!p.thread_windows.contains_key(&1), "the shortest went");
+        assert!(p.thread_windows.contains_key(&(MAX_THREAD_WINDOWS as u64 + 9)));
+    }
 }

@@ -447,7 +447,27 @@ fn capture_info(capture: &Capture) -> CaptureInfo {
                 })
                 .collect(),
         },
-        notes: capture.notes.clone(),
+        notes: capture
+            .notes
+            .iter()
+            .cloned()
+            .chain(
+                capture
+                    .processes
+                    .values()
+                    .filter(|p| p.thread_windows_dropped > 0)
+                    .map(|p| {
+                        format!(
+                            "pid {}: the other threads' evidence (busy_threads) was kept for the \
+                             {} longest likely stutters only ({} milder ones had theirs dropped \
+                             to bound memory)",
+                            p.pid,
+                            p.thread_windows.len(),
+                            p.thread_windows_dropped
+                        )
+                    }),
+            )
+            .collect(),
     }
 }
 

@@ -451,7 +451,7 @@ impl Tracker {
                 }
             }
             if let Some(p) = self.capture.processes.get_mut(&pid) {
-                p.thread_windows.insert(to, window);
+                p.keep_window(to, window);
             }
         }
     }

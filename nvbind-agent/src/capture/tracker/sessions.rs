@@ -149,7 +149,7 @@ impl Tracker {
         for (p, from, to) in pending {
             if let Some(window) = self.snapshots.window(p, from, to) {
                 if let Some(record) = self.capture.processes.get_mut(&p) {
-                    record.thread_windows.insert(to, window);
+                    record.keep_window(to, window);
                 }
             }
         }
