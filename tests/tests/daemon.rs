@@ -1281,6 +1281,45 @@ fn a_user_holding_a_thousand_idle_connections_cannot_blind_the_daemon() {
 }
 
 #[test]
+fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    daemon.pin_fd_limit(1024);
+    // As nobody: 200 copies of libEGL, each mapped (each a file the host's hooks do not cover).
+    let host_egl = fs::canonicalize("/usr/lib/x86_64-linux-gnu/libEGL.so.1")
+        .expect("the host's libEGL.so.1 (cargo xtask setup installs libegl1)");
+    let work = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let copies = work.path().join("copies");
+    fs::create_dir(&copies).expect("copies dir");
+    std::os::unix::fs::chown(&copies, Some(65534), Some(65534)).expect("chown");
+    let map_copies = nvbind_tests::agent_bin().with_file_name("map-copies");
+    let mut attacker = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&map_copies)
+        .arg("200")
+        .arg(&host_egl)
+        .arg(&copies)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start map-copies");
+    let attacker_out = attacker.stdout.take().expect("stdout");
+    let _attacker = Game::new(attacker);
+    let mut mapped = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(attacker_out), &mut mapped)
+        .expect("the attacker's word");
+    assert_eq!(mapped.trim(), "mapped", "the attacker mapped its copies");
+    daemon.wait_for_log("copies of graphics libraries not hooked");
+    let fds = daemon.open_fds();
+    assert!(fds < 512, "the daemon holds {fds} fds of its 1024");
+    // A game with a copy of its own (root's: not the attacker's budget) is still seen whole.
+    a_game_with_its_own_copy_is_seen_whole(&daemon);
+    assert!(daemon.open_fds() < 512);
+}
+
+#[test]
 fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
     require_root();
     let _one = serial();
@@ -1571,11 +1610,10 @@ fn the_api_listens_on_loopback_only_by_default() {
     assert!(status.success(), "{log}");
 }
 
-#[test]
-fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame() {
-    require_root();
-    let _one = serial();
-    let mut daemon = Daemon::start("");
+/// Runs a game whose libEGL is a copy of its own (another file than the host's, which the
+/// probes hooked at start) in a mount namespace of its own, and checks that every frame, from the
+/// first, is in its report. Returns the report.
+fn a_game_with_its_own_copy_is_seen_whole(daemon: &Daemon) -> Value {
     // Like a container or the Steam runtime: the game's libEGL is another file than the host's
     // (which the probes hooked at start), in a mount namespace of its own.
     let host_egl = fs::canonicalize("/usr/lib/x86_64-linux-gnu/libEGL.so.1")
@@ -1643,6 +1681,15 @@ fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame
         "every frame, from the first, through the copy: {}",
         daemon.log()
     );
+    report
+}
+
+#[test]
+fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame() {
+    require_root();
+    let _one = serial();
+    let mut daemon = Daemon::start("");
+    let report = a_game_with_its_own_copy_is_seen_whole(&daemon);
     // Its `loader` thread started before the first frame and never presents or calls into a
     // driver: it is tracked because the daemon adopts a discovered game's existing threads.
     let threads = report["processes"][0]["threads"]

@@ -187,6 +187,8 @@ mod tests {
         assert_eq!(p.thread_windows_dropped, 10);
         assert!(p.thread_windows.contains_key(&0), "the longest is kept");
         assert!(!p.thread_windows.contains_key(&1), "the shortest went");
-        assert!(p.thread_windows.contains_key(&(MAX_THREAD_WINDOWS as u64 + 9)));
+        assert!(p
+            .thread_windows
+            .contains_key(&(MAX_THREAD_WINDOWS as u64 + 9)));
     }
 }

@@ -200,6 +200,8 @@ impl Probes {
             ebpf,
             statuses: Vec::new(),
             uprobe_points: HashSet::new(),
+            copies_by_uid: Default::default(),
+            budget_warned_at: None,
             hooked_files: HashSet::new(),
             events,
             _stats: stats,

@@ -106,6 +106,11 @@ pub struct Probes {
     uprobe_points: HashSet<UprobePoint>,
     /// Files whose exported hooks were attached (by dev, inode).
     hooked_files: HashSet<(u64, u64)>,
+    /// Library copies hooked because a process of this uid mapped them (see
+    /// `attach_process_libraries`: a user's budget).
+    copies_by_uid: std::collections::HashMap<u32, usize>,
+    /// When a copy was last refused for the budget, loudly.
+    budget_warned_at: Option<std::time::Instant>,
     events: RingBuf<MapData>,
     /// Keeps the kernel's bpf_stats collection on while the probes live.
     _stats: Option<OwnedFd>,

@@ -34,6 +34,12 @@ pub(super) struct UprobePoint {
     program: &'static str,
 }
 
+/// Library copies hooked on behalf of one non-root user's processes (a game in a container or
+/// runtime maps a few; a hundred is an attack).
+pub const COPIES_PER_USER: usize = 16;
+/// The most uprobes the agent places (one fd each): half of systemd's default fd limit.
+pub const MAX_UPROBES: usize = 512;
+
 impl Probes {
     /// Attaches every hook of a library file once (by inode). Returns how many hooks attached.
     pub fn attach_library(&mut self, lib: &LibraryFile) -> usize {
@@ -205,12 +211,50 @@ impl Probes {
     }
     /// Attaches hooks in every not-yet-hooked graphics library `pid` has mapped.
     /// Returns the names of the newly hooked files.
+    ///
+    /// Each hooked file holds a uprobe fd per hook for the daemon's life, so copies are budgeted:
+    /// any user can map a thousand copies of libEGL, and must not spend the fds that later games
+    /// need. A non-root user's processes get [`COPIES_PER_USER`] hooked copies in all; nobody's
+    /// copies take the probes past [`MAX_UPROBES`].
     pub fn attach_process_libraries(&mut self, pid: u32) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
         let mut hooked = Vec::new();
+        let Ok(owner) = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()) else {
+            return hooked;
+        };
+        let mut refused = Vec::new();
         for lib in libraries::process_libraries(pid) {
+            if self.hooked_files.contains(&(lib.dev, lib.ino)) {
+                continue;
+            }
+            let spent = self.copies_by_uid.get(&owner).copied().unwrap_or(0);
+            if (owner != 0 && spent >= COPIES_PER_USER)
+                || self.uprobe_points.len() + lib.kind.hooks.len() > MAX_UPROBES
+            {
+                refused.push(lib.display);
+                continue;
+            }
             if self.attach_library(&lib) > 0 {
+                *self.copies_by_uid.entry(owner).or_default() += 1;
                 hooked.push(lib.display);
             }
+        }
+        // Said at most every 10 s: the refusals repeat with every scan of such a process.
+        let now = std::time::Instant::now();
+        let quiet = self
+            .budget_warned_at
+            .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(10));
+        if !refused.is_empty() && !quiet {
+            self.budget_warned_at = Some(now);
+            log::warn!(
+                "pid {pid} (uid {owner}): {} copies of graphics libraries not hooked (first: {}): \
+                 a user's processes get {COPIES_PER_USER} hooked copies, and the agent places at \
+                 most {MAX_UPROBES} uprobes (it holds {}); further refusals are logged at most \
+                 every 10 s",
+                refused.len(),
+                refused[0],
+                self.uprobe_points.len()
+            );
         }
         hooked
     }
