@@ -790,3 +790,15 @@ mod tests {
         );
     }
 }
+
+/// Slots of the kernel's `MAP_FULL` counters: inserts refused because a tracking map was full.
+/// A full map must never blind the capture silently: the agent reports these.
+pub mod map_full {
+    /// `THREADS`: a thread that could not be tracked.
+    pub const THREADS: u32 = 0;
+    /// `TRACKED_PROCESSES`: a process that could not be tracked.
+    pub const PROCESSES: u32 = 1;
+    pub const COUNT: u32 = 2;
+    /// The maps' names, by slot.
+    pub const NAMES: [&str; COUNT as usize] = ["threads", "processes"];
+}

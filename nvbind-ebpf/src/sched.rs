@@ -8,7 +8,7 @@
 //! is `culprit`'s.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id},
+    helpers::bpf_get_smp_processor_id,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };

@@ -8,7 +8,7 @@ use aya_ebpf::{
     Global,
 };
 use nvbind_common::{
-    event_kind, thread_status, CpuWatch, Culprit, EventHeader, PreemptorKey, PreemptorValue,
+    event_kind, map_full, thread_status, CpuWatch, Culprit, EventHeader, PreemptorKey, PreemptorValue,
     ProcessEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
@@ -84,6 +84,21 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 /// Records that did not fit in `EVENTS` (index 0), so the report can say what was lost.
 #[map]
 pub static DROPPED_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Inserts refused because a tracking map was full, per `nvbind_common::map_full` slot.
+#[map]
+pub static MAP_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(map_full::COUNT, 0);
+
+/// `-E2BIG`: what a map insert returns when the map is full.
+const E2BIG: i64 = -7;
+
+#[inline(always)]
+fn count_map_full(slot: u32) {
+    if let Some(p) = MAP_FULL.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *p += 1 };
+    }
+}
 
 /// Field offsets of classic tracepoints, read from tracefs `format` files by the agent at load time
 /// (Rust eBPF has no CO-RE; these formats are the kernel's stable ABI for the records).
@@ -247,7 +262,12 @@ pub fn start_tracking_thread(tgid: u32, tid: u32, status: u32) {
     // reused. A live thread's tid is never another live task's, so an entry marked exiting that a
     // live thread asks for is the dead leader's. (Its last counters go; a live one's are worth
     // more.)
-    let fresh = THREADS.insert(tid, zero, BPF_NOEXIST as u64).is_ok()
+    let inserted = THREADS.insert(tid, zero, BPF_NOEXIST as u64);
+    if inserted.is_err_and(|e| i64::from(e) == E2BIG) {
+        count_map_full(map_full::THREADS);
+        return;
+    }
+    let fresh = inserted.is_ok()
         || (thread(tid).is_some_and(|t| t.status == thread_status::EXITED || t.exiting != 0)
             && THREADS.insert(tid, zero, BPF_EXIST as u64).is_ok());
     if !fresh {
@@ -282,7 +302,12 @@ pub fn discover_current_thread() -> Option<(u32, u32, &'static mut ThreadState)>
 /// Adds a process to the tracked set with its histograms.
 #[inline(always)]
 pub fn start_tracking_process(tgid: u32, flags: u32) {
-    let _ = TRACKED_PROCESSES.insert(tgid, flags, BPF_NOEXIST as u64);
+    if TRACKED_PROCESSES
+        .insert(tgid, flags, BPF_NOEXIST as u64)
+        .is_err_and(|e| i64::from(e) == E2BIG)
+    {
+        count_map_full(map_full::PROCESSES);
+    }
     if let Some(zero) = ZERO_HISTS.get_ptr(0) {
         // SAFETY: `zero` points at a map value, which the helper may read from.
         let _ = PROC_HISTS.insert(tgid, unsafe { &*zero }, BPF_NOEXIST as u64);

@@ -152,3 +152,33 @@ fn root_never_writes_through_a_name_the_output_directorys_owner_planted() {
     }
     assert_eq!(planted, outputs.len() * 17);
 }
+
+/// One process with more threads than the kernel's thread table holds (16,384): what could not
+/// be tracked is said, in the report's notes, never silently missing.
+#[test]
+fn a_full_thread_table_is_said_not_silent() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("r.json");
+    let crowd = agent_bin().with_file_name("thread-crowd");
+    let result = Command::new(agent_bin())
+        .args(["record", "--out"])
+        .arg(&out)
+        .arg("--")
+        .arg(&crowd)
+        .args(["--threads", "17000", "--seconds", "3", "--wakeups-per-sec", "2000"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the agent");
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let report = read_json(&out);
+    let notes = report["capture"]["notes"].to_string();
+    assert!(
+        notes.contains("threads table was full"),
+        "the report says the kernel could not track every thread: {notes}"
+    );
+}

@@ -23,6 +23,7 @@ impl Daemon {
         let (cpu, _) = cpu_time_and_peak_rss();
         let costs = self.tracker.probes().program_costs();
         let dropped = self.tracker.probes().dropped_events();
+        let map_full = self.tracker.probes().map_full_counts();
         let latest = self.sampler.as_ref().map(gpu::Sampler::latest);
         let now = monotonic_ns();
         let oldest_session = self
@@ -46,6 +47,21 @@ impl Daemon {
             live.agent.cpu_seconds = cpu;
             live.agent.resident_bytes = resident_bytes();
             live.agent.dropped_events = dropped;
+            // A full kernel table blinds the capture of whatever it could not take: never silently.
+            for ((map, now), before) in nvbind_common::map_full::NAMES
+                .iter()
+                .zip(map_full)
+                .zip(live.agent.map_full)
+            {
+                if now > before {
+                    log::warn!(
+                        "the kernel's {map} table was full: {} more {map} could not be tracked \
+                         ({now} in all)",
+                        now - before
+                    );
+                }
+            }
+            live.agent.map_full = map_full;
             live.agent.bpf = costs;
             if let Some(latest) = latest {
                 live.gpus = latest

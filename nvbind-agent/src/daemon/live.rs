@@ -96,6 +96,8 @@ pub struct AgentStatus {
     pub reports_failed: u64,
     /// Unwritten session reports given up because too many were waiting (a full disk).
     pub reports_lost: u64,
+    /// Inserts the kernel refused because a tracking map was full (`nvbind_common::map_full`).
+    pub map_full: [u64; nvbind_common::map_full::COUNT as usize],
 }
 
 /// Everything the API reads. Written by the capture loop under a short lock.

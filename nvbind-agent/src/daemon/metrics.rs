@@ -285,6 +285,19 @@ const STATE_FAMILIES: &[StateFamily] = &[
         read: Read::One(|live| Number::Int(live.agent.dropped_events)),
     },
     StateFamily {
+        name: "kernel_map_full",
+        help: "Threads or processes the kernel could not track because its table was full",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::Each(|live| {
+            nvbind_common::map_full::NAMES
+                .iter()
+                .zip(live.agent.map_full)
+                .map(|(map, n)| (vec![("map", (*map).to_string())], Number::Int(n)))
+                .collect()
+        }),
+    },
+    StateFamily {
         name: "tracked_processes",
         help: "Games tracked now",
         kind: Kind::Gauge,

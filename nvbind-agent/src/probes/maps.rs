@@ -199,6 +199,11 @@ impl Probes {
     pub fn dropped_events(&self) -> u64 {
         self.sum_per_cpu("DROPPED_EVENTS", 0)
     }
+    /// Inserts the kernel refused because a tracking map was full, per
+    /// `nvbind_common::map_full` slot.
+    pub fn map_full_counts(&self) -> [u64; nvbind_common::map_full::COUNT as usize] {
+        std::array::from_fn(|slot| self.sum_per_cpu("MAP_FULL", slot as u32))
+    }
     pub(super) fn sum_per_cpu(&self, map: &'static str, index: u32) -> u64 {
         let Ok(map) = self.map(map) else { return 0 };
         let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {

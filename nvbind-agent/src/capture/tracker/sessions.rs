@@ -241,6 +241,16 @@ impl Tracker {
             }
         }
         explain_sources(capture);
+        for (map, full) in nvbind_common::map_full::NAMES
+            .iter()
+            .zip(self.probes.map_full_counts())
+            .filter(|(_, n)| *n > 0)
+        {
+            capture.notes.push(format!(
+                "the kernel's {map} table was full {full} time(s) since the agent started: \
+                 {map} started then were not tracked, and their frames and evidence are missing"
+            ));
+        }
         if capture.dropped_events > 0 {
             capture.notes.push(format!(
                 "{} kernel records were lost (ring buffer full) while this capture ran: frame \

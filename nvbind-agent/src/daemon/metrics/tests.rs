@@ -158,6 +158,7 @@ fn representative() -> Metrics {
             reports_written: 3,
             reports_failed: 1,
             reports_lost: 2,
+            map_full: [3, 0],
         },
     }));
     let metrics = Metrics::new(live);
@@ -296,6 +297,10 @@ nvbind_agent_resident_memory_bytes 41943040.0
 # HELP nvbind_dropped_events Kernel records lost because the ring buffer was full
 # TYPE nvbind_dropped_events counter
 nvbind_dropped_events_total 5
+# HELP nvbind_kernel_map_full Threads or processes the kernel could not track because its table was full
+# TYPE nvbind_kernel_map_full counter
+nvbind_kernel_map_full_total{map="threads"} 3
+nvbind_kernel_map_full_total{map="processes"} 0
 # HELP nvbind_tracked_processes Games tracked now
 # TYPE nvbind_tracked_processes gauge
 nvbind_tracked_processes 2
@@ -397,6 +402,10 @@ nvbind_agent_resident_memory_bytes 41943040.0
 # HELP nvbind_dropped_events_total Kernel records lost because the ring buffer was full
 # TYPE nvbind_dropped_events_total counter
 nvbind_dropped_events_total 5
+# HELP nvbind_kernel_map_full_total Threads or processes the kernel could not track because its table was full
+# TYPE nvbind_kernel_map_full_total counter
+nvbind_kernel_map_full_total{map="threads"} 3
+nvbind_kernel_map_full_total{map="processes"} 0
 # HELP nvbind_tracked_processes Games tracked now
 # TYPE nvbind_tracked_processes gauge
 nvbind_tracked_processes 2
@@ -421,6 +430,10 @@ nvbind_agent_resident_memory_bytes 0.0
 # HELP nvbind_dropped_events Kernel records lost because the ring buffer was full
 # TYPE nvbind_dropped_events counter
 nvbind_dropped_events_total 0
+# HELP nvbind_kernel_map_full Threads or processes the kernel could not track because its table was full
+# TYPE nvbind_kernel_map_full counter
+nvbind_kernel_map_full_total{map="threads"} 0
+nvbind_kernel_map_full_total{map="processes"} 0
 # HELP nvbind_tracked_processes Games tracked now
 # TYPE nvbind_tracked_processes gauge
 nvbind_tracked_processes 0
