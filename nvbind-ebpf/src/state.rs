@@ -8,8 +8,8 @@ use aya_ebpf::{
     Global,
 };
 use nvbind_common::{
-    event_kind, map_full, thread_status, CpuWatch, Culprit, EventHeader, PreemptorKey, PreemptorValue,
-    ProcessEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
+    event_kind, map_full, thread_status, CpuWatch, Culprit, EventHeader, PreemptorKey,
+    PreemptorValue, ProcessEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 /// CPUs covered by `CPU_WATCH`.
