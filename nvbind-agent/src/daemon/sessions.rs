@@ -305,6 +305,16 @@ fn is_session_stem(stem: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The names of the files in `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     fn capture_at(unix_s: f64) -> Capture {
         Capture {
             started_unix_s: unix_s,
@@ -337,11 +347,7 @@ mod tests {
         fs::write(dir.path().join("README.json"), "{}").unwrap();
         let removed = prune(dir.path(), 2);
         assert_eq!(removed, stems[..3].to_vec());
-        let mut left: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
+        let left = names_in(dir.path());
         assert_eq!(
             left,
             vec![
@@ -385,11 +391,7 @@ mod tests {
             }
         }
         assert!(prune(dir.path(), 0).is_empty());
-        let mut left: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
+        let left = names_in(dir.path());
         assert_eq!(
             left,
             [

@@ -240,12 +240,18 @@ pub fn read_report(path: &Path) -> Result<Report, ReadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let schema = serde_json::from_str::<serde_json::Value>(&text)
+    // Only the schema first, without building the whole document as a JSON value (a long
+    // session's report is hundreds of MB, and its value tree several times that).
+    #[derive(serde::Deserialize)]
+    struct Schema {
+        schema: Option<serde_json::Value>,
+    }
+    let schema = serde_json::from_str::<Schema>(&text)
         .map_err(|e| ReadError::Json {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?
-        .get("schema")
+        .schema
         .and_then(|s| s.as_str().map(str::to_owned));
     if !matches!(schema.as_deref(), Some(super::SCHEMA | super::SCHEMA_V1)) {
         return Err(ReadError::Schema {
