@@ -27,7 +27,12 @@ fn main() -> ExitCode {
                     line.push_str(&cause);
                 }
             }
-            eprintln!("nvbind-agent: error: {line}");
+            // Errors quote what they were given (a file's text, a cgroup's name): one line,
+            // nothing a terminal would act on.
+            eprintln!(
+                "nvbind-agent: error: {}",
+                nvbind_agent::identity::escape_controls(&line)
+            );
             ExitCode::from(1)
         }
     }

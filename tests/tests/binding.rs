@@ -651,3 +651,38 @@ fn attach_deny_all_like_runc(cgroup: &Path) {
     // SAFETY: closing the program descriptor we own; the attachment keeps the program.
     unsafe { libc::close(prog as i32) };
 }
+
+/// `bind` without `--bpffs` pins in the system's place, `/sys/fs/bpf`, and mounts it there when
+/// nothing is mounted (as systemd does at boot) instead of refusing. In a mount namespace of its
+/// own, so the mount and the binding pinned in it end with the test.
+#[test]
+fn bind_mounts_the_system_bpffs_when_it_is_not_mounted() {
+    require_root();
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    let cgroup = TestCgroup::new(Tree::V2, "system-bpffs");
+    let script = r#"umount /sys/fs/bpf 2>/dev/null
+if grep -q " /sys/fs/bpf bpf " /proc/self/mounts; then echo "still mounted"; exit 3; fi
+"$@" || exit $?
+grep -q " /sys/fs/bpf bpf " /proc/self/mounts && echo MOUNTED"#;
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(agent_bin())
+        .args(["bind", "--cgroup", &cgroup.arg(), "--gpu", "all"])
+        .args(host.root_args())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("MOUNTED"),
+        "bind mounted /sys/fs/bpf and pinned there: {stdout}{}",
+        stderr(&out)
+    );
+}

@@ -1710,6 +1710,19 @@ fn a_game_with_its_own_copy_of_the_graphics_library_is_seen_from_its_first_frame
     assert!(status.success(), "{log}");
 }
 
+/// The id of the `games` group (every Debian system has it), from the group database.
+fn games_gid() -> u32 {
+    let out = Command::new("getent")
+        .args(["group", "games"])
+        .output()
+        .expect("run getent");
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .nth(2)
+        .and_then(|gid| gid.trim().parse().ok())
+        .expect("the games group exists (Debian's base-passwd makes it)")
+}
+
 #[test]
 fn reports_are_readable_by_root_and_the_reports_group_only_and_debris_is_swept() {
     require_root();
@@ -1729,8 +1742,8 @@ fn reports_are_readable_by_root_and_the_reports_group_only_and_debris_is_swept()
     let daemon = Daemon::start_prepared(
         &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
         port,
-        // `games` (gid 60) is a group every Debian system has; the default, `nvbind`, is created
-        // by the package.
+        // `games` is a group every Debian system has; the default, `nvbind`, is created by the
+        // package.
         "[reports]\ngroup = \"games\"\nkeep = 50\n",
         |reports| {
             fs::create_dir(reports).expect("reports dir");
@@ -1767,7 +1780,8 @@ fn reports_are_readable_by_root_and_the_reports_group_only_and_debris_is_swept()
     let pid = game.pid;
     game.wait_exit();
     let (report, _) = daemon.wait_for_report(pid);
-    // Pruning, after each session, removes old orphans only.
+    // Pruning, after each session's report has its name, removes old orphans only.
+    daemon.wait_for_log("a per-frame log whose report is gone");
     assert!(
         !present(old_orphan),
         "an hour-old log without its report is removed: {}",
@@ -1785,7 +1799,8 @@ fn reports_are_readable_by_root_and_the_reports_group_only_and_debris_is_swept()
         0o2750,
         "root's, setgid, group-readable"
     );
-    assert_eq!((dir_meta.uid(), dir_meta.gid()), (0, 60));
+    let games = games_gid();
+    assert_eq!((dir_meta.uid(), dir_meta.gid()), (0, games));
     let stem = report
         .file_stem()
         .and_then(|s| s.to_str())
@@ -1808,7 +1823,7 @@ fn reports_are_readable_by_root_and_the_reports_group_only_and_debris_is_swept()
         let meta = fs::symlink_metadata(file).expect("session file");
         assert_eq!(
             (meta.permissions().mode() & 0o777, meta.uid(), meta.gid()),
-            (0o640, 0, 60),
+            (0o640, 0, games),
             "{} is root's and the reports group's, unreadable by others",
             file.display()
         );

@@ -13,6 +13,9 @@ use nvbind_tests::{agent_bin, game_bin, read_json, require_root};
 
 const NOBODY: u32 = 65534;
 
+/// Sequence numbers planted per output (the agent tries 64 names before it gives up).
+const PLANTED: usize = 40;
+
 /// Runs `script` with sh as nobody (no groups).
 fn as_nobody(script: &str) {
     let out = Command::new("setpriv")
@@ -85,11 +88,12 @@ fn root_never_writes_through_a_name_the_output_directorys_owner_planted() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the agent");
-    // Every temporary name the agent could use (its pid with the first sequence numbers, and the
-    // bare pid an older agent used), and one final name, as links to the secret.
+    // Every temporary name the agent could use (its pid with the first 40 sequence numbers: the
+    // counter is shared by the four outputs and their start-up checks; and the bare pid an
+    // older agent used), and one final name, as links to the secret.
     let mut plant = String::new();
     for name in outputs {
-        for suffix in std::iter::once(String::new()).chain((0..16).map(|n| format!("-{n}"))) {
+        for suffix in std::iter::once(String::new()).chain((0..PLANTED).map(|n| format!("-{n}"))) {
             plant.push_str(&format!(
                 "ln -s {} {}; ",
                 quoted(&victim),
@@ -150,7 +154,7 @@ fn root_never_writes_through_a_name_the_output_directorys_owner_planted() {
             planted += 1;
         }
     }
-    assert_eq!(planted, outputs.len() * 17);
+    assert_eq!(planted, outputs.len() * (PLANTED + 1));
 }
 
 /// One process that goes through more threads than the kernel's thread table holds (16,384):

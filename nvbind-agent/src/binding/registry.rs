@@ -75,6 +75,40 @@ impl Entry {
     }
 }
 
+/// Where systemd mounts the BPF filesystem.
+const SYSTEM_BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts a BPF filesystem at [`SYSTEM_BPFFS`] (mode 0700, as systemd does); a failure is left
+/// for the caller's check to report.
+fn mount_system_bpffs() {
+    let (Ok(source), Ok(target), Ok(kind), Ok(options)) = (
+        std::ffi::CString::new("bpf"),
+        std::ffi::CString::new(SYSTEM_BPFFS),
+        std::ffi::CString::new("bpf"),
+        std::ffi::CString::new("mode=0700"),
+    ) else {
+        return;
+    };
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            kind.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            options.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        log::info!("mounted the BPF filesystem at {SYSTEM_BPFFS} (it was not mounted)");
+    } else {
+        log::warn!(
+            "cannot mount the BPF filesystem at {SYSTEM_BPFFS}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Whether `path` is the root of a BPF filesystem.
 pub fn is_bpffs(path: &Path) -> bool {
     super::filesystem_magic(path).is_ok_and(|magic| magic == BPF_FS_MAGIC)
@@ -82,7 +116,12 @@ pub fn is_bpffs(path: &Path) -> bool {
 
 impl Registry {
     /// Opens (creating its directories) and locks the registry under the bpffs mount `bpffs`.
+    /// The system's own place for it, `/sys/fs/bpf`, is mounted when it is not (as systemd does
+    /// at boot); any other directory must be a bpffs already.
     pub fn open(bpffs: &Path) -> Result<Registry, BindError> {
+        if !is_bpffs(bpffs) && bpffs == Path::new(SYSTEM_BPFFS) {
+            mount_system_bpffs();
+        }
         if !is_bpffs(bpffs) {
             return Err(BindError::NoBpffs(bpffs.into()));
         }
@@ -105,6 +144,11 @@ impl Registry {
     /// registry that does not exist yet is empty. None when it does not exist.
     pub fn open_to_read(bpffs: &Path) -> Result<Option<Registry>, BindError> {
         if !is_bpffs(bpffs) {
+            // Nothing can be pinned where no bpffs is mounted: the system's place, unmounted,
+            // holds no bindings (and a read mounts nothing).
+            if bpffs == Path::new(SYSTEM_BPFFS) {
+                return Ok(None);
+            }
             return Err(BindError::NoBpffs(bpffs.into()));
         }
         let top = bpffs.join("nvbind");

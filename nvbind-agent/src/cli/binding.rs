@@ -1,5 +1,6 @@
 //! Giving containers and cgroups their GPUs: `bind`, `unbind`, `bindings` and `cdi generate`.
 
+use crate::identity::terminal_safe;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -21,7 +22,10 @@ pub(super) fn bind(args: BindArgs) -> Result<u8> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
         } else {
-            print!("{}", binding::render_plan(&plan, "would allow"));
+            print!(
+                "{}",
+                terminal_safe(&binding::render_plan(&plan, "would allow"))
+            );
         }
         return Ok(0);
     }
@@ -32,11 +36,14 @@ pub(super) fn bind(args: BindArgs) -> Result<u8> {
         if let Some(old) = &outcome.replaced {
             println!(
                 "replaced the binding of {} (GPUs {})",
-                old.cgroup.display(),
+                terminal_safe(&old.cgroup.to_string_lossy()),
                 binding::gpu_list(&old.gpus)
             );
         }
-        print!("{}", binding::render_plan(&outcome.binding, "allows"));
+        print!(
+            "{}",
+            terminal_safe(&binding::render_plan(&outcome.binding, "allows"))
+        );
         println!("pinned at {}", outcome.pinned_at.display());
     }
     Ok(0)
@@ -60,7 +67,7 @@ pub(super) fn unbind(args: UnbindArgs) -> Result<u8> {
         for b in &removed {
             println!(
                 "unbound {} ({}; GPUs {})",
-                b.cgroup.display(),
+                terminal_safe(&b.cgroup.to_string_lossy()),
                 b.hierarchy,
                 binding::gpu_list(&b.gpus)
             );
@@ -75,10 +82,7 @@ pub(super) fn list(json: bool, bpffs: &BpffsArg) -> Result<u8> {
     if json {
         println!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
-        print!(
-            "{}",
-            crate::identity::terminal_safe(&binding::render_list(&listed))
-        );
+        print!("{}", terminal_safe(&binding::render_list(&listed)));
     }
     Ok(0)
 }

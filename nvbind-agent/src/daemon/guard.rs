@@ -287,12 +287,26 @@ const SOCKET_TABLE_MAX_BYTES: u64 = 16 << 20;
 /// client end `peer`: in the kernel's socket tables, the socket whose local address is `peer`
 /// and remote address `local`. None for a client on another host (or one already gone).
 pub fn peer_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d; its own socket is an
+    // IPv4 one, in the IPv4 table.
+    let (local, peer) = (unmapped(local), unmapped(peer));
     let table = match peer.ip() {
         IpAddr::V4(_) => "/proc/net/tcp",
         IpAddr::V6(_) => "/proc/net/tcp6",
     };
     let bytes = crate::identity::read_bounded(table, SOCKET_TABLE_MAX_BYTES)?;
     uid_in_table(&String::from_utf8_lossy(&bytes), peer, local)
+}
+
+/// `addr` with an IPv4-mapped IPv6 address written as the IPv4 address it is.
+fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
 }
 
 /// The uid column of the line of `table` whose local address is `local` and remote `remote`.
@@ -344,6 +358,12 @@ mod tests {
         assert_eq!(peer_uid(server, peer), Some(me));
         let gone: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         assert_eq!(peer_uid(server, gone), None);
+        // The same connection as a dual-stack listener sees it.
+        let mapped = |a: SocketAddr| match a.ip() {
+            IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+            IpAddr::V6(_) => a,
+        };
+        assert_eq!(peer_uid(mapped(server), mapped(peer)), Some(me));
     }
 
     #[test]

@@ -49,11 +49,12 @@ pub fn run(options: DaemonOptions) -> Result<u8> {
     // Held until the daemon exits: a second daemon on the same socket refuses to start rather
     // than unlinking the first one's socket.
     let _one_daemon = super::listeners::lock_socket(&config.api.socket)?;
-    // Everything the daemon creates is root's and, for reports, the reports group's (files 0640,
-    // directories 0750); the API's socket sets its own mode.
+    // The reports directory first (its parents, if the daemon makes them, as any directory:
+    // the reports group must be able to reach it), then everything the daemon creates is root's
+    // and, for reports, the reports group's: files 0640. The API's socket sets its own mode.
+    let notes = sessions::prepare_dir(&config.reports, true)?;
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o027) };
-    let notes = sessions::prepare_dir(&config.reports, true)?;
     // Before the runtime's threads start, so they inherit it.
     crate::capture::yield_to_games();
     let runtime = tokio::runtime::Builder::new_multi_thread()

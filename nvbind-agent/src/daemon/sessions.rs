@@ -65,14 +65,30 @@ pub fn prepare_dir(config: &ReportsConfig, at_start: bool) -> Result<Vec<String>
 /// group's, and the daemon's umask (027) makes them 0640. A directory someone else owns is theirs
 /// (an administrator's choice): it is left as it is, with a warning when others can write it.
 fn restrict(dir: &Path, group: &str) -> std::io::Result<Vec<String>> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = fs::metadata(dir)?;
-    if meta.uid() != 0 {
+    use rustix::fs::{Gid, Mode, OFlags, Uid};
+    // Through the directory's own fd, never its path again: whoever can write the parent must
+    // not get root to change the mode or owner of what a symlink there points at.
+    let fd = match rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+            return Ok(vec![format!(
+                "reports.dir {} is a symbolic link: its owner and mode are left as they are",
+                dir.display()
+            )]);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let meta = rustix::fs::fstat(&fd)?;
+    if meta.st_uid != 0 {
         return Ok(vec![format!(
             "reports.dir {} belongs to uid {}, not root: its reports are as private as that \
              directory allows",
             dir.display(),
-            meta.uid()
+            meta.st_uid
         )]);
     }
     let mut notes = Vec::new();
@@ -87,11 +103,11 @@ fn restrict(dir: &Path, group: &str) -> std::io::Result<Vec<String>> {
             0
         })
     };
-    if meta.gid() != gid {
-        std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+    if meta.st_gid != gid {
+        rustix::fs::fchown(&fd, Some(Uid::ROOT), Some(Gid::from_raw(gid)))?;
     }
-    if meta.permissions().mode() & 0o7777 != 0o2750 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o2750))?;
+    if meta.st_mode & 0o7777 != 0o2750 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o2750))?;
     }
     Ok(notes)
 }
@@ -99,26 +115,33 @@ fn restrict(dir: &Path, group: &str) -> std::io::Result<Vec<String>> {
 /// The id of the group named `name` (through the system's group database), or None.
 fn group_id(name: &str) -> Option<u32> {
     let c_name = std::ffi::CString::new(name).ok()?;
-    let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: every pointer is valid for the call: c_name is NUL-terminated, group and found are
-    // writable, and buf is writable for buf.len() bytes. The result is read only through `found`,
-    // which getgrnam_r sets to &group (initialised) on success, or to null.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c_name.as_ptr(),
-            group.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return None;
+    // A group with many members needs a larger buffer: grow it while the lookup says so.
+    for size in [16usize << 10, 256 << 10, 4 << 20] {
+        let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        let mut buf = vec![0 as libc::c_char; size];
+        // SAFETY: every pointer is valid for the call: c_name is NUL-terminated, group and found
+        // are writable, and buf is writable for buf.len() bytes. The result is read only
+        // through `found`, which getgrnam_r sets to &group (initialised) on success, or null.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c_name.as_ptr(),
+                group.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE {
+            continue;
+        }
+        if rc != 0 || found.is_null() {
+            return None;
+        }
+        // SAFETY: found is non-null, so it points at the initialised `group`.
+        return Some(unsafe { (*found).gr_gid });
     }
-    // SAFETY: found is non-null, so it points at the initialised `group`.
-    Some(unsafe { (*found).gr_gid })
+    None
 }
 
 /// The file stem of a session: UTC start time (sortable), name, pid, part.
@@ -231,10 +254,7 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
     let doomed: Vec<String> = stems[..excess].iter().map(|s| s.to_string()).collect();
     for stem in &doomed {
         for name in &names {
-            if name
-                .strip_prefix(stem.as_str())
-                .is_some_and(|rest| rest.starts_with('.'))
-            {
+            if session_stem_of(name) == Some(stem.as_str()) {
                 if let Err(e) = fs::remove_file(dir.join(name)) {
                     log::warn!("cannot prune {}: {e}", dir.join(name).display());
                 }
@@ -279,13 +299,16 @@ fn remove_orphans(dir: &Path, names: &[String]) {
     }
 }
 
+/// What follows a session's stem in the names of its files.
+const SESSION_SUFFIXES: [&str; 4] = [".json", ".frames.csv", ".mangohud.csv", ".presentmon.csv"];
+
 /// The session stem a file of a session is named after (`STEM.json`, `STEM.frames.csv`, ...).
+/// By its known suffixes: a stem may hold dots of its own (`Game.exe`).
 fn session_stem_of(name: &str) -> Option<&str> {
-    // The stem holds one '.' (the milliseconds of its time, at byte 19); its suffix starts at
-    // the next.
-    let dot = name.get(20..)?.find('.')? + 20;
-    let stem = &name[..dot];
-    is_session_stem(stem).then_some(stem)
+    SESSION_SUFFIXES
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .filter(|stem| is_session_stem(stem))
 }
 
 /// Whether a file stem is one of ours (starts with a UTC time as `stem` writes it), so that
@@ -372,7 +395,15 @@ mod tests {
             Some(orphan.as_str())
         );
         assert_eq!(session_stem_of("notes.frames.csv"), None);
+        let wine = stem(&capture_at(1_795_000_003.0), 4, "Game.exe", 0);
+        assert_eq!(
+            session_stem_of(&format!("{wine}.presentmon.csv")),
+            Some(wine.as_str()),
+            "a stem with dots of its own"
+        );
         for name in [
+            format!("{wine}.json"),
+            format!("{wine}.frames.csv"),
             format!("{kept}.json"),
             format!("{kept}.frames.csv"),
             format!("{orphan}.frames.csv"),
@@ -380,7 +411,7 @@ mod tests {
             format!("{fresh}.frames.csv"),
         ] {
             fs::write(dir.path().join(&name), "").unwrap();
-            if name.starts_with(&orphan) || name.starts_with(&kept) {
+            if name.starts_with(&orphan) || name.starts_with(&kept) || name.starts_with(&wine) {
                 let old = std::time::SystemTime::now() - 2 * ORPHAN_AGE;
                 fs::File::options()
                     .write(true)
@@ -398,6 +429,8 @@ mod tests {
                 format!("{kept}.frames.csv"),
                 format!("{kept}.json"),
                 format!("{fresh}.frames.csv"),
+                format!("{wine}.frames.csv"),
+                format!("{wine}.json"),
             ]
         );
     }

@@ -34,6 +34,19 @@ pub(super) struct UprobePoint {
     program: &'static str,
 }
 
+/// The real uid of `pid`, from its status file (not the owner of /proc/PID, which the kernel
+/// shows as root for a process that made itself undumpable).
+fn real_uid(pid: u32) -> Option<u32> {
+    let status = crate::identity::read_bounded(&format!("/proc/{pid}/status"), 16 << 10)?;
+    String::from_utf8_lossy(&status)
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Library copies hooked on behalf of one non-root user's processes (a game in a container or
 /// runtime maps a few; a hundred is an attack).
 pub const COPIES_PER_USER: usize = 16;
@@ -217,9 +230,8 @@ impl Probes {
     /// need. A non-root user's processes get [`COPIES_PER_USER`] hooked copies in all; nobody's
     /// copies take the probes past [`MAX_UPROBES`].
     pub fn attach_process_libraries(&mut self, pid: u32) -> Vec<String> {
-        use std::os::unix::fs::MetadataExt;
         let mut hooked = Vec::new();
-        let Ok(owner) = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()) else {
+        let Some(owner) = real_uid(pid) else {
             return hooked;
         };
         let mut refused = Vec::new();

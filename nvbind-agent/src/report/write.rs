@@ -67,10 +67,14 @@ fn open_parent(path: &Path) -> io::Result<(OwnedFd, &OsStr)> {
 /// prepared: a name that exists (planted, or another writer's) is skipped, never opened.
 fn create_temp(dir: &OwnedFd, name: &OsStr) -> io::Result<(File, OsString)> {
     // Long enough to tell files apart, short enough that the marks fit in NAME_MAX (255).
-    let stem: String = String::from_utf8_lossy(name.as_bytes())
-        .chars()
-        .take(160)
-        .collect();
+    // At most 160 bytes of the name, cut at a character boundary.
+    let mut stem = String::new();
+    for c in String::from_utf8_lossy(name.as_bytes()).chars() {
+        if stem.len() + c.len_utf8() > 160 {
+            break;
+        }
+        stem.push(c);
+    }
     for _ in 0..64 {
         let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
         let temp = format!(".{stem}{TEMP_MARK}{}-{n}", std::process::id());
@@ -157,8 +161,15 @@ impl Prepared<'_> {
             self.temp = Some(temp);
             return Err(io_err(path)(e.into()));
         }
-        // The rename itself survives a crash only once the directory is synced.
-        rustix::fs::fsync(&self.dir).map_err(|e| io_err(path)(e.into()))
+        // The rename itself survives a crash only once the directory is synced. The file is in
+        // place either way: a failure here is said, not returned (a caller would write it again).
+        if let Err(e) = rustix::fs::fsync(&self.dir) {
+            log::warn!(
+                "{}: written, but its directory could not be synced: {e}",
+                path.display()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -174,9 +185,7 @@ impl Drop for Prepared<'_> {
 /// not a live process, or is `own_pid_too`'s caller at start-up), never following a link and
 /// never touching anything else. Returns the names removed.
 pub fn sweep_debris(dir: &Path, own_pid_too: bool) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
+    // Listed and unlinked through one fd: the directory is resolved once.
     let Ok(dir_fd) = rustix::fs::open(
         dir,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -184,9 +193,12 @@ pub fn sweep_debris(dir: &Path, own_pid_too: bool) -> Vec<String> {
     ) else {
         return Vec::new();
     };
+    let Ok(entries) = rustix::fs::Dir::read_from(&dir_fd) else {
+        return Vec::new();
+    };
     let mut removed = Vec::new();
     for entry in entries.flatten() {
-        let Ok(name) = entry.file_name().into_string() else {
+        let Ok(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
         let Some(pid) = temp_writer(&name) else {

@@ -59,6 +59,10 @@ pub struct Tracker {
     pending_windows: Vec<(u32, u64, u64)>,
     /// Threads of each tracked process, as of the last scan.
     tids: HashMap<u32, Vec<u32>>,
+    /// The process each name in `capture.thread_names` was read for, by tid: a report keeps its
+    /// own process's names (threads that exited between scans included), and a tid the kernel
+    /// reuses in another process gets its new name.
+    name_owners: HashMap<u32, u32>,
     /// When each process's memory map was last searched for graphics libraries.
     library_scans: HashMap<u32, LastScan>,
     /// When each process's liveness and threads were last read.
@@ -92,6 +96,7 @@ impl Tracker {
             detectors: HashMap::new(),
             pending_windows: Vec::new(),
             tids: HashMap::new(),
+            name_owners: HashMap::new(),
             library_scans: HashMap::new(),
             process_scans: HashMap::new(),
             gpu_nodes: gpus
@@ -149,27 +154,42 @@ impl Tracker {
             log::debug!("pid {pid}: cannot track its threads: {e}");
         }
         // Their names now, while they live: a short-lived process may be gone by the next scan.
-        // The list is kept with them: a capture keeps the names of its process's threads only.
-        let tids = crate::probes::thread_ids(pid);
-        self.learn_thread_names(pid, &tids);
-        let known = self.tids.entry(pid).or_default();
-        known.extend(tids);
-        known.sort_unstable();
-        known.dedup();
+        self.learn_thread_names(pid, &crate::probes::thread_ids(pid));
     }
 
     /// Reads the names of `pid`'s threads `tids` not named yet (a thread that has exited is
     /// skipped: its name is gone with it).
     pub(in crate::capture) fn learn_thread_names(&mut self, pid: u32, tids: &[u32]) {
         for &tid in tids {
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                self.capture.thread_names.entry(tid)
-            {
-                if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
-                    slot.insert(name.trim_end().to_string());
-                }
+            let known = self.name_owners.get(&tid) == Some(&pid)
+                && self.capture.thread_names.contains_key(&tid);
+            if known {
+                continue;
+            }
+            if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
+                self.capture
+                    .thread_names
+                    .insert(tid, name.trim_end().to_string());
+                self.name_owners.insert(tid, pid);
             }
         }
+    }
+
+    /// Whether `tid`'s name was read for process `pid`.
+    pub(in crate::capture) fn names_thread_of(&self, tid: u32, pid: u32) -> bool {
+        self.name_owners.get(&tid) == Some(&pid)
+    }
+
+    /// Forgets the names read for `pid`'s threads.
+    pub(in crate::capture) fn forget_thread_names(&mut self, pid: u32) {
+        let names = &mut self.capture.thread_names;
+        self.name_owners.retain(|tid, owner| {
+            let mine = *owner == pid;
+            if mine {
+                names.remove(tid);
+            }
+            !mine
+        });
     }
 
     /// Hooks the graphics libraries `pid` maps that are not hooked yet (copies inside containers

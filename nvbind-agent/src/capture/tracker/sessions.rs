@@ -77,9 +77,7 @@ impl Tracker {
                 .capture
                 .thread_names
                 .iter()
-                .filter(|(tid, _)| {
-                    tids.contains(tid) || self.tids.get(&pid).is_some_and(|t| t.contains(tid))
-                })
+                .filter(|(tid, _)| tids.contains(tid) || self.names_thread_of(**tid, pid))
                 .map(|(tid, name)| (*tid, name.clone()))
                 .collect(),
             gpus,
@@ -114,11 +112,8 @@ impl Tracker {
         self.library_scans.remove(&pid);
         self.process_scans.remove(&pid);
         self.gpu_searched.remove(&pid);
-        if let Some(tids) = self.tids.remove(&pid) {
-            for tid in tids {
-                self.capture.thread_names.remove(&tid);
-            }
-        }
+        self.tids.remove(&pid);
+        self.forget_thread_names(pid);
         if self.capture.processes.is_empty() {
             // Names of other processes' tasks that kept tracked threads waiting: only needed
             // while someone is tracked.
