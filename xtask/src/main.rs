@@ -125,7 +125,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             if !util::is_root() {
                 bail!("the integration tests load eBPF programs: run as root");
             }
-            // A fresh clone's test build, VM and fixtures take about 7 GiB under target/ (xtask's
+            // A fresh clone's test build, VM and fixtures take about 6 GiB under target/ (xtask's
             // own build is there already, so look for the agent's); a warm one adds incremental
             // state and the run's own files.
             let target = target_dir(&root);
