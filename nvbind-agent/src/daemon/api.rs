@@ -344,12 +344,24 @@ async fn container_gpu(
     id: Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<Json<ContainerBody>> {
     let UrlPath(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok(Json(container_body(&shared, &id)?))
+    Ok(Json(container_body(shared, id).await?))
 }
 
-fn container_body(shared: &Shared, id: &str) -> ApiResult<ContainerBody> {
-    let (cgroup, cid) = find_container(shared, id)?;
-    container_body_of(shared, id, cgroup, cid)
+/// Finds a container and makes its view, off the async workers: the search may walk the whole
+/// cgroup tree (thousands of directories on a busy host) and the binding is read from bpffs, and
+/// the workers also serve every other client and the frame streams.
+async fn container_body(shared: Arc<Shared>, id: String) -> ApiResult<ContainerBody> {
+    tokio::task::spawn_blocking(move || {
+        let (cgroup, cid) = find_container(&shared, &id)?;
+        container_body_of(&shared, &id, cgroup, cid)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the container lookup failed: {e}"),
+        )
+    })?
 }
 
 /// The view of a container already found (streams find it once, not at every message).
@@ -479,7 +491,7 @@ async fn stream(
         process_view(&shared, pid)?;
         StreamTarget::Process(pid)
     } else {
-        let body = container_body(&shared, &target)?;
+        let body = container_body(Arc::clone(&shared), target.clone()).await?;
         StreamTarget::Container {
             id: body.id,
             cgroup: body.cgroup,
@@ -550,8 +562,19 @@ async fn run_stream(
                 cgroup,
                 container_id,
             } => {
-                let view =
-                    container_body_of(&shared, id, cgroup.clone(), container_id.clone()).ok();
+                // Off the async workers, as every container lookup (it reads bpffs).
+                let (shared, id, cgroup, container_id) = (
+                    Arc::clone(&shared),
+                    id.clone(),
+                    cgroup.clone(),
+                    container_id.clone(),
+                );
+                let view = tokio::task::spawn_blocking(move || {
+                    container_body_of(&shared, &id, cgroup, container_id).ok()
+                })
+                .await
+                .ok()
+                .flatten();
                 let live = view.is_some();
                 (message(seq, live, view), live)
             }
