@@ -55,7 +55,7 @@ pub fn prepare_dir(config: &ReportsConfig, at_start: bool) -> Result<Vec<String>
     for name in report::sweep_debris(dir, at_start) {
         log::warn!(
             "removed {}: a temporary file left by a writer killed mid-write",
-            crate::identity::printable_within(&dir.join(name).to_string_lossy(), 4096)
+            dir.join(name).display()
         );
     }
     Ok(notes)
@@ -222,7 +222,7 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<String> {
     for name in report::sweep_debris(dir, false) {
         log::warn!(
             "removed {}: a temporary file left by a writer killed mid-write",
-            crate::identity::printable_within(&name, 1024)
+            name
         );
     }
     let Ok(entries) = fs::read_dir(dir) else {
@@ -291,10 +291,7 @@ fn remove_orphans(dir: &Path, names: &[String]) {
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age >= ORPHAN_AGE);
         if old_enough && fs::remove_file(&path).is_ok() {
-            log::warn!(
-                "removed {}: a per-frame log whose report is gone",
-                crate::identity::printable_within(name, 1024)
-            );
+            log::warn!("removed {}: a per-frame log whose report is gone", name);
         }
     }
 }

@@ -193,16 +193,13 @@ const ATTRIBUTE_MAX_BYTES: u64 = 64 << 10;
 /// or a device planted in a fixture tree (`--sysfs-root`) would block or never end. Opened
 /// non-blocking, so even a FIFO's open returns at once and is then refused.
 pub(crate) fn read_attribute(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::{
-        io::Read,
-        os::unix::fs::{FileTypeExt, OpenOptionsExt},
-    };
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let kind = file.metadata()?.file_type();
-    if !kind.is_file() || kind.is_fifo() {
+    if !kind.is_file() {
         return Err(std::io::Error::new(
             ErrorKind::InvalidInput,
             "not a regular file",

@@ -231,14 +231,17 @@ impl Probes {
     /// copies take the probes past [`MAX_UPROBES`].
     pub fn attach_process_libraries(&mut self, pid: u32) -> Vec<String> {
         let mut hooked = Vec::new();
-        let Some(owner) = real_uid(pid) else {
-            return hooked;
-        };
         let mut refused = Vec::new();
+        // Read once, and only when the process maps something not hooked yet (most scans find
+        // nothing new).
+        let mut owner_uid = None;
         for lib in libraries::process_libraries(pid) {
             if self.hooked_files.contains(&(lib.dev, lib.ino)) {
                 continue;
             }
+            let Some(owner) = *owner_uid.get_or_insert_with(|| real_uid(pid)) else {
+                return hooked;
+            };
             let spent = self.copies_by_uid.get(&owner).copied().unwrap_or(0);
             if (owner != 0 && spent >= COPIES_PER_USER)
                 || self.uprobe_points.len() + lib.kind.hooks.len() > MAX_UPROBES
@@ -256,7 +259,7 @@ impl Probes {
         let quiet = self
             .budget_warned_at
             .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(10));
-        if !refused.is_empty() && !quiet {
+        if let (false, false, Some(Some(owner))) = (refused.is_empty(), quiet, owner_uid) {
             self.budget_warned_at = Some(now);
             log::warn!(
                 "pid {pid} (uid {owner}): {} copies of graphics libraries not hooked (first: {}): \
