@@ -273,10 +273,14 @@ fn switched_in(
             record(next, next_tid, waited, true);
             blame(next, next_tid, waited, now, cpu, prev_tgid, prev_tid);
         }
-        // Woken without us seeing the wakeup (tracking began mid-sleep): count it as blocked.
-        thread_status::BLOCKED => end_blocked(next, next_tid, now),
-        // Switched in while it was, by our account, running: its switch-out never reached us.
-        // (UNKNOWN: tracked by the agent's scan, state unknown until now.)
+        // Only our own switch-out makes a thread BLOCKED, and the kernel wakes every sleeper
+        // before it runs again: this wakeup never reached us (a classic program skipped by the
+        // shared recursion guard, or the kernel's own lapse, docs/probes.md). Where the sleep
+        // ended and the wait for a CPU began is not known: the stretch is unseen, not blocked
+        // (a frame that waited 80 ms behind a hog must not read as 96 ms asleep).
+        //
+        // RUNNING: switched in while it was, by our account, running: its switch-out never
+        // reached us. UNKNOWN: tracked by the agent's scan, state unknown until now.
         _ => unseen(next, now),
     }
     if next.last_cpu != u32::MAX && next.last_cpu != cpu {

@@ -29,7 +29,8 @@ pub use game::{
 pub use host::{mount_point, Bpffs, FixtureHost, TestCgroup, Tree};
 pub use i386::I386;
 pub use report::{
-    busiest, read_csv, read_json, skipped_runs, skipped_sched_runs, switch_count_slack,
+    busiest, read_csv, read_json, skipped_runs, skipped_sched_runs, stutter_unreported,
+    switch_count_slack,
 };
 pub use timing::{
     assert_fps_allowed, assert_quantile_allowed, assert_within_windows, frame_bounds_ms,

@@ -64,3 +64,16 @@ pub fn skipped_runs(report: &serde_json::Value, prefix: &str) -> u64 {
 pub fn switch_count_slack(truth: u64, report: &serde_json::Value) -> u64 {
     5 + truth / 100 + skipped_sched_runs(report)
 }
+
+/// Whether the report says it could not judge a stutter because the kernel did not report what
+/// a thread did: the verdict `unknown`, with a sentence that says the kernel "did not report"
+/// the presenting thread's switches, or the time of the game's thread it was blocked on
+/// (docs/stutter.md). Now and then a context switch or a wakeup reaches no tracepoint consumer at
+/// all (docs/probes.md); tests count such frames and still require most frames judged. Any other
+/// `unknown` (the evidence, unseen time or not, does not explain the frame) is not excused.
+pub fn stutter_unreported(e: &serde_json::Value) -> bool {
+    e["cause"] == "unknown"
+        && e["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("did not report"))
+}

@@ -11,7 +11,7 @@ use std::{
 
 use nvbind_tests::{
     agent, busiest, monotonic_ns, percentile, pids_named, record_game, require_root, stderr,
-    FixtureHost, GameRun,
+    stutter_unreported, FixtureHost, GameRun,
 };
 use serde_json::{json, Value};
 
@@ -1026,7 +1026,7 @@ fn driver_waits_on(host: &FixtureHost) -> GameRun {
 
 /// The stalled frames' events (a host hitch may add another stutter; those are not judged here,
 /// nor a stalled frame in which the presenting thread waited longer for a CPU than in the stalled
-/// ioctl), each with how many GPU samples the report has over its frame. A frame the sampler took
+/// ioctl, nor one whose switches the kernel did not report, as the report says), each with how many GPU samples the report has over its frame. A frame the sampler took
 /// nothing over (a machine stalled for longer than the frame) has no GPU evidence: its verdict
 /// must say so and stay the plain driver wait. Returns only the events with samples, and at least
 /// one, so the verdicts the test is about are always judged.
@@ -1052,6 +1052,10 @@ fn stalled(run: &GameRun) -> Vec<Value> {
                 .as_f64()
                 .unwrap_or_else(|| panic!("{name}: {e}"))
         };
+        if stutter_unreported(e) {
+            eprintln!("note: the kernel did not report this frame's switches: {e}");
+            continue;
+        }
         if ms("runq_wait_ms") > ms("blocked_in_gpu_ioctl_ms") {
             eprintln!("note: the host's load outweighed the stall in this frame: {e}");
             continue;
