@@ -913,13 +913,26 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     assert_eq!(view["comm"], "synthetic-game");
     assert_eq!(view["container_id"], CONTAINER_ID);
     assert_eq!(view["cgroup"], format!("/docker-{CONTAINER_ID}.scope"));
+    // Every local user can ask the TCP API: it names the executable by its file name (a path
+    // can name a user's home); the root-only socket gives the whole path.
+    assert_eq!(view["exe"], "synthetic-game", "{view}");
+    let socket = daemon.socket().display().to_string();
+    let (status, body) = curl(&[
+        "--unix-socket",
+        &socket,
+        &format!("http://localhost/api/processes/{pid}"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let full: Value = serde_json::from_str(&body).expect("JSON");
+    let game_exe = fs::canonicalize(nvbind_tests::game_bin()).expect("the game's path");
+    assert_eq!(full["exe"], game_exe.display().to_string(), "{full}");
     let all = daemon.get_json("/api/processes");
     assert!(
         all["processes"]
             .as_array()
             .expect("list")
             .iter()
-            .any(|p| p["pid"] == pid),
+            .any(|p| p["pid"] == pid && p["exe"] == "synthetic-game"),
         "{all}"
     );
     assert!(daemon.get_json("/api/gpu/status")["gpus"].is_array());

@@ -14,7 +14,7 @@ use axum::{
     extract::{
         rejection::{JsonRejection, PathRejection, QueryRejection},
         ws::{Message, WebSocket, WebSocketUpgrade},
-        Path as UrlPath, Query, State,
+        Extension, Path as UrlPath, Query, State,
     },
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
@@ -26,7 +26,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{
     config::Config,
-    live::{self, Live, ProcessView},
+    live::{self, Audience, Live, ProcessView},
     metrics::Metrics,
 };
 use crate::{binding, frames::container_id, gpu};
@@ -133,6 +133,7 @@ pub fn read_routes(shared: Arc<Shared>) -> Router {
     reads()
         .route("/api/bindings", axum::routing::any(binding_not_here))
         .with_state(shared)
+        .layer(Extension(Audience::AnyLocalUser))
 }
 
 /// Everything, binding included: served only on the root-only Unix socket.
@@ -143,6 +144,7 @@ pub fn admin_routes(shared: Arc<Shared>) -> Router {
             get(list_bindings).post(bind).delete(unbind),
         )
         .with_state(shared)
+        .layer(Extension(Audience::Root))
 }
 
 async fn not_found() -> ApiError {
@@ -184,14 +186,17 @@ struct ProcessesBody {
     processes: Vec<ProcessView>,
 }
 
-async fn processes(State(shared): State<Arc<Shared>>) -> Json<ProcessesBody> {
+async fn processes(
+    State(shared): State<Arc<Shared>>,
+    Extension(audience): Extension<Audience>,
+) -> Json<ProcessesBody> {
     let live = shared.live();
     Json(ProcessesBody {
         window_s: live.window.as_secs_f64(),
         processes: live
             .processes
             .values()
-            .map(|p| live::process_view(p, live.window, &live.gpus))
+            .map(|p| live::process_view(p, live.window, &live.gpus, audience))
             .collect(),
     })
 }
@@ -203,11 +208,11 @@ fn parse_pid(text: &str) -> ApiResult<u32> {
         .ok_or_else(|| ApiError::bad_request(format!("{text:?} is not a process id")))
 }
 
-fn process_view(shared: &Shared, pid: u32) -> ApiResult<ProcessView> {
+fn process_view(shared: &Shared, pid: u32, audience: Audience) -> ApiResult<ProcessView> {
     let live = shared.live();
     live.processes
         .get(&pid)
-        .map(|p| live::process_view(p, live.window, &live.gpus))
+        .map(|p| live::process_view(p, live.window, &live.gpus, audience))
         .ok_or_else(|| {
             let why = if crate::target::is_alive(pid) {
                 "runs but has not presented a frame (or is excluded by the config)"
@@ -220,10 +225,11 @@ fn process_view(shared: &Shared, pid: u32) -> ApiResult<ProcessView> {
 
 async fn process(
     State(shared): State<Arc<Shared>>,
+    Extension(audience): Extension<Audience>,
     pid: Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<Json<ProcessView>> {
     let UrlPath(pid) = pid.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok(Json(process_view(&shared, parse_pid(&pid)?)?))
+    Ok(Json(process_view(&shared, parse_pid(&pid)?, audience)?))
 }
 
 /// A container's GPUs and games.
@@ -341,19 +347,24 @@ fn cgroup_tree_containers(id: &str) -> Vec<(String, String)> {
 
 async fn container_gpu(
     State(shared): State<Arc<Shared>>,
+    Extension(audience): Extension<Audience>,
     id: Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<Json<ContainerBody>> {
     let UrlPath(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok(Json(container_body(shared, id).await?))
+    Ok(Json(container_body(shared, id, audience).await?))
 }
 
 /// Finds a container and makes its view, off the async workers: the search may walk the whole
 /// cgroup tree (thousands of directories on a busy host) and the binding is read from bpffs, and
 /// the workers also serve every other client and the frame streams.
-async fn container_body(shared: Arc<Shared>, id: String) -> ApiResult<ContainerBody> {
+async fn container_body(
+    shared: Arc<Shared>,
+    id: String,
+    audience: Audience,
+) -> ApiResult<ContainerBody> {
     tokio::task::spawn_blocking(move || {
         let (cgroup, cid) = find_container(&shared, &id)?;
-        container_body_of(&shared, &id, cgroup, cid)
+        container_body_of(&shared, &id, cgroup, cid, audience)
     })
     .await
     .map_err(|e| {
@@ -370,6 +381,7 @@ fn container_body_of(
     id: &str,
     cgroup: String,
     cid: Option<String>,
+    audience: Audience,
 ) -> ApiResult<ContainerBody> {
     let bpffs = shared.config().api.bpffs;
     let binding = binding::cgroup2_mount()
@@ -385,7 +397,7 @@ fn container_body_of(
         .processes
         .values()
         .filter(|p| inside(&p.cgroup))
-        .map(|p| live::process_view(p, live.window, &live.gpus))
+        .map(|p| live::process_view(p, live.window, &live.gpus, audience))
         .collect();
     if processes.is_empty() && binding.is_none() && id.starts_with('/') {
         let exists = binding::cgroup2_mount()
@@ -468,6 +480,7 @@ struct StreamQuery {
 /// interval: the process view (as `/api/processes/{pid}`) or the container view.
 async fn stream(
     State(shared): State<Arc<Shared>>,
+    Extension(audience): Extension<Audience>,
     target: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -488,10 +501,10 @@ async fn stream(
     // Resolve the target before upgrading, so a bad one is a plain 4xx.
     let target = if target.bytes().all(|b| b.is_ascii_digit()) && target.len() < 10 {
         let pid = parse_pid(&target)?;
-        process_view(&shared, pid)?;
+        process_view(&shared, pid, audience)?;
         StreamTarget::Process(pid)
     } else {
-        let body = container_body(Arc::clone(&shared), target.clone()).await?;
+        let body = container_body(Arc::clone(&shared), target.clone(), audience).await?;
         StreamTarget::Container {
             id: body.id,
             cgroup: body.cgroup,
@@ -512,7 +525,7 @@ async fn stream(
     Ok(upgrade
         .max_message_size(WS_MAX_INCOMING_BYTES)
         .max_frame_size(WS_MAX_INCOMING_BYTES)
-        .on_upgrade(move |socket| run_stream(socket, shared, target, interval)))
+        .on_upgrade(move |socket| run_stream(socket, shared, target, interval, audience)))
 }
 
 /// The largest message or frame a WebSocket client may send (a close with its reason, a ping).
@@ -537,6 +550,7 @@ async fn run_stream(
     shared: Arc<Shared>,
     target: StreamTarget,
     interval: Duration,
+    audience: Audience,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -553,7 +567,7 @@ async fn run_stream(
         shared.fresh().await;
         let (text, live) = match &target {
             StreamTarget::Process(pid) => {
-                let view = process_view(&shared, *pid).ok();
+                let view = process_view(&shared, *pid, audience).ok();
                 let live = view.is_some();
                 (message(seq, live, view), live)
             }
@@ -570,7 +584,7 @@ async fn run_stream(
                     container_id.clone(),
                 );
                 let view = tokio::task::spawn_blocking(move || {
-                    container_body_of(&shared, &id, cgroup, container_id).ok()
+                    container_body_of(&shared, &id, cgroup, container_id, audience).ok()
                 })
                 .await
                 .ok()

@@ -15,15 +15,39 @@ use crate::{
     probes::ProgramCost,
 };
 
-/// A live process's JSON view over the last `window`.
-pub fn process_view(p: &LiveProcess, window: Duration, gpus: &[GpuStatus]) -> ProcessView {
+/// Who a view is for. The TCP API answers every local user, so it names an executable by its file
+/// name only: a full path can name a user's home and private directories. The root-only Unix
+/// socket (and the session files) give the full path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    AnyLocalUser,
+    Root,
+}
+
+impl Audience {
+    /// `exe` as this audience may see it.
+    pub fn exe(self, exe: &str) -> String {
+        match self {
+            Audience::Root => exe.to_string(),
+            Audience::AnyLocalUser => exe.rsplit('/').next().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// A live process's JSON view over the last `window`, for `audience`.
+pub fn process_view(
+    p: &LiveProcess,
+    window: Duration,
+    gpus: &[GpuStatus],
+    audience: Audience,
+) -> ProcessView {
     let now = monotonic_ns();
     let w = p.window(window, now);
     ProcessView {
         pid: p.pid,
         name: p.name.clone(),
         comm: p.comm.clone(),
-        exe: p.exe.clone(),
+        exe: audience.exe(&p.exe),
         cgroup: p.cgroup.clone(),
         container_id: p.container_id.clone(),
         steam_app_id: p.steam_app_id,
