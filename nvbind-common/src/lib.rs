@@ -604,6 +604,21 @@ pub struct ProcessEvent {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
+/// A thread of a tracked process exited while others go on: the agent folds its final counters
+/// into its process's and frees its `THREADS` entry. Sent on a ring buffer of its own
+/// (`THREAD_EXITS`), so a process that churns through threads cannot crowd frames out of
+/// `EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadExitRecord {
+    pub tgid: u32,
+    pub tid: u32,
+    /// When it entered its exit path (CLOCK_MONOTONIC ns).
+    pub ts_ns: u64,
+    /// Its name as it exited.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
 /// Why a present uprobe asked for the name passed to `vkGet*ProcAddr`: the bytes we compare.
 pub const VK_QUEUE_PRESENT_NAME: &[u8; 18] = b"vkQueuePresentKHR\0";
 
@@ -659,6 +674,7 @@ mod user {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::PresentEvent {}
     unsafe impl aya::Pod for super::ResolvedPresentEvent {}
+    unsafe impl aya::Pod for super::ThreadExitRecord {}
     unsafe impl aya::Pod for super::ProcessEvent {}
     unsafe impl aya::Pod for super::DisplayEvent {}
     unsafe impl aya::Pod for super::CrtcVblanks {}

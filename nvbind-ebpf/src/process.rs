@@ -2,13 +2,18 @@
 //! processes whose name is watched are tracked from their `execve` or from the moment they take
 //! the name, and exits are reported.
 
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
-use nvbind_common::{event_kind, process_tracked, thread_status, track_flags, TASK_COMM_LEN};
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP, helpers::bpf_get_current_comm, macros::tracepoint,
+    programs::TracePointContext,
+};
+use nvbind_common::{
+    event_kind, process_tracked, thread_status, track_flags, ThreadExitRecord, TASK_COMM_LEN,
+};
 
 use crate::state::{
-    current_ids, emit, field, start_tracking_process, start_tracking_thread, thread,
+    current_ids, emit, field, now_ns, start_tracking_process, start_tracking_thread, thread,
     EXIT_GROUP_DEAD_OFF, NEWTASK_FLAGS_OFF, NEWTASK_PID_OFF, RENAME_NEWCOMM_OFF, RENAME_PID_OFF,
-    TRACKED_PROCESSES, WATCHED_COMMS,
+    THREAD_EXITS, THREAD_EXITS_LOST, TRACKED_PROCESSES, WATCHED_COMMS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -124,6 +129,24 @@ pub fn nvbind_exit(ctx: TracePointContext) -> u32 {
     let group_dead: u8 = field(&ctx, &EXIT_GROUP_DEAD_OFF).unwrap_or(0);
     if group_dead != 0 {
         emit(event_kind::PROCESS_EXIT, tgid, tid, 0);
+    } else {
+        // The agent frees its entry once its last switch has made it final: a game that churns
+        // through threads must not fill the table for the games after it.
+        let record = ThreadExitRecord {
+            tgid,
+            tid,
+            ts_ns: now_ns(),
+            comm: bpf_get_current_comm().unwrap_or([0u8; TASK_COMM_LEN]),
+        };
+        if THREAD_EXITS
+            .output::<ThreadExitRecord>(&record, BPF_RB_NO_WAKEUP as u64)
+            .is_err()
+        {
+            if let Some(lost) = THREAD_EXITS_LOST.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, no concurrent writer.
+                unsafe { *lost += 1 };
+            }
+        }
     }
     0
 }

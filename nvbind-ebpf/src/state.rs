@@ -81,6 +81,16 @@ pub static DECLARED_GPU_IOCTL_TYPES: Array<u32> = Array::with_max_entries(256, 0
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 
+/// Threads of tracked processes that exited (`ThreadExitRecord`): apart from `EVENTS`, so a
+/// process that churns through threads fills only this one. Never wakes the reader.
+#[map]
+pub static THREAD_EXITS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Records that did not fit in `THREAD_EXITS` (index 0): the agent then sweeps `THREADS` for
+/// exited entries itself.
+#[map]
+pub static THREAD_EXITS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Records that did not fit in `EVENTS` (index 0), so the report can say what was lost.
 #[map]
 pub static DROPPED_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -70,6 +70,7 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     // Let in-flight records land, then read everything once more.
     EventPump::settle().await;
     session.drain();
+    session.take_exited_threads();
     session.snapshot_threads();
     session.resolve_windows(u64::MAX);
     session.scan();

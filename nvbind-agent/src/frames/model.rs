@@ -69,6 +69,43 @@ pub struct ProcessRecord {
     pub display: Vec<DisplayRecord>,
     /// Its DRM ioctls by number (`_IOC_NR`), read at the end.
     pub drm_requests: Vec<(u32, u64)>,
+    /// Its threads that exited while it ran, taken out of the kernel's table.
+    pub departed: DepartedThreads,
+}
+
+/// The threads of a process that exited while it went on: their final counters, folded together,
+/// and the busiest of them as they ended. Taken out of the kernel's `THREADS` table as they exit
+/// (a game that churns through threads would otherwise fill it for every game after it), kept here
+/// in a bounded space whatever the churn.
+#[derive(Debug, Clone, Default)]
+pub struct DepartedThreads {
+    /// How many.
+    pub count: u64,
+    /// Their counters, added up.
+    pub totals: ThreadCounters,
+    /// The [`DepartedThreads::BUSIEST_KEPT`] that spent the most time on a CPU, by tid.
+    pub busiest: Vec<(u32, ThreadState)>,
+}
+
+impl DepartedThreads {
+    /// As many as a report lists threads.
+    pub const BUSIEST_KEPT: usize = 16;
+
+    /// Adds a thread whose counters are final.
+    pub fn add(&mut self, tid: u32, state: ThreadState) {
+        self.count += 1;
+        self.totals.add(&state.totals);
+        self.busiest.push((tid, state));
+        if self.busiest.len() > Self::BUSIEST_KEPT {
+            self.busiest.sort_by(|a, b| {
+                b.1.totals
+                    .on_cpu_ns
+                    .cmp(&a.1.totals.on_cpu_ns)
+                    .then(a.0.cmp(&b.0))
+            });
+            self.busiest.truncate(Self::BUSIEST_KEPT);
+        }
+    }
 }
 
 impl ProcessRecord {

@@ -3,6 +3,7 @@
 
 use nvbind_common::{
     DisplayEvent, EventHeader, EventKind, PresentEvent, ProcessEvent, ResolvedPresentEvent,
+    ThreadExitRecord,
 };
 
 use super::Probes;
@@ -30,6 +31,19 @@ impl Probes {
                 on_event(event);
             }
         }
+    }
+    /// Reads every exited-thread record waiting (their own ring buffer, drained with the events).
+    pub fn drain_thread_exits(&mut self, mut on_exit: impl FnMut(ThreadExitRecord)) {
+        while let Some(item) = self.thread_exits.next() {
+            if item.len() >= size_of::<ThreadExitRecord>() {
+                // SAFETY: length checked; a plain-old-data record (see nvbind-common).
+                on_exit(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+    }
+    /// Exited-thread records the kernel could not send (their ring buffer was full), in all.
+    pub fn thread_exits_lost(&self) -> u64 {
+        self.sum_per_cpu("THREAD_EXITS_LOST", 0)
     }
     /// The ring buffer's descriptor: readable when a record that asked for a wakeup (a resolved
     /// Vulkan present function, a new process) is waiting. Frames never wake it.

@@ -189,13 +189,12 @@ impl Probes {
         // bpf_stats costs ~20 ns per run; the per-program cost it gives is part of every report.
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
 
-        let events = ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
-        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
-            map: "EVENTS",
-            source,
-        })?;
+        let mut ring = |name: &'static str| {
+            let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+            RingBuf::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
+        };
+        let events = ring("EVENTS")?;
+        let thread_exits = ring("THREAD_EXITS")?;
         let mut probes = Probes {
             ebpf,
             statuses: Vec::new(),
@@ -204,6 +203,7 @@ impl Probes {
             budget_warned_at: None,
             hooked_files: HashSet::new(),
             events,
+            thread_exits,
             _stats: stats,
             tracefs: tracefs.clone(),
         };

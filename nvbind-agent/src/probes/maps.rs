@@ -1,16 +1,29 @@
 //! What nvbind tells the kernel programs (which processes and names to track, which ioctl types
 //! are GPU calls) and reads back from their maps (threads, histograms, preemptors, counters).
 
+use std::collections::HashSet;
+
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     Pod,
 };
 use nvbind_common::{
-    track_flags, DrmFileOwner, DrmIoctlKey, PreemptorKey, PreemptorValue, ProcessHistograms,
-    ThreadState, TASK_COMM_LEN,
+    thread_status, track_flags, DrmFileOwner, DrmIoctlKey, PreemptorKey, PreemptorValue,
+    ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 use super::{comm_key, ProbeError, Probes};
+
+/// What [`Probes::take_exited_thread`] found.
+#[derive(Debug)]
+pub enum ExitedThread {
+    /// Its final counters; its entry is gone from the kernel's table.
+    Taken(Box<ThreadState>),
+    /// It has not made its last switch yet: ask again a little later.
+    NotYet,
+    /// No entry of that process's thread with that tid is there (any more).
+    Gone,
+}
 
 impl Probes {
     pub(super) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
@@ -173,6 +186,34 @@ impl Probes {
         Ok(tids
             .iter()
             .filter_map(|&tid| Some((tid, threads.get(&tid, 0).ok()?)))
+            .collect())
+    }
+    /// Takes the entry of thread `tid` of process `tgid` out of the kernel's table once it is
+    /// final (its last switch marked it exited), returning its counters.
+    pub fn take_exited_thread(&mut self, tid: u32, tgid: u32) -> Result<ExitedThread, ProbeError> {
+        let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
+        let Ok(state) = threads.get(&tid, 0) else {
+            return Ok(ExitedThread::Gone);
+        };
+        if state.tgid != tgid {
+            // The tid is already another thread's (reused), or the entry went with its process.
+            return Ok(ExitedThread::Gone);
+        }
+        if state.status != thread_status::EXITED {
+            return Ok(ExitedThread::NotYet);
+        }
+        // The kernel writes an exited entry over only for a new thread with the same tid, which
+        // needs the tid space to wrap first: not within this lookup and delete.
+        let _ = threads.remove(&tid);
+        Ok(ExitedThread::Taken(Box::new(state)))
+    }
+    /// Exited threads still in the kernel's table, of the processes in `pids`: (tid, tgid).
+    pub fn exited_threads_of(&self, pids: &HashSet<u32>) -> Result<Vec<(u32, u32)>, ProbeError> {
+        Ok(self
+            .threads()?
+            .into_iter()
+            .filter(|(_, t)| t.status == thread_status::EXITED && pids.contains(&t.tgid))
+            .map(|(tid, t)| (tid, t.tgid))
             .collect())
     }
     /// Every tracked thread's state, by tid.

@@ -29,7 +29,7 @@ pub use cost::ProgramCost;
 pub use drm::{DrmKprobe, DRM_KPROBES};
 pub use events::Event;
 pub use load::LoadOptions;
-pub use maps::thread_ids;
+pub use maps::{thread_ids, ExitedThread};
 pub use tracepoints::{KernelHooks, Tracepoint, TRACEPOINTS};
 
 use present::UprobePoint;
@@ -112,6 +112,8 @@ pub struct Probes {
     /// When a copy was last refused for the budget, loudly.
     budget_warned_at: Option<std::time::Instant>,
     events: RingBuf<MapData>,
+    /// Exited threads of tracked processes (`ThreadExitRecord`s).
+    thread_exits: RingBuf<MapData>,
     /// Keeps the kernel's bpf_stats collection on while the probes live.
     _stats: Option<OwnedFd>,
     pub tracefs: PathBuf,

@@ -83,7 +83,12 @@ fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>
         steam_app_id: p.identity.steam_app_id,
         exited: p.exited_ns.is_some(),
         frames: frames_report(capture, p, source, &frames),
-        sched: sched_report(&totals, &hists, preemptors(capture, p.pid)),
+        sched: sched_report(
+            &totals,
+            p.departed.count,
+            &hists,
+            preemptors(capture, p.pid),
+        ),
         ioctl: ioctl_classes(&totals, p),
         threads,
         presenting_threads: presenting_threads(capture, &frames),
@@ -304,12 +309,17 @@ fn threads(capture: &Capture, pid: u32, frames: &[Frame]) -> (ThreadCounters, Ve
         .iter()
         .filter(|(_, t)| t.tgid == pid)
         .collect();
-    let mut totals = ThreadCounters::default();
+    // Its threads that exited while it ran were taken out of the kernel's table: their counters
+    // are folded in its record, with the busiest of them.
+    let departed = capture.processes.get(&pid).map(|p| &p.departed);
+    let mut totals = departed.map(|d| d.totals).unwrap_or_default();
     for (_, t) in &threads {
         totals.add(&t.totals);
     }
     let mut reports: Vec<ThreadReport> = threads
         .iter()
+        .copied()
+        .chain(departed.into_iter().flat_map(|d| d.busiest.iter()))
         .map(|(tid, t)| ThreadReport {
             tid: *tid,
             comm: capture.thread_names.get(tid).cloned().unwrap_or_default(),
@@ -366,6 +376,7 @@ fn preemptors(capture: &Capture, pid: u32) -> Vec<Preemptor> {
 
 fn sched_report(
     totals: &ThreadCounters,
+    exited_threads: u64,
     hists: &ProcessHistograms,
     preemptors: Vec<Preemptor>,
 ) -> SchedReport {
@@ -380,6 +391,7 @@ fn sched_report(
         wakeups: totals.wakeups,
         unseen_s: secs(totals.unseen_ns),
         missed_switches: totals.missed_switches,
+        exited_threads,
         runq_wait: stats::summarize_log2(&hists.runq_wait),
         blocked: stats::summarize_log2(&hists.blocked),
         preemptors,
@@ -512,6 +524,41 @@ mod tests {
             frames[1].delta.on_cpu_ns, 10,
             "the EGL present's evidence is kept"
         );
+    }
+
+    #[test]
+    fn threads_taken_out_at_their_exit_still_count_and_the_busiest_are_listed() {
+        let state = |voluntary, on_cpu_ns| nvbind_common::ThreadState {
+            tgid: 2,
+            totals: ThreadCounters {
+                voluntary_switches: voluntary,
+                on_cpu_ns,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut record = ProcessRecord {
+            pid: 2,
+            comm: "game".into(),
+            frames: vec![frame(0, 2, present_source::GLX, 0)],
+            ..Default::default()
+        };
+        // More departed threads than are kept one by one: all are counted, the busiest listed.
+        for tid in 100..140 {
+            record.departed.add(tid, state(1, u64::from(tid)));
+        }
+        let mut capture = Capture::default();
+        capture.processes.insert(2, record);
+        capture.threads = vec![(2, state(5, 1_000)), (7, state(0, 0))];
+        let (report, _) = build(&capture);
+        let p = &report.processes[0];
+        assert_eq!(p.sched.voluntary_switches, 45);
+        assert_eq!(p.sched.exited_threads, 40);
+        let listed: Vec<u32> = p.threads.iter().map(|t| t.tid).collect();
+        let mut busiest: Vec<u32> = (124..140).rev().collect();
+        busiest.insert(0, 2);
+        busiest.truncate(THREADS_LISTED);
+        assert_eq!(listed, busiest);
     }
 
     #[test]

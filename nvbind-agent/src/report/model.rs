@@ -311,6 +311,9 @@ pub struct SchedReport {
     pub unseen_s: f64,
     #[serde(default)]
     pub missed_switches: u64,
+    /// Threads that exited while the process went on (their counters are in the sums).
+    #[serde(default)]
+    pub exited_threads: u64,
     /// Every run-queue wait of the process's threads (in-kernel histogram).
     pub runq_wait: Log2Summary,
     /// Every blocked period of the process's threads (in-kernel histogram).

@@ -21,7 +21,7 @@ use crate::{
     frames::{Capture, CulpritProcess, DisplayRecord, Frame, ProcessRecord},
     gpu,
     identity::{printable, printable_within, read_bounded, ProcessIdentity},
-    probes::{comm_str, libraries, Event, Probes},
+    probes::{comm_str, libraries, Event, ExitedThread, Probes},
     stutter::{Detector, DetectorConfig},
     target,
 };
@@ -31,6 +31,9 @@ use crate::{
 const PRESENTING_RECENTLY_NS: u64 = 2_000_000_000;
 /// Most threads of one process whose counters are read per drain.
 const MAX_SNAPSHOT_THREADS: usize = 256;
+/// How long after its exit a thread's entry is waited for to become final (its last switch):
+/// its exit path can sleep on locks other exiting threads hold, but not for this long.
+const EXIT_FINAL_WAIT_NS: u64 = 10_000_000_000;
 /// Run-queue waits shorter than this are not worth naming a culprit's cgroup for.
 const CULPRIT_CGROUP_MIN_WAIT_NS: u64 = 1_000_000;
 /// A culprit process's /proc entries are read again at most this often: the kernel naming it
@@ -74,6 +77,11 @@ pub struct Tracker {
     gpu_searched: HashSet<u32>,
     /// When each culprit process's /proc entries were last read (monotonic ns), by pid.
     culprit_reads: HashMap<u32, u64>,
+    /// Threads of tracked processes that exited, whose kernel entries are to be taken out once
+    /// final: (tid, tgid, exit time).
+    exited_threads: Vec<(u32, u32, u64)>,
+    /// The kernel's count of exited-thread records it could not send, when last read.
+    thread_exits_lost: u64,
     last_scan: Instant,
 }
 
@@ -110,6 +118,8 @@ impl Tracker {
                 .collect(),
             gpu_searched: HashSet::new(),
             culprit_reads: HashMap::new(),
+            exited_threads: Vec::new(),
+            thread_exits_lost: 0,
             last_scan: Instant::now(),
         }
     }
@@ -118,6 +128,7 @@ impl Tracker {
     /// hooks new graphics libraries, and every SCAN_INTERVAL checks tracked processes.
     pub fn step(&mut self) {
         self.drain();
+        self.take_exited_threads();
         self.snapshot_threads();
         self.scan_new_libraries();
         if self.last_scan.elapsed() >= SCAN_INTERVAL {
@@ -344,6 +355,7 @@ impl Tracker {
                     p.exited_ns.get_or_insert(e.header.ts_ns);
                 }
             }
+
             Event::Display(e) => {
                 if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
                     p.display.push(DisplayRecord {
@@ -472,6 +484,70 @@ impl Tracker {
             }
             if let Some(p) = self.capture.processes.get_mut(&pid) {
                 p.keep_window(to, window);
+            }
+        }
+    }
+
+    /// Takes the kernel entries of exited threads out of its table once their last switch has
+    /// made them final, folding their counters into their process's record. One that has not
+    /// made it yet is asked for again at the next step (for a while: an entry whose thread never
+    /// got there goes when its process is untracked).
+    pub(in crate::capture) fn take_exited_threads(&mut self) {
+        let mut exits = Vec::new();
+        self.probes.drain_thread_exits(|e| exits.push(e));
+        for e in exits {
+            let (tid, pid) = (e.tid, e.tgid);
+            if !self.capture.processes.contains_key(&pid) {
+                continue;
+            }
+            // Its name as it ended: a thread that lived between two scans has no other.
+            if !self.names_thread_of(tid, pid) {
+                self.capture.thread_names.insert(tid, comm_str(&e.comm));
+                self.name_owners.insert(tid, pid);
+            }
+            self.exited_threads.push((tid, pid, e.ts_ns));
+        }
+        // Records the kernel could not send: find those threads in its table instead (a walk of
+        // the whole table, only when records were lost).
+        let lost = self.probes.thread_exits_lost();
+        if lost != self.thread_exits_lost {
+            self.thread_exits_lost = lost;
+            let pids: HashSet<u32> = self.capture.processes.keys().copied().collect();
+            match self.probes.exited_threads_of(&pids) {
+                Ok(found) => {
+                    let now = monotonic_ns();
+                    let pending: HashSet<u32> =
+                        self.exited_threads.iter().map(|(tid, _, _)| *tid).collect();
+                    self.exited_threads.extend(
+                        found
+                            .into_iter()
+                            .filter(|(tid, _)| !pending.contains(tid))
+                            .map(|(tid, pid)| (tid, pid, now)),
+                    );
+                }
+                Err(e) => log::debug!("cannot read the kernel's thread table: {e}"),
+            }
+        }
+        if self.exited_threads.is_empty() {
+            return;
+        }
+        let now = monotonic_ns();
+        let pending = std::mem::take(&mut self.exited_threads);
+        for (tid, pid, exited_ns) in pending {
+            if !self.capture.processes.contains_key(&pid) {
+                continue;
+            }
+            match self.probes.take_exited_thread(tid, pid) {
+                Ok(ExitedThread::Taken(state)) => {
+                    if let Some(p) = self.capture.processes.get_mut(&pid) {
+                        p.departed.add(tid, *state);
+                    }
+                }
+                Ok(ExitedThread::NotYet) if now.saturating_sub(exited_ns) < EXIT_FINAL_WAIT_NS => {
+                    self.exited_threads.push((tid, pid, exited_ns));
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("tid {tid} of pid {pid}: cannot take its entry: {e}"),
             }
         }
     }

@@ -113,6 +113,7 @@ impl Tracker {
         self.process_scans.remove(&pid);
         self.gpu_searched.remove(&pid);
         self.tids.remove(&pid);
+        self.exited_threads.retain(|(_, p, _)| *p != pid);
         self.forget_thread_names(pid);
         if self.capture.processes.is_empty() {
             // Names of other processes' tasks that kept tracked threads waiting: only needed
@@ -225,7 +226,9 @@ impl Tracker {
         capture.drm_counts = self.probes.drm_event_counts();
         if capture.drm_counts[3] > 0 {
             capture.notes.push(format!(
-                "{} DRM event(s) delivered to a tracked process could not be read as this kernel's                  struct drm_pending_event was expected to be laid out: counted as flips (please                  report the kernel version)",
+                "{} DRM event(s) delivered to a tracked process could not be read as this \
+                 kernel's struct drm_pending_event was expected to be laid out: counted as flips \
+                 (please report the kernel version)",
                 capture.drm_counts[3]
             ));
         }
