@@ -12,6 +12,7 @@
 
 use std::{
     fs,
+    io::{Read, Write},
     net::TcpListener,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
@@ -1290,6 +1291,115 @@ fn a_user_holding_a_thousand_idle_connections_cannot_blind_the_daemon() {
     assert!(
         refusals <= 5,
         "refusals are logged at most every 10 s, not {refusals} times"
+    );
+}
+
+/// A request head must arrive within 10 s of its first byte: a client that sends one header line
+/// a second is never idle, and is closed all the same.
+#[test]
+fn a_client_that_trickles_its_request_is_closed_at_the_header_timeout() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    let mut client =
+        std::net::TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect to the API");
+    client
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .expect("read timeout");
+    client
+        .write_all(b"GET /api/processes HTTP/1.1\r\nHost: localhost\r\n")
+        .expect("the request line");
+    let started = Instant::now();
+    let mut closed = None;
+    let mut byte = [0u8; 512];
+    // A header line a second for up to 60 s (the idle timeout, 90 s, never comes into it).
+    for i in 0..60 {
+        match client.read(&mut byte) {
+            // Closed (an error answer first, or nothing at all).
+            Ok(_) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+        }
+        if client
+            .write_all(format!("X-Slow-{i}: {i}\r\n").as_bytes())
+            .is_err()
+        {
+            closed = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed = closed.expect("the daemon kept a request head open for 60 s");
+    assert!(
+        closed >= Duration::from_secs(9),
+        "closed after {closed:?}, before the 10 s header timeout"
+    );
+    // The API still answers.
+    let (status, _) = daemon.get("/api/processes");
+    assert_eq!(status, 200);
+}
+
+/// A user's requests are metered (20 a second, a burst of 60): one that asks as fast as it can
+/// gets 429s beyond that, counted against the time it took, and root is not metered.
+#[test]
+fn a_user_asking_as_fast_as_it_can_is_metered_and_root_is_not() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    const REQUESTS: usize = 600;
+    let url = daemon.url("/api/gpu/status");
+    // One curl, one kept-alive connection, 600 requests: the status of each on a line.
+    let run_curl = |as_nobody: bool| -> (Vec<u16>, f64) {
+        let mut command = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]);
+            c
+        } else {
+            Command::new("curl")
+        };
+        command.args(["-s", "-w", "%{http_code}\n"]);
+        for _ in 0..REQUESTS {
+            command.args(["-o", "/dev/null", url.as_str()]);
+        }
+        let started = Instant::now();
+        let out = command.output().expect("run curl");
+        let took = started.elapsed().as_secs_f64();
+        let codes = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().parse().unwrap_or(0))
+            .collect();
+        (codes, took)
+    };
+    let (codes, took) = run_curl(true);
+    assert_eq!(codes.len(), REQUESTS, "{codes:?}");
+    let served = codes.iter().filter(|&&c| c == 200).count();
+    let refused = codes.iter().filter(|&&c| c == 429).count();
+    assert_eq!(served + refused, REQUESTS, "only 200s and 429s: {codes:?}");
+    // At most the burst and the rate over the time it took (the bucket refills as it goes);
+    // and refusals, unless 600 requests took the whole 27 s the bucket would need.
+    eprintln!("note: {served} served and {refused} refused in {took:.2} s");
+    let most = 60.0 + 20.0 * took + 1.0;
+    assert!(
+        served as f64 <= most,
+        "{served} served in {took:.2} s: more than {most:.0}"
+    );
+    assert!(
+        refused > 0 || took >= 27.0,
+        "600 requests in {took:.2} s and none refused"
+    );
+    daemon.wait_for_log("API: refused a request: uid 65534");
+    // Root's tools get through.
+    let (codes, _) = run_curl(false);
+    assert!(
+        codes.iter().all(|&c| c == 200),
+        "root was refused: {codes:?}"
     );
 }
 

@@ -147,6 +147,19 @@ pub fn admin_routes(shared: Arc<Shared>) -> Router {
         .layer(Extension(Audience::Root))
 }
 
+/// The answer to a request over its user's rate (see `guard::RequestRates`).
+pub fn too_many_requests(why: String) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("{why}: slow down, or ask over the root-only Unix socket"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found(
         "no such endpoint: see docs/daemon.md for /api/gpu/status, /api/processes, \

@@ -32,6 +32,13 @@ pub struct Limits {
     pub root_reserve: usize,
     /// A connection with no byte read or written for this long is closed.
     pub idle: Duration,
+    /// A request's head (request line and headers) must arrive within this long of its first
+    /// byte: one byte now and then keeps a connection from being idle, not from being slow.
+    pub header_timeout: Duration,
+    /// Requests a second one non-root user may make, on all its connections together...
+    pub requests_per_second: f64,
+    /// ...and at once after a quiet while.
+    pub request_burst: f64,
 }
 
 impl Default for Limits {
@@ -43,6 +50,11 @@ impl Default for Limits {
             // Longer than the slowest WebSocket stream's interval (60 s), which writes at least
             // that often.
             idle: Duration::from_secs(90),
+            header_timeout: Duration::from_secs(10),
+            // A dashboard polls a few endpoints a second and Prometheus every few seconds;
+            // a user asking hundreds a second only takes the workers from everyone else.
+            requests_per_second: 20.0,
+            request_burst: 60.0,
         }
     }
 }
@@ -67,6 +79,10 @@ pub struct GuardedListener {
 }
 
 impl GuardedListener {
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub fn new(inner: TcpListener, limits: Limits) -> GuardedListener {
         GuardedListener {
             inner,
@@ -186,6 +202,11 @@ pub struct GuardedStream {
 }
 
 impl GuardedStream {
+    /// The user the connection's client runs as (`u32::MAX` when the socket tables did not say).
+    pub fn uid(&self) -> u32 {
+        self._slot.uid
+    }
+
     fn new(inner: TcpStream, slot: Slot, idle: Duration) -> GuardedStream {
         GuardedStream {
             inner,
@@ -246,6 +267,65 @@ impl AsyncWrite for GuardedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Each non-root user's requests, metered by a token bucket per uid (root's are not: its tools
+/// must get through a flood).
+pub struct RequestRates {
+    limits: Limits,
+    buckets: Mutex<RateBuckets>,
+}
+
+#[derive(Default)]
+struct RateBuckets {
+    by_uid: HashMap<u32, (f64, Instant)>,
+    warned: Option<Instant>,
+}
+
+/// Buckets kept before full ones are forgotten (a full bucket says nothing a new one would not).
+const RATE_BUCKETS_KEPT: usize = 256;
+
+impl RequestRates {
+    pub fn new(limits: Limits) -> RequestRates {
+        RequestRates {
+            limits,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes one request from `uid`'s bucket at `now`, or says why not (the bucket is empty).
+    pub fn admit(&self, uid: u32, now: Instant) -> Result<(), String> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let (rate, burst) = (self.limits.requests_per_second, self.limits.request_burst);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.by_uid.len() >= RATE_BUCKETS_KEPT {
+            buckets.by_uid.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets.by_uid.entry(uid).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return Ok(());
+        }
+        let why = format!(
+            "uid {uid} asks more than {rate} requests a second (a burst of {burst} at most)"
+        );
+        let quiet = buckets
+            .warned
+            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(10));
+        if quiet {
+            buckets.warned = Some(now);
+            log::warn!(
+                "API: refused a request: {why}; further refusals are logged at most every 10 s"
+            );
+        }
+        Err(why)
     }
 }
 
@@ -375,12 +455,46 @@ mod tests {
     }
 
     #[test]
+    fn each_users_requests_are_metered_and_roots_are_not() {
+        let limits = Limits {
+            requests_per_second: 10.0,
+            request_burst: 3.0,
+            ..Limits::default()
+        };
+        let rates = RequestRates::new(limits);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            rates.admit(1000, t0).expect("within the burst");
+        }
+        assert!(rates.admit(1000, t0).is_err(), "past the burst");
+        rates
+            .admit(1001, t0)
+            .expect("another user has a bucket of its own");
+        for _ in 0..100 {
+            rates.admit(0, t0).expect("root is not metered");
+        }
+        // A tenth of a second gives one request back, and no more than the burst ever.
+        let later = t0 + Duration::from_millis(110);
+        rates.admit(1000, later).expect("refilled");
+        assert!(rates.admit(1000, later).is_err());
+        let much_later = t0 + Duration::from_secs(60);
+        for _ in 0..3 {
+            rates.admit(1000, much_later).expect("a full bucket again");
+        }
+        assert!(
+            rates.admit(1000, much_later).is_err(),
+            "never more than the burst"
+        );
+    }
+
+    #[test]
     fn users_are_bounded_alone_and_together_and_root_keeps_a_reserve() {
         let limits = Limits {
             per_user: 2,
             total: 3,
             root_reserve: 1,
             idle: Duration::from_secs(1),
+            ..Limits::default()
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

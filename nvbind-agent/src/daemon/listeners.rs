@@ -1,6 +1,6 @@
 //! The API's listeners: the TCP API and the admin Unix socket.
 
-use std::{future::IntoFuture, os::unix::fs::PermissionsExt, sync::Arc};
+use std::{future::IntoFuture, os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{sync::watch, task::JoinSet};
@@ -9,7 +9,7 @@ use super::{
     api,
     api::Shared,
     config::Config,
-    guard::{GuardedListener, Limits},
+    guard::{GuardedListener, Limits, RequestRates},
 };
 
 /// Takes the lock that says one daemon serves `socket` (`SOCKET.lock` beside it, flock'd: the
@@ -75,11 +75,7 @@ pub(super) async fn start_servers(
         log::info!("API on http://{addr}");
         let app = api::read_routes(Arc::clone(shared));
         let listener = GuardedListener::new(listener, Limits::default());
-        tasks.spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(until_stopped(stopped.clone()))
-                .into_future(),
-        );
+        tasks.spawn(serve_tcp(listener, app, stopped.clone()));
     }
     let socket = config.api.socket.clone();
     if !socket.as_os_str().is_empty() {
@@ -131,4 +127,62 @@ pub(super) async fn start_servers(
             }
         }
     })
+}
+
+/// How long open requests on the TCP API get to finish once the daemon stops.
+const TCP_DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves the TCP API until `stopped` turns true: each connection within its user's limits
+/// ([`GuardedListener`]), each request head within `header_timeout` of its first byte (hyper's
+/// own timer: `axum::serve` has none), and each non-root user's requests at most at its rate
+/// ([`RequestRates`]: a refused one gets a 429 with a JSON error).
+async fn serve_tcp(
+    mut listener: GuardedListener,
+    app: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use axum::serve::Listener;
+    let limits = listener.limits();
+    let rates = Arc::new(RequestRates::new(limits));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|&s| s) => break,
+        };
+        // Finished connections' tasks, so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+        let uid = stream.uid();
+        let (app, rates) = (app.clone(), Arc::clone(&rates));
+        let service = hyper::service::service_fn(move |request| {
+            let (app, rates) = (app.clone(), Arc::clone(&rates));
+            async move {
+                match rates.admit(uid, std::time::Instant::now()) {
+                    Ok(()) => tower::ServiceExt::oneshot(app, request).await,
+                    Err(why) => Ok(api::too_many_requests(why)),
+                }
+            }
+        });
+        let connection = http
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stopped.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stop.wait_for(|&s| s) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+    }
+    let _ = tokio::time::timeout(TCP_DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
 }
