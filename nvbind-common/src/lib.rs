@@ -338,6 +338,7 @@ impl ThreadCounters {
     }
 
     /// Adds `other` into `self`, counter by counter.
+    #[inline(always)]
     pub fn add(&mut self, other: &ThreadCounters) {
         self.on_cpu_ns += other.on_cpu_ns;
         self.runq_wait_ns += other.runq_wait_ns;

@@ -28,7 +28,7 @@ use nvbind_common::{
 
 use crate::state::{
     count_drop, current_ids, current_thread, discover_current_thread, mark_presenter, now_ns,
-    unseen, DISCOVER_PRESENTERS, EVENTS, RESOLVING_PRESENT,
+    unseen, DISCOVER_PRESENTERS, EVENTS, PENDING_PRESENTS, RESOLVING_PRESENT, ZERO_PRESENT,
 };
 
 #[uprobe]
@@ -47,11 +47,36 @@ pub fn nvbind_present(ctx: ProbeContext) -> u32 {
             return 0;
         }
     }
-    mark_presenter(t, tid);
     let target = present_target(&ctx, source);
-    emit_present(t, tgid, tid, source, target);
+    if source == present_source::GLX {
+        // glXSwapBuffers returns nothing (X reports a failure later, as an error event): every
+        // call is a frame, but one without a drawable (None), which cannot be.
+        if target == 0 {
+            return 0;
+        }
+        mark_presenter(t, tid);
+        emit_present(t, tgid, tid, source, target);
+    } else {
+        // eglSwapBuffers and vkQueuePresentKHR say whether the frame was taken: it is held until
+        // the call returns (`finish_present`).
+        mark_presenter(t, tid);
+        hold_present(t, tgid, tid, source, target);
+    }
     0
 }
+
+/// Return of a hooked `eglSwapBuffers`: `EGL_TRUE` (1) if the frame was taken.
+#[uretprobe]
+pub fn nvbind_present_ret(ctx: RetProbeContext) -> u32 {
+    // EGLBoolean is 32 bits (eax); the upper half of rax is not part of it.
+    let taken = (ctx.ret::<u64>() as u32) != 0;
+    finish_present(taken);
+    0
+}
+
+/// `VK_SUBOPTIMAL_KHR`: the frame was presented, though the swapchain no longer matches the
+/// surface exactly.
+const VK_SUBOPTIMAL_KHR: i32 = 1_000_001_003;
 
 /// The second argument of the probed call, widened to 64 bits, at the function's first
 /// instruction: x86-64 passes it in rsi, i386 (cdecl) at `[esp + 8]` (see [`name_argument`]).
@@ -96,19 +121,89 @@ fn present_target(ctx: &ProbeContext, source: u32) -> u64 {
     }
 }
 
-/// Return of a hooked `vkQueuePresentKHR`.
+/// Return of a hooked `vkQueuePresentKHR`: the outermost one (the loader's trampoline, or the
+/// first layer) carries the call's `VkResult`; `VK_SUCCESS` or `VK_SUBOPTIMAL_KHR` is a frame.
 #[uretprobe]
-pub fn nvbind_present_vk_ret(_ctx: RetProbeContext) -> u32 {
-    if let Some((_, _, t)) = current_thread() {
-        t.in_vulkan_present = t.in_vulkan_present.saturating_sub(1);
+pub fn nvbind_present_vk_ret(ctx: RetProbeContext) -> u32 {
+    let Some((_, _, t)) = current_thread() else {
+        return 0;
+    };
+    t.in_vulkan_present = t.in_vulkan_present.saturating_sub(1);
+    if t.in_vulkan_present == 0 {
+        // VkResult is 32 bits (eax).
+        let result = ctx.ret::<u64>() as u32 as i32;
+        finish_present(result == 0 || result == VK_SUBOPTIMAL_KHR);
     }
     0
 }
 
+/// Makes the frame of a present call at its entry, as [`emit_present`] would send it, and holds
+/// it in `PENDING_PRESENTS` until the call returns. The evidence it carries is taken out of the
+/// thread's frame state now (what happens during the call belongs to the next frame), but the
+/// base of the next frame's counters (`at_last_present`) moves only if the call succeeds.
 #[inline(always)]
-fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u64) {
+fn hold_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u64) {
+    let now = close_running_slice(t);
+    let Some(zero) = ZERO_PRESENT.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: `zero` points at a map value, which the helper may read from. A leftover of a call
+    // that never returned (its thread longjmp'd out, say) is written over.
+    if PENDING_PRESENTS.insert(tid, unsafe { &*zero }, 0).is_err() {
+        count_drop();
+        return;
+    }
+    let Some(e) = PENDING_PRESENTS.get_ptr_mut(tid) else {
+        return;
+    };
+    // SAFETY: a live map value, written only by this thread's own present probes.
+    let e = unsafe { &mut *e };
+    fill_present(e, t, tgid, tid, source, target, now);
+    t.frame_max_runq_wait_ns = 0;
+    t.frame_max_blocked_ns = 0;
+    t.frame_culprit = Default::default();
+}
+
+/// Ends the present call the current thread holds a frame for: sends it if the call succeeded
+/// (`taken`), else gives its evidence back to the thread, so the next frame carries everything
+/// since the last frame that was taken.
+#[inline(always)]
+fn finish_present(taken: bool) {
+    let Some((_, tid, t)) = current_thread() else {
+        return;
+    };
+    let Some(e) = PENDING_PRESENTS.get_ptr(tid) else {
+        return;
+    };
+    // SAFETY: a live map value, written only by this thread's own present probes.
+    let e = unsafe { &*e };
+    let sent = taken
+        && EVENTS
+            .output::<PresentEvent>(e, BPF_RB_NO_WAKEUP as u64)
+            .map_err(|_| count_drop())
+            .is_ok();
+    if sent {
+        t.at_last_present.add(&e.delta);
+    } else {
+        // Not a frame (or one the ring buffer had no room for): its interval joins the next's.
+        if e.max_runq_wait_ns > t.frame_max_runq_wait_ns {
+            t.frame_max_runq_wait_ns = e.max_runq_wait_ns;
+        }
+        if e.max_blocked_ns > t.frame_max_blocked_ns {
+            t.frame_max_blocked_ns = e.max_blocked_ns;
+        }
+        if e.culprit.wait_ns > t.frame_culprit.wait_ns {
+            t.frame_culprit = e.culprit;
+        }
+    }
+    let _ = PENDING_PRESENTS.remove(tid);
+}
+
+/// Closes the running slice of a thread that is presenting, so the frame's on-CPU time includes
+/// it; returns the time.
+#[inline(always)]
+fn close_running_slice(t: &mut ThreadState) -> u64 {
     let now = now_ns();
-    // Close the running slice so this frame's on-CPU time includes it.
     if t.status == thread_status::RUNNING {
         t.totals.on_cpu_ns += now.saturating_sub(t.since_ns);
     } else {
@@ -117,30 +212,57 @@ fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u
         t.status = thread_status::RUNNING;
     }
     t.since_ns = now;
+    now
+}
+
+/// Writes a frame record presented at `now`, with the thread's evidence since its last frame.
+#[inline(always)]
+fn fill_present(
+    e: &mut PresentEvent,
+    t: &ThreadState,
+    tgid: u32,
+    tid: u32,
+    source: u32,
+    target: u64,
+    now: u64,
+) {
+    e.header = EventHeader {
+        kind: event_kind::PRESENT,
+        tgid,
+        tid,
+        aux: source,
+        ts_ns: now,
+    };
+    // SAFETY: a helper without arguments.
+    e.cpu = unsafe { bpf_get_smp_processor_id() };
+    e.last_preemptor_tid = t.last_preemptor_tid;
+    e.max_runq_wait_ns = t.frame_max_runq_wait_ns;
+    e.max_blocked_ns = t.frame_max_blocked_ns;
+    e.culprit = t.frame_culprit;
+    t.totals.since_into(&t.at_last_present, &mut e.delta);
+    e.target = target;
+}
+
+/// Sends the frame of a present call at its entry (a call that says nothing of its success).
+#[inline(always)]
+fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u64) {
+    let now = close_running_slice(t);
     let Some(mut entry) = EVENTS.reserve::<PresentEvent>(0) else {
         // Keep the snapshot: the next frame's record then carries this interval's evidence too.
         count_drop();
         return;
     };
-    let e = entry.as_mut_ptr();
-    // SAFETY: `e` points at reserved ring-buffer memory large enough for a PresentEvent; every
-    // field is written before submit.
-    unsafe {
-        (*e).header = EventHeader {
-            kind: event_kind::PRESENT,
-            tgid,
-            tid,
-            aux: source,
-            ts_ns: now,
-        };
-        (*e).cpu = bpf_get_smp_processor_id();
-        (*e).last_preemptor_tid = t.last_preemptor_tid;
-        (*e).max_runq_wait_ns = t.frame_max_runq_wait_ns;
-        (*e).max_blocked_ns = t.frame_max_blocked_ns;
-        (*e).culprit = t.frame_culprit;
-        t.totals.since_into(&t.at_last_present, &mut (*e).delta);
-        (*e).target = target;
-    }
+    // SAFETY: reserved ring-buffer memory large enough for a PresentEvent; every field is
+    // written before submit.
+    fill_present(
+        unsafe { &mut *entry.as_mut_ptr() },
+        t,
+        tgid,
+        tid,
+        source,
+        target,
+        now,
+    );
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     t.at_last_present = t.totals;
     t.frame_max_runq_wait_ns = 0;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use nvbind_common::{
     event_kind, map_full, thread_status, CpuWatch, Culprit, EventHeader, PreemptorKey,
-    PreemptorValue, ProcessEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
+    PreemptorValue, PresentEvent, ProcessEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 /// CPUs covered by `CPU_WATCH`.
@@ -33,6 +33,18 @@ pub static CULPRIT_SCRATCH: PerCpuArray<Culprit> = PerCpuArray::with_max_entries
 /// One zeroed thread record to insert from.
 #[map]
 pub static ZERO_THREAD: Array<ThreadState> = Array::with_max_entries(1, 0);
+
+/// Frames whose present call has not returned yet, by tid: made at the call's entry (its time and
+/// the evidence since the previous frame), sent at its return if the call succeeded. Only threads
+/// inside a present call hold one.
+#[map]
+pub static PENDING_PRESENTS: HashMap<u32, PresentEvent> =
+    HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// One zeroed frame record to insert from: a `PresentEvent` does not fit the BPF stack beside
+/// the rest.
+#[map]
+pub static ZERO_PRESENT: Array<PresentEvent> = Array::with_max_entries(1, 0);
 
 /// Tracked processes, by tgid; the value holds `track_flags`.
 #[map]

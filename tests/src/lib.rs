@@ -23,8 +23,8 @@ pub use agent::{
 };
 pub use bins::{agent_bin, game_bin, hog_bin, probe_bin, promtool_bin, require_root, tick_bin};
 pub use game::{
-    presents_so_far, progress_path, read_rusage, read_truth, record_game, rusage_path, GameRun,
-    GameRusage, PresentWindow, Rusage,
+    assert_frames_accounted, presents_so_far, progress_path, read_rusage, read_truth, record_game,
+    rusage_path, GameRun, GameRusage, PresentWindow, Rusage,
 };
 pub use host::{mount_point, Bpffs, FixtureHost, TestCgroup, Tree};
 pub use i386::I386;

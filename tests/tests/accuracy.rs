@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use nvbind_tests::{
-    agent, assert_fps_allowed, assert_quantile_allowed, assert_within_windows, busiest, game_bin,
-    read_csv, read_json, read_rusage, read_truth, require_root, stderr, switch_count_slack,
-    GameRusage, PresentWindow, WatchedAgent,
+    agent, assert_fps_allowed, assert_frames_accounted, assert_quantile_allowed,
+    assert_within_windows, busiest, game_bin, read_csv, read_json, read_rusage, read_truth,
+    require_root, stderr, switch_count_slack, GameRusage, PresentWindow, WatchedAgent,
 };
 
 struct Run {
@@ -184,6 +184,62 @@ fn synthetic_game_frames_match_ground_truth() {
         .to_string()
         .contains("the kernel skipped runs");
     assert_eq!(said, skipped > 0, "{}", run.report["capture"]["notes"]);
+}
+
+/// A present is a frame only if the call succeeded: a swap EGL refuses (no surface) before every
+/// third frame is not counted, the frames are exactly the game's successful presents, and each
+/// frame's evidence still covers its whole interval (the refused call's time joins the next
+/// frame's).
+#[test]
+fn refused_presents_are_not_frames() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = record_game(
+        dir.path(),
+        &[],
+        &["--frames", "150", "--interval-ms", "8", "--fail-every", "3"],
+    );
+    // 150 frames, after 50 refused swaps: counting those would give 200, or put frames outside
+    // the windows of the successful calls.
+    assert_matches_truth(&run, 150);
+    let p = busiest(&run.report);
+    assert_frames_accounted(&rows_of(&run, p).into_iter().cloned().collect::<Vec<_>>());
+    assert_sched_matches_rusage(&run.report, &run.rusage);
+
+    // A process whose every present is refused presents no frame: `record` says so and lists
+    // it among the processes without frames.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("report.json");
+    let truth = dir.path().join("truth.txt");
+    let game = game_bin();
+    let result = agent(&[
+        "record",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+        "--",
+        game.to_str().expect("utf-8 path"),
+        "--truth",
+        truth.to_str().expect("utf-8 path"),
+        "--frames",
+        "100",
+        "--interval-ms",
+        "5",
+        "--no-surface",
+    ]);
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        stderr(&result)
+    );
+    assert!(
+        stderr(&result).contains("no frames were captured"),
+        "{}",
+        stderr(&result)
+    );
+    let report = read_json(&out);
+    assert_eq!(report["processes"], serde_json::json!([]), "{report}");
+    let others = report["other_processes"]["processes"].to_string();
+    assert!(others.contains("synthetic-game"), "{others}");
 }
 
 #[test]

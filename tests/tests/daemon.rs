@@ -1403,6 +1403,40 @@ fn a_user_asking_as_fast_as_it_can_is_metered_and_root_is_not() {
     );
 }
 
+/// A process whose presents all fail (a swap of no surface, at 1,000 a second) presents no
+/// frame: the daemon writes no session for it, so such a flood cannot push real sessions out of
+/// `reports.keep`, and a real game beside it is captured whole.
+#[test]
+fn a_process_whose_presents_all_fail_gets_no_session() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    let flood_dir = tempfile::tempdir().expect("tempdir");
+    let mut flood = start_game_with(flood_dir.path(), 2000, 1.0, &["--no-surface"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut game = start_game(work.path(), 120, 5.0);
+    let (pid, flood_pid) = (game.pid, flood.pid);
+    flood.wait_exit();
+    game.wait_exit();
+    let (_, report) = daemon.wait_for_report(pid);
+    assert_eq!(
+        report["processes"][0]["frames"]["count"].as_u64(),
+        Some(truth(work.path()).len() as u64),
+        "every frame of the game beside the flood: {}",
+        daemon.log()
+    );
+    // The flood was seen (it called eglSwapBuffers), and its session had no frame to report.
+    daemon.wait_for_log(&format!("pid {flood_pid} (synthetic-game): 0 frames"));
+    assert!(
+        !daemon
+            .report_files()
+            .iter()
+            .any(|f| f.display().to_string().contains(&format!("-{flood_pid}."))),
+        "a session of the flood was written: {:?}",
+        daemon.report_files()
+    );
+}
+
 #[test]
 fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
     require_root();

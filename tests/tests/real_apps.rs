@@ -8,8 +8,8 @@ use std::{
 };
 
 use nvbind_tests::{
-    agent_with_env, busiest, read_json, require_root, stderr, wait_until_presenting, WatchedAgent,
-    Xvfb,
+    agent_bin, agent_with_env, busiest, read_json, require_root, stderr, wait_until_presenting,
+    WatchedAgent, Xvfb,
 };
 
 /// Checks a real app's capture: frames seen, from the expected source, and consistent numbers.
@@ -80,6 +80,47 @@ fn vkcube_launched_under_the_agent() {
 #[test]
 fn glxgears_launched_under_the_agent() {
     launched(&["glxgears"], "glx", "glxgears", 60);
+}
+
+/// glXSwapBuffers returns nothing, so a GLX present is a frame unless it names no drawable
+/// (None), which cannot be one: 100 such calls (each answered by X with an error) are no frames.
+#[test]
+fn glx_swaps_of_no_drawable_are_not_frames() {
+    require_root();
+    let x = Xvfb::start().expect("Xvfb");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("report.json");
+    let out_s = out.display().to_string();
+    let caller = agent_bin().with_file_name("glx-none");
+    let result = agent_with_env(
+        &[
+            "record",
+            "--out",
+            out_s.as_str(),
+            "--",
+            caller.to_str().expect("utf-8 path"),
+            "--calls",
+            "100",
+        ],
+        &[("DISPLAY", x.display.as_str())],
+    );
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        stderr(&result)
+    );
+    assert!(
+        String::from_utf8_lossy(&result.stdout).contains("100 calls"),
+        "the calls were made: {}",
+        String::from_utf8_lossy(&result.stdout)
+    );
+    let report = read_json(&out);
+    assert_eq!(report["processes"], serde_json::json!([]), "{report}");
+    let sources = report["capture"]["sources"].to_string();
+    assert!(
+        sources.contains("glXSwapBuffers"),
+        "GLX was hooked: {sources}"
+    );
 }
 
 /// Starts the agent waiting for `comm`, then starts the app, and returns the report.

@@ -178,6 +178,10 @@ pub fn write(
 ) -> Result<Written, SessionError> {
     let (report, rows) = report::build(capture);
     let Some(process) = report.processes.first() else {
+        // It never presented a frame (every present it made failed, say).
+        for p in capture.processes.values() {
+            log::info!("pid {} ({}): 0 frames: no report", p.pid, p.name());
+        }
         return Ok(Written::default());
     };
     if process.frames.count < config.min_frames {

@@ -73,7 +73,12 @@ pub const LIBRARY_KINDS: &[LibraryKind] = &[
     LibraryKind {
         name: "egl",
         sonames: &["libEGL.so.1"],
-        hooks: &[present("eglSwapBuffers", present_source::EGL)],
+        hooks: &[
+            // The return probe first (it sends the frame if the call returned EGL_TRUE): an
+            // entry is never seen without its return.
+            plain("eglSwapBuffers", "nvbind_present_ret"),
+            present("eglSwapBuffers", present_source::EGL),
+        ],
     },
 ];
 

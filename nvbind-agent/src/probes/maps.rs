@@ -9,7 +9,7 @@ use aya::{
 };
 use nvbind_common::{
     thread_status, track_flags, DrmFileOwner, DrmIoctlKey, PreemptorKey, PreemptorValue,
-    ProcessHistograms, ThreadState, TASK_COMM_LEN,
+    PresentEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 use super::{comm_key, ProbeError, Probes};
@@ -119,6 +119,8 @@ impl Probes {
         for tid in &tids {
             let _ = presenters.remove(tid);
         }
+        // Frames of calls that never returned (the process died inside one).
+        self.forget_pending_presents(&tids);
         // Its DRM requests and files: a daemon runs for days, and a reused pid is another game.
         // (Maps whose program was never loaded, without DRM, are simply absent.)
         if let Ok(mut counts) = self.hash_map_mut::<DrmIoctlKey, u64>("DRM_IOCTL_COUNTS") {
@@ -205,7 +207,17 @@ impl Probes {
         // The kernel writes an exited entry over only for a new thread with the same tid, which
         // needs the tid space to wrap first: not within this lookup and delete.
         let _ = threads.remove(&tid);
+        self.forget_pending_presents(&[tid]);
         Ok(ExitedThread::Taken(Box::new(state)))
+    }
+    /// Drops the frames held for present calls of these threads that never returned: a thread
+    /// that exits or is killed inside one would otherwise keep its entry for good.
+    fn forget_pending_presents(&mut self, tids: &[u32]) {
+        if let Ok(mut pending) = self.hash_map_mut::<u32, PresentEvent>("PENDING_PRESENTS") {
+            for tid in tids {
+                let _ = pending.remove(tid);
+            }
+        }
     }
     /// Exited threads still in the kernel's table, of the processes in `pids`: (tid, tgid).
     pub fn exited_threads_of(&self, pids: &HashSet<u32>) -> Result<Vec<(u32, u32)>, ProbeError> {

@@ -60,6 +60,9 @@ impl Probes {
             return 0;
         }
         let mut attached = 0;
+        // Return probes that did not attach, by symbol: a frame held at the entry of such a
+        // call would never be sent, so its entry probe is not placed either.
+        let mut returns_missing = Vec::new();
         for hook in lib.kind.hooks {
             let point = UprobePoint {
                 dev: lib.dev,
@@ -67,7 +70,17 @@ impl Probes {
                 at: ProbeAt::Symbol(hook.symbol),
                 program: hook.program,
             };
-            let result = self.attach_uprobe(point, &lib.path, hook.cookie);
+            let result = if returns_missing.contains(&hook.symbol) {
+                Err(format!(
+                    "its return probe did not attach (the frame is sent when {} returns)",
+                    hook.symbol
+                ))
+            } else {
+                self.attach_uprobe(point, &lib.path, hook.cookie)
+            };
+            if hook.program.ends_with("_ret") && result.is_err() {
+                returns_missing.push(hook.symbol);
+            }
             // Only the frame hooks are worth a line each in doctor.
             if hook.program != "nvbind_present" && result.is_ok() {
                 attached += 1;

@@ -75,6 +75,14 @@ struct Args {
     /// Sleep this long before the first frame (lets a test attach to a running process).
     #[arg(long, default_value_t = 0.0)]
     startup_delay_ms: f64,
+    /// Before every Nth frame's present, make one that fails (a swap of no surface, which EGL
+    /// refuses with EGL_FALSE): not a frame, and not in the ground truth (0: never).
+    #[arg(long, default_value_t = 0)]
+    fail_every: u32,
+    /// Make every present one that fails (a swap of no surface): a process that calls
+    /// eglSwapBuffers and never presents a frame. The ground truth then lists none.
+    #[arg(long)]
+    no_surface: bool,
     /// Where to write the ground truth: per frame, one line `BEFORE AFTER`, the CLOCK_MONOTONIC
     /// nanoseconds read just before and just after the present call. A probe on the call must
     /// stamp the frame inside that window, however slow the machine.
@@ -95,6 +103,10 @@ type EglConfig = *mut c_void;
 
 const EGL_SURFACE_TYPE: i32 = 0x3033;
 const EGL_PBUFFER_BIT: i32 = 0x0001;
+const EGL_RENDERABLE_TYPE: i32 = 0x3040;
+const EGL_OPENGL_ES2_BIT: i32 = 0x0004;
+const EGL_CONTEXT_CLIENT_VERSION: i32 = 0x3098;
+const EGL_OPENGL_ES_API: u32 = 0x30A0;
 const EGL_WIDTH: i32 = 0x3057;
 const EGL_HEIGHT: i32 = 0x3056;
 const EGL_NONE: i32 = 0x3038;
@@ -104,7 +116,8 @@ struct Egl {
     display: EglDisplay,
     surface: EglSurface,
     swap: unsafe extern "C" fn(EglDisplay, EglSurface) -> u32,
-    /// Whether a real pbuffer surface exists (otherwise the call fails fast inside libEGL).
+    /// Whether a pbuffer surface exists and is current with a context on this thread, so a
+    /// swap of it succeeds (a no-op for a pbuffer, and `EGL_TRUE`).
     real_surface: bool,
 }
 
@@ -127,18 +140,43 @@ impl Egl {
             let swap: Symbol<unsafe extern "C" fn(EglDisplay, EglSurface) -> u32> =
                 lib.get(b"eglSwapBuffers\0")?;
             let swap = *swap;
+            let bind_api: Symbol<unsafe extern "C" fn(u32) -> u32> = lib.get(b"eglBindAPI\0")?;
+            let create_context: Symbol<
+                unsafe extern "C" fn(EglDisplay, EglConfig, *mut c_void, *const i32) -> *mut c_void,
+            > = lib.get(b"eglCreateContext\0")?;
+            let make_current: Symbol<
+                unsafe extern "C" fn(EglDisplay, EglSurface, EglSurface, *mut c_void) -> u32,
+            > = lib.get(b"eglMakeCurrent\0")?;
 
             let display = get_display(std::ptr::null_mut());
             let mut surface = std::ptr::null_mut();
             if !display.is_null()
                 && initialize(display, std::ptr::null_mut(), std::ptr::null_mut()) != 0
             {
-                let attrs = [EGL_SURFACE_TYPE, EGL_PBUFFER_BIT, EGL_NONE];
+                let attrs = [
+                    EGL_SURFACE_TYPE,
+                    EGL_PBUFFER_BIT,
+                    EGL_RENDERABLE_TYPE,
+                    EGL_OPENGL_ES2_BIT,
+                    EGL_NONE,
+                ];
                 let mut config: EglConfig = std::ptr::null_mut();
                 let mut n = 0;
                 if choose(display, attrs.as_ptr(), &mut config, 1, &mut n) != 0 && n > 0 {
                     let size = [EGL_WIDTH, 64, EGL_HEIGHT, 64, EGL_NONE];
                     surface = create_pbuffer(display, config, size.as_ptr());
+                }
+                // A swap succeeds only for the surface of the calling thread's current context
+                // (EGL_BAD_SURFACE otherwise): make one current here, on the frame thread.
+                if !surface.is_null() && bind_api(EGL_OPENGL_ES_API) != 0 {
+                    let version = [EGL_CONTEXT_CLIENT_VERSION, 2, EGL_NONE];
+                    let context =
+                        create_context(display, config, std::ptr::null_mut(), version.as_ptr());
+                    if context.is_null() || make_current(display, surface, surface, context) == 0 {
+                        surface = std::ptr::null_mut();
+                    }
+                } else {
+                    surface = std::ptr::null_mut();
                 }
             }
             Ok(Egl {
@@ -151,9 +189,16 @@ impl Egl {
         }
     }
 
-    fn present(&self) {
-        // SAFETY: display/surface come from this library (or are null, which EGL rejects cleanly).
-        unsafe { (self.swap)(self.display, self.surface) };
+    /// A present of the pbuffer; whether EGL took it.
+    fn present(&self) -> bool {
+        // SAFETY: display/surface come from this library.
+        unsafe { (self.swap)(self.display, self.surface) != 0 }
+    }
+
+    /// A present EGL refuses (no surface: `EGL_BAD_SURFACE`); whether EGL took it.
+    fn present_nothing(&self) -> bool {
+        // SAFETY: EGL rejects a null surface cleanly.
+        unsafe { (self.swap)(self.display, std::ptr::null_mut()) != 0 }
     }
 }
 
@@ -339,13 +384,19 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
         None => None,
     };
     let egl = Egl::open()?;
+    if !egl.real_surface && !args.no_surface {
+        bail!(
+            "EGL gave no pbuffer surface (Mesa's EGL with a pbuffer config is needed: cargo \
+             xtask setup installs it); --no-surface makes presents that fail on purpose"
+        );
+    }
     eprintln!(
         "synthetic-game: presenting {} frames through eglSwapBuffers ({})",
         args.frames,
-        if egl.real_surface {
-            "pbuffer surface"
-        } else {
+        if args.no_surface {
             "no surface: EGL rejects each swap"
+        } else {
+            "pbuffer surface"
         }
     );
     std::thread::sleep(Duration::from_secs_f64(args.startup_delay_ms / 1000.0));
@@ -369,9 +420,23 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
             s.submit()?;
         }
         sleep_until(next);
-        let before = monotonic_ns();
-        egl.present();
-        truth.push((before, monotonic_ns()));
+        if args.no_surface {
+            if egl.present_nothing() {
+                bail!("EGL took a swap of no surface");
+            }
+        } else {
+            if args.fail_every > 0
+                && i % args.fail_every == args.fail_every - 1
+                && egl.present_nothing()
+            {
+                bail!("EGL took a swap of no surface");
+            }
+            let before = monotonic_ns();
+            if !egl.present() {
+                bail!("EGL refused a swap of the pbuffer");
+            }
+            truth.push((before, monotonic_ns()));
+        }
         progress.set(truth.len() as u64);
         next += interval;
         let now = monotonic_ns();
