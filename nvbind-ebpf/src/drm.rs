@@ -34,9 +34,10 @@ use crate::state::{
 
 /// Index 0: `drm_vblank_event`, 1: `drm_vblank_event_queued`, 2: `drm_vblank_event_delivered`,
 /// 3: deliveries to a tracked process's file whose event could not be read as DRM lays it out
-/// (sent as flips; the agent warns when this is not 0).
+/// (sent as flips; the agent warns when this is not 0), 4: deliveries to a tracked process's
+/// file whose send never reached the kprobe (not sent; the report counts them).
 #[map]
-pub static DRM_EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+pub static DRM_EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(5, 0);
 
 /// `struct drm_file` pointer → the tracked process that last made a display request on it.
 #[map]
@@ -211,6 +212,10 @@ pub fn nvbind_drm_delivered(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: per-CPU slot; DRM holds its event lock with interrupts off until the kprobe.
     let pending = unsafe { &mut *pending };
+    if pending.stashed_ns != 0 {
+        // The previous delivery's send never reached the kprobe (a run the kernel skipped).
+        count(4);
+    }
     pending.stashed_ns = 0;
     let file: u64 = field(&ctx, &DRM_DELIVERED_FILE_OFF).unwrap_or(0);
     // file 0: the kernel's own events.
@@ -249,12 +254,13 @@ const PENDING_EVENT_FILE_OFF: u64 = 32;
 const DRM_EVENT_VBLANK: u32 = 1;
 const DRM_EVENT_FLIP_COMPLETE: u32 = 2;
 const DRM_EVENT_CRTC_SEQUENCE: u32 = 3;
-/// A stash older than this was not followed by its send (a missed kprobe): never reuse it. The
-/// send follows the tracepoint within a few instructions on real hardware, but a virtual CPU can
-/// be descheduled by its host between the two (guest time runs on): 1 ms lost deliveries in the
-/// test VM on a loaded host (119 of 120, no probe run skipped). Only a send to the same file can
-/// take a stash, and every delivery's tracepoint replaces it, so a longer lifetime risks nothing
-/// but a missed kprobe's stash meeting a later non-vblank event of the same file.
+/// How long a stash is taken by a send whose event cannot be told to be its own (a file or type
+/// that does not match, counted as unreadable). A send to the same file with a vblank, sequence
+/// or flip-complete event takes it however old: the send follows the tracepoint within a few
+/// instructions on real hardware, but a virtual CPU can be descheduled by its host between the
+/// two while guest time runs on (lost deliveries in the test VM on a loaded host: 119 of 120, no
+/// probe run skipped, with a 1 ms and then a 100 ms limit on every stash). Only a missed kprobe
+/// leaves a stash behind, and the next delivery's tracepoint replaces it (counted as unpaired).
 const STASH_LIFETIME_NS: u64 = 100_000_000;
 
 /// Attached to `drm_send_event_timestamp_locked(dev, struct drm_pending_event *e, ts)` (or, before
@@ -272,10 +278,8 @@ pub fn nvbind_drm_send_event(ctx: ProbeContext) -> u32 {
     }
     let fresh = now_ns().saturating_sub(pending.stashed_ns) < STASH_LIFETIME_NS;
     pending.stashed_ns = 0;
-    if !fresh {
-        return 0;
-    }
     let Some(e) = ctx.arg::<u64>(1) else {
+        count(4);
         return 0;
     };
     // SAFETY: checked reads of kernel memory (they fail instead of faulting).
@@ -298,7 +302,12 @@ pub fn nvbind_drm_send_event(ctx: ProbeContext) -> u32 {
     match kind {
         Some(kind) => record.header.aux = kind,
         // Not laid out as expected: still a delivery to the process, counted apart.
-        None => count(3),
+        None if fresh => count(3),
+        // An old stash and an event that is not its own: its send was missed.
+        None => {
+            count(4);
+            return 0;
+        }
     }
     send(&record);
     0

@@ -69,6 +69,9 @@ enum Cmd {
         /// Run only these parts (repeatable); all of them by default.
         #[arg(long, value_enum)]
         only: Vec<bench::Part>,
+        /// How long `--only soak` runs, in minutes.
+        #[arg(long, default_value_t = 30)]
+        soak_minutes: u64,
     },
     /// Build (once; cached under target/vm) a test VM with a virtual DRM display, boot it with the
     /// release agent and a test script (the DRM checks of `cargo xtask test` by default), print
@@ -141,13 +144,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 },
             )?;
         }
-        Cmd::Bench { only } => {
+        Cmd::Bench { only, soak_minutes } => {
             if !util::is_root() {
                 bail!("the benchmarks load eBPF programs: run as root");
             }
             setup::setup(setup::Need::Bench)?;
             let agent = build(&root)?;
-            bench::bench(&root, &agent, &target_dir(&root), &only)?;
+            bench::bench(&root, &agent, &target_dir(&root), &only, soak_minutes)?;
         }
         Cmd::Vm { script } => {
             if !util::is_root() {

@@ -188,7 +188,7 @@ pub struct Capture {
     pub dropped_events: u64,
     pub program_costs: Vec<ProgramCost>,
     pub probe_statuses: Vec<ProbeStatus>,
-    pub drm_counts: [u64; 4],
+    pub drm_counts: [u64; 5],
     /// Vblank cadence per CRTC index.
     pub crtc_vblanks: Vec<(u32, CrtcVblanks)>,
     pub notes: Vec<String>,

@@ -104,9 +104,10 @@ impl Probes {
             self.statuses.push(status);
         }
     }
-    /// DRM events seen: vblanks, queued, delivered, and deliveries whose event was unreadable.
-    pub fn drm_event_counts(&self) -> [u64; 4] {
-        [0, 1, 2, 3].map(|i| self.sum_per_cpu("DRM_EVENT_COUNTS", i))
+    /// DRM events seen: vblanks, queued, delivered, deliveries whose event was unreadable, and
+    /// deliveries whose send the kprobe never saw.
+    pub fn drm_event_counts(&self) -> [u64; 5] {
+        [0, 1, 2, 3, 4].map(|i| self.sum_per_cpu("DRM_EVENT_COUNTS", i))
     }
     /// The vblank cadence of each CRTC that had vblanks: (CRTC index, its record).
     pub fn crtc_vblanks(&self) -> Vec<(u32, CrtcVblanks)> {

@@ -447,6 +447,7 @@ fn capture_info(capture: &Capture) -> CaptureInfo {
             queued_events: drm[1],
             delivered_events: drm[2],
             unreadable_events: drm[3],
+            unpaired_deliveries: drm[4],
             crtcs: capture
                 .crtc_vblanks
                 .iter()

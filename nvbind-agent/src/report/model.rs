@@ -153,6 +153,10 @@ pub struct DrmInfo {
     /// `struct drm_pending_event` is laid out differently): counted as flips. Should be 0.
     #[serde(default)]
     pub unreadable_events: u64,
+    /// Deliveries to a tracked process whose send the kprobe never saw: not counted as frames or
+    /// deliveries (a run the kernel skipped).
+    #[serde(default)]
+    pub unpaired_deliveries: u64,
     /// Every CRTC that had vblanks during the capture, with its refresh rate.
     #[serde(default)]
     pub crtcs: Vec<CrtcReport>,

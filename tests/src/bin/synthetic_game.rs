@@ -83,6 +83,10 @@ struct Args {
     /// eglSwapBuffers and never presents a frame. The ground truth then lists none.
     #[arg(long)]
     no_surface: bool,
+    /// Each frame, start this many short-lived threads and wait for them (a job system that
+    /// churns through threads).
+    #[arg(long, default_value_t = 0)]
+    churn_threads: u32,
     /// Where to write the ground truth: per frame, one line `BEFORE AFTER`, the CLOCK_MONOTONIC
     /// nanoseconds read just before and just after the present call. A probe on the call must
     /// stamp the frame inside that window, however slow the machine.
@@ -409,6 +413,11 @@ fn frame_loop(args: &Args) -> Result<FrameLoop> {
     let mut i = 0;
     while go_on(i) {
         spin(args.work_ms);
+        for _ in 0..args.churn_threads {
+            std::thread::spawn(|| std::hint::black_box(0u64))
+                .join()
+                .map_err(|_| anyhow::anyhow!("a churned thread panicked"))?;
+        }
         if args.stall_every > 0 && i % args.stall_every == args.stall_every - 1 {
             match (&lock_staller, kvm_staller.as_mut()) {
                 (Some(l), _) => l.stall()?,

@@ -50,7 +50,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// (VmRSS, VmHWM) in bytes.
-fn memory(pid: u32) -> Result<(u64, u64)> {
+pub(super) fn memory(pid: u32) -> Result<(u64, u64)> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = |key: &str| -> Option<u64> {
         status
@@ -67,7 +67,7 @@ fn memory(pid: u32) -> Result<(u64, u64)> {
     ))
 }
 
-struct Running(Vec<Child>);
+pub(super) struct Running(Vec<Child>);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -145,7 +145,7 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
 
 /// Starts the daemon on a free local port with its reports under `dir`, and waits until it
 /// tracks processes. Returns it (as `Running`, so a failed wait still kills it), its pid and port.
-fn start_daemon(agent: &Path, dir: &Path) -> Result<(Running, u32, u16)> {
+pub(super) fn start_daemon(agent: &Path, dir: &Path) -> Result<(Running, u32, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

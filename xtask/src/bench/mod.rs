@@ -43,6 +43,7 @@ mod binding;
 mod daemon;
 mod peers;
 mod scaling;
+mod soak;
 
 /// The parts of the benchmark (`cargo xtask bench --only PART`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +60,10 @@ pub enum Part {
     Accuracy,
     /// Cost and footprint from 10 to 10,000 tracked threads and from 60 to 1,000 fps.
     Scaling,
+    /// The daemon for `--soak-minutes` (30) under games coming and going, thread churn,
+    /// streams, SIGHUPs and an unprivileged user's attacks: RSS and fds every 10 s. Only when
+    /// asked for (`--only soak`).
+    Soak,
 }
 
 const STORM_LOOPS: &str = "100000";
@@ -212,10 +217,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn bench(root: &Path, agent: &Path, target: &Path, only: &[Part]) -> Result<()> {
+pub fn bench(
+    root: &Path,
+    agent: &Path,
+    target: &Path,
+    only: &[Part],
+    soak_minutes: u64,
+) -> Result<()> {
     let dir: PathBuf = target.join("nvbind-bench");
     fs::create_dir_all(&dir)?;
-    let wanted = |part| only.is_empty() || only.contains(&part);
+    // The soak takes half an hour: never part of the default run.
+    let wanted = |part| only.contains(&part) || (only.is_empty() && part != Part::Soak);
     if wanted(Part::Capture) {
         capture(root, agent, &dir)?;
     }
@@ -240,6 +252,12 @@ pub fn bench(root: &Path, agent: &Path, target: &Path, only: &[Part]) -> Result<
         let crowd = release_test_bin(root, "thread-crowd")?;
         let game = release_test_bin(root, "synthetic-game")?;
         scaling::bench(agent, &crowd, &game, &dir)?;
+    }
+    if wanted(Part::Soak) {
+        step("soak: build the synthetic game and map-copies (release)");
+        let game = release_test_bin(root, "synthetic-game")?;
+        let copies = release_test_bin(root, "map-copies")?;
+        soak::bench(agent, &game, &copies, &dir, soak_minutes)?;
     }
     Ok(())
 }

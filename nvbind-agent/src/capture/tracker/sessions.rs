@@ -232,6 +232,13 @@ impl Tracker {
                 capture.drm_counts[3]
             ));
         }
+        if capture.drm_counts[4] > 0 {
+            capture.notes.push(format!(
+                "{} DRM event(s) delivered to a tracked process were not followed by their send \
+                 in the probes (a run the kernel skipped): not counted",
+                capture.drm_counts[4]
+            ));
+        }
         capture.crtc_vblanks = self.probes.crtc_vblanks();
         for (pid, requests) in self.probes.drm_ioctl_counts(&pids) {
             if let Some(p) = capture.processes.get_mut(&pid) {
