@@ -411,6 +411,9 @@ pub struct ThreadState {
     pub totals: ThreadCounters,
     /// `totals` as of this thread's last present (the base of the next frame's evidence).
     pub at_last_present: ThreadCounters,
+    /// The evidence of presents that were refused (or found no room in the ring buffer) since
+    /// the last frame sent: the next frame carries it, so frames still cover every interval.
+    pub carried: ThreadCounters,
 }
 
 /// How a blocked period began, so its time lands in the right counter when it ends.
@@ -582,6 +585,14 @@ pub struct PresentEvent {
     /// What the frame was handed to: the GLX drawable, the EGL surface, or the first swapchain
     /// of the Vulkan present (0: unreadable). A process can present to several windows.
     pub target: u64,
+}
+
+/// The `PENDING_PRESENTS` key of thread `tid`'s present call of `source`: Vulkan presents (the
+/// loader's or a driver's: only the outermost is held) and EGL presents apart, since one can run
+/// inside the other.
+pub const fn pending_present_key(tid: u32, source: u32) -> u64 {
+    let kind: u64 = if source == present_source::EGL { 2 } else { 1 };
+    (kind << 32) | tid as u64
 }
 
 /// A `vkGet{Device,Instance}ProcAddr("vkQueuePresentKHR")` call returned `address` in `tgid`.

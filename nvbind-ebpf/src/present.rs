@@ -22,8 +22,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use nvbind_common::{
-    event_kind, present_source, thread_status, EventHeader, PresentEvent, ResolvedPresentEvent,
-    ThreadState, VK_QUEUE_PRESENT_NAME,
+    event_kind, pending_present_key, present_source, thread_status, EventHeader, PresentEvent,
+    ResolvedPresentEvent, ThreadState, VK_QUEUE_PRESENT_NAME,
 };
 
 use crate::state::{
@@ -70,7 +70,7 @@ pub fn nvbind_present(ctx: ProbeContext) -> u32 {
 pub fn nvbind_present_ret(ctx: RetProbeContext) -> u32 {
     // EGLBoolean is 32 bits (eax); the upper half of rax is not part of it.
     let taken = (ctx.ret::<u64>() as u32) != 0;
-    finish_present(taken);
+    finish_present(present_source::EGL, taken);
     0
 }
 
@@ -132,47 +132,51 @@ pub fn nvbind_present_vk_ret(ctx: RetProbeContext) -> u32 {
     if t.in_vulkan_present == 0 {
         // VkResult is 32 bits (eax).
         let result = ctx.ret::<u64>() as u32 as i32;
-        finish_present(result == 0 || result == VK_SUBOPTIMAL_KHR);
+        finish_present(
+            present_source::VULKAN_RESOLVED,
+            result == 0 || result == VK_SUBOPTIMAL_KHR,
+        );
     }
     0
 }
 
 /// Makes the frame of a present call at its entry, as [`emit_present`] would send it, and holds
-/// it in `PENDING_PRESENTS` until the call returns. The evidence it carries is taken out of the
-/// thread's frame state now (what happens during the call belongs to the next frame), but the
-/// base of the next frame's counters (`at_last_present`) moves only if the call succeeds.
+/// it in `PENDING_PRESENTS` until the call returns. The thread's frame state moves on at once
+/// (what happens during the call belongs to the next frame, and a present made inside this one
+/// starts from here); if the call fails, [`finish_present`] gives the evidence back.
 #[inline(always)]
 fn hold_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u64) {
     let now = close_running_slice(t);
+    let key = pending_present_key(tid, source);
     let Some(zero) = ZERO_PRESENT.get_ptr(0) else {
         return;
     };
     // SAFETY: `zero` points at a map value, which the helper may read from. A leftover of a call
     // that never returned (its thread longjmp'd out, say) is written over.
-    if PENDING_PRESENTS.insert(tid, unsafe { &*zero }, 0).is_err() {
+    if PENDING_PRESENTS.insert(key, unsafe { &*zero }, 0).is_err() {
+        // Keep the state: the next frame carries this interval's evidence too.
         count_drop();
         return;
     }
-    let Some(e) = PENDING_PRESENTS.get_ptr_mut(tid) else {
+    let Some(e) = PENDING_PRESENTS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: a live map value, written only by this thread's own present probes.
     let e = unsafe { &mut *e };
     fill_present(e, t, tgid, tid, source, target, now);
-    t.frame_max_runq_wait_ns = 0;
-    t.frame_max_blocked_ns = 0;
-    t.frame_culprit = Default::default();
+    start_next_frame(t);
 }
 
-/// Ends the present call the current thread holds a frame for: sends it if the call succeeded
-/// (`taken`), else gives its evidence back to the thread, so the next frame carries everything
-/// since the last frame that was taken.
+/// Ends the present call of `source` the current thread holds a frame for: sends it if the call
+/// succeeded (`taken`), else gives its evidence back to the thread (`carried`, and its maxima
+/// and culprit), so the next frame carries everything since the last frame that was sent.
 #[inline(always)]
-fn finish_present(taken: bool) {
+fn finish_present(source: u32, taken: bool) {
     let Some((_, tid, t)) = current_thread() else {
         return;
     };
-    let Some(e) = PENDING_PRESENTS.get_ptr(tid) else {
+    let key = pending_present_key(tid, source);
+    let Some(e) = PENDING_PRESENTS.get_ptr(key) else {
         return;
     };
     // SAFETY: a live map value, written only by this thread's own present probes.
@@ -182,10 +186,9 @@ fn finish_present(taken: bool) {
             .output::<PresentEvent>(e, BPF_RB_NO_WAKEUP as u64)
             .map_err(|_| count_drop())
             .is_ok();
-    if sent {
-        t.at_last_present.add(&e.delta);
-    } else {
+    if !sent {
         // Not a frame (or one the ring buffer had no room for): its interval joins the next's.
+        t.carried.add(&e.delta);
         if e.max_runq_wait_ns > t.frame_max_runq_wait_ns {
             t.frame_max_runq_wait_ns = e.max_runq_wait_ns;
         }
@@ -196,7 +199,18 @@ fn finish_present(taken: bool) {
             t.frame_culprit = e.culprit;
         }
     }
-    let _ = PENDING_PRESENTS.remove(tid);
+    let _ = PENDING_PRESENTS.remove(key);
+}
+
+/// Starts the thread's next frame interval: its counters' base moves to now, and the maxima,
+/// the culprit and what refused presents carried start over.
+#[inline(always)]
+fn start_next_frame(t: &mut ThreadState) {
+    t.at_last_present = t.totals;
+    t.carried = Default::default();
+    t.frame_max_runq_wait_ns = 0;
+    t.frame_max_blocked_ns = 0;
+    t.frame_culprit = Default::default();
 }
 
 /// Closes the running slice of a thread that is presenting, so the frame's on-CPU time includes
@@ -240,6 +254,7 @@ fn fill_present(
     e.max_blocked_ns = t.frame_max_blocked_ns;
     e.culprit = t.frame_culprit;
     t.totals.since_into(&t.at_last_present, &mut e.delta);
+    e.delta.add(&t.carried);
     e.target = target;
 }
 
@@ -264,10 +279,7 @@ fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u
         now,
     );
     entry.submit(BPF_RB_NO_WAKEUP as u64);
-    t.at_last_present = t.totals;
-    t.frame_max_runq_wait_ns = 0;
-    t.frame_max_blocked_ns = 0;
-    t.frame_culprit = Default::default();
+    start_next_frame(t);
 }
 
 /// `__USER32_CS`: the code segment a task runs 32-bit code in (an i386 program on x86-64). The

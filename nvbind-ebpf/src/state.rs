@@ -34,11 +34,12 @@ pub static CULPRIT_SCRATCH: PerCpuArray<Culprit> = PerCpuArray::with_max_entries
 #[map]
 pub static ZERO_THREAD: Array<ThreadState> = Array::with_max_entries(1, 0);
 
-/// Frames whose present call has not returned yet, by tid: made at the call's entry (its time and
-/// the evidence since the previous frame), sent at its return if the call succeeded. Only threads
-/// inside a present call hold one.
+/// Frames whose present call has not returned yet, by `nvbind_common::pending_present_key`
+/// (tid and kind: an `eglSwapBuffers` may present through Vulkan on the same thread, as Zink
+/// does): made at the call's entry (its time and the evidence since the previous frame), sent at
+/// its return if the call succeeded. Only threads inside a present call hold one.
 #[map]
-pub static PENDING_PRESENTS: HashMap<u32, PresentEvent> =
+pub static PENDING_PRESENTS: HashMap<u64, PresentEvent> =
     HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// One zeroed frame record to insert from: a `PresentEvent` does not fit the BPF stack beside

@@ -1463,7 +1463,7 @@ fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
         .spawn()
         .expect("start map-copies");
     let attacker_out = attacker.stdout.take().expect("stdout");
-    let _attacker = Game::new(attacker);
+    let attacker = Game::new(attacker);
     let mut mapped = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(attacker_out), &mut mapped)
         .expect("the attacker's word");
@@ -1473,7 +1473,56 @@ fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
     assert!(fds < 512, "the daemon holds {fds} fds of its 1024");
     // A game with a copy of its own (root's: not the attacker's budget) is still seen whole.
     a_game_with_its_own_copy_is_seen_whole(&daemon);
-    assert!(daemon.open_fds() < 512);
+    let fds_mapped = daemon.open_fds();
+    assert!(fds_mapped < 512);
+
+    // The attacker leaves: the hooks of its 16 copies are released (two uprobes, two fds, each),
+    // and its budget given back...
+    drop(attacker);
+    let released = "hooked for uid 65534)";
+    let deadline = Instant::now() + HANG;
+    while daemon.log().matches(released).count() < 16 {
+        assert!(
+            Instant::now() < deadline,
+            "the copies' hooks were not released: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fds_released = daemon.open_fds();
+    assert!(
+        fds_released + 16 <= fds_mapped,
+        "{fds_mapped} fds while the copies were mapped, {fds_released} after"
+    );
+    // ...so the same user's next copies are hooked again.
+    let copies = work.path().join("copies-2");
+    fs::create_dir(&copies).expect("copies dir");
+    std::os::unix::fs::chown(&copies, Some(65534), Some(65534)).expect("chown");
+    let mut again = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&map_copies)
+        .arg("16")
+        .arg(&host_egl)
+        .arg(&copies)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start map-copies");
+    let again_out = again.stdout.take().expect("stdout");
+    let again = Game::new(again);
+    let mut mapped = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(again_out), &mut mapped)
+        .expect("the attacker's word");
+    assert_eq!(mapped.trim(), "mapped");
+    let hooked = format!("pid {}: hooked", again.pid);
+    while daemon.log().matches(&hooked).count() < 16 {
+        assert!(
+            Instant::now() < deadline + HANG,
+            "the user's new copies were not hooked: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -259,7 +259,7 @@ fn a_full_thread_table_is_said_not_silent() {
     // Two processes of 8,500 threads at once (one process cannot map stacks for more than
     // about 16,300 under the kernel's default vm.max_map_count).
     let crowd = crowd_bin().display().to_string();
-    let one = format!("{crowd} --threads 8500 --seconds 3 --wakeups-per-sec 2000");
+    let one = format!("{crowd} --threads 8500 --seconds 6 --wakeups-per-sec 2000");
     let (report, _) = record_command(&["sh", "-c", &format!("{one} & {one} & wait")]);
     let notes = report["capture"]["notes"].to_string();
     assert!(

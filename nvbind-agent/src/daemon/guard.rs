@@ -308,7 +308,8 @@ impl RequestRates {
         }
         let (tokens, at) = buckets.by_uid.entry(uid).or_insert((burst, now));
         *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
-        *at = now;
+        // `now` was read before the lock: another request may have stamped a later time.
+        *at = (*at).max(now);
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             return Ok(());

@@ -1,5 +1,6 @@
-//! New processes: /proc listed now and then, and the graphics libraries of young processes
-//! hooked where they are copies the probes do not cover yet.
+//! New processes: /proc listed now and then, the graphics libraries of young processes hooked
+//! where they are copies the probes do not cover yet, and copies no process maps any more
+//! released.
 
 use std::{
     collections::HashSet,
@@ -21,11 +22,16 @@ impl Daemon {
     /// so a game in a container or the Steam runtime is seen from its first frame too.
     pub(super) fn scan_new_processes(&mut self) {
         let now = Instant::now();
-        let pids = list_pids();
+        // A /proc that cannot be listed now (out of fds, say) says nothing about who is gone.
+        let Some(pids) = list_pids() else {
+            return;
+        };
         for &pid in pids.difference(&self.known) {
             self.young.insert(pid, (now, 0));
         }
         self.known = pids;
+        // A copy whose last mapper is gone gives its uprobes' fds and its user's budget back.
+        self.tracker.release_unmapped_copies(&self.known);
         let known = &self.known;
         self.young
             .retain(|pid, (_, done)| known.contains(pid) && *done < LIBRARY_SCAN_AGES_MS.len());
@@ -54,12 +60,14 @@ impl Daemon {
     }
 }
 
-/// Every process id in /proc now.
-pub(super) fn list_pids() -> HashSet<u32> {
-    std::fs::read_dir("/proc")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// Every process id in /proc now; None when /proc could not be listed whole.
+pub(super) fn list_pids() -> Option<HashSet<u32>> {
+    let mut pids = HashSet::new();
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let entry = entry.ok()?;
+        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+            pids.insert(pid);
+        }
+    }
+    Some(pids)
 }

@@ -97,7 +97,7 @@ async fn serve(
     let mut daemon = Daemon::new(tracker, Arc::clone(&shared), config, options, sampler);
     // Processes running now were covered by the host's libraries at load; only new ones are
     // searched for copies.
-    daemon.known = list_pids();
+    daemon.known = list_pids().unwrap_or_default();
     daemon.housekeeping();
     log::info!(
         "tracking every process that presents frames; reports go to {}",

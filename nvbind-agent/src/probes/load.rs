@@ -198,8 +198,9 @@ impl Probes {
         let mut probes = Probes {
             ebpf,
             statuses: Vec::new(),
-            uprobe_points: HashSet::new(),
+            uprobe_points: Default::default(),
             copies_by_uid: Default::default(),
+            copies: Default::default(),
             budget_warned_at: None,
             hooked_files: HashSet::new(),
             events,

@@ -8,8 +8,8 @@ use aya::{
     Pod,
 };
 use nvbind_common::{
-    thread_status, track_flags, DrmFileOwner, DrmIoctlKey, PreemptorKey, PreemptorValue,
-    PresentEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
+    pending_present_key, present_source, thread_status, track_flags, DrmFileOwner, DrmIoctlKey,
+    PreemptorKey, PreemptorValue, PresentEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 use super::{comm_key, ProbeError, Probes};
@@ -204,8 +204,11 @@ impl Probes {
         if state.status != thread_status::EXITED {
             return Ok(ExitedThread::NotYet);
         }
-        // The kernel writes an exited entry over only for a new thread with the same tid, which
-        // needs the tid space to wrap first: not within this lookup and delete.
+        // The kernel writes an exited entry over only for a new thread with the same tid: after
+        // the tid space wraps, or at once when a thread other than the leader execs (it takes
+        // the leader's tid). Between this lookup and the delete that is rare but possible; the
+        // new thread's entry is then made again at its next tracked event (`current_thread`),
+        // missing only what it did meanwhile.
         let _ = threads.remove(&tid);
         self.forget_pending_presents(&[tid]);
         Ok(ExitedThread::Taken(Box::new(state)))
@@ -213,9 +216,11 @@ impl Probes {
     /// Drops the frames held for present calls of these threads that never returned: a thread
     /// that exits or is killed inside one would otherwise keep its entry for good.
     fn forget_pending_presents(&mut self, tids: &[u32]) {
-        if let Ok(mut pending) = self.hash_map_mut::<u32, PresentEvent>("PENDING_PRESENTS") {
-            for tid in tids {
-                let _ = pending.remove(tid);
+        if let Ok(mut pending) = self.hash_map_mut::<u64, PresentEvent>("PENDING_PRESENTS") {
+            for &tid in tids {
+                for source in [present_source::VULKAN_RESOLVED, present_source::EGL] {
+                    let _ = pending.remove(&pending_present_key(tid, source));
+                }
             }
         }
     }

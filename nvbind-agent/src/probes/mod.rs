@@ -103,12 +103,15 @@ pub struct Probes {
     ebpf: Ebpf,
     statuses: Vec<ProbeStatus>,
     /// Every uprobe placed, so no point is probed twice.
-    uprobe_points: HashSet<UprobePoint>,
+    uprobe_points: std::collections::HashMap<UprobePoint, aya::programs::uprobe::UProbeLinkId>,
     /// Files whose exported hooks were attached (by dev, inode).
     hooked_files: HashSet<(u64, u64)>,
     /// Library copies hooked because a process of this uid mapped them (see
     /// `attach_process_libraries`: a user's budget).
     copies_by_uid: std::collections::HashMap<u32, usize>,
+    /// Library copies hooked for the processes that map them, by (dev, inode): released when
+    /// the last of them is gone.
+    copies: std::collections::HashMap<(u64, u64), present::HookedCopy>,
     /// When a copy was last refused for the budget, loudly.
     budget_warned_at: Option<std::time::Instant>,
     events: RingBuf<MapData>,

@@ -2,7 +2,7 @@
 //! `glXSwapBuffers`, `eglSwapBuffers`), on the installed Vulkan drivers' present functions, and
 //! on those a process learns at run time.
 
-use std::path::Path;
+use std::{collections::HashSet, path::Path};
 
 use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -32,6 +32,18 @@ pub(super) struct UprobePoint {
     ino: u64,
     at: ProbeAt,
     program: &'static str,
+}
+
+/// A graphics library copy hooked because processes of one user map it (not a host library:
+/// those stay hooked for the agent's life).
+#[derive(Debug)]
+pub(super) struct HookedCopy {
+    /// Whose budget it spends.
+    uid: u32,
+    /// Its name in the probes' statuses.
+    display: String,
+    /// Processes seen mapping it.
+    mappers: HashSet<u32>,
 }
 
 /// The real uid of `pid`, from its status file (not the owner of /proc/PID, which the kernel
@@ -190,7 +202,7 @@ impl Probes {
             at: ProbeAt::Offset(offset),
             program: "nvbind_present",
         };
-        if self.uprobe_points.contains(&key) {
+        if self.uprobe_points.contains_key(&key) {
             return Ok(None);
         }
         self.attach_vulkan_present(&mapping.open_path(pid), mapping.dev, mapping.ino, offset)?;
@@ -214,7 +226,7 @@ impl Probes {
         target: &Path,
         cookie: u64,
     ) -> Result<(), String> {
-        if self.uprobe_points.contains(&point) {
+        if self.uprobe_points.contains_key(&point) {
             return Ok(());
         }
         let program = point.program;
@@ -230,10 +242,57 @@ impl Probes {
             location,
             cookie: (cookie != 0).then_some(cookie),
         };
-        prog.attach(attach_point, target, UProbeScope::AllProcesses)
+        let link = prog
+            .attach(attach_point, target, UProbeScope::AllProcesses)
             .map_err(|e| error_chain(&e))?;
-        self.uprobe_points.insert(point);
+        self.uprobe_points.insert(point, link);
         Ok(())
+    }
+    /// Releases the hooks of library copies no process maps any more (`alive`: every pid now),
+    /// and gives them back to their user's budget. Host libraries stay hooked.
+    pub fn release_unmapped_copies(&mut self, alive: &HashSet<u32>) {
+        let mut gone = Vec::new();
+        for (file, copy) in &mut self.copies {
+            // Gone from the listing, and from /proc itself (a listing is never exact).
+            copy.mappers
+                .retain(|pid| alive.contains(pid) || Path::new(&format!("/proc/{pid}")).exists());
+            if copy.mappers.is_empty() {
+                gone.push((*file, copy.uid));
+            }
+        }
+        for ((dev, ino), uid) in gone {
+            if let Some(copy) = self.copies.remove(&(dev, ino)) {
+                // Its lines in the probes' statuses go with it (a user who maps copy after copy
+                // must not grow them).
+                let prefix = format!("uprobe:{}:", copy.display);
+                self.statuses.retain(|s| !s.name.starts_with(&prefix));
+            }
+            self.hooked_files.remove(&(dev, ino));
+            if let Some(spent) = self.copies_by_uid.get_mut(&uid) {
+                *spent = spent.saturating_sub(1);
+            }
+            let points: Vec<UprobePoint> = self
+                .uprobe_points
+                .keys()
+                .filter(|p| p.dev == dev && p.ino == ino)
+                .copied()
+                .collect();
+            for point in points {
+                let Some(link) = self.uprobe_points.remove(&point) else {
+                    continue;
+                };
+                let detached = self
+                    .program::<UProbe>(point.program)
+                    .and_then(|prog| prog.detach(link).map_err(|e| error_chain(&e)));
+                if let Err(e) = detached {
+                    log::debug!("cannot detach {} from {dev}:{ino}: {e}", point.program);
+                }
+            }
+            log::info!(
+                "released the hooks of a library copy no process maps any more (file \
+                 {dev}:{ino}, hooked for uid {uid})"
+            );
+        }
     }
     /// Attaches hooks in every not-yet-hooked graphics library `pid` has mapped.
     /// Returns the names of the newly hooked files.
@@ -249,6 +308,10 @@ impl Probes {
         // nothing new).
         let mut owner_uid = None;
         for lib in libraries::process_libraries(pid) {
+            if let Some(copy) = self.copies.get_mut(&(lib.dev, lib.ino)) {
+                copy.mappers.insert(pid);
+                continue;
+            }
             if self.hooked_files.contains(&(lib.dev, lib.ino)) {
                 continue;
             }
@@ -264,6 +327,14 @@ impl Probes {
             }
             if self.attach_library(&lib) > 0 {
                 *self.copies_by_uid.entry(owner).or_default() += 1;
+                self.copies.insert(
+                    (lib.dev, lib.ino),
+                    HookedCopy {
+                        uid: owner,
+                        display: lib.display.clone(),
+                        mappers: HashSet::from([pid]),
+                    },
+                );
                 hooked.push(lib.display);
             }
         }

@@ -109,7 +109,11 @@ fn chosen_frames(p: &ProcessRecord) -> (u32, Vec<Frame>) {
     let main = main_target(&targets(p, source));
     let mut pending: HashMap<u32, ThreadCounters> = HashMap::new();
     let mut frames = Vec::new();
-    for f in &p.frames {
+    // In present order: a frame is sent when its call returns, so a present made inside another
+    // (Zink's vkQueuePresentKHR inside eglSwapBuffers) arrives before the one that holds it.
+    let mut in_order: Vec<&Frame> = p.frames.iter().collect();
+    in_order.sort_by_key(|f| f.ts_ns);
+    for f in in_order {
         if f.source == source && f.target == main {
             let mut frame = *f;
             if let Some(extra) = pending.remove(&f.tid) {

@@ -64,16 +64,22 @@ fn main() -> Result<()> {
 fn crowd(args: &Args, period: Duration) -> Result<(u64, Duration)> {
     let run_for = Duration::from_secs_f64(args.seconds / args.waves as f64);
     let start = Instant::now();
+    // Every thread runs its `run_for` once all have started: the crowd is whole for that long,
+    // however slowly a loaded machine starts threads.
+    let all_started = std::sync::Arc::new(std::sync::Barrier::new(args.threads + 1));
     let mut handles = Vec::with_capacity(args.threads);
     for i in 0..args.threads {
         // Staggered first wakeups, so the threads do not wake in one herd.
         let offset = period.mul_f64(i as f64 / args.threads as f64);
+        let all_started = std::sync::Arc::clone(&all_started);
         let handle = std::thread::Builder::new()
             .stack_size(64 * 1024)
             .spawn(move || {
+                all_started.wait();
+                let began = Instant::now();
                 std::thread::sleep(offset);
                 let mut wakeups = 0u64;
-                while start.elapsed() < run_for {
+                while began.elapsed() < run_for {
                     std::thread::sleep(period);
                     wakeups += 1;
                 }
@@ -83,6 +89,7 @@ fn crowd(args: &Args, period: Duration) -> Result<(u64, Duration)> {
         handles.push(handle);
     }
     let started = start.elapsed();
+    all_started.wait();
     let mut wakeups = 0;
     for h in handles {
         wakeups += h.join().map_err(|_| anyhow::anyhow!("a thread panicked"))?;

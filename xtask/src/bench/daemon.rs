@@ -126,7 +126,7 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     // `running` lives to the end: dropping it kills whatever is still running, on every path.
-    let (mut running, daemon_pid, port) = start_daemon(agent, &dir)?;
+    let (mut running, daemon_pid, port) = start_daemon(agent, &dir, "")?;
     let (idle_cpu, idle_rss) = measure_idle(daemon_pid)?;
 
     let pids = start_games(game, &dir, &mut running)?;
@@ -145,14 +145,15 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
 
 /// Starts the daemon on a free local port with its reports under `dir`, and waits until it
 /// tracks processes. Returns it (as `Running`, so a failed wait still kills it), its pid and port.
-pub(super) fn start_daemon(agent: &Path, dir: &Path) -> Result<(Running, u32, u16)> {
+/// `reports` is more of the config's `[reports]` table.
+pub(super) fn start_daemon(agent: &Path, dir: &Path, reports: &str) -> Result<(Running, u32, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     fs::write(
         dir.join("agent.toml"),
         format!(
-            "[api]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"\"\n[reports]\ndir = \"{}\"\n",
+            "[api]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"\"\n[reports]\ndir = \"{}\"\n{reports}",
             dir.join("reports").display()
         ),
     )?;

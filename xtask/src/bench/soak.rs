@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 
 use super::daemon::{memory, start_daemon};
@@ -69,6 +69,9 @@ struct Sample {
 }
 
 pub fn bench(agent: &Path, game: &Path, copies: &Path, dir: &Path, minutes: u64) -> Result<()> {
+    if minutes == 0 {
+        bail!("--soak-minutes must be at least 1");
+    }
     step(&format!(
         "soak: the daemon for {minutes} min with games coming and going, thread churn, streams, \
          SIGHUPs and an unprivileged user's attacks; RSS and fds every 10 s"
@@ -76,7 +79,8 @@ pub fn bench(agent: &Path, game: &Path, copies: &Path, dir: &Path, minutes: u64)
     let dir = dir.join("soak");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    let (running, daemon_pid, port) = start_daemon(agent, &dir)?;
+    // Every session kept: a pruned one would count as lost.
+    let (running, daemon_pid, port) = start_daemon(agent, &dir, "keep = 0\n")?;
     // systemd's default: what the daemon runs with on a host.
     pin_fd_limit(daemon_pid, 1024)?;
     let fd_limit = fd_limit(daemon_pid)?;
@@ -245,6 +249,22 @@ fn summarise(soak: &Soak, samples: &[Sample], fd_limit: usize, log: &str) -> Res
         soak.streams.load(Ordering::Relaxed),
         soak.attacks.load(Ordering::Relaxed),
     );
+    let mut failed = Vec::new();
+    if !flat(mean(first, rss), mean(last, rss)) || !flat(mean(first, fds), mean(last, fds)) {
+        failed.push("RSS or fds not flat");
+    }
+    if max_rss >= 100_000_000 {
+        failed.push("RSS over 100 MB");
+    }
+    if max_fds * 2 >= fd_limit {
+        failed.push("fds over half the limit");
+    }
+    if !lost.is_empty() {
+        failed.push("sessions lost");
+    }
+    if !failed.is_empty() {
+        bail!("the soak failed: {}", failed.join(", "));
+    }
     Ok(())
 }
 

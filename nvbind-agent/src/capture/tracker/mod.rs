@@ -31,6 +31,10 @@ use crate::{
 const PRESENTING_RECENTLY_NS: u64 = 2_000_000_000;
 /// Most threads of one process whose counters are read per drain.
 const MAX_SNAPSHOT_THREADS: usize = 256;
+/// Names of a process's exited threads kept (besides its 16 busiest): a stutter's evidence can
+/// name a thread that exited since, but a game that churns through threads must not grow the
+/// names without bound.
+const EXITED_NAMES_KEPT: usize = 1024;
 /// How long after its exit a thread's entry is waited for to become final (its last switch):
 /// its exit path can sleep on locks other exiting threads hold, but not for this long.
 const EXIT_FINAL_WAIT_NS: u64 = 10_000_000_000;
@@ -82,6 +86,9 @@ pub struct Tracker {
     exited_threads: Vec<(u32, u32, u64)>,
     /// The kernel's count of exited-thread records it could not send, when last read.
     thread_exits_lost: u64,
+    /// Each process's exited threads whose names are kept, oldest first: at most
+    /// `EXITED_NAMES_KEPT` (besides its busiest), however many threads it goes through.
+    exited_names: HashMap<u32, std::collections::VecDeque<u32>>,
     last_scan: Instant,
 }
 
@@ -120,6 +127,7 @@ impl Tracker {
             culprit_reads: HashMap::new(),
             exited_threads: Vec::new(),
             thread_exits_lost: 0,
+            exited_names: HashMap::new(),
             last_scan: Instant::now(),
         }
     }
@@ -207,6 +215,11 @@ impl Tracker {
     /// and runtimes are other files than the host's). Returns the newly hooked files.
     pub fn hook_libraries_of(&mut self, pid: u32) -> Vec<String> {
         self.probes.attach_process_libraries(pid)
+    }
+
+    /// Releases the hooks of library copies that no process in `alive` (every pid now) maps.
+    pub fn release_unmapped_copies(&mut self, alive: &HashSet<u32>) {
+        self.probes.release_unmapped_copies(alive);
     }
 
     /// Thresholds for processes tracked from now on.
@@ -542,6 +555,7 @@ impl Tracker {
                     if let Some(p) = self.capture.processes.get_mut(&pid) {
                         p.departed.add(tid, *state);
                     }
+                    self.keep_exited_name(pid, tid);
                 }
                 Ok(ExitedThread::NotYet) if now.saturating_sub(exited_ns) < EXIT_FINAL_WAIT_NS => {
                     self.exited_threads.push((tid, pid, exited_ns));
@@ -549,6 +563,29 @@ impl Tracker {
                 Ok(_) => {}
                 Err(e) => log::debug!("tid {tid} of pid {pid}: cannot take its entry: {e}"),
             }
+        }
+    }
+
+    /// Keeps the name of `pid`'s exited thread `tid` among the last `EXITED_NAMES_KEPT`; the
+    /// oldest one's goes unless it is among the process's busiest departed threads (the report
+    /// lists those).
+    fn keep_exited_name(&mut self, pid: u32, tid: u32) {
+        let kept = self.exited_names.entry(pid).or_default();
+        kept.push_back(tid);
+        if kept.len() <= EXITED_NAMES_KEPT {
+            return;
+        }
+        let Some(oldest) = kept.pop_front() else {
+            return;
+        };
+        let busiest = self
+            .capture
+            .processes
+            .get(&pid)
+            .is_some_and(|p| p.departed.busiest.iter().any(|(t, _)| *t == oldest));
+        if !busiest && self.name_owners.get(&oldest) == Some(&pid) {
+            self.name_owners.remove(&oldest);
+            self.capture.thread_names.remove(&oldest);
         }
     }
 

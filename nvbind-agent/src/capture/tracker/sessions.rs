@@ -114,6 +114,7 @@ impl Tracker {
         self.gpu_searched.remove(&pid);
         self.tids.remove(&pid);
         self.exited_threads.retain(|(_, p, _)| *p != pid);
+        self.exited_names.remove(&pid);
         self.forget_thread_names(pid);
         if self.capture.processes.is_empty() {
             // Names of other processes' tasks that kept tracked threads waiting: only needed
@@ -232,7 +233,11 @@ impl Tracker {
                 capture.drm_counts[3]
             ));
         }
-        if capture.drm_counts[4] > 0 {
+        let send_probe_attached = capture
+            .probe_statuses
+            .iter()
+            .any(|s| s.program == "nvbind_drm_send_event" && s.attached);
+        if capture.drm_counts[4] > 0 && send_probe_attached {
             capture.notes.push(format!(
                 "{} DRM event(s) delivered to a tracked process were not followed by their send \
                  in the probes (a run the kernel skipped): not counted",
