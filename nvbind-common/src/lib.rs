@@ -809,8 +809,9 @@ mod tests {
         );
         assert_eq!(
             size_of::<ThreadState>(),
-            // ten 8-byte words of scalars, the preemptor's comm, two culprits, two counter sets
-            8 * 10 + TASK_COMM_LEN + 2 * size_of::<Culprit>() + 2 * size_of::<ThreadCounters>()
+            // ten 8-byte words of scalars, the preemptor's comm, two culprits, three counter
+            // sets (totals, at the last present, carried from refused presents)
+            8 * 10 + TASK_COMM_LEN + 2 * size_of::<Culprit>() + 3 * size_of::<ThreadCounters>()
         );
         assert_eq!(
             size_of::<PresentEvent>(),

@@ -1437,6 +1437,30 @@ fn a_process_whose_presents_all_fail_gets_no_session() {
     );
 }
 
+/// As nobody: `count` copies of `library` in `dir` (made here, nobody's), each mapped, held until
+/// the returned process is dropped.
+fn map_copies_as_nobody(count: usize, library: &Path, dir: &Path) -> Game {
+    fs::create_dir(dir).expect("copies dir");
+    std::os::unix::fs::chown(dir, Some(65534), Some(65534)).expect("chown");
+    let mut attacker = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(nvbind_tests::agent_bin().with_file_name("map-copies"))
+        .arg(count.to_string())
+        .arg(library)
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start map-copies");
+    let out = attacker.stdout.take().expect("stdout");
+    let attacker = Game::new(attacker);
+    let mut mapped = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut mapped)
+        .expect("the attacker's word");
+    assert_eq!(mapped.trim(), "mapped", "the attacker mapped its copies");
+    attacker
+}
+
 #[test]
 fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
     require_root();
@@ -1448,26 +1472,7 @@ fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
         .expect("the host's libEGL.so.1 (cargo xtask setup installs libegl1)");
     let work = tempfile::tempdir().expect("tempdir");
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let copies = work.path().join("copies");
-    fs::create_dir(&copies).expect("copies dir");
-    std::os::unix::fs::chown(&copies, Some(65534), Some(65534)).expect("chown");
-    let map_copies = nvbind_tests::agent_bin().with_file_name("map-copies");
-    let mut attacker = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&map_copies)
-        .arg("200")
-        .arg(&host_egl)
-        .arg(&copies)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start map-copies");
-    let attacker_out = attacker.stdout.take().expect("stdout");
-    let attacker = Game::new(attacker);
-    let mut mapped = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(attacker_out), &mut mapped)
-        .expect("the attacker's word");
-    assert_eq!(mapped.trim(), "mapped", "the attacker mapped its copies");
+    let attacker = map_copies_as_nobody(200, &host_egl, &work.path().join("copies"));
     daemon.wait_for_log("copies of graphics libraries not hooked");
     let fds = daemon.open_fds();
     assert!(fds < 512, "the daemon holds {fds} fds of its 1024");
@@ -1495,25 +1500,7 @@ fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
         "{fds_mapped} fds while the copies were mapped, {fds_released} after"
     );
     // ...so the same user's next copies are hooked again.
-    let copies = work.path().join("copies-2");
-    fs::create_dir(&copies).expect("copies dir");
-    std::os::unix::fs::chown(&copies, Some(65534), Some(65534)).expect("chown");
-    let mut again = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&map_copies)
-        .arg("16")
-        .arg(&host_egl)
-        .arg(&copies)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start map-copies");
-    let again_out = again.stdout.take().expect("stdout");
-    let again = Game::new(again);
-    let mut mapped = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(again_out), &mut mapped)
-        .expect("the attacker's word");
-    assert_eq!(mapped.trim(), "mapped");
+    let again = map_copies_as_nobody(16, &host_egl, &work.path().join("copies-2"));
     let hooked = format!("pid {}: hooked", again.pid);
     while daemon.log().matches(&hooked).count() < 16 {
         assert!(
