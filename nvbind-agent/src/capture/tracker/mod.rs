@@ -38,6 +38,8 @@ const EXITED_NAMES_KEPT: usize = 1024;
 /// How long after its exit a thread's entry is waited for to become final (its last switch):
 /// its exit path can sleep on locks other exiting threads hold, but not for this long.
 const EXIT_FINAL_WAIT_NS: u64 = 10_000_000_000;
+/// How often culprits no held frame can name are forgotten.
+const CULPRIT_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Run-queue waits shorter than this are not worth naming a culprit's cgroup for.
 const CULPRIT_CGROUP_MIN_WAIT_NS: u64 = 1_000_000;
 /// A culprit process's /proc entries are read again at most this often: the kernel naming it
@@ -81,6 +83,11 @@ pub struct Tracker {
     gpu_searched: HashSet<u32>,
     /// When each culprit process's /proc entries were last read (monotonic ns), by pid.
     culprit_reads: HashMap<u32, u64>,
+    /// When each culprit task (by tid) and each process blamed (by pid) was last noted: what no
+    /// frame still held can name is forgotten (`prune_culprits`).
+    culprit_seen: HashMap<u32, u64>,
+    culprit_pid_seen: HashMap<u32, u64>,
+    last_culprit_prune: Instant,
     /// Threads of tracked processes that exited, whose kernel entries are to be taken out once
     /// final: (tid, tgid, exit time).
     exited_threads: Vec<(u32, u32, u64)>,
@@ -125,6 +132,9 @@ impl Tracker {
                 .collect(),
             gpu_searched: HashSet::new(),
             culprit_reads: HashMap::new(),
+            culprit_seen: HashMap::new(),
+            culprit_pid_seen: HashMap::new(),
+            last_culprit_prune: Instant::now(),
             exited_threads: Vec::new(),
             thread_exits_lost: 0,
             exited_names: HashMap::new(),
@@ -143,6 +153,48 @@ impl Tracker {
             self.last_scan = Instant::now();
             self.scan();
         }
+        if self.last_culprit_prune.elapsed() >= CULPRIT_PRUNE_INTERVAL {
+            self.last_culprit_prune = Instant::now();
+            self.prune_culprits();
+        }
+    }
+
+    /// Forgets the culprits (their cgroups, pids and /proc text) last noted before the oldest
+    /// frame any tracked process still holds: no report can name them any more. A daemon whose
+    /// games follow one another for weeks, never leaving it without one, would otherwise keep
+    /// every task that ever kept a game waiting.
+    pub(in crate::capture) fn prune_culprits(&mut self) {
+        let Some(oldest) = self
+            .capture
+            .processes
+            .values()
+            .map(|p| {
+                p.frames
+                    .first()
+                    .map_or(p.tracked_at_ns, |f| f.ts_ns.min(p.tracked_at_ns))
+            })
+            .min()
+        else {
+            return;
+        };
+        let capture = &mut self.capture;
+        self.culprit_seen.retain(|tid, at| {
+            let keep = *at >= oldest;
+            if !keep {
+                capture.culprit_cgroups.remove(tid);
+                capture.culprit_pids.remove(tid);
+            }
+            keep
+        });
+        self.culprit_pid_seen.retain(|pid, at| {
+            let keep = *at >= oldest;
+            if !keep {
+                capture.culprit_processes.remove(pid);
+            }
+            keep
+        });
+        let pids = &self.culprit_pid_seen;
+        self.culprit_reads.retain(|pid, _| pids.contains_key(pid));
     }
 
     /// The processes tracked so far, by pid.
@@ -408,6 +460,8 @@ impl Tracker {
                 slot.insert(cgroup);
             }
         }
+        let now = monotonic_ns();
+        self.culprit_seen.insert(c.tid, now);
         let pid = match c.pid {
             0 => self.capture.culprit_pids.get(&c.tid).copied(),
             pid => Some(pid),
@@ -415,7 +469,7 @@ impl Tracker {
         let Some(pid) = pid else {
             return;
         };
-        let now = monotonic_ns();
+        self.culprit_pid_seen.insert(pid, now);
         let due = culprit_read_due(
             self.capture.culprit_processes.get(&pid),
             &printable(&comm_str(&c.process_comm)),

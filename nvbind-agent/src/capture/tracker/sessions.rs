@@ -123,6 +123,8 @@ impl Tracker {
             self.capture.culprit_pids.clear();
             self.capture.culprit_processes.clear();
             self.culprit_reads.clear();
+            self.culprit_seen.clear();
+            self.culprit_pid_seen.clear();
         }
         record
     }
