@@ -255,7 +255,7 @@ impl Probes {
         for (file, copy) in &mut self.copies {
             // Gone from the listing, and from /proc itself (a listing is never exact).
             copy.mappers
-                .retain(|pid| alive.contains(pid) || Path::new(&format!("/proc/{pid}")).exists());
+                .retain(|&pid| alive.contains(&pid) || crate::target::is_alive(pid));
             if copy.mappers.is_empty() {
                 gone.push((*file, copy.uid));
             }
