@@ -6,6 +6,9 @@
 //! ioctl events are aggregated in maps; only frames and rare process events go to the ring buffer.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds on map values (a user's discovery charges): the BPF target offers no atomic types.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod culprit;

@@ -11,9 +11,10 @@ use nvbind_common::{
 };
 
 use crate::state::{
-    current_ids, emit, field, now_ns, start_tracking_process, start_tracking_thread, thread,
-    EXIT_GROUP_DEAD_OFF, NEWTASK_FLAGS_OFF, NEWTASK_PID_OFF, RENAME_NEWCOMM_OFF, RENAME_PID_OFF,
-    THREAD_EXITS, THREAD_EXITS_LOST, TRACKED_PROCESSES, WATCHED_COMMS,
+    current_ids, emit, field, now_ns, release_discovered, start_tracking_process,
+    start_tracking_thread, thread, DISCOVERED_BY, EXIT_GROUP_DEAD_OFF, NEWTASK_FLAGS_OFF,
+    NEWTASK_PID_OFF, RENAME_NEWCOMM_OFF, RENAME_PID_OFF, THREAD_EXITS, THREAD_EXITS_LOST,
+    TRACKED_PROCESSES, WATCHED_COMMS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -120,6 +121,14 @@ pub fn nvbind_rename(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn nvbind_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
+    // A process discovery tracked gives its user's charge back when it is gone, whether or not
+    // the agent has noticed yet (or ever will: its record may have been lost).
+    // SAFETY: plain lookup of a u32 value.
+    if let Some(uid) = unsafe { DISCOVERED_BY.get(&tgid) }.copied() {
+        if field::<u8>(&ctx, &EXIT_GROUP_DEAD_OFF).unwrap_or(0) != 0 {
+            release_discovered(tgid, uid);
+        }
+    }
     // The thread still runs its exit path, and may sleep in it (getrusage() counts those
     // switches): its counters close at its last context switch (see `sched::switched_out`).
     let Some(t) = thread(tid) else {

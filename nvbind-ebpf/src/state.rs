@@ -1,10 +1,14 @@
 //! Maps and load-time settings shared by the probe families.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    },
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use nvbind_common::{
@@ -50,6 +54,43 @@ pub static ZERO_PRESENT: Array<PresentEvent> = Array::with_max_entries(1, 0);
 /// Tracked processes, by tgid; the value holds `track_flags`.
 #[map]
 pub static TRACKED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Discovery mode's cap on the presenting processes one user may have tracked at once (index 0;
+/// 0: no cap), set by the agent: one user's processes must not fill `TRACKED_PROCESSES` for
+/// everyone else's games. Root is not capped.
+#[map]
+pub static DISCOVERY_CAP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Processes discovery mode tracked, charged to the real uid that ran them, by uid. Written only
+/// by the kernel, atomically (discoveries on several CPUs at once): a charge is taken before a
+/// process is tracked and given back here when the process exits.
+#[map]
+pub static DISCOVERY_CHARGED: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Charges the agent gave back, by uid: when it stops tracking a discovered process itself (the
+/// process exited and the agent saw it first, or the daemon's config excludes it). Written only
+/// by the agent, so neither side ever overwrites the other's count; a user's tracked processes
+/// are `DISCOVERY_CHARGED - DISCOVERY_RELEASED`.
+#[map]
+pub static DISCOVERY_RELEASED: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// The uid each discovered process's charge was taken from, by tgid. Whoever deletes the entry
+/// (the kernel at the process's exit, the agent when it untracks it) gives the charge back: a
+/// delete succeeds once, so a charge is never given back twice.
+#[map]
+pub static DISCOVERED_BY: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Who owns each range of subordinate uids (`/etc/subuid`: a user's rootless containers run as
+/// them), as prefixes of the uid's big-endian bytes → the owner's uid, set by the agent: a
+/// user's containers are charged to that user, not to as many users as they have uids.
+#[map]
+pub static SUBUID_OWNERS: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Presents of untracked processes that discovery did not track because their user had
+/// `DISCOVERY_CAP` processes tracked already (index 0).
+#[map]
+pub static DISCOVERY_REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Processes the agent decided not to track (excluded by the daemon's config), by tgid: in
 /// discovery mode their presents must not track them again.
@@ -305,7 +346,8 @@ pub fn start_tracking_thread(tgid: u32, tid: u32, status: u32) {
 }
 
 /// Discovery mode: starts tracking the current process because it presents, unless discovery is
-/// off or the agent excluded it. Tells the agent (before the frame's own record).
+/// off, the agent excluded it, or its user has as many processes tracked as `DISCOVERY_CAP`
+/// allows. Tells the agent (before the frame's own record).
 #[inline(always)]
 pub fn discover_current_thread() -> Option<(u32, u32, &'static mut ThreadState)> {
     if DISCOVER_PRESENTERS.load() == 0 {
@@ -316,25 +358,150 @@ pub fn discover_current_thread() -> Option<(u32, u32, &'static mut ThreadState)>
     if unsafe { IGNORED_PROCESSES.get(tgid) }.is_some() {
         return None;
     }
-    start_tracking_process(tgid, 0);
+    let uid = account_of(bpf_get_current_uid_gid() as u32);
+    let charged = match charge_discovery(uid) {
+        Charge::Refused => {
+            if let Some(p) = DISCOVERY_REFUSED.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, no concurrent writer.
+                unsafe { *p += 1 };
+            }
+            return None;
+        }
+        Charge::Taken(counter) => Some(counter),
+        Charge::NotCapped => None,
+    };
+    let started = start_tracking_process(tgid, 0);
+    if let Some(counter) = charged {
+        // The charge stays with the process only if this call tracked it, and its owner is
+        // written down for whoever gives it back.
+        if started != Started::New || !record_discovered(tgid, uid) {
+            give_back_charge(counter);
+        }
+    }
     start_tracking_thread(tgid, tid, thread_status::RUNNING);
     emit(event_kind::PROCESS_TRACKED, tgid, tid, 0);
     thread(tid).map(|t| (tgid, tid, t))
 }
 
+/// What a discovery cost its user.
+enum Charge {
+    /// Root, or no cap set: nothing charged.
+    NotCapped,
+    /// One process charged to this counter (`DISCOVERY_CHARGED`'s value for the user).
+    Taken(*mut u64),
+    /// The user is at the cap (or no counter could be made for it).
+    Refused,
+}
+
+/// The user `uid` is charged to: the owner of its subordinate range, or itself.
+#[inline(always)]
+fn account_of(uid: u32) -> u32 {
+    SUBUID_OWNERS
+        .get(Key::new(32, uid.to_be_bytes()))
+        .copied()
+        .unwrap_or(uid)
+}
+
+/// Takes one process's charge from `uid`'s count, unless that makes it more than the cap.
+#[inline(always)]
+fn charge_discovery(uid: u32) -> Charge {
+    let cap = DISCOVERY_CAP.get(0).copied().unwrap_or(0);
+    if uid == 0 || cap == 0 {
+        return Charge::NotCapped;
+    }
+    let counter = match DISCOVERY_CHARGED.get_ptr_mut(&uid) {
+        Some(counter) => counter,
+        None => {
+            // Racing with another CPU's first charge of this user is fine: NOEXIST keeps one.
+            let _ = DISCOVERY_CHARGED.insert(&uid, &0u64, BPF_NOEXIST as u64);
+            match DISCOVERY_CHARGED.get_ptr_mut(&uid) {
+                Some(counter) => counter,
+                // No room for another user's count: capped users stay capped.
+                None => return Charge::Refused,
+            }
+        }
+    };
+    // SAFETY: plain lookup of a u64 value.
+    let released = unsafe { DISCOVERY_RELEASED.get(&uid) }
+        .copied()
+        .unwrap_or(0);
+    // An atomic add, then a read: BPF's base instruction set (which the object is built for) has
+    // an atomic add but cannot return the value it replaced. Two of one user's discoveries
+    // racing at the cap may then both see the other's charge and both be refused (each is tried
+    // again at its process's next present); none is ever let past the cap.
+    add_to_charge(counter, 1);
+    // SAFETY: `counter` points at a live u64 map value.
+    let now = unsafe { core::ptr::read_volatile(counter) };
+    if now.wrapping_sub(released) > u64::from(cap) {
+        give_back_charge(counter);
+        return Charge::Refused;
+    }
+    Charge::Taken(counter)
+}
+
+#[inline(always)]
+fn give_back_charge(counter: *mut u64) {
+    add_to_charge(counter, u64::MAX);
+}
+
+/// Adds `n` (wrapping: `u64::MAX` takes one away) to a charge counter, atomically: every CPU
+/// changes these counters.
+#[inline(always)]
+fn add_to_charge(counter: *mut u64, n: u64) {
+    // SAFETY: `counter` points at a live u64 map value; the add is one atomic instruction.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+/// Writes down that `tgid`'s charge is `uid`'s. An entry there already is a charge nobody gave
+/// back (an exit the probes missed, of a process the agent never knew): it is given back now.
+#[inline(always)]
+fn record_discovered(tgid: u32, uid: u32) -> bool {
+    // SAFETY: plain lookup of a u32 value.
+    if let Some(stale) = unsafe { DISCOVERED_BY.get(&tgid) }.copied() {
+        release_discovered(tgid, stale);
+    }
+    DISCOVERED_BY
+        .insert(&tgid, &uid, BPF_NOEXIST as u64)
+        .is_ok()
+}
+
+/// Gives back the charge of discovered process `tgid`, taken from `uid`, if nobody did yet.
+#[inline(always)]
+pub fn release_discovered(tgid: u32, uid: u32) {
+    if DISCOVERED_BY.remove(&tgid).is_ok() {
+        if let Some(counter) = DISCOVERY_CHARGED.get_ptr_mut(&uid) {
+            give_back_charge(counter);
+        }
+    }
+}
+
+/// How `start_tracking_process` went.
+#[derive(PartialEq, Eq)]
+pub enum Started {
+    /// Tracked from now on.
+    New,
+    /// It was tracked already (another of its threads got there first).
+    Already,
+    /// `TRACKED_PROCESSES` is full (counted).
+    Full,
+}
+
 /// Adds a process to the tracked set with its histograms.
 #[inline(always)]
-pub fn start_tracking_process(tgid: u32, flags: u32) {
-    if TRACKED_PROCESSES
-        .insert(tgid, flags, BPF_NOEXIST as u64)
-        .is_err_and(|e| i64::from(e) == E2BIG)
-    {
-        count_map_full(map_full::PROCESSES);
-    }
+pub fn start_tracking_process(tgid: u32, flags: u32) -> Started {
+    let started = match TRACKED_PROCESSES.insert(tgid, flags, BPF_NOEXIST as u64) {
+        Ok(()) => Started::New,
+        Err(e) if i64::from(e) == E2BIG => {
+            count_map_full(map_full::PROCESSES);
+            Started::Full
+        }
+        Err(_) => Started::Already,
+    };
     if let Some(zero) = ZERO_HISTS.get_ptr(0) {
         // SAFETY: `zero` points at a map value, which the helper may read from.
         let _ = PROC_HISTS.insert(tgid, unsafe { &*zero }, BPF_NOEXIST as u64);
     }
+    started
 }
 
 /// Marks `t` (thread `tid`) as a presenting thread, with its own histograms.

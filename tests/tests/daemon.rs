@@ -1512,6 +1512,190 @@ fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
     }
 }
 
+/// The synthetic game as user `uid` (no groups), presenting every 50 ms until killed, its
+/// ground truth in `dir` (made writable for that user); `program` is the game's binary or a copy
+/// of it under another name.
+fn present_as(uid: u32, program: &Path, dir: &Path) -> Game {
+    fs::create_dir_all(dir).expect("game dir");
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown");
+    Game::new(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+            ])
+            .arg(program)
+            .args(["--frames", &FOREVER.to_string(), "--interval-ms", "50"])
+            .args(["--work-ms", "0.2", "--truth"])
+            .arg(dir.join("truth.txt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the synthetic game as another user"),
+    )
+}
+
+/// Which of `games` the daemon tracks now.
+fn tracked_among(daemon: &Daemon, games: &[Game]) -> Vec<u32> {
+    games
+        .iter()
+        .map(|g| g.pid)
+        .filter(|pid| daemon.get(&format!("/api/processes/{pid}")).0 == 200)
+        .collect()
+}
+
+/// Waits until exactly `count` of `games` are tracked; returns them.
+fn wait_until_tracked_among(daemon: &Daemon, games: &[Game], count: usize) -> Vec<u32> {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let tracked = tracked_among(daemon, games);
+        if tracked.len() == count {
+            return tracked;
+        }
+        assert!(
+            tracked.len() < count && Instant::now() < deadline,
+            "{} of the user's presenting processes tracked, where the cap allows {count}: \
+             {tracked:?}\n{}",
+            tracked.len(),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One user cannot take the kernel's process table from everyone else's games: with
+/// `games.max_per_user = 3`, nobody's 5 presenting processes (one of them run as a subordinate
+/// uid of nobody's, as a rootless container's) get 3 tracked and the others refused in the
+/// kernel at every present (said in the log with the uid, and on /metrics), while another
+/// user's game started meanwhile is captured whole. The user's charges come back both ways: from
+/// the agent when the config excludes a process (3 excluded ones of nobody's hold no charge
+/// while they run), and from the kernel when tracked ones exit (the refused ones are then
+/// tracked).
+#[test]
+fn one_users_presenting_processes_are_capped_and_another_users_game_is_whole() {
+    require_root();
+    let _one = serial();
+    let work = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Subordinate uids as useradd gives them, by the owner's name; and a line the daemon warns of.
+    let subuid = work.path().join("subuid");
+    fs::write(
+        &subuid,
+        "nobody:200000:65536
+no-such-user-here:300000:65536
+",
+    )
+    .expect("write subuid");
+    let daemon = Daemon::start(&format!(
+        "[games]\nmax_per_user = 3\nexclude_comm = [\"excluded-game\"]\nsubuid_file = \"{}\"\n",
+        subuid.display()
+    ));
+    daemon.wait_for_log("subuid: 1 of its entries not used");
+    // The same game under another name, which the config excludes.
+    let excluded_bin = work.path().join("excluded-game");
+    fs::copy(game_bin(), &excluded_bin).expect("copy the game");
+    let nobody = 65534;
+
+    // Excluded processes are discovered (charged), then untracked by the agent (released).
+    let excluded: Vec<Game> = (0..3)
+        .map(|i| present_as(nobody, &excluded_bin, &work.path().join(format!("x{i}"))))
+        .collect();
+    for g in &excluded {
+        daemon.wait_for_log(&format!(
+            "pid {} (excluded-game) presents frames but the config excludes it",
+            g.pid
+        ));
+    }
+
+    // Five more of nobody's, the last as one of its subordinate uids: three tracked, whatever
+    // the excluded ones had been charged.
+    let games: Vec<Game> = (0..5)
+        .map(|i| {
+            let uid = if i == 4 { 200_007 } else { nobody };
+            present_as(uid, &game_bin(), &work.path().join(format!("n{i}")))
+        })
+        .collect();
+    let tracked = wait_until_tracked_among(&daemon, &games, 3);
+    // Every one of the five presents on (20 frames each from now, a second at their pace): the
+    // two untracked are refused at every present, never tracked.
+    let truths: Vec<PathBuf> = (0..5)
+        .map(|i| work.path().join(format!("n{i}/truth.txt")))
+        .collect();
+    let from: Vec<u64> = truths
+        .iter()
+        .map(|t| nvbind_tests::presents_so_far(t))
+        .collect();
+    // Meanwhile another user's game is tracked from its first frame.
+    let player = work.path().join("player");
+    fs::create_dir_all(&player).expect("player dir");
+    std::os::unix::fs::chown(&player, Some(5000), Some(5000)).expect("chown");
+    let mut game = Game::new(
+        Command::new("setpriv")
+            .args(["--reuid=5000", "--regid=5000", "--clear-groups"])
+            .arg(game_bin())
+            .args(["--frames", "120", "--interval-ms", "10", "--truth"])
+            .arg(player.join("truth.txt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the other user's game"),
+    );
+    let deadline = Instant::now() + HANG;
+    while truths
+        .iter()
+        .zip(&from)
+        .any(|(t, &n)| nvbind_tests::presents_so_far(t) < n + 20)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nobody's games stopped presenting"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(tracked_among(&daemon, &games), tracked, "{}", daemon.log());
+    daemon.wait_for_log("uid 65534 (3 tracked)");
+    // The two untracked ones' 20 presents each were refused in the kernel (/metrics is
+    // refreshed about once a second).
+    loop {
+        let (_, metrics) = daemon.get("/metrics");
+        let refused: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("nvbind_discovery_refused_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("nvbind_discovery_refused_total in /metrics");
+        if refused >= 40 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline + HANG,
+            "{refused} refused presents: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    game.wait_exit();
+    let (_, report) = daemon.wait_for_report(game.pid);
+    assert_eq!(
+        report["processes"][0]["frames"]["count"].as_u64(),
+        Some(truth(&player).len() as u64),
+        "every frame of another user's game: {}",
+        daemon.log()
+    );
+
+    // Two of the tracked ones exit: the kernel gives their charges back, and the two refused
+    // ones are tracked at their next presents.
+    let mut games = games;
+    for g in games.iter_mut().filter(|g| tracked[..2].contains(&g.pid)) {
+        g.kill();
+    }
+    let alive: Vec<Game> = games
+        .into_iter()
+        .filter(|g| !tracked[..2].contains(&g.pid))
+        .collect();
+    wait_until_tracked_among(&daemon, &alive, 3);
+    drop(excluded);
+}
+
 #[test]
 fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
     require_root();

@@ -74,7 +74,18 @@ pub struct GamesConfig {
     pub exclude_comm: Vec<String>,
     pub exclude_exe: Vec<String>,
     pub exclude_cgroup: Vec<String>,
+    /// The most presenting processes of one user (root excepted) tracked at once: the kernel
+    /// tracks at most `MAX_TRACKED_PROCESSES`, and one user's processes must not take them all
+    /// from everyone else's games (0: no cap).
+    pub max_per_user: u32,
+    /// Who owns which subordinate uids (a user's rootless containers count as that user for
+    /// `max_per_user`): the host's `/etc/subuid`, or a copy of it where the host's `/etc` is
+    /// mounted elsewhere.
+    pub subuid_file: PathBuf,
 }
+
+/// Processes the kernel can track at once (`TRACKED_PROCESSES` in the eBPF crate).
+pub const MAX_TRACKED_PROCESSES: u32 = 4096;
 
 /// The most frames a session part may hold in memory (see `ReportsConfig::max_session_frames`).
 pub const MAX_SESSION_FRAMES: usize = 200_000;
@@ -171,6 +182,10 @@ impl Default for GamesConfig {
             .to_vec(),
             exclude_exe: Vec::new(),
             exclude_cgroup: Vec::new(),
+            // A desktop user runs a handful of presenters at once (a game, its launcher, a
+            // browser, Steam's web helper); 64 leaves room for 63 other users' at the cap.
+            max_per_user: 64,
+            subuid_file: super::subuids::SUBUID_FILE.into(),
         }
     }
 }
@@ -282,6 +297,19 @@ impl Config {
             return Err(format!(
                 "reports.max_session_frames must be from 1000 to {MAX_SESSION_FRAMES}, not {}",
                 self.reports.max_session_frames
+            ));
+        }
+        if self.games.max_per_user > MAX_TRACKED_PROCESSES {
+            return Err(format!(
+                "games.max_per_user must be at most {MAX_TRACKED_PROCESSES} (the kernel's \
+                 table), or 0 for no cap, not {}",
+                self.games.max_per_user
+            ));
+        }
+        if !self.games.subuid_file.is_absolute() {
+            return Err(format!(
+                "games.subuid_file {:?} must be an absolute path such as /etc/subuid",
+                self.games.subuid_file
             ));
         }
         if self.reports.dir.as_os_str().is_empty() {

@@ -332,17 +332,17 @@ impl RequestRates {
 
 /// Says yes at most once per period (for warnings that an attacker could otherwise repeat at
 /// will).
-struct RateLimited {
+pub(super) struct RateLimited {
     period: Duration,
     last: Option<Instant>,
 }
 
 impl RateLimited {
-    fn new(period: Duration) -> RateLimited {
+    pub(super) fn new(period: Duration) -> RateLimited {
         RateLimited { period, last: None }
     }
 
-    fn ready(&mut self) -> bool {
+    pub(super) fn ready(&mut self) -> bool {
         let now = Instant::now();
         if self
             .last

@@ -24,6 +24,8 @@ impl Daemon {
         let costs = self.tracker.probes().program_costs();
         let dropped = self.tracker.probes().dropped_events();
         let map_full = self.tracker.probes().map_full_counts();
+        let discovery_refused = self.tracker.probes().discovery_refused();
+        let refused_before;
         let latest = self.sampler.as_ref().map(gpu::Sampler::latest);
         let now = monotonic_ns();
         let oldest_session = self
@@ -62,6 +64,8 @@ impl Daemon {
                 }
             }
             live.agent.map_full = map_full;
+            refused_before =
+                std::mem::replace(&mut live.agent.discovery_refused, discovery_refused);
             live.agent.bpf = costs;
             if let Some(latest) = latest {
                 live.gpus = latest
@@ -78,6 +82,9 @@ impl Daemon {
                 p.trim(window, now);
             }
         }
+        if discovery_refused > refused_before && self.cap_warnings.ready() {
+            self.warn_users_at_cap(discovery_refused - refused_before);
+        }
         let now_instant = Instant::now();
         let ended = &mut self.ended;
         self.rejected.retain(|&pid| {
@@ -90,6 +97,30 @@ impl Daemon {
         });
         self.ended.retain(|_, at| at.elapsed() < TOMBSTONE);
         self.tracker.forget_ignored();
+    }
+
+    /// Says which users' presenting processes go untracked because they are at
+    /// `games.max_per_user`: never silently, and at most every 10 s.
+    fn warn_users_at_cap(&self, refused: u64) {
+        let cap = u64::from(self.config.games.max_per_user);
+        let at_cap: Vec<String> = match self.tracker.probes().user_discoveries() {
+            Ok(users) => users
+                .iter()
+                .filter(|u| cap > 0 && u.tracked >= cap)
+                .map(|u| format!("uid {} ({} tracked)", u.uid, u.tracked))
+                .collect(),
+            Err(e) => vec![format!("(users unreadable: {e})")],
+        };
+        log::warn!(
+            "{refused} presents of processes not tracked: their user has games.max_per_user \
+             ({cap}) presenting processes tracked already: {}; they are tracked once some of \
+             that user's exit (further warnings at most every 10 s)",
+            if at_cap.is_empty() {
+                "none at the cap now".to_string()
+            } else {
+                at_cap.join(", ")
+            }
+        );
     }
 }
 

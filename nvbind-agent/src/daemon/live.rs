@@ -122,6 +122,9 @@ pub struct AgentStatus {
     pub reports_lost: u64,
     /// Inserts the kernel refused because a tracking map was full (`nvbind_common::map_full`).
     pub map_full: [u64; nvbind_common::map_full::COUNT as usize],
+    /// Presents of processes the kernel did not track because their user had
+    /// `games.max_per_user` presenting processes tracked already.
+    pub discovery_refused: u64,
 }
 
 /// Everything the API reads. Written by the capture loop under a short lock.

@@ -285,6 +285,13 @@ const STATE_FAMILIES: &[StateFamily] = &[
         read: Read::One(|live| Number::Int(live.agent.dropped_events)),
     },
     StateFamily {
+        name: "discovery_refused",
+        help: "Presents of processes not tracked because their user had games.max_per_user presenting processes tracked",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::One(|live| Number::Int(live.agent.discovery_refused)),
+    },
+    StateFamily {
         name: "kernel_map_full",
         help: "Threads or processes the kernel could not track because its table was full",
         kind: Kind::Counter,

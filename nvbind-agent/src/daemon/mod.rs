@@ -20,6 +20,7 @@ mod processes;
 mod reload;
 mod serve;
 mod sessions;
+mod subuids;
 mod tracking;
 
 pub use config::{Config, DEFAULT_PATH};

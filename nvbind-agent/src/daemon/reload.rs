@@ -35,6 +35,18 @@ impl Daemon {
             );
         }
         self.tracker.set_stutter_config(config.detector());
+        super::subuids::apply(self.tracker.probes_mut(), &config.games.subuid_file);
+        let cap_applied = match self
+            .tracker
+            .probes_mut()
+            .set_discovery_cap(config.games.max_per_user)
+        {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("SIGHUP: games.max_per_user not applied, the running cap stays: {e}");
+                false
+            }
+        };
         self.live().window = config.window();
         *self
             .shared
@@ -47,6 +59,9 @@ impl Daemon {
         applied.api.socket = self.config.api.socket.clone();
         applied.gpu = self.config.gpu.clone();
         applied.probes = self.config.probes.clone();
+        if !cap_applied {
+            applied.games.max_per_user = self.config.games.max_per_user;
+        }
         self.config = applied;
         // Processes excluded under the old lists are looked at again under the new ones.
         self.rejected.clear();

@@ -76,12 +76,16 @@ async fn serve(
     let stop_signals = StopSignals::install()?;
     let sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
-    let probes = Probes::load(LoadOptions {
+    let mut probes = Probes::load(LoadOptions {
         mount_tracefs: options.mount_tracefs,
         require_core: true,
         discover_presenters: true,
         kernel_hooks: config.probes.kernel_hooks,
     })?;
+    probes
+        .set_discovery_cap(config.games.max_per_user)
+        .context("cannot set games.max_per_user in the kernel")?;
+    super::subuids::apply(&mut probes, &config.games.subuid_file);
     let discovery = gpu::discover(&gpu_roots, &gpu::Warnings::default());
     let sampler = config
         .gpu_period()

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use super::{
     api::Shared,
     config::{Candidate, Config},
+    guard::RateLimited,
     live::Live,
     metrics::{CauseLabels, ProcessLabels},
     options::DaemonOptions,
@@ -57,6 +58,9 @@ pub(super) struct Daemon {
     pub(super) young: HashMap<u32, (Instant, usize)>,
     /// Every pid seen in /proc at the last listing.
     pub(super) known: HashSet<u32>,
+    /// When a user at `games.max_per_user` was last warned about (at most every 10 s: the
+    /// refusals go on with every present of that user's untracked processes).
+    pub(super) cap_warnings: RateLimited,
 }
 
 impl Daemon {
@@ -81,6 +85,7 @@ impl Daemon {
             young: HashMap::new(),
             known: HashSet::new(),
             ended: HashMap::new(),
+            cap_warnings: RateLimited::new(Duration::from_secs(10)),
         }
     }
 

@@ -38,7 +38,7 @@ impl Probes {
             .map_err(|source| ProbeError::Map { map: name, source })
     }
     /// A hash map of the object, writable.
-    fn hash_map_mut<K: Pod, V: Pod>(
+    pub(super) fn hash_map_mut<K: Pod, V: Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<BpfHashMap<&mut MapData, K, V>, ProbeError> {
@@ -49,7 +49,7 @@ impl Probes {
         BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
     }
     /// Wraps a map operation's error with the map's name.
-    fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    pub(super) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
         move |source| ProbeError::Map { map: name, source }
     }
     /// Starts tracking a process and the threads it has now (new ones are tracked by the kernel).
@@ -98,6 +98,9 @@ impl Probes {
                 .insert(pid, 1, 0)
                 .map_err(Self::map_err("IGNORED_PROCESSES"))?;
         }
+        // Its user's discovery charge first: once it leaves the tracked set, its next present
+        // may discover it again.
+        self.release_discovery(pid)?;
         // Removing a missing key fails with ENOENT: nothing to undo then.
         let _ = self
             .hash_map_mut::<u32, u32>("TRACKED_PROCESSES")?

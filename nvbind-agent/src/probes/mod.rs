@@ -7,6 +7,7 @@
 
 pub mod btf;
 mod cost;
+mod discovery;
 mod drm;
 mod events;
 pub mod libraries;
@@ -26,6 +27,7 @@ use std::borrow::Cow;
 use thiserror::Error;
 
 pub use cost::ProgramCost;
+pub use discovery::{SubordinateUids, UserDiscoveries};
 pub use drm::{DrmKprobe, DRM_KPROBES};
 pub use events::Event;
 pub use load::LoadOptions;

@@ -207,6 +207,11 @@ impl Tracker {
         &self.probes
     }
 
+    /// The loaded probes, to change what they are told (the daemon's per-user cap).
+    pub fn probes_mut(&mut self) -> &mut Probes {
+        &mut self.probes
+    }
+
     /// The stutter thresholds in use.
     pub fn stutter_config(&self) -> DetectorConfig {
         self.capture.stutter

@@ -159,6 +159,7 @@ fn representative() -> Metrics {
             reports_failed: 1,
             reports_lost: 2,
             map_full: [3, 0],
+            discovery_refused: 7,
         },
     }));
     let metrics = Metrics::new(live);
@@ -297,6 +298,9 @@ nvbind_agent_resident_memory_bytes 41943040.0
 # HELP nvbind_dropped_events Kernel records lost because the ring buffer was full
 # TYPE nvbind_dropped_events counter
 nvbind_dropped_events_total 5
+# HELP nvbind_discovery_refused Presents of processes not tracked because their user had games.max_per_user presenting processes tracked
+# TYPE nvbind_discovery_refused counter
+nvbind_discovery_refused_total 7
 # HELP nvbind_kernel_map_full Threads or processes the kernel could not track because its table was full
 # TYPE nvbind_kernel_map_full counter
 nvbind_kernel_map_full_total{map="threads"} 3
@@ -402,6 +406,9 @@ nvbind_agent_resident_memory_bytes 41943040.0
 # HELP nvbind_dropped_events_total Kernel records lost because the ring buffer was full
 # TYPE nvbind_dropped_events_total counter
 nvbind_dropped_events_total 5
+# HELP nvbind_discovery_refused_total Presents of processes not tracked because their user had games.max_per_user presenting processes tracked
+# TYPE nvbind_discovery_refused_total counter
+nvbind_discovery_refused_total 7
 # HELP nvbind_kernel_map_full_total Threads or processes the kernel could not track because its table was full
 # TYPE nvbind_kernel_map_full_total counter
 nvbind_kernel_map_full_total{map="threads"} 3
@@ -430,6 +437,9 @@ nvbind_agent_resident_memory_bytes 0.0
 # HELP nvbind_dropped_events Kernel records lost because the ring buffer was full
 # TYPE nvbind_dropped_events counter
 nvbind_dropped_events_total 0
+# HELP nvbind_discovery_refused Presents of processes not tracked because their user had games.max_per_user presenting processes tracked
+# TYPE nvbind_discovery_refused counter
+nvbind_discovery_refused_total 0
 # HELP nvbind_kernel_map_full Threads or processes the kernel could not track because its table was full
 # TYPE nvbind_kernel_map_full counter
 nvbind_kernel_map_full_total{map="threads"} 0
