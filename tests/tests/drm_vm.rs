@@ -142,6 +142,23 @@ fn doctor_in_the_vm_lists_the_drm_probes_as_attached() {
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words[2..], ["tp_btf", "attached"], "{line}");
     }
+    // The host's graphics libraries are laid into the guest only to be hooked: every present
+    // program (entry, return, and the Vulkan ProcAddr pair) passes this kernel's verifier. A
+    // refused return probe would keep its entry probe off, with the reason on this line.
+    for hook in [
+        ":eglSwapBuffers ",
+        ":glXSwapBuffers ",
+        ":vkQueuePresentKHR ",
+    ] {
+        let line = doctor
+            .lines()
+            .find(|l| l.contains("uprobe:/") && l.contains(hook))
+            .unwrap_or_else(|| panic!("doctor does not list the {hook} hook:\n{doctor}"));
+        assert!(line.trim_end().ends_with("attached"), "{line}");
+    }
+    for line in doctor.lines().filter(|l| l.contains("uprobe:/")) {
+        assert!(line.trim_end().ends_with("attached"), "{line}");
+    }
 }
 
 #[test]

@@ -354,10 +354,14 @@ pub fn boot(vm: &Vm, overlay: &Path, limit: Duration, work: &Path) -> Result<Str
         .context("run qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     if !out.status.success() {
+        // The whole console, for whoever looks into it (the error shows its last lines).
+        let kept = work.join("console-failed.txt");
+        let _ = fs::write(&kept, &console);
         bail!(
-            "the VM did not power off within {} s ({}): {}",
+            "the VM did not power off within {} s ({}; its console: {}): {}",
             limit.as_secs(),
             out.status,
+            kept.display(),
             console
                 .lines()
                 .rev()
@@ -413,6 +417,33 @@ show seq /tmp/seq.json
 wait
 "#;
 
+/// The host's graphics libraries the agent hooks, by the names it looks for them under.
+const GRAPHICS_LIBRARIES: [&str; 3] = [
+    "/usr/lib/x86_64-linux-gnu/libEGL.so.1",
+    "/usr/lib/x86_64-linux-gnu/libGLX.so.0",
+    "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
+];
+
+/// Lays the host's graphics libraries into the guest where a desktop has them (the file and its
+/// soname link). Nothing in the guest calls them: they are there to be hooked, so that the
+/// present programs are loaded, and checked by the guest kernel's verifier, as on a desktop.
+fn stage_graphics_libraries(staging: &Path) -> Result<()> {
+    for soname in GRAPHICS_LIBRARIES {
+        let real = fs::canonicalize(soname).with_context(|| {
+            format!("{soname} (cargo xtask setup installs it) is needed in the test VM")
+        })?;
+        let file = staging.join(real.strip_prefix("/").unwrap_or(&real));
+        fs::create_dir_all(file.parent().context("a library has a folder")?)?;
+        fs::copy(&real, &file).with_context(|| format!("copy {}", real.display()))?;
+        let link = staging.join(soname.trim_start_matches('/'));
+        if link != file {
+            std::os::unix::fs::symlink(real.file_name().context("a library has a name")?, &link)
+                .with_context(|| format!("link {}", link.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Boots the VM with `agent` (stripped of debug info) as `/nvbind-agent`, each of `clients` as
 /// `/` + its file name, and `script` as `/test.sh`; returns the console.
 pub fn run_script(
@@ -442,6 +473,7 @@ pub fn run_script(
             .with_context(|| format!("{} has no file name", client.display()))?;
         stage_binary(client, &format!("/{name}"), &staging)?;
     }
+    stage_graphics_libraries(&staging)?;
     let test = staging.join("test.sh");
     fs::write(&test, script)?;
     run(Command::new("chmod").arg("755").arg(&test))?;

@@ -2,7 +2,11 @@
 //! `glXSwapBuffers`, `eglSwapBuffers`), on the installed Vulkan drivers' present functions, and
 //! on those a process learns at run time.
 
-use std::{collections::HashSet, path::Path};
+use std::{
+    collections::HashSet,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -68,9 +72,24 @@ pub const MAX_UPROBES: usize = 512;
 impl Probes {
     /// Attaches every hook of a library file once (by inode). Returns how many hooks attached.
     pub fn attach_library(&mut self, lib: &LibraryFile) -> usize {
-        if !self.hooked_files.insert((lib.dev, lib.ino)) {
+        if self.hooked_files.contains(&(lib.dev, lib.ino)) {
             return 0;
         }
+        // A process's copy is reached through /proc/PID/map_files/START-END, named by its
+        // mapping's address range: the dynamic loader still laying the library out (or the
+        // process exiting) can make that name vanish between the read of the maps and the
+        // attach, and every hook of the file would then fail for good. The file is opened once
+        // and every hook attached through the open file; a file gone before it could be opened
+        // is left for the next scan to find again.
+        let file = match std::fs::File::open(&lib.path) {
+            Ok(file) => file,
+            Err(e) => {
+                log::debug!("{}: not hooked now, it went away: {e}", lib.display);
+                return 0;
+            }
+        };
+        let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        self.hooked_files.insert((lib.dev, lib.ino));
         let mut attached = 0;
         // Return probes that did not attach, by symbol: a frame held at the entry of such a
         // call would never be sent, so its entry probe is not placed either.
@@ -88,7 +107,7 @@ impl Probes {
                     hook.symbol
                 ))
             } else {
-                self.attach_uprobe(point, &lib.path, hook.cookie)
+                self.attach_uprobe(point, &target, hook.cookie)
             };
             if hook.program.ends_with("_ret") && result.is_err() {
                 returns_missing.push(hook.symbol);
