@@ -827,7 +827,16 @@ pub mod map_full {
     pub const THREADS: u32 = 0;
     /// `TRACKED_PROCESSES`: a process that could not be tracked.
     pub const PROCESSES: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// `DISCOVERY_CHARGED`: a user whose presenting processes could not be counted, so not
+    /// capped (`games.max_per_user`).
+    pub const USERS: u32 = 2;
+    pub const COUNT: u32 = 3;
     /// The maps' names, by slot.
-    pub const NAMES: [&str; COUNT as usize] = ["threads", "processes"];
+    pub const NAMES: [&str; COUNT as usize] = ["threads", "processes", "users"];
+    /// What a refused insert meant, by slot (after "N more threads/processes/users").
+    pub const MEANING: [&str; COUNT as usize] = [
+        "could not be tracked",
+        "could not be tracked",
+        "were not capped by games.max_per_user (their processes could not be counted)",
+    ];
 }

@@ -27,8 +27,9 @@ use nvbind_common::{
 };
 
 use crate::state::{
-    count_drop, current_ids, current_thread, discover_current_thread, mark_presenter, now_ns,
-    unseen, DISCOVER_PRESENTERS, EVENTS, PENDING_PRESENTS, RESOLVING_PRESENT, ZERO_PRESENT,
+    count_drop, current_ids, current_thread, discover_current_thread, frame_within_rate,
+    mark_presenter, now_ns, unseen, DISCOVER_PRESENTERS, EVENTS, PENDING_PRESENTS,
+    RESOLVING_PRESENT, ZERO_PRESENT,
 };
 
 #[uprobe]
@@ -182,12 +183,14 @@ fn finish_present(source: u32, taken: bool) {
     // SAFETY: a live map value, written only by this thread's own present probes.
     let e = unsafe { &*e };
     let sent = taken
+        && frame_within_rate(e.header.tgid)
         && EVENTS
             .output::<PresentEvent>(e, BPF_RB_NO_WAKEUP as u64)
             .map_err(|_| count_drop())
             .is_ok();
     if !sent {
-        // Not a frame (or one the ring buffer had no room for): its interval joins the next's.
+        // Not a frame (or one over its user's rate, or one the ring buffer had no room for): its
+        // interval joins the next's.
         t.carried.add(&e.delta);
         if e.max_runq_wait_ns > t.frame_max_runq_wait_ns {
             t.frame_max_runq_wait_ns = e.max_runq_wait_ns;
@@ -262,6 +265,10 @@ fn fill_present(
 #[inline(always)]
 fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u64) {
     let now = close_running_slice(t);
+    if !frame_within_rate(tgid) {
+        // Counted, not sent; the next frame sent carries this interval's evidence too.
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<PresentEvent>(0) else {
         // Keep the snapshot: the next frame's record then carries this interval's evidence too.
         count_drop();

@@ -12,9 +12,9 @@ use nvbind_common::{
 
 use crate::state::{
     current_ids, emit, field, now_ns, release_discovered, start_tracking_process,
-    start_tracking_thread, thread, DISCOVERED_BY, EXIT_GROUP_DEAD_OFF, NEWTASK_FLAGS_OFF,
-    NEWTASK_PID_OFF, RENAME_NEWCOMM_OFF, RENAME_PID_OFF, THREAD_EXITS, THREAD_EXITS_LOST,
-    TRACKED_PROCESSES, WATCHED_COMMS,
+    start_tracking_thread, thread, DISCOVERED_BY, EXIT_GROUP_DEAD_OFF, FREE_PID_OFF,
+    NEWTASK_FLAGS_OFF, NEWTASK_PID_OFF, RENAME_NEWCOMM_OFF, RENAME_PID_OFF, THREAD_EXITS,
+    THREAD_EXITS_LOST, TRACKED_PROCESSES, WATCHED_COMMS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -121,14 +121,6 @@ pub fn nvbind_rename(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn nvbind_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
-    // A process discovery tracked gives its user's charge back when it is gone, whether or not
-    // the agent has noticed yet (or ever will: its record may have been lost).
-    // SAFETY: plain lookup of a u32 value.
-    if let Some(uid) = unsafe { DISCOVERED_BY.get(&tgid) }.copied() {
-        if field::<u8>(&ctx, &EXIT_GROUP_DEAD_OFF).unwrap_or(0) != 0 {
-            release_discovered(tgid, uid);
-        }
-    }
     // The thread still runs its exit path, and may sleep in it (getrusage() counts those
     // switches): its counters close at its last context switch (see `sched::switched_out`).
     let Some(t) = thread(tid) else {
@@ -156,6 +148,26 @@ pub fn nvbind_exit(ctx: TracePointContext) -> u32 {
                 unsafe { *lost += 1 };
             }
         }
+    }
+    0
+}
+
+/// `sched:sched_process_free` runs when a task's last reference is dropped, after it was reaped.
+/// A thread group's leader is reaped only once every other thread is gone, so the free of a
+/// discovered process's leader (its pid is the process's) is the end of the process: its user's
+/// discovery charge is given back here, whether or not the agent has noticed yet (or ever will:
+/// its record may have been lost), on every kernel (`sched_process_exit`'s `group_dead` field
+/// is recent). A non-leader that execs takes the leader's pid, and the old leader is freed
+/// under the thread's former one.
+#[tracepoint]
+pub fn nvbind_process_free(ctx: TracePointContext) -> u32 {
+    let Some(pid) = field::<i32>(&ctx, &FREE_PID_OFF) else {
+        return 0;
+    };
+    let pid = pid as u32;
+    // SAFETY: plain lookup of a u32 value.
+    if let Some(uid) = unsafe { DISCOVERED_BY.get(&pid) }.copied() {
+        release_discovered(pid, uid);
     }
     0
 }

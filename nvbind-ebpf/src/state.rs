@@ -63,16 +63,19 @@ pub static DISCOVERY_CAP: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Processes discovery mode tracked, charged to the real uid that ran them, by uid. Written only
 /// by the kernel, atomically (discoveries on several CPUs at once): a charge is taken before a
-/// process is tracked and given back here when the process exits.
+/// process is tracked and given back here when the process is gone. Entries stay (a user with
+/// nothing tracked has equal charges and releases): the table has room for 65,536 users.
 #[map]
-pub static DISCOVERY_CHARGED: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+pub static DISCOVERY_CHARGED: HashMap<u32, u64> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 /// Charges the agent gave back, by uid: when it stops tracking a discovered process itself (the
 /// process exited and the agent saw it first, or the daemon's config excludes it). Written only
 /// by the agent, so neither side ever overwrites the other's count; a user's tracked processes
 /// are `DISCOVERY_CHARGED - DISCOVERY_RELEASED`.
 #[map]
-pub static DISCOVERY_RELEASED: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+pub static DISCOVERY_RELEASED: HashMap<u32, u64> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 /// The uid each discovered process's charge was taken from, by tgid. Whoever deletes the entry
 /// (the kernel at the process's exit, the agent when it untracks it) gives the charge back: a
@@ -86,6 +89,38 @@ pub static DISCOVERED_BY: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0)
 #[map]
 pub static SUBUID_OWNERS: LpmTrie<[u8; 4], u32> =
     LpmTrie::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// The most frames per second one user's processes may have stored (index 0; 0: no cap), set by
+/// the agent; root is not capped. Frames beyond it are counted (`FRAMES_OVER_RATE`), not sent:
+/// one user presenting as fast as a pbuffer swaps (a microsecond each) must not fill the ring
+/// buffer the frames of everyone else's games go through.
+#[map]
+pub static FRAME_RATE_CAP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Each capped user's frames sent in the current tenth of a second, by uid.
+#[map]
+pub static FRAME_RATE_WINDOWS: HashMap<u32, RateWindow> = HashMap::with_max_entries(4096, 0);
+
+/// Frames presented beyond `FRAME_RATE_CAP`, by tgid: counted, not stored. The agent reads and
+/// removes a process's entry when it stops tracking it.
+#[map]
+pub static FRAMES_OVER_RATE: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Every frame counted in `FRAMES_OVER_RATE` (index 0), for the daemon's counter.
+#[map]
+pub static FRAMES_OVER_RATE_TOTAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A user's frames sent since `start_ns`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RateWindow {
+    pub start_ns: u64,
+    pub sent: u64,
+}
+
+/// The window `FRAME_RATE_CAP` is applied over: a tenth of its per-second count per tenth of a
+/// second.
+const RATE_WINDOW_NS: u64 = 100_000_000;
 
 /// Presents of untracked processes that discovery did not track because their user had
 /// `DISCOVERY_CAP` processes tracked already (index 0).
@@ -184,6 +219,8 @@ pub static NEWTASK_PID_OFF: Global<u32> = Global::new(8);
 pub static NEWTASK_FLAGS_OFF: Global<u32> = Global::new(32);
 #[unsafe(no_mangle)]
 pub static EXIT_GROUP_DEAD_OFF: Global<u32> = Global::new(32);
+#[unsafe(no_mangle)]
+pub static FREE_PID_OFF: Global<u32> = Global::new(24);
 #[unsafe(no_mangle)]
 pub static RENAME_PID_OFF: Global<u32> = Global::new(8);
 #[unsafe(no_mangle)]
@@ -358,7 +395,8 @@ pub fn discover_current_thread() -> Option<(u32, u32, &'static mut ThreadState)>
     if unsafe { IGNORED_PROCESSES.get(tgid) }.is_some() {
         return None;
     }
-    let uid = account_of(bpf_get_current_uid_gid() as u32);
+    let uid = bpf_get_current_uid_gid() as u32;
+    let uid = if uid == 0 { 0 } else { account_of(uid) };
     let charged = match charge_discovery(uid) {
         Charge::Refused => {
             if let Some(p) = DISCOVERY_REFUSED.get_ptr_mut(0) {
@@ -393,13 +431,15 @@ enum Charge {
     Refused,
 }
 
-/// The user `uid` is charged to: the owner of its subordinate range, or itself.
+/// The user non-root `uid` is charged to: the owner of its subordinate range, or itself. A
+/// range root owns (the containers of LXD, Incus, rootful podman's userns mode) is not root's
+/// to be uncapped for: each of its uids counts as its own user.
 #[inline(always)]
 fn account_of(uid: u32) -> u32 {
-    SUBUID_OWNERS
-        .get(Key::new(32, uid.to_be_bytes()))
-        .copied()
-        .unwrap_or(uid)
+    match SUBUID_OWNERS.get(Key::new(32, uid.to_be_bytes())) {
+        Some(&owner) if owner != 0 => owner,
+        _ => uid,
+    }
 }
 
 /// Takes one process's charge from `uid`'s count, unless that makes it more than the cap.
@@ -416,8 +456,12 @@ fn charge_discovery(uid: u32) -> Charge {
             let _ = DISCOVERY_CHARGED.insert(&uid, &0u64, BPF_NOEXIST as u64);
             match DISCOVERY_CHARGED.get_ptr_mut(&uid) {
                 Some(counter) => counter,
-                // No room for another user's count: capped users stay capped.
-                None => return Charge::Refused,
+                // No room to count another user (65,536 uids have presented): this one is not
+                // capped rather than never tracked. Counted, and said by the agent.
+                None => {
+                    count_map_full(map_full::USERS);
+                    return Charge::NotCapped;
+                }
             }
         }
     };
@@ -429,7 +473,7 @@ fn charge_discovery(uid: u32) -> Charge {
     // an atomic add but cannot return the value it replaced. Two of one user's discoveries
     // racing at the cap may then both see the other's charge and both be refused (each is tried
     // again at its process's next present); none is ever let past the cap.
-    add_to_charge(counter, 1);
+    atomic_add(counter, 1);
     // SAFETY: `counter` points at a live u64 map value.
     let now = unsafe { core::ptr::read_volatile(counter) };
     if now.wrapping_sub(released) > u64::from(cap) {
@@ -441,13 +485,13 @@ fn charge_discovery(uid: u32) -> Charge {
 
 #[inline(always)]
 fn give_back_charge(counter: *mut u64) {
-    add_to_charge(counter, u64::MAX);
+    atomic_add(counter, u64::MAX);
 }
 
-/// Adds `n` (wrapping: `u64::MAX` takes one away) to a charge counter, atomically: every CPU
-/// changes these counters.
+/// Adds `n` (wrapping: `u64::MAX` takes one away) to a counter in a map value, atomically: every
+/// CPU changes these counters.
 #[inline(always)]
-fn add_to_charge(counter: *mut u64, n: u64) {
+fn atomic_add(counter: *mut u64, n: u64) {
     // SAFETY: `counter` points at a live u64 map value; the add is one atomic instruction.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
@@ -473,6 +517,60 @@ pub fn release_discovered(tgid: u32, uid: u32) {
             give_back_charge(counter);
         }
     }
+}
+
+/// Whether a frame of process `tgid`, presented now by the current task, may be sent: its user
+/// has sent fewer than a tenth of `FRAME_RATE_CAP` frames in this tenth of a second. A frame
+/// that may not is counted in `FRAMES_OVER_RATE`. Two CPUs may both start a new window or both
+/// count one frame; the cap is a bound on a flood, not an exact figure.
+#[inline(always)]
+pub fn frame_within_rate(tgid: u32) -> bool {
+    let cap = FRAME_RATE_CAP.get(0).copied().unwrap_or(0);
+    if cap == 0 {
+        return true;
+    }
+    let uid = account_of(bpf_get_current_uid_gid() as u32);
+    if uid == 0 {
+        return true;
+    }
+    let now = now_ns();
+    let window = match FRAME_RATE_WINDOWS.get_ptr_mut(&uid) {
+        Some(w) => w,
+        None => {
+            let fresh = RateWindow {
+                start_ns: now,
+                sent: 0,
+            };
+            let _ = FRAME_RATE_WINDOWS.insert(&uid, &fresh, BPF_NOEXIST as u64);
+            match FRAME_RATE_WINDOWS.get_ptr_mut(&uid) {
+                Some(w) => w,
+                // No room to count this user: its frames go through (the table holds a
+                // user per uid with frames, and uids are few).
+                None => return true,
+            }
+        }
+    };
+    // SAFETY: a live map value; concurrent updates from two CPUs lose at most a count.
+    let w = unsafe { &mut *window };
+    if now.saturating_sub(w.start_ns) >= RATE_WINDOW_NS {
+        w.start_ns = now;
+        w.sent = 0;
+    }
+    if w.sent < u64::from(cap / 10).max(1) {
+        w.sent += 1;
+        return true;
+    }
+    if let Some(total) = FRAMES_OVER_RATE_TOTAL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *total += 1 };
+    }
+    match FRAMES_OVER_RATE.get_ptr_mut(&tgid) {
+        Some(count) => atomic_add(count, 1),
+        None => {
+            let _ = FRAMES_OVER_RATE.insert(&tgid, &1u64, BPF_NOEXIST as u64);
+        }
+    }
+    false
 }
 
 /// How `start_tracking_process` went.

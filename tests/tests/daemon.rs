@@ -1516,6 +1516,20 @@ fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
 /// ground truth in `dir` (made writable for that user); `program` is the game's binary or a copy
 /// of it under another name.
 fn present_as(uid: u32, program: &Path, dir: &Path) -> Game {
+    let pace = [
+        "--frames",
+        &FOREVER.to_string(),
+        "--interval-ms",
+        "50",
+        "--work-ms",
+        "0.2",
+    ];
+    game_as(uid, program, dir, &pace)
+}
+
+/// The synthetic game as user `uid` (no groups) with `args`, its ground truth in `dir` (made
+/// writable for that user).
+fn game_as(uid: u32, program: &Path, dir: &Path, args: &[&str]) -> Game {
     fs::create_dir_all(dir).expect("game dir");
     std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown");
     Game::new(
@@ -1526,8 +1540,8 @@ fn present_as(uid: u32, program: &Path, dir: &Path) -> Game {
                 "--clear-groups",
             ])
             .arg(program)
-            .args(["--frames", &FOREVER.to_string(), "--interval-ms", "50"])
-            .args(["--work-ms", "0.2", "--truth"])
+            .args(args)
+            .arg("--truth")
             .arg(dir.join("truth.txt"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1564,8 +1578,35 @@ fn wait_until_tracked_among(daemon: &Daemon, games: &[Game], count: usize) -> Ve
     }
 }
 
+/// Waits until each game whose ground truth is in `truths` has presented `frames` more.
+fn presents_go_on(truths: &[PathBuf], frames: u64) {
+    let from: Vec<u64> = truths
+        .iter()
+        .map(|t| nvbind_tests::presents_so_far(t))
+        .collect();
+    let deadline = Instant::now() + HANG;
+    while truths
+        .iter()
+        .zip(&from)
+        .any(|(t, &n)| nvbind_tests::presents_so_far(t) < n + frames)
+    {
+        assert!(Instant::now() < deadline, "a game stopped presenting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The daemon's count of presents it did not track because their user was at the cap.
+fn discovery_refused(daemon: &Daemon) -> u64 {
+    let (_, metrics) = daemon.get("/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nvbind_discovery_refused_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("nvbind_discovery_refused_total in /metrics: {metrics}"))
+}
+
 /// One user cannot take the kernel's process table from everyone else's games: with
-/// `games.max_per_user = 3`, nobody's 5 presenting processes (one of them run as a subordinate
+/// `games.max_per_user = 3`, nobody's 6 presenting processes (one of them run as a subordinate
 /// uid of nobody's, as a rootless container's) get 3 tracked and the others refused in the
 /// kernel at every present (said in the log with the uid, and on /metrics), while another
 /// user's game started meanwhile is captured whole. The user's charges come back both ways: from
@@ -1608,68 +1649,37 @@ no-such-user-here:300000:65536
         ));
     }
 
-    // Five more of nobody's, the last as one of its subordinate uids: three tracked, whatever
+    // Six more of nobody's, the last as one of its subordinate uids: three tracked, whatever
     // the excluded ones had been charged.
-    let games: Vec<Game> = (0..5)
-        .map(|i| {
-            let uid = if i == 4 { 200_007 } else { nobody };
-            present_as(uid, &game_bin(), &work.path().join(format!("n{i}")))
-        })
-        .collect();
-    let tracked = wait_until_tracked_among(&daemon, &games, 3);
-    // Every one of the five presents on (20 frames each from now, a second at their pace): the
-    // two untracked are refused at every present, never tracked.
-    let truths: Vec<PathBuf> = (0..5)
-        .map(|i| work.path().join(format!("n{i}/truth.txt")))
-        .collect();
-    let from: Vec<u64> = truths
+    let truths: Vec<PathBuf> = (0..6).map(|i| work.path().join(format!("n{i}"))).collect();
+    let games: Vec<Game> = truths
         .iter()
-        .map(|t| nvbind_tests::presents_so_far(t))
+        .enumerate()
+        .map(|(i, dir)| present_as(if i == 5 { 200_007 } else { nobody }, &game_bin(), dir))
         .collect();
+    let truths: Vec<PathBuf> = truths.iter().map(|d| d.join("truth.txt")).collect();
+    let tracked = wait_until_tracked_among(&daemon, &games, 3);
+    let refused_before = discovery_refused(&daemon);
     // Meanwhile another user's game is tracked from its first frame.
     let player = work.path().join("player");
-    fs::create_dir_all(&player).expect("player dir");
-    std::os::unix::fs::chown(&player, Some(5000), Some(5000)).expect("chown");
-    let mut game = Game::new(
-        Command::new("setpriv")
-            .args(["--reuid=5000", "--regid=5000", "--clear-groups"])
-            .arg(game_bin())
-            .args(["--frames", "120", "--interval-ms", "10", "--truth"])
-            .arg(player.join("truth.txt"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the other user's game"),
+    let mut game = game_as(
+        5000,
+        &game_bin(),
+        &player,
+        &["--frames", "120", "--interval-ms", "10"],
     );
-    let deadline = Instant::now() + HANG;
-    while truths
-        .iter()
-        .zip(&from)
-        .any(|(t, &n)| nvbind_tests::presents_so_far(t) < n + 20)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nobody's games stopped presenting"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Every one of the six presents on (20 frames each from now, a second at their pace): the
+    // three untracked are refused at every present, never tracked.
+    presents_go_on(&truths, 20);
     assert_eq!(tracked_among(&daemon, &games), tracked, "{}", daemon.log());
     daemon.wait_for_log("uid 65534 (3 tracked)");
-    // The two untracked ones' 20 presents each were refused in the kernel (/metrics is
-    // refreshed about once a second).
-    loop {
-        let (_, metrics) = daemon.get("/metrics");
-        let refused: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("nvbind_discovery_refused_total "))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("nvbind_discovery_refused_total in /metrics");
-        if refused >= 40 {
-            break;
-        }
+    // (/metrics is refreshed about once a second.)
+    let deadline = Instant::now() + HANG;
+    while discovery_refused(&daemon) < refused_before + 60 {
         assert!(
-            Instant::now() < deadline + HANG,
-            "{refused} refused presents: {metrics}"
+            Instant::now() < deadline,
+            "the refusals were not counted: {}",
+            daemon.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1682,18 +1692,122 @@ no-such-user-here:300000:65536
         daemon.log()
     );
 
-    // Two of the tracked ones exit: the kernel gives their charges back, and the two refused
-    // ones are tracked at their next presents.
-    let mut games = games;
-    for g in games.iter_mut().filter(|g| tracked[..2].contains(&g.pid)) {
-        g.kill();
-    }
-    let alive: Vec<Game> = games
+    // Two of the tracked ones exit: their charges come back, once each (four are left that
+    // could be tracked), and two of the refused ones are tracked at their next presents.
+    let (alive, alive_truths): (Vec<Game>, Vec<PathBuf>) = games
         .into_iter()
-        .filter(|g| !tracked[..2].contains(&g.pid))
-        .collect();
-    wait_until_tracked_among(&daemon, &alive, 3);
+        .zip(truths)
+        .filter(|(g, _)| !tracked[..2].contains(&g.pid))
+        .unzip();
+    let now_tracked = wait_until_tracked_among(&daemon, &alive, 3);
+    presents_go_on(&alive_truths, 20);
+    assert_eq!(
+        tracked_among(&daemon, &alive),
+        now_tracked,
+        "{}",
+        daemon.log()
+    );
     drop(excluded);
+}
+
+/// One user presenting as fast as a pbuffer swaps (a microsecond each, beyond what the ring
+/// buffer all games share can carry) has at most `games.max_fps_per_user` frames a second
+/// stored; the rest are counted, so each flooding process's report still adds up to every
+/// present it made, exactly. Another user's game at the same time is stored whole.
+#[test]
+fn one_users_flood_of_frames_is_counted_not_stored_and_another_users_game_is_whole() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("[games]\nmax_fps_per_user = 5000\n");
+    let work = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let stop = work.path().join("stop");
+    let stop_arg = stop.display().to_string();
+    let flood = [
+        "--frames",
+        "1000",
+        "--interval-ms",
+        "0.001",
+        "--work-ms",
+        "0.001",
+        "--stop-file",
+        &stop_arg,
+    ];
+    let dirs: Vec<PathBuf> = (0..4).map(|i| work.path().join(format!("f{i}"))).collect();
+    let mut flooders: Vec<Game> = dirs
+        .iter()
+        .map(|dir| game_as(65534, &game_bin(), dir, &flood))
+        .collect();
+    let player = work.path().join("player");
+    let mut game = game_as(
+        5000,
+        &game_bin(),
+        &player,
+        &["--frames", "120", "--interval-ms", "10"],
+    );
+    // The flood goes on until the daemon has counted frames over the cap (however slow this
+    // machine, four loops of microsecond swaps pass 5,000 a second).
+    let deadline = Instant::now() + HANG;
+    loop {
+        let (_, metrics) = daemon.get("/metrics");
+        let over: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("nvbind_frames_over_rate_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("nvbind_frames_over_rate_total in /metrics: {metrics}"));
+        if over > 0 && nvbind_tests::presents_so_far(&player.join("truth.txt")) >= 120 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no frame over the cap: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::write(&stop, "").expect("stop the flood");
+    game.wait_exit();
+    let (_, report) = daemon.wait_for_report(game.pid);
+    let frames = &report["processes"][0]["frames"];
+    assert_eq!(
+        frames["count"].as_u64(),
+        Some(truth(&player).len() as u64),
+        "{report}"
+    );
+    assert!(frames["over_rate"].is_null(), "{frames}");
+
+    let (mut stored, mut over_rate, mut first, mut last) = (0, 0, u64::MAX, 0);
+    for (flooder, dir) in flooders.iter_mut().zip(&dirs) {
+        flooder.wait_exit();
+        let presents = truth(dir);
+        first = first.min(presents[0].before);
+        last = last.max(presents[presents.len() - 1].after);
+        let (_, report) = daemon.wait_for_report(flooder.pid);
+        let frames = &report["processes"][0]["frames"];
+        let count = frames["count"].as_u64().expect("count");
+        let over = frames["over_rate"].as_u64().unwrap_or(0);
+        // Every present counted: stored, or over the rate.
+        assert_eq!(count + over, presents.len() as u64, "{frames}");
+        stored += count;
+        over_rate += over;
+        if over > 0 {
+            let notes = report["capture"]["notes"].to_string();
+            assert!(notes.contains("frames.over_rate"), "{notes}");
+        }
+    }
+    eprintln!(
+        "the flood: {stored} frames stored and {over_rate} over the rate in {} ms",
+        (last - first) / 1_000_000
+    );
+    assert!(over_rate > 0);
+    // At most 500 a tenth of a second, in every tenth the flood spanned, and one more per CPU
+    // and tenth where two CPUs counted at once.
+    let tenths = (last - first) / 100_000_000 + 2;
+    assert!(
+        stored <= tenths * 502,
+        "{stored} frames stored in {} ms",
+        (last - first) / 1_000_000
+    );
 }
 
 #[test]

@@ -161,6 +161,34 @@ fn doctor_in_the_vm_lists_the_drm_probes_as_attached() {
     }
 }
 
+/// The daemon loads its programs with discovery on (which `doctor` and `record` leave off, so
+/// the kernel's verifier never sees that code there): on Debian's 6.1 too, every present hook
+/// attaches, the daemon serves, and it stops cleanly on SIGTERM.
+#[test]
+fn the_daemon_loads_its_discovery_programs_in_the_vm() {
+    let s = sections();
+    let log = &s["daemon"];
+    assert!(
+        log.contains("tracking every process that presents frames"),
+        "{log}"
+    );
+    assert!(log.trim_end().ends_with("exit 0"), "{log}");
+    for hook in [
+        ":eglSwapBuffers: ",
+        ":glXSwapBuffers: ",
+        ":vkQueuePresentKHR: ",
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("probe uprobe:/") && l.contains(hook))
+            .unwrap_or_else(|| panic!("the daemon does not list the {hook} hook:\n{log}"));
+        assert!(line.trim_end().ends_with(": attached"), "{line}");
+    }
+    for line in log.lines().filter(|l| l.contains("probe uprobe:/")) {
+        assert!(line.trim_end().ends_with(": attached"), "{line}");
+    }
+}
+
 #[test]
 fn modetest_flips_are_display_frames_counted_like_the_kernel() {
     let s = sections();

@@ -415,6 +415,17 @@ echo "exit $?" >> /tmp/seq.log
 show seq-log /tmp/seq.log
 show seq /tmp/seq.json
 wait
+printf '[api]\nlisten = ""\nsocket = ""\n[reports]\ndir = "/tmp/reports"\ngroup = ""\n' > /tmp/agent.toml
+RUST_LOG=info $A --config /tmp/agent.toml > /tmp/daemon.log 2>&1 &
+D=$!
+i=0
+while ! grep -q 'tracking every process' /tmp/daemon.log && kill -0 $D 2>/dev/null && [ $i -lt 600 ]; do
+  sleep 0.2; i=$((i+1))
+done
+kill -TERM $D
+wait $D
+echo "exit $?" >> /tmp/daemon.log
+show daemon /tmp/daemon.log
 "#;
 
 /// The host's graphics libraries the agent hooks, by the names it looks for them under.

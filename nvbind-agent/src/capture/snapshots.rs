@@ -76,6 +76,11 @@ impl ThreadSnapshots {
         }
     }
 
+    /// When the newest snapshot of `pid` kept was taken.
+    pub fn newest(&self, pid: u32) -> Option<u64> {
+        self.by_process.get(&pid)?.back().map(|s| s.ts_ns)
+    }
+
     /// Forgets a process.
     pub fn forget(&mut self, pid: u32) {
         self.by_process.remove(&pid);

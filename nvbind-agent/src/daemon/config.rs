@@ -10,7 +10,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{gpu::SamplerConfig, probes::KernelHooks, stutter::DetectorConfig};
+use crate::{
+    gpu::SamplerConfig,
+    probes::{KernelHooks, MIN_MAX_FPS_PER_USER},
+    stutter::DetectorConfig,
+};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/nvbind/agent.toml";
@@ -82,6 +86,11 @@ pub struct GamesConfig {
     /// `max_per_user`): the host's `/etc/subuid`, or a copy of it where the host's `/etc` is
     /// mounted elsewhere.
     pub subuid_file: PathBuf,
+    /// The most frames per second one user's processes (root excepted) may have stored: beyond
+    /// it they are counted, not stored (a report's `frames.over_rate`), so that one user
+    /// presenting in a loop cannot crowd everyone else's frames out of the kernel's ring buffer
+    /// (0: no cap; else at least `MIN_MAX_FPS_PER_USER`).
+    pub max_fps_per_user: u32,
 }
 
 /// Processes the kernel can track at once (`TRACKED_PROCESSES` in the eBPF crate).
@@ -186,6 +195,7 @@ impl Default for GamesConfig {
             // browser, Steam's web helper); 64 leaves room for 63 other users' at the cap.
             max_per_user: 64,
             subuid_file: super::subuids::SUBUID_FILE.into(),
+            max_fps_per_user: crate::probes::DEFAULT_MAX_FPS_PER_USER,
         }
     }
 }
@@ -304,6 +314,13 @@ impl Config {
                 "games.max_per_user must be at most {MAX_TRACKED_PROCESSES} (the kernel's \
                  table), or 0 for no cap, not {}",
                 self.games.max_per_user
+            ));
+        }
+        let fps = self.games.max_fps_per_user;
+        if fps != 0 && fps < MIN_MAX_FPS_PER_USER {
+            return Err(format!(
+                "games.max_fps_per_user must be at least {MIN_MAX_FPS_PER_USER} (a real game's \
+                 frames are never capped), or 0 for no cap, not {fps}"
             ));
         }
         if !self.games.subuid_file.is_absolute() {

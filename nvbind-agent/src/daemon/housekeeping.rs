@@ -26,6 +26,8 @@ impl Daemon {
         let map_full = self.tracker.probes().map_full_counts();
         let discovery_refused = self.tracker.probes().discovery_refused();
         let refused_before;
+        let over_rate = self.tracker.probes().frames_over_rate_total();
+        let over_rate_before;
         let latest = self.sampler.as_ref().map(gpu::Sampler::latest);
         let now = monotonic_ns();
         let oldest_session = self
@@ -50,15 +52,15 @@ impl Daemon {
             live.agent.resident_bytes = resident_bytes();
             live.agent.dropped_events = dropped;
             // A full kernel table blinds the capture of whatever it could not take: never silently.
-            for ((map, now), before) in nvbind_common::map_full::NAMES
+            for (((map, meaning), now), before) in nvbind_common::map_full::NAMES
                 .iter()
+                .zip(nvbind_common::map_full::MEANING)
                 .zip(map_full)
                 .zip(live.agent.map_full)
             {
                 if now > before {
                     log::warn!(
-                        "the kernel's {map} table was full: {} more {map} could not be tracked \
-                         ({now} in all)",
+                        "the kernel's {map} table was full: {} more {map} {meaning} ({now} in all)",
                         now - before
                     );
                 }
@@ -66,6 +68,7 @@ impl Daemon {
             live.agent.map_full = map_full;
             refused_before =
                 std::mem::replace(&mut live.agent.discovery_refused, discovery_refused);
+            over_rate_before = std::mem::replace(&mut live.agent.frames_over_rate, over_rate);
             live.agent.bpf = costs;
             if let Some(latest) = latest {
                 live.gpus = latest
@@ -84,6 +87,14 @@ impl Daemon {
         }
         if discovery_refused > refused_before && self.cap_warnings.ready() {
             self.warn_users_at_cap(discovery_refused - refused_before);
+        }
+        if over_rate > over_rate_before && self.rate_warnings.ready() {
+            log::warn!(
+                "{} frames presented beyond games.max_fps_per_user ({} a second for one user's \
+                 processes) were counted, not stored (further warnings at most every 10 s)",
+                over_rate - over_rate_before,
+                self.config.games.max_fps_per_user
+            );
         }
         let now_instant = Instant::now();
         let ended = &mut self.ended;

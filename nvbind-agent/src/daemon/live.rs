@@ -125,6 +125,8 @@ pub struct AgentStatus {
     /// Presents of processes the kernel did not track because their user had
     /// `games.max_per_user` presenting processes tracked already.
     pub discovery_refused: u64,
+    /// Frames presented beyond `games.max_fps_per_user`: counted, not stored.
+    pub frames_over_rate: u64,
 }
 
 /// Everything the API reads. Written by the capture loop under a short lock.

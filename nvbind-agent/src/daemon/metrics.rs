@@ -292,8 +292,15 @@ const STATE_FAMILIES: &[StateFamily] = &[
         read: Read::One(|live| Number::Int(live.agent.discovery_refused)),
     },
     StateFamily {
+        name: "frames_over_rate",
+        help: "Frames presented beyond games.max_fps_per_user: counted, not stored",
+        kind: Kind::Counter,
+        unit: None,
+        read: Read::One(|live| Number::Int(live.agent.frames_over_rate)),
+    },
+    StateFamily {
         name: "kernel_map_full",
-        help: "Threads or processes the kernel could not track because its table was full",
+        help: "Threads, processes or users the kernel's tables had no room for (users: not capped by games.max_per_user)",
         kind: Kind::Counter,
         unit: None,
         read: Read::Each(|live| {

@@ -36,6 +36,8 @@ impl Daemon {
         }
         self.tracker.set_stutter_config(config.detector());
         super::subuids::apply(self.tracker.probes_mut(), &config.games.subuid_file);
+        self.tracker
+            .set_frame_rate_cap(config.games.max_fps_per_user);
         let cap_applied = match self
             .tracker
             .probes_mut()

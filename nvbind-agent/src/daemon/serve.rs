@@ -96,8 +96,21 @@ async fn serve(
     for note in notes {
         log::info!("{note}");
     }
+    // What `doctor` would say, once, for the journal (after the start, which fails in one line):
+    // a probe this kernel refused is found here.
+    for status in probes.statuses() {
+        match &status.reason {
+            None if status.attached => log::info!("probe {}: attached", status.name),
+            reason => log::info!(
+                "probe {}: unavailable: {}",
+                status.name,
+                reason.as_deref().unwrap_or("no reason given")
+            ),
+        }
+    }
 
-    let tracker = Tracker::new(probes, config.detector(), false, &discovery.gpus);
+    let mut tracker = Tracker::new(probes, config.detector(), false, &discovery.gpus);
+    tracker.set_frame_rate_cap(config.games.max_fps_per_user);
     let mut daemon = Daemon::new(tracker, Arc::clone(&shared), config, options, sampler);
     // Processes running now were covered by the host's libraries at load; only new ones are
     // searched for copies.

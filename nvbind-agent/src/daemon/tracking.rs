@@ -61,6 +61,8 @@ pub(super) struct Daemon {
     /// When a user at `games.max_per_user` was last warned about (at most every 10 s: the
     /// refusals go on with every present of that user's untracked processes).
     pub(super) cap_warnings: RateLimited,
+    /// The same for frames beyond `games.max_fps_per_user`.
+    pub(super) rate_warnings: RateLimited,
 }
 
 impl Daemon {
@@ -86,6 +88,7 @@ impl Daemon {
             known: HashSet::new(),
             ended: HashMap::new(),
             cap_warnings: RateLimited::new(Duration::from_secs(10)),
+            rate_warnings: RateLimited::new(Duration::from_secs(10)),
         }
     }
 

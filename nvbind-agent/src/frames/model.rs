@@ -51,6 +51,11 @@ pub struct ProcessRecord {
     /// The kernel's count of lost records (all processes') when tracking started, or when the
     /// last part of its session was cut: a session's report says how many were lost during it.
     pub dropped_events_at_start: u64,
+    /// Frames presented beyond its user's frame-rate cap (the kernel counted them but did not
+    /// send them) in this session or part; `over_rate_at_start` is the kernel's count when the
+    /// last part was cut.
+    pub frames_over_rate: u64,
+    pub over_rate_at_start: u64,
     pub exited_ns: Option<u64>,
     pub frames: Vec<Frame>,
     /// Files (and offsets) of learned `vkQueuePresentKHR` implementations.

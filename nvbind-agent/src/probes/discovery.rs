@@ -19,6 +19,13 @@ pub struct SubordinateUids {
     pub count: u32,
 }
 
+/// The frame-rate cap per user when none is configured: far above any game, far below what one
+/// user presenting pbuffers in a loop could push through the ring buffer.
+pub const DEFAULT_MAX_FPS_PER_USER: u32 = 20_000;
+
+/// The least cap a configuration may set: a real game at 5,000 frames per second is stored whole.
+pub const MIN_MAX_FPS_PER_USER: u32 = 5_000;
+
 /// The most prefixes `SUBUID_OWNERS` holds (its size in the eBPF crate).
 const SUBUID_PREFIXES_MAX: usize = 4096;
 
@@ -85,6 +92,36 @@ impl Probes {
             }
         }
         Ok(left_out)
+    }
+
+    /// Sets the most frames per second one user's processes may have stored (0: no cap); frames
+    /// beyond it are counted per process ([`Self::frames_over_rate`]). Root is never capped.
+    pub fn set_frame_rate_cap(&mut self, fps: u32) -> Result<(), ProbeError> {
+        const MAP: &str = "FRAME_RATE_CAP";
+        let map = self.ebpf.map_mut(MAP).ok_or(ProbeError::MissingMap(MAP))?;
+        let mut array = aya::maps::Array::<_, u32>::try_from(map).map_err(Self::map_err(MAP))?;
+        array.set(0, fps, 0).map_err(Self::map_err(MAP))
+    }
+
+    /// Frames `pid` presented beyond its user's frame-rate cap since it was tracked.
+    pub fn frames_over_rate(&self, pid: u32) -> u64 {
+        self.hash_map::<u32, u64>("FRAMES_OVER_RATE")
+            .ok()
+            .and_then(|m| m.get(&pid, 0).ok())
+            .unwrap_or(0)
+    }
+
+    /// Frames presented beyond a frame-rate cap since the probes were loaded, all processes.
+    pub fn frames_over_rate_total(&self) -> u64 {
+        self.sum_per_cpu("FRAMES_OVER_RATE_TOTAL", 0)
+    }
+
+    /// Forgets `pid`'s count of frames over the rate (it is no longer tracked).
+    pub(super) fn forget_frames_over_rate(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let _ = self
+            .hash_map_mut::<u32, u64>("FRAMES_OVER_RATE")?
+            .remove(&pid);
+        Ok(())
     }
 
     /// Presents the kernel did not track because their user was at the cap.

@@ -40,7 +40,7 @@ fn btf_support() -> BtfSupport {
 /// Classic tracepoint record fields the programs read, as (global in the object, tracepoint,
 /// field): each offset comes from the tracepoint's tracefs format (a field missing there keeps
 /// the object's compiled-in default).
-const RECORD_FIELDS: [(&str, &str, &str); 20] = [
+const RECORD_FIELDS: [(&str, &str, &str); 21] = [
     ("SWITCH_PREV_STATE_OFF", "sched_switch", "prev_state"),
     ("SWITCH_NEXT_COMM_OFF", "sched_switch", "next_comm"),
     ("SWITCH_NEXT_PID_OFF", "sched_switch", "next_pid"),
@@ -50,6 +50,7 @@ const RECORD_FIELDS: [(&str, &str, &str); 20] = [
     ("NEWTASK_PID_OFF", "task_newtask", "pid"),
     ("NEWTASK_FLAGS_OFF", "task_newtask", "clone_flags"),
     ("EXIT_GROUP_DEAD_OFF", "sched_process_exit", "group_dead"),
+    ("FREE_PID_OFF", "sched_process_free", "pid"),
     ("RENAME_PID_OFF", "task_rename", "pid"),
     ("RENAME_NEWCOMM_OFF", "task_rename", "newcomm"),
     ("DRM_VBLANK_CRTC_OFF", "drm_vblank_event", "crtc"),

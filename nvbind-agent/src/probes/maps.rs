@@ -100,7 +100,11 @@ impl Probes {
         }
         // Its user's discovery charge first: once it leaves the tracked set, its next present
         // may discover it again.
-        self.release_discovery(pid)?;
+        // (Neither may keep the rest from being forgotten.)
+        if let Err(e) = self.release_discovery(pid) {
+            log::warn!("pid {pid}: its user's discovery charge could not be given back: {e}");
+        }
+        let _ = self.forget_frames_over_rate(pid);
         // Removing a missing key fails with ENOENT: nothing to undo then.
         let _ = self
             .hash_map_mut::<u32, u32>("TRACKED_PROCESSES")?

@@ -27,7 +27,9 @@ use std::borrow::Cow;
 use thiserror::Error;
 
 pub use cost::ProgramCost;
-pub use discovery::{SubordinateUids, UserDiscoveries};
+pub use discovery::{
+    SubordinateUids, UserDiscoveries, DEFAULT_MAX_FPS_PER_USER, MIN_MAX_FPS_PER_USER,
+};
 pub use drm::{DrmKprobe, DRM_KPROBES};
 pub use events::Event;
 pub use load::LoadOptions;

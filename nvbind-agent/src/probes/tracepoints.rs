@@ -81,6 +81,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
     tp("process", "nvbind_exec", "sched", "sched_process_exec", true),
     tp("process", "nvbind_rename", "task", "task_rename", false),
     tp("process", "nvbind_exit", "sched", "sched_process_exit", true),
+    tp("process", "nvbind_process_free", "sched", "sched_process_free", false),
     tp("drm", "nvbind_drm_vblank", "drm", "drm_vblank_event", false),
     tp("drm", "nvbind_drm_queued", "drm", "drm_vblank_event_queued", false),
     tp("drm", "nvbind_drm_delivered", "drm", "drm_vblank_event_delivered", false),

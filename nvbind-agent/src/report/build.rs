@@ -269,6 +269,7 @@ fn frames_report(
     }
     FramesReport {
         count: frames.len() as u64,
+        over_rate: p.frames_over_rate,
         source: if frames.is_empty() {
             "none".into()
         } else {

@@ -251,6 +251,11 @@ pub struct PresentingThreadReport {
 pub struct FramesReport {
     /// Frames handed over (presents) from the chosen source.
     pub count: u64,
+    /// Frames presented beyond the frame-rate cap of the process's user (the daemon's
+    /// `games.max_fps_per_user`, 20,000 for `record`): counted by the kernel, not stored, so not
+    /// in `count` or the frame times.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub over_rate: u64,
     /// The frame source used: vulkan, vulkan-loader, glx, egl, or none.
     pub source: String,
     /// Presents seen per source (a process can use more than one API).
@@ -431,4 +436,9 @@ pub struct FrameRow {
     pub ran_instead_process_pid: Option<u32>,
     /// Its name (after any `execve`; empty when unknown).
     pub ran_instead_process: String,
+}
+
+/// For fields written only when they count something.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

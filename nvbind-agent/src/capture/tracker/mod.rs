@@ -97,6 +97,8 @@ pub struct Tracker {
     /// `EXITED_NAMES_KEPT` (besides its busiest), however many threads it goes through.
     exited_names: HashMap<u32, std::collections::VecDeque<u32>>,
     last_scan: Instant,
+    /// The most frames per second one user's processes may have stored (0: no cap).
+    frame_rate_cap: u32,
 }
 
 impl Tracker {
@@ -107,7 +109,7 @@ impl Tracker {
         follow_children: bool,
         gpus: &[gpu::GpuInfo],
     ) -> Tracker {
-        Tracker {
+        let mut tracker = Tracker {
             probes,
             capture: Capture {
                 stutter,
@@ -139,6 +141,19 @@ impl Tracker {
             thread_exits_lost: 0,
             exited_names: HashMap::new(),
             last_scan: Instant::now(),
+            frame_rate_cap: 0,
+        };
+        tracker.set_frame_rate_cap(crate::probes::DEFAULT_MAX_FPS_PER_USER);
+        tracker
+    }
+
+    /// Sets the most frames per second one user's processes may have stored (0: none); the
+    /// rest are counted, not stored. A cap the kernel could not be given is logged, and the
+    /// previous one stays.
+    pub fn set_frame_rate_cap(&mut self, fps: u32) {
+        match self.probes.set_frame_rate_cap(fps) {
+            Ok(()) => self.frame_rate_cap = fps,
+            Err(e) => log::warn!("the frame-rate cap per user could not be set: {e}"),
         }
     }
 
@@ -537,11 +552,19 @@ impl Tracker {
         self.resolve_windows(now);
     }
 
-    /// Fills the thread windows of likely stutters that ended before `covered_until`.
+    /// Fills the thread windows of likely stutters that ended before `covered_until`
+    /// (`u64::MAX`: the capture ends, and every window is filled with what is kept).
     pub(in crate::capture) fn resolve_windows(&mut self, covered_until: u64) {
         let pending = std::mem::take(&mut self.pending_windows);
         for (pid, from, to) in pending {
-            if to > covered_until {
+            // A drain too soon after the last one keeps no snapshot: the window waits for one
+            // taken after its end, rather than end early and miss the end of the stutter.
+            let covered = covered_until == u64::MAX
+                || self
+                    .snapshots
+                    .newest(pid)
+                    .is_some_and(|newest| newest >= to);
+            if to > covered_until || !covered {
                 self.pending_windows.push((pid, from, to));
                 continue;
             }

@@ -40,6 +40,7 @@ impl Tracker {
         part.exited_ns = None;
         record.tracked_at_ns = last.ts_ns;
         record.dropped_events_at_start = dropped_now;
+        let over_rate_before = record.over_rate_at_start;
         let started_ns = part.frames.first().map_or(part.tracked_at_ns, |f| f.ts_ns);
         let mut capture = self.session_capture(
             part,
@@ -48,6 +49,14 @@ impl Tracker {
             gpu_period_ns,
             "session-frame-limit",
         );
+        // The next part counts frames over the rate from where this one's count ended.
+        let counted = capture
+            .processes
+            .get(&pid)
+            .map_or(0, |p| p.frames_over_rate);
+        if let Some(record) = self.capture.processes.get_mut(&pid) {
+            record.over_rate_at_start = over_rate_before + counted;
+        }
         capture.notes.push(
             "one part of a long session (reports.max_session_frames): thread totals and \
              histograms count from the start of the session"
@@ -199,6 +208,22 @@ impl Tracker {
                 capture.histograms.insert(*pid, h);
             }
         }
+        let cap_note = format!(
+            "frames presented beyond {} per second by one user's processes were counted, not \
+             stored (frames.over_rate): their frame times are not in this report",
+            self.frame_rate_cap
+        );
+        let mut over_rate_any = false;
+        for p in capture.processes.values_mut() {
+            p.frames_over_rate = self
+                .probes
+                .frames_over_rate(p.pid)
+                .saturating_sub(p.over_rate_at_start);
+            over_rate_any |= p.frames_over_rate > 0;
+        }
+        if over_rate_any {
+            capture.notes.push(cap_note);
+        }
         capture.preemptors = self
             .probes
             .preemptors()?
@@ -253,15 +278,28 @@ impl Tracker {
             }
         }
         explain_sources(capture);
-        for (map, full) in nvbind_common::map_full::NAMES
-            .iter()
-            .zip(self.probes.map_full_counts())
+        for (slot, full) in self
+            .probes
+            .map_full_counts()
+            .into_iter()
+            .enumerate()
             .filter(|(_, n)| *n > 0)
         {
-            capture.notes.push(format!(
-                "the kernel's {map} table was full {full} time(s) since the agent started: \
-                 {map} started then were not tracked, and their frames and evidence are missing"
-            ));
+            let map = nvbind_common::map_full::NAMES[slot];
+            capture
+                .notes
+                .push(if slot as u32 == nvbind_common::map_full::USERS {
+                    format!(
+                    "the kernel's {map} table was full {full} time(s) since the agent started: \
+                     those users' presenting processes were tracked without games.max_per_user"
+                )
+                } else {
+                    format!(
+                    "the kernel's {map} table was full {full} time(s) since the agent started: \
+                     {map} started then were not tracked, and their frames and evidence are \
+                     missing"
+                )
+                });
         }
         if capture.dropped_events > 0 {
             capture.notes.push(format!(

@@ -158,8 +158,9 @@ fn representative() -> Metrics {
             reports_written: 3,
             reports_failed: 1,
             reports_lost: 2,
-            map_full: [3, 0],
+            map_full: [3, 0, 0],
             discovery_refused: 7,
+            frames_over_rate: 9,
         },
     }));
     let metrics = Metrics::new(live);
@@ -301,10 +302,14 @@ nvbind_dropped_events_total 5
 # HELP nvbind_discovery_refused Presents of processes not tracked because their user had games.max_per_user presenting processes tracked
 # TYPE nvbind_discovery_refused counter
 nvbind_discovery_refused_total 7
-# HELP nvbind_kernel_map_full Threads or processes the kernel could not track because its table was full
+# HELP nvbind_frames_over_rate Frames presented beyond games.max_fps_per_user: counted, not stored
+# TYPE nvbind_frames_over_rate counter
+nvbind_frames_over_rate_total 9
+# HELP nvbind_kernel_map_full Threads, processes or users the kernel's tables had no room for (users: not capped by games.max_per_user)
 # TYPE nvbind_kernel_map_full counter
 nvbind_kernel_map_full_total{map="threads"} 3
 nvbind_kernel_map_full_total{map="processes"} 0
+nvbind_kernel_map_full_total{map="users"} 0
 # HELP nvbind_tracked_processes Games tracked now
 # TYPE nvbind_tracked_processes gauge
 nvbind_tracked_processes 2
@@ -409,10 +414,14 @@ nvbind_dropped_events_total 5
 # HELP nvbind_discovery_refused_total Presents of processes not tracked because their user had games.max_per_user presenting processes tracked
 # TYPE nvbind_discovery_refused_total counter
 nvbind_discovery_refused_total 7
-# HELP nvbind_kernel_map_full_total Threads or processes the kernel could not track because its table was full
+# HELP nvbind_frames_over_rate_total Frames presented beyond games.max_fps_per_user: counted, not stored
+# TYPE nvbind_frames_over_rate_total counter
+nvbind_frames_over_rate_total 9
+# HELP nvbind_kernel_map_full_total Threads, processes or users the kernel's tables had no room for (users: not capped by games.max_per_user)
 # TYPE nvbind_kernel_map_full_total counter
 nvbind_kernel_map_full_total{map="threads"} 3
 nvbind_kernel_map_full_total{map="processes"} 0
+nvbind_kernel_map_full_total{map="users"} 0
 # HELP nvbind_tracked_processes Games tracked now
 # TYPE nvbind_tracked_processes gauge
 nvbind_tracked_processes 2
@@ -440,10 +449,14 @@ nvbind_dropped_events_total 0
 # HELP nvbind_discovery_refused Presents of processes not tracked because their user had games.max_per_user presenting processes tracked
 # TYPE nvbind_discovery_refused counter
 nvbind_discovery_refused_total 0
-# HELP nvbind_kernel_map_full Threads or processes the kernel could not track because its table was full
+# HELP nvbind_frames_over_rate Frames presented beyond games.max_fps_per_user: counted, not stored
+# TYPE nvbind_frames_over_rate counter
+nvbind_frames_over_rate_total 0
+# HELP nvbind_kernel_map_full Threads, processes or users the kernel's tables had no room for (users: not capped by games.max_per_user)
 # TYPE nvbind_kernel_map_full counter
 nvbind_kernel_map_full_total{map="threads"} 0
 nvbind_kernel_map_full_total{map="processes"} 0
+nvbind_kernel_map_full_total{map="users"} 0
 # HELP nvbind_tracked_processes Games tracked now
 # TYPE nvbind_tracked_processes gauge
 nvbind_tracked_processes 0
