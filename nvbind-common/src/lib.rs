@@ -820,6 +820,17 @@ mod tests {
     }
 }
 
+/// The key of a process's count of frames over its user's rate from one present source
+/// (`FRAMES_OVER_RATE`): an EGL present that presents through Vulkan inside (Zink) is counted
+/// under each source, as its frames are.
+pub const fn over_rate_key(tgid: u32, source: u32) -> u64 {
+    ((tgid as u64) << 32) | source as u64
+}
+
+/// A tracepoint field offset meaning "this kernel's record has no such field": the programs
+/// read nothing there.
+pub const FIELD_ABSENT: u32 = u32::MAX;
+
 /// Slots of the kernel's `MAP_FULL` counters: inserts refused because a tracking map was full.
 /// A full map must never blind the capture silently: the agent reports these.
 pub mod map_full {

@@ -27,9 +27,9 @@ use nvbind_common::{
 };
 
 use crate::state::{
-    count_drop, current_ids, current_thread, discover_current_thread, frame_within_rate,
-    mark_presenter, now_ns, unseen, DISCOVER_PRESENTERS, EVENTS, PENDING_PRESENTS,
-    RESOLVING_PRESENT, ZERO_PRESENT,
+    count_drop, current_ids, current_thread, discover_current_thread, frame_wakeup,
+    frame_within_rate, mark_presenter, now_ns, unseen, DISCOVER_PRESENTERS, EVENTS,
+    PENDING_PRESENTS, RESOLVING_PRESENT, ZERO_PRESENT,
 };
 
 #[uprobe]
@@ -183,9 +183,9 @@ fn finish_present(source: u32, taken: bool) {
     // SAFETY: a live map value, written only by this thread's own present probes.
     let e = unsafe { &*e };
     let sent = taken
-        && frame_within_rate(e.header.tgid)
+        && frame_within_rate(e.header.tgid, source)
         && EVENTS
-            .output::<PresentEvent>(e, BPF_RB_NO_WAKEUP as u64)
+            .output::<PresentEvent>(e, frame_wakeup())
             .map_err(|_| count_drop())
             .is_ok();
     if !sent {
@@ -265,7 +265,7 @@ fn fill_present(
 #[inline(always)]
 fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u64) {
     let now = close_running_slice(t);
-    if !frame_within_rate(tgid) {
+    if !frame_within_rate(tgid, source) {
         // Counted, not sent; the next frame sent carries this interval's evidence too.
         return;
     }
@@ -285,7 +285,7 @@ fn emit_present(t: &mut ThreadState, tgid: u32, tid: u32, source: u32, target: u
         target,
         now,
     );
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(frame_wakeup());
     start_next_frame(t);
 }
 

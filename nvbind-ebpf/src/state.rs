@@ -3,7 +3,10 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
@@ -12,8 +15,9 @@ use aya_ebpf::{
     Global,
 };
 use nvbind_common::{
-    event_kind, map_full, thread_status, CpuWatch, Culprit, EventHeader, PreemptorKey,
-    PreemptorValue, PresentEvent, ProcessEvent, ProcessHistograms, ThreadState, TASK_COMM_LEN,
+    event_kind, map_full, over_rate_key, thread_status, CpuWatch, Culprit, EventHeader,
+    PreemptorKey, PreemptorValue, PresentEvent, ProcessEvent, ProcessHistograms, ThreadState,
+    TASK_COMM_LEN,
 };
 
 /// CPUs covered by `CPU_WATCH`.
@@ -97,20 +101,28 @@ pub static SUBUID_OWNERS: LpmTrie<[u8; 4], u32> =
 #[map]
 pub static FRAME_RATE_CAP: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Each capped user's frames sent in the current tenth of a second, by uid.
+/// Frames each process sent in the current window, by tgid: up to `FAIR_FRAMES_PER_WINDOW` go
+/// through whatever its user's other processes do. LRU: an evicted window is an expired one.
 #[map]
-pub static FRAME_RATE_WINDOWS: HashMap<u32, RateWindow> = HashMap::with_max_entries(4096, 0);
+pub static FRAME_RATE_PROCESSES: LruHashMap<u32, RateWindow> =
+    LruHashMap::with_max_entries(4096, 0);
 
-/// Frames presented beyond `FRAME_RATE_CAP`, by tgid: counted, not stored. The agent reads and
-/// removes a process's entry when it stops tracking it.
+/// Frames each capped user's processes sent beyond their fair shares in the current window, by
+/// uid (the owner's, for subordinate uids).
 #[map]
-pub static FRAMES_OVER_RATE: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+pub static FRAME_RATE_USERS: LruHashMap<u32, RateWindow> = LruHashMap::with_max_entries(4096, 0);
+
+/// Frames presented beyond `FRAME_RATE_CAP`, by `nvbind_common::over_rate_key` (process and
+/// present source): counted, not stored. The agent reads a process's entries when its session
+/// is written, and removes them when it stops tracking it.
+#[map]
+pub static FRAMES_OVER_RATE: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
 
 /// Every frame counted in `FRAMES_OVER_RATE` (index 0), for the daemon's counter.
 #[map]
 pub static FRAMES_OVER_RATE_TOTAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// A user's frames sent since `start_ns`.
+/// Frames sent since `start_ns`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RateWindow {
@@ -118,9 +130,13 @@ pub struct RateWindow {
     pub sent: u64,
 }
 
-/// The window `FRAME_RATE_CAP` is applied over: a tenth of its per-second count per tenth of a
-/// second.
-const RATE_WINDOW_NS: u64 = 100_000_000;
+/// The window frame rates are counted over: short, so that what one window lets through at
+/// once is a small part of the ring buffer (20,000 a second is 200 frames, 64 KiB, a window).
+const RATE_WINDOW_NS: u64 = 10_000_000;
+
+/// Frames a process may send per window whatever its user's other processes do (500 a second):
+/// a game beside its own user's flood keeps its frames.
+const FAIR_FRAMES_PER_WINDOW: u64 = 5;
 
 /// Presents of untracked processes that discovery did not track because their user had
 /// `DISCOVERY_CAP` processes tracked already (index 0).
@@ -168,7 +184,10 @@ pub static DECLARED_GPU_IOCTL_TYPES: Array<u32> = Array::with_max_entries(256, 0
 
 /// Frames and process events. Producers never wake the reader: the agent drains it on a timer.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES as u32, 0);
+
+/// The size of `EVENTS`.
+const EVENTS_BYTES: u64 = 512 * 1024;
 
 /// Threads of tracked processes that exited (`ThreadExitRecord`): apart from `EVENTS`, so a
 /// process that churns through threads fills only this one. Never wakes the reader.
@@ -278,9 +297,13 @@ pub static TASK_REPORT_MAX: Global<u64> = Global::new(0x100);
 /// Reads a field of a classic tracepoint record at an offset set at load time.
 #[inline(always)]
 pub fn field<T>(ctx: &aya_ebpf::programs::TracePointContext, offset: &Global<u32>) -> Option<T> {
+    let offset = offset.load();
+    if offset == nvbind_common::FIELD_ABSENT {
+        return None;
+    }
     // SAFETY: the offset comes from the tracepoint's own format file; the read is a checked
     // bpf_probe_read_kernel, which fails instead of faulting.
-    unsafe { ctx.read_at::<T>(offset.load() as usize).ok() }
+    unsafe { ctx.read_at::<T>(offset as usize).ok() }
 }
 
 /// Reads a field of a kernel object (a `task_struct` a BTF tracepoint handed over) at an offset
@@ -519,35 +542,80 @@ pub fn release_discovered(tgid: u32, uid: u32) {
     }
 }
 
-/// Whether a frame of process `tgid`, presented now by the current task, may be sent: its user
-/// has sent fewer than a tenth of `FRAME_RATE_CAP` frames in this tenth of a second. A frame
-/// that may not is counted in `FRAMES_OVER_RATE`. Two CPUs may both start a new window or both
-/// count one frame; the cap is a bound on a flood, not an exact figure.
+/// Whether a frame of process `tgid` from present `source`, presented now by the current task,
+/// may be sent: it is within the process's fair share (`FAIR_FRAMES_PER_WINDOW`), or else within
+/// what its user may send beyond the fair shares (a hundredth of `FRAME_RATE_CAP` per window).
+/// A frame that may not is counted in `FRAMES_OVER_RATE`. Two CPUs may both start a new window
+/// or both count one frame: the cap bounds a flood, it is not an exact figure.
 #[inline(always)]
-pub fn frame_within_rate(tgid: u32) -> bool {
+pub fn frame_within_rate(tgid: u32, source: u32) -> bool {
     let cap = FRAME_RATE_CAP.get(0).copied().unwrap_or(0);
     if cap == 0 {
         return true;
     }
-    let uid = account_of(bpf_get_current_uid_gid() as u32);
+    let uid = bpf_get_current_uid_gid() as u32;
     if uid == 0 {
         return true;
     }
     let now = now_ns();
-    let window = match FRAME_RATE_WINDOWS.get_ptr_mut(&uid) {
+    match rate_window(&FRAME_RATE_PROCESSES, tgid, now) {
+        Some(w) if w.sent < FAIR_FRAMES_PER_WINDOW => {
+            w.sent += 1;
+            return true;
+        }
+        Some(_) => {}
+        // No window could be made: not capped rather than never stored.
+        None => return true,
+    }
+    // Beyond its fair share, a frame goes through only while the ring buffer has room to spare:
+    // an agent that cannot keep up (starved of CPU) then still gets every fair frame.
+    let congested = EVENTS.query(BPF_RB_AVAIL_DATA as u64) > EVENTS_BYTES / 4;
+    match rate_window(&FRAME_RATE_USERS, account_of(uid), now) {
+        Some(w) if !congested && w.sent < u64::from(cap / 100).max(1) => {
+            w.sent += 1;
+            return true;
+        }
+        Some(_) => {}
+        None => return true,
+    }
+    if let Some(total) = FRAMES_OVER_RATE_TOTAL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *total += 1 };
+    }
+    let key = over_rate_key(tgid, source);
+    match FRAMES_OVER_RATE.get_ptr_mut(&key) {
+        Some(count) => atomic_add(count, 1),
+        None => {
+            if FRAMES_OVER_RATE
+                .insert(&key, &1u64, BPF_NOEXIST as u64)
+                .is_err()
+            {
+                // Another CPU made it meanwhile (or the table is full: counted in the total).
+                if let Some(count) = FRAMES_OVER_RATE.get_ptr_mut(&key) {
+                    atomic_add(count, 1);
+                }
+            }
+        }
+    }
+    false
+}
+
+/// `key`'s window in `map` now: a fresh one when it had none or its window has passed.
+#[inline(always)]
+fn rate_window(
+    map: &'static LruHashMap<u32, RateWindow>,
+    key: u32,
+    now: u64,
+) -> Option<&'static mut RateWindow> {
+    let window = match map.get_ptr_mut(&key) {
         Some(w) => w,
         None => {
             let fresh = RateWindow {
                 start_ns: now,
                 sent: 0,
             };
-            let _ = FRAME_RATE_WINDOWS.insert(&uid, &fresh, BPF_NOEXIST as u64);
-            match FRAME_RATE_WINDOWS.get_ptr_mut(&uid) {
-                Some(w) => w,
-                // No room to count this user: its frames go through (the table holds a
-                // user per uid with frames, and uids are few).
-                None => return true,
-            }
+            let _ = map.insert(&key, &fresh, BPF_NOEXIST as u64);
+            map.get_ptr_mut(&key)?
         }
     };
     // SAFETY: a live map value; concurrent updates from two CPUs lose at most a count.
@@ -556,21 +624,18 @@ pub fn frame_within_rate(tgid: u32) -> bool {
         w.start_ns = now;
         w.sent = 0;
     }
-    if w.sent < u64::from(cap / 10).max(1) {
-        w.sent += 1;
-        return true;
+    Some(w)
+}
+
+/// The flag a frame record is submitted with: none (the agent drains on its timer) unless the
+/// ring buffer is a quarter full, when the agent is woken to drain it at once.
+#[inline(always)]
+pub fn frame_wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > EVENTS_BYTES / 4 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
-    if let Some(total) = FRAMES_OVER_RATE_TOTAL.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, no concurrent writer.
-        unsafe { *total += 1 };
-    }
-    match FRAMES_OVER_RATE.get_ptr_mut(&tgid) {
-        Some(count) => atomic_add(count, 1),
-        None => {
-            let _ = FRAMES_OVER_RATE.insert(&tgid, &1u64, BPF_NOEXIST as u64);
-        }
-    }
-    false
 }
 
 /// How `start_tracking_process` went.

@@ -159,6 +159,11 @@ fn load(options: &RecordOptions) -> Result<(Tracker, Gpus)> {
         &discovery.gpus,
     );
     session.capture.target = options.target.to_string();
+    // A target named by pid or command is the user's own choice, stored whole however fast it
+    // presents; `--all` and `--comm` take in whatever other users run, and keep the cap.
+    if matches!(options.target, TargetSpec::Pid(_) | TargetSpec::Command(_)) {
+        session.set_frame_rate_cap(0);
+    }
     yield_to_games();
     let sampler = options
         .gpu_sampling

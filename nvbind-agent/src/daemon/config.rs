@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::{
     gpu::SamplerConfig,
-    probes::{KernelHooks, MIN_MAX_FPS_PER_USER},
+    probes::{KernelHooks, MAX_MAX_FPS_PER_USER, MIN_MAX_FPS_PER_USER},
     stutter::DetectorConfig,
 };
 
@@ -86,10 +86,11 @@ pub struct GamesConfig {
     /// `max_per_user`): the host's `/etc/subuid`, or a copy of it where the host's `/etc` is
     /// mounted elsewhere.
     pub subuid_file: PathBuf,
-    /// The most frames per second one user's processes (root excepted) may have stored: beyond
-    /// it they are counted, not stored (a report's `frames.over_rate`), so that one user
-    /// presenting in a loop cannot crowd everyone else's frames out of the kernel's ring buffer
-    /// (0: no cap; else at least `MIN_MAX_FPS_PER_USER`).
+    /// The most frames per second one user's processes (root excepted) may have stored beyond
+    /// each process's own 500: the rest are counted, not stored (a report's
+    /// `frames.over_rate`), so that one user presenting in a loop cannot crowd everyone else's
+    /// frames out of the kernel's ring buffer (0: no cap; else `MIN_MAX_FPS_PER_USER` to
+    /// `MAX_MAX_FPS_PER_USER`).
     pub max_fps_per_user: u32,
 }
 
@@ -317,10 +318,11 @@ impl Config {
             ));
         }
         let fps = self.games.max_fps_per_user;
-        if fps != 0 && fps < MIN_MAX_FPS_PER_USER {
+        if fps != 0 && !(MIN_MAX_FPS_PER_USER..=MAX_MAX_FPS_PER_USER).contains(&fps) {
             return Err(format!(
-                "games.max_fps_per_user must be at least {MIN_MAX_FPS_PER_USER} (a real game's \
-                 frames are never capped), or 0 for no cap, not {fps}"
+                "games.max_fps_per_user must be from {MIN_MAX_FPS_PER_USER} to \
+                 {MAX_MAX_FPS_PER_USER} (what the kernel's ring buffer carries safely), or 0 \
+                 for no cap, not {fps}"
             ));
         }
         if !self.games.subuid_file.is_absolute() {

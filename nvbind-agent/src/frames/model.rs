@@ -52,10 +52,10 @@ pub struct ProcessRecord {
     /// last part of its session was cut: a session's report says how many were lost during it.
     pub dropped_events_at_start: u64,
     /// Frames presented beyond its user's frame-rate cap (the kernel counted them but did not
-    /// send them) in this session or part; `over_rate_at_start` is the kernel's count when the
-    /// last part was cut.
-    pub frames_over_rate: u64,
-    pub over_rate_at_start: u64,
+    /// send them) in this session or part, per present source; `over_rate_at_start` is the
+    /// kernel's count when the last part was cut.
+    pub frames_over_rate: BTreeMap<u32, u64>,
+    pub over_rate_at_start: BTreeMap<u32, u64>,
     pub exited_ns: Option<u64>,
     pub frames: Vec<Frame>,
     /// Files (and offsets) of learned `vkQueuePresentKHR` implementations.

@@ -7,7 +7,10 @@
 //! counts what it gave back in a map only it writes, so no count is ever overwritten by the other
 //! side.
 
+use std::collections::BTreeMap;
+
 use aya::maps::lpm_trie::{Key, LpmTrie};
+use nvbind_common::{over_rate_key, present_source};
 
 use super::{ProbeError, Probes};
 
@@ -23,8 +26,12 @@ pub struct SubordinateUids {
 /// user presenting pbuffers in a loop could push through the ring buffer.
 pub const DEFAULT_MAX_FPS_PER_USER: u32 = 20_000;
 
-/// The least cap a configuration may set: a real game at 5,000 frames per second is stored whole.
+/// The least cap a configuration may set.
 pub const MIN_MAX_FPS_PER_USER: u32 = 5_000;
+
+/// The most: what one user's window (a hundredth of it) lets through at once stays under a
+/// third of the kernel's 512 KiB ring buffer.
+pub const MAX_MAX_FPS_PER_USER: u32 = 50_000;
 
 /// The most prefixes `SUBUID_OWNERS` holds (its size in the eBPF crate).
 const SUBUID_PREFIXES_MAX: usize = 4096;
@@ -103,12 +110,18 @@ impl Probes {
         array.set(0, fps, 0).map_err(Self::map_err(MAP))
     }
 
-    /// Frames `pid` presented beyond its user's frame-rate cap since it was tracked.
-    pub fn frames_over_rate(&self, pid: u32) -> u64 {
-        self.hash_map::<u32, u64>("FRAMES_OVER_RATE")
-            .ok()
-            .and_then(|m| m.get(&pid, 0).ok())
-            .unwrap_or(0)
+    /// Frames `pid` presented beyond its user's frame-rate cap since it was tracked, per present
+    /// source (sources without any left out).
+    pub fn frames_over_rate(&self, pid: u32) -> BTreeMap<u32, u64> {
+        let Ok(map) = self.hash_map::<u64, u64>("FRAMES_OVER_RATE") else {
+            return BTreeMap::new();
+        };
+        (1..=present_source::MAX)
+            .filter_map(|source| {
+                let n = map.get(&over_rate_key(pid, source), 0).ok()?;
+                Some((source, n))
+            })
+            .collect()
     }
 
     /// Frames presented beyond a frame-rate cap since the probes were loaded, all processes.
@@ -116,12 +129,13 @@ impl Probes {
         self.sum_per_cpu("FRAMES_OVER_RATE_TOTAL", 0)
     }
 
-    /// Forgets `pid`'s count of frames over the rate (it is no longer tracked).
-    pub(super) fn forget_frames_over_rate(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let _ = self
-            .hash_map_mut::<u32, u64>("FRAMES_OVER_RATE")?
-            .remove(&pid);
-        Ok(())
+    /// Forgets `pid`'s counts of frames over the rate (it is no longer tracked).
+    pub(super) fn forget_frames_over_rate(&mut self, pid: u32) {
+        if let Ok(mut map) = self.hash_map_mut::<u64, u64>("FRAMES_OVER_RATE") {
+            for source in 1..=present_source::MAX {
+                let _ = map.remove(&over_rate_key(pid, source));
+            }
+        }
     }
 
     /// Presents the kernel did not track because their user was at the cap.

@@ -37,6 +37,11 @@ fn btf_support() -> BtfSupport {
     Ok((btf, layout))
 }
 
+/// Record fields of `RECORD_FIELDS` that older kernels lack: set to `FIELD_ABSENT` there rather
+/// than left at the compiled-in offset.
+const RECENT_FIELDS: [(&str, &str, &str); 1] =
+    [("EXIT_GROUP_DEAD_OFF", "sched_process_exit", "group_dead")];
+
 /// Classic tracepoint record fields the programs read, as (global in the object, tracepoint,
 /// field): each offset comes from the tracepoint's tracefs format (a field missing there keeps
 /// the object's compiled-in default).
@@ -111,6 +116,13 @@ impl Settings {
             .iter()
             .filter_map(|&(global, tp, field)| formats.offset(tp, field).map(|v| (global, v)))
             .collect();
+        // A field only recent kernels have: where the record lacks it, the program must not read
+        // whatever follows the record (Linux 6.1's `sched_process_exit` has no `group_dead`).
+        for (global, tp, field) in RECENT_FIELDS {
+            if formats.get(tp).is_some() && formats.offset(tp, field).is_none() {
+                globals.push((global, nvbind_common::FIELD_ABSENT));
+            }
+        }
         if let Some(Ok((_, layout))) = btf {
             globals.extend([
                 ("TASK_PID_OFF", layout.pid),

@@ -100,11 +100,10 @@ impl Probes {
         }
         // Its user's discovery charge first: once it leaves the tracked set, its next present
         // may discover it again.
-        // (Neither may keep the rest from being forgotten.)
+        // (It may not keep the rest from being forgotten.)
         if let Err(e) = self.release_discovery(pid) {
             log::warn!("pid {pid}: its user's discovery charge could not be given back: {e}");
         }
-        let _ = self.forget_frames_over_rate(pid);
         // Removing a missing key fails with ENOENT: nothing to undo then.
         let _ = self
             .hash_map_mut::<u32, u32>("TRACKED_PROCESSES")?
@@ -151,6 +150,8 @@ impl Probes {
                 let _ = owners.remove(&file);
             }
         }
+        // Last: until its threads left the table, its presents could still count some.
+        self.forget_frames_over_rate(pid);
         Ok(())
     }
     /// Drops ignored processes that no longer exist (their pid may be reused by a game).

@@ -28,7 +28,8 @@ use thiserror::Error;
 
 pub use cost::ProgramCost;
 pub use discovery::{
-    SubordinateUids, UserDiscoveries, DEFAULT_MAX_FPS_PER_USER, MIN_MAX_FPS_PER_USER,
+    SubordinateUids, UserDiscoveries, DEFAULT_MAX_FPS_PER_USER, MAX_MAX_FPS_PER_USER,
+    MIN_MAX_FPS_PER_USER,
 };
 pub use drm::{DrmKprobe, DRM_KPROBES};
 pub use events::Event;

@@ -269,7 +269,7 @@ fn frames_report(
     }
     FramesReport {
         count: frames.len() as u64,
-        over_rate: p.frames_over_rate,
+        over_rate: p.frames_over_rate.get(&source).copied().unwrap_or(0),
         source: if frames.is_empty() {
             "none".into()
         } else {

@@ -99,6 +99,8 @@ pub struct Tracker {
     last_scan: Instant,
     /// The most frames per second one user's processes may have stored (0: no cap).
     frame_rate_cap: u32,
+    /// The kernel's count of lost records when the current drain began.
+    dropped_before_drain: u64,
 }
 
 impl Tracker {
@@ -142,6 +144,7 @@ impl Tracker {
             exited_names: HashMap::new(),
             last_scan: Instant::now(),
             frame_rate_cap: 0,
+            dropped_before_drain: 0,
         };
         tracker.set_frame_rate_cap(crate::probes::DEFAULT_MAX_FPS_PER_USER);
         tracker
@@ -160,14 +163,17 @@ impl Tracker {
     /// One round: reads the kernel's records, snapshots the threads of presenting processes,
     /// hooks new graphics libraries, and every SCAN_INTERVAL checks tracked processes.
     pub fn step(&mut self) {
-        self.drain();
-        self.take_exited_threads();
-        self.snapshot_threads();
-        self.scan_new_libraries();
+        // The scan first: a process it finds gone made its last records before it died, so the
+        // drain below has them all. (Scanned after the drain, a game that presented and exited
+        // in between was taken out without its last frames, which came in after its session.)
         if self.last_scan.elapsed() >= SCAN_INTERVAL {
             self.last_scan = Instant::now();
             self.scan();
         }
+        self.drain();
+        self.take_exited_threads();
+        self.snapshot_threads();
+        self.scan_new_libraries();
         if self.last_culprit_prune.elapsed() >= CULPRIT_PRUNE_INTERVAL {
             self.last_culprit_prune = Instant::now();
             self.prune_culprits();
@@ -323,12 +329,9 @@ impl Tracker {
     /// when /proc is read: a fast game can start and exit between two drains).
     fn note_process_named(&mut self, pid: u32, ppid: u32, preexisting: bool, comm: String) {
         let now = monotonic_ns();
-        // (A map read: only for a process not recorded yet.)
-        let dropped_now = if self.capture.processes.contains_key(&pid) {
-            0
-        } else {
-            self.probes.dropped_events()
-        };
+        // Records lost from before this drain on count as the new process's: its own first
+        // records may be among them (a new process is known from its first record).
+        let dropped_now = self.dropped_before_drain;
         let record = self
             .capture
             .processes
@@ -672,6 +675,7 @@ impl Tracker {
     }
 
     pub(in crate::capture) fn drain(&mut self) {
+        self.dropped_before_drain = self.probes.dropped_events();
         let mut events = Vec::new();
         self.probes.drain_events(|e| events.push(e));
         for e in events {

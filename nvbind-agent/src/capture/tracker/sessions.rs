@@ -40,7 +40,7 @@ impl Tracker {
         part.exited_ns = None;
         record.tracked_at_ns = last.ts_ns;
         record.dropped_events_at_start = dropped_now;
-        let over_rate_before = record.over_rate_at_start;
+        let over_rate_before = record.over_rate_at_start.clone();
         let started_ns = part.frames.first().map_or(part.tracked_at_ns, |f| f.ts_ns);
         let mut capture = self.session_capture(
             part,
@@ -53,9 +53,14 @@ impl Tracker {
         let counted = capture
             .processes
             .get(&pid)
-            .map_or(0, |p| p.frames_over_rate);
+            .map(|p| p.frames_over_rate.clone())
+            .unwrap_or_default();
         if let Some(record) = self.capture.processes.get_mut(&pid) {
-            record.over_rate_at_start = over_rate_before + counted;
+            let mut at = over_rate_before;
+            for (source, n) in counted {
+                *at.entry(source).or_default() += n;
+            }
+            record.over_rate_at_start = at;
         }
         capture.notes.push(
             "one part of a long session (reports.max_session_frames): thread totals and \
@@ -218,8 +223,14 @@ impl Tracker {
             p.frames_over_rate = self
                 .probes
                 .frames_over_rate(p.pid)
-                .saturating_sub(p.over_rate_at_start);
-            over_rate_any |= p.frames_over_rate > 0;
+                .into_iter()
+                .map(|(source, n)| {
+                    let before = p.over_rate_at_start.get(&source).copied().unwrap_or(0);
+                    (source, n.saturating_sub(before))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            over_rate_any |= !p.frames_over_rate.is_empty();
         }
         if over_rate_any {
             capture.notes.push(cap_note);
