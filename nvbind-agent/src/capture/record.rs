@@ -74,6 +74,9 @@ pub async fn record(options: RecordOptions) -> Result<Outcome> {
     session.snapshot_threads();
     session.resolve_windows(u64::MAX);
     session.scan();
+    // A process that scan found gone made its last records before it died: one more drain.
+    session.drain();
+    session.end_processes_found_gone();
 
     let mut capture = std::mem::take(&mut session.capture);
     gpus.finish(&mut capture);

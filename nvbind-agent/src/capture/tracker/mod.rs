@@ -101,6 +101,8 @@ pub struct Tracker {
     frame_rate_cap: u32,
     /// The kernel's count of lost records when the current drain began.
     dropped_before_drain: u64,
+    /// Processes the last scan found gone, and when: ended after the next drain.
+    found_gone: Vec<(u32, u64)>,
 }
 
 impl Tracker {
@@ -145,6 +147,7 @@ impl Tracker {
             last_scan: Instant::now(),
             frame_rate_cap: 0,
             dropped_before_drain: 0,
+            found_gone: Vec::new(),
         };
         tracker.set_frame_rate_cap(crate::probes::DEFAULT_MAX_FPS_PER_USER);
         tracker
@@ -163,17 +166,15 @@ impl Tracker {
     /// One round: reads the kernel's records, snapshots the threads of presenting processes,
     /// hooks new graphics libraries, and every SCAN_INTERVAL checks tracked processes.
     pub fn step(&mut self) {
-        // The scan first: a process it finds gone made its last records before it died, so the
-        // drain below has them all. (Scanned after the drain, a game that presented and exited
-        // in between was taken out without its last frames, which came in after its session.)
+        self.drain();
+        self.end_processes_found_gone();
+        self.take_exited_threads();
+        self.snapshot_threads();
+        self.scan_new_libraries();
         if self.last_scan.elapsed() >= SCAN_INTERVAL {
             self.last_scan = Instant::now();
             self.scan();
         }
-        self.drain();
-        self.take_exited_threads();
-        self.snapshot_threads();
-        self.scan_new_libraries();
         if self.last_culprit_prune.elapsed() >= CULPRIT_PRUNE_INTERVAL {
             self.last_culprit_prune = Instant::now();
             self.prune_culprits();
@@ -221,6 +222,19 @@ impl Tracker {
     /// The processes tracked so far, by pid.
     pub fn processes(&self) -> &BTreeMap<u32, ProcessRecord> {
         &self.capture.processes
+    }
+
+    /// Ends the processes the last scan found gone, now that a drain after that scan has brought
+    /// in every record they made (they made them before they died). Ended at the scan itself, a
+    /// game that presented and exited between a drain and the scan was taken out without its
+    /// last frames, which came in after its session was written.
+    pub(in crate::capture) fn end_processes_found_gone(&mut self) {
+        for (pid, at) in std::mem::take(&mut self.found_gone) {
+            if let Some(p) = self.capture.processes.get_mut(&pid) {
+                p.exited_ns.get_or_insert(at);
+            }
+            self.snapshots.forget(pid);
+        }
     }
 
     /// The loaded probes (for their costs and statuses).

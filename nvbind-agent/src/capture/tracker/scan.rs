@@ -98,12 +98,12 @@ impl Tracker {
             }
             let started = Instant::now();
             if !target::is_alive(pid) {
-                if let Some(p) = self.capture.processes.get_mut(&pid) {
-                    p.exited_ns = Some(now);
+                // Ended after the next drain, which brings in its last records. Its thread list
+                // stays until the process is taken out as a capture: the report names its
+                // threads from it (their /proc entries are gone now).
+                if !self.found_gone.iter().any(|(p, _)| *p == pid) {
+                    self.found_gone.push((pid, now));
                 }
-                // Its thread list stays until the process is taken out as a capture: the report
-                // names its threads from it (their /proc entries are gone now).
-                self.snapshots.forget(pid);
                 continue;
             }
             self.find_gpu(pid);
