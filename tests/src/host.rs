@@ -164,3 +164,96 @@ impl Drop for TestCgroup {
         }
     }
 }
+
+/// Loads a two-instruction cgroup device program that allows (`r0 = 1; exit`) or denies
+/// (`r0 = 0; exit`) everything, named `other_tool`, and attaches it to `cgroup` with
+/// `BPF_PROG_ATTACH` and `BPF_F_ALLOW_MULTI`: how runc and systemd install their device
+/// policies (a container engine's allows the container's own devices). It stays attached until
+/// the cgroup is removed.
+pub fn attach_device_program_like_runc(cgroup: &Path, allow: bool) {
+    use std::os::fd::AsRawFd;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgAttach {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+        replace_bpf_fd: u32,
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+    // mov64 r0, IMM (opcode 0xb7, the immediate in the top 32 bits); exit (0x95).
+    let insns: [u64; 2] = [0xb7 | (u64::from(allow) << 32), 0x95];
+    let license = b"GPL\0";
+    let mut name = [0u8; 16];
+    name[..10].copy_from_slice(b"other_tool");
+    let mut load = ProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        expected_attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    // SAFETY: a BPF_PROG_LOAD attribute pointing at live instruction and license buffers.
+    let prog = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut load as *mut ProgLoad,
+            std::mem::size_of::<ProgLoad>(),
+        )
+    };
+    assert!(
+        prog >= 0,
+        "BPF_PROG_LOAD: {}",
+        std::io::Error::last_os_error()
+    );
+    let dir = std::fs::File::open(cgroup).expect("open cgroup");
+    let mut attach = ProgAttach {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_bpf_fd: prog as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        ..Default::default()
+    };
+    // SAFETY: a BPF_PROG_ATTACH attribute with descriptors we hold.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &mut attach as *mut ProgAttach,
+            std::mem::size_of::<ProgAttach>(),
+        )
+    };
+    assert_eq!(
+        ret,
+        0,
+        "BPF_PROG_ATTACH: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: closing the program descriptor we own; the attachment keeps the program.
+    unsafe { libc::close(prog as i32) };
+}

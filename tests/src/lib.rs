@@ -12,6 +12,7 @@ mod bins;
 mod game;
 mod host;
 mod i386;
+pub mod podman;
 mod report;
 mod timing;
 mod wine;
@@ -26,7 +27,9 @@ pub use game::{
     assert_frames_accounted, presents_so_far, progress_path, read_rusage, read_truth, record_game,
     rusage_path, GameRun, GameRusage, PresentWindow, Rusage,
 };
-pub use host::{mount_point, Bpffs, FixtureHost, TestCgroup, Tree};
+pub use host::{
+    attach_device_program_like_runc, mount_point, Bpffs, FixtureHost, TestCgroup, Tree,
+};
 pub use i386::I386;
 pub use report::{
     busiest, read_csv, read_json, skipped_runs, skipped_sched_runs, stutter_unreported,

@@ -1,5 +1,6 @@
-//! `nvbind-agent cdi generate` on fixture hosts (tests/fixtures/hosts): the spec it writes passes
-//! the official CDI JSON schema (tests/fixtures/cdi-schema, spec v1.1.0) and names exactly the
+//! `nvbind-agent cdi generate` on fixture hosts (tests/fixtures/hosts): the spec it writes, in the
+//! lowest version that can describe it or the one asked for, passes the official CDI JSON schema
+//! of the version it declares (tests/fixtures/cdi-schema) and names exactly the
 //! device nodes the fixture's `dev.txt` lists; bad input fails with one line, exit 1 and no file.
 
 use std::{
@@ -15,8 +16,23 @@ use serde_json::{json, Value};
 const NV_UUID: &str = "GPU-6c7f1e3a-9b2d-4f8e-a1c3-5d7e9f0b2a48";
 const AMD_UUID: &str = "a4c1f2e9b3d87065";
 
-fn schema_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cdi-schema")
+/// The versions `--cdi-version` can write for a spec with index names and host paths (0.3.0 and
+/// 0.4.0 cannot describe one).
+const WRITABLE: [&str; 6] = ["0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0"];
+
+/// The schema released with a spec version (fixtures/cdi-schema/README.md says which release
+/// each directory is).
+fn schema_dir(version: &str) -> PathBuf {
+    let release = match version {
+        "0.5.0" => "spec-0.5.0",
+        "0.6.0" => "spec-0.6.0",
+        "0.7.0" | "0.8.0" | "1.0.0" => "spec-1.0.0",
+        "1.1.0" => "spec-1.1.0",
+        other => panic!("no CDI schema for version {other:?} among the fixtures"),
+    };
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/cdi-schema")
+        .join(release)
 }
 
 fn read_value(path: &Path) -> Value {
@@ -44,16 +60,17 @@ impl Retrieve for SchemaFiles {
     }
 }
 
-/// Validators for a whole spec (`schema.json`) and for one `containerEdits` object: the v1.1.0
-/// `schema.json` does not describe the top-level `containerEdits`, so it is checked on its own.
+/// Validators for a whole spec (`schema.json`) and for one `containerEdits` object: no released
+/// `schema.json` describes the top-level `containerEdits`, so it is checked on its own.
 struct CdiSchema {
     spec: Validator,
     edits: Validator,
 }
 
 impl CdiSchema {
-    fn load() -> CdiSchema {
-        let dir = schema_dir();
+    /// The schema of `version`.
+    fn load(version: &str) -> CdiSchema {
+        let dir = schema_dir(version);
         let schema = read_value(&dir.join("schema.json"));
         assert_eq!(
             schema["$schema"], "http://json-schema.org/draft-07/schema#",
@@ -87,6 +104,12 @@ impl CdiSchema {
             );
         }
         found
+    }
+
+    /// Checks `spec` against the schema of the version it declares.
+    fn assert_valid_for_its_version(spec: &Value) {
+        let version = spec["cdiVersion"].as_str().expect("cdiVersion");
+        CdiSchema::load(version).assert_valid(spec);
     }
 
     fn assert_valid(&self, spec: &Value) {
@@ -226,13 +249,14 @@ fn assert_nodes_match_fixture(spec: &Value, host: &FixtureHost, fixture: &str) -
 #[test]
 fn a_mixed_host_spec_passes_the_schema_and_names_every_node() {
     require_root();
-    let schema = CdiSchema::load();
     let host = FixtureHost::new("mixed-nvidia-amd");
     let (spec, left) = generate_for(&host, &[]);
     assert_eq!(left, ["nvbind.json"], "no temporary file is left behind");
-    schema.assert_valid(&spec);
+    // Index names and host paths need 0.5.0, the lowest version that can describe the spec
+    // (and the newest Debian 12's Podman knows).
+    assert_eq!(spec["cdiVersion"], "0.5.0");
+    CdiSchema::assert_valid_for_its_version(&spec);
 
-    assert_eq!(spec["cdiVersion"], "1.1.0");
     assert_eq!(spec["kind"], "nvbind.io/gpu");
     // The AMD card has no unique_id: it is device "1" only.
     assert_eq!(names(&spec), ["0", NV_UUID, "1", "all"]);
@@ -275,10 +299,9 @@ fn a_mixed_host_spec_passes_the_schema_and_names_every_node() {
 #[test]
 fn an_amd_dgpu_spec_passes_the_schema_and_is_named_by_its_unique_id() {
     require_root();
-    let schema = CdiSchema::load();
     let host = FixtureHost::new("amd-dgpu");
     let (spec, _) = generate_for(&host, &[]);
-    schema.assert_valid(&spec);
+    CdiSchema::assert_valid_for_its_version(&spec);
     assert_eq!(names(&spec), ["0", AMD_UUID, "all"]);
     let own = json!({"deviceNodes": [
         {
@@ -316,9 +339,15 @@ fn an_amd_dgpu_spec_passes_the_schema_and_is_named_by_its_unique_id() {
 fn the_schema_check_is_not_vacuous() {
     // A validator whose $ref to defs.json went nowhere would pass anything: break a spec in
     // ways only defs.json and schema.json can see.
-    let schema = CdiSchema::load();
+    for version in WRITABLE {
+        schema_check_is_not_vacuous(version);
+    }
+}
+
+fn schema_check_is_not_vacuous(version: &str) {
+    let schema = CdiSchema::load(version);
     let good = json!({
-        "cdiVersion": "1.1.0",
+        "cdiVersion": version,
         "kind": "nvbind.io/gpu",
         "devices": [{"name": "0", "containerEdits": {"deviceNodes": [
             {"path": "/dev/dri/card0", "type": "c", "major": 226, "minor": 0}
@@ -331,7 +360,7 @@ fn the_schema_check_is_not_vacuous() {
         edit(&mut spec);
         assert!(
             !schema.violations(&spec).is_empty(),
-            "{what} passed the schema"
+            "{what} passed the {version} schema"
         );
     };
     breaks("no devices", |s| {
@@ -367,10 +396,69 @@ fn without_output_the_spec_goes_to_stdout_and_the_kind_can_be_chosen() {
         stderr(&run)
     );
     let spec: Value = serde_json::from_slice(&run.stdout).expect("stdout is the spec");
-    CdiSchema::load().assert_valid(&spec);
+    CdiSchema::assert_valid_for_its_version(&spec);
     assert_eq!(spec["kind"], "example.com/gpu");
     let (written, _) = generate_for(&host, &["--kind", "example.com/gpu"]);
     assert_eq!(spec, written, "stdout and --output give the same spec");
+}
+
+#[test]
+fn every_version_asked_for_is_written_and_passes_its_own_schema() {
+    require_root();
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    let (lowest, _) = generate_for(&host, &[]);
+    for version in WRITABLE {
+        let (spec, _) = generate_for(&host, &["--cdi-version", version]);
+        assert_eq!(spec["cdiVersion"], version);
+        CdiSchema::assert_valid_for_its_version(&spec);
+        // Only the version differs.
+        let mut same = spec.clone();
+        same["cdiVersion"] = lowest["cdiVersion"].clone();
+        assert_eq!(same, lowest, "{version}");
+    }
+    // A leading v, as the CDI repository tags its releases.
+    let (spec, _) = generate_for(&host, &["--cdi-version", "v1.0.0"]);
+    assert_eq!(spec["cdiVersion"], "1.0.0");
+}
+
+#[test]
+fn a_dot_in_the_class_needs_0_6_0_and_older_versions_are_refused_cleanly() {
+    require_root();
+    let host = FixtureHost::new("amd-dgpu");
+    let (spec, _) = generate_for(&host, &["--kind", "example.com/gpu.v2"]);
+    assert_eq!(spec["cdiVersion"], "0.6.0");
+    CdiSchema::assert_valid_for_its_version(&spec);
+
+    let refused = |extra: &[&str], expect: &[&str]| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = vec![
+            "--output".to_string(),
+            dir.path().join("nvbind.json").display().to_string(),
+        ];
+        args.extend(host.root_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        assert_clean_failure(&cdi_generate(&args), dir.path(), expect);
+    };
+    refused(
+        &["--kind", "example.com/gpu.v2", "--cdi-version", "0.5.0"],
+        &[
+            "CDI version 0.5.0 cannot describe this spec",
+            "the class \"gpu.v2\" of the kind has a dot",
+            "ask for 0.6.0 or later",
+        ],
+    );
+    refused(
+        &["--cdi-version", "0.4.0"],
+        &[
+            "device \"0\" starts with a digit",
+            "hostPath",
+            "ask for 0.5.0",
+        ],
+    );
+    refused(
+        &["--cdi-version", "2.0.0"],
+        &["unknown CDI version \"2.0.0\"", "0.3.0, 0.4.0, 0.5.0"],
+    );
 }
 
 /// Exit 1, one line on stderr mentioning each of `expect`, and nothing written into `dir`.

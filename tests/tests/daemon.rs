@@ -24,7 +24,7 @@ use std::{
 use futures_util::StreamExt;
 use nvbind_tests::{
     agent, assert_one_line_error, assert_within_windows, frame_bounds_ms, game_bin, monotonic_ns,
-    mount_point, percentile, read_truth, require_root, Bpffs, FixtureHost, PresentWindow,
+    mount_point, percentile, podman, read_truth, require_root, Bpffs, FixtureHost, PresentWindow,
     TestCgroup, Tree, Wine, Xvfb,
 };
 use serde_json::Value;
@@ -1989,6 +1989,85 @@ fn fixture_gpus_are_served_and_binding_is_on_the_root_only_socket() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn a_podman_container_is_viewed_and_bound_by_its_id_over_the_api() {
+    require_root();
+    let _one = serial();
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    let bpffs = Bpffs::mount();
+    let mut daemon = Daemon::start(&format!(
+        "bpffs = \"{}\"\n\n[gpu]\nsysfs_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
+        bpffs.path(),
+        host.path("sys").display(),
+        host.path("dev").display(),
+        host.path("proc").display()
+    ));
+    let spec = podman::CdiSpec::write(&host, "daemon");
+    let container = podman::Container::start(&[spec.device("0")]);
+    let short = &container.id[..12];
+
+    // The view of a real container, by a prefix of its id: its own cgroup, as Podman made it.
+    let view = daemon.get_json(&format!("/api/containers/{short}/gpu"));
+    assert_eq!(view["container_id"], container.id.as_str(), "{view}");
+    assert_eq!(
+        view["cgroup"],
+        format!("/libpod_parent/libpod-{}", container.id),
+        "{view}"
+    );
+    assert!(view["binding"].is_null(), "not bound yet: {view}");
+
+    let sock = daemon.socket().display().to_string();
+    let post = |body: String| {
+        curl(&[
+            "--unix-socket",
+            sock.as_str(),
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+            "http://agent/api/bindings",
+        ])
+    };
+    // Started with GPU 0: a binding to GPU 1 alone is refused, naming the CDI device.
+    let (status, text) = post(format!("{{\"container\":\"{short}\",\"gpus\":[\"1\"]}}"));
+    assert_eq!(status, 422, "{text}");
+    assert!(
+        text.contains(&format!("was started with CDI device {}", spec.device("0"))),
+        "{text}"
+    );
+    // To GPU 0, by id: enforced, and the view shows it.
+    let (status, text) = post(format!("{{\"container\":\"{short}\",\"gpus\":[\"0\"]}}"));
+    assert_eq!(status, 200, "{text}");
+    let view = daemon.get_json(&format!("/api/containers/{short}/gpu"));
+    assert_eq!(view["binding"]["state"], "enforced", "{view}");
+    assert_eq!(
+        view["binding"]["container_id"],
+        container.id.as_str(),
+        "{view}"
+    );
+    let denied = container.open_results(&["/dev/kfd", "/dev/nvidiactl"]);
+    assert_eq!(denied["/dev/kfd"], "Operation not permitted", "{denied:?}");
+    assert_ne!(
+        denied["/dev/nvidiactl"], "Operation not permitted",
+        "{denied:?}"
+    );
+    let (status, text) = curl(&[
+        "--unix-socket",
+        sock.as_str(),
+        "-X",
+        "DELETE",
+        &format!("http://agent/api/bindings?container={short}"),
+    ]);
+    assert_eq!(status, 200, "{text}");
+    let view = daemon.get_json(&format!("/api/containers/{short}/gpu"));
+    assert!(view["binding"].is_null(), "unbound: {view}");
+    drop(container);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
 }
 
 #[test]

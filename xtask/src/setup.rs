@@ -76,6 +76,11 @@ const TEST_PACKAGES: &[&str] = &[
     "wine64",
     "gcc-mingw-w64-x86-64-win32",
     "libvulkan-dev",
+    // A real container engine for the CDI and binding tests: Podman with runc (crun refuses
+    // this machine's hybrid cgroup layout), and busybox-static to build the test image from.
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 
 /// Peers the benchmarks compare against or load the machine with.

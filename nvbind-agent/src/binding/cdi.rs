@@ -25,12 +25,15 @@ use thiserror::Error;
 
 use crate::gpu::{self, GpuInfo};
 
-/// The CDI spec version written into `cdiVersion`: 1.1.0, the newest released spec (tag v1.1.0,
-/// December 2025). nvbind's specs only need 0.5.0 features (device names starting with a digit,
-/// `hostPath`), but runtimes accept any version their CDI library knows, and a newer one is
-/// refused by older libraries: a runtime vendoring CDI v1.0.x or older rejects this spec with
-/// "invalid version".
-pub const CDI_VERSION: &str = "1.1.0";
+/// The CDI spec versions a runtime's CDI library may know, oldest first: 0.3.0 is the oldest the
+/// reference library still reads (`vEarliest` in its `specs-go/version.go`), 1.1.0 the newest
+/// released (tag v1.1.0, December 2025). A library refuses a version newer than it knows
+/// ("invalid version") and one older than the features the spec uses ("the spec version must be
+/// at least ..."), so [`generate`] writes the lowest version the spec's contents need: Debian
+/// 12's Podman 4.3, for one, vendors a library that knows nothing after 0.5.0.
+pub const CDI_VERSIONS: &[&str] = &[
+    "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0",
+];
 
 /// The kind (`vendor/class`) used unless the user names another.
 pub const DEFAULT_KIND: &str = "nvbind.io/gpu";
@@ -144,6 +147,20 @@ pub enum CdiError {
     },
     #[error("two GPUs would both be CDI device {0:?} (GPU indices must be unique)")]
     DuplicateDevice(String),
+    #[error(
+        "unknown CDI version {0:?}: the released versions are {versions}",
+        versions = CDI_VERSIONS.join(", ")
+    )]
+    UnknownVersion(String),
+    #[error(
+        "CDI version {asked} cannot describe this spec: {why}; ask for {needed} or later (or \
+         leave --cdi-version out to get the lowest that can)"
+    )]
+    VersionTooOld {
+        asked: String,
+        needed: String,
+        why: String,
+    },
     #[error(
         "device node {path} is listed twice with different host paths or numbers ({first} and \
          {second}); check the dev root for stale nodes"
@@ -281,16 +298,263 @@ pub fn generate_detailed(
     });
 
     Ok(Generated {
-        spec: Spec {
-            cdi_version: CDI_VERSION.to_string(),
+        spec: Spec::lowest_version(Spec {
+            cdi_version: String::new(),
             kind: kind.to_string(),
             devices,
             container_edits: ContainerEdits {
                 device_nodes: shared.into_values().collect(),
             },
-        },
+        }),
         skipped,
     })
+}
+
+/// A released CDI spec version, comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Version(u32, u32, u32);
+
+impl Version {
+    /// One of [`CDI_VERSIONS`], with or without a leading `v`.
+    fn parse(text: &str) -> Result<Version, CdiError> {
+        let unknown = || CdiError::UnknownVersion(text.to_string());
+        let bare = text.strip_prefix('v').unwrap_or(text);
+        if !CDI_VERSIONS.contains(&bare) {
+            return Err(unknown());
+        }
+        let mut parts = bare.split('.').map(str::parse::<u32>);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch))) => Ok(Version(major, minor, patch)),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// The oldest version every runtime's CDI library reads.
+const OLDEST: Version = Version(0, 3, 0);
+
+/// Refuses a version that is not one of [`CDI_VERSIONS`] (before any work is done for it).
+pub fn check_version(text: &str) -> Result<(), CdiError> {
+    Version::parse(text).map(|_| ())
+}
+
+impl Spec {
+    /// The features of the spec that need a version newer than 0.3.0: (the version, why), the
+    /// rules of the reference library's `MinimumRequiredVersion` for the fields nvbind writes.
+    fn needs(&self) -> Vec<(Version, String)> {
+        let mut needs = Vec::new();
+        if let Some(d) = self
+            .devices
+            .iter()
+            .find(|d| d.name.starts_with(|c: char| c.is_ascii_digit()))
+        {
+            needs.push((
+                Version(0, 5, 0),
+                format!("device {:?} starts with a digit (0.5.0 and later)", d.name),
+            ));
+        }
+        let edits = self
+            .devices
+            .iter()
+            .map(|d| &d.container_edits)
+            .chain([&self.container_edits]);
+        if let Some(node) = edits
+            .flat_map(|e| &e.device_nodes)
+            .find(|n| n.host_path.is_some())
+        {
+            needs.push((
+                Version(0, 5, 0),
+                format!(
+                    "node {} has a hostPath, as a dev root other than /dev needs (0.5.0 and \
+                     later)",
+                    node.path
+                ),
+            ));
+        }
+        if let Some((_, class)) = self.kind.split_once('/') {
+            if class.contains('.') {
+                needs.push((
+                    Version(0, 6, 0),
+                    format!("the class {class:?} of the kind has a dot (0.6.0 and later)"),
+                ));
+            }
+        }
+        needs
+    }
+
+    /// The lowest version that can describe the spec.
+    fn required_version(&self) -> Version {
+        self.needs()
+            .into_iter()
+            .map(|(v, _)| v)
+            .max()
+            .unwrap_or(OLDEST)
+    }
+
+    /// The spec with `cdiVersion` set to the lowest version its contents need.
+    fn lowest_version(mut self) -> Spec {
+        self.cdi_version = self.required_version().to_string();
+        self
+    }
+
+    /// Sets `cdiVersion` to `asked`, one of [`CDI_VERSIONS`] (a leading `v` is accepted), if the
+    /// spec's contents can be described in that version.
+    pub fn set_version(&mut self, asked: &str) -> Result<(), CdiError> {
+        let version = Version::parse(asked)?;
+        let too_new: Vec<String> = self
+            .needs()
+            .into_iter()
+            .filter(|(needed, _)| *needed > version)
+            .map(|(_, why)| why)
+            .collect();
+        if !too_new.is_empty() {
+            return Err(CdiError::VersionTooOld {
+                asked: version.to_string(),
+                needed: self.required_version().to_string(),
+                why: too_new.join(", and "),
+            });
+        }
+        self.cdi_version = version.to_string();
+        Ok(())
+    }
+}
+
+/// Where container engines read CDI specs from: the defaults of Podman, containerd, CRI-O and
+/// Docker.
+pub const SPEC_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
+
+/// At most this many spec files are read per directory, each at most this large.
+const MAX_SPEC_FILES: usize = 256;
+const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// A device of a spec installed for the engines: `kind=name` (what `--device` is given) and the
+/// numbers of its own device nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledDevice {
+    pub qualified: String,
+    pub nodes: BTreeSet<(u32, u32)>,
+}
+
+/// Only what naming a device by its nodes needs, from any vendor's spec: unknown fields are
+/// ignored here (another tool's spec may use edits nvbind does not model).
+#[derive(Deserialize)]
+struct AnySpec {
+    kind: String,
+    #[serde(default)]
+    devices: Vec<AnyDevice>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnyDevice {
+    name: String,
+    #[serde(default)]
+    container_edits: AnyEdits,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnyEdits {
+    #[serde(default)]
+    device_nodes: Vec<AnyNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnyNode {
+    path: String,
+    host_path: Option<String>,
+    major: Option<i64>,
+    minor: Option<i64>,
+}
+
+/// The devices of the JSON specs in `dirs` (YAML specs are skipped), in directory order and
+/// then file-name order. A spec that cannot be read is skipped with a debug message: this only
+/// names devices in messages.
+pub fn installed_devices(dirs: &[&Path]) -> Vec<InstalledDevice> {
+    let mut devices = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .take(MAX_SPEC_FILES)
+            .collect();
+        files.sort();
+        for file in files {
+            match read_installed(&file) {
+                Ok(found) => devices.extend(found),
+                Err(e) => log::debug!("CDI spec {}: {e}", file.display()),
+            }
+        }
+    }
+    devices
+}
+
+fn read_installed(file: &Path) -> Result<Vec<InstalledDevice>, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_SPEC_BYTES).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    let spec: AnySpec = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(spec
+        .devices
+        .into_iter()
+        .map(|device| InstalledDevice {
+            qualified: format!("{}={}", spec.kind, device.name),
+            nodes: device
+                .container_edits
+                .device_nodes
+                .iter()
+                .filter_map(node_numbers)
+                .collect(),
+        })
+        .collect())
+}
+
+/// A spec node's numbers: as written, or those of the host node it names.
+fn node_numbers(node: &AnyNode) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    match (node.major, node.minor) {
+        (Some(major), Some(minor)) => {
+            Some((u32::try_from(major).ok()?, u32::try_from(minor).ok()?))
+        }
+        _ => {
+            let host = node.host_path.as_deref().unwrap_or(&node.path);
+            let rdev = std::fs::metadata(host).ok()?.rdev();
+            Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)))
+        }
+    }
+}
+
+/// The installed devices that describe a container holding the device nodes `present`: of
+/// those whose every node it has, the largest, one name per set of nodes (the first: a GPU's
+/// index before its UUID).
+pub fn devices_within(devices: &[InstalledDevice], present: &BTreeSet<(u32, u32)>) -> Vec<String> {
+    let fitting: Vec<&InstalledDevice> = devices
+        .iter()
+        .filter(|d| !d.nodes.is_empty() && d.nodes.is_subset(present))
+        .collect();
+    let Some(largest) = fitting.iter().map(|d| d.nodes.len()).max() else {
+        return Vec::new();
+    };
+    let mut named: Vec<&InstalledDevice> = Vec::new();
+    for device in fitting.into_iter().filter(|d| d.nodes.len() == largest) {
+        if !named.iter().any(|n| n.nodes == device.nodes) {
+            named.push(device);
+        }
+    }
+    named.into_iter().map(|d| d.qualified.clone()).collect()
 }
 
 /// The spec as pretty-printed JSON, with a final newline.
@@ -390,8 +654,8 @@ fn summary(node: &DeviceNode) -> String {
 ///   of 1–63 ASCII letters, digits and `-`, each starting and ending with a letter or digit, at
 ///   most 253 characters in all;
 /// * the class is at most 63 characters (spec), starts with a letter (parser), ends with a
-///   letter or digit, and has only ASCII letters, digits, `-`, `_` and `.` (dots need spec
-///   0.6.0 or later, which [`CDI_VERSION`] is).
+///   letter or digit, and has only ASCII letters, digits, `-`, `_` and `.` (a dot makes the
+///   spec's version 0.6.0 or later).
 pub fn validate_kind(kind: &str) -> Result<(), CdiError> {
     let invalid = |reason: String| CdiError::InvalidKind {
         kind: kind.to_string(),
@@ -466,8 +730,8 @@ fn validate_class(class: &str) -> Result<(), String> {
 }
 
 /// Checks a device name as both the CDI spec and the reference parser require: it starts and
-/// ends with an ASCII letter or digit (a leading digit needs spec 0.5.0 or later, which
-/// [`CDI_VERSION`] is) and has only ASCII letters, digits, `-`, `_` and `.` between. The parser
+/// ends with an ASCII letter or digit (a leading digit makes the spec's version 0.5.0 or later)
+/// and has only ASCII letters, digits, `-`, `_` and `.` between. The parser
 /// also allows `:`, but the spec does not, so it is refused. The error is the reason, for a
 /// message.
 pub fn validate_device_name(name: &str) -> Result<(), String> {
@@ -591,16 +855,76 @@ mod tests {
     }
 
     #[test]
-    fn the_default_kind_and_version_are_valid() {
+    fn the_default_kind_is_valid_and_the_versions_are_in_order() {
         assert!(validate_kind(DEFAULT_KIND).is_ok());
-        assert_eq!(CDI_VERSION, "1.1.0");
+        let versions: Vec<Version> = CDI_VERSIONS
+            .iter()
+            .map(|v| Version::parse(v).expect("a known version"))
+            .collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+        assert_eq!(versions[0], OLDEST);
+        assert_eq!(
+            versions.last().map(Version::to_string).as_deref(),
+            Some("1.1.0")
+        );
+    }
+
+    #[test]
+    fn the_version_written_is_the_lowest_the_contents_need() {
+        let dev = Path::new("/dev");
+        // Devices named by index need 0.5.0: the usual spec.
+        let spec = generate(&[amd(dev, 0, None)], dev, DEFAULT_KIND).expect("spec");
+        assert_eq!(spec.cdi_version, "0.5.0");
+        // A dot in the class needs 0.6.0.
+        let spec = generate(&[amd(dev, 0, None)], dev, "example.com/gpu.v2").expect("spec");
+        assert_eq!(spec.cdi_version, "0.6.0");
+        // Without index names and host paths, the oldest version there is.
+        let mut spec = generate(&[amd(dev, 0, None)], dev, DEFAULT_KIND).expect("spec");
+        spec.devices.retain(|d| d.name == ALL_DEVICE);
+        assert_eq!(spec.clone().lowest_version().cdi_version, "0.3.0");
+        // Only a host path: 0.5.0 again.
+        spec.devices[0].container_edits.device_nodes[0].host_path = Some("/host/dev/x".into());
+        assert_eq!(spec.lowest_version().cdi_version, "0.5.0");
+    }
+
+    #[test]
+    fn another_version_can_be_asked_for_if_it_can_describe_the_spec() {
+        let dev = Path::new("/tmp/host/dev");
+        let spec = generate(&[amd(dev, 0, None)], dev, "example.com/gpu.v2").expect("spec");
+        for (asked, written) in [("1.1.0", "1.1.0"), ("v0.7.0", "0.7.0"), ("0.6.0", "0.6.0")] {
+            let mut s = spec.clone();
+            s.set_version(asked).expect(asked);
+            assert_eq!(s.cdi_version, written);
+        }
+        let mut s = spec.clone();
+        let err = s
+            .set_version("0.5.0")
+            .expect_err("too old for a dotted class");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("CDI version 0.5.0 cannot describe this spec: the class \"gpu.v2\""),
+            "{text}"
+        );
+        assert!(text.contains("ask for 0.6.0 or later"), "{text}");
+        let err = s.set_version("0.4.0").expect_err("too old");
+        let text = err.to_string();
+        for why in ["device \"0\" starts with a digit", "hostPath", "has a dot"] {
+            assert!(text.contains(why), "{text}");
+        }
+        assert_eq!(text.lines().count(), 1);
+        assert_eq!(s.cdi_version, "0.6.0", "a refused version changes nothing");
+        for unknown in ["2.0.0", "0.5", "latest", "", "0.2.0"] {
+            let err = s.set_version(unknown).expect_err(unknown);
+            assert!(matches!(err, CdiError::UnknownVersion(_)), "{err:?}");
+            assert!(err.to_string().contains("0.3.0, 0.4.0"), "{err}");
+        }
     }
 
     #[test]
     fn a_mixed_host_gets_index_uuid_and_all_devices() {
         let dev = Path::new("/tmp/host/dev");
         let spec = generate(&mixed(dev), dev, DEFAULT_KIND).expect("spec");
-        assert_eq!(spec.cdi_version, CDI_VERSION);
+        assert_eq!(spec.cdi_version, "0.5.0");
         assert_eq!(spec.kind, DEFAULT_KIND);
         assert_eq!(names(&spec), ["0", NV_UUID, "1", AMD_UUID, "all"]);
 
@@ -668,7 +992,7 @@ mod tests {
         assert_eq!(
             value,
             json!({
-                "cdiVersion": "1.1.0",
+                "cdiVersion": "0.5.0",
                 "kind": "example.com/gpu",
                 "devices": [
                     {"name": "0", "containerEdits": own},
@@ -904,6 +1228,57 @@ mod tests {
         // A bad kind is reported before anything else.
         let err = generate(&[], Path::new("/dev"), "nope").expect_err("kind");
         assert!(matches!(err, CdiError::InvalidKind { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn installed_specs_name_the_devices_a_container_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = Path::new("/dev");
+        let ours = generate(&mixed(dev), dev, DEFAULT_KIND).expect("spec");
+        std::fs::write(dir.path().join("nvbind.json"), to_json(&ours)).expect("write");
+        // Another vendor's spec, with fields nvbind does not model and a node without numbers
+        // (/dev/null's are looked up: 1:3).
+        std::fs::write(
+            dir.path().join("other.json"),
+            r#"{"cdiVersion":"0.6.0","kind":"example.com/null","annotations":{"a":"b"},
+               "devices":[{"name":"n","containerEdits":{"env":["A=1"],
+               "deviceNodes":[{"path":"/dev/null"}]}}]}"#,
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("broken.json"), "{").expect("write");
+        std::fs::write(dir.path().join("ignored.yaml"), "kind: x/y").expect("write");
+        let installed = installed_devices(&[dir.path(), Path::new("/no/such/dir")]);
+        let names: Vec<&str> = installed.iter().map(|d| d.qualified.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "nvbind.io/gpu=0",
+                &format!("nvbind.io/gpu={NV_UUID}"),
+                "nvbind.io/gpu=1",
+                &format!("nvbind.io/gpu={AMD_UUID}"),
+                "nvbind.io/gpu=all",
+                "example.com/null=n",
+            ]
+        );
+        assert_eq!(installed[5].nodes, BTreeSet::from([(1, 3)]));
+
+        let holds = |nodes: &[(u32, u32)]| {
+            let present: BTreeSet<(u32, u32)> = nodes.iter().copied().collect();
+            devices_within(&installed, &present)
+        };
+        // GPU 0's nodes (and the shared ones, and a tty): device 0, not its UUID alias.
+        assert_eq!(
+            holds(&[(226, 1), (226, 129), (195, 0), (195, 255), (5, 0)]),
+            ["nvbind.io/gpu=0"]
+        );
+        // Every GPU: "all", the largest that fits.
+        assert_eq!(
+            holds(&[(226, 1), (226, 129), (195, 0), (226, 0), (226, 128)]),
+            ["nvbind.io/gpu=all"]
+        );
+        // Part of a device is not the device.
+        assert_eq!(holds(&[(226, 1), (226, 129)]), Vec::<String>::new());
+        assert_eq!(holds(&[(1, 3)]), ["example.com/null=n"]);
     }
 
     #[test]

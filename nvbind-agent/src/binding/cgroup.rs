@@ -131,6 +131,19 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
         .map(|m| m.mount_point)
 }
 
+/// Where each hierarchy that can restrict devices is mounted whole (the unified hierarchy, and
+/// the v1 hierarchy with the devices controller), v2 first.
+pub(super) fn device_hierarchies() -> Result<Vec<(Hierarchy, PathBuf)>, CgroupError> {
+    let mut found: Vec<(Hierarchy, PathBuf)> = cgroup_mounts()?
+        .into_iter()
+        .filter(|m| m.has_devices() && m.root == Path::new("/"))
+        .map(|m| (m.hierarchy, m.mount_point))
+        .collect();
+    found.sort_by_key(|(h, _)| *h == Hierarchy::V1);
+    found.dedup_by(|a, b| a.0 == b.0);
+    Ok(found)
+}
+
 /// A cgroup mount from one mountinfo line (`proc(5)`): `id parent maj:min root mount_point opts
 /// [optional...] - fstype source super_opts`.
 fn parse_mountinfo_line(line: &str) -> Option<CgroupMount> {

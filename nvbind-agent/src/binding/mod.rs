@@ -12,8 +12,10 @@
 mod bpf;
 pub mod cdi;
 mod cgroup;
+pub mod containers;
 mod registry;
 mod rules;
+mod target;
 mod v1;
 mod v2;
 
@@ -30,6 +32,7 @@ pub use self::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError, Hierarchy},
     registry::is_bpffs,
     rules::{allowlist, DeviceKind, DeviceRule},
+    target::{Resolved, Target},
 };
 use crate::gpu::{GpuInfo, Vendor};
 
@@ -47,6 +50,22 @@ pub enum BindError {
     NoBpffs(PathBuf),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Container(#[from] containers::ContainerError),
+    #[error(
+        "{target} was started with {given}, and a binding to GPU {asked} would take {pronoun} \
+         away: add --gpu {keep}, {restart}or pass --force to bind it anyway"
+    )]
+    TakesAwayGivenGpus {
+        target: String,
+        given: String,
+        asked: String,
+        pronoun: &'static str,
+        keep: usize,
+        restart: String,
+    },
+    #[error("no binding of a container whose id starts {0} (see `nvbind-agent bindings`)")]
+    NoContainerBinding(String),
     #[error("no GPU found on this host (see `nvbind-agent gpus`): nothing to bind")]
     NoGpus,
     #[error("no GPU matches '{selector}'; the GPUs are: {available} (see `nvbind-agent gpus`)")]
@@ -145,6 +164,9 @@ pub struct BindingStatus {
     /// Device programs of ancestor cgroups that also apply (v2): the cgroup can only be
     /// stricter than its ancestors.
     pub ancestor_device_programs: Option<usize>,
+    /// The container the cgroup is named after, if it is a container's (Docker, Podman,
+    /// containerd, CRI-O).
+    pub container_id: Option<String>,
 }
 
 /// What `bind` did.
@@ -154,6 +176,10 @@ pub struct BindOutcome {
     /// The binding this one replaced, if the cgroup was bound already.
     pub replaced: Option<Binding>,
     pub pinned_at: PathBuf,
+    /// The container engine's own device programs the binding was attached beside (v2, a
+    /// container's cgroup): the container gets what both allow.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub beside_engine_programs: Vec<String>,
     /// Time from the start of `bind` (waiting for the registry lock included) to the old
     /// policy's removal: loading, filling, attaching and pinning the new policy (what
     /// `cargo xtask bench` reports).
@@ -231,6 +257,51 @@ pub fn select_gpus<'a>(
     Ok(chosen)
 }
 
+/// Refuses to bind `chosen` to a target whose container, seen through a process in it, was
+/// started with GPUs of which `chosen` has none: the container would lose the GPU it was given
+/// (narrowing a container started with several GPUs is allowed). `all` are the host's GPUs.
+pub fn check_keeps_given_gpus(
+    target: &Resolved,
+    all: &[GpuInfo],
+    chosen: &[&GpuInfo],
+) -> Result<(), BindError> {
+    let Some(pid) = target.pid else {
+        return Ok(());
+    };
+    let spec_dirs: Vec<&Path> = cdi::SPEC_DIRS.iter().map(Path::new).collect();
+    let Some(given) = containers::given_gpus(pid, all, &spec_dirs) else {
+        return Ok(());
+    };
+    if chosen.iter().any(|g| given.gpus.contains(&g.index)) {
+        return Ok(());
+    }
+    let indices = |list: &mut dyn Iterator<Item = usize>| {
+        list.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    let nodes = given.nodes.join(", ");
+    let gpus_given = format!("GPU {}", indices(&mut given.gpus.iter().copied()));
+    let described = match given.cdi_devices.as_slice() {
+        [] => format!("{gpus_given} ({nodes})"),
+        names => format!("CDI device {} ({gpus_given}: {nodes})", names.join(" and ")),
+    };
+    // "--device nvbind.io/gpu=1": the first CDI device's kind, the first GPU asked for.
+    let restart = given
+        .cdi_devices
+        .first()
+        .and_then(|q| q.split_once('='))
+        .zip(chosen.first())
+        .map(|((kind, _), gpu)| format!("start it again with --device {kind}={}, ", gpu.index))
+        .unwrap_or_default();
+    Err(BindError::TakesAwayGivenGpus {
+        target: target.described.clone(),
+        given: described,
+        asked: indices(&mut chosen.iter().map(|g| g.index)),
+        pronoun: if given.gpus.len() == 1 { "it" } else { "them" },
+        keep: given.gpus[0],
+        restart,
+    })
+}
+
 /// The binding of `gpus` to `cgroup`: what `bind` would enforce (and `--dry-run` prints).
 pub fn plan(cgroup: &Cgroup, gpus: &[&GpuInfo], dev_root: &Path) -> Binding {
     Binding {
@@ -291,9 +362,12 @@ pub fn bind(binding: &Binding, cgroup: &Cgroup, bpffs: &Path) -> Result<BindOutc
         .map(|generation| registry::read_record(&generation.dir))
         .collect::<Result<Vec<_>, _>>()?;
     let record = registry::encode_record(binding)?;
-    let generation = match cgroup.hierarchy {
+    let (generation, beside_engine_programs) = match cgroup.hierarchy {
         Hierarchy::V2 => bind_v2(&registry, &entry, cgroup, binding, &record)?,
-        Hierarchy::V1 => bind_v1(&registry, &entry, cgroup, binding, &records, &record)?,
+        Hierarchy::V1 => (
+            bind_v1(&registry, &entry, cgroup, binding, &records, &record)?,
+            Vec::new(),
+        ),
     };
     // The new policy is committed: the old generations (and any an earlier agent left half
     // made) go now. Removing an old link pin detaches the old program.
@@ -308,17 +382,20 @@ pub fn bind(binding: &Binding, cgroup: &Cgroup, bpffs: &Path) -> Result<BindOutc
         binding: binding.clone(),
         replaced: records.last().cloned(),
         pinned_at: generation,
+        beside_engine_programs,
         kernel_work_ms: started.elapsed().as_secs_f64() * 1e3,
     })
 }
 
+/// Binds on cgroup v2; returns the new generation's directory and the engine programs it was
+/// attached beside.
 fn bind_v2(
     registry: &Registry,
     entry: &Entry,
     cgroup: &Cgroup,
     binding: &Binding,
     record: &nvbind_common::device_policy::BindingRecord,
-) -> Result<PathBuf, BindError> {
+) -> Result<(PathBuf, Vec<String>), BindError> {
     let cgroup_file = v2::open_cgroup(&cgroup.path)?;
     let ours: Vec<u32> = entry
         .generations
@@ -333,7 +410,12 @@ fn bind_v2(
         .filter(|id| !ours.contains(id))
         .map(|id| format!("device program id {id} '{}'", v2::program_name(*id)))
         .collect();
-    if !foreign.is_empty() {
+    // A container's engine (runc, crun, systemd for it) attaches a device program of its own
+    // to the container's cgroup, with BPF_F_ALLOW_MULTI: nvbind's is attached beside it, and
+    // the kernel lets through only what every attached program allows, so the binding can only
+    // narrow what the engine gave. Any other cgroup's policy is left to the tool that set it.
+    let is_container = crate::identity::container_id(&cgroup.path.to_string_lossy()).is_some();
+    if !foreign.is_empty() && !is_container {
         return Err(BindError::Foreign {
             cgroup: cgroup.path.clone(),
             detail: foreign.join(", "),
@@ -351,7 +433,7 @@ fn bind_v2(
         let _ = registry::remove_generation(&dir);
         return Err(error);
     }
-    Ok(dir)
+    Ok((dir, foreign))
 }
 
 fn bind_v1(
@@ -451,6 +533,7 @@ fn status_of(entry: &Entry) -> Result<Option<BindingStatus>, BindError> {
         pinned_at: newest.dir.clone(),
         program_id: None,
         ancestor_device_programs: None,
+        container_id: crate::identity::container_id(&binding.cgroup.to_string_lossy()),
         binding,
     };
     if !cgroup.still_exists() {
@@ -509,6 +592,10 @@ pub enum UnbindTarget {
     /// The binding of this cgroup (matched by the path it was bound with, so that a removed
     /// cgroup's left-over pins can be cleared too).
     Cgroup(PathBuf),
+    /// The bindings of the container whose id starts with this (lower-case hexadecimal): its
+    /// cgroups in either hierarchy, found by the recorded paths (so a container that has
+    /// exited can be unbound too).
+    Container(String),
     All,
 }
 
@@ -516,11 +603,13 @@ pub enum UnbindTarget {
 /// Returns what was removed.
 pub fn unbind(target: &UnbindTarget, bpffs: &Path) -> Result<Vec<Binding>, BindError> {
     require_root()?;
-    let registry = Registry::open(bpffs)?;
     let wanted = match target {
         UnbindTarget::Cgroup(path) => Some(std::fs::canonicalize(path).unwrap_or(path.clone())),
+        // Before the registry is opened here: finding the container's cgroups reads it.
+        UnbindTarget::Container(prefix) => return unbind_container(prefix, bpffs),
         UnbindTarget::All => None,
     };
+    let registry = Registry::open(bpffs)?;
     let mut removed = Vec::new();
     for entry in registry.entries()? {
         // Half-made entries (no committed generation) are cleared along the way.
@@ -562,6 +651,35 @@ pub fn unbind(target: &UnbindTarget, bpffs: &Path) -> Result<Vec<Binding>, BindE
         if let Some(path) = wanted {
             return Err(BindError::NotBound(path));
         }
+    }
+    Ok(removed)
+}
+
+/// Unbinds every cgroup of the one container whose id starts with `prefix`.
+fn unbind_container(prefix: &str, bpffs: &Path) -> Result<Vec<Binding>, BindError> {
+    let bound: Vec<(String, PathBuf)> = list(bpffs)?
+        .into_iter()
+        .filter_map(|s| Some((s.container_id?, s.binding.cgroup)))
+        .filter(|(id, _)| id.starts_with(prefix))
+        .collect();
+    let ids: std::collections::BTreeSet<&str> = bound.iter().map(|(id, _)| id.as_str()).collect();
+    if ids.len() > 1 {
+        return Err(containers::ContainerError::Ambiguous {
+            prefix: prefix.to_string(),
+            ids: ids
+                .iter()
+                .map(|id| &id[..12])
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into());
+    }
+    if bound.is_empty() {
+        return Err(BindError::NoContainerBinding(prefix.to_string()));
+    }
+    let mut removed = Vec::new();
+    for (_, cgroup) in bound {
+        removed.extend(unbind(&UnbindTarget::Cgroup(cgroup), bpffs)?);
     }
     Ok(removed)
 }
@@ -615,6 +733,9 @@ pub fn render_list(listed: &[BindingStatus]) -> String {
         ));
         if let Some(id) = status.program_id {
             out.push_str(&format!("  program {id}"));
+        }
+        if let Some(id) = &status.container_id {
+            out.push_str(&format!("  container {}", &id[..12]));
         }
         out.push('\n');
     }

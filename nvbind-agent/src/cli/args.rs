@@ -103,6 +103,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Only the bindings of this container (its id, or the first 4 or more digits of it).
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
         #[command(flatten)]
         bpffs: BpffsArg,
     },
@@ -210,7 +213,7 @@ pub struct BpffsArg {
     pub bpffs: PathBuf,
 }
 
-/// Which cgroup: a path, or a process's.
+/// Which cgroup: a path, a process's, or a container's.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct CgroupArg {
@@ -220,19 +223,27 @@ pub struct CgroupArg {
     /// The cgroup this process is in.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
+    /// The cgroup of this container (Docker, Podman, containerd, CRI-O): its id, or the first
+    /// 4 or more digits of it.
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct BindArgs {
     #[command(flatten)]
     pub target: CgroupArg,
-    /// With --pid on a host with both hierarchies: which one to bind in (default: the v2
-    /// cgroup, unless the process is in the v2 root).
-    #[arg(long, value_enum, requires = "pid")]
+    /// With --pid or --container on a host with both hierarchies: which one to bind in
+    /// (default: the v2 cgroup, unless the process is in the v2 root).
+    #[arg(long, value_enum, conflicts_with = "cgroup")]
     pub hierarchy: Option<binding::Hierarchy>,
     /// A GPU to allow: its index, UUID, PCI address, or `all`. Repeatable.
     #[arg(long = "gpu", value_name = "SELECTOR", required = true)]
     pub gpus: Vec<String>,
+    /// Bind even if the container was started with other GPUs (a container given GPU 0 by
+    /// `--device` and bound to GPU 1 alone can use no GPU at all).
+    #[arg(long)]
+    pub force: bool,
     /// Print the rules that would be enforced, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -246,7 +257,7 @@ pub struct BindArgs {
 }
 
 #[derive(Debug, Args)]
-#[group(id = "unbind_target", required = true, multiple = false, args = ["cgroup", "pid", "all"])]
+#[group(id = "unbind_target", required = true, multiple = false, args = ["cgroup", "pid", "container", "all"])]
 pub struct UnbindArgs {
     /// The bound cgroup (also accepted after the cgroup was removed, to clear its pins).
     #[arg(long, value_name = "PATH")]
@@ -254,6 +265,10 @@ pub struct UnbindArgs {
     /// The cgroup this process is in.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
+    /// Every binding of this container (its id or the first 4 or more digits of it; also
+    /// after the container has exited).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
     /// With --pid: which hierarchy (as for bind).
     #[arg(long, value_enum, requires = "pid")]
     pub hierarchy: Option<binding::Hierarchy>,
@@ -277,6 +292,10 @@ pub enum CdiCommand {
         /// The CDI kind (`vendor/class`) the devices are requested by.
         #[arg(long, default_value = binding::cdi::DEFAULT_KIND)]
         kind: String,
+        /// The spec version to write (default: the lowest that can describe the spec, which
+        /// the most runtimes accept; refused if the spec needs a newer one).
+        #[arg(long, value_name = "VERSION")]
+        cdi_version: Option<String>,
         #[command(flatten)]
         roots: RootArgs,
     },

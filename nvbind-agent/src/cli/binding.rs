@@ -1,6 +1,6 @@
 //! Giving containers and cgroups their GPUs: `bind`, `unbind`, `bindings` and `cdi generate`.
 
-use crate::identity::terminal_safe;
+use crate::identity::{container_id_prefix, terminal_safe};
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -9,15 +9,21 @@ use super::args::{BindArgs, BpffsArg, RootArgs, UnbindArgs};
 use crate::{binding, gpu, report};
 
 pub(super) fn bind(args: BindArgs) -> Result<u8> {
-    let cgroup = match (&args.target.cgroup, args.target.pid) {
-        (Some(path), _) => binding::Cgroup::from_path(path)?,
-        (None, Some(pid)) => binding::Cgroup::of_pid(pid, args.hierarchy)?,
-        (None, None) => anyhow::bail!("give --cgroup PATH or --pid PID"),
+    let target = match (&args.target.cgroup, args.target.pid, &args.target.container) {
+        (Some(path), _, _) => binding::Target::Cgroup(path.clone()),
+        (None, Some(pid), _) => binding::Target::Pid(pid),
+        (None, None, Some(id)) => binding::Target::Container(id.clone()),
+        (None, None, None) => anyhow::bail!("give --cgroup PATH, --pid PID or --container ID"),
     };
+    let target = target.resolve(args.hierarchy)?;
+    let cgroup = &target.cgroup;
     let roots = args.roots.roots()?;
     let discovery = gpu::discover(&roots, &gpu::Warnings::default());
     let gpus = binding::select_gpus(&discovery.gpus, &args.gpus)?;
-    let plan = binding::plan(&cgroup, &gpus, &roots.dev);
+    if !args.force {
+        binding::check_keeps_given_gpus(&target, &discovery.gpus, &gpus)?;
+    }
+    let plan = binding::plan(cgroup, &gpus, &roots.dev);
     if args.dry_run {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -29,7 +35,7 @@ pub(super) fn bind(args: BindArgs) -> Result<u8> {
         }
         return Ok(0);
     }
-    let outcome = binding::bind(&plan, &cgroup, &args.bpffs.bpffs)?;
+    let outcome = binding::bind(&plan, cgroup, &args.bpffs.bpffs)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
@@ -44,19 +50,31 @@ pub(super) fn bind(args: BindArgs) -> Result<u8> {
             "{}",
             terminal_safe(&binding::render_plan(&outcome.binding, "allows"))
         );
+        if !outcome.beside_engine_programs.is_empty() {
+            println!(
+                "attached beside the container engine's own {}: the container gets what both \
+                 allow",
+                terminal_safe(&outcome.beside_engine_programs.join(", "))
+            );
+        }
         println!("pinned at {}", outcome.pinned_at.display());
     }
     Ok(0)
 }
 
 pub(super) fn unbind(args: UnbindArgs) -> Result<u8> {
-    let target = match (&args.cgroup, args.pid, args.all) {
-        (_, _, true) => binding::UnbindTarget::All,
-        (Some(path), _, _) => binding::UnbindTarget::Cgroup(path.clone()),
-        (None, Some(pid), _) => {
+    let target = match (&args.cgroup, args.pid, &args.container, args.all) {
+        (_, _, _, true) => binding::UnbindTarget::All,
+        (Some(path), _, _, _) => binding::UnbindTarget::Cgroup(path.clone()),
+        (None, Some(pid), _, _) => {
             binding::UnbindTarget::Cgroup(binding::Cgroup::of_pid(pid, args.hierarchy)?.path)
         }
-        (None, None, false) => anyhow::bail!("give --cgroup PATH, --pid PID or --all"),
+        (None, None, Some(id), _) => {
+            binding::UnbindTarget::Container(container_id_prefix(id).map_err(anyhow::Error::msg)?)
+        }
+        (None, None, None, false) => {
+            anyhow::bail!("give --cgroup PATH, --pid PID, --container ID or --all")
+        }
     };
     let removed = binding::unbind(&target, &args.bpffs.bpffs)?;
     if args.json {
@@ -76,9 +94,19 @@ pub(super) fn unbind(args: UnbindArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// `bindings`: the bindings in force.
-pub(super) fn list(json: bool, bpffs: &BpffsArg) -> Result<u8> {
-    let listed = binding::list(&bpffs.bpffs)?;
+/// `bindings`: the bindings in force (of one container, if `container` is given).
+pub(super) fn list(json: bool, container: Option<&str>, bpffs: &BpffsArg) -> Result<u8> {
+    let prefix = container
+        .map(|id| container_id_prefix(id).map_err(anyhow::Error::msg))
+        .transpose()?;
+    let mut listed = binding::list(&bpffs.bpffs)?;
+    if let Some(prefix) = &prefix {
+        listed.retain(|s| {
+            s.container_id
+                .as_ref()
+                .is_some_and(|id| id.starts_with(prefix))
+        });
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
@@ -87,11 +115,23 @@ pub(super) fn list(json: bool, bpffs: &BpffsArg) -> Result<u8> {
     Ok(0)
 }
 
-/// `cdi generate`: a CDI spec for the GPUs found, to `output` or standard output.
-pub(super) fn cdi_generate(output: Option<PathBuf>, kind: &str, roots: &RootArgs) -> Result<u8> {
+/// `cdi generate`: a CDI spec for the GPUs found, to `output` or standard output, in the lowest
+/// spec version that can describe it unless `version` asks for another.
+pub(super) fn cdi_generate(
+    output: Option<PathBuf>,
+    kind: &str,
+    version: Option<&str>,
+    roots: &RootArgs,
+) -> Result<u8> {
+    if let Some(version) = version {
+        binding::cdi::check_version(version)?;
+    }
     let roots = roots.roots()?;
     let discovery = gpu::discover(&roots, &gpu::Warnings::default());
-    let spec = binding::cdi::generate(&discovery.gpus, &roots.dev, kind)?;
+    let mut spec = binding::cdi::generate(&discovery.gpus, &roots.dev, kind)?;
+    if let Some(version) = version {
+        spec.set_version(version)?;
+    }
     let json = binding::cdi::to_json(&spec);
     match output {
         Some(path) => report::write_text(&path, &json)?,

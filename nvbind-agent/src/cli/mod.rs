@@ -53,12 +53,17 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Gpus { json, roots } => gpus::list(json, &roots),
         Command::Bind(args) => binding::bind(args),
         Command::Unbind(args) => binding::unbind(args),
-        Command::Bindings { json, bpffs } => binding::list(json, &bpffs),
+        Command::Bindings {
+            json,
+            container,
+            bpffs,
+        } => binding::list(json, container.as_deref(), &bpffs),
         Command::Cdi(CdiCommand::Generate {
             output,
             kind,
+            cdi_version,
             roots,
-        }) => binding::cdi_generate(output, &kind, &roots),
+        }) => binding::cdi_generate(output, &kind, cdi_version.as_deref(), &roots),
         Command::ResolveVulkanPresent => doctor::resolve_vulkan_present(),
     }
 }

@@ -29,7 +29,7 @@ use super::{
     live::{self, Audience, Live, ProcessView},
     metrics::Metrics,
 };
-use crate::{binding, frames::container_id, gpu};
+use crate::{binding, gpu, identity::container_id};
 
 /// Bounds of `?interval_ms=` on the WebSocket streams.
 const MIN_INTERVAL_MS: u64 = 10;
@@ -273,12 +273,14 @@ fn find_container(shared: &Shared, id: &str) -> ApiResult<(String, Option<String
         }
         return Ok((id.trim_end_matches('/').to_string(), container_id(id)));
     }
-    if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if crate::identity::container_id_prefix(id).is_err() {
         return Err(ApiError::bad_request(format!(
             "{id:?} is neither a cgroup path (starting with /) nor a container id (hexadecimal, \
-             at least 4 characters)"
+             4 to 64 digits)"
         )));
     }
+    let id = id.to_ascii_lowercase();
+    let id = id.as_str();
     let mut found: Vec<(String, String)> = shared
         .live()
         .processes
@@ -331,31 +333,12 @@ fn container_cgroup(cgroup: &str, cid: &str) -> String {
 
 /// Containers in the cgroup v2 tree whose id starts with `id`: (cgroup path, container id).
 fn cgroup_tree_containers(id: &str) -> Vec<(String, String)> {
-    let Some(root) = binding::cgroup2_mount() else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    let mut stack = vec![(root.clone(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.filter_map(|e| e.ok()) {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = entry.path();
-            let rel = format!("/{}", path.strip_prefix(&root).unwrap_or(&path).display());
-            match container_id(&rel) {
-                Some(cid) if cid.starts_with(id) => found.push((rel, cid)),
-                // Inside a container: its own children are not other containers.
-                Some(_) => {}
-                None if depth < 6 => stack.push((path, depth + 1)),
-                None => {}
-            }
-        }
-    }
-    found
+    binding::containers::search(id)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f.hierarchy == binding::Hierarchy::V2)
+        .map(|f| (f.rel, f.id))
+        .collect()
 }
 
 async fn container_gpu(
@@ -651,10 +634,15 @@ async fn list_bindings(
 struct BindRequest {
     cgroup: Option<PathBuf>,
     pid: Option<u32>,
+    /// A container id (or its first 4 or more digits).
+    container: Option<String>,
     hierarchy: Option<binding::Hierarchy>,
     gpus: Vec<String>,
     #[serde(default)]
     dry_run: bool,
+    /// Bind even if the container was started with other GPUs.
+    #[serde(default)]
+    force: bool,
 }
 
 async fn bind(
@@ -663,7 +651,8 @@ async fn bind(
 ) -> ApiResult<Response> {
     let Json(request) = request.map_err(|e| {
         ApiError::bad_request(format!(
-            "{}: send {{\"cgroup\": PATH or \"pid\": N, \"gpus\": [SELECTOR, ...]}}",
+            "{}: send {{\"cgroup\": PATH, \"pid\": N or \"container\": ID, \"gpus\": \
+             [SELECTOR, ...]}}",
             e.body_text()
         ))
     })?;
@@ -675,23 +664,26 @@ async fn bind(
     let bpffs = shared.config().api.bpffs;
     let worker = Arc::clone(&shared);
     let result = tokio::task::spawn_blocking(move || -> Result<Response, ApiError> {
-        let cgroup = match (&request.cgroup, request.pid) {
-            (Some(path), None) => binding::Cgroup::from_path(path).map_err(bind_error)?,
-            (None, Some(pid)) => {
-                binding::Cgroup::of_pid(pid, request.hierarchy).map_err(bind_error)?
-            }
+        let target = match (&request.cgroup, request.pid, &request.container) {
+            (Some(path), None, None) => binding::Target::Cgroup(path.clone()),
+            (None, Some(pid), None) => binding::Target::Pid(pid),
+            (None, None, Some(id)) => binding::Target::Container(id.clone()),
             _ => {
                 return Err(ApiError::bad_request(
-                    "give exactly one of cgroup (a path) and pid",
+                    "give exactly one of cgroup (a path), pid and container (an id)",
                 ))
             }
         };
+        let target = target.resolve(request.hierarchy).map_err(bind_error)?;
         let gpus = binding::select_gpus(&worker.gpus, &request.gpus).map_err(bind_error)?;
-        let plan = binding::plan(&cgroup, &gpus, &worker.gpu_roots.dev);
+        if !request.force {
+            binding::check_keeps_given_gpus(&target, &worker.gpus, &gpus).map_err(bind_error)?;
+        }
+        let plan = binding::plan(&target.cgroup, &gpus, &worker.gpu_roots.dev);
         if request.dry_run {
             return Ok(Json(plan).into_response());
         }
-        let outcome = binding::bind(&plan, &cgroup, &bpffs).map_err(bind_error)?;
+        let outcome = binding::bind(&plan, &target.cgroup, &bpffs).map_err(bind_error)?;
         Ok(Json(outcome).into_response())
     })
     .await
@@ -704,10 +696,21 @@ async fn unbind(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult<Json<Vec<binding::Binding>>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let target = match (query.get("cgroup"), query.get("all").map(String::as_str)) {
-        (Some(path), None) => binding::UnbindTarget::Cgroup(PathBuf::from(path)),
-        (None, Some("true")) => binding::UnbindTarget::All,
-        _ => return Err(ApiError::bad_request("give ?cgroup=PATH or ?all=true")),
+    let target = match (
+        query.get("cgroup"),
+        query.get("container"),
+        query.get("all").map(String::as_str),
+    ) {
+        (Some(path), None, None) => binding::UnbindTarget::Cgroup(PathBuf::from(path)),
+        (None, Some(id), None) => binding::UnbindTarget::Container(
+            crate::identity::container_id_prefix(id).map_err(ApiError::bad_request)?,
+        ),
+        (None, None, Some("true")) => binding::UnbindTarget::All,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give ?cgroup=PATH, ?container=ID or ?all=true",
+            ))
+        }
     };
     let bpffs = shared.config().api.bpffs;
     let removed = tokio::task::spawn_blocking(move || binding::unbind(&target, &bpffs))

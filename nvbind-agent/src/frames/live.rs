@@ -79,7 +79,7 @@ impl LiveProcess {
             exe: identity.exe,
             steam_app_id: identity.steam_app_id,
             wine_version: identity.wine_version,
-            container_id: container_id(&identity.cgroup),
+            container_id: crate::identity::container_id(&identity.cgroup),
             cgroup: identity.cgroup,
             gpu: None,
             tracked_since_unix_s: identity.tracked_since_unix_s,
@@ -246,41 +246,12 @@ impl Identity {
     }
 }
 
-/// The container id in a cgroup path: the last component that holds 64 hexadecimal digits,
-/// as Docker (`/docker/<id>`, `docker-<id>.scope`), Podman (`libpod-<id>.scope`), containerd
-/// (`cri-containerd-<id>.scope`) and CRI-O (`crio-<id>.scope`) name them.
-pub fn container_id(cgroup: &str) -> Option<String> {
-    cgroup.rsplit('/').find_map(|part| {
-        let part = part.strip_suffix(".scope").unwrap_or(part);
-        let id = part.rsplit('-').next()?;
-        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn process() -> LiveProcess {
         LiveProcess::new(7, Identity::default(), DetectorConfig::default())
-    }
-
-    #[test]
-    fn container_ids_are_found_in_cgroup_paths() {
-        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        for path in [
-            format!("/system.slice/docker-{id}.scope"),
-            format!("/docker/{id}"),
-            format!("/machine.slice/libpod-{id}.scope/container"),
-            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
-        ] {
-            assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
-        }
-        assert_eq!(
-            container_id("/user.slice/user-1000.slice/session-2.scope"),
-            None
-        );
-        assert_eq!(container_id(""), None);
     }
 
     #[test]

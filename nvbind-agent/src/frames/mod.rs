@@ -11,7 +11,7 @@ mod threads;
 
 use nvbind_common::present_source;
 
-pub use live::{container_id, FrameOutcome, Identity, LiveProcess, LiveWindow};
+pub use live::{FrameOutcome, Identity, LiveProcess, LiveWindow};
 pub use model::{Capture, CulpritProcess, DisplayRecord, Frame, ProcessRecord};
 pub use threads::{ThreadDelta, ThreadWindow};
 

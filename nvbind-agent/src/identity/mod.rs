@@ -14,6 +14,7 @@
 //!    name is named by that file name.
 //! 3. Otherwise, by its `comm` (what `ps` and `top` show).
 
+mod container;
 mod steam;
 mod wine;
 
@@ -21,6 +22,7 @@ use std::{io::Read, path::Path};
 
 use serde::{Deserialize, Serialize};
 
+pub use container::{container_id, container_id_of_component, container_id_prefix};
 pub use steam::steam_app_id;
 pub use wine::{is_wine_loader, wine_version};
 
