@@ -58,10 +58,24 @@ pub fn podman_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The test image: `/bin/busybox` (static) alone, imported with `podman import`.
+/// The label of every container the tests start.
+const LABEL: &str = "nvbind-test=1";
+
+/// The test image: `/bin/busybox` (static) alone, imported with `podman import`. The first call
+/// also removes containers a killed test run left.
 pub fn image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        let left = podman_ok(&[
+            "ps",
+            "--all",
+            "--quiet",
+            "--filter",
+            &format!("label={LABEL}"),
+        ]);
+        for id in left.split_whitespace() {
+            let _ = podman(&["rm", "--force", "--time", "0", id]);
+        }
         if podman(&["image", "exists", IMAGE]).status.success() {
             return;
         }
@@ -176,6 +190,9 @@ impl Container {
         let mut args = vec![
             "run",
             "--detach",
+            "--rm",
+            "--label",
+            LABEL,
             "--network",
             "none",
             "--ulimit",

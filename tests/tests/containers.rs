@@ -96,11 +96,30 @@ fn cdi_devices_give_a_podman_container_exactly_their_gpus_nodes() {
             .filter(|path| fixture.contains_key(*path))
             .cloned()
             .collect();
-        assert_eq!(
-            gpu_nodes,
-            spec.nodes_of(name),
-            "--device {name}: {inside:?}"
-        );
+        // What each device must give, from the fixture's layout (GPU 0 is the NVIDIA card,
+        // GPU 1 the AMD card), not from the spec under test.
+        let shared = [
+            "/dev/kfd",
+            "/dev/nvidia-modeset",
+            "/dev/nvidia-uvm",
+            "/dev/nvidia-uvm-tools",
+            "/dev/nvidiactl",
+        ];
+        let own: &[&str] = match name {
+            "0" => &["/dev/dri/card1", "/dev/dri/renderD129", "/dev/nvidia0"],
+            "1" => &["/dev/dri/card0", "/dev/dri/renderD128"],
+            _ => &[
+                "/dev/dri/card0",
+                "/dev/dri/card1",
+                "/dev/dri/renderD128",
+                "/dev/dri/renderD129",
+                "/dev/nvidia0",
+            ],
+        };
+        let mut expected: Vec<String> = own.iter().chain(&shared).map(|p| p.to_string()).collect();
+        expected.sort();
+        assert_eq!(gpu_nodes, expected, "--device {name}: {inside:?}");
+        assert_eq!(gpu_nodes, spec.nodes_of(name), "the spec's device {name}");
         for path in &gpu_nodes {
             assert_eq!(inside[path], fixture[path], "{path} in --device {name}");
         }
@@ -267,9 +286,8 @@ fn fake_id(tag: u8) -> String {
 /// test's own, with a process in the container's cgroup (and one in its monitor's, where the
 /// engine has one). Removed when dropped.
 struct Layout {
+    /// The layout's top directory in each hierarchy (v2 first).
     parents: Vec<PathBuf>,
-    /// (hierarchy root, the container's cgroup relative to the parent)
-    dirs: Vec<PathBuf>,
     sleepers: Vec<Child>,
 }
 
@@ -279,20 +297,30 @@ impl Layout {
     fn build(name: &str, container: &str, process_in: &str, monitor: Option<&str>) -> Layout {
         let mut layout = Layout {
             parents: Vec::new(),
-            dirs: Vec::new(),
             sleepers: Vec::new(),
         };
         for tree in [Tree::V2, Tree::V1] {
-            let parent =
-                mount_point(tree).join(format!("nvbind-test-{name}-{}", std::process::id()));
+            let root = mount_point(tree);
+            // What a killed run of this test left.
+            let stale = format!("nvbind-test-{name}-");
+            for entry in std::fs::read_dir(&root)
+                .expect("read the cgroup root")
+                .flatten()
+            {
+                if entry.file_name().to_string_lossy().starts_with(&stale) {
+                    remove_tree(&entry.path());
+                }
+            }
+            let parent = root.join(format!("{stale}{}", std::process::id()));
             layout.parents.push(parent.clone());
-            for dir in [Some(process_in), monitor].into_iter().flatten() {
+            for dir in [Some(process_in), monitor, Some(container)]
+                .into_iter()
+                .flatten()
+            {
                 let path = parent.join(dir);
                 std::fs::create_dir_all(&path)
                     .unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-                layout.dirs.push(path);
             }
-            layout.dirs.push(parent.join(container));
         }
         // One process per cgroup that holds one, in both hierarchies.
         for dir in [Some(process_in), monitor].into_iter().flatten() {
@@ -328,30 +356,42 @@ impl Drop for Layout {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Deepest first; the kernel may take a moment to let the last process go.
-        let mut dirs: Vec<PathBuf> = self.dirs.clone();
         for parent in &self.parents {
-            for dir in self.dirs.iter().filter(|d| d.starts_with(parent)) {
-                let mut d = dir.as_path();
-                while let Some(up) = d.parent() {
-                    if up == parent.as_path() || !up.starts_with(parent) {
-                        break;
-                    }
-                    dirs.push(up.to_path_buf());
-                    d = up;
-                }
-            }
-            dirs.push(parent.clone());
+            remove_tree(parent);
         }
-        dirs.sort_by(|a, b| (b.components().count(), a).cmp(&(a.components().count(), b)));
-        dirs.dedup();
-        for dir in dirs {
-            for _ in 0..50 {
-                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes a test's cgroup tree: its processes (the test's own sleepers, or a killed run's) are
+/// killed, then the directories go, deepest first (the kernel may take a moment to let the
+/// last process go).
+fn remove_tree(top: &Path) {
+    let mut dirs = vec![top.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let children: Vec<PathBuf> = std::fs::read_dir(&dirs[i])
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        dirs.extend(children);
+        i += 1;
+    }
+    for dir in &dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for dir in dirs.iter().rev() {
+        for _ in 0..250 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -363,14 +403,16 @@ fn docker_containerd_and_crio_containers_are_found_by_id_in_their_cgroup_layouts
     let bpffs = Bpffs::mount();
     let pod = "pod6b7e1c2a_1111_2222_3333_444455556666";
     let cases: Vec<(&str, String, String, Option<String>)> = {
-        let (d1, d2, c1, c2, o1, p1) = (
+        let (d1, d2, c1, c2, o1, p1, k1) = (
             fake_id(1),
             fake_id(2),
             fake_id(3),
             fake_id(4),
             fake_id(5),
             fake_id(6),
+            fake_id(7),
         );
+        let node = fake_id(20);
         vec![
             ("docker-systemd", format!("system.slice/docker-{d1}.scope"), String::new(), None),
             ("docker-cgroupfs", format!("docker/{d2}"), String::new(), None),
@@ -399,6 +441,15 @@ fn docker_containerd_and_crio_containers_are_found_by_id_in_their_cgroup_layouts
                 format!("machine.slice/libpod-{p1}.scope"),
                 "/container".to_string(),
                 Some(format!("machine.slice/libpod-conmon-{p1}.scope")),
+            ),
+            // A kind node (Kubernetes in a Docker container): its pods' containers inside it.
+            (
+                "kind-node",
+                format!(
+                    "system.slice/docker-{node}.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-{pod}.slice/cri-containerd-{k1}.scope"
+                ),
+                String::new(),
+                None,
             ),
         ]
     };
@@ -457,7 +508,7 @@ fn docker_containerd_and_crio_containers_are_found_by_id_in_their_cgroup_layouts
     // unbinding leaves the engine's program in place.
     let card1 = host.path("dev/dri/card1").display().to_string();
     let card0 = host.path("dev/dri/card0").display().to_string();
-    for (tag, engine_allows) in [(7u8, true), (8u8, false)] {
+    for (tag, engine_allows) in [(11u8, true), (12u8, false)] {
         let id = fake_id(tag);
         let container = format!("system.slice/docker-{id}.scope");
         let layout = Layout::build(&format!("docker-bound-{tag}"), &container, &container, None);
@@ -546,6 +597,28 @@ fn unknown_ambiguous_and_malformed_container_ids_are_refused_in_one_line() {
         "a longer prefix",
     );
     assert_one_line_error(&bind("0dead0beef"), &["no container with id 0dead0beef"]);
+    // A second cgroup named after a container's id (a user can make one in a subtree delegated
+    // to them): neither is taken for the container.
+    let c = fake_id(30);
+    let _real = Layout::build(
+        "decoy-real",
+        &format!("system.slice/docker-{c}.scope"),
+        &format!("system.slice/docker-{c}.scope"),
+        None,
+    );
+    let _decoy = Layout::build(
+        "decoy-fake",
+        &format!("user.slice/user-1000.slice/user@1000.service/docker-{c}.scope"),
+        &format!("user.slice/user-1000.slice/user@1000.service/docker-{c}.scope"),
+        None,
+    );
+    assert_one_line_error(
+        &bind(&c[..12]),
+        &[
+            &format!("container {} has 2 cgroups in cgroup v2", &c[..12]),
+            "--cgroup",
+        ],
+    );
     assert_one_line_error(
         &bind("my-game"),
         &["\"my-game\" is not a container id", "podman inspect"],

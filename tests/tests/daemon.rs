@@ -1857,6 +1857,17 @@ fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
     assert_eq!(status, 200);
 }
 
+/// The daemon's configuration for a fixture host's GPUs and a private bpffs.
+fn fixture_gpu_config(host: &FixtureHost, bpffs: &Bpffs) -> String {
+    format!(
+        "bpffs = \"{}\"\n\n[gpu]\nsysfs_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
+        bpffs.path(),
+        host.path("sys").display(),
+        host.path("dev").display(),
+        host.path("proc").display()
+    )
+}
+
 #[test]
 fn fixture_gpus_are_served_and_binding_is_on_the_root_only_socket() {
     require_root();
@@ -1869,13 +1880,7 @@ fn fixture_gpus_are_served_and_binding_is_on_the_root_only_socket() {
     )
     .expect("wake the fixture's AMD card");
     let bpffs = Bpffs::mount();
-    let mut daemon = Daemon::start(&format!(
-        "bpffs = \"{}\"\n\n[gpu]\nsysfs_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
-        bpffs.path(),
-        host.path("sys").display(),
-        host.path("dev").display(),
-        host.path("proc").display()
-    ));
+    let mut daemon = Daemon::start(&fixture_gpu_config(&host, &bpffs));
     // The fixture's GPUs, with the AMD card's counters read from its sysfs files: wait for its
     // first sample (the sampler and the daemon's refresh run on their own clocks).
     let deadline = Instant::now() + HANG;
@@ -1997,13 +2002,7 @@ fn a_podman_container_is_viewed_and_bound_by_its_id_over_the_api() {
     let _one = serial();
     let host = FixtureHost::new("mixed-nvidia-amd");
     let bpffs = Bpffs::mount();
-    let mut daemon = Daemon::start(&format!(
-        "bpffs = \"{}\"\n\n[gpu]\nsysfs_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
-        bpffs.path(),
-        host.path("sys").display(),
-        host.path("dev").display(),
-        host.path("proc").display()
-    ));
+    let mut daemon = Daemon::start(&fixture_gpu_config(&host, &bpffs));
     let spec = podman::CdiSpec::write(&host, "daemon");
     let container = podman::Container::start(&[spec.device("0")]);
     let short = &container.id[..12];

@@ -487,10 +487,9 @@ pub fn installed_devices(dirs: &[&Path]) -> Vec<InstalledDevice> {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .take(MAX_SPEC_FILES)
             .collect();
         files.sort();
-        for file in files {
+        for file in files.into_iter().take(MAX_SPEC_FILES) {
             match read_installed(&file) {
                 Ok(found) => devices.extend(found),
                 Err(e) => log::debug!("CDI spec {}: {e}", file.display()),
@@ -502,9 +501,23 @@ pub fn installed_devices(dirs: &[&Path]) -> Vec<InstalledDevice> {
 
 fn read_installed(file: &Path) -> Result<Vec<InstalledDevice>, String> {
     use std::io::Read;
+    // A regular file only: no link is followed, and a FIFO cannot block the read.
+    let fd = rustix::fs::open(
+        file,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| e.to_string())?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
     let mut text = String::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_SPEC_BYTES).read_to_string(&mut text))
+    file.take(MAX_SPEC_BYTES)
+        .read_to_string(&mut text)
         .map_err(|e| e.to_string())?;
     let spec: AnySpec = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     Ok(spec
@@ -537,24 +550,42 @@ fn node_numbers(node: &AnyNode) -> Option<(u32, u32)> {
     }
 }
 
-/// The installed devices that describe a container holding the device nodes `present`: of
-/// those whose every node it has, the largest, one name per set of nodes (the first: a GPU's
-/// index before its UUID).
+/// The installed devices that describe a container holding the device nodes `present`: those
+/// whose every node it has, largest first, each adding nodes the ones before did not cover (a
+/// container given `gpu=0` and `gpu=1` is described by `gpu=all`, if the spec has it; one given
+/// both another way, by both). One name per set of nodes: the first (a GPU's index before its
+/// UUID).
 pub fn devices_within(devices: &[InstalledDevice], present: &BTreeSet<(u32, u32)>) -> Vec<String> {
-    let fitting: Vec<&InstalledDevice> = devices
+    let mut fitting: Vec<&InstalledDevice> = devices
         .iter()
         .filter(|d| !d.nodes.is_empty() && d.nodes.is_subset(present))
         .collect();
-    let Some(largest) = fitting.iter().map(|d| d.nodes.len()).max() else {
-        return Vec::new();
-    };
-    let mut named: Vec<&InstalledDevice> = Vec::new();
-    for device in fitting.into_iter().filter(|d| d.nodes.len() == largest) {
-        if !named.iter().any(|n| n.nodes == device.nodes) {
-            named.push(device);
+    // Stable: among devices of one size, the spec's order.
+    fitting.sort_by_key(|d| std::cmp::Reverse(d.nodes.len()));
+    let mut covered: BTreeSet<(u32, u32)> = BTreeSet::new();
+    let mut named = Vec::new();
+    for device in fitting {
+        if !device.nodes.is_subset(&covered) {
+            covered.extend(device.nodes.iter().copied());
+            named.push(device.qualified.clone());
         }
     }
-    named.into_iter().map(|d| d.qualified.clone()).collect()
+    named
+}
+
+/// The installed device whose nodes are exactly `nodes`, preferring one of `kind`: what to
+/// ask an engine for to get those nodes.
+pub fn device_with_nodes(
+    devices: &[InstalledDevice],
+    nodes: &BTreeSet<(u32, u32)>,
+    kind: Option<&str>,
+) -> Option<String> {
+    let exact = || devices.iter().filter(|d| d.nodes == *nodes);
+    kind.and_then(|kind| {
+        exact().find(|d| d.qualified.split_once('=').is_some_and(|(k, _)| k == kind))
+    })
+    .or_else(|| exact().next())
+    .map(|d| d.qualified.clone())
 }
 
 /// The spec as pretty-printed JSON, with a final newline.
@@ -1279,6 +1310,26 @@ mod tests {
         // Part of a device is not the device.
         assert_eq!(holds(&[(226, 1), (226, 129)]), Vec::<String>::new());
         assert_eq!(holds(&[(1, 3)]), ["example.com/null=n"]);
+        // Two devices, neither covering the other: both named.
+        assert_eq!(
+            holds(&[(226, 1), (226, 129), (195, 0), (1, 3)]),
+            ["nvbind.io/gpu=0", "example.com/null=n"]
+        );
+
+        // What to ask for to get GPU 1's nodes: its index device, not its UUID alias.
+        let gpu1 = BTreeSet::from([(226, 0), (226, 128)]);
+        assert_eq!(
+            device_with_nodes(&installed, &gpu1, Some("nvbind.io/gpu")).as_deref(),
+            Some("nvbind.io/gpu=1")
+        );
+        assert_eq!(
+            device_with_nodes(&installed, &gpu1, Some("other.io/gpu")).as_deref(),
+            Some("nvbind.io/gpu=1")
+        );
+        assert_eq!(
+            device_with_nodes(&installed, &BTreeSet::from([(226, 0)]), None),
+            None
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -24,13 +24,17 @@ use crate::{
 
 /// How deep below a hierarchy's root a container's cgroup may be: Kubernetes' systemd layout
 /// (`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podX.slice/cri-containerd-ID.scope`)
-/// is 4 deep; rootless Podman's 5.
-const MAX_DEPTH: usize = 8;
+/// is 4 deep, rootless Podman's 5, a kind node's pods (Kubernetes inside a Docker container) 7.
+const MAX_DEPTH: usize = 12;
 /// At most this many cgroup directories are visited in one search (a busy Kubernetes node has
-/// thousands; the bound keeps a pathological tree from stalling the agent).
+/// thousands): a tree beyond it is an error, not a partial answer.
 const MAX_DIRS: usize = 100_000;
 /// At most this many entries of a container's `/dev` (or `/dev/dri`) are looked at.
 const MAX_DEV_ENTRIES: usize = 4096;
+/// `statfs` magic numbers (linux/magic.h) of the filesystems a container's `/dev` is made of
+/// (devtmpfs is a tmpfs).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 #[derive(Debug, Error)]
 pub enum ContainerError {
@@ -52,6 +56,21 @@ pub enum ContainerError {
         hierarchy: Hierarchy,
         found: String,
     },
+    #[error(
+        "container {id} has {count} cgroups in {hierarchy} ({paths}): one of them was made to \
+         look like it; bind the right one by path with --cgroup"
+    )]
+    SeveralCgroups {
+        id: String,
+        hierarchy: Hierarchy,
+        count: usize,
+        paths: String,
+    },
+    #[error(
+        "{0} has more than {MAX_DIRS} cgroups: the container search gave up (bind the \
+         container's cgroup by path with --cgroup)"
+    )]
+    TooManyCgroups(PathBuf),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
@@ -70,16 +89,22 @@ pub struct Found {
 
 /// Every container whose id starts with `prefix` (lower-case hexadecimal), in every
 /// hierarchy that can restrict devices: a container usually appears twice on a hybrid host.
-pub fn search(prefix: &str) -> Result<Vec<Found>, CgroupError> {
+/// Containers inside containers (Docker in Docker, a kind node's pods) are found too.
+pub fn search(prefix: &str) -> Result<Vec<Found>, ContainerError> {
     let mut found = Vec::new();
     for (hierarchy, root) in cgroup::device_hierarchies()? {
-        search_below(&root, hierarchy, prefix, &mut found);
+        search_below(&root, hierarchy, prefix, &mut found)?;
     }
     Ok(found)
 }
 
 /// [`search`] in one hierarchy mounted at `root`.
-fn search_below(root: &Path, hierarchy: Hierarchy, prefix: &str, found: &mut Vec<Found>) {
+fn search_below(
+    root: &Path,
+    hierarchy: Hierarchy,
+    prefix: &str,
+    found: &mut Vec<Found>,
+) -> Result<(), ContainerError> {
     let mut stack = vec![(root.to_path_buf(), 0usize)];
     let mut visited = 0usize;
     while let Some((dir, depth)) = stack.pop() {
@@ -87,37 +112,32 @@ fn search_below(root: &Path, hierarchy: Hierarchy, prefix: &str, found: &mut Vec
             continue;
         };
         for entry in entries.filter_map(Result::ok) {
-            visited += 1;
-            if visited > MAX_DIRS {
-                log::warn!(
-                    "{} has more than {MAX_DIRS} cgroups: the container search stopped there",
-                    root.display()
-                );
-                return;
-            }
             // cgroupfs has no symlinks; a directory entry's type needs no stat.
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let name = entry.file_name();
+            visited += 1;
+            if visited > MAX_DIRS {
+                return Err(ContainerError::TooManyCgroups(root.to_path_buf()));
+            }
             let path = entry.path();
-            match container_id_of_component(&name.to_string_lossy()) {
-                Some(id) if id.starts_with(prefix) => {
+            if let Some(id) = container_id_of_component(&entry.file_name().to_string_lossy()) {
+                if id.starts_with(prefix) {
                     let rel = path.strip_prefix(root).unwrap_or(&path);
                     found.push(Found {
                         id,
                         hierarchy,
                         rel: format!("/{}", rel.display()),
-                        dir: path,
+                        dir: path.clone(),
                     });
                 }
-                // A container's own children are not other containers.
-                Some(_) => {}
-                None if depth + 1 < MAX_DEPTH => stack.push((path, depth + 1)),
-                None => {}
+            }
+            if depth + 1 < MAX_DEPTH {
+                stack.push((path, depth + 1));
             }
         }
     }
+    Ok(())
 }
 
 /// A container found for binding.
@@ -148,6 +168,23 @@ pub fn find(given: &str, prefer: Option<Hierarchy>) -> Result<Container, Contain
             })
         }
     }
+    // One container has one cgroup per hierarchy. Another directory named after the same id
+    // (a user can make one in a cgroup subtree delegated to them) must not be taken for it.
+    for hierarchy in [Hierarchy::V2, Hierarchy::V1] {
+        let same: Vec<&Found> = found.iter().filter(|f| f.hierarchy == hierarchy).collect();
+        if same.len() > 1 {
+            return Err(ContainerError::SeveralCgroups {
+                id: same[0].id[..12].to_string(),
+                hierarchy,
+                count: same.len(),
+                paths: same
+                    .iter()
+                    .map(|f| crate::identity::printable_within(&f.rel, 200))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
     let pick = |h: Hierarchy| found.iter().find(|f| f.hierarchy == h);
     let chosen = match prefer {
         Some(h) => pick(h).ok_or_else(|| ContainerError::NotInHierarchy {
@@ -167,6 +204,20 @@ pub fn find(given: &str, prefer: Option<Hierarchy>) -> Result<Container, Contain
     })
 }
 
+/// Whether a cgroup directory is a container's own (its name holds the container's id).
+pub fn names_a_container(dir: &Path) -> bool {
+    dir.file_name()
+        .is_some_and(|name| container_id_of_component(&name.to_string_lossy()).is_some())
+}
+
+/// A process directly in the cgroup `dir`.
+pub fn a_process_directly_in(dir: &Path) -> Option<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.trim().parse::<u32>().ok())
+}
+
 /// A process in the cgroup `dir` or below it (Podman's systemd layout keeps the container's
 /// processes in a `container` child), to look into the container through.
 pub fn a_process_in(dir: &Path) -> Option<u32> {
@@ -177,10 +228,7 @@ pub fn a_process_in(dir: &Path) -> Option<u32> {
         if visited > 1024 {
             return None;
         }
-        if let Some(pid) = fs::read_to_string(dir.join("cgroup.procs"))
-            .ok()
-            .and_then(|procs| procs.lines().find_map(|l| l.trim().parse::<u32>().ok()))
-        {
+        if let Some(pid) = a_process_directly_in(&dir) {
             return Some(pid);
         }
         if depth < MAX_DEPTH {
@@ -212,15 +260,23 @@ pub struct GivenGpus {
 /// has no GPU node. The container's files are hostile: nothing in it is followed through a
 /// symlink, and at most [`MAX_DEV_ENTRIES`] entries are read per directory.
 pub fn given_gpus(pid: u32, gpus: &[GpuInfo], cdi_dirs: &[&Path]) -> Option<GivenGpus> {
-    let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
-    let same_root = match (fs::metadata(&proc_root), fs::metadata("/")) {
-        (Ok(theirs), Ok(ours)) => theirs.dev() == ours.dev() && theirs.ino() == ours.ino(),
-        // Gone, or not ours to look into: nothing can be said.
-        _ => return None,
+    let namespace = |who: &str, kind: &str| fs::read_link(format!("/proc/{who}/ns/{kind}")).ok();
+    let theirs = |kind: &str| namespace(&pid.to_string(), kind);
+    let (Some(their_mounts), Some(their_users)) = (theirs("mnt"), theirs("user")) else {
+        // Gone: nothing can be said.
+        return None;
     };
-    if same_root {
+    if Some(&their_mounts) == namespace("self", "mnt").as_ref() {
+        // It sees the host's mounts: its /dev is the host's, not one it was given.
         return None;
     }
+    if Some(&their_users) != namespace("self", "user").as_ref() {
+        // A user namespace of its own (a rootless container): its owner can serve its files
+        // (FUSE) and make any look-up hang, so nvbind does not look into them.
+        log::debug!("process {pid} is in a user namespace of its own: its /dev is not read");
+        return None;
+    }
+    let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
     let present = match container_dev_nodes(&proc_root) {
         Ok(nodes) => nodes,
         Err(e) => {
@@ -267,6 +323,14 @@ fn container_dev_nodes(proc_root: &Path) -> std::io::Result<Vec<(String, (u32, u
         Mode::empty(),
     )?;
     let dev = open_dir_below(&root, "dev")?;
+    // Engines give a container a tmpfs /dev; anything else is not read.
+    let kind = rustix::fs::fstatfs(&dev)?.f_type;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    if !matches!(kind as i64, TMPFS_MAGIC | RAMFS_MAGIC) {
+        return Err(std::io::Error::other(format!(
+            "its /dev is not a tmpfs (filesystem magic {kind:#x})"
+        )));
+    }
     let mut found = char_devices(&dev, "/dev")?;
     if let Ok(dri) = open_dir_below(&dev, "dri") {
         found.extend(char_devices(&dri, "/dev/dri")?);
@@ -288,10 +352,15 @@ fn char_devices(dir: &OwnedFd, shown_as: &str) -> std::io::Result<Vec<(String, (
     let mut found = Vec::new();
     for entry in Dir::read_from(dir)?.take(MAX_DEV_ENTRIES) {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == "." || name == ".." {
+        // Device nodes have plain ASCII names; anything else is not a GPU's node, and is
+        // not printed.
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        if name == "." || name == ".." || !name.bytes().all(|b| b.is_ascii_graphic()) {
             continue;
         }
+        let name = name.to_string();
         let Ok(stat) = rustix::fs::statat(dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };

@@ -284,13 +284,25 @@ pub fn check_keeps_given_gpus(
         [] => format!("{gpus_given} ({nodes})"),
         names => format!("CDI device {} ({gpus_given}: {nodes})", names.join(" and ")),
     };
-    // "--device nvbind.io/gpu=1": the first CDI device's kind, the first GPU asked for.
-    let restart = given
+    // "--device nvbind.io/gpu=1": the installed device with exactly the first GPU asked for's
+    // own nodes, of the kind the container was started with where there is one.
+    let wanted: std::collections::BTreeSet<(u32, u32)> = chosen
+        .first()
+        .map(|gpu| {
+            gpu.device_nodes
+                .iter()
+                .filter(|n| !n.shared)
+                .map(|n| (n.major, n.minor))
+                .collect()
+        })
+        .unwrap_or_default();
+    let kind = given
         .cdi_devices
         .first()
         .and_then(|q| q.split_once('='))
-        .zip(chosen.first())
-        .map(|((kind, _), gpu)| format!("start it again with --device {kind}={}, ", gpu.index))
+        .map(|(kind, _)| kind);
+    let restart = cdi::device_with_nodes(&cdi::installed_devices(&spec_dirs), &wanted, kind)
+        .map(|device| format!("start it again with --device {device}, "))
         .unwrap_or_default();
     Err(BindError::TakesAwayGivenGpus {
         target: target.described.clone(),
@@ -414,7 +426,11 @@ fn bind_v2(
     // to the container's cgroup, with BPF_F_ALLOW_MULTI: nvbind's is attached beside it, and
     // the kernel lets through only what every attached program allows, so the binding can only
     // narrow what the engine gave. Any other cgroup's policy is left to the tool that set it.
-    let is_container = crate::identity::container_id(&cgroup.path.to_string_lossy()).is_some();
+    let is_container = cgroup
+        .path
+        .file_name()
+        .and_then(|name| crate::identity::container_id_of_component(&name.to_string_lossy()))
+        .is_some();
     if !foreign.is_empty() && !is_container {
         return Err(BindError::Foreign {
             cgroup: cgroup.path.clone(),

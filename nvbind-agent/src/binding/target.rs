@@ -31,7 +31,13 @@ impl Target {
             Target::Cgroup(path) => {
                 let cgroup = Cgroup::from_path(path)?;
                 Resolved {
-                    pid: containers::a_process_in(&cgroup.path),
+                    // A container's cgroup: a process anywhere in it (Podman keeps them in a
+                    // child). Any other: one of its own, not of some container below it.
+                    pid: if containers::names_a_container(&cgroup.path) {
+                        containers::a_process_in(&cgroup.path)
+                    } else {
+                        containers::a_process_directly_in(&cgroup.path)
+                    },
                     described: format!("cgroup {}", cgroup.path.display()),
                     cgroup,
                 }

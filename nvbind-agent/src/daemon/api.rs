@@ -291,28 +291,43 @@ fn find_container(shared: &Shared, id: &str) -> ApiResult<(String, Option<String
         })
         .collect();
     if found.is_empty() {
-        found = cgroup_tree_containers(id);
+        found = cgroup_tree_containers(id)?;
     }
+    let mut found: Vec<(String, String)> = found
+        .into_iter()
+        .map(|(cgroup, cid)| (container_cgroup(&cgroup, &cid), cid))
+        .collect();
     found.sort();
-    found.dedup_by(|a, b| a.1 == b.1);
-    match found.len() {
-        0 => Err(ApiError::not_found(format!(
+    found.dedup();
+    let ids: std::collections::BTreeSet<&str> = found.iter().map(|(_, c)| c.as_str()).collect();
+    match (ids.len(), found.len()) {
+        (0, _) => Err(ApiError::not_found(format!(
             "no container with id {id}: give the id `docker ps` or `podman ps` shows, or the \
              container's cgroup path"
         ))),
-        1 => {
+        (1, 1) => {
             let (cgroup, cid) = found.remove(0);
-            Ok((container_cgroup(&cgroup, &cid), Some(cid)))
+            Ok((cgroup, Some(cid)))
         }
+        // Another directory named after the same id (a user can make one in a subtree
+        // delegated to them) must not be taken for the container.
+        (1, _) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "container {id} has {} cgroups ({}): ask by cgroup path",
+                found.len(),
+                found
+                    .iter()
+                    .map(|(p, _)| crate::identity::printable_within(p, 200))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
         _ => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "container id {id} is ambiguous: it starts {}",
-                found
-                    .iter()
-                    .map(|(_, c)| &c[..12])
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                ids.iter().map(|c| &c[..12]).collect::<Vec<_>>().join(", ")
             ),
         )),
     }
@@ -332,13 +347,14 @@ fn container_cgroup(cgroup: &str, cid: &str) -> String {
 }
 
 /// Containers in the cgroup v2 tree whose id starts with `id`: (cgroup path, container id).
-fn cgroup_tree_containers(id: &str) -> Vec<(String, String)> {
-    binding::containers::search(id)
-        .unwrap_or_default()
+fn cgroup_tree_containers(id: &str) -> ApiResult<Vec<(String, String)>> {
+    let found = binding::containers::search(id)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(found
         .into_iter()
         .filter(|f| f.hierarchy == binding::Hierarchy::V2)
         .map(|f| (f.rel, f.id))
-        .collect()
+        .collect())
 }
 
 async fn container_gpu(
