@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::probes::{
-    self, libraries::LIBRARY_KINDS, tracefs, KernelHooks, LoadOptions, ProbeError, ProbeStatus,
-    Probes, TRACEPOINTS,
+    self, libraries::LIBRARY_KINDS, tracefs, BpfStats, KernelHooks, LoadOptions, ProbeError,
+    ProbeStatus, Probes, UntrackedCheck, TRACEPOINTS,
 };
 
 #[derive(Debug, Serialize)]
@@ -37,6 +37,9 @@ pub fn diagnose(mount_tracefs: bool, kernel_hooks: KernelHooks) -> Diagnosis {
         require_core: false,
         discover_presenters: false,
         kernel_hooks,
+        // doctor's load lasts a moment: nothing to measure.
+        bpf_stats: BpfStats::Off,
+        untracked_check: UntrackedCheck::Marks,
     });
     let tracefs = tracefs::find().ok().map(|p| p.display().to_string());
     match loaded {

@@ -169,6 +169,12 @@ fn process_comm(who: &Blamed, current: &[u8; TASK_COMM_LEN], dst: &mut [u8; TASK
     *dst = [0; TASK_COMM_LEN];
 }
 
+/// Whether a tracked wait is being watched on `cpu` (see [`watch_switch`]).
+#[inline(always)]
+pub(crate) fn watch_armed(cpu: u32) -> bool {
+    CPU_WATCH.get(cpu).is_some_and(|w| w.armed_ns != 0)
+}
+
 /// A context switch on a watched CPU: the stretch that ends (the current task's) is added to
 /// every tracked wait it overlapped, under the process blamed for it.
 ///

@@ -18,12 +18,12 @@ use nvbind_common::{
 };
 
 use crate::{
-    culprit::{arm_watch, blame, scratch, take_wait, watch_switch},
+    culprit::{arm_watch, blame, scratch, take_wait, watch_armed, watch_switch},
     state::{
-        current_ids, field, kernel_field, now_ns, thread, unseen, PREEMPTORS, PRESENTER_HISTS,
-        PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF,
-        TASK_COMM_OFF, TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF, TASK_REPORT_MAX,
-        WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
+        current_ids, field, kernel_field, maybe_tracked, now_ns, thread, unseen, PREEMPTORS,
+        PRESENTER_HISTS, PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF,
+        SWITCH_PREV_STATE_OFF, TASK_COMM_OFF, TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF,
+        TASK_REPORT_MAX, WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
     },
 };
 
@@ -136,13 +136,28 @@ pub fn nvbind_sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 fn switched(args: &impl Switch) {
-    let now = now_ns();
-    // pid 0 is every CPU's idle task: never tracked, never a preemptor worth naming.
-    let next_tid = args.next_pid().filter(|&pid| pid > 0).map(|pid| pid as u32);
+    // pid 0 is every CPU's idle task: never tracked, never a preemptor worth naming. (0 also
+    // where the pid could not be read: a plain integer, not an Option, whose payload the compiler
+    // may leave unset on the None path, which the verifier refuses to see read.)
+    let next_raw = args
+        .next_pid()
+        .filter(|&pid| pid > 0)
+        .map_or(0, |pid| pid as u32);
     // The tracepoint runs in the context of the task being switched out.
     let (prev_tgid, prev_tid) = current_ids();
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
+    // Almost every switch of the host is between untracked tasks on a CPU no tracked wait is
+    // watching: done before even reading the clock. (Only the marks are asked here, inline:
+    // holding both threads' entries from here on, or asking in a BPF function of its own, makes
+    // the verifier of some kernels walk the rest many times over: minutes at each load on a slow
+    // machine, measured on Linux 6.1.)
+    let ours = |tid: u32| tid != 0 && maybe_tracked(tid);
+    if !ours(prev_tid) && !ours(next_raw) && !watch_armed(cpu) {
+        return;
+    }
+    let next_tid = (next_raw != 0).then_some(next_raw);
+    let now = now_ns();
     watch_switch(cpu, now, prev_tgid, prev_tid);
     if prev_tid != 0 {
         if let Some(prev) = thread(prev_tid) {

@@ -4,8 +4,8 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{
-        BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP,
+        BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA,
+        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
@@ -26,6 +26,48 @@ pub const MAX_CPUS: u32 = 1024;
 /// Tracked threads, by tid. Presence means "tracked".
 #[map]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384, 0);
+
+/// The cheap "is this one of ours" check in front of `THREADS`: one byte per tid, eight to a
+/// word, nonzero where `THREADS` may hold the tid. Every context switch and wakeup of the host
+/// asks it for tasks that are almost never tracked; an array lookup is a bounds check and a load
+/// (the verifier inlines it), where the hash table hashes the key and walks a bucket.
+///
+/// Marked after each insert into `THREADS` (here and by the agent, which maps the array:
+/// `BPF_F_MMAPABLE`), unmarked only by the agent, after it removed the entry (it then looks the
+/// tid up again and marks it back if a new thread took it meanwhile). A byte, not a bit: the base
+/// BPF instruction set has an atomic add but no atomic or, and two racing adds of 1 to a byte
+/// make 2, still nonzero, where two adds of one bit would carry into the next tid's. Sized by the
+/// agent to the kernel's `pid_max`; a tid beyond it (pid_max raised since) is looked up.
+#[map]
+pub static TID_MARKS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Whether `TID_MARKS` is used (set at load; the benchmark compares both ways).
+#[unsafe(no_mangle)]
+pub static TID_MARKS_ON: Global<u32> = Global::new(0);
+
+/// Whether `THREADS` may hold `tid`: false only where it certainly does not.
+#[inline(always)]
+pub fn maybe_tracked(tid: u32) -> bool {
+    if TID_MARKS_ON.load() == 0 {
+        return true;
+    }
+    match TID_MARKS.get(tid / 8) {
+        Some(word) => (*word >> ((tid % 8) * 8)) & 0xff != 0,
+        None => true,
+    }
+}
+
+/// Marks `tid` as possibly tracked (after its entry was inserted into `THREADS`).
+#[inline(always)]
+fn mark_tracked(tid: u32) {
+    if let Some(word) = TID_MARKS.get_ptr_mut(tid / 8) {
+        let shift = (tid % 8) * 8;
+        // SAFETY: `word` points at a live u64 map value.
+        if (unsafe { core::ptr::read_volatile(word) } >> shift) & 0xff == 0 {
+            atomic_add(word, 1 << shift);
+        }
+    }
+}
 
 /// Per-CPU watches armed by tracked threads' wakeups (see `CpuWatch`); an array, not a per-CPU
 /// map, because the waker arms the slot of the CPU the wakee will run on.
@@ -334,6 +376,9 @@ pub fn current_ids() -> (u32, u32) {
 /// The tracked-thread record of `tid`, if the thread is tracked.
 #[inline(always)]
 pub fn thread(tid: u32) -> Option<&'static mut ThreadState> {
+    if !maybe_tracked(tid) {
+        return None;
+    }
     // SAFETY: the pointer is to a live, preallocated map value; concurrent updates of one thread's
     // record from two CPUs can lose an increment, which costs accuracy, never memory safety.
     THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
@@ -391,8 +436,13 @@ pub fn start_tracking_thread(tgid: u32, tid: u32, status: u32) {
         count_map_full(map_full::THREADS);
         return;
     }
+    // Marked whether this insert made the entry or the agent's did (which marks it only after
+    // its insert): the entry is there now.
+    mark_tracked(tid);
+    // SAFETY: plain lookup; the mark may not be seen yet, so `thread` is not asked.
+    let entry = THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p });
     let fresh = inserted.is_ok()
-        || (thread(tid).is_some_and(|t| t.status == thread_status::EXITED || t.exiting != 0)
+        || (entry.is_some_and(|t| t.status == thread_status::EXITED || t.exiting != 0)
             && THREADS.insert(tid, zero, BPF_EXIST as u64).is_ok());
     if !fresh {
         return;

@@ -388,14 +388,14 @@ fn record_all_tracks_running_and_new_processes() {
 #[test]
 fn scheduler_counts_match_the_kernel_on_btf_and_classic_tracepoints() {
     require_root();
-    for (hooks, program, hook) in [
-        ("btf", "nvbind_sched_switch_btf", "tp_btf"),
-        ("classic", "nvbind_sched_switch", "tracepoint"),
+    for (hooks, program, hook, bpf_stats) in [
+        ("btf", "nvbind_sched_switch_btf", "tp_btf", "on"),
+        ("classic", "nvbind_sched_switch", "tracepoint", "off"),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let run = record_game_with(
             dir.path(),
-            &["--kernel-hooks", hooks],
+            &["--kernel-hooks", hooks, "--bpf-stats", bpf_stats],
             &[],
             &[
                 "--frames",
@@ -426,6 +426,30 @@ fn scheduler_counts_match_the_kernel_on_btf_and_classic_tracepoints() {
         );
         assert_matches_truth(&run, 120);
         assert_sched_matches_rusage(&run.report, &run.rusage);
+        // With bpf_stats on for the whole recording its costs cover all of it; with them off
+        // nothing is measured (and the counts above did not need them).
+        let costs = run.report["agent"]["bpf"].as_array().expect("agent.bpf");
+        let switch_cost = costs
+            .iter()
+            .find(|c| c["program"] == program)
+            .expect("the switch program's cost");
+        let duration = run.report["capture"]["duration_s"]
+            .as_f64()
+            .expect("duration");
+        if bpf_stats == "on" {
+            assert!(
+                switch_cost["run_count"].as_u64() > Some(0)
+                    && switch_cost["measured_s"].as_f64() >= Some(duration),
+                "--bpf-stats on measured less than the capture ({duration} s): {switch_cost}"
+            );
+        } else {
+            assert!(
+                costs
+                    .iter()
+                    .all(|c| c["run_count"] == 0 && c["measured_s"] == 0.0),
+                "--bpf-stats off measured costs: {costs:?}"
+            );
+        }
     }
 }
 

@@ -337,6 +337,52 @@ fn kernel_skipped_runs(name: &str) -> u64 {
         .sum()
 }
 
+/// The kernel's run counts (`run_cnt`, counted only while bpf_stats is on) summed over the
+/// loaded programs whose name starts with `prefix`, as `bpftool` reads them.
+fn kernel_run_counts(prefix: &str) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
+    progs
+        .as_array()
+        .expect("a list of programs")
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Whether `pid` holds the kernel's bpf_stats descriptor (`BPF_ENABLE_STATS`: the kernel times
+/// every BPF program while any such descriptor is open).
+fn holds_bpf_stats(pid: u32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's fds")
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .any(|target| target.as_os_str() == "anon_inode:bpf-stats")
+}
+
+/// The sum of the series named `series` in `/metrics` whose labels contain `labels` (all of
+/// them with "").
+fn metric(daemon: &Daemon, series: &str, labels: &str) -> f64 {
+    let (status, text) = daemon.get("/metrics");
+    assert_eq!(status, 200, "/metrics: {text}");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                && l.contains(labels)
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args([
@@ -2539,4 +2585,71 @@ fn a_wine_game_is_tracked_and_named_by_its_exe() {
         "every frame from the first: {}",
         p["frames"]
     );
+}
+
+/// `kernel.bpf_stats_enabled` is global: while it is on, the kernel times every run of every BPF
+/// program on the host. The daemon turns it on only for its sampled windows (the first as the
+/// probes load, 2 s long; the next a minute later), by holding the kernel's descriptor, and never
+/// writes the sysctl. What is checked: the first window closes (the daemon no longer holds the
+/// descriptor) having measured at least its 2 s and the scheduler program's runs; after it the
+/// kernel counts no run of nvbind's programs (its own counters, read with bpftool, stand still
+/// while the machine switches); and the sysctl is as it was. A daemon that kept stats on, or
+/// reported costs it did not measure, fails.
+#[test]
+fn bpf_stats_are_on_only_in_the_sampled_windows() {
+    let _serial = serial();
+    require_root();
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = fs::read_to_string(sysctl).expect("read kernel.bpf_stats_enabled");
+    let daemon = Daemon::start("");
+    let deadline = Instant::now() + HANG;
+    let measured = loop {
+        let measured = metric(&daemon, "nvbind_bpf_stats_measured_seconds_total", "");
+        if measured > 0.0 && !holds_bpf_stats(daemon.pid()) {
+            break measured;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first bpf_stats window did not close within {HANG:?} (measured {measured} s, \
+             descriptor held: {}): {}",
+            holds_bpf_stats(daemon.pid()),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The window closes only once it has lasted 2 s, and only at the daemon's next step.
+    assert!(measured >= 2.0, "a window measured {measured} s");
+    let runs = metric(
+        &daemon,
+        "nvbind_bpf_program_runs_total",
+        "program=\"nvbind_sched_switch",
+    );
+    assert!(runs > 0.0, "no scheduler run counted in the window");
+    if before.trim() == "0" {
+        // Half a second of a running machine is thousands of context switches: counted only if
+        // something still holds stats on. The daemon's measured time must not have moved (no
+        // new window opened in between) for the comparison to say anything.
+        let kernel_before = kernel_run_counts("nvbind_");
+        std::thread::sleep(Duration::from_millis(500));
+        let kernel_after = kernel_run_counts("nvbind_");
+        let measured_after = metric(&daemon, "nvbind_bpf_stats_measured_seconds_total", "");
+        assert_eq!(
+            measured_after, measured,
+            "a window opened within a second of the first"
+        );
+        assert!(!holds_bpf_stats(daemon.pid()));
+        assert_eq!(
+            kernel_after, kernel_before,
+            "the kernel timed nvbind's programs outside the sampled window"
+        );
+    } else {
+        eprintln!(
+            "NOT CHECKED: kernel.bpf_stats_enabled is {} on this host, so the kernel times every \
+             program anyway; that the daemon stops timing after its window cannot be seen here",
+            before.trim()
+        );
+    }
+    drop(daemon);
+    let after = fs::read_to_string(sysctl).expect("read kernel.bpf_stats_enabled");
+    assert_eq!(after, before, "kernel.bpf_stats_enabled was changed");
 }

@@ -382,6 +382,21 @@ pub fn boot(vm: &Vm, overlay: &Path, limit: Duration, work: &Path) -> Result<Str
 pub const DRM_TEST_SCRIPT: &str = r#"#!/bin/sh
 A=/nvbind-agent
 show() { echo "==BEGIN $1=="; cat "$2"; echo; echo "==END $1=="; }
+# When each step began, in the guest's uptime: a slow or stuck step is seen in the console.
+at() { echo "nvbind-vm: $(cut -d' ' -f1 /proc/uptime) s: $1"; }
+# Waits up to $2 tenths of a second for pid $1 to end; if it does not, writes where its threads
+# are (a hang is then diagnosed, not a VM timeout) and kills it.
+reap() {
+  i=0
+  while kill -0 $1 2>/dev/null && [ $i -lt $2 ]; do sleep 0.1; i=$((i+1)); done
+  if kill -0 $1 2>/dev/null; then
+    echo "nvbind-vm: pid $1 ($(cat /proc/$1/comm)) still runs after $(($2 / 10)) s; its threads:"
+    for t in /proc/$1/task/*; do echo "  $t $(cat $t/comm) $(cat $t/wchan) $(grep State $t/status)"; done
+    kill -KILL $1
+  fi
+  wait $1
+}
+at doctor
 $A doctor > /tmp/doctor.txt 2>&1; echo "exit $?" >> /tmp/doctor.txt
 show doctor /tmp/doctor.txt
 CONN=$(modetest -M vkms -c | awk '$3 == "connected" { print $1; exit }')
@@ -391,6 +406,7 @@ T=/sys/kernel/tracing
 echo 1 > $T/events/drm/drm_vblank_event_delivered/enable
 echo 1 > $T/events/drm/drm_vblank_event/enable
 echo > $T/trace
+at flip
 $A record --out /tmp/flip.json -- sh -c "sleep 4 | modetest -M vkms -s $CONN@$CRTC:1024x768 -v > /tmp/modetest.txt 2>&1" > /tmp/flip.log 2>&1
 echo "exit $?" >> /tmp/flip.log
 echo 0 > $T/tracing_on
@@ -404,17 +420,24 @@ show modetest /tmp/modetest.txt
 show kernel-trace /tmp/kernel.txt
 show flip-trace /tmp/flips.txt
 show flip /tmp/flip.json
+# A mode set for the vblank and sequence checks; it ends by itself (end of input) and is waited
+# for. Never killed: Debian's 6.1 guest kernel froze (no console output, 4 times of 4) when the
+# mode setter was killed instead, and the test waits for it only after the checks.
 (sleep 10 | modetest -M vkms -s $CONN@$CRTC:1024x768 > /dev/null 2>&1) &
+MODE=$!
 sleep 1
+at vbl
 $A record --duration 2 --out /tmp/vbl.json -- vbltest -M vkms > /tmp/vbl.log 2>&1
 echo "exit $?" >> /tmp/vbl.log
 show vbl-log /tmp/vbl.log
 show vbl /tmp/vbl.json
+at seq
 $A record --out /tmp/seq.json -- /drm-sequence /dev/dri/card0 $CRTC 60 > /tmp/seq.log 2>&1
 echo "exit $?" >> /tmp/seq.log
 show seq-log /tmp/seq.log
 show seq /tmp/seq.json
-wait
+wait $MODE
+at daemon
 printf '[api]\nlisten = ""\nsocket = ""\n[reports]\ndir = "/tmp/reports"\ngroup = ""\n' > /tmp/agent.toml
 RUST_LOG=info $A --config /tmp/agent.toml > /tmp/daemon.log 2>&1 &
 D=$!
@@ -423,9 +446,10 @@ while ! grep -q 'tracking every process' /tmp/daemon.log && kill -0 $D 2>/dev/nu
   sleep 0.2; i=$((i+1))
 done
 kill -TERM $D
-wait $D
+reap $D 600 >> /tmp/daemon.log
 echo "exit $?" >> /tmp/daemon.log
 show daemon /tmp/daemon.log
+at end
 "#;
 
 /// The host's graphics libraries the agent hooks, by the names it looks for them under.

@@ -16,7 +16,7 @@ use crate::{
     clock::{monotonic_ns, unix_time_at},
     frames::Capture,
     gpu,
-    probes::{KernelHooks, LoadOptions, Probes, ProgramCost},
+    probes::{BpfStats, KernelHooks, LoadOptions, Probes, ProgramCost, UntrackedCheck},
     stutter::DetectorConfig,
     target::{self, Launched, TargetSpec},
 };
@@ -39,6 +39,10 @@ pub struct RecordOptions {
     pub progress: bool,
     /// BTF or classic tracepoints for the scheduler probes.
     pub kernel_hooks: KernelHooks,
+    /// When the kernel times the programs for the report's costs.
+    pub bpf_stats: BpfStats,
+    /// How the scheduler programs tell untracked tasks from tracked ones (the benchmark's).
+    pub untracked_check: UntrackedCheck,
 }
 
 /// A finished recording and the exit code the agent should end with.
@@ -152,6 +156,8 @@ fn load(options: &RecordOptions) -> Result<(Tracker, Gpus)> {
         require_core: true,
         discover_presenters: false,
         kernel_hooks: options.kernel_hooks,
+        bpf_stats: options.bpf_stats,
+        untracked_check: options.untracked_check,
     })?;
     probes.declare_gpu_ioctl_types(&options.gpu_ioctl_types)?;
     let discovery = gpu::discover(&options.gpu_roots, &gpu::Warnings::default());
@@ -358,6 +364,7 @@ mod tests {
             run_count: 10,
             run_time_ns: 1_000,
             mean_ns_per_run: 100.0,
+            measured_s: 1.0,
             recursion_misses,
         }
     }

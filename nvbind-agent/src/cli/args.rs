@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{binding, probes::KernelHooks, stutter::DetectorConfig};
+use crate::{
+    binding,
+    probes::{BpfStats, KernelHooks, UntrackedCheck},
+    stutter::DetectorConfig,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +54,10 @@ pub struct DaemonArgs {
     /// the kernel has it (auto).
     #[arg(long, value_name = "HOOKS")]
     pub kernel_hooks: Option<KernelHooks>,
+    /// When the kernel times nvbind's programs for /metrics: in 2 s windows once a minute
+    /// (sampled), all the time (on: every BPF program on the host pays ~20 ns a run), or never.
+    #[arg(long, value_name = "WHEN")]
+    pub bpf_stats: Option<BpfStats>,
     /// Read sysfs from here instead of /sys.
     #[arg(long, value_name = "DIR")]
     pub sysfs_root: Option<PathBuf>,
@@ -160,6 +168,15 @@ pub struct RecordArgs {
     /// kernels without BTF), or BTF where the kernel has it (auto).
     #[arg(long, value_name = "HOOKS", default_value = "auto")]
     pub kernel_hooks: KernelHooks,
+    /// When the kernel times nvbind's programs for the report's costs: in 2 s windows once a
+    /// minute from the start (sampled), all the time (on: every BPF program on the host pays
+    /// ~20 ns a run), or never (off).
+    #[arg(long, value_name = "WHEN", default_value = "sampled")]
+    pub bpf_stats: BpfStats,
+    /// How the scheduler programs tell untracked tasks from tracked ones: a byte per tid
+    /// (marks) or the tracked threads' hash table alone (table). For the benchmark.
+    #[arg(long, value_name = "CHECK", default_value = "marks", hide = true)]
+    pub untracked_check: UntrackedCheck,
     /// A stutter is a frame longer than this many times the trailing average frame time.
     #[arg(long, value_name = "FACTOR", default_value_t = DetectorConfig::default().factor)]
     pub stutter_factor: f64,

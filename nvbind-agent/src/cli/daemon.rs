@@ -25,6 +25,7 @@ fn options(args: DaemonArgs) -> DaemonOptions {
             keep_reports: args.keep_reports,
             gpu_sample_hz: args.gpu_sample_hz,
             kernel_hooks: args.kernel_hooks,
+            bpf_stats: args.bpf_stats,
             sysfs_root: args.sysfs_root,
             dev_root: args.dev_root,
             proc_root: args.proc_root,

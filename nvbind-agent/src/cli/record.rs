@@ -47,6 +47,8 @@ fn options(args: RecordArgs) -> Result<(RecordOptions, Outputs)> {
         no_follow_children,
         mount_tracefs,
         kernel_hooks,
+        bpf_stats,
+        untracked_check,
         stutter_factor,
         stutter_floor_ms,
         gpu_ioctl_type,
@@ -72,6 +74,8 @@ fn options(args: RecordArgs) -> Result<(RecordOptions, Outputs)> {
         gpu_roots,
         progress: true,
         kernel_hooks,
+        bpf_stats,
+        untracked_check,
     };
     let outputs = Outputs {
         report: out,

@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::{
     gpu::SamplerConfig,
-    probes::{KernelHooks, MAX_MAX_FPS_PER_USER, MIN_MAX_FPS_PER_USER},
+    probes::{BpfStats, KernelHooks, MAX_MAX_FPS_PER_USER, MIN_MAX_FPS_PER_USER},
     stutter::DetectorConfig,
 };
 
@@ -155,6 +155,9 @@ pub struct GpuConfig {
 pub struct ProbesConfig {
     /// "auto" (BTF tracepoints where the kernel has BTF, else classic ones), "btf" or "classic".
     pub kernel_hooks: KernelHooks,
+    /// When the kernel times nvbind's programs for /metrics: "sampled" (2 s a minute), "on"
+    /// (always: every BPF program on the host pays ~20 ns a run) or "off".
+    pub bpf_stats: BpfStats,
 }
 
 impl Default for ApiConfig {
@@ -506,6 +509,20 @@ mod tests {
             KernelHooks::Classic
         );
         let e = parse("[probes]\nkernel_hooks = \"fast\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bpf_stats_are_sampled_unless_asked_otherwise() {
+        assert_eq!(parse("").unwrap().probes.bpf_stats, BpfStats::Sampled);
+        assert_eq!(
+            parse("[probes]\nbpf_stats = \"off\"\n")
+                .unwrap()
+                .probes
+                .bpf_stats,
+            BpfStats::Off
+        );
+        let e = parse("[probes]\nbpf_stats = \"always\"\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
     }
 

@@ -243,17 +243,29 @@ const STATE_FAMILIES: &[StateFamily] = &[
     },
     StateFamily {
         name: "bpf_program_runs",
-        help: "Times each of nvbind's eBPF programs ran (kernel bpf_stats)",
+        help: "Runs of each of nvbind's eBPF programs while the kernel timed them \
+               (bpf_stats, nvbind_bpf_stats_measured_seconds)",
         kind: Kind::Counter,
         unit: None,
         read: Read::Program(|p| Number::Int(p.run_count)),
     },
     StateFamily {
         name: "bpf_program_run",
-        help: "Time spent in each of nvbind's eBPF programs (kernel bpf_stats)",
+        help: "Time spent in each of nvbind's eBPF programs while the kernel timed them \
+               (bpf_stats, nvbind_bpf_stats_measured_seconds)",
         kind: Kind::Counter,
         unit: Some("seconds"),
         read: Read::Program(|p| Number::Float(p.run_time_ns as f64 / 1e9)),
+    },
+    StateFamily {
+        name: "bpf_stats_measured",
+        help: "Time during which the kernel timed nvbind's eBPF programs (by default 2 s a \
+               minute: the global bpf_stats switch taxes every BPF program on the host)",
+        kind: Kind::Counter,
+        unit: Some("seconds"),
+        read: Read::One(|live| {
+            Number::Float(live.agent.bpf.first().map_or(0.0, |p| p.measured_s))
+        }),
     },
     StateFamily {
         name: "bpf_program_skipped_runs",

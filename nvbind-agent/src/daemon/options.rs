@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::config::Config;
-use crate::{gpu, probes::KernelHooks};
+use crate::{
+    gpu,
+    probes::{BpfStats, KernelHooks},
+};
 
 /// Command-line settings that override the configuration file.
 #[derive(Debug, Clone, Default)]
@@ -16,6 +19,7 @@ pub struct Overrides {
     pub keep_reports: Option<usize>,
     pub gpu_sample_hz: Option<f64>,
     pub kernel_hooks: Option<KernelHooks>,
+    pub bpf_stats: Option<BpfStats>,
     pub sysfs_root: Option<PathBuf>,
     pub dev_root: Option<PathBuf>,
     pub proc_root: Option<PathBuf>,
@@ -42,6 +46,9 @@ impl Overrides {
         }
         if let Some(v) = self.kernel_hooks {
             c.probes.kernel_hooks = v;
+        }
+        if let Some(v) = self.bpf_stats {
+            c.probes.bpf_stats = v;
         }
         if let Some(v) = &self.sysfs_root {
             c.gpu.sysfs_root = v.clone();

@@ -30,7 +30,7 @@ use crate::{
     },
     clock::monotonic_ns,
     gpu,
-    probes::{LoadOptions, Probes},
+    probes::{LoadOptions, Probes, UntrackedCheck},
 };
 
 /// How long the agent's stop waits for API connections (WebSockets) to close.
@@ -81,6 +81,8 @@ async fn serve(
         require_core: true,
         discover_presenters: true,
         kernel_hooks: config.probes.kernel_hooks,
+        bpf_stats: config.probes.bpf_stats,
+        untracked_check: UntrackedCheck::Marks,
     })?;
     probes
         .set_discovery_cap(config.games.max_per_user)

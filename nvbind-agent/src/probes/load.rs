@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use aya::{maps::RingBuf, Ebpf, EbpfLoader};
 
 use super::{
-    btf, error_chain, is_root,
+    btf, cost, error_chain, is_root,
     libraries::{self, LIBRARY_KINDS},
-    object_available, tracefs,
+    marks, object_available, tracefs,
     tracefs::Format,
-    KernelHooks, MissingObject, ProbeError, ProbeStatus, Probes, PROBES_OBJECT, TRACEPOINTS,
+    BpfStats, KernelHooks, MissingObject, ProbeError, ProbeStatus, Probes, PROBES_OBJECT,
+    TRACEPOINTS,
 };
 
 /// How to load.
@@ -24,6 +25,10 @@ pub struct LoadOptions {
     pub discover_presenters: bool,
     /// BTF or classic tracepoints for the scheduler probes.
     pub kernel_hooks: KernelHooks,
+    /// When the kernel times the programs (their costs in reports and /metrics).
+    pub bpf_stats: BpfStats,
+    /// How the scheduler programs tell untracked tasks from tracked ones.
+    pub untracked_check: marks::UntrackedCheck,
 }
 
 /// What the BTF tracepoints need from the running kernel, or why it cannot give it.
@@ -108,6 +113,8 @@ impl Formats {
 struct Settings {
     globals: Vec<(&'static str, u32)>,
     task_report_max: u64,
+    /// Words of `TID_MARKS` (1 where it is not used).
+    tid_mark_words: u32,
 }
 
 impl Settings {
@@ -148,8 +155,15 @@ impl Settings {
             "DISCOVER_PRESENTERS",
             u32::from(options.discover_presenters),
         ));
+        let marks_on = options.untracked_check == marks::UntrackedCheck::Marks;
+        globals.push(("TID_MARKS_ON", u32::from(marks_on)));
         Settings {
             globals,
+            tid_mark_words: if marks_on {
+                marks::words_for(marks::pid_max())
+            } else {
+                1
+            },
             task_report_max: formats
                 .get("sched_switch")
                 .and_then(Format::task_report_max)
@@ -169,6 +183,8 @@ impl Settings {
         if let Ok(cpus) = aya::util::nr_cpus() {
             loader.map_max_entries("CPU_WATCH", cpus.clamp(1, 1024) as u32);
         }
+        // A byte for every tid the kernel can give (4 MiB at the largest pid_max).
+        loader.map_max_entries(marks::MAP, self.tid_mark_words);
         loader
             .load(PROBES_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))
@@ -199,15 +215,16 @@ impl Probes {
         }
         let mut ebpf = Settings::new(&options, &formats, btf_support.as_ref()).load()?;
 
-        // bpf_stats costs ~20 ns per run; the per-program cost it gives is part of every report.
-        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-
         let mut ring = |name: &'static str| {
             let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
             RingBuf::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
         };
         let events = ring("EVENTS")?;
         let thread_exits = ring("THREAD_EXITS")?;
+        let tid_marks = match options.untracked_check {
+            marks::UntrackedCheck::Marks => Some(marks::TidMarks::map(&ebpf)?),
+            marks::UntrackedCheck::Table => None,
+        };
         let mut probes = Probes {
             ebpf,
             statuses: Vec::new(),
@@ -218,12 +235,15 @@ impl Probes {
             hooked_files: HashSet::new(),
             events,
             thread_exits,
-            _stats: stats,
+            cost_windows: cost::CostWindows::new(options.bpf_stats),
+            tid_marks,
             tracefs: tracefs.clone(),
         };
         probes.attach_tracepoints(&formats, btf_support.as_ref(), &options)?;
         probes.attach_drm_kprobes();
         probes.attach_present_hooks();
+        // The first cost window opens now, so even a short recording has its programs' costs.
+        probes.tick_cost_windows();
         Ok(probes)
     }
 

@@ -74,6 +74,7 @@ impl Probes {
         // ...then the threads it already has.
         let now = crate::clock::monotonic_ns();
         let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
+        let mut inserted = Vec::new();
         for tid in thread_ids(pid) {
             if threads.get(&tid, 0).is_ok() {
                 continue;
@@ -84,8 +85,15 @@ impl Probes {
                 last_cpu: u32::MAX,
                 ..Default::default()
             };
-            // BPF_NOEXIST: the kernel may have added it meanwhile.
-            let _ = threads.insert(tid, state, 1);
+            // BPF_NOEXIST: the kernel may have added it meanwhile (and marked it).
+            if threads.insert(tid, state, 1).is_ok() {
+                inserted.push(tid);
+            }
+        }
+        if let Some(marks) = &self.tid_marks {
+            for tid in inserted {
+                marks.mark(tid);
+            }
         }
         Ok(())
     }
@@ -117,9 +125,8 @@ impl Probes {
             .filter(|(_, t)| t.tgid == pid)
             .map(|(tid, _)| tid)
             .collect();
-        let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
         for tid in &tids {
-            let _ = threads.remove(tid);
+            self.remove_thread(*tid)?;
         }
         let mut presenters = self.hash_map_mut::<u32, ProcessHistograms>("PRESENTER_HISTS")?;
         for tid in &tids {
@@ -201,7 +208,7 @@ impl Probes {
     /// Takes the entry of thread `tid` of process `tgid` out of the kernel's table once it is
     /// final (its last switch marked it exited), returning its counters.
     pub fn take_exited_thread(&mut self, tid: u32, tgid: u32) -> Result<ExitedThread, ProbeError> {
-        let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
+        let threads = self.hash_map::<u32, ThreadState>("THREADS")?;
         let Ok(state) = threads.get(&tid, 0) else {
             return Ok(ExitedThread::Gone);
         };
@@ -217,9 +224,26 @@ impl Probes {
         // the leader's tid). Between this lookup and the delete that is rare but possible; the
         // new thread's entry is then made again at its next tracked event (`current_thread`),
         // missing only what it did meanwhile.
-        let _ = threads.remove(&tid);
+        self.remove_thread(tid)?;
         self.forget_pending_presents(&[tid]);
         Ok(ExitedThread::Taken(Box::new(state)))
+    }
+    /// Removes `tid`'s entry and unmarks it, marking it back if the kernel made a new entry for
+    /// the tid meanwhile (it marks only after its insert, so the look after the unmark sees it).
+    fn remove_thread(&mut self, tid: u32) -> Result<(), ProbeError> {
+        let mut threads = self.hash_map_mut::<u32, ThreadState>("THREADS")?;
+        let _ = threads.remove(&tid);
+        if let Some(marks) = &self.tid_marks {
+            marks.unmark(tid);
+            if self
+                .hash_map::<u32, ThreadState>("THREADS")?
+                .get(&tid, 0)
+                .is_ok()
+            {
+                marks.mark(tid);
+            }
+        }
+        Ok(())
     }
     /// Drops the frames held for present calls of these threads that never returned: a thread
     /// that exits or is killed inside one would otherwise keep its entry for good.

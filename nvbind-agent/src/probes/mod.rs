@@ -13,12 +13,13 @@ mod events;
 pub mod libraries;
 mod load;
 mod maps;
+mod marks;
 mod present;
 pub mod tracefs;
 mod tracepoints;
 pub mod vulkan;
 
-use std::{collections::HashSet, os::fd::OwnedFd, path::PathBuf};
+use std::{collections::HashSet, path::PathBuf};
 
 use aya::{maps::MapData, maps::RingBuf, Ebpf};
 use nvbind_common::TASK_COMM_LEN;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use thiserror::Error;
 
-pub use cost::ProgramCost;
+pub use cost::{BpfStats, ProgramCost};
 pub use discovery::{
     SubordinateUids, UserDiscoveries, DEFAULT_MAX_FPS_PER_USER, MAX_MAX_FPS_PER_USER,
     MIN_MAX_FPS_PER_USER,
@@ -35,6 +36,7 @@ pub use drm::{DrmKprobe, DRM_KPROBES};
 pub use events::Event;
 pub use load::LoadOptions;
 pub use maps::{thread_ids, ExitedThread};
+pub use marks::UntrackedCheck;
 pub use tracepoints::{KernelHooks, Tracepoint, TRACEPOINTS};
 
 use present::UprobePoint;
@@ -122,8 +124,10 @@ pub struct Probes {
     events: RingBuf<MapData>,
     /// Exited threads of tracked processes (`ThreadExitRecord`s).
     thread_exits: RingBuf<MapData>,
-    /// Keeps the kernel's bpf_stats collection on while the probes live.
-    _stats: Option<OwnedFd>,
+    /// When the kernel times the programs, and what they cost in that time.
+    cost_windows: cost::CostWindows,
+    /// The kernel's marks of tracked tids, mapped (`None` when the programs do not use them).
+    tid_marks: Option<marks::TidMarks>,
     pub tracefs: PathBuf,
 }
 

@@ -6,8 +6,11 @@
 //!    are untracked (the agent tracks an idle `sleep`), tracked (the agent launched the storm) and
 //!    when the agent tracks every process; and the same for bpftrace running a runqlat script and
 //!    bcc's `runqlat-bpfcc` ([`peers`]).
+//!    The agent tracking an idle process is run twice: with its tid marks (the default) and with
+//!    the tracked threads' hash table as the only check (`--untracked-check table`).
 //! 2. System cost: the storm's throughput in each of those cases as a ratio to a bare run, the
-//!    cases interleaved in a rotated order over several rounds.
+//!    cases interleaved in a rotated order over several rounds. bpf_stats (global: it times
+//!    every program run) is off in these rounds; the costs of 1 come from rounds of their own.
 //! 3. Agent footprint: CPU share and peak RSS while recording vkcube at several hundred fps with
 //!    the GPU sampler on.
 //! 4. GPU sampler: the cost of one sample per backend (over the sysfs fixture hosts; NVML where a
@@ -137,10 +140,24 @@ fn pinned_agent(agent: &Path) -> Command {
     c
 }
 
+/// `--bpf-stats` for a round: on where it measures costs, off where it measures throughput.
+fn stats_flag(timed: bool) -> &'static str {
+    if timed {
+        "on"
+    } else {
+        "off"
+    }
+}
+
 /// The storm while the agent records `what` (`--pid` of an idle process, or `--all`).
-fn storm_beside_agent(agent: &Path, what: &[&str], out: &Path) -> Result<(f64, Value)> {
+fn storm_beside_agent(
+    agent: &Path,
+    timed: bool,
+    what: &[&str],
+    out: &Path,
+) -> Result<(f64, Value)> {
     let mut rec = pinned_agent(agent)
-        .arg("record")
+        .args(["record", "--bpf-stats", stats_flag(timed)])
         .args(what)
         .arg("--out")
         .arg(out)
@@ -159,27 +176,30 @@ fn storm_beside_agent(agent: &Path, what: &[&str], out: &Path) -> Result<(f64, V
     Ok((ops?, read_report(out)?))
 }
 
-/// The storm while the agent tracks only an idle process.
-fn untracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
+/// The storm while the agent tracks only an idle process, telling untracked tasks from tracked
+/// ones with `check` (`--untracked-check`).
+fn untracked_storm(agent: &Path, timed: bool, check: &str, out: &Path) -> Result<(f64, Value)> {
     let mut idle = Command::new("sleep")
         .arg("600")
         .spawn()
         .context("start sleep")?;
-    let result = storm_beside_agent(agent, &["--pid", &idle.id().to_string()], out);
+    let pid = idle.id().to_string();
+    let what = ["--untracked-check", check, "--pid", &pid];
+    let result = storm_beside_agent(agent, timed, &what, out);
     let _ = idle.kill();
     let _ = idle.wait();
     result
 }
 
 /// The storm while the agent tracks every process (the storm is a child of the tracked bench).
-fn everything_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
-    storm_beside_agent(agent, &["--all"], out)
+fn everything_storm(agent: &Path, timed: bool, out: &Path) -> Result<(f64, Value)> {
+    storm_beside_agent(agent, timed, &["--all"], out)
 }
 
 /// The storm launched and tracked by the agent.
-fn tracked_storm(agent: &Path, out: &Path) -> Result<(f64, Value)> {
+fn tracked_storm(agent: &Path, timed: bool, out: &Path) -> Result<(f64, Value)> {
     let rec = pinned_agent(agent)
-        .args(["record", "--out"])
+        .args(["record", "--bpf-stats", stats_flag(timed), "--out"])
         .arg(out)
         .arg("--")
         .args(STORM)
@@ -278,6 +298,8 @@ enum Case {
     Bare,
     /// The agent tracks an idle process: the cost of its probes for untracked tasks.
     Untracked,
+    /// As `Untracked`, with the tracked threads' hash table as the only check (no tid marks).
+    UntrackedTable,
     /// The agent tracks the storm (one process).
     Tracked,
     /// The agent tracks every process (`record --all`).
@@ -285,9 +307,10 @@ enum Case {
     Peer(peers::Peer),
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 7] = [
     Case::Bare,
     Case::Untracked,
+    Case::UntrackedTable,
     Case::Tracked,
     Case::Everything,
     Case::Peer(peers::Peer::Bpftrace),
@@ -299,6 +322,9 @@ impl Case {
         match self {
             Case::Bare => "bare (nothing attached)",
             Case::Untracked => "nvbind, storm untracked (tracking one idle process)",
+            Case::UntrackedTable => {
+                "nvbind, storm untracked, hash-table check only (`--untracked-check table`)"
+            }
             Case::Tracked => "nvbind tracking the storm (one process)",
             Case::Everything => "nvbind tracking everything (`record --all`)",
             Case::Peer(p) => p.name(),
@@ -326,19 +352,21 @@ const PROGRAMS: [&str; 4] = [
     "nvbind_ioctl_exit",
 ];
 
-fn run_case(case: Case, agent: &Path, dir: &Path, runs: &mut CaseRuns) -> Result<()> {
+/// Runs one case: a throughput round (`timed` false: bpf_stats off, which would tax every
+/// program run) records the storm's ops/s; a cost round (bpf_stats on) the programs' costs.
+fn run_case(case: Case, timed: bool, agent: &Path, dir: &Path, runs: &mut CaseRuns) -> Result<()> {
     let report = match case {
         Case::Bare => {
             runs.ops.push(bare_storm()?);
             return Ok(());
         }
         Case::Peer(peer) => {
-            match peers::run(peer, dir, TOOL_CPU, bare_storm) {
-                Ok(run) => {
-                    runs.ops.push(run.ops_per_sec);
+            match peers::run(peer, dir, TOOL_CPU, timed, bare_storm) {
+                Ok(run) if timed => {
                     runs.per_switch
                         .push((run.ns_per_switch, run.switch_runs, run.switch_ns));
                 }
+                Ok(run) => runs.ops.push(run.ops_per_sec),
                 Err(e) => {
                     eprintln!("    NOT RUN: {}: {e:#}", peer.name());
                     runs.not_run = Some(format!("{e:#}"));
@@ -346,11 +374,17 @@ fn run_case(case: Case, agent: &Path, dir: &Path, runs: &mut CaseRuns) -> Result
             }
             return Ok(());
         }
-        Case::Untracked => untracked_storm(agent, &dir.join("untracked.json"))?,
-        Case::Tracked => tracked_storm(agent, &dir.join("tracked.json"))?,
-        Case::Everything => everything_storm(agent, &dir.join("everything.json"))?,
+        Case::Untracked => untracked_storm(agent, timed, "marks", &dir.join("untracked.json"))?,
+        Case::UntrackedTable => {
+            untracked_storm(agent, timed, "table", &dir.join("untracked-table.json"))?
+        }
+        Case::Tracked => tracked_storm(agent, timed, &dir.join("tracked.json"))?,
+        Case::Everything => everything_storm(agent, timed, &dir.join("everything.json"))?,
     };
-    runs.ops.push(report.0);
+    if !timed {
+        runs.ops.push(report.0);
+        return Ok(());
+    }
     let report = report.1;
     runs.costs
         .push(PROGRAMS.iter().map(|p| cost(&report, p)).collect());
@@ -363,17 +397,20 @@ fn run_case(case: Case, agent: &Path, dir: &Path, runs: &mut CaseRuns) -> Result
 fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
     let mut runs: Vec<CaseRuns> = CASES.iter().map(|_| CaseRuns::default()).collect();
     for round in 0..ROUNDS {
-        step(&format!(
-            "round {}/{ROUNDS}: the storm bare, beside nvbind (untracked, tracked, everything), under bpftrace and bcc",
-            round + 1
-        ));
-        // Rotated order: no case always runs first (after the previous round's last) or last.
-        for k in 0..CASES.len() {
-            let i = (k + round) % CASES.len();
-            if runs[i].not_run.is_some() {
-                continue;
+        for timed in [false, true] {
+            step(&format!(
+                "round {}/{ROUNDS}, {}: the storm bare, beside nvbind (untracked, tracked, everything), under bpftrace and bcc",
+                round + 1,
+                if timed { "costs (bpf_stats on)" } else { "throughput (bpf_stats off)" }
+            ));
+            // Rotated order: no case always runs first (after the previous round's last) or last.
+            for k in 0..CASES.len() {
+                let i = (k + round) % CASES.len();
+                if runs[i].not_run.is_some() || (timed && CASES[i] == Case::Bare) {
+                    continue;
+                }
+                run_case(CASES[i], timed, agent, dir, &mut runs[i])?;
             }
-            run_case(CASES[i], agent, dir, &mut runs[i])?;
         }
     }
     print_capture(&runs);
@@ -384,7 +421,7 @@ fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
 fn print_capture(runs: &[CaseRuns]) {
     let at = |case: Case| CASES.iter().position(|c| *c == case).unwrap_or(0);
     let bare = median(runs[at(Case::Bare)].ops.clone());
-    println!("\n### System cost: the storm's throughput (`{}`), medians of {ROUNDS} rounds, cases interleaved in rotated order\n", STORM.join(" "));
+    println!("\n### System cost: the storm's throughput (`{}`), medians of {ROUNDS} rounds, cases interleaved in rotated order, bpf_stats off\n", STORM.join(" "));
     println!("The tools' user space runs on CPU {TOOL_CPU}, the storm on CPU {STORM_CPU}.\n");
     println!("| case | storm ops/s | ratio to bare | loss |");
     println!("|---|---:|---:|---:|");
@@ -403,9 +440,9 @@ fn print_capture(runs: &[CaseRuns]) {
     }
     println!("\nGoal (issue 7): ≤ 3 % loss tracking one process.");
 
-    println!("\n### nvbind's kernel cost per program (bpf_stats), medians of {ROUNDS} rounds\n");
-    println!("| program | untracked: runs / ns per run | tracked: runs / ns per run | everything: runs / ns per run |");
-    println!("|---|---:|---:|---:|");
+    println!("\n### nvbind's kernel cost per program (bpf_stats on: separate rounds), medians of {ROUNDS} rounds\n");
+    println!("| program | untracked: runs / ns per run | untracked, table check only | tracked: runs / ns per run | everything: runs / ns per run |");
+    println!("|---|---:|---:|---:|---:|");
     for (i, program) in PROGRAMS.iter().enumerate() {
         let cell = |case: Case| {
             let c = &runs[at(case)].costs;
@@ -416,8 +453,9 @@ fn print_capture(runs: &[CaseRuns]) {
             )
         };
         println!(
-            "| {program} | {} | {} | {} |",
+            "| {program} | {} | {} | {} | {} |",
             cell(Case::Untracked),
+            cell(Case::UntrackedTable),
             cell(Case::Tracked),
             cell(Case::Everything)
         );
@@ -475,6 +513,8 @@ fn footprint(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
     let status = Command::new(agent)
         .args([
             "record",
+            "--bpf-stats",
+            "on",
             "--duration",
             "10",
             "--gpu-sample-hz",
@@ -544,8 +584,15 @@ fn game_with_sampler(
     host: Option<&Path>,
 ) -> Result<Value> {
     let mut cmd = Command::new(agent);
-    cmd.args(["record", "--gpu-sample-hz", hz, "--out"])
-        .arg(out);
+    cmd.args([
+        "record",
+        "--bpf-stats",
+        "on",
+        "--gpu-sample-hz",
+        hz,
+        "--out",
+    ])
+    .arg(out);
     if let Some(host) = host {
         let empty_dev = out.with_extension("dev");
         fs::create_dir_all(&empty_dev)?;

@@ -142,14 +142,17 @@ fn programs_since(before: &[u64]) -> Result<Vec<(String, u64, u64)>> {
 }
 
 /// Runs the storm under `peer` (its user space on `cpu`): waits until the peer's sched_switch
-/// program is loaded, runs `storm`, reads the peer's programs' cost, stops the peer.
+/// program is loaded, runs `storm`, stops the peer. With `timed`, bpf_stats is on for the run
+/// and the peer's programs' cost is read (a throughput round leaves it off: it taxes every
+/// program run, and the cost fields are then 0).
 pub fn run(
     peer: Peer,
     dir: &Path,
     cpu: &str,
+    timed: bool,
     storm: impl FnOnce() -> Result<f64>,
 ) -> Result<PeerRun> {
-    let _stats = Stats::on()?;
+    let _stats = if timed { Some(Stats::on()?) } else { None };
     let existing: Vec<u64> = programs()?.into_iter().map(|p| p.0).collect();
     let mut child = start(peer, dir, cpu)?;
     let pid = child.id();
@@ -209,6 +212,14 @@ pub fn run(
         .map(|n| delta(n))
         .fold((0, 0), |(r, t), (a, b)| (r + a, t + b));
     let total_time: u64 = names.iter().map(|n| delta(n).1).sum();
+    if !timed {
+        return Ok(PeerRun {
+            ops_per_sec: ops,
+            switch_runs: 0,
+            switch_ns: 0.0,
+            ns_per_switch: 0.0,
+        });
+    }
     if switch_runs == 0 {
         bail!(
             "{}: its sched_switch program never ran during the storm",

@@ -25,7 +25,14 @@ const ROUNDS: usize = 3;
 /// Records `command` until it exits; the report.
 fn record(agent: &Path, out: &Path, command: &[&str]) -> Result<(Value, String)> {
     let rec = Command::new(agent)
-        .args(["record", "--gpu-sample-hz", "0", "--out"])
+        .args([
+            "record",
+            "--bpf-stats",
+            "on",
+            "--gpu-sample-hz",
+            "0",
+            "--out",
+        ])
         .arg(out)
         .arg("--")
         .args(command)

@@ -171,6 +171,7 @@ impl Tracker {
         self.take_exited_threads();
         self.snapshot_threads();
         self.scan_new_libraries();
+        self.probes.tick_cost_windows();
         if self.last_scan.elapsed() >= SCAN_INTERVAL {
             self.last_scan = Instant::now();
             self.scan();

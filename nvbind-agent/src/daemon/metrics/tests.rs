@@ -134,6 +134,7 @@ fn representative() -> Metrics {
             run_count: 123_456,
             run_time_ns: 1_500_000_000,
             mean_ns_per_run: 12_150.0,
+            measured_s: 120.5,
             recursion_misses: 0,
         },
         ProgramCost {
@@ -141,6 +142,7 @@ fn representative() -> Metrics {
             run_count: 9_876_543_210,
             run_time_ns: 123_456_789,
             mean_ns_per_run: 12.5,
+            measured_s: 120.5,
             recursion_misses: 17,
         },
     ];
@@ -275,15 +277,19 @@ nvbind_gpu_clock_hertz{gpu="1",pci_address="0000:01:00.0",clock="graphics"} 3000
 nvbind_gpu_throttled{gpu="0",pci_address="0000:00:00.0",reason="power"} 1
 nvbind_gpu_throttled{gpu="0",pci_address="0000:00:00.0",reason="thermal"} 1
 nvbind_gpu_throttled{gpu="2",pci_address="0000:02:00.0",reason="idle"} 1
-# HELP nvbind_bpf_program_runs Times each of nvbind's eBPF programs ran (kernel bpf_stats)
+# HELP nvbind_bpf_program_runs Runs of each of nvbind's eBPF programs while the kernel timed them (bpf_stats, nvbind_bpf_stats_measured_seconds)
 # TYPE nvbind_bpf_program_runs counter
 nvbind_bpf_program_runs_total{program="present"} 123456
 nvbind_bpf_program_runs_total{program="sched_switch"} 9876543210
-# HELP nvbind_bpf_program_run_seconds Time spent in each of nvbind's eBPF programs (kernel bpf_stats)
+# HELP nvbind_bpf_program_run_seconds Time spent in each of nvbind's eBPF programs while the kernel timed them (bpf_stats, nvbind_bpf_stats_measured_seconds)
 # TYPE nvbind_bpf_program_run_seconds counter
 # UNIT nvbind_bpf_program_run_seconds seconds
 nvbind_bpf_program_run_seconds_total{program="present"} 1.5
 nvbind_bpf_program_run_seconds_total{program="sched_switch"} 0.123456789
+# HELP nvbind_bpf_stats_measured_seconds Time during which the kernel timed nvbind's eBPF programs (by default 2 s a minute: the global bpf_stats switch taxes every BPF program on the host)
+# TYPE nvbind_bpf_stats_measured_seconds counter
+# UNIT nvbind_bpf_stats_measured_seconds seconds
+nvbind_bpf_stats_measured_seconds_total 120.5
 # HELP nvbind_bpf_program_skipped_runs Times the kernel skipped each of nvbind's eBPF programs because another tracing program was running on that CPU: events it never saw
 # TYPE nvbind_bpf_program_skipped_runs counter
 nvbind_bpf_program_skipped_runs_total{program="present"} 0
@@ -390,14 +396,17 @@ nvbind_gpu_clock_hertz{gpu="1",pci_address="0000:01:00.0",clock="graphics"} 3000
 nvbind_gpu_throttled{gpu="0",pci_address="0000:00:00.0",reason="power"} 1
 nvbind_gpu_throttled{gpu="0",pci_address="0000:00:00.0",reason="thermal"} 1
 nvbind_gpu_throttled{gpu="2",pci_address="0000:02:00.0",reason="idle"} 1
-# HELP nvbind_bpf_program_runs_total Times each of nvbind's eBPF programs ran (kernel bpf_stats)
+# HELP nvbind_bpf_program_runs_total Runs of each of nvbind's eBPF programs while the kernel timed them (bpf_stats, nvbind_bpf_stats_measured_seconds)
 # TYPE nvbind_bpf_program_runs_total counter
 nvbind_bpf_program_runs_total{program="present"} 123456
 nvbind_bpf_program_runs_total{program="sched_switch"} 9876543210
-# HELP nvbind_bpf_program_run_seconds_total Time spent in each of nvbind's eBPF programs (kernel bpf_stats)
+# HELP nvbind_bpf_program_run_seconds_total Time spent in each of nvbind's eBPF programs while the kernel timed them (bpf_stats, nvbind_bpf_stats_measured_seconds)
 # TYPE nvbind_bpf_program_run_seconds_total counter
 nvbind_bpf_program_run_seconds_total{program="present"} 1.5
 nvbind_bpf_program_run_seconds_total{program="sched_switch"} 0.123456789
+# HELP nvbind_bpf_stats_measured_seconds_total Time during which the kernel timed nvbind's eBPF programs (by default 2 s a minute: the global bpf_stats switch taxes every BPF program on the host)
+# TYPE nvbind_bpf_stats_measured_seconds_total counter
+nvbind_bpf_stats_measured_seconds_total 120.5
 # HELP nvbind_bpf_program_skipped_runs_total Times the kernel skipped each of nvbind's eBPF programs because another tracing program was running on that CPU: events it never saw
 # TYPE nvbind_bpf_program_skipped_runs_total counter
 nvbind_bpf_program_skipped_runs_total{program="present"} 0
@@ -435,7 +444,11 @@ nvbind_reports_failed_total 1
 # TYPE nvbind_reports_lost_total counter
 nvbind_reports_lost_total 2
 "##;
-const EXPECTED_EMPTY_OPENMETRICS: &str = r##"# HELP nvbind_agent_cpu_seconds CPU time the agent used
+const EXPECTED_EMPTY_OPENMETRICS: &str = r##"# HELP nvbind_bpf_stats_measured_seconds Time during which the kernel timed nvbind's eBPF programs (by default 2 s a minute: the global bpf_stats switch taxes every BPF program on the host)
+# TYPE nvbind_bpf_stats_measured_seconds counter
+# UNIT nvbind_bpf_stats_measured_seconds seconds
+nvbind_bpf_stats_measured_seconds_total 0.0
+# HELP nvbind_agent_cpu_seconds CPU time the agent used
 # TYPE nvbind_agent_cpu_seconds counter
 # UNIT nvbind_agent_cpu_seconds seconds
 nvbind_agent_cpu_seconds_total 0.0
