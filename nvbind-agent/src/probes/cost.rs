@@ -199,6 +199,8 @@ impl Probes {
         let mut costs: Vec<ProgramCost> = self
             .ebpf
             .programs()
+            // Only the programs loaded (of a pair, the BTF or the classic one).
+            .filter(|(_, prog)| prog.info().is_ok())
             .map(|(name, prog): (&str, &Program)| {
                 let (run_count, run_time_ns) = totals.get(name).copied().unwrap_or_default();
                 ProgramCost {
