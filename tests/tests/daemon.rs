@@ -311,9 +311,8 @@ impl Drop for Daemon {
 }
 
 /// curl's (status, body) for one request; `args` end with the URL.
-/// The kernel's count of skipped runs (`recursion_misses`) of the loaded programs named `name`,
-/// as `bpftool` reads it (it leaves the field out when it is 0).
-fn kernel_skipped_runs(name: &str) -> u64 {
+/// Every loaded program as `bpftool -j prog show` describes it.
+fn loaded_programs() -> Vec<Value> {
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
@@ -323,11 +322,17 @@ fn kernel_skipped_runs(name: &str) -> u64 {
         "bpftool: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
-    let matching: Vec<&Value> = progs
-        .as_array()
-        .expect("a list of programs")
-        .iter()
+    match serde_json::from_slice(&out.stdout).expect("bpftool prints JSON") {
+        Value::Array(programs) => programs,
+        other => panic!("bpftool printed no list of programs: {other}"),
+    }
+}
+
+/// The kernel's count of skipped runs (`recursion_misses`) of the loaded programs named `name`,
+/// as `bpftool` reads it (it leaves the field out when it is 0).
+fn kernel_skipped_runs(name: &str) -> u64 {
+    let matching: Vec<Value> = loaded_programs()
+        .into_iter()
         .filter(|p| p["name"] == name)
         .collect();
     assert!(!matching.is_empty(), "no program {name} is loaded");
@@ -338,21 +343,9 @@ fn kernel_skipped_runs(name: &str) -> u64 {
 }
 
 /// The kernel's run counts (`run_cnt`, counted only while bpf_stats is on) summed over the
-/// loaded programs whose name starts with `prefix`, as `bpftool` reads them.
+/// loaded programs whose name starts with `prefix`.
 fn kernel_run_counts(prefix: &str) -> u64 {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("run bpftool (cargo xtask setup installs it)");
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
-    progs
-        .as_array()
-        .expect("a list of programs")
+    loaded_programs()
         .iter()
         .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
         .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
