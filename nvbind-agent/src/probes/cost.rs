@@ -131,11 +131,7 @@ impl CostWindows {
         if let Some(w) = self.open.take() {
             self.measured += w.since.elapsed();
         }
-        for (program, (runs, ns)) in in_window {
-            let total = self.closed.entry(program).or_default();
-            total.0 += runs;
-            total.1 += ns;
-        }
+        add_into(&mut self.closed, in_window);
     }
 
     /// What each program did in the open window so far.
@@ -161,20 +157,21 @@ impl CostWindows {
     /// seconds measured: both only grow.
     fn totals(&self, ebpf: &aya::Ebpf) -> (HashMap<String, RunTotals>, Duration) {
         let mut totals = self.closed.clone();
-        for (program, (runs, ns)) in self.in_open_window(ebpf) {
-            let total = totals.entry(program).or_default();
-            total.0 += runs;
-            total.1 += ns;
-        }
+        add_into(&mut totals, self.in_open_window(ebpf));
         let open = self
             .open
             .as_ref()
             .map_or(Duration::ZERO, |w| w.since.elapsed());
         (totals, self.measured + open)
     }
+}
 
-    pub(super) fn mode(&self) -> BpfStats {
-        self.mode
+/// Adds each program's runs and time in `more` to its totals in `into`.
+fn add_into(into: &mut HashMap<String, RunTotals>, more: HashMap<String, RunTotals>) {
+    for (program, (runs, ns)) in more {
+        let total = into.entry(program).or_default();
+        total.0 += runs;
+        total.1 += ns;
     }
 }
 
@@ -228,11 +225,6 @@ impl Probes {
     /// Opens or closes a cost window when one is due; call it often (the capture's every step).
     pub fn tick_cost_windows(&mut self) {
         self.cost_windows.tick(&self.ebpf);
-    }
-
-    /// When the programs' costs are measured.
-    pub fn bpf_stats(&self) -> BpfStats {
-        self.cost_windows.mode()
     }
 }
 
