@@ -383,7 +383,32 @@ pub const DRM_TEST_SCRIPT: &str = r#"#!/bin/sh
 A=/nvbind-agent
 show() { echo "==BEGIN $1=="; cat "$2"; echo; echo "==END $1=="; }
 # When each step began, in the guest's uptime: a slow or stuck step is seen in the console.
-at() { echo "nvbind-vm: $(cut -d' ' -f1 /proc/uptime) s: $1"; }
+at() {
+  t=$(cut -d' ' -f1 /proc/uptime)
+  echo "$t $1" > /tmp/step
+  echo "nvbind-vm: $t s: $1"
+}
+# A step that runs for over 60 s is stuck (each takes seconds): then, and every 60 s after, the
+# console gets every task's state and wait channel, the kernel's stacks of the blocked ones
+# (sysrq w) and the kernel log's tail, so a hang is diagnosed where it happens instead of ending
+# as a silent VM timeout.
+watchdog() {
+  while sleep 10; do
+    read started name < /tmp/step
+    now=$(cut -d' ' -f1 /proc/uptime)
+    ran=$(( ${now%.*} - ${started%.*} ))
+    [ $ran -lt 60 ] && continue
+    echo "nvbind-vm: step $name has run for $ran s; every task (pid comm state wchan):"
+    for p in /proc/[0-9]*; do
+      echo "  ${p#/proc/} $(cat $p/comm 2>/dev/null) $(cut -d' ' -f3 $p/stat 2>/dev/null) $(cat $p/wchan 2>/dev/null)"
+    done
+    echo 8 > /proc/sys/kernel/printk
+    echo w > /proc/sysrq-trigger
+    sleep 1
+    dmesg | tail -150
+    echo "$now $name" > /tmp/step
+  done
+}
 # Waits up to $2 tenths of a second for pid $1 to end; if it does not, writes where its threads
 # are (a hang is then diagnosed, not a VM timeout) and kills it.
 reap() {
@@ -397,6 +422,7 @@ reap() {
   wait $1
 }
 at doctor
+watchdog &
 $A doctor > /tmp/doctor.txt 2>&1; echo "exit $?" >> /tmp/doctor.txt
 show doctor /tmp/doctor.txt
 CONN=$(modetest -M vkms -c | awk '$3 == "connected" { print $1; exit }')
@@ -420,11 +446,9 @@ show modetest /tmp/modetest.txt
 show kernel-trace /tmp/kernel.txt
 show flip-trace /tmp/flips.txt
 show flip /tmp/flip.json
-# A mode set for the vblank and sequence checks; it ends by itself (end of input) and is waited
-# for. Never killed: Debian's 6.1 guest kernel froze (no console output, 4 times of 4) when the
-# mode setter was killed instead, and the test waits for it only after the checks.
-(sleep 10 | modetest -M vkms -s $CONN@$CRTC:1024x768 > /dev/null 2>&1) &
-MODE=$!
+# A mode set for the vblank and sequence checks, held until the VM powers off (`poweroff -f`
+# does not tear it down): no mode teardown is left in the script after the flip check.
+(sleep 1000000 | modetest -M vkms -s $CONN@$CRTC:1024x768 > /dev/null 2>&1) &
 sleep 1
 at vbl
 $A record --duration 2 --out /tmp/vbl.json -- vbltest -M vkms > /tmp/vbl.log 2>&1
@@ -436,7 +460,6 @@ $A record --out /tmp/seq.json -- /drm-sequence /dev/dri/card0 $CRTC 60 > /tmp/se
 echo "exit $?" >> /tmp/seq.log
 show seq-log /tmp/seq.log
 show seq /tmp/seq.json
-wait $MODE
 at daemon
 printf '[api]\nlisten = ""\nsocket = ""\n[reports]\ndir = "/tmp/reports"\ngroup = ""\n' > /tmp/agent.toml
 RUST_LOG=info $A --config /tmp/agent.toml > /tmp/daemon.log 2>&1 &
