@@ -7,7 +7,9 @@
 //!    when the agent tracks every process; and the same for bpftrace running a runqlat script and
 //!    bcc's `runqlat-bpfcc` ([`peers`]).
 //!    The agent tracking an idle process is run twice: with its tid marks (the default) and with
-//!    the tracked threads' hash table as the only check (`--untracked-check table`).
+//!    the tracked threads' hash table as the only check (`--untracked-check table`). Beside them,
+//!    the floor ([`floor`]): a BTF tracepoint pair that does one task-storage lookup and nothing
+//!    else, the least an "is this task ours" check can cost on this kernel.
 //! 2. System cost: the storm's throughput in each of those cases as a ratio to a bare run, the
 //!    cases interleaved in a rotated order over several rounds. bpf_stats (global: it times
 //!    every program run) is off in these rounds; the costs of 1 come from rounds of their own.
@@ -44,6 +46,7 @@ use crate::{demo::x_display, util::step};
 mod accuracy;
 mod binding;
 mod daemon;
+mod floor;
 mod peers;
 mod scaling;
 mod soak;
@@ -296,6 +299,8 @@ fn release_test_bin(root: &Path, bin: &str) -> Result<PathBuf> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Case {
     Bare,
+    /// The floor ([`floor`]): a BTF tracepoint pair doing one task-storage lookup, nothing else.
+    Floor,
     /// The agent tracks an idle process: the cost of its probes for untracked tasks.
     Untracked,
     /// As `Untracked`, with the tracked threads' hash table as the only check (no tid marks).
@@ -307,8 +312,9 @@ enum Case {
     Peer(peers::Peer),
 }
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 8] = [
     Case::Bare,
+    Case::Floor,
     Case::Untracked,
     Case::UntrackedTable,
     Case::Tracked,
@@ -321,6 +327,7 @@ impl Case {
     fn name(self) -> &'static str {
         match self {
             Case::Bare => "bare (nothing attached)",
+            Case::Floor => "the floor: sched_switch + sched_wakeup on BTF tracepoints, one task-storage lookup each",
             Case::Untracked => "nvbind, storm untracked (tracking one idle process)",
             Case::UntrackedTable => {
                 "nvbind, storm untracked, hash-table check only (`--untracked-check table`)"
@@ -360,15 +367,19 @@ fn run_case(case: Case, timed: bool, agent: &Path, dir: &Path, runs: &mut CaseRu
             runs.ops.push(bare_storm()?);
             return Ok(());
         }
-        Case::Peer(peer) => {
-            match peers::run(peer, dir, TOOL_CPU, timed, bare_storm) {
+        Case::Floor | Case::Peer(_) => {
+            let run = match case {
+                Case::Peer(peer) => peers::run(peer, dir, TOOL_CPU, timed, bare_storm),
+                _ => floor::run(timed, bare_storm),
+            };
+            match run {
                 Ok(run) if timed => {
                     runs.per_switch
                         .push((run.ns_per_switch, run.switch_runs, run.switch_ns));
                 }
                 Ok(run) => runs.ops.push(run.ops_per_sec),
                 Err(e) => {
-                    eprintln!("    NOT RUN: {}: {e:#}", peer.name());
+                    eprintln!("    NOT RUN: {}: {e:#}", case.name());
                     runs.not_run = Some(format!("{e:#}"));
                 }
             }
@@ -439,6 +450,14 @@ fn print_capture(runs: &[CaseRuns]) {
         );
     }
     println!("\nGoal (issue 7): ≤ 3 % loss tracking one process.");
+    let ratio = |case: Case| median(runs[at(case)].ops.clone()) / bare;
+    println!(
+        "Goal (issue 18): untracked within 0.02 of the floor: {:.3} against {:.3}, {:.3} apart; tracking the storm ≥ 0.88: {:.3}.",
+        ratio(Case::Untracked),
+        ratio(Case::Floor),
+        ratio(Case::Floor) - ratio(Case::Untracked),
+        ratio(Case::Tracked)
+    );
 
     println!("\n### nvbind's kernel cost per program (bpf_stats on: separate rounds), medians of {ROUNDS} rounds\n");
     println!("| program | untracked: runs / ns per run | untracked, table check only | tracked: runs / ns per run | everything: runs / ns per run |");
@@ -461,6 +480,25 @@ fn print_capture(runs: &[CaseRuns]) {
         );
     }
 
+    let untracked_switch = median(
+        runs[at(Case::Untracked)]
+            .costs
+            .iter()
+            .map(|r| r[0].1)
+            .collect(),
+    );
+    let floor_switch = median(
+        runs[at(Case::Floor)]
+            .per_switch
+            .iter()
+            .map(|p| p.2)
+            .collect(),
+    );
+    println!(
+        "\nGoal (issue 18): untracked sched_switch ≤ the floor's + 15 ns per run: {untracked_switch:.1} ns against {floor_switch:.1} + 15 ns ({:+.1} ns).",
+        untracked_switch - floor_switch - 15.0
+    );
+
     println!("\n### Kernel cost per context switch against bpftrace and bcc, medians of {ROUNDS} rounds\n");
     println!("Same storm; the peers' programs' cost read with `bpftool prog show` while bpf_stats is on. \"All programs per switch\" is every scheduler program's time (switch and wakeups) over the sched_switch runs.\n");
     println!("| tool | sched_switch runs | sched_switch ns/run | all programs, ns per switch | ratio to bpftrace |");
@@ -472,6 +510,7 @@ fn print_capture(runs: &[CaseRuns]) {
         median(bpftrace.per_switch.iter().map(|p| p.0).collect())
     };
     for case in [
+        Case::Floor,
         Case::Tracked,
         Case::Everything,
         Case::Peer(peers::Peer::Bpftrace),

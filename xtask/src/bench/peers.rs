@@ -66,10 +66,10 @@ pub struct PeerRun {
 }
 
 /// Turns on the kernel's bpf_stats for the peer's run, and restores the setting after.
-struct Stats(String);
+pub(super) struct Stats(String);
 
 impl Stats {
-    fn on() -> Result<Stats> {
+    pub(super) fn on() -> Result<Stats> {
         let path = "/proc/sys/kernel/bpf_stats_enabled";
         let was = fs::read_to_string(path).context("read bpf_stats_enabled")?;
         fs::write(path, "1").context("enable bpf_stats")?;
