@@ -20,8 +20,8 @@ use nvbind_common::{
 use crate::{
     culprit::{arm_watch, blame, scratch, take_wait, watch_armed, watch_switch},
     state::{
-        current_ids, field, kernel_field, maybe_tracked, now_ns, thread, unseen, PREEMPTORS,
-        PRESENTER_HISTS, PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF,
+        argument_field, current_ids, field, kernel_field, maybe_tracked, now_ns, thread, unseen,
+        PREEMPTORS, PRESENTER_HISTS, PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF,
         SWITCH_PREV_STATE_OFF, TASK_COMM_OFF, TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF,
         TASK_REPORT_MAX, WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
     },
@@ -82,7 +82,7 @@ struct SwitchArgs {
 
 impl Switch for SwitchArgs {
     fn next_pid(&self) -> Option<i32> {
-        kernel_field(self.next, &TASK_PID_OFF)
+        Some(argument_field(self.next, &TASK_PID_OFF))
     }
     fn prev_state(&self) -> u64 {
         let exit_state = if self.preempt {
@@ -107,10 +107,10 @@ struct WokenTask(*const u8);
 
 impl Wakeup for WokenTask {
     fn pid(&self) -> Option<i32> {
-        kernel_field(self.0, &TASK_PID_OFF)
+        Some(argument_field(self.0, &TASK_PID_OFF))
     }
     fn target_cpu(&self) -> Option<u32> {
-        kernel_field(self.0, &TASK_CPU_OFF)
+        Some(argument_field(self.0, &TASK_CPU_OFF))
     }
 }
 

@@ -360,6 +360,20 @@ pub fn kernel_field<T>(object: *const u8, offset: &Global<u32>) -> Option<T> {
     }
 }
 
+/// A field of a kernel object that a BTF tracepoint handed over as an argument, read with a plain
+/// load: the verifier knows the object's type and the offset (a constant: `.rodata` is frozen
+/// before the programs load), checks that a field of `T`'s size lies there, and turns the load
+/// into one that cannot fault. No helper call, unlike [`kernel_field`]; and a wrong offset from
+/// the BTF is refused at load time (the classic tracepoints are then used) instead of read.
+/// Only for the arguments themselves: a pointer read out of an object is a plain number to the
+/// verifier, to be read with [`kernel_field`].
+#[inline(always)]
+pub fn argument_field<T: Copy>(object: *const u8, offset: &Global<u32>) -> T {
+    // SAFETY: see above; the verifier refuses the program unless the load is a checked read
+    // of a field of the object's BTF type.
+    unsafe { core::ptr::read_volatile(object.add(offset.load() as usize) as *const T) }
+}
+
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: a helper with no arguments.
