@@ -140,7 +140,7 @@ pub fn render(d: &Diagnosis) -> String {
             p.family, p.name, p.hook
         ));
         if let Some(why) = &p.fallback {
-            out.push_str(&format!(" (not on a BTF tracepoint: {why})"));
+            out.push_str(&format!(" (not on its BTF hook: {why})"));
         }
         if let Some(r) = &p.reason {
             out.push_str(&format!(": {r}"));

@@ -110,7 +110,7 @@ fn doctor_says_which_kind_of_tracepoint_each_scheduler_probe_uses() {
     let table = agent(&["doctor", "--kernel-hooks", "classic"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        text.contains("not on a BTF tracepoint: classic tracepoints were asked for"),
+        text.contains("not on its BTF hook: classic tracepoints were asked for"),
         "{text}"
     );
 }

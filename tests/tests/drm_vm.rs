@@ -142,6 +142,20 @@ fn doctor_in_the_vm_lists_the_drm_probes_as_attached() {
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words[2..], ["tp_btf", "attached"], "{line}");
     }
+    // The ioctl programs on fentry/fexit of the ioctl syscall function (this machine's kernel
+    // refuses function hooks, so only here are they loaded and attached; the DRM requests
+    // counted by number in the flip check below come through them).
+    for (probe, hook) in [
+        ("syscalls:sys_enter_ioctl ", "fentry"),
+        ("syscalls:sys_exit_ioctl ", "fexit"),
+    ] {
+        let line = doctor
+            .lines()
+            .find(|l| l.contains(probe))
+            .unwrap_or_else(|| panic!("doctor does not list {probe}:\n{doctor}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[2..], [hook, "attached"], "{line}");
+    }
     // The host's graphics libraries are laid into the guest only to be hooked: every present
     // program (entry, return, and the Vulkan ProcAddr pair) passes this kernel's verifier. A
     // refused return probe would keep its entry probe off, with the reason on this line.

@@ -37,7 +37,7 @@ pub use events::Event;
 pub use load::LoadOptions;
 pub use maps::{thread_ids, ExitedThread};
 pub use marks::UntrackedCheck;
-pub use tracepoints::{KernelHooks, Tracepoint, TRACEPOINTS};
+pub use tracepoints::{BtfHook, KernelHooks, Tracepoint, TRACEPOINTS};
 
 use present::UprobePoint;
 

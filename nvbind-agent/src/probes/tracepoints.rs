@@ -1,7 +1,8 @@
-//! The kernel tracepoints nvbind attaches (scheduler, process, ioctl, DRM), each on its BTF
-//! tracepoint where it has one and the kernel allows (see [`KernelHooks`]), else its classic one.
+//! The kernel tracepoints nvbind attaches (scheduler, process, ioctl, DRM), each on its BTF hook
+//! (a BTF tracepoint, or fentry/fexit on the kernel function) where it has one and the kernel
+//! allows (see [`KernelHooks`]), else its classic tracepoint.
 
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, FEntry, FExit, TracePoint};
 use serde::{Deserialize, Serialize};
 
 use super::{error_chain, load::BtfSupport, LoadOptions, ProbeStatus, Probes};
@@ -12,10 +13,12 @@ pub struct Tracepoint {
     pub family: &'static str,
     /// The program for the classic tracepoint.
     pub program: &'static str,
-    /// The program for the BTF tracepoint of the same name, preferred where there is one: it
-    /// costs less per event and has its own recursion guard (a classic tracepoint program is
-    /// skipped whenever it fires while another tracing program runs on the same CPU).
+    /// The program on the BTF hook, preferred where there is one: it costs less per event and
+    /// has its own recursion guard (a classic tracepoint program is skipped whenever it fires
+    /// while another tracing program runs on the same CPU).
     pub btf_program: Option<&'static str>,
+    /// What the BTF program hooks.
+    pub btf_hook: BtfHook,
     pub category: &'static str,
     pub name: &'static str,
     /// `record` cannot run without it.
@@ -33,6 +36,7 @@ const fn tp(
         family,
         program,
         btf_program: None,
+        btf_hook: BtfHook::Tracepoint,
         category,
         name,
         required,
@@ -53,11 +57,57 @@ const fn tp_btf(
     }
 }
 
-/// Which kind of tracepoint the scheduler probes use.
+/// A tracepoint whose BTF program is on a kernel function instead (fentry or fexit).
+const fn on_function(
+    family: &'static str,
+    program: &'static str,
+    btf_program: &'static str,
+    btf_hook: BtfHook,
+    category: &'static str,
+    name: &'static str,
+) -> Tracepoint {
+    Tracepoint {
+        btf_program: Some(btf_program),
+        btf_hook,
+        ..tp(family, program, category, name, false)
+    }
+}
+
+/// Where a BTF program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BtfHook {
+    /// The BTF tracepoint of the tracepoint's name.
+    Tracepoint,
+    /// The entry of a kernel function.
+    FEntry(&'static str),
+    /// The return of a kernel function.
+    FExit(&'static str),
+}
+
+impl BtfHook {
+    fn name(self) -> &'static str {
+        match self {
+            BtfHook::Tracepoint => "tp_btf",
+            BtfHook::FEntry(_) => "fentry",
+            BtfHook::FExit(_) => "fexit",
+        }
+    }
+}
+
+/// The kernel's ioctl syscall function on this architecture: the ioctl programs' fentry/fexit.
+#[cfg(target_arch = "x86_64")]
+const IOCTL_SYSCALL: &str = "__x64_sys_ioctl";
+#[cfg(target_arch = "aarch64")]
+const IOCTL_SYSCALL: &str = "__arm64_sys_ioctl";
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const IOCTL_SYSCALL: &str = "__sys_ioctl_unknown_architecture";
+
+/// Which kind of hook the scheduler and ioctl probes use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KernelHooks {
-    /// BTF tracepoints where the kernel has BTF, classic tracepoints otherwise.
+    /// BTF hooks (BTF tracepoints, fentry/fexit) where the kernel has BTF, classic tracepoints
+    /// otherwise.
     #[default]
     Auto,
     /// BTF tracepoints only: fail if the kernel cannot give them.
@@ -75,8 +125,14 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         "scheduler", "nvbind_sched_wakeup_new", "nvbind_sched_wakeup_new_btf", "sched",
         "sched_wakeup_new",
     ),
-    tp("ioctl", "nvbind_ioctl_enter", "syscalls", "sys_enter_ioctl", false),
-    tp("ioctl", "nvbind_ioctl_exit", "syscalls", "sys_exit_ioctl", false),
+    on_function(
+        "ioctl", "nvbind_ioctl_enter", "nvbind_ioctl_enter_btf", BtfHook::FEntry(IOCTL_SYSCALL),
+        "syscalls", "sys_enter_ioctl",
+    ),
+    on_function(
+        "ioctl", "nvbind_ioctl_exit", "nvbind_ioctl_exit_btf", BtfHook::FExit(IOCTL_SYSCALL),
+        "syscalls", "sys_exit_ioctl",
+    ),
     tp("process", "nvbind_newtask", "task", "task_newtask", true),
     tp("process", "nvbind_exec", "sched", "sched_process_exec", true),
     tp("process", "nvbind_rename", "task", "task_rename", false),
@@ -99,16 +155,35 @@ impl Probes {
         options: &LoadOptions,
     ) -> ProbeStatus {
         let result = support.as_ref().map_err(Clone::clone).and_then(|(btf, _)| {
-            let prog: &mut BtfTracePoint = self.program(program)?;
-            prog.load(tp.name, btf).map_err(|e| error_chain(&e))?;
-            prog.attach().map_err(|e| error_chain(&e))?;
+            let failed = |e: aya::programs::ProgramError| error_chain(&e);
+            match tp.btf_hook {
+                BtfHook::Tracepoint => {
+                    let prog: &mut BtfTracePoint = self.program(program)?;
+                    prog.load(tp.name, btf).map_err(failed)?;
+                    prog.attach().map_err(failed)?;
+                }
+                // Kernels without ftrace's function hooks (or that keep them from BPF) refuse
+                // these at load: the reason names the function.
+                BtfHook::FEntry(function) => {
+                    let on = |e| format!("fentry on {function}: {}", failed(e));
+                    let prog: &mut FEntry = self.program(program)?;
+                    prog.load(function, btf).map_err(on)?;
+                    prog.attach().map_err(on)?;
+                }
+                BtfHook::FExit(function) => {
+                    let on = |e| format!("fexit on {function}: {}", failed(e));
+                    let prog: &mut FExit = self.program(program)?;
+                    prog.load(function, btf).map_err(on)?;
+                    prog.attach().map_err(on)?;
+                }
+            }
             Ok(())
         });
         let status = ProbeStatus {
             name: format!("{}:{}", tp.category, tp.name),
             family: tp.family.into(),
             program: program.into(),
-            hook: "tp_btf".into(),
+            hook: tp.btf_hook.name().into(),
             fallback: None,
             attached: result.is_ok(),
             reason: None,
