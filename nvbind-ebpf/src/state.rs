@@ -363,8 +363,8 @@ pub fn kernel_field<T>(object: *const u8, offset: &Global<u32>) -> Option<T> {
 /// A field of a kernel object that a BTF tracepoint handed over as an argument, read with a plain
 /// load: the verifier knows the object's type and the offset (a constant: `.rodata` is frozen
 /// before the programs load), checks that a field of `T`'s size lies there, and turns the load
-/// into one that cannot fault. No helper call, unlike [`kernel_field`]; and a wrong offset from
-/// the BTF is refused at load time (the classic tracepoints are then used) instead of read.
+/// into one that cannot fault. No helper call, unlike [`kernel_field`]; and an offset that is not
+/// a field of that size is refused at load time (the classic tracepoints are then used).
 /// Only for the arguments themselves: a pointer read out of an object is a plain number to the
 /// verifier, to be read with [`kernel_field`].
 #[inline(always)]

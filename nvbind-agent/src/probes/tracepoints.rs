@@ -110,7 +110,8 @@ pub enum KernelHooks {
     /// otherwise.
     #[default]
     Auto,
-    /// BTF tracepoints only: fail if the kernel cannot give them.
+    /// BTF hooks only: a probe whose BTF hook the kernel refuses stays off, with the reason
+    /// (`record` fails when that is a scheduler probe).
     Btf,
     /// Classic tracepoints only (the fallback for kernels without BTF).
     Classic,
