@@ -1,14 +1,18 @@
 //! `nvbind-agent doctor`: every probe, attached or unavailable, with the reason and the fix.
 //! It attaches for real (and detaches on exit), so what it says is what `record` would get.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use serde::Serialize;
 
 use crate::probes::{
-    self, libraries::LIBRARY_KINDS, tracefs, BpfStats, KernelHooks, LoadOptions, ProbeError,
-    ProbeStatus, Probes, UntrackedCheck, TRACEPOINTS,
+    self, libraries::LIBRARY_KINDS, tracefs, BpfStats, BtfHook, KernelHooks, LoadOptions,
+    OffsetsChecked, ProbeError, ProbeStatus, Probes, UntrackedCheck, TRACEPOINTS,
 };
+
+/// How long the `task_struct` offsets are checked on live switches: thousands of them even on
+/// an idle machine.
+const OFFSETS_CHECK_SPAN: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Serialize)]
 pub struct Diagnosis {
@@ -24,6 +28,13 @@ pub struct Diagnosis {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub probes: Vec<ProbeStatus>,
+    /// The `task_struct` offsets the BTF programs read, checked by value on live switches
+    /// (only where the scheduler programs are on BTF tracepoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_offsets: Option<OffsetsChecked>,
+    /// Why they were not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_offsets_not_checked: Option<String>,
 }
 
 /// Probes the machine.
@@ -43,20 +54,37 @@ pub fn diagnose(mount_tracefs: bool, kernel_hooks: KernelHooks) -> Diagnosis {
     });
     let tracefs = tracefs::find().ok().map(|p| p.display().to_string());
     match loaded {
-        Ok(p) => {
+        Ok(mut p) => {
             let statuses = p.statuses().to_vec();
-            let ready = TRACEPOINTS.iter().filter(|t| t.required).all(|t| {
+            let attached = TRACEPOINTS.iter().filter(|t| t.required).all(|t| {
                 let name = format!("{}:{}", t.category, t.name);
                 statuses.iter().any(|s| s.name == name && s.attached)
             });
+            let on_btf = statuses.iter().any(|s| {
+                s.name == "sched:sched_switch" && s.attached && s.hook == BtfHook::Tracepoint.name()
+            });
+            let (task_offsets, task_offsets_not_checked) = if on_btf {
+                match p.check_task_offsets(OFFSETS_CHECK_SPAN) {
+                    Ok(checked) => (Some(checked), None),
+                    Err(why) => (None, Some(why)),
+                }
+            } else {
+                (
+                    None,
+                    Some("the scheduler programs are not on BTF tracepoints".into()),
+                )
+            };
             Diagnosis {
-                ready,
+                // Offsets that read other fields would make every number wrong.
+                ready: attached && task_offsets.as_ref().is_none_or(OffsetsChecked::holds),
                 root: true,
                 kernel,
                 btf,
                 tracefs,
                 error: None,
                 probes: statuses,
+                task_offsets,
+                task_offsets_not_checked,
             }
         }
         Err(e) => {
@@ -104,6 +132,8 @@ pub fn diagnose(mount_tracefs: bool, kernel_hooks: KernelHooks) -> Diagnosis {
                 tracefs,
                 error: Some(reason),
                 probes: statuses,
+                task_offsets: None,
+                task_offsets_not_checked: Some("the probes did not load".into()),
             }
         }
     }
@@ -150,10 +180,39 @@ pub fn render(d: &Diagnosis) -> String {
         }
         out.push('\n');
     }
+    match (&d.task_offsets, &d.task_offsets_not_checked) {
+        (Some(checked), _) => out.push_str(&render_offsets(checked)),
+        (None, Some(why)) => out.push_str(&format!("task_struct offsets not checked: {why}\n")),
+        (None, None) => {}
+    }
     out.push_str(if d.ready {
         "ready: record can run\n"
     } else {
         "not ready: record cannot run until the errors above are fixed\n"
     });
     out
+}
+
+/// The offsets check in one line: each field's equal comparisons of all.
+fn render_offsets(checked: &OffsetsChecked) -> String {
+    let fields: Vec<String> = checked
+        .fields
+        .iter()
+        .map(|f| format!("{} {}/{}", f.field, f.equal, f.compared))
+        .collect();
+    if checked.holds() {
+        format!(
+            "task_struct offsets from BTF checked by value on {} switches, equal to the kernel's \
+             own: {}\n",
+            checked.switches,
+            fields.join(", ")
+        )
+    } else {
+        format!(
+            "error: task_struct offsets from BTF read other values than the kernel's own on {} \
+             switches: {} (fix: --kernel-hooks classic, and report this kernel)\n",
+            checked.switches,
+            fields.join(", ")
+        )
+    }
 }

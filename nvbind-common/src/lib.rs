@@ -631,6 +631,52 @@ pub struct ThreadExitRecord {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
+/// What `nvbind_offsets_check` found on one CPU (`doctor` loads it): the `task_struct` fields
+/// the BTF programs read at offsets taken from the kernel's BTF, read the same way for the task
+/// a `sched_switch` switches out (the current task), and compared with what the kernel's own
+/// helpers say of the current task. Every field is a count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OffsetCheck {
+    /// Switches seen.
+    pub switches: u64,
+    /// `prev->pid` equal to `bpf_get_current_pid_tgid()`'s tid.
+    pub pid_equal: u64,
+    /// `prev->cpu` equal to `bpf_get_smp_processor_id()`.
+    pub cpu_equal: u64,
+    /// `prev->comm` equal to `bpf_get_current_comm()`.
+    pub comm_equal: u64,
+    /// `prev->tgid` compared (its offset is known) and equal to the current tgid.
+    pub tgid_compared: u64,
+    pub tgid_equal: u64,
+    /// The `next->pid` of a switch compared with the tid of the task the CPU's next switch
+    /// switches out (the same task, now current), and equal.
+    pub next_compared: u64,
+    pub next_equal: u64,
+    /// `1 << 32 | next->pid` of the CPU's last switch (0 before the first).
+    pub last_next: u64,
+}
+
+/// The least time between two exec notices that wake the daemon: a build's thousands of execs a
+/// second must not wake it thousands of times. No notice waits longer for that: the daemon wakes
+/// again at the first age it searches a new process at (later than this gap), and reads every
+/// notice waiting then.
+pub const EXEC_WAKE_GAP_NS: u64 = 100_000_000;
+
+/// A process that was not tracked called `execve` (sent only while the daemon discovers
+/// presenters): the daemon searches its memory map, at a few ages, for graphics libraries the
+/// probes do not cover yet (a game in a container or the Steam runtime). Sent on a ring buffer
+/// of its own (`EXEC_NOTICES`), so an exec storm can fill only that one, never `EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecNotice {
+    pub tgid: u32,
+    /// Its real uid: the daemon keeps each user's share of its waiting list bounded.
+    pub uid: u32,
+    /// When it exec'd (CLOCK_MONOTONIC ns).
+    pub ts_ns: u64,
+}
+
 /// Why a present uprobe asked for the name passed to `vkGet*ProcAddr`: the bytes we compare.
 pub const VK_QUEUE_PRESENT_NAME: &[u8; 18] = b"vkQueuePresentKHR\0";
 
@@ -687,6 +733,8 @@ mod user {
     unsafe impl aya::Pod for super::PresentEvent {}
     unsafe impl aya::Pod for super::ResolvedPresentEvent {}
     unsafe impl aya::Pod for super::ThreadExitRecord {}
+    unsafe impl aya::Pod for super::ExecNotice {}
+    unsafe impl aya::Pod for super::OffsetCheck {}
     unsafe impl aya::Pod for super::ProcessEvent {}
     unsafe impl aya::Pod for super::DisplayEvent {}
     unsafe impl aya::Pod for super::CrtcVblanks {}
@@ -797,6 +845,7 @@ mod tests {
             8 * (12 + 2 * ioctl_class::COUNT)
         );
         assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<ExecNotice>(), 16);
         assert_eq!(size_of::<Culprit>(), 5 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(size_of::<HeldBy>(), 4 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(

@@ -23,6 +23,8 @@ mod process;
 #[cfg(target_arch = "bpf")]
 mod sched;
 #[cfg(target_arch = "bpf")]
+mod selfcheck;
+#[cfg(target_arch = "bpf")]
 mod state;
 
 #[cfg(target_arch = "bpf")]

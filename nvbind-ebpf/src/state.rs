@@ -241,6 +241,20 @@ pub static THREAD_EXITS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static THREAD_EXITS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Execs of untracked processes, for the daemon (`ExecNotice`): apart from `EVENTS`, so an
+/// exec storm (a build, a hostile user) fills only this one. A lost notice is not lost for
+/// good: the daemon still lists /proc now and then.
+#[map]
+pub static EXEC_NOTICES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// Notices that did not fit in `EXEC_NOTICES` (index 0): the daemon lists /proc at once.
+#[map]
+pub static EXEC_NOTICES_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// When an exec notice last woke the daemon (index 0, CLOCK_MONOTONIC ns).
+#[map]
+pub static EXEC_NOTICE_WOKEN: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Records that did not fit in `EVENTS` (index 0), so the report can say what was lost.
 #[map]
 pub static DROPPED_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -315,6 +329,10 @@ pub static TASK_COMM_OFF: Global<u32> = Global::new(0);
 pub static TASK_EXIT_STATE_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static TASK_CPU_OFF: Global<u32> = Global::new(0);
+/// Non-zero where the BTF `sched_process_exit` passes `group_dead` as its second argument
+/// (recent kernels; set by the agent from the kernel's BTF).
+#[unsafe(no_mangle)]
+pub static EXIT_GROUP_DEAD_ARG: Global<u32> = Global::new(0);
 /// `task_struct` offsets for naming the process a task's CPU time is blamed on (see
 /// `culprit::blamed_for`), with `TASK_COMM_OFF`: read from the kernel's BTF whatever the hooks;
 /// 0 when the kernel has no BTF, and then each task counts under its own process.
@@ -329,7 +347,8 @@ pub static TASK_START_TIME_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static TASK_FLAGS_OFF: Global<u32> = Global::new(0);
 /// Non-zero (set by the daemon at load): any process that presents a frame starts being tracked
-/// from that frame on, unless it is in `IGNORED_PROCESSES`.
+/// from that frame on, unless it is in `IGNORED_PROCESSES`; and every exec of an untracked
+/// process is noted in `EXEC_NOTICES`.
 #[unsafe(no_mangle)]
 pub static DISCOVER_PRESENTERS: Global<u32> = Global::new(0);
 /// `TASK_REPORT_MAX`: what `sched_switch` reports as `prev_state` for a preempted task.

@@ -2648,3 +2648,51 @@ fn bpf_stats_are_on_only_in_the_sampled_windows() {
     let after = fs::read_to_string(sysctl).expect("read kernel.bpf_stats_enabled");
     assert_eq!(after, before, "kernel.bpf_stats_enabled was changed");
 }
+
+/// Times the daemon's threads went to sleep so far (the kernel's voluntary switches, summed
+/// over its threads): each is one wakeup done with.
+fn daemon_sleeps(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the daemon's threads")
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn an_idle_daemon_sleeps_until_told_and_a_game_speeds_it_up() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    // Past its start-up (the first bpf_stats window, 2 s) before counting.
+    std::thread::sleep(Duration::from_secs(3));
+    // Idle, it drains once a second (and when the kernel wakes it); tracking a game, every
+    // 20 ms. Counted over the same span each, with nothing started in the span (an exec would
+    // wake it), so the comparison holds on any machine: a daemon that kept its tracking pace
+    // while idle, or never took it up again, sleeps about as often in both spans.
+    let span = Duration::from_secs(4);
+    let before = daemon_sleeps(daemon.pid());
+    std::thread::sleep(span);
+    let idle = daemon_sleeps(daemon.pid()) - before;
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let game = start_game(work.path(), FOREVER, 10.0);
+    wait_until_tracked_among(&daemon, std::slice::from_ref(&game), 1);
+    let before = daemon_sleeps(daemon.pid());
+    std::thread::sleep(span);
+    let tracking = daemon_sleeps(daemon.pid()) - before;
+    assert!(
+        idle * 5 < tracking,
+        "the daemon slept {idle} times in {span:?} idle and {tracking} times tracking a game: \
+         idle, it should wake only about once a second\n{}",
+        daemon.log()
+    );
+    eprintln!("daemon wakeups in {span:?}: idle {idle}, tracking a game {tracking}");
+}

@@ -127,13 +127,18 @@ fn doctor_in_the_vm_lists_the_drm_probes_as_attached() {
         assert!(line.trim_end().ends_with("attached"), "{line}");
     }
     assert!(doctor.contains("ready: record can run"), "{doctor}");
-    // A second kernel (Debian's 6.1) with its own task_struct layout: the scheduler probes load
-    // on its BTF tracepoints too, at offsets read from its BTF (a field missing or of the wrong
-    // size there would have sent them to the classic tracepoints, with the reason).
+    // A second kernel (Debian's 6.1) with its own task_struct layout: the scheduler and process
+    // probes load on its BTF tracepoints too, at offsets read from its BTF (a field missing or of
+    // the wrong size there would have sent them to the classic tracepoints, with the reason).
     for probe in [
         "sched:sched_switch ",
         "sched:sched_wakeup ",
         "sched:sched_wakeup_new ",
+        "task:task_newtask ",
+        "sched:sched_process_exec ",
+        "task:task_rename ",
+        "sched:sched_process_exit ",
+        "sched:sched_process_free ",
     ] {
         let line = doctor
             .lines()
@@ -141,6 +146,33 @@ fn doctor_in_the_vm_lists_the_drm_probes_as_attached() {
             .unwrap_or_else(|| panic!("doctor does not list {probe}:\n{doctor}"));
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words[2..], ["tp_btf", "attached"], "{line}");
+    }
+    // ...and those offsets read, on live switches, what the kernel itself says of each task
+    // (nearly always: see tests/doctor.rs).
+    let line = doctor
+        .lines()
+        .find(|l| l.starts_with("task_struct offsets from BTF checked by value on "))
+        .unwrap_or_else(|| panic!("doctor did not check the task_struct offsets:\n{doctor}"));
+    let (_, fields) = line.split_once(": ").expect("the fields after a colon");
+    for field in [
+        "prev->pid",
+        "prev->cpu",
+        "prev->comm",
+        "next->pid",
+        "prev->tgid",
+    ] {
+        let counts = fields
+            .split(", ")
+            .find_map(|f| f.strip_prefix(&format!("{field} ")))
+            .unwrap_or_else(|| panic!("{field} not checked: {line}"));
+        let (equal, compared) = counts
+            .split_once('/')
+            .and_then(|(e, c)| Some((e.parse::<u64>().ok()?, c.parse::<u64>().ok()?)))
+            .unwrap_or_else(|| panic!("{field}: {counts:?} is not EQUAL/COMPARED: {line}"));
+        assert!(
+            compared > 0 && equal * 100 >= compared * 99,
+            "{field}: {equal} of {compared} equal: {line}"
+        );
     }
     // The ioctl programs on fentry/fexit of the ioctl syscall function (this machine's kernel
     // refuses function hooks, so only here are they loaded and attached; the DRM requests

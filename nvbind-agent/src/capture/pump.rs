@@ -16,6 +16,10 @@ use crate::probes::Probes;
 /// How often the ring buffer is drained. Producers never wake the agent (BPF_RB_NO_WAKEUP): at
 /// several hundred frames per second a wakeup per frame would cost more than the frames.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often it is drained while nothing is tracked (see [`EventPump::set_idle`]): then every
+/// record that matters (a new presenter, an exec) wakes the agent itself, and the timer only
+/// paces housekeeping. A daemon that waits for weeks for a game must cost next to nothing.
+pub const IDLE_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The signals that end a capture or the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,31 +63,39 @@ pub enum Wake {
 
 pub struct EventPump {
     ticker: Interval,
+    /// Whether the ticker runs at IDLE_DRAIN_INTERVAL.
+    idle: bool,
     /// A duplicate of the ring buffer's descriptor (same file description), owned by the poller:
     /// readable when a record that asks for a wakeup is waiting.
     wakeups: AsyncFd<OwnedFd>,
+    /// The same for the exec notices' ring buffer (the daemon's).
+    exec_wakeups: AsyncFd<OwnedFd>,
     signals: StopSignals,
 }
 
 impl EventPump {
     pub fn new(probes: &Probes, signals: StopSignals) -> Result<EventPump> {
-        // SAFETY: the borrowed descriptor is open for as long as `probes` lives, and the
-        // duplicate made here is owned by the pump.
-        let events_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(probes.events_fd()) }
-            .try_clone_to_owned()
-            .context("cannot duplicate the eBPF ring buffer descriptor")?;
-        // SAFETY: `events_fd` is owned by the AsyncFd, open and unchanged for its whole life.
-        let wakeups = unsafe { AsyncFd::register_with_interest(events_fd, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .context("cannot poll the eBPF ring buffer")?;
-        let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
-        // A late tick (the agent runs niced, behind the games) is not made up for with a burst.
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(EventPump {
-            ticker,
-            wakeups,
+            ticker: ticker(DRAIN_INTERVAL),
+            idle: false,
+            wakeups: poll_ring(probes.events_fd(), "events")?,
+            exec_wakeups: poll_ring(probes.exec_notices_fd(), "exec notices")?,
             signals,
         })
+    }
+
+    /// Drains every IDLE_DRAIN_INTERVAL while `idle` (nothing is tracked), every DRAIN_INTERVAL
+    /// otherwise. The owner says so after each drain; a new tracked process wakes the pump by
+    /// its own record, so the faster pace starts with its first frames.
+    pub fn set_idle(&mut self, idle: bool) {
+        if idle != self.idle {
+            self.idle = idle;
+            self.ticker = ticker(if idle {
+                IDLE_DRAIN_INTERVAL
+            } else {
+                DRAIN_INTERVAL
+            });
+        }
     }
 
     /// Waits for the next reason to drain, or a stop signal. Cancel-safe: it can be one branch
@@ -92,6 +104,12 @@ impl EventPump {
         tokio::select! {
             _ = self.ticker.tick() => Wake::Drain,
             ready = self.wakeups.readable() => {
+                if let Ok(mut guard) = ready {
+                    guard.clear_ready();
+                }
+                Wake::Drain
+            }
+            ready = self.exec_wakeups.readable() => {
                 if let Ok(mut guard) = ready {
                     guard.clear_ready();
                 }
@@ -106,4 +124,26 @@ impl EventPump {
     pub async fn settle() {
         tokio::time::sleep(DRAIN_INTERVAL).await;
     }
+}
+
+/// A ticker whose first tick is one `period` from now.
+fn ticker(period: Duration) -> Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // A late tick (the agent runs niced, behind the games) is not made up for with a burst.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Polls a ring buffer for records that ask for a wakeup, through a duplicate of its descriptor
+/// (the same file description) owned by the poller.
+fn poll_ring(fd: std::os::fd::RawFd, what: &str) -> Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the borrowed descriptor is open for as long as the probes live (longer than the
+    // pump), and the duplicate made here is owned by the AsyncFd.
+    let owned = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .with_context(|| format!("cannot duplicate the eBPF {what} ring buffer descriptor"))?;
+    // SAFETY: `owned` is owned by the AsyncFd, open and unchanged for its whole life.
+    unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .with_context(|| format!("cannot poll the eBPF {what} ring buffer"))
 }

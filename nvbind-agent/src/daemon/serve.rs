@@ -19,7 +19,7 @@ use super::{
     live::{AgentStatus, GpuStatus, Live},
     metrics::Metrics,
     options::DaemonOptions,
-    processes::{list_pids, NEW_PROCESS_SCAN_INTERVAL},
+    processes::{list_pids, YoungProcesses, LISTING_GAP, PROCESS_LISTING_INTERVAL},
     sessions,
     tracking::{Daemon, RETRY_INTERVAL},
 };
@@ -116,7 +116,7 @@ async fn serve(
     let mut daemon = Daemon::new(tracker, Arc::clone(&shared), config, options, sampler);
     // Processes running now were covered by the host's libraries at load; only new ones are
     // searched for copies.
-    daemon.known = list_pids().unwrap_or_default();
+    daemon.young = YoungProcesses::new(list_pids().unwrap_or_default());
     daemon.housekeeping();
     log::info!(
         "tracking every process that presents frames; reports go to {}",
@@ -175,10 +175,10 @@ fn shared_state(
     })
 }
 
-/// The main loop: reads the kernel's records when the pump wakes or a stream asks, and after
-/// each read keeps house, scans new processes and retries failed writes when they are due; a
-/// finished write or SIGHUP is handled on its own. Returns the name of the signal that stopped
-/// it.
+/// The main loop: reads the kernel's records when the pump wakes, a stream asks or a young
+/// process reaches an age to be searched at, and after each read keeps house, searches new
+/// processes and retries failed writes when they are due; a finished write or SIGHUP is handled
+/// on its own. Returns the name of the signal that stopped it.
 async fn run_until_stopped(
     daemon: &mut Daemon,
     mut pump: EventPump,
@@ -187,8 +187,9 @@ async fn run_until_stopped(
     let shared = Arc::clone(&daemon.shared);
     let mut last_housekeeping = Instant::now();
     let mut last_retry = Instant::now();
-    let mut last_process_scan = Instant::now();
+    let mut last_listing = Instant::now();
     loop {
+        let next_library_scan = daemon.young.next_due();
         tokio::select! {
             wake = pump.next() => {
                 if let Wake::Stop(signal) = wake {
@@ -196,6 +197,9 @@ async fn run_until_stopped(
                 }
             }
             _ = shared.drain_request.notified() => {}
+            _ = tokio::time::sleep_until(
+                next_library_scan.map_or_else(tokio::time::Instant::now, Into::into)
+            ), if next_library_scan.is_some() => {}
             Some(done) = daemon.writes.join_next(), if !daemon.writes.is_empty() => {
                 daemon.written(done);
                 continue;
@@ -212,9 +216,21 @@ async fn run_until_stopped(
             last_housekeeping = Instant::now();
             daemon.housekeeping();
         }
-        if last_process_scan.elapsed() >= NEW_PROCESS_SCAN_INTERVAL {
-            last_process_scan = Instant::now();
-            daemon.scan_new_processes();
+        daemon.take_exec_notices();
+        let since_listing = last_listing.elapsed();
+        if since_listing >= PROCESS_LISTING_INTERVAL
+            || (daemon.list_soon && since_listing >= LISTING_GAP)
+        {
+            last_listing = Instant::now();
+            daemon.list_processes();
+        }
+        daemon.scan_young_processes();
+        // Nothing tracked: every record that matters wakes the daemon by itself, and the GPUs'
+        // status is for the live view only.
+        let idle = daemon.tracker.processes().is_empty();
+        pump.set_idle(idle);
+        if let Some(sampler) = &daemon.sampler {
+            sampler.set_idle(idle);
         }
         if last_retry.elapsed() >= RETRY_INTERVAL {
             last_retry = Instant::now();

@@ -17,6 +17,7 @@ use super::{
     live::Live,
     metrics::{CauseLabels, ProcessLabels},
     options::DaemonOptions,
+    processes::YoungProcesses,
     sessions,
 };
 use crate::{
@@ -54,10 +55,13 @@ pub(super) struct Daemon {
     pub(super) failed: Vec<PendingWrite>,
     /// Sessions ended recently, by pid (see `housekeeping::TOMBSTONE`).
     pub(super) ended: HashMap<u32, Instant>,
-    /// Processes seen in /proc: when first seen, and how many library scans they had.
-    pub(super) young: HashMap<u32, (Instant, usize)>,
-    /// Every pid seen in /proc at the last listing.
-    pub(super) known: HashSet<u32>,
+    /// Processes new since the agent started, whose memory maps are searched for library
+    /// copies at a few ages.
+    pub(super) young: YoungProcesses,
+    /// Exec notices the kernel could not send, as last read.
+    pub(super) exec_notices_lost: u64,
+    /// /proc is to be listed at the next wakeup (notices were lost or dropped).
+    pub(super) list_soon: bool,
     /// When a user at `games.max_per_user` was last warned about (at most every 10 s: the
     /// refusals go on with every present of that user's untracked processes).
     pub(super) cap_warnings: RateLimited,
@@ -84,8 +88,9 @@ impl Daemon {
             cpu_at_start: HashMap::new(),
             writes: JoinSet::new(),
             failed: Vec::new(),
-            young: HashMap::new(),
-            known: HashSet::new(),
+            young: YoungProcesses::default(),
+            exec_notices_lost: 0,
+            list_soon: false,
             ended: HashMap::new(),
             cap_warnings: RateLimited::new(Duration::from_secs(10)),
             rate_warnings: RateLimited::new(Duration::from_secs(10)),

@@ -45,6 +45,9 @@ pub struct TaskLayout {
     /// The CPU the task is on or queued for (`task_cpu()`): `cpu`, or `thread_info.cpu` on
     /// kernels that keep it there.
     pub cpu: u32,
+    /// Whether the BTF `sched_process_exit` passes `group_dead` (recent kernels; Linux 6.1's
+    /// passes the task only).
+    pub exit_group_dead_arg: bool,
 }
 
 impl TaskLayout {
@@ -92,6 +95,8 @@ impl TaskLayout {
             comm: field("comm", 16)?,
             exit_state: field("exit_state", 4)?,
             cpu,
+            exit_group_dead_arg: tracepoint_params(btf, "sched_process_exit")
+                .is_ok_and(|params| params >= 2),
         })
     }
 }

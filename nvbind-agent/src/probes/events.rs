@@ -2,8 +2,8 @@
 //! [`Event`]s.
 
 use nvbind_common::{
-    DisplayEvent, EventHeader, EventKind, PresentEvent, ProcessEvent, ResolvedPresentEvent,
-    ThreadExitRecord,
+    DisplayEvent, EventHeader, EventKind, ExecNotice, PresentEvent, ProcessEvent,
+    ResolvedPresentEvent, ThreadExitRecord,
 };
 
 use super::Probes;
@@ -33,23 +33,44 @@ impl Probes {
         }
     }
     /// Reads every exited-thread record waiting (their own ring buffer, drained with the events).
-    pub fn drain_thread_exits(&mut self, mut on_exit: impl FnMut(ThreadExitRecord)) {
-        while let Some(item) = self.thread_exits.next() {
-            if item.len() >= size_of::<ThreadExitRecord>() {
-                // SAFETY: length checked; a plain-old-data record (see nvbind-common).
-                on_exit(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-            }
-        }
+    pub fn drain_thread_exits(&mut self, on_exit: impl FnMut(ThreadExitRecord)) {
+        drain_records(&mut self.thread_exits, on_exit);
     }
     /// Exited-thread records the kernel could not send (their ring buffer was full), in all.
     pub fn thread_exits_lost(&self) -> u64 {
         self.sum_per_cpu("THREAD_EXITS_LOST", 0)
+    }
+    /// Reads every exec notice waiting (the daemon's; their own ring buffer).
+    pub fn drain_exec_notices(&mut self, on_exec: impl FnMut(ExecNotice)) {
+        drain_records(&mut self.exec_notices, on_exec);
+    }
+    /// Exec notices the kernel could not send (their ring buffer was full), in all.
+    pub fn exec_notices_lost(&self) -> u64 {
+        self.sum_per_cpu("EXEC_NOTICES_LOST", 0)
+    }
+    /// The exec notices' descriptor: readable when a notice that asked for a wakeup is waiting.
+    pub fn exec_notices_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.exec_notices.as_raw_fd()
     }
     /// The ring buffer's descriptor: readable when a record that asked for a wakeup (a resolved
     /// Vulkan present function, a new process) is waiting. Frames never wake it.
     pub fn events_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.events.as_raw_fd()
+    }
+}
+
+/// Reads every record waiting in a ring buffer of `T`s alone.
+fn drain_records<T: aya::Pod>(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    mut on_record: impl FnMut(T),
+) {
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<T>() {
+            // SAFETY: length checked; T is a plain-old-data record (see nvbind-common).
+            on_record(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
     }
 }
 

@@ -136,6 +136,7 @@ impl Settings {
                 ("TASK_COMM_OFF", layout.comm),
                 ("TASK_EXIT_STATE_OFF", layout.exit_state),
                 ("TASK_CPU_OFF", layout.cpu),
+                ("EXIT_GROUP_DEAD_ARG", u32::from(layout.exit_group_dead_arg)),
             ]);
         }
         // Naming the process a culprit task belongs to needs only BTF, not the BTF hooks: with
@@ -221,6 +222,7 @@ impl Probes {
         };
         let events = ring("EVENTS")?;
         let thread_exits = ring("THREAD_EXITS")?;
+        let exec_notices = ring("EXEC_NOTICES")?;
         let tid_marks = match options.untracked_check {
             marks::UntrackedCheck::Marks => Some(marks::TidMarks::map(&ebpf)?),
             marks::UntrackedCheck::Table => None,
@@ -235,6 +237,7 @@ impl Probes {
             hooked_files: HashSet::new(),
             events,
             thread_exits,
+            exec_notices,
             cost_windows: cost::CostWindows::new(options.bpf_stats),
             tid_marks,
             tracefs: tracefs.clone(),

@@ -15,6 +15,7 @@ mod load;
 mod maps;
 mod marks;
 mod present;
+mod selfcheck;
 pub mod tracefs;
 mod tracepoints;
 pub mod vulkan;
@@ -37,6 +38,7 @@ pub use events::Event;
 pub use load::LoadOptions;
 pub use maps::{thread_ids, ExitedThread};
 pub use marks::UntrackedCheck;
+pub use selfcheck::{FieldCheck, OffsetsChecked};
 pub use tracepoints::{BtfHook, KernelHooks, Tracepoint, TRACEPOINTS};
 
 use present::UprobePoint;
@@ -124,6 +126,8 @@ pub struct Probes {
     events: RingBuf<MapData>,
     /// Exited threads of tracked processes (`ThreadExitRecord`s).
     thread_exits: RingBuf<MapData>,
+    /// Execs of untracked processes, for the daemon (`ExecNotice`s).
+    exec_notices: RingBuf<MapData>,
     /// When the kernel times the programs, and what they cost in that time.
     cost_windows: cost::CostWindows,
     /// The kernel's marks of tracked tids, mapped (`None` when the programs do not use them).

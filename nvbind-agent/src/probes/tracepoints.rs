@@ -50,10 +50,11 @@ const fn tp_btf(
     btf_program: &'static str,
     category: &'static str,
     name: &'static str,
+    required: bool,
 ) -> Tracepoint {
     Tracepoint {
         btf_program: Some(btf_program),
-        ..tp(family, program, category, name, true)
+        ..tp(family, program, category, name, required)
     }
 }
 
@@ -85,7 +86,7 @@ pub enum BtfHook {
 }
 
 impl BtfHook {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             BtfHook::Tracepoint => "tp_btf",
             BtfHook::FEntry(_) => "fentry",
@@ -102,7 +103,7 @@ const IOCTL_SYSCALL: &str = "__arm64_sys_ioctl";
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const IOCTL_SYSCALL: &str = "__sys_ioctl_unknown_architecture";
 
-/// Which kind of hook the scheduler and ioctl probes use.
+/// Which kind of hook the scheduler, process and ioctl probes use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KernelHooks {
@@ -120,11 +121,17 @@ pub enum KernelHooks {
 /// Every tracepoint program, one row each.
 #[rustfmt::skip]
 pub const TRACEPOINTS: &[Tracepoint] = &[
-    tp_btf("scheduler", "nvbind_sched_switch", "nvbind_sched_switch_btf", "sched", "sched_switch"),
-    tp_btf("scheduler", "nvbind_sched_wakeup", "nvbind_sched_wakeup_btf", "sched", "sched_wakeup"),
+    tp_btf(
+        "scheduler", "nvbind_sched_switch", "nvbind_sched_switch_btf", "sched", "sched_switch",
+        true,
+    ),
+    tp_btf(
+        "scheduler", "nvbind_sched_wakeup", "nvbind_sched_wakeup_btf", "sched", "sched_wakeup",
+        true,
+    ),
     tp_btf(
         "scheduler", "nvbind_sched_wakeup_new", "nvbind_sched_wakeup_new_btf", "sched",
-        "sched_wakeup_new",
+        "sched_wakeup_new", true,
     ),
     on_function(
         "ioctl", "nvbind_ioctl_enter", "nvbind_ioctl_enter_btf", BtfHook::FEntry(IOCTL_SYSCALL),
@@ -134,11 +141,14 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         "ioctl", "nvbind_ioctl_exit", "nvbind_ioctl_exit_btf", BtfHook::FExit(IOCTL_SYSCALL),
         "syscalls", "sys_exit_ioctl",
     ),
-    tp("process", "nvbind_newtask", "task", "task_newtask", true),
-    tp("process", "nvbind_exec", "sched", "sched_process_exec", true),
-    tp("process", "nvbind_rename", "task", "task_rename", false),
-    tp("process", "nvbind_exit", "sched", "sched_process_exit", true),
-    tp("process", "nvbind_process_free", "sched", "sched_process_free", false),
+    tp_btf("process", "nvbind_newtask", "nvbind_newtask_btf", "task", "task_newtask", true),
+    tp_btf("process", "nvbind_exec", "nvbind_exec_btf", "sched", "sched_process_exec", true),
+    tp_btf("process", "nvbind_rename", "nvbind_rename_btf", "task", "task_rename", false),
+    tp_btf("process", "nvbind_exit", "nvbind_exit_btf", "sched", "sched_process_exit", true),
+    tp_btf(
+        "process", "nvbind_process_free", "nvbind_process_free_btf", "sched",
+        "sched_process_free", false,
+    ),
     tp("drm", "nvbind_drm_vblank", "drm", "drm_vblank_event", false),
     tp("drm", "nvbind_drm_queued", "drm", "drm_vblank_event_queued", false),
     tp("drm", "nvbind_drm_delivered", "drm", "drm_vblank_event_delivered", false),
