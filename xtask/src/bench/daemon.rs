@@ -26,7 +26,14 @@ const STREAMS_PER_GAME: usize = 5;
 /// Not a multiple of the 60 fps game's 16.67 ms, so messages do not lock to one phase of its frames.
 const STREAM_INTERVAL_MS: u64 = 47;
 const MEASURE: Duration = Duration::from_secs(15);
-const IDLE: Duration = Duration::from_secs(10);
+/// Idle costs are a few milliseconds of CPU a second, paid in bursts (a /proc listing, a
+/// bpf_stats window once a minute): only minutes average them out (issue 18: at least 5).
+const IDLE: Duration = Duration::from_secs(300);
+/// Left to the daemon's start-up (its first bpf_stats window, the host's processes listed)
+/// before the idle measurement.
+const IDLE_SETTLE: Duration = Duration::from_secs(5);
+/// Issue 18's goal for the daemon idle: at most this share of a core.
+const IDLE_GOAL: f64 = 0.001;
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -120,13 +127,23 @@ async fn stream(url: String, until: Instant) -> Result<Vec<Seen>> {
 /// whole measurement.
 const GAMES: [(&str, f64, u32); 2] = [("fast", 4.0, 8000), ("vsync", 16.667, 2000)];
 
-pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
+/// `gpu_host`: a GPU fixture host (this machine has no GPU), whose GPU the daemon samples at its
+/// default rate, as it would a gaming host's.
+pub fn bench(agent: &Path, game: &Path, gpu_host: &Path, dir: &Path) -> Result<()> {
     step("daemon: frame-to-WebSocket latency; agent CPU and memory, idle vs 2 games + 10 streams");
     let dir = dir.join("daemon");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
+    let no_devices = dir.join("empty-dev");
+    fs::create_dir_all(&no_devices)?;
+    let gpu = format!(
+        "[gpu]\nsysfs_root = \"{}\"\nproc_root = \"{}\"\ndev_root = \"{}\"\n",
+        gpu_host.join("sys").display(),
+        gpu_host.join("proc").display(),
+        no_devices.display()
+    );
     // `running` lives to the end: dropping it kills whatever is still running, on every path.
-    let (mut running, daemon_pid, port) = start_daemon(agent, &dir, "")?;
+    let (mut running, daemon_pid, port) = start_daemon(agent, &dir, &gpu)?;
     let (idle_cpu, idle_rss) = measure_idle(daemon_pid)?;
 
     let pids = start_games(game, &dir, &mut running)?;
@@ -145,15 +162,15 @@ pub fn bench(agent: &Path, game: &Path, dir: &Path) -> Result<()> {
 
 /// Starts the daemon on a free local port with its reports under `dir`, and waits until it
 /// tracks processes. Returns it (as `Running`, so a failed wait still kills it), its pid and port.
-/// `reports` is more of the config's `[reports]` table.
-pub(super) fn start_daemon(agent: &Path, dir: &Path, reports: &str) -> Result<(Running, u32, u16)> {
+/// `more` is more of the config: the rest of its `[reports]` table, then other tables.
+pub(super) fn start_daemon(agent: &Path, dir: &Path, more: &str) -> Result<(Running, u32, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     fs::write(
         dir.join("agent.toml"),
         format!(
-            "[api]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"\"\n[reports]\ndir = \"{}\"\n{reports}",
+            "[api]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"\"\n[reports]\ndir = \"{}\"\n{more}",
             dir.join("reports").display()
         ),
     )?;
@@ -183,7 +200,11 @@ pub(super) fn start_daemon(agent: &Path, dir: &Path, reports: &str) -> Result<(R
 
 /// The idle daemon's CPU (share of one core over `IDLE`) and RSS, after a second to settle.
 fn measure_idle(daemon_pid: u32) -> Result<(f64, u64)> {
-    sleep(Duration::from_secs(1));
+    step(&format!(
+        "daemon: idle for {} s (no game, no client)",
+        (IDLE_SETTLE + IDLE).as_secs()
+    ));
+    sleep(IDLE_SETTLE);
     let cpu0 = cpu_seconds(daemon_pid)?;
     sleep(IDLE);
     let idle_cpu = (cpu_seconds(daemon_pid)? - cpu0) / IDLE.as_secs_f64();
@@ -304,7 +325,8 @@ fn print_footprint(idle_cpu: f64, idle_rss: u64, busy_cpu: f64, busy_rss: u64, p
     println!("| state | agent CPU (share of one core) | RSS |");
     println!("|---|---:|---:|");
     println!(
-        "| idle (no game, no client) | {:.2} % | {:.1} MiB |",
+        "| idle (no game, no client; {} s; the amd-dgpu fixture's GPU sampled) | {:.3} % | {:.1} MiB |",
+        IDLE.as_secs(),
         idle_cpu * 100.0,
         idle_rss as f64 / (1 << 20) as f64
     );
@@ -314,5 +336,16 @@ fn print_footprint(idle_cpu: f64, idle_rss: u64, busy_cpu: f64, busy_rss: u64, p
         busy_cpu / idle_cpu.max(1e-9),
         busy_rss as f64 / (1 << 20) as f64,
         peak_rss as f64 / (1 << 20) as f64
+    );
+    println!();
+    println!(
+        "goal, daemon idle at most {:.1} % of a core: {:.3} % ({})",
+        IDLE_GOAL * 100.0,
+        idle_cpu * 100.0,
+        if idle_cpu <= IDLE_GOAL {
+            "met"
+        } else {
+            "not met"
+        }
     );
 }

@@ -9,6 +9,7 @@ use std::{
     ffi::CString,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::Command,
+    sync::OnceLock,
 };
 
 use anyhow::{bail, Context, Result};
@@ -125,8 +126,14 @@ fn key_value_btf() -> Vec<u8> {
     btf
 }
 
-/// The id in the kernel's BTF of the typedef behind a BTF tracepoint (`btf_trace_<name>`).
-fn tracepoint_btf_ids(names: &[&str]) -> Result<Vec<u32>> {
+/// The ids in the kernel's BTF of the typedefs behind the `sched_switch` and `sched_wakeup` BTF
+/// tracepoints (`btf_trace_<name>`). Found once per bench run: bpftool prints the whole kernel
+/// BTF (megabytes of text), and the floor is attached in every round.
+fn tracepoint_btf_ids() -> Result<[u32; 2]> {
+    static IDS: OnceLock<[u32; 2]> = OnceLock::new();
+    if let Some(ids) = IDS.get() {
+        return Ok(*ids);
+    }
     let out = Command::new("bpftool")
         .args(["btf", "dump", "file", "/sys/kernel/btf/vmlinux"])
         .output()
@@ -138,18 +145,17 @@ fn tracepoint_btf_ids(names: &[&str]) -> Result<Vec<u32>> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    names
-        .iter()
-        .map(|name| {
-            let wanted = format!("] TYPEDEF 'btf_trace_{name}' ");
-            text.lines()
-                .find(|l| l.contains(&wanted))
-                .and_then(|l| l.strip_prefix('['))
-                .and_then(|l| l.split(']').next())
-                .and_then(|id| id.parse().ok())
-                .with_context(|| format!("the kernel's BTF has no btf_trace_{name}"))
-        })
-        .collect()
+    let id_of = |name: &str| -> Result<u32> {
+        let wanted = format!("] TYPEDEF 'btf_trace_{name}' ");
+        text.lines()
+            .find(|l| l.contains(&wanted))
+            .and_then(|l| l.strip_prefix('['))
+            .and_then(|l| l.split(']').next())
+            .and_then(|id| id.parse().ok())
+            .with_context(|| format!("the kernel's BTF has no btf_trace_{name}"))
+    };
+    let ids = [id_of("sched_switch")?, id_of("sched_wakeup")?];
+    Ok(*IDS.get_or_init(|| ids))
 }
 
 /// The floor's programs, loaded and attached; detached when dropped.
@@ -197,7 +203,7 @@ impl Floor {
         let map = fd(sys_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)
             .context("create the floor's task-storage map (BPF_MAP_TYPE_TASK_STORAGE)")?);
 
-        let ids = tracepoint_btf_ids(&["sched_switch", "sched_wakeup"])?;
+        let ids = tracepoint_btf_ids()?;
         // sched_switch(bool preempt, prev, next, prev_state): the next task, at byte 16;
         // sched_wakeup(p): byte 0.
         let mut programs = Vec::new();
@@ -286,21 +292,6 @@ pub fn run(timed: bool, storm: impl FnOnce() -> Result<f64>) -> Result<PeerRun> 
             after[i].2.saturating_sub(before[i].2),
         )
     };
-    let (switch_runs, switch_time) = delta(0);
     let total_time: u64 = (0..after.len()).map(|i| delta(i).1).sum();
-    if !timed {
-        return Ok(PeerRun {
-            ops_per_sec: ops,
-            ..PeerRun::default()
-        });
-    }
-    if switch_runs == 0 {
-        bail!("the floor's sched_switch program never ran during the storm");
-    }
-    Ok(PeerRun {
-        ops_per_sec: ops,
-        switch_runs,
-        switch_ns: switch_time as f64 / switch_runs as f64,
-        ns_per_switch: total_time as f64 / switch_runs as f64,
-    })
+    super::peers::peer_run(ops, timed, delta(0), total_time, "the floor")
 }

@@ -37,10 +37,21 @@ tracepoint:sched:sched_switch
 }
 "#;
 
+/// Empty programs on the ioctl syscall tracepoints: what any program there costs the machine.
+/// Enabling a syscall tracepoint sends every syscall of every task (the storm's reads and writes
+/// included) through the kernel's syscall-tracing path; nvbind's ioctl programs sit there where
+/// the kernel refuses fentry/fexit (as this machine's does).
+const IOCTL_TRACEPOINTS_BT: &str = r#"
+tracepoint:syscalls:sys_enter_ioctl { }
+tracepoint:syscalls:sys_exit_ioctl { }
+"#;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     Bpftrace,
     Bcc,
+    /// Not a peer: the syscall-tracepoint tax alone ([`IOCTL_TRACEPOINTS_BT`]).
+    IoctlTracepoints,
 }
 
 impl Peer {
@@ -48,8 +59,30 @@ impl Peer {
         match self {
             Peer::Bpftrace => "bpftrace (runqlat script)",
             Peer::Bcc => "bcc runqlat-bpfcc",
+            Peer::IoctlTracepoints => {
+                "bpftrace, empty programs on sys_enter_ioctl/sys_exit_ioctl (the syscall tracepoints' tax)"
+            }
         }
     }
+
+    /// Whether it has scheduler programs, whose cost per switch is measured.
+    pub fn on_the_scheduler(self) -> bool {
+        self != Peer::IoctlTracepoints
+    }
+
+    /// Whether `program` (a loaded program's name) shows the peer has attached.
+    fn attached_with(self, program: &str) -> bool {
+        if self.on_the_scheduler() {
+            is_switch(program)
+        } else {
+            program.contains("ioctl")
+        }
+    }
+}
+
+/// A peer's `sched_switch` program, by its name.
+fn is_switch(program: &str) -> bool {
+    program.contains("sched_switch") || program.contains("finish_task")
 }
 
 /// What one storm under a peer measured.
@@ -91,6 +124,11 @@ fn start(peer: Peer, dir: &Path, cpu: &str) -> Result<Child> {
         Peer::Bpftrace => {
             let script = dir.join("runqlat.bt");
             fs::write(&script, RUNQLAT_BT)?;
+            cmd.arg("bpftrace").arg(script);
+        }
+        Peer::IoctlTracepoints => {
+            let script = dir.join("ioctl-tracepoints.bt");
+            fs::write(&script, IOCTL_TRACEPOINTS_BT)?;
             cmd.arg("bpftrace").arg(script);
         }
         // An interval far beyond the run: it prints once, when stopped.
@@ -157,7 +195,6 @@ pub fn run(
     let mut child = start(peer, dir, cpu)?;
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let is_switch = |name: &str| name.contains("sched_switch") || name.contains("finish_task");
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             let mut out = String::new();
@@ -168,7 +205,7 @@ pub fn run(
         }
         if programs_since(&existing)?
             .iter()
-            .any(|(n, _, _)| is_switch(n))
+            .any(|(n, _, _)| peer.attached_with(n))
         {
             break;
         }
@@ -212,24 +249,38 @@ pub fn run(
         .map(|n| delta(n))
         .fold((0, 0), |(r, t), (a, b)| (r + a, t + b));
     let total_time: u64 = names.iter().map(|n| delta(n).1).sum();
+    peer_run(
+        ops,
+        timed,
+        (switch_runs, switch_time),
+        total_time,
+        peer.name(),
+    )
+}
+
+/// A storm's result: its ops/s and, when `timed`, the cost per switch from the scheduler
+/// programs' counters (`switch`: the switch program's runs and ns; `total_ns`: every program's).
+pub(super) fn peer_run(
+    ops: f64,
+    timed: bool,
+    switch: (u64, u64),
+    total_ns: u64,
+    who: &str,
+) -> Result<PeerRun> {
+    let (switch_runs, switch_ns) = switch;
     if !timed {
         return Ok(PeerRun {
             ops_per_sec: ops,
-            switch_runs: 0,
-            switch_ns: 0.0,
-            ns_per_switch: 0.0,
+            ..PeerRun::default()
         });
     }
     if switch_runs == 0 {
-        bail!(
-            "{}: its sched_switch program never ran during the storm",
-            peer.name()
-        );
+        bail!("{who}: its sched_switch program never ran during the storm");
     }
     Ok(PeerRun {
         ops_per_sec: ops,
         switch_runs,
-        switch_ns: switch_time as f64 / switch_runs as f64,
-        ns_per_switch: total_time as f64 / switch_runs as f64,
+        switch_ns: switch_ns as f64 / switch_runs as f64,
+        ns_per_switch: total_ns as f64 / switch_runs as f64,
     })
 }
