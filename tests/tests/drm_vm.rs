@@ -350,19 +350,35 @@ fn sequence_and_late_vblank_events_are_not_display_frames() {
     // but for runs of the DRM probes the kernel skipped (its recursion guard: a vblank interrupt
     // while another tracing program ran on that CPU), which the report counts.
     // A delivery whose send the kprobe never saw is counted apart (`unpaired_deliveries`).
+    //
+    // Debian's 6.1 does not count the runs it skips of kprobe and classic tracepoint programs
+    // (Linux 6.7 and later do): there a skipped run shows only as a program that ran fewer times
+    // than there were events. So each of nvbind's counts must equal what its program saw, run
+    // for run (every event in this step is drm-sequence's), and the program may have run short
+    // of the events asked for only by the skips counted, and by at most 2 that 6.1 cannot count
+    // (1 in 120 was seen in about 40 boots: a vblank interrupt landing inside another program).
+    const UNCOUNTED_SKIPS: u64 = 2;
     let skipped = skipped_runs(&report, "nvbind_drm");
-    let unpaired = report["capture"]["drm"]["unpaired_deliveries"]
+    let drm = &report["capture"]["drm"];
+    let unpaired = drm["unpaired_deliveries"]
         .as_u64()
         .expect("unpaired_deliveries");
-    for (field, asked, lost) in [
-        ("vblank_events_delivered", 120, skipped + unpaired),
-        ("vblank_events_queued", 60, skipped),
+    for (field, runs_field, asked, unseen) in [
+        ("vblank_events_delivered", "delivered_events", 120, unpaired),
+        ("vblank_events_queued", "queued_events", 60, 0),
     ] {
         let seen = display[field].as_u64().expect(field);
+        let runs = drm[runs_field].as_u64().expect(runs_field);
+        assert_eq!(
+            seen + unseen,
+            runs,
+            "{field}: {seen} for drm-sequence ({unseen} unpaired) of {runs} runs of its program: \
+             {display} {drm}"
+        );
         assert!(
-            seen <= asked && seen + lost >= asked,
-            "{field}: {seen} of {asked}, {skipped} DRM probe runs skipped, {unpaired} unpaired: \
-             {display}"
+            runs <= asked && runs + skipped + UNCOUNTED_SKIPS >= asked,
+            "{field}: the program ran {runs} times for {asked} events, {skipped} runs skipped: \
+             {display} {drm}"
         );
     }
     let requests = &p["ioctl"]["drm"]["requests"];
