@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use serde::Serialize;
 
 use crate::probes::{
-    self, libraries::LIBRARY_KINDS, tracefs, BpfStats, BtfHook, KernelHooks, LoadOptions,
+    self, libraries::LIBRARY_KINDS, tracefs, BpfStats, BtfHook, KernelHooks, LeftOut, LoadOptions,
     OffsetsChecked, ProbeError, ProbeStatus, Probes, UntrackedCheck, TRACEPOINTS,
 };
 
@@ -51,6 +51,7 @@ pub fn diagnose(mount_tracefs: bool, kernel_hooks: KernelHooks) -> Diagnosis {
         // doctor's load lasts a moment: nothing to measure.
         bpf_stats: BpfStats::Off,
         untracked_check: UntrackedCheck::Marks,
+        left_out: LeftOut::default(),
     });
     let tracefs = tracefs::find().ok().map(|p| p.display().to_string());
     match loaded {

@@ -106,6 +106,19 @@ impl PresentSource {
 }
 
 /// Scheduler state of a tracked thread, as the probes last saw it.
+/// Steps of the tracked scheduler path that `--leave-out` (a benchmark option) skips, as bits of
+/// the object's `LEFT_OUT` global: the benchmark measures what each costs per switch.
+pub mod sched_step {
+    /// Who held a watched CPU: the holder's process (its lineage) and names.
+    pub const HOLDER_DETAILS: u32 = 1;
+    /// The CPU watch itself (arming it at wakeups and preemptions, following it at switches).
+    pub const CULPRIT_WATCH: u32 = 2;
+    /// Naming a culprit for a run-queue wait (the watch's, or the preemptor or previous task).
+    pub const CULPRIT_NAMING: u32 = 4;
+    /// The per-process and per-presenter run-queue and blocked histograms.
+    pub const HISTOGRAMS: u32 = 8;
+}
+
 pub mod thread_status {
     /// Tracked, but no scheduler event seen yet.
     pub const UNKNOWN: u32 = 0;

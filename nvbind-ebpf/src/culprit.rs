@@ -8,14 +8,16 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_probe_read_kernel_buf,
     generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
 };
+use aya_ebpf::Global;
 use nvbind_common::{
-    culprit_flags, Culprit, HeldBy, ThreadState, WatchedWait, HELD_SLOTS, MAX_ANCESTORS,
-    RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN, WATCH_WAITS, YOUNG_NS,
+    culprit_flags, sched_step, Culprit, HeldBy, ThreadState, WatchedWait, HELD_SLOTS,
+    MAX_ANCESTORS, RECENT_WAIT_NS, STALE_WAIT_NS, TASK_COMM_LEN, WATCH_WAITS, YOUNG_NS,
 };
 
 use crate::state::{
-    kernel_field, CPU_WATCH, CULPRIT_SCRATCH, TASK_COMM_OFF, TASK_FLAGS_OFF, TASK_GROUP_LEADER_OFF,
-    TASK_REAL_PARENT_OFF, TASK_START_TIME_OFF, TASK_TGID_OFF,
+    argument_comm, argument_field, kernel_field, runs, Outgoing, CPU_WATCH, CULPRIT_SCRATCH,
+    TASK_COMM_OFF, TASK_FLAGS_OFF, TASK_GROUP_LEADER_OFF, TASK_REAL_PARENT_OFF,
+    TASK_START_TIME_OFF, TASK_TGID_OFF,
 };
 
 /// `PF_KTHREAD` in `task_struct.flags`: a kernel thread.
@@ -54,6 +56,8 @@ const _: () = assert!(
 /// The task whose stretch on a CPU just ended (the current task at a switch); its name and cgroup
 /// are read only when a wait's account needs them (`fill`).
 struct Stretch {
+    /// The task itself where a BTF tracepoint handed it over (null on classic tracepoints).
+    task: *const u8,
     cgroup_id: u64,
     tid: u32,
     tgid: u32,
@@ -64,9 +68,13 @@ struct Stretch {
 impl Stretch {
     #[inline(always)]
     fn fill(&mut self) {
-        if !self.filled {
+        if !self.filled && runs(sched_step::HOLDER_DETAILS) {
             self.filled = true;
-            self.comm = bpf_get_current_comm().unwrap_or_default();
+            self.comm = if self.task.is_null() {
+                bpf_get_current_comm().unwrap_or_default()
+            } else {
+                argument_comm(self.task)
+            };
             // SAFETY: helper without arguments; the current task is the one whose stretch ended.
             self.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         }
@@ -91,9 +99,12 @@ struct Blamed {
 /// itself. Without the kernel's `task_struct` layout (no BTF), the current process.
 ///
 /// This runs at every switch that ends a stretch inside a followed wait, so the common case (an
-/// old process's main thread) costs two reads: its start time and its flags.
+/// old process's main thread) costs two reads: its start time and its flags. Where a BTF
+/// tracepoint handed the current task over (`task`, else null) every read is a plain load, the
+/// walk up a young process's ancestors included; else each is a helper call (measured in the
+/// tracked storm, whose processes are young for its first 250 ms: 160 ns of a switch's 720).
 #[inline(always)]
-fn blamed_for(tgid: u32, tid: u32, since: u64) -> Blamed {
+fn blamed_for(tgid: u32, tid: u32, since: u64, task: *const u8) -> Blamed {
     let settled_by = since.saturating_sub(YOUNG_NS);
     // Until the main thread is read: only a main thread is known to be its process's.
     let mut b = Blamed {
@@ -105,44 +116,82 @@ fn blamed_for(tgid: u32, tid: u32, since: u64) -> Blamed {
     if TASK_GROUP_LEADER_OFF.load() == 0 {
         return b;
     }
-    // SAFETY: a helper without arguments; the pointer is only read through checked
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
+    if task.is_null() {
+        // SAFETY: a helper without arguments; the pointer is only read through checked
+        // bpf_probe_read_kernel.
+        let current = unsafe { bpf_get_current_task() };
+        lineage::<HelperReads>(&mut b, current, tgid, tid, settled_by);
+    } else {
+        lineage::<PlainLoads>(&mut b, task as u64, tgid, tid, settled_by);
+    }
+    b
+}
+
+/// How [`lineage`] reads a field of a task at an offset from the kernel's BTF (0 where the
+/// read fails).
+trait TaskReads {
+    fn at<T: Copy + Default>(task: u64, offset: &Global<u32>) -> T;
+}
+
+/// Plain loads: the walk starts at a task a BTF tracepoint handed over, and the verifier types
+/// every task pointer read out of one as well (see [`argument_field`]).
+struct PlainLoads;
+
+impl TaskReads for PlainLoads {
+    #[inline(always)]
+    fn at<T: Copy + Default>(task: u64, offset: &Global<u32>) -> T {
+        argument_field(task as *const u8, offset)
+    }
+}
+
+/// Checked `bpf_probe_read_kernel` calls: a task pointer the verifier knows only as a number.
+struct HelperReads;
+
+impl TaskReads for HelperReads {
+    #[inline(always)]
+    fn at<T: Copy + Default>(task: u64, offset: &Global<u32>) -> T {
+        kernel_field(task as *const u8, offset).unwrap_or_default()
+    }
+}
+
+/// Fills `b` for the current task `task` (`tid` of `tgid`): see [`blamed_for`].
+#[inline(always)]
+fn lineage<R: TaskReads>(b: &mut Blamed, task: u64, tgid: u32, tid: u32, settled_by: u64) {
     // A main thread is its own leader.
     let mut leader = if tid == tgid {
         task
     } else {
-        kernel_field::<u64>(task as *const u8, &TASK_GROUP_LEADER_OFF).unwrap_or(0)
+        R::at::<u64>(task, &TASK_GROUP_LEADER_OFF)
     };
     let mut pid = tgid;
     for depth in 0..=MAX_ANCESTORS {
         if leader == 0 || pid == 0 {
             break;
         }
-        let at = leader as *const u8;
         b.leader = leader;
         b.pid = pid;
         b.current = leader == task;
         if depth == 0 {
-            let flags = kernel_field::<u32>(at, &TASK_FLAGS_OFF).unwrap_or(0);
-            if flags & PF_KTHREAD != 0 {
+            if R::at::<u32>(leader, &TASK_FLAGS_OFF) & PF_KTHREAD != 0 {
                 b.flags = culprit_flags::KERNEL_THREAD;
                 break;
             }
         } else {
             b.flags = culprit_flags::CHILDREN;
         }
-        if kernel_field::<u64>(at, &TASK_START_TIME_OFF).unwrap_or(0) <= settled_by {
+        if R::at::<u64>(leader, &TASK_START_TIME_OFF) <= settled_by {
             break;
         }
-        let parent = kernel_field::<u64>(at, &TASK_REAL_PARENT_OFF).unwrap_or(0) as *const u8;
-        pid = kernel_field::<u32>(parent, &TASK_TGID_OFF).unwrap_or(0);
-        if parent.is_null() || pid <= 2 {
+        let parent = R::at::<u64>(leader, &TASK_REAL_PARENT_OFF);
+        if parent == 0 {
             break;
         }
-        leader = kernel_field::<u64>(parent, &TASK_GROUP_LEADER_OFF).unwrap_or(0);
+        pid = R::at::<u32>(parent, &TASK_TGID_OFF);
+        if pid <= 2 {
+            break;
+        }
+        leader = R::at::<u64>(parent, &TASK_GROUP_LEADER_OFF);
     }
-    b
 }
 
 /// Writes the name of `who` (its main thread's, so the name after an `execve`) into `dst`: the
@@ -181,7 +230,7 @@ pub(crate) fn watch_armed(cpu: u32) -> bool {
 /// A BPF function of its own, not inlined: its frame and the rest of `sched_switch`'s would not
 /// fit the 512-byte BPF stack together.
 #[inline(never)]
-pub(crate) fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
+pub(crate) fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32, prev: *const u8) {
     let Some(w) = CPU_WATCH.get_ptr_mut(cpu) else {
         return;
     };
@@ -209,8 +258,18 @@ pub(crate) fn watch_switch(cpu: u32, now: u64, prev_tgid: u32, prev_tid: u32) {
     if oldest == 0 {
         return;
     }
-    let who = blamed_for(prev_tgid, prev_tid, oldest);
+    let who = if runs(sched_step::HOLDER_DETAILS) {
+        blamed_for(prev_tgid, prev_tid, oldest, prev)
+    } else {
+        Blamed {
+            leader: 0,
+            pid: prev_tgid,
+            flags: 0,
+            current: true,
+        }
+    };
     let mut task = Stretch {
+        task: prev,
         cgroup_id: 0,
         tid: prev_tid,
         tgid: prev_tgid,
@@ -429,9 +488,9 @@ pub(crate) fn blame(
     waited: u64,
     now: u64,
     cpu: u32,
-    prev_tgid: u32,
-    prev_tid: u32,
+    prev: Outgoing,
 ) {
+    let (prev_tgid, prev_tid) = (prev.tgid, prev.tid);
     let by_preemptor = t.preempted != 0 && t.last_preemptor_tid != 0;
     t.preempted = 0;
     let Some(c) = scratch() else {
@@ -466,10 +525,14 @@ pub(crate) fn blame(
     c.process_comm = [0; TASK_COMM_LEN];
     if !by_preemptor {
         c.tgid = prev_tgid;
-        c.comm = bpf_get_current_comm().unwrap_or_default();
+        c.comm = if prev.task.is_null() {
+            bpf_get_current_comm().unwrap_or_default()
+        } else {
+            argument_comm(prev.task)
+        };
         // SAFETY: helper without arguments; the current task is `prev`.
         c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        let who = blamed_for(prev_tgid, prev_tid, t.since_ns);
+        let who = blamed_for(prev_tgid, prev_tid, t.since_ns, prev.task);
         c.pid = who.pid;
         c.flags = who.flags;
         process_comm(&who, &c.comm, &mut c.process_comm);

@@ -13,17 +13,17 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use nvbind_common::{
-    blocked_kind, hist_bucket, ioctl_class, task_state, thread_status, PreemptorKey,
+    blocked_kind, hist_bucket, ioctl_class, sched_step, task_state, thread_status, PreemptorKey,
     PreemptorValue, ProcessHistograms, ThreadState, TASK_COMM_LEN,
 };
 
 use crate::{
     culprit::{arm_watch, blame, scratch, take_wait, watch_armed, watch_switch},
     state::{
-        argument_field, current_ids, field, kernel_field, maybe_tracked, now_ns, thread, unseen,
-        PREEMPTORS, PRESENTER_HISTS, PROC_HISTS, SWITCH_NEXT_COMM_OFF, SWITCH_NEXT_PID_OFF,
-        SWITCH_PREV_STATE_OFF, TASK_COMM_OFF, TASK_CPU_OFF, TASK_EXIT_STATE_OFF, TASK_PID_OFF,
-        TASK_REPORT_MAX, WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
+        argument_comm, argument_field, current_ids, field, maybe_tracked, now_ns, runs, thread,
+        unseen, Outgoing, PREEMPTORS, PRESENTER_HISTS, PROC_HISTS, SWITCH_NEXT_COMM_OFF,
+        SWITCH_NEXT_PID_OFF, SWITCH_PREV_STATE_OFF, TASK_COMM_OFF, TASK_CPU_OFF,
+        TASK_EXIT_STATE_OFF, TASK_PID_OFF, TASK_REPORT_MAX, WAKEUP_PID_OFF, WAKEUP_TARGET_CPU_OFF,
     },
 };
 
@@ -35,6 +35,9 @@ trait Switch {
     /// The previous task's state as the classic tracepoint reports it (`prev_state`).
     fn prev_state(&self) -> u64;
     fn next_comm(&self) -> [u8; TASK_COMM_LEN];
+    /// The previous (current) task's `task_struct`, for plain loads; null where the hook does
+    /// not hand it over.
+    fn prev_task(&self) -> *const u8;
 }
 
 /// What a `sched_wakeup` hook tells about one wakeup.
@@ -56,6 +59,9 @@ impl Switch for Record<'_> {
     }
     fn next_comm(&self) -> [u8; TASK_COMM_LEN] {
         field(self.0, &SWITCH_NEXT_COMM_OFF).unwrap_or_default()
+    }
+    fn prev_task(&self) -> *const u8 {
+        core::ptr::null()
     }
 }
 
@@ -88,7 +94,7 @@ impl Switch for SwitchArgs {
         let exit_state = if self.preempt {
             0
         } else {
-            kernel_field::<u32>(self.prev, &TASK_EXIT_STATE_OFF).unwrap_or(0)
+            argument_field::<u32>(self.prev, &TASK_EXIT_STATE_OFF)
         };
         task_state::classic_prev_state(
             self.preempt,
@@ -98,7 +104,10 @@ impl Switch for SwitchArgs {
         )
     }
     fn next_comm(&self) -> [u8; TASK_COMM_LEN] {
-        kernel_field(self.next, &TASK_COMM_OFF).unwrap_or_default()
+        argument_comm(self.next)
+    }
+    fn prev_task(&self) -> *const u8 {
+        self.prev
     }
 }
 
@@ -145,6 +154,11 @@ fn switched(args: &impl Switch) {
         .map_or(0, |pid| pid as u32);
     // The tracepoint runs in the context of the task being switched out.
     let (prev_tgid, prev_tid) = current_ids();
+    let outgoing = Outgoing {
+        tgid: prev_tgid,
+        tid: prev_tid,
+        task: args.prev_task(),
+    };
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     // Almost every switch of the host is between untracked tasks on a CPU no tracked wait is
@@ -158,7 +172,9 @@ fn switched(args: &impl Switch) {
     }
     let next_tid = (next_raw != 0).then_some(next_raw);
     let now = now_ns();
-    watch_switch(cpu, now, prev_tgid, prev_tid);
+    if runs(sched_step::CULPRIT_WATCH) {
+        watch_switch(cpu, now, prev_tgid, prev_tid, outgoing.task);
+    }
     if prev_tid != 0 {
         if let Some(prev) = thread(prev_tid) {
             // An exited thread's counters are final (its last switch closed them).
@@ -172,7 +188,7 @@ fn switched(args: &impl Switch) {
             // A thread is never switched in after its last switch; a tid reused meanwhile by a
             // new task is not this thread.
             if next.status != thread_status::EXITED {
-                switched_in(next, next_tid, now, cpu, prev_tgid, prev_tid);
+                switched_in(next, next_tid, now, cpu, outgoing);
             }
         }
     }
@@ -263,14 +279,7 @@ fn note_preemptor(args: &impl Switch, victim: &mut ThreadState, next_tid: u32) {
 
 /// `next` gets a CPU; `prev` (the current task) is the one that had it.
 #[inline(always)]
-fn switched_in(
-    next: &mut ThreadState,
-    next_tid: u32,
-    now: u64,
-    cpu: u32,
-    prev_tgid: u32,
-    prev_tid: u32,
-) {
+fn switched_in(next: &mut ThreadState, next_tid: u32, now: u64, cpu: u32, prev: Outgoing) {
     let waited = now.saturating_sub(next.since_ns);
     match next.status {
         // An exiting thread's waits say nothing about the game (and its preemptions were not
@@ -286,7 +295,9 @@ fn switched_in(
                 next.frame_max_runq_wait_ns = waited;
             }
             record(next, next_tid, waited, true);
-            blame(next, next_tid, waited, now, cpu, prev_tgid, prev_tid);
+            if runs(sched_step::CULPRIT_NAMING) {
+                blame(next, next_tid, waited, now, cpu, prev);
+            }
         }
         // Only our own switch-out makes a thread BLOCKED, and the kernel wakes every sleeper
         // before it runs again: this wakeup never reached us (a classic program skipped by the
@@ -328,6 +339,9 @@ fn end_blocked(t: &mut ThreadState, tid: u32, now: u64) {
 /// when it presents frames.
 #[inline(always)]
 fn record(t: &ThreadState, tid: u32, ns: u64, runq: bool) {
+    if !runs(sched_step::HISTOGRAMS) {
+        return;
+    }
     let bucket = hist_bucket(ns);
     add_to(PROC_HISTS.get_ptr_mut(t.tgid), bucket, runq);
     if t.presenter != 0 {
@@ -372,7 +386,9 @@ fn woken(args: &impl Wakeup, new_task: bool) {
             t.totals.wakeups += 1;
             t.preempted = 0;
             if let Some(cpu) = args.target_cpu() {
-                arm_watch(t, tid as u32, cpu, now);
+                if runs(sched_step::CULPRIT_WATCH) {
+                    arm_watch(t, tid as u32, cpu, now);
+                }
             }
         }
         // A new thread's first run-queue wait starts at wake_up_new_task.

@@ -41,6 +41,18 @@ pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384,
 #[map]
 pub static TID_MARKS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
+/// Steps of the tracked scheduler path left out (`nvbind_common::sched_step` bits; 0 but in the
+/// benchmark, which measures each step's cost). A constant to the verifier, which drops the
+/// branches of a step left in.
+#[unsafe(no_mangle)]
+pub static LEFT_OUT: Global<u32> = Global::new(0);
+
+/// Whether `step` (a `sched_step` bit) runs.
+#[inline(always)]
+pub fn runs(step: u32) -> bool {
+    LEFT_OUT.load() & step == 0
+}
+
 /// Whether `TID_MARKS` is used (set at load; the benchmark compares both ways).
 #[unsafe(no_mangle)]
 pub static TID_MARKS_ON: Global<u32> = Global::new(0);
@@ -391,6 +403,32 @@ pub fn argument_field<T: Copy>(object: *const u8, offset: &Global<u32>) -> T {
     // SAFETY: see above; the verifier refuses the program unless the load is a checked read
     // of a field of the object's BTF type.
     unsafe { core::ptr::read_volatile(object.add(offset.load() as usize) as *const T) }
+}
+
+/// A task's `comm` where a BTF tracepoint handed the task over: two plain loads (the verifier
+/// lets a load of any size inside a `char` array of a BTF type), no helper call.
+#[inline(always)]
+pub fn argument_comm(task: *const u8) -> [u8; TASK_COMM_LEN] {
+    let offset = TASK_COMM_OFF.load() as usize;
+    // SAFETY: as `argument_field`: checked by the verifier against the task's BTF type.
+    let words: [u64; 2] = unsafe {
+        [
+            core::ptr::read_volatile(task.add(offset) as *const u64),
+            core::ptr::read_volatile(task.add(offset + 8) as *const u64),
+        ]
+    };
+    // SAFETY: two u64 are sixteen bytes, any bit pattern a valid byte array.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(words) }
+}
+
+/// The task a `sched_switch` switches out (the current task).
+#[derive(Clone, Copy)]
+pub struct Outgoing {
+    pub tgid: u32,
+    pub tid: u32,
+    /// Its `task_struct` where a BTF tracepoint handed it over, for plain loads (see
+    /// [`argument_field`]); null on classic tracepoints.
+    pub task: *const u8,
 }
 
 #[inline(always)]

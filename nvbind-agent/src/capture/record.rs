@@ -16,7 +16,7 @@ use crate::{
     clock::{monotonic_ns, unix_time_at},
     frames::Capture,
     gpu,
-    probes::{BpfStats, KernelHooks, LoadOptions, Probes, ProgramCost, UntrackedCheck},
+    probes::{BpfStats, KernelHooks, LeftOut, LoadOptions, Probes, ProgramCost, UntrackedCheck},
     stutter::DetectorConfig,
     target::{self, Launched, TargetSpec},
 };
@@ -43,6 +43,8 @@ pub struct RecordOptions {
     pub bpf_stats: BpfStats,
     /// How the scheduler programs tell untracked tasks from tracked ones (the benchmark's).
     pub untracked_check: UntrackedCheck,
+    /// Steps of the tracked scheduler path left out (the benchmark's breakdown).
+    pub left_out: LeftOut,
 }
 
 /// A finished recording and the exit code the agent should end with.
@@ -158,6 +160,7 @@ fn load(options: &RecordOptions) -> Result<(Tracker, Gpus)> {
         kernel_hooks: options.kernel_hooks,
         bpf_stats: options.bpf_stats,
         untracked_check: options.untracked_check,
+        left_out: options.left_out,
     })?;
     probes.declare_gpu_ioctl_types(&options.gpu_ioctl_types)?;
     let discovery = gpu::discover(&options.gpu_roots, &gpu::Warnings::default());

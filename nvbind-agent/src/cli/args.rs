@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     binding,
-    probes::{BpfStats, KernelHooks, UntrackedCheck},
+    probes::{BpfStats, KernelHooks, SchedStep, UntrackedCheck},
     stutter::DetectorConfig,
 };
 
@@ -177,6 +177,10 @@ pub struct RecordArgs {
     /// (marks) or the tracked threads' hash table alone (table). For the benchmark.
     #[arg(long, value_name = "CHECK", default_value = "marks", hide = true)]
     pub untracked_check: UntrackedCheck,
+    /// Leave this step of the tracked scheduler path out (repeatable): the benchmark measures
+    /// what each step costs per context switch. A report made so lacks what the step finds.
+    #[arg(long, value_name = "STEP", hide = true)]
+    pub leave_out: Vec<SchedStep>,
     /// A stutter is a frame longer than this many times the trailing average frame time.
     #[arg(long, value_name = "FACTOR", default_value_t = DetectorConfig::default().factor)]
     pub stutter_factor: f64,

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use super::{args::RecordArgs, validate};
 use crate::{
     capture::{self, RecordOptions},
+    probes::LeftOut,
     report::{self, Outputs, Report},
 };
 
@@ -49,6 +50,7 @@ fn options(args: RecordArgs) -> Result<(RecordOptions, Outputs)> {
         kernel_hooks,
         bpf_stats,
         untracked_check,
+        leave_out,
         stutter_factor,
         stutter_floor_ms,
         gpu_ioctl_type,
@@ -76,6 +78,7 @@ fn options(args: RecordArgs) -> Result<(RecordOptions, Outputs)> {
         kernel_hooks,
         bpf_stats,
         untracked_check,
+        left_out: LeftOut::steps(&leave_out),
     };
     let outputs = Outputs {
         report: out,

@@ -30,7 +30,7 @@ use crate::{
     },
     clock::monotonic_ns,
     gpu,
-    probes::{LoadOptions, Probes, UntrackedCheck},
+    probes::{LeftOut, LoadOptions, Probes, UntrackedCheck},
 };
 
 /// How long the agent's stop waits for API connections (WebSockets) to close.
@@ -83,6 +83,7 @@ async fn serve(
         kernel_hooks: config.probes.kernel_hooks,
         bpf_stats: config.probes.bpf_stats,
         untracked_check: UntrackedCheck::Marks,
+        left_out: LeftOut::default(),
     })?;
     probes
         .set_discovery_cap(config.games.max_per_user)

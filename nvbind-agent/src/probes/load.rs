@@ -8,7 +8,7 @@ use aya::{maps::RingBuf, Ebpf, EbpfLoader};
 use super::{
     btf, cost, error_chain, is_root,
     libraries::{self, LIBRARY_KINDS},
-    marks, object_available, tracefs,
+    marks, object_available, steps, tracefs,
     tracefs::Format,
     BpfStats, KernelHooks, MissingObject, ProbeError, ProbeStatus, Probes, PROBES_OBJECT,
     TRACEPOINTS,
@@ -29,6 +29,8 @@ pub struct LoadOptions {
     pub bpf_stats: BpfStats,
     /// How the scheduler programs tell untracked tasks from tracked ones.
     pub untracked_check: marks::UntrackedCheck,
+    /// Steps of the tracked scheduler path left out (the benchmark's breakdown; empty otherwise).
+    pub left_out: steps::LeftOut,
 }
 
 /// What the BTF tracepoints need from the running kernel, or why it cannot give it.
@@ -158,6 +160,7 @@ impl Settings {
         ));
         let marks_on = options.untracked_check == marks::UntrackedCheck::Marks;
         globals.push(("TID_MARKS_ON", u32::from(marks_on)));
+        globals.push(("LEFT_OUT", options.left_out.bits()));
         Settings {
             globals,
             tid_mark_words: if marks_on {

@@ -16,6 +16,7 @@ mod maps;
 mod marks;
 mod present;
 mod selfcheck;
+mod steps;
 pub mod tracefs;
 mod tracepoints;
 pub mod vulkan;
@@ -39,6 +40,7 @@ pub use load::LoadOptions;
 pub use maps::{thread_ids, ExitedThread};
 pub use marks::UntrackedCheck;
 pub use selfcheck::{FieldCheck, OffsetsChecked};
+pub use steps::{LeftOut, SchedStep};
 pub use tracepoints::{BtfHook, KernelHooks, Tracepoint, TRACEPOINTS};
 
 use present::UprobePoint;

@@ -199,10 +199,12 @@ fn everything_storm(agent: &Path, timed: bool, out: &Path) -> Result<(f64, Value
     storm_beside_agent(agent, timed, &["--all"], out)
 }
 
-/// The storm launched and tracked by the agent.
-fn tracked_storm(agent: &Path, timed: bool, out: &Path) -> Result<(f64, Value)> {
+/// The storm launched and tracked by the agent, with more `options`.
+fn tracked_storm(agent: &Path, timed: bool, options: &[&str], out: &Path) -> Result<(f64, Value)> {
     let rec = pinned_agent(agent)
-        .args(["record", "--bpf-stats", stats_flag(timed), "--out"])
+        .args(["record", "--bpf-stats", stats_flag(timed)])
+        .args(options)
+        .arg("--out")
         .arg(out)
         .arg("--")
         .args(STORM)
@@ -314,16 +316,38 @@ enum Case {
     Tracked,
     /// The agent tracks every process (`record --all`).
     Everything,
+    /// The agent tracks the storm with the first `n` steps of [`BREAKDOWN`] left out
+    /// (`--leave-out`): where a tracked switch's nanoseconds go. Cost rounds only.
+    TrackedLeavingOut(usize),
     Peer(peers::Peer),
 }
 
-const CASES: [Case; 9] = [
+/// Steps of the tracked scheduler path, left out one more at a time in the breakdown
+/// (`record --leave-out STEP`): each row's difference to the one above is that step's cost.
+const BREAKDOWN: [(&str, &str); 4] = [
+    (
+        "holder-details",
+        "who held a watched CPU: the holder's process and names",
+    ),
+    (
+        "culprit-watch",
+        "the CPU watch: armed at wakeups and preemptions, followed at switches",
+    ),
+    ("culprit-naming", "naming a culprit for each run-queue wait"),
+    ("histograms", "the run-queue and blocked histograms"),
+];
+
+const CASES: [Case; 13] = [
     Case::Bare,
     Case::Floor,
     Case::Untracked,
     Case::UntrackedTable,
     Case::Tracked,
     Case::Everything,
+    Case::TrackedLeavingOut(1),
+    Case::TrackedLeavingOut(2),
+    Case::TrackedLeavingOut(3),
+    Case::TrackedLeavingOut(4),
     Case::Peer(peers::Peer::Bpftrace),
     Case::Peer(peers::Peer::Bcc),
     Case::Peer(peers::Peer::IoctlTracepoints),
@@ -340,11 +364,17 @@ impl Case {
             }
             Case::Tracked => "nvbind tracking the storm (one process)",
             Case::Everything => "nvbind tracking everything (`record --all`)",
+            Case::TrackedLeavingOut(n) => BREAKDOWN[n.clamp(1, BREAKDOWN.len()) - 1].1,
             Case::Peer(p) => p.name(),
         }
     }
 
     /// Whether its programs' costs are measured (in the rounds with bpf_stats on).
+    /// Whether the throughput rounds run it (the breakdown's cases are for costs only).
+    fn has_throughput(self) -> bool {
+        !matches!(self, Case::TrackedLeavingOut(_))
+    }
+
     fn has_costs(self) -> bool {
         match self {
             Case::Bare => false,
@@ -404,7 +434,19 @@ fn run_case(case: Case, timed: bool, agent: &Path, dir: &Path, runs: &mut CaseRu
         Case::UntrackedTable => {
             untracked_storm(agent, timed, "table", &dir.join("untracked-table.json"))?
         }
-        Case::Tracked => tracked_storm(agent, timed, &dir.join("tracked.json"))?,
+        Case::Tracked => tracked_storm(agent, timed, &[], &dir.join("tracked.json"))?,
+        Case::TrackedLeavingOut(n) => {
+            let leave_out: Vec<&str> = BREAKDOWN[..n]
+                .iter()
+                .flat_map(|(step, _)| ["--leave-out", step])
+                .collect();
+            tracked_storm(
+                agent,
+                timed,
+                &leave_out,
+                &dir.join(format!("tracked-{n}.json")),
+            )?
+        }
         Case::Everything => everything_storm(agent, timed, &dir.join("everything.json"))?,
     };
     if !timed {
@@ -432,7 +474,12 @@ fn capture(root: &Path, agent: &Path, dir: &Path) -> Result<()> {
             // Rotated order: no case always runs first (after the previous round's last) or last.
             for k in 0..CASES.len() {
                 let i = (k + round) % CASES.len();
-                if runs[i].not_run.is_some() || (timed && !CASES[i].has_costs()) {
+                let wanted = if timed {
+                    CASES[i].has_costs()
+                } else {
+                    CASES[i].has_throughput()
+                };
+                if runs[i].not_run.is_some() || !wanted {
                     continue;
                 }
                 run_case(CASES[i], timed, agent, dir, &mut runs[i])?;
@@ -452,6 +499,9 @@ fn print_capture(runs: &[CaseRuns]) {
     println!("| case | storm ops/s | ratio to bare | loss |");
     println!("|---|---:|---:|---:|");
     for (case, r) in CASES.iter().zip(runs) {
+        if !case.has_throughput() {
+            continue;
+        }
         if let Some(why) = &r.not_run {
             println!("| {} | not run: {} | | |", case.name(), first_line(why));
             continue;
@@ -555,6 +605,58 @@ fn print_capture(runs: &[CaseRuns]) {
         );
     }
     println!("\nGoal (issue 7): nvbind at most half of bpftrace's cost per event (ratio ≤ 0.50).");
+    print_breakdown(runs, bpftrace_per_switch);
+}
+
+/// Where a tracked switch's nanoseconds go: the tracked storm's costs with one more step left
+/// out per row, down to the untracked path and the floor.
+fn print_breakdown(runs: &[CaseRuns], bpftrace_per_switch: f64) {
+    let at = |case: Case| CASES.iter().position(|c| *c == case).unwrap_or(0);
+    println!("\n### Where a tracked switch's nanoseconds go, medians of {ROUNDS} rounds (bpf_stats on)\n");
+    println!("The storm tracked, with one more step of the tracked path left out per row (`record --leave-out STEP`, cumulative); a step's cost is its row's difference to the row below. Then the bookkeeping alone against the untracked path (the same programs for tasks not tracked) and the floor.\n");
+    println!("| what runs | sched_switch ns/run | sched_wakeup ns/run | all programs, ns per switch | this step, ns per switch | ratio to bpftrace |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut rows: Vec<(String, Case)> =
+        vec![("everything (tracking the storm)".into(), Case::Tracked)];
+    for n in 1..=BREAKDOWN.len() {
+        let left: Vec<&str> = BREAKDOWN[..n].iter().map(|(step, _)| *step).collect();
+        rows.push((
+            format!("without {}", left.join(", ")),
+            Case::TrackedLeavingOut(n),
+        ));
+    }
+    let medians = |case: Case| {
+        let r = &runs[at(case)];
+        let switch_ns = median(r.costs.iter().map(|c| c[0].1).collect());
+        let wakeup_ns = median(r.costs.iter().map(|c| c[1].1).collect());
+        let per_switch = median(r.per_switch.iter().map(|p| p.0).collect());
+        (switch_ns, wakeup_ns, per_switch)
+    };
+    for (i, (label, case)) in rows.iter().enumerate() {
+        let (switch_ns, wakeup_ns, per_switch) = medians(*case);
+        let step = match rows.get(i + 1) {
+            Some((_, below)) => format!("{:.1}", per_switch - medians(*below).2),
+            None => String::new(),
+        };
+        println!(
+            "| {label} | {switch_ns:.1} | {wakeup_ns:.1} | {per_switch:.1} | {step} | {:.2} |",
+            per_switch / bpftrace_per_switch
+        );
+    }
+    let (untracked_switch, untracked_wakeup, _) = medians(Case::Untracked);
+    println!("| untracked (for comparison: the storm not tracked) | {untracked_switch:.1} | {untracked_wakeup:.1} | | | |");
+    let floor = &runs[at(Case::Floor)];
+    if floor.not_run.is_none() && !floor.per_switch.is_empty() {
+        println!(
+            "| the floor | {:.1} | | {:.1} | | {:.2} |",
+            median(floor.per_switch.iter().map(|p| p.2).collect()),
+            median(floor.per_switch.iter().map(|p| p.0).collect()),
+            median(floor.per_switch.iter().map(|p| p.0).collect()) / bpftrace_per_switch
+        );
+    }
+    for (step, what) in BREAKDOWN {
+        println!("- `{step}`: {what}.");
+    }
 }
 
 /// The first line of an error, fit for a table cell.
