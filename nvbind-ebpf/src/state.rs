@@ -396,8 +396,11 @@ pub fn kernel_field<T>(object: *const u8, offset: &Global<u32>) -> Option<T> {
 /// before the programs load), checks that a field of `T`'s size lies there, and turns the load
 /// into one that cannot fault. No helper call, unlike [`kernel_field`]; and an offset that is not
 /// a field of that size is refused at load time (the classic tracepoints are then used).
-/// Only for the arguments themselves: a pointer read out of an object is a plain number to the
-/// verifier, to be read with [`kernel_field`].
+/// For the arguments themselves, and for the objects their pointer fields lead to when those
+/// were read with this function too (the verifier types a pointer loaded from a BTF object by
+/// its field's type: `culprit`'s walk up a task's ancestors). A pointer that came any other way
+/// (a helper's result, a `bpf_probe_read_kernel`) is a plain number to the verifier: read what
+/// it points at with [`kernel_field`].
 #[inline(always)]
 pub fn argument_field<T: Copy>(object: *const u8, offset: &Global<u32>) -> T {
     // SAFETY: see above; the verifier refuses the program unless the load is a checked read

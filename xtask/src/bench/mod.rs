@@ -613,16 +613,15 @@ fn print_capture(runs: &[CaseRuns]) {
 fn print_breakdown(runs: &[CaseRuns], bpftrace_per_switch: f64) {
     let at = |case: Case| CASES.iter().position(|c| *c == case).unwrap_or(0);
     println!("\n### Where a tracked switch's nanoseconds go, medians of {ROUNDS} rounds (bpf_stats on)\n");
-    println!("The storm tracked, with one more step of the tracked path left out per row (`record --leave-out STEP`, cumulative); a step's cost is its row's difference to the row below. Then the bookkeeping alone against the untracked path (the same programs for tasks not tracked) and the floor.\n");
-    println!("| what runs | sched_switch ns/run | sched_wakeup ns/run | all programs, ns per switch | this step, ns per switch | ratio to bpftrace |");
+    println!("The storm tracked, with one more step of the tracked path left out per row (`record --leave-out STEP`, cumulative): what a step costs is what leaving it out saves, the row above less its own. The last of them is the bookkeeping alone (the tracked threads' records and counters), beside the untracked path (the same programs for tasks not tracked) and the floor.\n");
+    println!("| what runs | sched_switch ns/run | sched_wakeup ns/run | all programs, ns per switch | the step left out here, ns per switch | ratio to bpftrace |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut rows: Vec<(String, Case)> =
-        vec![("everything (tracking the storm)".into(), Case::Tracked)];
-    for n in 1..=BREAKDOWN.len() {
-        let left: Vec<&str> = BREAKDOWN[..n].iter().map(|(step, _)| *step).collect();
+        vec![("every step (tracking the storm)".into(), Case::Tracked)];
+    for (n, (step, _)) in BREAKDOWN.iter().enumerate() {
         rows.push((
-            format!("without {}", left.join(", ")),
-            Case::TrackedLeavingOut(n),
+            format!("… without `{step}`"),
+            Case::TrackedLeavingOut(n + 1),
         ));
     }
     let medians = |case: Case| {
@@ -634,8 +633,8 @@ fn print_breakdown(runs: &[CaseRuns], bpftrace_per_switch: f64) {
     };
     for (i, (label, case)) in rows.iter().enumerate() {
         let (switch_ns, wakeup_ns, per_switch) = medians(*case);
-        let step = match rows.get(i + 1) {
-            Some((_, below)) => format!("{:.1}", per_switch - medians(*below).2),
+        let step = match i.checked_sub(1).map(|above| rows[above].1) {
+            Some(above) => format!("{:.1}", medians(above).2 - per_switch),
             None => String::new(),
         };
         println!(
