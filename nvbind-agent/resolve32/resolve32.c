@@ -4,12 +4,13 @@
  * A 32-bit game loads the host's 32-bit Vulkan loader and 32-bit drivers, which a 64-bit process
  * cannot load. The agent embeds this program and runs it at start (when the host has a 32-bit
  * runtime), so the 32-bit drivers' vkQueuePresentKHR is hooked before any 32-bit game resolves
- * it, exactly as for the 64-bit drivers.
+ * it, exactly as for the 64-bit drivers; and their shader and pipeline compile calls.
  *
  * It is freestanding (no libc headers or startup files: the agent builds it with the host's gcc
  * -m32, which needs no 32-bit development packages) and linked against libvulkan.so.1 only; the
  * host's i386 dynamic linker loads the real loader, which brings libc in. Protocol, on stdout:
- * one line `0xADDRESS<TAB>DEVICE` per GPU that offers VK_KHR_swapchain, then `end`. It then
+ * one line `0xADDRESS<TAB>DEVICE<TAB>FUNCTION` per function found on each GPU that offers
+ * VK_KHR_swapchain, then `end`. It then
  * waits for stdin to close, so the agent can turn each address into a file and offset with this
  * process's own /proc/PID/maps while the drivers are still mapped. Errors: one line on stderr and
  * exit status 1.
@@ -187,6 +188,19 @@ static vk_fn instance_function(void *instance, const char *name)
 
 /* Large tables live here rather than on the stack. */
 static void *devices[MAX_DEVICES];
+
+/* The present function, and the shader and pipeline compile calls nvbind times (the names of
+ * nvbind_common::compile_call::NAMES; the agent ignores a name it does not know). */
+static const char *const functions[] = {
+	"vkQueuePresentKHR",
+	"vkCreateGraphicsPipelines",
+	"vkCreateComputePipelines",
+	"vkCreateRayTracingPipelinesKHR",
+	"vkCreateShaderModule",
+	"vkCreatePipelineCache",
+	"vkMergePipelineCaches",
+	"vkGetPipelineCacheData",
+};
 static struct extension_properties extensions[MAX_EXTENSIONS];
 static unsigned long long properties[4096 / 8];
 
@@ -253,16 +267,21 @@ void resolve(void)
 		void *device = 0;
 		if (create_device(devices[i], &device_info, 0, &device) != VK_SUCCESS)
 			continue;
-		vk_fn present = get_device_proc_addr(device, "vkQueuePresentKHR");
-		if (!present)
-			continue;
 		device_properties(devices[i], properties);
 		char *name = (char *)properties + DEVICE_NAME_OFFSET;
 		name[DEVICE_NAME_LEN - 1] = 0;
-		put_hex((u32)present);
-		put(1, "\t");
-		put(1, name);
-		put(1, "\n");
+		/* A line per function found: ADDRESS, device, function. */
+		for (unsigned f = 0; f < sizeof functions / sizeof *functions; f++) {
+			vk_fn function = get_device_proc_addr(device, functions[f]);
+			if (!function)
+				continue;
+			put_hex((u32)function);
+			put(1, "\t");
+			put(1, name);
+			put(1, "\t");
+			put(1, functions[f]);
+			put(1, "\n");
+		}
 	}
 	put(1, "end\n");
 	/* Keep the drivers mapped until the agent has read this process's maps and closed stdin.

@@ -77,6 +77,81 @@ pub mod present_source {
     }
 }
 
+/// The shader and pipeline compile calls nvbind times (the cookie of `nvbind_compile`), and how
+/// their arguments say how many pipelines and whether a pipeline cache was given.
+pub mod compile_call {
+    /// `vkCreateGraphicsPipelines(device, cache, count, infos, allocator, pipelines)`.
+    pub const GRAPHICS_PIPELINES: u32 = 1;
+    /// `vkCreateComputePipelines`, the same arguments.
+    pub const COMPUTE_PIPELINES: u32 = 2;
+    /// `vkCreateRayTracingPipelinesKHR(device, deferred, cache, count, infos, allocator, pipelines)`.
+    pub const RAY_TRACING_PIPELINES: u32 = 3;
+    /// `vkCreateShaderModule(device, info, allocator, module)`.
+    pub const SHADER_MODULE: u32 = 4;
+    /// `vkCreatePipelineCache(device, info, allocator, cache)`: loading a saved cache.
+    pub const PIPELINE_CACHE: u32 = 5;
+    /// `vkMergePipelineCaches(device, dst, count, srcs)`.
+    pub const MERGE_PIPELINE_CACHES: u32 = 6;
+    /// `vkGetPipelineCacheData(device, cache, size, data)`: saving a cache.
+    pub const PIPELINE_CACHE_DATA: u32 = 7;
+    /// Largest valid value.
+    pub const MAX: u32 = PIPELINE_CACHE_DATA;
+
+    /// Every call, with its Vulkan name, in cookie order.
+    pub const NAMES: [(u32, &str); 7] = [
+        (GRAPHICS_PIPELINES, "vkCreateGraphicsPipelines"),
+        (COMPUTE_PIPELINES, "vkCreateComputePipelines"),
+        (RAY_TRACING_PIPELINES, "vkCreateRayTracingPipelinesKHR"),
+        (SHADER_MODULE, "vkCreateShaderModule"),
+        (PIPELINE_CACHE, "vkCreatePipelineCache"),
+        (MERGE_PIPELINE_CACHES, "vkMergePipelineCaches"),
+        (PIPELINE_CACHE_DATA, "vkGetPipelineCacheData"),
+    ];
+
+    /// The Vulkan name of a call (`unknown` for a value that is none).
+    pub fn name(call: u32) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(c, _)| *c == call)
+            .map_or("unknown", |(_, name)| name)
+    }
+
+    /// The call a Vulkan name is, if it is one nvbind times.
+    pub fn from_name(name: &str) -> Option<u32> {
+        NAMES.iter().find(|(_, n)| *n == name).map(|(c, _)| *c)
+    }
+
+    /// Whether the call creates pipelines (and so has a count and a cache argument).
+    pub const fn creates_pipelines(call: u32) -> bool {
+        matches!(
+            call,
+            GRAPHICS_PIPELINES | COMPUTE_PIPELINES | RAY_TRACING_PIPELINES
+        )
+    }
+}
+
+/// Compile calls at least this long are sent to the agent one by one (`CompileEvent`); every
+/// call, however short, is counted in the thread's counters. A stutter worth naming is several
+/// milliseconds; a game makes thousands of calls far shorter.
+pub const COMPILE_EVENT_MIN_NS: u64 = 500_000;
+
+/// One compile call of a tracked thread that took at least [`COMPILE_EVENT_MIN_NS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompileEvent {
+    /// `kind` = [`event_kind::COMPILE`], `aux` = [`compile_call`], `ts_ns` = the call's return.
+    pub header: EventHeader,
+    /// When the call was entered.
+    pub start_ns: u64,
+    /// Pipelines it was asked to create (0 for calls that create none).
+    pub pipelines: u32,
+    /// Whether a pipeline cache was given (1) or not (0).
+    pub cache_given: u32,
+    /// The call's `VkResult`.
+    pub result: i32,
+    pub _pad: u32,
+}
+
 /// [`present_source`] as a type: what user space decodes a frame's source into.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -164,6 +239,8 @@ pub mod event_kind {
     /// [`crate::ProcessEvent`]: a tracked process renamed itself (its main thread's name; the
     /// record's `comm` is the name before).
     pub const PROCESS_RENAMED: u32 = 7;
+    /// [`crate::CompileEvent`]: a tracked thread's long shader or pipeline compile call.
+    pub const COMPILE: u32 = 8;
 }
 
 /// [`event_kind`] as a type: what user space decodes a record's header into.
@@ -177,6 +254,7 @@ pub enum EventKind {
     ProcessExit = event_kind::PROCESS_EXIT,
     Display = event_kind::DISPLAY,
     ProcessRenamed = event_kind::PROCESS_RENAMED,
+    Compile = event_kind::COMPILE,
 }
 
 impl EventKind {
@@ -190,6 +268,7 @@ impl EventKind {
             event_kind::PROCESS_EXIT => EventKind::ProcessExit,
             event_kind::DISPLAY => EventKind::Display,
             event_kind::PROCESS_RENAMED => EventKind::ProcessRenamed,
+            event_kind::COMPILE => EventKind::Compile,
             _ => return None,
         })
     }
@@ -307,6 +386,13 @@ pub struct ThreadCounters {
     pub ioctl_count: [u64; ioctl_class::COUNT],
     /// Time spent inside ioctls (entry to return, on or off CPU), per [`ioctl_class`].
     pub ioctl_ns: [u64; ioctl_class::COUNT],
+    /// Shader and pipeline compile calls completed ([`compile_call`]; nested calls, a loader's
+    /// trampoline and the driver's function, count once).
+    pub compile_calls: u64,
+    /// Time inside them (entry to return, on or off CPU).
+    pub compile_ns: u64,
+    /// Pipelines they were asked to create.
+    pub compile_pipelines: u64,
 }
 
 impl ThreadCounters {
@@ -342,6 +428,11 @@ impl ThreadCounters {
         out.wakeups = self.wakeups.saturating_sub(earlier.wakeups);
         out.unseen_ns = self.unseen_ns.saturating_sub(earlier.unseen_ns);
         out.missed_switches = self.missed_switches.saturating_sub(earlier.missed_switches);
+        out.compile_calls = self.compile_calls.saturating_sub(earlier.compile_calls);
+        out.compile_ns = self.compile_ns.saturating_sub(earlier.compile_ns);
+        out.compile_pipelines = self
+            .compile_pipelines
+            .saturating_sub(earlier.compile_pipelines);
         let mut i = 0;
         while i < ioctl_class::COUNT {
             out.ioctl_count[i] = self.ioctl_count[i].saturating_sub(earlier.ioctl_count[i]);
@@ -365,6 +456,9 @@ impl ThreadCounters {
         self.wakeups += other.wakeups;
         self.unseen_ns += other.unseen_ns;
         self.missed_switches += other.missed_switches;
+        self.compile_calls += other.compile_calls;
+        self.compile_ns += other.compile_ns;
+        self.compile_pipelines += other.compile_pipelines;
         let mut i = 0;
         while i < ioctl_class::COUNT {
             self.ioctl_count[i] += other.ioctl_count[i];
@@ -408,6 +502,17 @@ pub struct ThreadState {
     pub wake_cpu: u32,
     /// Set at `sched_process_exit`: the thread runs its exit path until its last switch.
     pub exiting: u32,
+    /// Depth of nested compile calls (a loader's trampoline, a layer, the driver): only the
+    /// outermost is timed.
+    pub compile_depth: u32,
+    /// The outermost compile call in flight ([`compile_call`]), valid while `compile_depth > 0`.
+    pub compile_call: u32,
+    /// Its entry time.
+    pub compile_start_ns: u64,
+    /// Pipelines it was asked to create.
+    pub compile_pipelines: u32,
+    /// Whether it was given a pipeline cache.
+    pub compile_cache_given: u32,
     /// Longest single run-queue wait since the last present.
     pub frame_max_runq_wait_ns: u64,
     /// Longest single blocked period since the last present.
@@ -570,7 +675,7 @@ pub struct EventHeader {
     pub tgid: u32,
     /// The thread concerned.
     pub tid: u32,
-    /// Record-specific small value (the present source for frames).
+    /// Record-specific small value (the present source for frames, the call for compiles).
     pub aux: u32,
     /// When it happened (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
     pub ts_ns: u64,
@@ -855,10 +960,11 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(
             size_of::<ThreadCounters>(),
-            8 * (12 + 2 * ioctl_class::COUNT)
+            8 * (15 + 2 * ioctl_class::COUNT)
         );
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<ExecNotice>(), 16);
+        assert_eq!(size_of::<CompileEvent>(), 24 + 8 + 4 * 4);
         assert_eq!(size_of::<Culprit>(), 5 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(size_of::<HeldBy>(), 4 * 8 + 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(
@@ -871,9 +977,9 @@ mod tests {
         );
         assert_eq!(
             size_of::<ThreadState>(),
-            // ten 8-byte words of scalars, the preemptor's comm, two culprits, three counter
-            // sets (totals, at the last present, carried from refused presents)
-            8 * 10 + TASK_COMM_LEN + 2 * size_of::<Culprit>() + 3 * size_of::<ThreadCounters>()
+            // thirteen 8-byte words of scalars, the preemptor's comm, two culprits, three
+            // counter sets (totals, at the last present, carried from refused presents)
+            8 * 13 + TASK_COMM_LEN + 2 * size_of::<Culprit>() + 3 * size_of::<ThreadCounters>()
         );
         assert_eq!(
             size_of::<PresentEvent>(),

@@ -11,6 +11,8 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod compile;
+#[cfg(target_arch = "bpf")]
 mod culprit;
 #[cfg(target_arch = "bpf")]
 mod drm;

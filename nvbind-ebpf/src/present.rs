@@ -295,7 +295,7 @@ const USER32_CS: u64 = 0x23;
 
 /// Whether the probed call was made by 32-bit code.
 #[inline(always)]
-fn is_32_bit(regs: &pt_regs) -> bool {
+pub(crate) fn is_32_bit(regs: &pt_regs) -> bool {
     regs.cs == USER32_CS
 }
 

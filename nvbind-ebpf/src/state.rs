@@ -241,7 +241,7 @@ pub static DECLARED_GPU_IOCTL_TYPES: Array<u32> = Array::with_max_entries(256, 0
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES as u32, 0);
 
 /// The size of `EVENTS`.
-const EVENTS_BYTES: u64 = 512 * 1024;
+pub const EVENTS_BYTES: u64 = 512 * 1024;
 
 /// Threads of tracked processes that exited (`ThreadExitRecord`): apart from `EVENTS`, so a
 /// process that churns through threads fills only this one. Never wakes the reader.

@@ -12,7 +12,9 @@ mod threads;
 use nvbind_common::present_source;
 
 pub use live::{FrameOutcome, Identity, LiveProcess, LiveWindow};
-pub use model::{Capture, CulpritProcess, DisplayRecord, Frame, ProcessRecord};
+pub use model::{
+    Capture, CompileRecord, CulpritProcess, DisplayRecord, Frame, ProcessRecord, MAX_COMPILES_KEPT,
+};
 pub use threads::{ThreadDelta, ThreadWindow};
 
 /// Preference among frame sources when a process shows several: the call closest to the game's

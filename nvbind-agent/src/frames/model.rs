@@ -37,6 +37,36 @@ pub struct Frame {
 /// hundred bytes per thread that did something in it).
 pub const MAX_THREAD_WINDOWS: usize = 1024;
 
+/// The most compile calls one process record keeps (a game that builds pipelines for hours
+/// makes tens of thousands; each record is a few dozen bytes).
+pub const MAX_COMPILES_KEPT: usize = 65_536;
+
+/// One long shader or pipeline compile call of a thread (see `nvbind_common::CompileEvent`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileRecord {
+    pub tid: u32,
+    /// Which call (`nvbind_common::compile_call`).
+    pub call: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Pipelines it was asked to create (0 for a call that creates none).
+    pub pipelines: u32,
+    pub cache_given: bool,
+    /// Its `VkResult`.
+    pub result: i32,
+}
+
+impl CompileRecord {
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// How much of `from..to` it spent in the call.
+    pub fn overlap_ns(&self, from: u64, to: u64) -> u64 {
+        self.end_ns.min(to).saturating_sub(self.start_ns.max(from))
+    }
+}
+
 /// A tracked process and its frames.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessRecord {
@@ -72,6 +102,12 @@ pub struct ProcessRecord {
     pub gpu: Option<String>,
     /// DRM display events of the DRM files it flipped or waited on, in time order.
     pub display: Vec<DisplayRecord>,
+    /// Its threads' shader and pipeline compile calls of `COMPILE_EVENT_MIN_NS` or longer, in
+    /// the order they returned; at most [`MAX_COMPILES_KEPT`] (see
+    /// [`ProcessRecord::keep_compile`]).
+    pub compiles: Vec<CompileRecord>,
+    /// Compile calls given up to keep within that bound (the shortest went first).
+    pub compiles_dropped: u64,
     /// Its DRM ioctls by number (`_IOC_NR`), read at the end.
     pub drm_requests: Vec<(u32, u64)>,
     /// Its threads that exited while it ran, taken out of the kernel's table.
@@ -128,6 +164,23 @@ impl ProcessRecord {
             let Some(mildest) = mildest else { break };
             self.thread_windows.remove(&mildest);
             self.thread_windows_dropped += 1;
+        }
+    }
+
+    /// Keeps a compile call. Beyond [`MAX_COMPILES_KEPT`] the shorter half goes (a stutter is
+    /// made of the long ones), and the rest stay in time order.
+    pub fn keep_compile(&mut self, record: CompileRecord) {
+        self.compiles.push(record);
+        if self.compiles.len() > MAX_COMPILES_KEPT {
+            let before = self.compiles.len();
+            self.compiles.sort_by(|a, b| {
+                b.duration_ns()
+                    .cmp(&a.duration_ns())
+                    .then(a.end_ns.cmp(&b.end_ns))
+            });
+            self.compiles.truncate(MAX_COMPILES_KEPT / 2);
+            self.compiles.sort_by_key(|c| c.end_ns);
+            self.compiles_dropped += (before - self.compiles.len()) as u64;
         }
     }
 
@@ -232,5 +285,44 @@ mod tests {
         assert!(p
             .thread_windows
             .contains_key(&(MAX_THREAD_WINDOWS as u64 + 9)));
+    }
+
+    #[test]
+    fn compile_calls_are_bounded_the_longest_kept_in_time_order() {
+        let mut p = ProcessRecord::default();
+        let call = |end: u64, took: u64| CompileRecord {
+            tid: 1,
+            call: 1,
+            start_ns: end - took,
+            end_ns: end,
+            ..Default::default()
+        };
+        // One long call early on, then short ones of growing length.
+        p.keep_compile(call(1_000_000_000, 80_000_000));
+        for i in 1..=MAX_COMPILES_KEPT as u64 {
+            p.keep_compile(call(2_000_000_000 + i * 10_000, 1_000 + i));
+        }
+        assert_eq!(p.compiles.len(), MAX_COMPILES_KEPT / 2);
+        assert_eq!(p.compiles_dropped, MAX_COMPILES_KEPT as u64 / 2 + 1);
+        assert_eq!(p.compiles[0].duration_ns(), 80_000_000, "the longest stays");
+        assert!(p.compiles.windows(2).all(|w| w[0].end_ns <= w[1].end_ns));
+        // The shortest went: what is left is the longer half.
+        assert!(p.compiles[1..]
+            .iter()
+            .all(|c| c.duration_ns() > 1_000 + MAX_COMPILES_KEPT as u64 / 2));
+    }
+
+    #[test]
+    fn a_compile_overlaps_a_frame_by_the_time_it_shares_with_it() {
+        let c = CompileRecord {
+            start_ns: 100,
+            end_ns: 200,
+            ..Default::default()
+        };
+        assert_eq!(c.overlap_ns(0, 1000), 100);
+        assert_eq!(c.overlap_ns(150, 1000), 50);
+        assert_eq!(c.overlap_ns(0, 120), 20);
+        assert_eq!(c.overlap_ns(200, 300), 0);
+        assert_eq!(c.overlap_ns(0, 100), 0);
     }
 }

@@ -2,7 +2,7 @@
 //! [`Event`]s.
 
 use nvbind_common::{
-    DisplayEvent, EventHeader, EventKind, ExecNotice, PresentEvent, ProcessEvent,
+    CompileEvent, DisplayEvent, EventHeader, EventKind, ExecNotice, PresentEvent, ProcessEvent,
     ResolvedPresentEvent, ThreadExitRecord,
 };
 
@@ -21,6 +21,7 @@ pub enum Event {
     ProcessExit(ProcessEvent),
     Display(DisplayEvent),
     ProcessRenamed(ProcessEvent),
+    Compile(CompileEvent),
 }
 
 impl Probes {
@@ -89,6 +90,7 @@ fn decode(bytes: &[u8]) -> Option<Event> {
         EventKind::ProcessExit => Event::ProcessExit(read(bytes)?),
         EventKind::Display => Event::Display(read(bytes)?),
         EventKind::ProcessRenamed => Event::ProcessRenamed(read(bytes)?),
+        EventKind::Compile => Event::Compile(read(bytes)?),
     })
 }
 
@@ -119,5 +121,21 @@ mod tests {
             other => panic!("decoded {other:?}"),
         }
         assert!(decode(&bytes[..10]).is_none(), "a short record is rejected");
+
+        let mut c = CompileEvent::default();
+        c.header.kind = event_kind::COMPILE;
+        c.header.aux = nvbind_common::compile_call::GRAPHICS_PIPELINES;
+        c.pipelines = 3;
+        // SAFETY: reading the bytes of a plain-old-data value.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&c as *const CompileEvent).cast::<u8>(),
+                size_of::<CompileEvent>(),
+            )
+        };
+        match decode(bytes) {
+            Some(Event::Compile(e)) => assert_eq!((e.header.aux, e.pipelines), (1, 3)),
+            other => panic!("decoded {other:?}"),
+        }
     }
 }

@@ -12,7 +12,7 @@ use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     UProbe,
 };
-use nvbind_common::present_source;
+use nvbind_common::{compile_call, present_source};
 
 use super::{
     error_chain,
@@ -165,6 +165,10 @@ impl Probes {
                 }
             };
             for f in found {
+                if f.function != vulkan::PRESENT_FUNCTION {
+                    self.hook_driver_compile_call(&f);
+                    continue;
+                }
                 let result = self.attach_vulkan_present(&f.path, f.dev, f.ino, f.offset);
                 self.statuses.push(ProbeStatus {
                     name: format!(
@@ -183,6 +187,38 @@ impl Probes {
                 });
             }
         }
+    }
+    /// Hooks a driver's shader or pipeline compile function (see `nvbind_compile`): return probe
+    /// first, so an entry is never counted without its return.
+    fn hook_driver_compile_call(&mut self, f: &vulkan::DriverFunction) {
+        let Some(call) = compile_call::from_name(&f.function) else {
+            return;
+        };
+        let at = |program| UprobePoint {
+            dev: f.dev,
+            ino: f.ino,
+            at: ProbeAt::Offset(f.offset),
+            program,
+        };
+        let result = self
+            .attach_uprobe(at("nvbind_compile_ret"), &f.path, 0)
+            .and_then(|()| self.attach_uprobe(at("nvbind_compile"), &f.path, u64::from(call)));
+        self.statuses.push(ProbeStatus {
+            name: format!(
+                "uprobe:{}+{:#x}:{} ({})",
+                f.path.display(),
+                f.offset,
+                f.function,
+                f.device
+            ),
+            family: "compile".into(),
+            program: "nvbind_compile".into(),
+            hook: "uprobe".into(),
+            fallback: None,
+            attached: result.is_ok(),
+            reason: result.err(),
+            fix: None,
+        });
     }
     /// Hooks a `vkQueuePresentKHR` implementation at a file offset: return probe first, so an
     /// entry is never counted without its return (see `in_vulkan_present` in the kernel).

@@ -62,9 +62,27 @@ impl Abi {
     }
 }
 
-/// A driver's present function: the mapped file and the offset in it.
+/// The functions the helpers look up in each driver: the present function, and the shader and
+/// pipeline compile calls nvbind times (`nvbind_common::compile_call`).
+pub const DRIVER_FUNCTIONS: [&str; 8] = [
+    PRESENT_FUNCTION,
+    "vkCreateGraphicsPipelines",
+    "vkCreateComputePipelines",
+    "vkCreateRayTracingPipelinesKHR",
+    "vkCreateShaderModule",
+    "vkCreatePipelineCache",
+    "vkMergePipelineCaches",
+    "vkGetPipelineCacheData",
+];
+
+/// The present function's name.
+pub const PRESENT_FUNCTION: &str = "vkQueuePresentKHR";
+
+/// A driver's function: the mapped file and the offset in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresentFunction {
+pub struct DriverFunction {
+    /// Its Vulkan name (one of [`DRIVER_FUNCTIONS`]).
+    pub function: String,
     pub path: PathBuf,
     /// The file's identity as the helper's memory map gives it (uprobes live on inodes).
     pub dev: u64,
@@ -77,7 +95,7 @@ pub struct PresentFunction {
 /// One helper's answer.
 pub struct Resolution {
     pub abi: Abi,
-    pub found: Result<Vec<PresentFunction>>,
+    pub found: Result<Vec<DriverFunction>>,
 }
 
 /// The helper's side (`__resolve-vulkan-present`, 64-bit): resolve in this process, print one
@@ -123,12 +141,15 @@ pub fn serve_here() -> Result<()> {
             let Ok(device) = instance.create_device(physical, &info, None) else {
                 continue;
             };
-            let function = (instance.fp_v1_0().get_device_proc_addr)(
-                device.handle(),
-                c"vkQueuePresentKHR".as_ptr(),
-            );
-            if let Some(function) = function {
-                lines.push_str(&format_line(function as usize as u64, &name));
+            for function in DRIVER_FUNCTIONS {
+                let Ok(c_name) = std::ffi::CString::new(function) else {
+                    continue;
+                };
+                let address =
+                    (instance.fp_v1_0().get_device_proc_addr)(device.handle(), c_name.as_ptr());
+                if let Some(address) = address {
+                    lines.push_str(&format_line(address as usize as u64, &name, function));
+                }
             }
             devices.push(device);
         }
@@ -150,15 +171,19 @@ pub fn serve_here() -> Result<()> {
 }
 
 /// One line of a helper's answer.
-pub fn format_line(address: u64, device: &str) -> String {
-    format!("{address:#x}\t{device}\n")
+pub fn format_line(address: u64, device: &str, function: &str) -> String {
+    format!("{address:#x}\t{device}\t{function}\n")
 }
 
-/// Parses one line of a helper's answer (not `end`).
-pub fn parse_line(line: &str) -> Option<(u64, String)> {
-    let (address, device) = line.split_once('\t').unwrap_or((line, ""));
+/// Parses one line of a helper's answer (not `end`): (address, device, function). A line of two
+/// fields names the present function (what the helpers printed before they looked up more).
+pub fn parse_line(line: &str) -> Option<(u64, String, String)> {
+    let mut fields = line.splitn(3, '\t');
+    let address = fields.next()?;
+    let device = fields.next().unwrap_or("");
+    let function = fields.next().unwrap_or(PRESENT_FUNCTION);
     let address = u64::from_str_radix(address.trim().strip_prefix("0x")?, 16).ok()?;
-    Some((address, device.to_string()))
+    Some((address, device.to_string(), function.to_string()))
 }
 
 /// The agent's side: runs the helpers (side by side, with one deadline) and returns what each
@@ -235,7 +260,7 @@ impl Helper {
     }
 
     /// Reads the answer, locates each pointer in the helper's memory map, and lets it exit.
-    fn finish(mut self, deadline: Instant) -> Result<Vec<PresentFunction>> {
+    fn finish(mut self, deadline: Instant) -> Result<Vec<DriverFunction>> {
         let mut pointers = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -259,12 +284,13 @@ impl Helper {
             }
         }
         let pid = self.child.id();
-        let mut found: Vec<PresentFunction> = Vec::new();
-        for (address, device) in pointers {
+        let mut found: Vec<DriverFunction> = Vec::new();
+        for (address, device, function) in pointers {
             let Some((mapping, offset)) = libraries::locate(pid, address) else {
                 continue;
             };
-            let new = PresentFunction {
+            let new = DriverFunction {
+                function,
                 path: PathBuf::from(mapping.path),
                 dev: mapping.dev,
                 ino: mapping.ino,
@@ -345,10 +371,20 @@ mod tests {
 
     #[test]
     fn helper_lines_round_trip() {
-        let line = format_line(0xf665e680, "llvmpipe (LLVM 15.0.6, 256 bits)");
+        let device = "llvmpipe (LLVM 15.0.6, 256 bits)";
+        let line = format_line(0xf665e680, device, "vkCreateGraphicsPipelines");
         assert_eq!(
             parse_line(line.trim_end_matches('\n')),
-            Some((0xf665e680, "llvmpipe (LLVM 15.0.6, 256 bits)".to_string()))
+            Some((
+                0xf665e680,
+                device.to_string(),
+                "vkCreateGraphicsPipelines".to_string()
+            ))
+        );
+        // A line without the function is the present function's.
+        assert_eq!(
+            parse_line(&format!("0x10\t{device}")),
+            Some((0x10, device.to_string(), PRESENT_FUNCTION.to_string()))
         );
         assert_eq!(parse_line("garbage"), None);
         assert_eq!(parse_line("end"), None);

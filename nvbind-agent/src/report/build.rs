@@ -92,6 +92,7 @@ fn process_report(capture: &Capture, p: &ProcessRecord, rows: &mut Vec<FrameRow>
         ioctl: ioctl_classes(&totals, p),
         threads,
         presenting_threads: presenting_threads(capture, &frames),
+        shader_compile: super::compile::report(capture, p, &frames, &stutters),
         stutters,
         gpu: p.gpu.clone(),
     }
@@ -244,6 +245,8 @@ fn frame_rows(
                 gpu_throttle_reasons: gpu.throttle_reasons.join("+"),
                 ran_instead_process_pid: blamed.as_ref().and_then(|r| r.process_pid),
                 ran_instead_process: blamed.map(|r| r.process).unwrap_or_default(),
+                compile_ms: ms(f.delta.compile_ns),
+                compile_calls: f.delta.compile_calls,
             }
         })
         .collect()

@@ -3,6 +3,7 @@
 //! summary and the SVG chart.
 
 mod build;
+mod compile;
 mod display;
 mod export;
 mod model;
@@ -14,6 +15,7 @@ mod units;
 mod write;
 
 pub use build::build;
+pub use compile::{CallTotals, CompileCall, CompileFrame, CompileReport};
 pub use display::{one_line as display_line, DisplayReport};
 pub use model::*;
 pub use output::{write_outputs, ExportFailure, Outputs};

@@ -230,6 +230,9 @@ pub struct ProcessReport {
     pub presenting_threads: Vec<PresentingThreadReport>,
     /// Stutters, each with a verdict and its evidence.
     pub stutters: StutterReport,
+    /// Its long shader and pipeline compile calls, when it made any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shader_compile: Option<super::CompileReport>,
     /// PCI address of the GPU it renders on (the GPU whose device node it had open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
@@ -436,6 +439,10 @@ pub struct FrameRow {
     pub ran_instead_process_pid: Option<u32>,
     /// Its name (after any `execve`; empty when unknown).
     pub ran_instead_process: String,
+    /// The presenting thread's time inside shader and pipeline compile calls in this interval
+    /// (every call, however short), and how many calls.
+    pub compile_ms: f64,
+    pub compile_calls: u64,
 }
 
 /// For fields written only when they count something.

@@ -3,18 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use nvbind_common::{culprit_flags, Culprit};
+use nvbind_common::{compile_call, culprit_flags, Culprit};
 use serde::{Deserialize, Serialize};
 
 use super::units::{ms, FrameMs};
 use crate::{
-    frames::{Capture, Frame, ProcessRecord},
+    frames::{Capture, CompileRecord, Frame, ProcessRecord},
     gpu,
     identity::printable,
     probes::comm_str,
     stutter::{
-        attribute, Blame, BusyThread, Cause, Detector, DetectorConfig, Evidence, RanInstead,
-        ThreadEvidence,
+        attribute, Blame, BusyThread, Cause, CompileEvidence, Detector, DetectorConfig, Evidence,
+        RanInstead, ThreadEvidence,
     },
 };
 
@@ -167,6 +167,8 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
         migrations: d.migrations,
         gpu_ioctls: c.gpu_ioctls,
         gpu_ioctl_ms: c.gpu_ioctl,
+        compile_ms: ms(d.compile_ns),
+        compile_calls: d.compile_calls,
     };
     let window = p.thread_windows.get(&frame.ts_ns);
     let mut busy_threads: Vec<BusyThread> = window
@@ -213,7 +215,43 @@ fn evidence(capture: &Capture, p: &ProcessRecord, previous: &Frame, frame: &Fram
             frame.ts_ns,
             capture.gpu_period_ns,
         ),
+        compiles: compiles_in(capture, p, previous.ts_ns, frame.ts_ns, frame.tid),
     }
+}
+
+/// Compile calls listed per stutter.
+const COMPILES_LISTED: usize = 5;
+
+/// The process's compile calls that overlapped the interval `from..to`, the longest share of it
+/// first (at most [`COMPILES_LISTED`]); `presenting` is the presenting thread.
+fn compiles_in(
+    capture: &Capture,
+    p: &ProcessRecord,
+    from: u64,
+    to: u64,
+    presenting: u32,
+) -> Vec<CompileEvidence> {
+    let mut found: Vec<(u64, &CompileRecord)> = p
+        .compiles
+        .iter()
+        .map(|c| (c.overlap_ns(from, to), c))
+        .filter(|(overlap, _)| *overlap > 0)
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.start_ns.cmp(&b.1.start_ns)));
+    found
+        .into_iter()
+        .take(COMPILES_LISTED)
+        .map(|(overlap, c)| CompileEvidence {
+            tid: c.tid,
+            thread: thread_name(capture, c.tid),
+            call: compile_call::name(c.call).to_string(),
+            in_frame_ms: round3(ms(overlap)),
+            duration_ms: round3(ms(c.duration_ns())),
+            pipelines: c.pipelines,
+            cache_given: c.cache_given,
+            presenting_thread: c.tid == presenting,
+        })
+        .collect()
 }
 
 /// Who kept a thread waiting, as the report names it: the task that held the CPU longest in one

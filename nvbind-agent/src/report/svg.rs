@@ -21,7 +21,7 @@ pub enum SvgError {
 }
 
 /// The colour of a cause, also used by the legend. Chosen to stay apart for colour-blind readers
-/// as far as six colours can (Tableau 10 order).
+/// as far as seven colours can (Tableau 10 order).
 pub fn cause_colour(cause: Cause) -> RGBColor {
     match cause {
         Cause::CpuContention => RGBColor(0xd6, 0x27, 0x28),
@@ -29,6 +29,7 @@ pub fn cause_colour(cause: Cause) -> RGBColor {
         Cause::Blocked => RGBColor(0xff, 0x7f, 0x0e),
         Cause::GpuThrottle => RGBColor(0x8c, 0x56, 0x4b),
         Cause::VramPressure => RGBColor(0xe3, 0x77, 0xc2),
+        Cause::ShaderCompile => RGBColor(0x17, 0xbe, 0xcf),
         Cause::Unknown => RGBColor(0x7f, 0x7f, 0x7f),
     }
 }

@@ -17,17 +17,21 @@ pub enum Cause {
     GpuThrottle,
     /// Waiting on the GPU while its memory was (nearly) full.
     VramPressure,
+    /// The presenting thread, or a thread of the game it waited for, was inside the driver's
+    /// shader or pipeline creation (`vkCreateGraphicsPipelines` and the like).
+    ShaderCompile,
     /// The evidence does not explain the frame.
     Unknown,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 6] = [
+    pub const ALL: [Cause; 7] = [
         Cause::CpuContention,
         Cause::GpuDriverWait,
         Cause::Blocked,
         Cause::GpuThrottle,
         Cause::VramPressure,
+        Cause::ShaderCompile,
         Cause::Unknown,
     ];
 
@@ -38,6 +42,7 @@ impl Cause {
             Cause::Blocked => "blocked",
             Cause::GpuThrottle => "gpu-throttle",
             Cause::VramPressure => "vram-pressure",
+            Cause::ShaderCompile => "shader-compile",
             Cause::Unknown => "unknown",
         }
     }
@@ -70,6 +75,33 @@ pub struct ThreadEvidence {
     pub migrations: u64,
     pub gpu_ioctls: u64,
     pub gpu_ioctl_ms: f64,
+    /// Time inside shader and pipeline compile calls (every call, however short).
+    #[serde(default)]
+    pub compile_ms: f64,
+    #[serde(default)]
+    pub compile_calls: u64,
+}
+
+/// A shader or pipeline compile call of one of the game's threads during the frame (calls of
+/// half a millisecond or longer).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompileEvidence {
+    pub tid: u32,
+    /// The thread's name.
+    pub thread: String,
+    /// The Vulkan function (`vkCreateGraphicsPipelines`, …).
+    pub call: String,
+    /// How much of the frame it spent in the call.
+    pub in_frame_ms: f64,
+    /// The whole call.
+    pub duration_ms: f64,
+    /// Pipelines it was asked to create (0 for a call that creates none).
+    pub pipelines: u32,
+    /// Whether the game gave it a pipeline cache (whether the cache held the pipelines is the
+    /// driver's secret: see docs/stutter.md).
+    pub cache_given: bool,
+    /// Whether it is the presenting thread's.
+    pub presenting_thread: bool,
 }
 
 /// Who had a thread's CPU while it waited: the task that held it longest in one stretch (`tid`,
@@ -212,6 +244,10 @@ pub struct Evidence {
     pub busy_threads: Vec<BusyThread>,
     pub busy_threads_window_ms: Option<f64>,
     pub gpu: GpuEvidence,
+    /// The game's compile calls during the frame, the longest share of the frame first (at
+    /// most a few).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compiles: Vec<CompileEvidence>,
 }
 
 /// A verdict, its confidence (0–1), the sentence that explains it, and who is to blame.
@@ -279,6 +315,20 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
                 t.on_cpu_ms,
                 t.runq_wait_ms,
                 t.blocked_ms
+            ),
+        };
+    }
+    if t.compile_ms >= MIN_SHARE_OF_EXCESS * excess && t.compile_ms >= t.runq_wait_ms {
+        // Inside the driver's compiler: whatever the thread did there (ran, waited for the
+        // compiler's own threads), the frame waited for a pipeline.
+        return Verdict {
+            cause: Cause::ShaderCompile,
+            culprit: None,
+            confidence: round2((t.compile_ms / excess).min(1.0)),
+            summary: format!(
+                "{head}: {who} spent {:.1} ms in {}",
+                t.compile_ms,
+                compile_calls(e, true, t.compile_calls)
             ),
         };
     }
@@ -384,6 +434,77 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     }
 }
 
+/// The other thread of the game that spent the most of the frame in compile calls, when that is
+/// at least `threshold` ms: (tid, name, ms).
+fn compiling_thread(e: &Evidence, threshold: f64) -> Option<(u32, String, f64)> {
+    let mut by_thread: Vec<(u32, String, f64)> = Vec::new();
+    for c in e.compiles.iter().filter(|c| !c.presenting_thread) {
+        match by_thread.iter_mut().find(|(tid, _, _)| *tid == c.tid) {
+            Some(entry) => entry.2 += c.in_frame_ms,
+            None => by_thread.push((c.tid, c.thread.clone(), c.in_frame_ms)),
+        }
+    }
+    by_thread
+        .into_iter()
+        .filter(|(_, _, ms)| *ms >= threshold)
+        .max_by(|a, b| a.2.total_cmp(&b.2))
+}
+
+/// The presenting thread's compile calls in a sentence: "vkCreateGraphicsPipelines (3 pipelines,
+/// no cache)" for one, "4 compile calls, 60.0 ms of it in vkCreateGraphicsPipelines (…)" for
+/// several; `calls` is how many the kernel counted (the evidence lists only the long ones).
+fn compile_calls(e: &Evidence, presenting: bool, calls: u64) -> String {
+    let listed: Vec<&CompileEvidence> = e
+        .compiles
+        .iter()
+        .filter(|c| c.presenting_thread == presenting)
+        .collect();
+    describe_calls(&listed, calls)
+}
+
+/// Thread `tid`'s compile calls in a sentence (see [`compile_calls`]).
+fn compile_calls_of(e: &Evidence, tid: u32) -> String {
+    let listed: Vec<&CompileEvidence> = e.compiles.iter().filter(|c| c.tid == tid).collect();
+    describe_calls(&listed, listed.len() as u64)
+}
+
+fn describe_calls(listed: &[&CompileEvidence], calls: u64) -> String {
+    let Some(longest) = listed
+        .iter()
+        .max_by(|a, b| a.duration_ms.total_cmp(&b.duration_ms))
+    else {
+        return format!(
+            "{calls} shader or pipeline compile call{}",
+            if calls == 1 { "" } else { "s" }
+        );
+    };
+    let one = format!("{} ({})", longest.call, call_details(longest));
+    if calls <= 1 && listed.len() <= 1 {
+        one
+    } else {
+        format!(
+            "{} compile calls, {:.1} ms of it in {one}",
+            calls.max(listed.len() as u64),
+            longest.in_frame_ms
+        )
+    }
+}
+
+/// "3 pipelines, no cache", "1 pipeline, with a pipeline cache"; for a call that creates no
+/// pipeline, nothing about pipelines.
+fn call_details(c: &CompileEvidence) -> String {
+    let cache = if c.cache_given {
+        "with a pipeline cache"
+    } else {
+        "no cache"
+    };
+    match c.pipelines {
+        0 => cache.to_string(),
+        1 => format!("1 pipeline, {cache}"),
+        n => format!("{n} pipelines, {cache}"),
+    }
+}
+
 /// The culprit for a sentence: "`sh` (pid 812, `sh -c while …`, through the children it started
 /// (longest on the CPU: `tick`, pid 900), cgroup /)", "`vkcube` (pid 9096, thread `llvmpipe-0`
 /// tid 9098, cgroup /)", "the kernel thread `ksoftirqd/1` (pid 15)"; a process whose name is
@@ -455,6 +576,19 @@ fn blocked_verdict(head: &str, who: &str, excess: f64, confidence: f64, e: &Evid
             a.blocked_in_gpu_ioctl_ms
                 .total_cmp(&b.blocked_in_gpu_ioctl_ms)
         });
+    if let Some((tid, thread, compile_ms)) = compiling_thread(e, threshold) {
+        return Verdict {
+            cause: Cause::ShaderCompile,
+            culprit: None,
+            confidence: round2(confidence * INDIRECT),
+            summary: format!(
+                "{head}: {who} was blocked {:.1} ms while the game's thread `{thread}` (tid {tid}) \
+                 spent {compile_ms:.1} ms of the frame in {}",
+                t.blocked_ms,
+                compile_calls_of(e, tid)
+            ),
+        };
+    }
     if let Some(b) = starved {
         // The chain: the presenting thread waited for the game's thread, which waited behind the
         // culprit; that culprit is the stutter's, not whoever briefly held the presenting
@@ -557,7 +691,89 @@ mod tests {
             busy_threads: Vec::new(),
             busy_threads_window_ms: None,
             gpu: GpuEvidence::default(),
+            compiles: Vec::new(),
         }
+    }
+
+    fn compile(tid: u32, thread: &str, in_frame_ms: f64, pipelines: u32) -> CompileEvidence {
+        CompileEvidence {
+            tid,
+            thread: thread.into(),
+            call: "vkCreateGraphicsPipelines".into(),
+            in_frame_ms,
+            duration_ms: in_frame_ms,
+            pipelines,
+            cache_given: false,
+            presenting_thread: tid == 7,
+        }
+    }
+
+    #[test]
+    fn a_frame_spent_in_the_drivers_compiler_is_a_shader_compile() {
+        let mut e = evidence(ThreadEvidence {
+            on_cpu_ms: 90.0,
+            compile_ms: 84.0,
+            compile_calls: 1,
+            ..Default::default()
+        });
+        e.compiles.push(compile(7, "render", 84.0, 3));
+        let v = attribute(812, 96.0, 16.0, &e);
+        assert_eq!(v.cause, Cause::ShaderCompile);
+        assert!(v.culprit.is_none());
+        assert_eq!(
+            v.summary,
+            "frame 812 took 96.0 ms (6.0× the 16.0 ms average): the presenting thread `render` \
+             (tid 7) spent 84.0 ms in vkCreateGraphicsPipelines (3 pipelines, no cache)"
+        );
+        assert!(v.confidence > 0.9, "{}", v.confidence);
+        // Several calls: how many, and the one that took the frame.
+        e.presenting_thread.compile_calls = 3;
+        e.compiles.push(CompileEvidence {
+            call: "vkCreateShaderModule".into(),
+            pipelines: 0,
+            ..compile(7, "render", 0.7, 0)
+        });
+        let v = attribute(812, 96.0, 16.0, &e);
+        assert!(
+            v.summary.ends_with(
+                "spent 84.0 ms in 3 compile calls, 84.0 ms of it in vkCreateGraphicsPipelines \
+                 (3 pipelines, no cache)"
+            ),
+            "{}",
+            v.summary
+        );
+        // A short compile in a frame that waited for a CPU is not what took it.
+        let mut e = evidence(ThreadEvidence {
+            runq_wait_ms: 80.0,
+            compile_ms: 2.0,
+            compile_calls: 1,
+            ..Default::default()
+        });
+        e.compiles.push(compile(7, "render", 2.0, 1));
+        assert_eq!(attribute(1, 96.0, 16.0, &e).cause, Cause::CpuContention);
+    }
+
+    #[test]
+    fn a_frame_that_waited_for_a_compiling_worker_is_a_shader_compile_through_it() {
+        let mut e = evidence(ThreadEvidence {
+            blocked_ms: 75.0,
+            max_blocked_ms: 75.0,
+            ..Default::default()
+        });
+        e.compiles.push(compile(9, "shader-worker", 70.0, 2));
+        let v = attribute(40, 90.0, 16.0, &e);
+        assert_eq!(v.cause, Cause::ShaderCompile);
+        assert!(
+            v.summary.ends_with(
+                "was blocked 75.0 ms while the game's thread `shader-worker` (tid 9) spent 70.0 \
+                 ms of the frame in vkCreateGraphicsPipelines (2 pipelines, no cache)"
+            ),
+            "{}",
+            v.summary
+        );
+        // A worker's compile far shorter than the wait does not explain it.
+        e.compiles[0].in_frame_ms = 5.0;
+        assert_eq!(attribute(40, 90.0, 16.0, &e).cause, Cause::Blocked);
     }
 
     fn process(pid: u32, comm: &str, wait_ms: f64) -> RanInstead {

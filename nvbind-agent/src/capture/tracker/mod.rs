@@ -18,7 +18,7 @@ use self::scan::{LastScan, SCAN_INTERVAL};
 use super::snapshots::ThreadSnapshots;
 use crate::{
     clock::monotonic_ns,
-    frames::{Capture, CulpritProcess, DisplayRecord, Frame, ProcessRecord},
+    frames::{Capture, CompileRecord, CulpritProcess, DisplayRecord, Frame, ProcessRecord},
     gpu,
     identity::{printable, printable_within, read_bounded, ProcessIdentity},
     probes::{comm_str, libraries, Event, ExitedThread, Probes},
@@ -459,6 +459,19 @@ impl Tracker {
                 }
             }
 
+            Event::Compile(e) => {
+                if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
+                    p.keep_compile(CompileRecord {
+                        tid: e.header.tid,
+                        call: e.header.aux,
+                        start_ns: e.start_ns,
+                        end_ns: e.header.ts_ns,
+                        pipelines: e.pipelines,
+                        cache_given: e.cache_given != 0,
+                        result: e.result,
+                    });
+                }
+            }
             Event::Display(e) => {
                 if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
                     p.display.push(DisplayRecord {

@@ -34,6 +34,8 @@ impl Tracker {
             // Display events go with the part too (a compositor's flips would otherwise pile up
             // for the whole session and be written again in every part).
             display: std::mem::take(&mut record.display),
+            compiles: std::mem::take(&mut record.compiles),
+            compiles_dropped: std::mem::take(&mut record.compiles_dropped),
             resolved_present: record.resolved_present.clone(),
             ..record.clone()
         };
