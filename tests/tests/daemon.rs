@@ -2696,3 +2696,105 @@ fn an_idle_daemon_sleeps_until_told_and_a_game_speeds_it_up() {
     );
     eprintln!("daemon wakeups in {span:?}: idle {idle}, tracking a game {tracking}");
 }
+
+#[test]
+fn a_games_shader_compiles_are_counted_while_it_runs_and_in_its_session() {
+    require_root();
+    let _one = serial();
+    let daemon = Daemon::start("");
+    let x = Xvfb::start().expect("Xvfb");
+    let work = tempfile::tempdir().expect("tempdir");
+    let shader_cache = tempfile::tempdir().expect("shader cache dir");
+    let log = work.path().join("game.log");
+    let stop = work.path().join("stop");
+    // A Vulkan game (lavapipe) that builds a pipeline from a large shader every 20th frame, and
+    // goes on until the test has seen the counters move.
+    let mut game = Game::new(
+        Command::new(env!("CARGO_BIN_EXE_vk-compile"))
+            .args(["--frames", "100000", "--interval-ms", "10"])
+            .args(["--compile-every", "20", "--shader-ops", "2000"])
+            .arg("--log")
+            .arg(&log)
+            .arg("--stop-file")
+            .arg(&stop)
+            .env("DISPLAY", &x.display)
+            .env("MESA_SHADER_CACHE_DIR", shader_cache.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vk-compile"),
+    );
+    let pid = game.pid;
+    daemon.wait_until_tracked(pid);
+    let labels = format!("pid=\"{pid}\"");
+    let deadline = Instant::now() + HANG;
+    let (calls, seconds) = loop {
+        let calls = metric(&daemon, "nvbind_shader_compiles_total", &labels);
+        let seconds = metric(&daemon, "nvbind_shader_compile_seconds_total", &labels);
+        if calls >= 3.0 {
+            break (calls, seconds);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no compile counted: {calls} calls; {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The new series are valid exposition by promtool's rules.
+    let (status, metrics) = daemon.get("/metrics");
+    assert_eq!(status, 200);
+    let file = work.path().join("metrics.txt");
+    fs::write(&file, &metrics).expect("write metrics");
+    let check = Command::new(nvbind_tests::promtool_bin())
+        .args(["check", "metrics"])
+        .stdin(fs::File::open(&file).expect("metrics file"))
+        .output()
+        .expect("run promtool (cargo xtask setup installs the prometheus package)");
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    fs::write(&stop, b"").expect("stop file");
+    game.wait_exit();
+    // What the game logged: its pipeline calls (each of several milliseconds) are all counted;
+    // nothing beyond the calls it made is.
+    let text = fs::read_to_string(&log).expect("the game's log");
+    let made: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.first() == Some(&"compile")).then(|| {
+                let ns = |i: usize| w[i].parse::<u64>().expect("a number");
+                (w[1].to_string(), (ns(4) - ns(3)) as f64 / 1e9)
+            })
+        })
+        .collect();
+    assert!(
+        calls <= made.len() as f64,
+        "{calls} counted, {} made",
+        made.len()
+    );
+    let longest = made.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+    assert!(
+        seconds >= 0.95 * longest && seconds <= 1.05 * made.iter().map(|(_, s)| s).sum::<f64>(),
+        "{seconds} s counted; the game's calls: {made:?}"
+    );
+    let (_, report) = daemon.wait_for_report(pid);
+    let section = &report["processes"][0]["shader_compile"];
+    let pipelines = made
+        .iter()
+        .filter(|(call, _)| call == "vkCreateGraphicsPipelines")
+        .count() as u64;
+    assert_eq!(
+        section["by_call"]["vkCreateGraphicsPipelines"]["calls"].as_u64(),
+        Some(pipelines),
+        "{section}"
+    );
+    assert!(
+        section["stutters"].as_u64() >= Some(1),
+        "the session names its compile stutters: {section}"
+    );
+}

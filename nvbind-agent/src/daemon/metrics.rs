@@ -2,7 +2,7 @@
 //! frames arrive; stutters and frames are counters; GPU gauges and the agent's own cost are read
 //! from the live state at each scrape. Base units throughout (seconds, bytes, watts, ratios).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{atomic::AtomicU64, Arc, RwLock};
 
 use prometheus_client::{
     collector::Collector,
@@ -54,6 +54,8 @@ pub struct Metrics {
     pub frame_time: Family<ProcessLabels, Histogram, fn() -> Histogram>,
     pub frames: Family<ProcessLabels, Counter>,
     pub stutters: Family<CauseLabels, Counter>,
+    pub shader_compiles: Family<ProcessLabels, Counter>,
+    pub shader_compile_time: Family<ProcessLabels, Counter<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -81,12 +83,27 @@ impl Metrics {
             "Stutters of a tracked game by live verdict (see docs/stutter.md)",
             stutters.clone(),
         );
+        let shader_compiles = Family::<ProcessLabels, Counter>::default();
+        registry.register(
+            "shader_compiles",
+            "Shader and pipeline compile calls of 0.5 ms or longer by a tracked game's threads",
+            shader_compiles.clone(),
+        );
+        let shader_compile_time = Family::<ProcessLabels, Counter<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "shader_compile",
+            "Time a tracked game's threads spent in those calls",
+            Unit::Seconds,
+            shader_compile_time.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { live }));
         Metrics {
             registry,
             frame_time,
             frames,
             stutters,
+            shader_compiles,
+            shader_compile_time,
         }
     }
 
@@ -94,6 +111,8 @@ impl Metrics {
     pub fn forget(&self, labels: &ProcessLabels) {
         self.frame_time.remove(labels);
         self.frames.remove(labels);
+        self.shader_compiles.remove(labels);
+        self.shader_compile_time.remove(labels);
         for cause in crate::stutter::Cause::ALL {
             self.stutters.remove(&CauseLabels {
                 pid: labels.pid.clone(),

@@ -185,6 +185,16 @@ impl Daemon {
                         }
                     }
                 }
+                let (calls, ns) =
+                    lp.new_compiles(record.compile_calls_seen, record.compile_ns_seen);
+                if calls > 0 {
+                    let metrics = &self.shared.metrics;
+                    metrics.shader_compiles.get_or_create(&labels).inc_by(calls);
+                    metrics
+                        .shader_compile_time
+                        .get_or_create(&labels)
+                        .inc_by(ns as f64 / 1e9);
+                }
                 lp.gpu.clone_from(&record.gpu);
                 if record.exited_ns.is_some() {
                     finished.push(pid);

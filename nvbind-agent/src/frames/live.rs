@@ -54,6 +54,8 @@ pub struct LiveProcess {
     pub part: u32,
     /// Frames of the tracker's record already counted.
     seen: usize,
+    /// The record's `compile_calls_seen` and `compile_ns_seen` already counted.
+    compiles_counted: (u64, u64),
 }
 
 /// What one new frame meant, for the caller's counters.
@@ -93,7 +95,15 @@ impl LiveProcess {
             detector: Detector::new(stutter),
             part: 0,
             seen: 0,
+            compiles_counted: (0, 0),
         }
+    }
+
+    /// The long compile calls (and their nanoseconds) the record has seen since the last call.
+    pub fn new_compiles(&mut self, calls_seen: u64, ns_seen: u64) -> (u64, u64) {
+        let (calls, ns) = self.compiles_counted;
+        self.compiles_counted = (calls_seen.max(calls), ns_seen.max(ns));
+        (calls_seen.saturating_sub(calls), ns_seen.saturating_sub(ns))
     }
 
     /// Counts the frames of `frames` (the tracker's record of this process) not counted yet.

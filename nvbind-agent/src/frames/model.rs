@@ -108,6 +108,10 @@ pub struct ProcessRecord {
     pub compiles: Vec<CompileRecord>,
     /// Compile calls given up to keep within that bound (the shortest went first).
     pub compiles_dropped: u64,
+    /// Every long compile call kept since it was first tracked, and their time: counts that
+    /// only grow, whatever the bound or the session's parts take away (the daemon's counters).
+    pub compile_calls_seen: u64,
+    pub compile_ns_seen: u64,
     /// Its DRM ioctls by number (`_IOC_NR`), read at the end.
     pub drm_requests: Vec<(u32, u64)>,
     /// Its threads that exited while it ran, taken out of the kernel's table.
@@ -170,6 +174,8 @@ impl ProcessRecord {
     /// Keeps a compile call. Beyond [`MAX_COMPILES_KEPT`] the shorter half goes (a stutter is
     /// made of the long ones), and the rest stay in time order.
     pub fn keep_compile(&mut self, record: CompileRecord) {
+        self.compile_calls_seen += 1;
+        self.compile_ns_seen += record.duration_ns();
         self.compiles.push(record);
         if self.compiles.len() > MAX_COMPILES_KEPT {
             let before = self.compiles.len();

@@ -28,13 +28,18 @@ use nvbind_tests::monotonic_ns;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Frames to present.
+    /// Frames to present (at most, with `--stop-file`).
     #[arg(long, default_value_t = 120)]
     frames: u32,
+    /// Stop presenting once this file exists (checked before each frame): for a test that needs
+    /// the game running until it has seen something happen.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
     /// Target frame interval in milliseconds.
     #[arg(long, default_value_t = 16.0)]
     interval_ms: f64,
-    /// Every Nth frame builds a batch of pipelines before it presents (0: never).
+    /// Every Nth frame builds a batch of pipelines before it presents (0: never), for the first
+    /// `MAX_BATCHES` batches (their shaders are made before the first frame).
     #[arg(long, default_value_t = 0)]
     compile_every: u32,
     /// Pipelines per batch, created in one vkCreateGraphicsPipelines call.
@@ -64,6 +69,12 @@ enum CompileOn {
     /// A worker builds them; the render thread waits.
     Worker,
 }
+
+/// Batches of pipelines at most: each batch's shaders are generated before the first frame.
+const MAX_BATCHES: u32 = 16;
+
+/// The worker thread's name (`--compile-on worker`), as the tests expect to see it named.
+const WORKER_NAME: &str = "shader-worker";
 
 /// The color format the pipelines render to (dynamic rendering: no render pass object).
 const COLOR_FORMAT: vk::Format = vk::Format::B8G8R8A8_UNORM;
@@ -429,7 +440,7 @@ fn run(args: &Args, log: &mut String) -> Result<()> {
             .context("vkCreatePipelineLayout")?;
     let batches = match args.compile_every {
         0 => 0,
-        every => args.frames.div_ceil(every),
+        every => args.frames.div_ceil(every).min(MAX_BATCHES),
     };
     let builder = Builder {
         device: device.clone(),
@@ -458,25 +469,37 @@ fn run(args: &Args, log: &mut String) -> Result<()> {
     let mut pipelines = Vec::new();
     std::thread::scope(|scope| -> Result<()> {
         let builder = &builder;
-        let channels = (args.compile_on == CompileOn::Worker).then(|| {
+        let channels = if args.compile_on == CompileOn::Worker {
             let (ask, asked) = mpsc::channel::<u32>();
             let (give, given) = mpsc::channel::<(Result<Vec<vk::Pipeline>>, String)>();
-            scope.spawn(move || {
-                while let Ok(batch) = asked.recv() {
-                    let mut lines = String::new();
-                    let made = builder.build(batch, &mut lines);
-                    if give.send((made, lines)).is_err() {
-                        break;
+            std::thread::Builder::new()
+                .name(WORKER_NAME.into())
+                .spawn_scoped(scope, move || {
+                    while let Ok(batch) = asked.recv() {
+                        let mut lines = String::new();
+                        let made = builder.build(batch, &mut lines);
+                        if give.send((made, lines)).is_err() {
+                            break;
+                        }
                     }
-                }
-            });
-            (ask, given)
-        });
+                })
+                .context("start the worker")?;
+            Some((ask, given))
+        } else {
+            None
+        };
         let interval = Duration::from_secs_f64(args.interval_ms / 1e3);
         let mut next = std::time::Instant::now();
         for frame in 0..args.frames {
-            if args.compile_every != 0 && frame > 0 && frame % args.compile_every == 0 {
-                let batch = frame / args.compile_every;
+            if args.stop_file.as_ref().is_some_and(|f| f.exists()) {
+                break;
+            }
+            let batch = match args.compile_every {
+                0 => u32::MAX,
+                every if frame % every == 0 => frame / every,
+                _ => u32::MAX,
+            };
+            if frame > 0 && batch < batches {
                 let made = match &channels {
                     Some((ask, given)) => {
                         ask.send(batch).context("the worker is gone")?;
