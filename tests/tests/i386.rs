@@ -194,6 +194,20 @@ fn the_resolvers_ignore_the_callers_vulkan_environment() {
             "lavapipe in {dir}: {expected:?}"
         );
     }
+    // Each resolver also found its driver's pipeline compile function (the 32-bit one prints it
+    // from C: nvbind-agent/resolve32), hooked by the compile probes.
+    let probes = clean["probes"].as_array().expect("probes");
+    for dir in ["/usr/lib/x86_64-linux-gnu/", "/usr/lib/i386-linux-gnu/"] {
+        assert!(
+            probes.iter().any(|s| s["family"] == "compile"
+                && s["attached"] == true
+                && s["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("uprobe:{dir}libvulkan_lvp.so+"))
+                        && n.contains(":vkCreateGraphicsPipelines ("))),
+            "lavapipe's vkCreateGraphicsPipelines in {dir}: {clean}"
+        );
+    }
     // What a shell pointing games at other drivers and layers would pass on: here, only the
     // 32-bit driver (as the user did), which alone left the 64-bit resolver no driver.
     let i686 = i386

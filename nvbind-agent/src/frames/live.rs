@@ -265,6 +265,18 @@ mod tests {
     }
 
     #[test]
+    fn compiles_are_counted_once_whatever_the_record_gives_up() {
+        let mut p = process();
+        assert_eq!(p.new_compiles(0, 0), (0, 0));
+        assert_eq!(p.new_compiles(3, 90), (3, 90));
+        assert_eq!(p.new_compiles(3, 90), (0, 0), "nothing new");
+        assert_eq!(p.new_compiles(5, 140), (2, 50));
+        // The record's counts only grow; were they ever lower, nothing is counted twice.
+        assert_eq!(p.new_compiles(4, 100), (0, 0));
+        assert_eq!(p.new_compiles(6, 150), (1, 10));
+    }
+
+    #[test]
     fn better_sources_take_over_and_worse_ones_are_ignored() {
         let mut p = process();
         assert_eq!(
