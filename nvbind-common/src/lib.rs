@@ -224,7 +224,8 @@ pub mod process_tracked {
 pub mod event_kind {
     /// [`crate::PresentEvent`]: a frame was handed over.
     pub const PRESENT: u32 = 1;
-    /// [`crate::ResolvedPresentEvent`]: a process learned a `vkQueuePresentKHR` address.
+    /// [`crate::ResolvedPresentEvent`]: a process learned a `vkQueuePresentKHR` address (or a
+    /// compile call's: `aux`).
     pub const VULKAN_PRESENT_RESOLVED: u32 = 2;
     /// [`crate::ProcessEvent`]: a process started being tracked (child of a tracked one, or an exec
     /// or a rename to a watched name).
@@ -492,7 +493,8 @@ pub struct ThreadState {
     pub in_vulkan_present: u32,
     /// tid of the task that last preempted this thread (0: never).
     pub last_preemptor_tid: u32,
-    /// Set between a `vkGet*ProcAddr("vkQueuePresentKHR")` call and its return.
+    /// What a `vkGet*ProcAddr` call in flight asked for ([`resolving`]), between its entry and
+    /// its return.
     pub resolving_present: u32,
     /// Set once the thread has presented a frame: its waits then also go to `PRESENTER_HISTS`.
     pub presenter: u32,
@@ -713,7 +715,8 @@ pub const fn pending_present_key(tid: u32, source: u32) -> u64 {
     (kind << 32) | tid as u64
 }
 
-/// A `vkGet{Device,Instance}ProcAddr("vkQueuePresentKHR")` call returned `address` in `tgid`.
+/// A `vkGet{Device,Instance}ProcAddr` call for a followed function returned `address` in
+/// `tgid`: `header.aux` is 0 for `vkQueuePresentKHR`, else the [`compile_call`] asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ResolvedPresentEvent {
@@ -797,6 +800,68 @@ pub struct ExecNotice {
 
 /// Why a present uprobe asked for the name passed to `vkGet*ProcAddr`: the bytes we compare.
 pub const VK_QUEUE_PRESENT_NAME: &[u8; 18] = b"vkQueuePresentKHR\0";
+
+/// Bytes of a `vkGet*ProcAddr` name the probes read and compare (NUL-padded): every name they
+/// look for is shorter.
+pub const PROC_NAME_LEN: usize = 32;
+
+/// What a thread asked `vkGet*ProcAddr` for, as the probes keep it between the call's entry and
+/// return (`ThreadState::resolving_present`, `RESOLVING_PRESENT`) and send it (`aux` of a
+/// `ResolvedPresentEvent`: 0 for the present function, else the [`compile_call`]).
+pub mod resolving {
+    /// Nothing the probes follow.
+    pub const NOTHING: u32 = 0;
+    /// `vkQueuePresentKHR`.
+    pub const PRESENT: u32 = 1;
+    /// A compile call: this plus the [`crate::compile_call`].
+    pub const COMPILE: u32 = 0x100;
+}
+
+/// `name` NUL-padded to [`PROC_NAME_LEN`] bytes, as eight-byte words (how the probes compare).
+pub const fn proc_name_words(name: &str) -> [u64; PROC_NAME_LEN / 8] {
+    let bytes = name.as_bytes();
+    let mut words = [0u64; PROC_NAME_LEN / 8];
+    let mut i = 0;
+    while i < bytes.len() && i < PROC_NAME_LEN - 1 {
+        words[i / 8] |= (bytes[i] as u64) << (8 * (i % 8));
+        i += 1;
+    }
+    words
+}
+
+/// The functions the `vkGet*ProcAddr` probes follow, as compared, with what each is
+/// ([`resolving`]).
+pub const FOLLOWED_PROC_NAMES: [([u64; PROC_NAME_LEN / 8], u32); 8] = [
+    (proc_name_words("vkQueuePresentKHR"), resolving::PRESENT),
+    (
+        proc_name_words("vkCreateGraphicsPipelines"),
+        resolving::COMPILE + compile_call::GRAPHICS_PIPELINES,
+    ),
+    (
+        proc_name_words("vkCreateComputePipelines"),
+        resolving::COMPILE + compile_call::COMPUTE_PIPELINES,
+    ),
+    (
+        proc_name_words("vkCreateRayTracingPipelinesKHR"),
+        resolving::COMPILE + compile_call::RAY_TRACING_PIPELINES,
+    ),
+    (
+        proc_name_words("vkCreateShaderModule"),
+        resolving::COMPILE + compile_call::SHADER_MODULE,
+    ),
+    (
+        proc_name_words("vkCreatePipelineCache"),
+        resolving::COMPILE + compile_call::PIPELINE_CACHE,
+    ),
+    (
+        proc_name_words("vkMergePipelineCaches"),
+        resolving::COMPILE + compile_call::MERGE_PIPELINE_CACHES,
+    ),
+    (
+        proc_name_words("vkGetPipelineCacheData"),
+        resolving::COMPILE + compile_call::PIPELINE_CACHE_DATA,
+    ),
+];
 
 /// The cgroup v2 device policy (`nvbind-device`): an allowlist of device numbers.
 pub mod device_policy {
@@ -953,6 +1018,27 @@ mod tests {
         let mut sum = a;
         sum.add(&d);
         assert_eq!(sum, b);
+    }
+
+    #[test]
+    fn followed_names_are_the_compile_calls_and_the_present_function_padded() {
+        let bytes = |w: [u64; PROC_NAME_LEN / 8]| -> Vec<u8> {
+            w.iter().flat_map(|x| x.to_le_bytes()).collect()
+        };
+        let present = bytes(FOLLOWED_PROC_NAMES[0].0);
+        assert_eq!(&present[..18], VK_QUEUE_PRESENT_NAME);
+        assert!(present[18..].iter().all(|&b| b == 0));
+        for (call, name) in compile_call::NAMES {
+            let (words, kind) = FOLLOWED_PROC_NAMES
+                .iter()
+                .find(|(_, k)| *k == resolving::COMPILE + call)
+                .expect("every compile call is followed");
+            let b = bytes(*words);
+            assert_eq!(&b[..name.len()], name.as_bytes());
+            assert!(b[name.len()..].iter().all(|&x| x == 0), "{name}");
+            assert!(name.len() < PROC_NAME_LEN, "{name}: room for its NUL");
+            assert!(*kind > resolving::COMPILE);
+        }
     }
 
     #[test]

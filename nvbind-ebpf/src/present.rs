@@ -15,15 +15,15 @@ use aya_ebpf::{
     bindings::{pt_regs, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_probe_read_user,
-        bpf_probe_read_user_buf,
+        generated::bpf_probe_read_user_str,
     },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use nvbind_common::{
-    event_kind, pending_present_key, present_source, thread_status, EventHeader, PresentEvent,
-    ResolvedPresentEvent, ThreadState, VK_QUEUE_PRESENT_NAME,
+    event_kind, pending_present_key, present_source, resolving, thread_status, EventHeader,
+    PresentEvent, ResolvedPresentEvent, ThreadState, FOLLOWED_PROC_NAMES, PROC_NAME_LEN,
 };
 
 use crate::state::{
@@ -316,8 +316,8 @@ fn name_argument(ctx: &ProbeContext) -> Option<*const u8> {
 }
 
 /// Entry of `vkGetDeviceProcAddr(device, name)` / `vkGetInstanceProcAddr(instance, name)`.
-/// Tracked threads remember the question in their record; in discovery mode untracked ones in
-/// `RESOLVING_PRESENT` (a game resolves its present function before its first frame).
+/// Tracked threads remember the question (`resolving`) in their record; in discovery mode
+/// untracked ones in `RESOLVING_PRESENT` (a game resolves its functions before its first frame).
 #[uprobe]
 pub fn nvbind_vk_procaddr(ctx: ProbeContext) -> u32 {
     let tracked = current_thread();
@@ -327,18 +327,15 @@ pub fn nvbind_vk_procaddr(ctx: ProbeContext) -> u32 {
     let Some(name) = name_argument(&ctx) else {
         return 0;
     };
-    let mut buf = [0u8; VK_QUEUE_PRESENT_NAME.len()];
-    // SAFETY: a checked read of user memory; failure leaves `buf` unequal to the name.
-    let read = unsafe { bpf_probe_read_user_buf(name, &mut buf) };
-    let asks_for_present = read.is_ok() && buf == *VK_QUEUE_PRESENT_NAME;
+    let asked = followed_function(name);
     match tracked {
-        Some((_, _, t)) => t.resolving_present = asks_for_present as u32,
+        Some((_, _, t)) => t.resolving_present = asked,
         None => {
             // Set or cleared on every call, so an entry never outlives its call (a reused tid
-            // must not report another function as the present one).
+            // must not report another function as the one asked for).
             let (_, tid) = current_ids();
-            if asks_for_present {
-                let _ = RESOLVING_PRESENT.insert(tid, 1, 0);
+            if asked != resolving::NOTHING {
+                let _ = RESOLVING_PRESENT.insert(tid, asked, 0);
             } else {
                 let _ = RESOLVING_PRESENT.remove(tid);
             }
@@ -347,23 +344,58 @@ pub fn nvbind_vk_procaddr(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Return of `vkGet{Device,Instance}ProcAddr`: report the pointer if the name was ours.
+/// Which followed function (`resolving`) the NUL-terminated name at `name` (user memory) is.
+#[inline(always)]
+fn followed_function(name: *const u8) -> u32 {
+    let mut words = [0u64; PROC_NAME_LEN / 8];
+    // SAFETY: a checked read of at most PROC_NAME_LEN bytes of user memory into `words`, NUL
+    // included; the rest stays zero, as in the padded names compared with.
+    let read = unsafe {
+        bpf_probe_read_user_str(words.as_mut_ptr().cast(), PROC_NAME_LEN as u32, name.cast())
+    };
+    if read <= 0 {
+        return resolving::NOTHING;
+    }
+    let mut i = 0;
+    while i < FOLLOWED_PROC_NAMES.len() {
+        let (wanted, kind) = FOLLOWED_PROC_NAMES[i];
+        if words[0] == wanted[0]
+            && words[1] == wanted[1]
+            && words[2] == wanted[2]
+            && words[3] == wanted[3]
+        {
+            return kind;
+        }
+        i += 1;
+    }
+    resolving::NOTHING
+}
+
+/// Return of `vkGet{Device,Instance}ProcAddr`: report the pointer if the name was one followed
+/// (the present function, or a compile call for `nvbind_compile`).
 #[uretprobe]
 pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
-    let (tgid, tid) = match current_thread() {
+    let (tgid, tid, asked) = match current_thread() {
         Some((tgid, tid, t)) => {
             // Tracked between entry and return: the question was asked untracked.
-            let asked_untracked = DISCOVER_PRESENTERS.load() != 0
+            let asked_untracked = if DISCOVER_PRESENTERS.load() != 0 {
                 // SAFETY: plain lookup of a u32 value.
-                && unsafe { RESOLVING_PRESENT.get(tid) }.is_some();
-            if asked_untracked {
+                unsafe { RESOLVING_PRESENT.get(tid) }.copied()
+            } else {
+                None
+            };
+            if asked_untracked.is_some() {
                 let _ = RESOLVING_PRESENT.remove(tid);
             }
-            if t.resolving_present == 0 && !asked_untracked {
+            let asked = match asked_untracked {
+                Some(asked) => asked,
+                None => t.resolving_present,
+            };
+            t.resolving_present = resolving::NOTHING;
+            if asked == resolving::NOTHING {
                 return 0;
             }
-            t.resolving_present = 0;
-            (tgid, tid)
+            (tgid, tid, asked)
         }
         None => {
             if DISCOVER_PRESENTERS.load() == 0 {
@@ -371,11 +403,11 @@ pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
             }
             let (tgid, tid) = current_ids();
             // SAFETY: plain lookup of a u32 value.
-            if unsafe { RESOLVING_PRESENT.get(tid) }.is_none() {
+            let Some(asked) = (unsafe { RESOLVING_PRESENT.get(tid) }.copied()) else {
                 return 0;
-            }
+            };
             let _ = RESOLVING_PRESENT.remove(tid);
-            (tgid, tid)
+            (tgid, tid, asked)
         }
     };
     let mut address: u64 = ctx.ret();
@@ -392,7 +424,8 @@ pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
             kind: event_kind::VULKAN_PRESENT_RESOLVED,
             tgid,
             tid,
-            aux: 0,
+            // 0 for the present function, else the compile call.
+            aux: asked.saturating_sub(resolving::COMPILE),
             ts_ns: now_ns(),
         },
         address,

@@ -202,8 +202,9 @@ pub static DISCOVERY_REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1
 #[map]
 pub static IGNORED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
-/// Untracked threads inside a `vkGet*ProcAddr("vkQueuePresentKHR")` call (discovery mode), by tid:
-/// the return probe reports the pointer for them too.
+/// Untracked threads inside a `vkGet*ProcAddr` call for a followed function (discovery mode), by
+/// tid, with what they asked for (`nvbind_common::resolving`): the return probe reports the
+/// pointer for them too.
 #[map]
 pub static RESOLVING_PRESENT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
 

@@ -376,6 +376,23 @@ fn metric(daemon: &Daemon, series: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// `metrics` passes `promtool check metrics` (written to a file in `dir` first).
+fn assert_valid_exposition(dir: &Path, metrics: &str) {
+    let file = dir.join("metrics.txt");
+    fs::write(&file, metrics).expect("write metrics");
+    let check = Command::new(nvbind_tests::promtool_bin())
+        .args(["check", "metrics"])
+        .stdin(fs::File::open(&file).expect("metrics file"))
+        .output()
+        .expect("run promtool (cargo xtask setup installs the prometheus package)");
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
 fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args([
@@ -990,19 +1007,7 @@ fn live_api_metrics_and_websocket_streams_follow_a_running_game() {
     // times and its blocked stutter, counted before the view above said so).
     let (status, metrics) = daemon.get("/metrics");
     assert_eq!(status, 200);
-    let file = work.path().join("metrics.txt");
-    fs::write(&file, &metrics).expect("write metrics");
-    let check = Command::new(nvbind_tests::promtool_bin())
-        .args(["check", "metrics"])
-        .stdin(fs::File::open(&file).expect("metrics file"))
-        .output()
-        .expect("run promtool (cargo xtask setup installs the prometheus package)");
-    assert!(
-        check.status.success(),
-        "promtool check metrics: {}{}\n{metrics}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_valid_exposition(work.path(), &metrics);
     // Prometheus asks for OpenMetrics and gets it.
     let (status, openmetrics) = curl(&[
         "-H",
@@ -2744,19 +2749,7 @@ fn a_games_shader_compiles_are_counted_while_it_runs_and_in_its_session() {
     // The new series are valid exposition by promtool's rules.
     let (status, metrics) = daemon.get("/metrics");
     assert_eq!(status, 200);
-    let file = work.path().join("metrics.txt");
-    fs::write(&file, &metrics).expect("write metrics");
-    let check = Command::new(nvbind_tests::promtool_bin())
-        .args(["check", "metrics"])
-        .stdin(fs::File::open(&file).expect("metrics file"))
-        .output()
-        .expect("run promtool (cargo xtask setup installs the prometheus package)");
-    assert!(
-        check.status.success(),
-        "promtool check metrics: {}{}\n{metrics}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_valid_exposition(work.path(), &metrics);
     fs::write(&stop, b"").expect("stop file");
     game.wait_exit();
     // What the game logged: its pipeline calls (each of several milliseconds) are all counted;

@@ -166,7 +166,7 @@ impl Probes {
             };
             for f in found {
                 if f.function != vulkan::PRESENT_FUNCTION {
-                    self.hook_driver_compile_call(&f);
+                    self.hook_driver_compile_call(&f, &f.path);
                     continue;
                 }
                 let result = self.attach_vulkan_present(&f.path, f.dev, f.ino, f.offset);
@@ -190,7 +190,9 @@ impl Probes {
     }
     /// Hooks a driver's shader or pipeline compile function (see `nvbind_compile`): return probe
     /// first, so an entry is never counted without its return.
-    fn hook_driver_compile_call(&mut self, f: &vulkan::DriverFunction) {
+    /// `shown` names the file in the status (the path the driver has where the kernel reaches it
+    /// through another one).
+    fn hook_driver_compile_call(&mut self, f: &vulkan::DriverFunction, shown: &Path) {
         let Some(call) = compile_call::from_name(&f.function) else {
             return;
         };
@@ -206,7 +208,7 @@ impl Probes {
         self.statuses.push(ProbeStatus {
             name: format!(
                 "uprobe:{}+{:#x}:{} ({})",
-                f.path.display(),
+                shown.display(),
                 f.offset,
                 f.function,
                 f.device
@@ -272,6 +274,52 @@ impl Probes {
             fix: None,
         });
         Ok(Some(format!("{}+{offset:#x}", mapping.path)))
+    }
+    /// Hooks a compile function (`call`, a `compile_call`) that `pid` learned at `address`
+    /// from `vkGet*ProcAddr`: a driver the resolvers did not see at start (a container's own
+    /// Mesa, one a game is pointed at). Returns the mapped file's name when new probes were
+    /// placed. Within [`MAX_UPROBES`], like every hook of a file a process brought.
+    pub fn attach_resolved_compile(
+        &mut self,
+        pid: u32,
+        address: u64,
+        call: u32,
+    ) -> Result<Option<String>, String> {
+        let function = compile_call::name(call);
+        if function == "unknown" {
+            return Err(format!("no compile call numbered {call}"));
+        }
+        let (mapping, offset) = libraries::locate(pid, address)
+            .ok_or_else(|| format!("address {address:#x} is not in a file mapping of pid {pid}"))?;
+        let key = UprobePoint {
+            dev: mapping.dev,
+            ino: mapping.ino,
+            at: ProbeAt::Offset(offset),
+            program: "nvbind_compile",
+        };
+        if self.uprobe_points.contains_key(&key) {
+            return Ok(None);
+        }
+        if self.uprobe_points.len() + 2 > MAX_UPROBES {
+            return Err(format!(
+                "the agent holds {} uprobes, the most it places is {MAX_UPROBES}",
+                self.uprobe_points.len()
+            ));
+        }
+        let f = vulkan::DriverFunction {
+            function: function.to_string(),
+            path: mapping.open_path(pid),
+            dev: mapping.dev,
+            ino: mapping.ino,
+            offset,
+            device: format!("learned from pid {pid}"),
+        };
+        self.hook_driver_compile_call(&f, Path::new(&mapping.path));
+        match self.statuses.last() {
+            Some(status) if status.attached => Ok(Some(format!("{}+{offset:#x}", mapping.path))),
+            Some(status) => Err(status.reason.clone().unwrap_or_default()),
+            None => Ok(None),
+        }
     }
     /// Places one uprobe (once: a point already probed is left alone). `target` is a path the
     /// kernel can open to reach the file named by `point`.

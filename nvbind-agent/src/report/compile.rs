@@ -71,6 +71,10 @@ pub struct CompileCall {
     pub call: String,
     /// When it was entered, seconds since the capture started.
     pub t_s: f64,
+    /// When it was entered and when it returned, CLOCK_MONOTONIC nanoseconds (as the per-frame
+    /// CSV's `present_ns`): to line the call up with a game's own clock.
+    pub start_ns: u64,
+    pub end_ns: u64,
     pub duration_ms: f64,
     pub pipelines: u32,
     pub cache_given: bool,
@@ -165,6 +169,8 @@ pub fn report(
                     .unwrap_or_default(),
                 call: compile_call::name(c.call).to_string(),
                 t_s: round3(ms(c.start_ns.saturating_sub(capture.started_ns)) / 1e3),
+                start_ns: c.start_ns,
+                end_ns: c.end_ns,
                 duration_ms: round3(ms(c.duration_ns())),
                 pipelines: c.pipelines,
                 cache_given: c.cache_given,

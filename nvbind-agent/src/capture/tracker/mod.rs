@@ -396,6 +396,24 @@ impl Tracker {
                 self.note_culprit(&e.culprit);
                 self.watch_for_stutter(pid, e.header.aux, e.header.ts_ns);
             }
+            Event::VulkanPresentResolved(e) if e.header.aux != 0 => {
+                let pid = e.header.tgid;
+                let function = nvbind_common::compile_call::name(e.header.aux);
+                match self
+                    .probes
+                    .attach_resolved_compile(pid, e.address, e.header.aux)
+                {
+                    Ok(Some(file)) => {
+                        log::info!("pid {pid}: hooked {function} at {:#x} in {file}", e.address)
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        let note = format!("pid {pid}: cannot hook its {function}: {why}");
+                        log::warn!("{note}");
+                        self.capture.notes.push(note);
+                    }
+                }
+            }
             Event::VulkanPresentResolved(e) => {
                 let pid = e.header.tgid;
                 log::debug!(
