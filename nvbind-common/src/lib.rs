@@ -1022,8 +1022,12 @@ mod tests {
 
     #[test]
     fn followed_names_are_the_compile_calls_and_the_present_function_padded() {
-        let bytes = |w: [u64; PROC_NAME_LEN / 8]| -> Vec<u8> {
-            w.iter().flat_map(|x| x.to_le_bytes()).collect()
+        let bytes = |w: [u64; PROC_NAME_LEN / 8]| -> [u8; PROC_NAME_LEN] {
+            let mut b = [0u8; PROC_NAME_LEN];
+            for (i, word) in w.iter().enumerate() {
+                b[8 * i..8 * i + 8].copy_from_slice(&word.to_le_bytes());
+            }
+            b
         };
         let present = bytes(FOLLOWED_PROC_NAMES[0].0);
         assert_eq!(&present[..18], VK_QUEUE_PRESENT_NAME);
