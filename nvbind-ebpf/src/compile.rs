@@ -3,8 +3,9 @@
 //! compile time) and, for calls of `COMPILE_EVENT_MIN_NS` or longer, sent one by one.
 //!
 //! The agent attaches `nvbind_compile` (with the call as the cookie) and `nvbind_compile_ret` to
-//! the installed Vulkan drivers' functions and the loader's exports. A call through the loader's
-//! trampoline, a layer and the driver is hooked several times: only the outermost is timed.
+//! the installed Vulkan drivers' functions and to those a process learns from `vkGet*ProcAddr`.
+//! A call that passes through more than one hooked function (a layer's, then a driver's) is
+//! timed once: only the outermost counts.
 
 use aya_ebpf::{
     bindings::{pt_regs, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},

@@ -166,7 +166,9 @@ impl Probes {
             };
             for f in found {
                 if f.function != vulkan::PRESENT_FUNCTION {
-                    self.hook_driver_compile_call(&f, &f.path);
+                    let result = self.attach_compile_hooks(&f);
+                    self.statuses
+                        .push(Self::compile_status(&f, &f.path, result));
                     continue;
                 }
                 let result = self.attach_vulkan_present(&f.path, f.dev, f.ino, f.offset);
@@ -190,11 +192,9 @@ impl Probes {
     }
     /// Hooks a driver's shader or pipeline compile function (see `nvbind_compile`): return probe
     /// first, so an entry is never counted without its return.
-    /// `shown` names the file in the status (the path the driver has where the kernel reaches it
-    /// through another one).
-    fn hook_driver_compile_call(&mut self, f: &vulkan::DriverFunction, shown: &Path) {
+    fn attach_compile_hooks(&mut self, f: &vulkan::DriverFunction) -> Result<(), String> {
         let Some(call) = compile_call::from_name(&f.function) else {
-            return;
+            return Err(format!("{} is not a compile call nvbind times", f.function));
         };
         let at = |program| UprobePoint {
             dev: f.dev,
@@ -202,10 +202,17 @@ impl Probes {
             at: ProbeAt::Offset(f.offset),
             program,
         };
-        let result = self
-            .attach_uprobe(at("nvbind_compile_ret"), &f.path, 0)
-            .and_then(|()| self.attach_uprobe(at("nvbind_compile"), &f.path, u64::from(call)));
-        self.statuses.push(ProbeStatus {
+        self.attach_uprobe(at("nvbind_compile_ret"), &f.path, 0)?;
+        self.attach_uprobe(at("nvbind_compile"), &f.path, u64::from(call))
+    }
+    /// The status line of a compile function's hooks; `shown` names the file (the path the driver
+    /// has, where the kernel reaches it through another).
+    fn compile_status(
+        f: &vulkan::DriverFunction,
+        shown: &Path,
+        result: Result<(), String>,
+    ) -> ProbeStatus {
+        ProbeStatus {
             name: format!(
                 "uprobe:{}+{:#x}:{} ({})",
                 shown.display(),
@@ -220,7 +227,7 @@ impl Probes {
             attached: result.is_ok(),
             reason: result.err(),
             fix: None,
-        });
+        }
     }
     /// Hooks a `vkQueuePresentKHR` implementation at a file offset: return probe first, so an
     /// entry is never counted without its return (see `in_vulkan_present` in the kernel).
@@ -314,12 +321,12 @@ impl Probes {
             offset,
             device: format!("learned from pid {pid}"),
         };
-        self.hook_driver_compile_call(&f, Path::new(&mapping.path));
-        match self.statuses.last() {
-            Some(status) if status.attached => Ok(Some(format!("{}+{offset:#x}", mapping.path))),
-            Some(status) => Err(status.reason.clone().unwrap_or_default()),
-            None => Ok(None),
-        }
+        // Only hooks that attached get a status line: a process that makes the attach fail again
+        // and again must not grow the list.
+        self.attach_compile_hooks(&f)?;
+        self.statuses
+            .push(Self::compile_status(&f, Path::new(&mapping.path), Ok(())));
+        Ok(Some(format!("{}+{offset:#x}", mapping.path)))
     }
     /// Places one uprobe (once: a point already probed is left alone). `target` is a path the
     /// kernel can open to reach the file named by `point`.

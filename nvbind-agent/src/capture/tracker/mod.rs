@@ -408,9 +408,12 @@ impl Tracker {
                     }
                     Ok(None) => {}
                     Err(why) => {
+                        // Said once per process and function, however often it asks.
                         let note = format!("pid {pid}: cannot hook its {function}: {why}");
-                        log::warn!("{note}");
-                        self.capture.notes.push(note);
+                        if !self.capture.notes.contains(&note) {
+                            log::warn!("{note}");
+                            self.capture.notes.push(note);
+                        }
                     }
                 }
             }
