@@ -830,38 +830,22 @@ pub const fn proc_name_words(name: &str) -> [u64; PROC_NAME_LEN / 8] {
 }
 
 /// The functions the `vkGet*ProcAddr` probes follow, as compared, with what each is
-/// ([`resolving`]).
-pub const FOLLOWED_PROC_NAMES: [([u64; PROC_NAME_LEN / 8], u32); 8] = [
-    (proc_name_words("vkQueuePresentKHR"), resolving::PRESENT),
-    (
-        proc_name_words("vkCreateGraphicsPipelines"),
-        resolving::COMPILE + compile_call::GRAPHICS_PIPELINES,
-    ),
-    (
-        proc_name_words("vkCreateComputePipelines"),
-        resolving::COMPILE + compile_call::COMPUTE_PIPELINES,
-    ),
-    (
-        proc_name_words("vkCreateRayTracingPipelinesKHR"),
-        resolving::COMPILE + compile_call::RAY_TRACING_PIPELINES,
-    ),
-    (
-        proc_name_words("vkCreateShaderModule"),
-        resolving::COMPILE + compile_call::SHADER_MODULE,
-    ),
-    (
-        proc_name_words("vkCreatePipelineCache"),
-        resolving::COMPILE + compile_call::PIPELINE_CACHE,
-    ),
-    (
-        proc_name_words("vkMergePipelineCaches"),
-        resolving::COMPILE + compile_call::MERGE_PIPELINE_CACHES,
-    ),
-    (
-        proc_name_words("vkGetPipelineCacheData"),
-        resolving::COMPILE + compile_call::PIPELINE_CACHE_DATA,
-    ),
-];
+/// ([`resolving`]): the present function, then every [`compile_call`].
+pub const FOLLOWED_PROC_NAMES: [([u64; PROC_NAME_LEN / 8], u32); 1 + compile_call::NAMES.len()] =
+    followed_proc_names();
+
+const fn followed_proc_names() -> [([u64; PROC_NAME_LEN / 8], u32); 1 + compile_call::NAMES.len()] {
+    let mut names =
+        [([0u64; PROC_NAME_LEN / 8], resolving::NOTHING); 1 + compile_call::NAMES.len()];
+    names[0] = (proc_name_words("vkQueuePresentKHR"), resolving::PRESENT);
+    let mut i = 0;
+    while i < compile_call::NAMES.len() {
+        let (call, name) = compile_call::NAMES[i];
+        names[i + 1] = (proc_name_words(name), resolving::COMPILE + call);
+        i += 1;
+    }
+    names
+}
 
 /// The cgroup v2 device policy (`nvbind-device`): an allowlist of device numbers.
 pub mod device_policy {

@@ -62,9 +62,8 @@ pub enum Wake {
 }
 
 pub struct EventPump {
+    /// At DRAIN_INTERVAL, or IDLE_DRAIN_INTERVAL while idle.
     ticker: Interval,
-    /// Whether the ticker runs at IDLE_DRAIN_INTERVAL.
-    idle: bool,
     /// A duplicate of the ring buffer's descriptor (same file description), owned by the poller:
     /// readable when a record that asks for a wakeup is waiting.
     wakeups: AsyncFd<OwnedFd>,
@@ -77,7 +76,6 @@ impl EventPump {
     pub fn new(probes: &Probes, signals: StopSignals) -> Result<EventPump> {
         Ok(EventPump {
             ticker: ticker(DRAIN_INTERVAL),
-            idle: false,
             wakeups: poll_ring(probes.events_fd(), "events")?,
             exec_wakeups: poll_ring(probes.exec_notices_fd(), "exec notices")?,
             signals,
@@ -88,13 +86,13 @@ impl EventPump {
     /// otherwise. The owner says so after each drain; a new tracked process wakes the pump by
     /// its own record, so the faster pace starts with its first frames.
     pub fn set_idle(&mut self, idle: bool) {
-        if idle != self.idle {
-            self.idle = idle;
-            self.ticker = ticker(if idle {
-                IDLE_DRAIN_INTERVAL
-            } else {
-                DRAIN_INTERVAL
-            });
+        let period = if idle {
+            IDLE_DRAIN_INTERVAL
+        } else {
+            DRAIN_INTERVAL
+        };
+        if self.ticker.period() != period {
+            self.ticker = ticker(period);
         }
     }
 

@@ -189,10 +189,15 @@ impl YoungProcesses {
 impl Daemon {
     /// Takes the kernel's exec notices.
     pub(super) fn take_exec_notices(&mut self) {
-        let mut notices = Vec::new();
-        self.tracker
-            .probes_mut()
-            .drain_exec_notices(|n| notices.push(n));
+        let (now, now_ns) = (Instant::now(), monotonic_ns());
+        let (young, list_soon) = (&mut self.young, &mut self.list_soon);
+        self.tracker.probes_mut().drain_exec_notices(|notice| {
+            let age = Duration::from_nanos(now_ns.saturating_sub(notice.ts_ns));
+            let at = now.checked_sub(age).unwrap_or(now);
+            if !young.exec(notice.tgid, notice.uid, at) {
+                *list_soon = true;
+            }
+        });
         let lost = self.tracker.probes().exec_notices_lost();
         if lost > self.exec_notices_lost {
             log::debug!(
@@ -201,14 +206,6 @@ impl Daemon {
             );
             self.exec_notices_lost = lost;
             self.list_soon = true;
-        }
-        let (now, now_ns) = (Instant::now(), monotonic_ns());
-        for notice in notices {
-            let age = Duration::from_nanos(now_ns.saturating_sub(notice.ts_ns));
-            let at = now.checked_sub(age).unwrap_or(now);
-            if !self.young.exec(notice.tgid, notice.uid, at) {
-                self.list_soon = true;
-            }
         }
     }
 

@@ -251,6 +251,24 @@ impl Probes {
             present_source::VULKAN_RESOLVED as u64,
         )
     }
+    /// The file and offset of a function `pid` learned at `address`, or None when `program` is
+    /// already placed there (for this process or another).
+    fn learned_place(
+        &self,
+        pid: u32,
+        address: u64,
+        program: &'static str,
+    ) -> Result<Option<(libraries::Mapping, u64)>, String> {
+        let (mapping, offset) = libraries::locate(pid, address)
+            .ok_or_else(|| format!("address {address:#x} is not in a file mapping of pid {pid}"))?;
+        let key = UprobePoint {
+            dev: mapping.dev,
+            ino: mapping.ino,
+            at: ProbeAt::Offset(offset),
+            program,
+        };
+        Ok((!self.uprobe_points.contains_key(&key)).then_some((mapping, offset)))
+    }
     /// Probes a `vkQueuePresentKHR` implementation that `pid` learned at `address`.
     /// Returns the mapped file's name when a new probe was placed.
     pub fn attach_resolved_present(
@@ -258,17 +276,9 @@ impl Probes {
         pid: u32,
         address: u64,
     ) -> Result<Option<String>, String> {
-        let (mapping, offset) = libraries::locate(pid, address)
-            .ok_or_else(|| format!("address {address:#x} is not in a file mapping of pid {pid}"))?;
-        let key = UprobePoint {
-            dev: mapping.dev,
-            ino: mapping.ino,
-            at: ProbeAt::Offset(offset),
-            program: "nvbind_present",
-        };
-        if self.uprobe_points.contains_key(&key) {
+        let Some((mapping, offset)) = self.learned_place(pid, address, "nvbind_present")? else {
             return Ok(None);
-        }
+        };
         self.attach_vulkan_present(&mapping.open_path(pid), mapping.dev, mapping.ino, offset)?;
         self.statuses.push(ProbeStatus {
             name: format!("uprobe:{}+{offset:#x}:vkQueuePresentKHR", mapping.path),
@@ -296,17 +306,9 @@ impl Probes {
         if function == "unknown" {
             return Err(format!("no compile call numbered {call}"));
         }
-        let (mapping, offset) = libraries::locate(pid, address)
-            .ok_or_else(|| format!("address {address:#x} is not in a file mapping of pid {pid}"))?;
-        let key = UprobePoint {
-            dev: mapping.dev,
-            ino: mapping.ino,
-            at: ProbeAt::Offset(offset),
-            program: "nvbind_compile",
-        };
-        if self.uprobe_points.contains_key(&key) {
+        let Some((mapping, offset)) = self.learned_place(pid, address, "nvbind_compile")? else {
             return Ok(None);
-        }
+        };
         if self.uprobe_points.len() + 2 > MAX_UPROBES {
             return Err(format!(
                 "the agent holds {} uprobes, the most it places is {MAX_UPROBES}",

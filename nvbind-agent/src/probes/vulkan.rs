@@ -35,6 +35,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use ash::vk;
+use nvbind_common::compile_call;
 
 use super::libraries;
 
@@ -64,16 +65,9 @@ impl Abi {
 
 /// The functions the helpers look up in each driver: the present function, and the shader and
 /// pipeline compile calls nvbind times (`nvbind_common::compile_call`).
-pub const DRIVER_FUNCTIONS: [&str; 8] = [
-    PRESENT_FUNCTION,
-    "vkCreateGraphicsPipelines",
-    "vkCreateComputePipelines",
-    "vkCreateRayTracingPipelinesKHR",
-    "vkCreateShaderModule",
-    "vkCreatePipelineCache",
-    "vkMergePipelineCaches",
-    "vkGetPipelineCacheData",
-];
+fn driver_functions() -> impl Iterator<Item = &'static str> {
+    std::iter::once(PRESENT_FUNCTION).chain(compile_call::NAMES.iter().map(|(_, name)| *name))
+}
 
 /// The present function's name.
 pub const PRESENT_FUNCTION: &str = "vkQueuePresentKHR";
@@ -81,7 +75,7 @@ pub const PRESENT_FUNCTION: &str = "vkQueuePresentKHR";
 /// A driver's function: the mapped file and the offset in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverFunction {
-    /// Its Vulkan name (one of [`DRIVER_FUNCTIONS`]).
+    /// Its Vulkan name (the present function or a `compile_call`).
     pub function: String,
     pub path: PathBuf,
     /// The file's identity as the helper's memory map gives it (uprobes live on inodes).
@@ -141,7 +135,7 @@ pub fn serve_here() -> Result<()> {
             let Ok(device) = instance.create_device(physical, &info, None) else {
                 continue;
             };
-            for function in DRIVER_FUNCTIONS {
+            for function in driver_functions() {
                 let Ok(c_name) = std::ffi::CString::new(function) else {
                     continue;
                 };

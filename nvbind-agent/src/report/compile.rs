@@ -112,26 +112,33 @@ pub fn report(
     for t in by_call.values_mut() {
         t.time_ms = round3(t.time_ms);
     }
-    let mut affected = Vec::new();
-    for (i, pair) in frames.windows(2).enumerate() {
-        let (from, to) = (pair[0].ts_ns, pair[1].ts_ns);
-        let (mut all, mut presenting) = (0, 0);
-        for c in &p.compiles {
-            let overlap = c.overlap_ns(from, to);
-            all += overlap;
-            if c.tid == pair[1].tid {
-                presenting += overlap;
+    // Per frame (index of its present), the compile time in it: all threads', the presenting
+    // thread's. Each call is placed among the frames by its start (they are in present order),
+    // so a session of millions of frames is read once per call, not once per frame.
+    let mut in_frames: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    for c in &p.compiles {
+        let mut k = frames.partition_point(|f| f.ts_ns <= c.start_ns).max(1);
+        while k < frames.len() && frames[k - 1].ts_ns < c.end_ns {
+            let overlap = c.overlap_ns(frames[k - 1].ts_ns, frames[k].ts_ns);
+            if overlap > 0 {
+                let slot = in_frames.entry(k).or_default();
+                slot.0 += overlap;
+                if c.tid == frames[k].tid {
+                    slot.1 += overlap;
+                }
             }
-        }
-        if all > 0 {
-            affected.push(CompileFrame {
-                frame: i as u64 + 1,
-                frame_time_ms: round3(ms(to - from)),
-                compile_ms: round3(ms(all)),
-                presenting_thread_compile_ms: round3(ms(presenting)),
-            });
+            k += 1;
         }
     }
+    let mut affected: Vec<CompileFrame> = in_frames
+        .into_iter()
+        .map(|(k, (all, presenting))| CompileFrame {
+            frame: k as u64,
+            frame_time_ms: round3(ms(frames[k].ts_ns - frames[k - 1].ts_ns)),
+            compile_ms: round3(ms(all)),
+            presenting_thread_compile_ms: round3(ms(presenting)),
+        })
+        .collect();
     let frames_affected = affected.len() as u64;
     affected.sort_by(|a, b| {
         b.compile_ms

@@ -328,7 +328,7 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
             summary: format!(
                 "{head}: {who} spent {:.1} ms in {}",
                 t.compile_ms,
-                compile_calls(e, true, t.compile_calls)
+                presenting_thread_calls(e, t.compile_calls)
             ),
         };
     }
@@ -453,16 +453,12 @@ fn compiling_thread(e: &Evidence, threshold: f64) -> Option<(u32, String, f64)> 
 /// The presenting thread's compile calls in a sentence: "vkCreateGraphicsPipelines (3 pipelines,
 /// no cache)" for one, "4 compile calls, 60.0 ms of it in vkCreateGraphicsPipelines (…)" for
 /// several; `calls` is how many the kernel counted (the evidence lists only the long ones).
-fn compile_calls(e: &Evidence, presenting: bool, calls: u64) -> String {
-    let listed: Vec<&CompileEvidence> = e
-        .compiles
-        .iter()
-        .filter(|c| c.presenting_thread == presenting)
-        .collect();
+fn presenting_thread_calls(e: &Evidence, calls: u64) -> String {
+    let listed: Vec<&CompileEvidence> = e.compiles.iter().filter(|c| c.presenting_thread).collect();
     describe_calls(&listed, calls)
 }
 
-/// Thread `tid`'s compile calls in a sentence (see [`compile_calls`]).
+/// Thread `tid`'s compile calls in a sentence (see [`presenting_thread_calls`]).
 fn compile_calls_of(e: &Evidence, tid: u32) -> String {
     let listed: Vec<&CompileEvidence> = e.compiles.iter().filter(|c| c.tid == tid).collect();
     describe_calls(&listed, listed.len() as u64)
