@@ -119,11 +119,7 @@ pub fn diagnose(mount_tracefs: bool, kernel_hooks: KernelHooks) -> Diagnosis {
                 .map(|t| unavailable(format!("{}:{}", t.category, t.name), t.family, t.program))
                 .collect();
             statuses.extend(LIBRARY_KINDS.iter().map(|k| {
-                unavailable(
-                    format!("uprobe:{}", k.sonames[0]),
-                    "present",
-                    "nvbind_present",
-                )
+                unavailable(format!("uprobe:{}", k.sonames[0]), k.family, k.main_program)
             }));
             Diagnosis {
                 ready: false,

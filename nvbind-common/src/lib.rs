@@ -94,11 +94,17 @@ pub mod compile_call {
     pub const MERGE_PIPELINE_CACHES: u32 = 6;
     /// `vkGetPipelineCacheData(device, cache, size, data)`: saving a cache.
     pub const PIPELINE_CACHE_DATA: u32 = 7;
+    /// OpenGL's `glCompileShader(shader)` (and `glCompileShaderARB`): GLSL to the driver's IR.
+    pub const GL_COMPILE_SHADER: u32 = 8;
+    /// OpenGL's `glLinkProgram(program)` (and `glLinkProgramARB`): where Mesa does most of its
+    /// work (linking, optimisation, the driver's own compile of a default variant).
+    pub const GL_LINK_PROGRAM: u32 = 9;
     /// Largest valid value.
-    pub const MAX: u32 = PIPELINE_CACHE_DATA;
+    pub const MAX: u32 = GL_LINK_PROGRAM;
 
-    /// Every call, with its Vulkan name, in cookie order.
-    pub const NAMES: [(u32, &str); 7] = [
+    /// Every call, by the names a program asks for it, in cookie order; a call's first name is
+    /// the one reports use (the ARB names are older aliases of the same GL calls).
+    pub const NAMES: [(u32, &str); 11] = [
         (GRAPHICS_PIPELINES, "vkCreateGraphicsPipelines"),
         (COMPUTE_PIPELINES, "vkCreateComputePipelines"),
         (RAY_TRACING_PIPELINES, "vkCreateRayTracingPipelinesKHR"),
@@ -106,9 +112,18 @@ pub mod compile_call {
         (PIPELINE_CACHE, "vkCreatePipelineCache"),
         (MERGE_PIPELINE_CACHES, "vkMergePipelineCaches"),
         (PIPELINE_CACHE_DATA, "vkGetPipelineCacheData"),
+        (GL_COMPILE_SHADER, "glCompileShader"),
+        (GL_LINK_PROGRAM, "glLinkProgram"),
+        (GL_COMPILE_SHADER, "glCompileShaderARB"),
+        (GL_LINK_PROGRAM, "glLinkProgramARB"),
     ];
 
-    /// The Vulkan name of a call (`unknown` for a value that is none).
+    /// Whether the call is OpenGL's (else Vulkan's).
+    pub const fn is_gl(call: u32) -> bool {
+        matches!(call, GL_COMPILE_SHADER | GL_LINK_PROGRAM)
+    }
+
+    /// The name a report uses for a call (`unknown` for a value that is none).
     pub fn name(call: u32) -> &'static str {
         NAMES
             .iter()
@@ -147,10 +162,17 @@ pub struct CompileEvent {
     pub pipelines: u32,
     /// Whether a pipeline cache was given (1) or not (0).
     pub cache_given: u32,
-    /// The call's `VkResult`.
+    /// The call's `VkResult` (0 for OpenGL's calls, which return nothing).
     pub result: i32,
-    pub _pad: u32,
+    /// Of the first [`FEEDBACK_PIPELINES_READ`] pipelines, those whose creation feedback the
+    /// driver filled in (`VK_EXT_pipeline_creation_feedback`, chained by the game)...
+    pub feedback_pipelines: u16,
+    /// ...and of them, those the driver says came from the given pipeline cache.
+    pub cache_hits: u16,
 }
+
+/// Pipelines of a call whose creation feedback the probes read (at the return of a long call).
+pub const FEEDBACK_PIPELINES_READ: u32 = 8;
 
 /// [`present_source`] as a type: what user space decodes a frame's source into.
 #[repr(u32)]
@@ -515,6 +537,9 @@ pub struct ThreadState {
     pub compile_pipelines: u32,
     /// Whether it was given a pipeline cache.
     pub compile_cache_given: u32,
+    /// Its create infos (`pCreateInfos`, user memory), read at the return for the driver's
+    /// creation feedback; 0 for a call that creates no pipeline.
+    pub compile_infos: u64,
     /// Longest single run-queue wait since the last present.
     pub frame_max_runq_wait_ns: u64,
     /// Longest single blocked period since the last present.
@@ -799,11 +824,21 @@ pub struct ExecNotice {
 }
 
 /// Why a present uprobe asked for the name passed to `vkGet*ProcAddr`: the bytes we compare.
+/// (The same probes follow OpenGL's `glXGetProcAddress` and `eglGetProcAddress`.)
 pub const VK_QUEUE_PRESENT_NAME: &[u8; 18] = b"vkQueuePresentKHR\0";
 
 /// Bytes of a `vkGet*ProcAddr` name the probes read and compare (NUL-padded): every name they
 /// look for is shorter.
 pub const PROC_NAME_LEN: usize = 32;
+
+/// Where a hooked `*GetProcAddress` function takes the name asked for (the cookie of
+/// `nvbind_vk_procaddr`).
+pub mod proc_addr_abi {
+    /// `vkGetDeviceProcAddr(device, name)`, `vkGetInstanceProcAddr(instance, name)`.
+    pub const NAME_SECOND: u64 = 0;
+    /// `glXGetProcAddress(name)`, `glXGetProcAddressARB(name)`, `eglGetProcAddress(name)`.
+    pub const NAME_FIRST: u64 = 1;
+}
 
 /// What a thread asked `vkGet*ProcAddr` for, as the probes keep it between the call's entry and
 /// return (`ThreadState::resolving_present`, `RESOLVING_PRESENT`) and send it (`aux` of a
@@ -1019,8 +1054,10 @@ mod tests {
         for (call, name) in compile_call::NAMES {
             let (words, kind) = FOLLOWED_PROC_NAMES
                 .iter()
-                .find(|(_, k)| *k == resolving::COMPILE + call)
-                .expect("every compile call is followed");
+                .find(|(w, k)| {
+                    *k == resolving::COMPILE + call && bytes(*w)[..name.len()] == *name.as_bytes()
+                })
+                .expect("every compile call's every name is followed");
             let b = bytes(*words);
             assert_eq!(&b[..name.len()], name.as_bytes());
             assert!(b[name.len()..].iter().all(|&x| x == 0), "{name}");
@@ -1051,9 +1088,9 @@ mod tests {
         );
         assert_eq!(
             size_of::<ThreadState>(),
-            // thirteen 8-byte words of scalars, the preemptor's comm, two culprits, three
+            // fourteen 8-byte words of scalars, the preemptor's comm, two culprits, three
             // counter sets (totals, at the last present, carried from refused presents)
-            8 * 13 + TASK_COMM_LEN + 2 * size_of::<Culprit>() + 3 * size_of::<ThreadCounters>()
+            8 * 14 + TASK_COMM_LEN + 2 * size_of::<Culprit>() + 3 * size_of::<ThreadCounters>()
         );
         assert_eq!(
             size_of::<PresentEvent>(),

@@ -22,8 +22,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use nvbind_common::{
-    event_kind, pending_present_key, present_source, resolving, thread_status, EventHeader,
-    PresentEvent, ResolvedPresentEvent, ThreadState, FOLLOWED_PROC_NAMES, PROC_NAME_LEN,
+    event_kind, pending_present_key, present_source, proc_addr_abi, resolving, thread_status,
+    EventHeader, PresentEvent, ResolvedPresentEvent, ThreadState, FOLLOWED_PROC_NAMES,
+    PROC_NAME_LEN,
 };
 
 use crate::state::{
@@ -299,23 +300,28 @@ pub(crate) fn is_32_bit(regs: &pt_regs) -> bool {
     regs.cs == USER32_CS
 }
 
-/// The second argument of a `vkGet*ProcAddr` call (the name), at the function's first
-/// instruction. x86-64 passes it in rsi; i386 (cdecl) on the stack, above the return address and
-/// the first argument: `[esp + 8]`, a 4-byte pointer.
+/// The name a `*GetProcAddress` call was asked for, at the function's first instruction: the
+/// second argument of `vkGet*ProcAddr`, the first of `glXGetProcAddress`/`eglGetProcAddress`
+/// (the cookie says which, `proc_addr_abi`). x86-64 passes it in rsi or rdi; i386 (cdecl) on the
+/// stack above the return address, four bytes per argument: `[esp + 8]` or `[esp + 4]`.
 #[inline(always)]
 fn name_argument(ctx: &ProbeContext) -> Option<*const u8> {
+    // SAFETY: the context pointer is the program's own.
+    let first = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } == proc_addr_abi::NAME_FIRST;
     // SAFETY: the context's registers are the program's own.
     let regs = unsafe { &*ctx.regs };
     if !is_32_bit(regs) {
-        return ctx.arg::<*const u8>(1);
+        return ctx.arg::<*const u8>(if first { 0 } else { 1 });
     }
-    let slot = (regs.rsp & 0xffff_ffff).wrapping_add(8) as *const u32;
+    let slot = (regs.rsp & 0xffff_ffff).wrapping_add(if first { 4 } else { 8 }) as *const u32;
     // SAFETY: a checked read of user memory; a fault is an error, not a crash.
     let name = unsafe { bpf_probe_read_user(slot) }.ok()?;
     Some(name as u64 as *const u8)
 }
 
-/// Entry of `vkGetDeviceProcAddr(device, name)` / `vkGetInstanceProcAddr(instance, name)`.
+/// Entry of `vkGetDeviceProcAddr(device, name)` / `vkGetInstanceProcAddr(instance, name)`, and
+/// of OpenGL's `glXGetProcAddress(name)` / `eglGetProcAddress(name)` (which return libglvnd's
+/// dispatch stubs for the GL compile calls: functions no library exports under their names).
 /// Tracked threads remember the question (`resolving`) in their record; in discovery mode
 /// untracked ones in `RESOLVING_PRESENT` (a game resolves its functions before its first frame).
 #[uprobe]
@@ -371,8 +377,8 @@ fn followed_function(name: *const u8) -> u32 {
     resolving::NOTHING
 }
 
-/// Return of `vkGet{Device,Instance}ProcAddr`: report the pointer if the name was one followed
-/// (the present function, or a compile call for `nvbind_compile`).
+/// Return of `vkGet{Device,Instance}ProcAddr` (or a GL `*GetProcAddress`): report the pointer if
+/// the name was one followed (the present function, or a compile call for `nvbind_compile`).
 #[uretprobe]
 pub fn nvbind_vk_procaddr_ret(ctx: RetProbeContext) -> u32 {
     let (tgid, tid, asked) = match current_thread() {

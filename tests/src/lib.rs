@@ -41,6 +41,6 @@ pub use timing::{
 };
 pub use wine::{game_threads, second_window_truth, Wine, WINE64};
 pub use workloads::{
-    monotonic_ns, pids_named, pin_to_cpu, wait_for_presents, wait_for_process,
+    gettid, monotonic_ns, pids_named, pin_to_cpu, wait_for_presents, wait_for_process,
     wait_until_presenting, Resident, Xvfb, X_WRITES_WHILE_PRESENTING,
 };

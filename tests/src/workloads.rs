@@ -170,6 +170,12 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The calling thread's id (what the kernel's probes and reports call a thread).
+pub fn gettid() -> u32 {
+    // SAFETY: a syscall without arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
 /// Pins the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     pin_task_to_cpu(0, cpu)

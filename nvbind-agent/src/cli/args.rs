@@ -123,6 +123,9 @@ pub enum Command {
     /// Internal: resolve the installed Vulkan drivers' vkQueuePresentKHR (run by the agent).
     #[command(name = "__resolve-vulkan-present", hide = true)]
     ResolveVulkanPresent,
+    /// Internal: resolve OpenGL's compile functions as programs get them (run by the agent).
+    #[command(name = "__resolve-gl", hide = true)]
+    ResolveGl,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
-//! The probes: `doctor` (which ones attach here, and why not), and the internal resolver of the
-//! Vulkan drivers' present function.
+//! The probes: `doctor` (which ones attach here, and why not), and the internal resolvers of the
+//! Vulkan drivers' functions and of OpenGL's compile functions.
 
 use anyhow::Result;
 
@@ -18,5 +18,11 @@ pub(super) fn doctor(json: bool, mount_tracefs: bool, kernel_hooks: KernelHooks)
 /// `__resolve-vulkan-present`, run by the agent itself.
 pub(super) fn resolve_vulkan_present() -> Result<u8> {
     probes::vulkan::serve_here()?;
+    Ok(0)
+}
+
+/// `__resolve-gl`, run by the agent itself.
+pub(super) fn resolve_gl() -> Result<u8> {
+    probes::opengl::serve_here()?;
     Ok(0)
 }

@@ -65,6 +65,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             roots,
         }) => binding::cdi_generate(output, &kind, cdi_version.as_deref(), &roots),
         Command::ResolveVulkanPresent => doctor::resolve_vulkan_present(),
+        Command::ResolveGl => doctor::resolve_gl(),
     }
 }
 

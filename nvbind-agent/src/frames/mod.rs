@@ -13,7 +13,8 @@ use nvbind_common::present_source;
 
 pub use live::{FrameOutcome, Identity, LiveProcess, LiveWindow};
 pub use model::{
-    Capture, CompileRecord, CulpritProcess, DisplayRecord, Frame, ProcessRecord, MAX_COMPILES_KEPT,
+    Capture, CompileRecord, CulpritProcess, DisplayRecord, DriverFeedback, Frame, ProcessRecord,
+    MAX_COMPILES_KEPT,
 };
 pub use threads::{ThreadDelta, ThreadWindow};
 

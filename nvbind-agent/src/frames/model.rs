@@ -54,9 +54,44 @@ pub struct CompileRecord {
     pub cache_given: bool,
     /// Its `VkResult`.
     pub result: i32,
+    /// The driver's creation feedback, where the game chained one to its create infos: of the
+    /// first `nvbind_common::FEEDBACK_PIPELINES_READ` pipelines, those the driver filled in...
+    pub feedback_pipelines: u16,
+    /// ...and of them, those it says came from the pipeline cache.
+    pub cache_hits: u16,
+}
+
+/// What a driver said of a call's pipelines through its creation feedback: the only source of
+/// "the cache held it" nvbind reports (a short call is not taken for a hit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DriverFeedback {
+    /// Pipelines whose feedback the driver filled in.
+    pub pipelines: u32,
+    /// Of them, those it says came from the game's pipeline cache.
+    pub cache_hits: u32,
+}
+
+/// The sum of two calls' feedback.
+impl std::ops::Add for DriverFeedback {
+    type Output = DriverFeedback;
+
+    fn add(self, other: DriverFeedback) -> DriverFeedback {
+        DriverFeedback {
+            pipelines: self.pipelines + other.pipelines,
+            cache_hits: self.cache_hits + other.cache_hits,
+        }
+    }
 }
 
 impl CompileRecord {
+    /// The driver's feedback on the call, if the game asked for it and the driver gave it.
+    pub fn driver_feedback(&self) -> Option<DriverFeedback> {
+        (self.feedback_pipelines > 0).then_some(DriverFeedback {
+            pipelines: u32::from(self.feedback_pipelines),
+            cache_hits: u32::from(self.cache_hits),
+        })
+    }
+
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
     }

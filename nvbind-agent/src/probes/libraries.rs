@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use nvbind_common::present_source;
+use nvbind_common::{compile_call, present_source, proc_addr_abi::NAME_FIRST};
 
 /// A probe point within a library, by exported symbol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,10 @@ pub struct Hook {
 pub struct LibraryKind {
     /// Short name used in statuses and reports.
     pub name: &'static str,
+    /// What its hooks are for, as doctor groups probes (`present`, `compile`), and the program
+    /// whose hooks each get a status line.
+    pub family: &'static str,
+    pub main_program: &'static str,
     /// File names (sonames) that identify it.
     pub sonames: &'static [&'static str],
     pub hooks: &'static [Hook],
@@ -37,6 +41,24 @@ const fn present(symbol: &'static str, source: u32) -> Hook {
         symbol,
         program: "nvbind_present",
         cookie: source as u64,
+    }
+}
+
+const fn compile(symbol: &'static str, call: u32) -> Hook {
+    Hook {
+        symbol,
+        program: "nvbind_compile",
+        cookie: call as u64,
+    }
+}
+
+/// A `*GetProcAddress` function whose answers are followed (`nvbind_vk_procaddr`), with where it
+/// takes the name (`proc_addr_abi`).
+const fn proc_addr(symbol: &'static str, program: &'static str, abi: u64) -> Hook {
+    Hook {
+        symbol,
+        program,
+        cookie: abi,
     }
 }
 
@@ -52,6 +74,8 @@ const fn plain(symbol: &'static str, program: &'static str) -> Hook {
 pub const LIBRARY_KINDS: &[LibraryKind] = &[
     LibraryKind {
         name: "vulkan",
+        family: "present",
+        main_program: "nvbind_present",
         sonames: &["libvulkan.so.1", "libvulkan.so"],
         hooks: &[
             // The return probe first: an entry is never seen without its return.
@@ -67,17 +91,66 @@ pub const LIBRARY_KINDS: &[LibraryKind] = &[
         // libglvnd's GLX front end (its libGL.so.1 forwards here, so hooking both would count
         // every frame twice).
         name: "glx",
+        family: "present",
+        main_program: "nvbind_present",
         sonames: &["libGLX.so.0"],
-        hooks: &[present("glXSwapBuffers", present_source::GLX)],
+        hooks: &[
+            present("glXSwapBuffers", present_source::GLX),
+            // GL programs get the compile calls from here: libglvnd's dispatch stubs, which no
+            // library exports by name (see the "gl" kind).
+            proc_addr("glXGetProcAddressARB", "nvbind_vk_procaddr_ret", NAME_FIRST),
+            proc_addr("glXGetProcAddressARB", "nvbind_vk_procaddr", NAME_FIRST),
+            proc_addr("glXGetProcAddress", "nvbind_vk_procaddr_ret", NAME_FIRST),
+            proc_addr("glXGetProcAddress", "nvbind_vk_procaddr", NAME_FIRST),
+        ],
     },
     LibraryKind {
         name: "egl",
+        family: "present",
+        main_program: "nvbind_present",
         sonames: &["libEGL.so.1"],
         hooks: &[
             // The return probe first (it sends the frame if the call returned EGL_TRUE): an
             // entry is never seen without its return.
             plain("eglSwapBuffers", "nvbind_present_ret"),
             present("eglSwapBuffers", present_source::EGL),
+            proc_addr("eglGetProcAddress", "nvbind_vk_procaddr_ret", NAME_FIRST),
+            proc_addr("eglGetProcAddress", "nvbind_vk_procaddr", NAME_FIRST),
+        ],
+    },
+    LibraryKind {
+        // OpenGL's compile calls as exported for programs linked against libGL (GLX) or
+        // libOpenGL (EGL). Each export is a stub that jumps to the current context's driver;
+        // a program that asks `glXGetProcAddress` gets libGLdispatch's stub instead (hooked by
+        // the startup resolver and when a process asks, `nvbind_vk_procaddr`). A call goes
+        // through one stub only, and nested hooks count once anyway.
+        name: "gl",
+        family: "compile",
+        main_program: "nvbind_compile",
+        sonames: &["libGL.so.1"],
+        hooks: &[
+            // The return probe first: an entry is never counted without its return.
+            plain("glCompileShader", "nvbind_compile_ret"),
+            compile("glCompileShader", compile_call::GL_COMPILE_SHADER),
+            plain("glLinkProgram", "nvbind_compile_ret"),
+            compile("glLinkProgram", compile_call::GL_LINK_PROGRAM),
+            plain("glCompileShaderARB", "nvbind_compile_ret"),
+            compile("glCompileShaderARB", compile_call::GL_COMPILE_SHADER),
+            plain("glLinkProgramARB", "nvbind_compile_ret"),
+            compile("glLinkProgramARB", compile_call::GL_LINK_PROGRAM),
+        ],
+    },
+    LibraryKind {
+        // libglvnd's core-profile library (EGL programs): the same stubs, without the ARB names.
+        name: "opengl",
+        family: "compile",
+        main_program: "nvbind_compile",
+        sonames: &["libOpenGL.so.0"],
+        hooks: &[
+            plain("glCompileShader", "nvbind_compile_ret"),
+            compile("glCompileShader", compile_call::GL_COMPILE_SHADER),
+            plain("glLinkProgram", "nvbind_compile_ret"),
+            compile("glLinkProgram", compile_call::GL_LINK_PROGRAM),
         ],
     },
 ];

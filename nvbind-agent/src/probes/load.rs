@@ -300,8 +300,8 @@ impl Probes {
             }
             self.statuses.push(ProbeStatus {
                 name: format!("uprobe:{}", kind.sonames[0]),
-                family: "present".into(),
-                program: "nvbind_present".into(),
+                family: kind.family.into(),
+                program: kind.main_program.into(),
                 hook: "uprobe".into(),
                 fallback: None,
                 attached: false,

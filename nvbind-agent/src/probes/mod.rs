@@ -14,6 +14,7 @@ pub mod libraries;
 mod load;
 mod maps;
 mod marks;
+pub mod opengl;
 mod present;
 mod selfcheck;
 mod steps;

@@ -103,7 +103,7 @@ impl Probes {
             };
             let result = if returns_missing.contains(&hook.symbol) {
                 Err(format!(
-                    "its return probe did not attach (the frame is sent when {} returns)",
+                    "its return probe did not attach ({} is measured when it returns)",
                     hook.symbol
                 ))
             } else {
@@ -112,8 +112,8 @@ impl Probes {
             if hook.program.ends_with("_ret") && result.is_err() {
                 returns_missing.push(hook.symbol);
             }
-            // Only the frame hooks are worth a line each in doctor.
-            if hook.program != "nvbind_present" && result.is_ok() {
+            // Only the frame and compile hooks are worth a line each in doctor.
+            if hook.program != lib.kind.main_program && result.is_ok() {
                 attached += 1;
                 continue;
             }
@@ -121,7 +121,7 @@ impl Probes {
             attached += ok as usize;
             self.statuses.push(ProbeStatus {
                 name: format!("uprobe:{}:{}", lib.display, hook.symbol),
-                family: "present".into(),
+                family: lib.kind.family.into(),
                 program: hook.program.into(),
                 hook: "uprobe".into(),
                 fallback: None,
@@ -132,35 +132,15 @@ impl Probes {
         }
         attached
     }
-    /// Hooks every installed Vulkan driver's `vkQueuePresentKHR`, 64-bit and 32-bit (see
-    /// [`vulkan`]).
+    /// Hooks every installed Vulkan driver's `vkQueuePresentKHR` and compile calls, 64-bit and
+    /// 32-bit (see [`vulkan`]), and OpenGL's compile stubs (see `super::opengl`).
     pub(super) fn hook_installed_vulkan_drivers(&mut self) {
         for resolution in vulkan::resolve_installed(std::time::Duration::from_secs(15)) {
             let found = match resolution.found {
                 Ok(found) => found,
                 Err(e) => {
-                    self.statuses.push(ProbeStatus {
-                        name: format!("uprobe:vkQueuePresentKHR ({})", resolution.abi.drivers()),
-                        family: "present".into(),
-                        program: "nvbind_present".into(),
-                        hook: "uprobe".into(),
-                        fallback: None,
-                        attached: false,
-                        reason: Some(format!(
-                            "cannot resolve the drivers' present functions: {e:#}"
-                        )),
-                        fix: Some(format!(
-                            "install {}; games are still hooked when they resolve \
-                             vkQueuePresentKHR, minus their first frames",
-                            match resolution.abi {
-                                vulkan::Abi::X86_64 => "the Vulkan loader and a driver",
-                                vulkan::Abi::I386 =>
-                                    "the 32-bit Vulkan loader and a 32-bit driver (Debian: \
-                                     libvulkan1:i386 and mesa-vulkan-drivers:i386), or ignore \
-                                     this if no 32-bit Vulkan game runs here",
-                            }
-                        )),
-                    });
+                    self.statuses
+                        .push(Self::resolver_failed(resolution.abi, &e));
                     continue;
                 }
             };
@@ -188,6 +168,50 @@ impl Probes {
                     fix: None,
                 });
             }
+        }
+    }
+    /// The status line of a resolver that gave no answer, with what to install.
+    fn resolver_failed(abi: vulkan::Abi, e: &anyhow::Error) -> ProbeStatus {
+        let drivers = abi.drivers();
+        let vulkan_fix = |what: &str| {
+            format!(
+                "install {what}; games are still hooked when they resolve vkQueuePresentKHR, \
+                 minus their first frames"
+            )
+        };
+        let (name, family, program, reason, fix) = match abi {
+            vulkan::Abi::X86_64 | vulkan::Abi::I386 => (
+                format!("uprobe:vkQueuePresentKHR ({drivers})"),
+                "present",
+                "nvbind_present",
+                format!("cannot resolve the drivers' present functions: {e:#}"),
+                vulkan_fix(if abi == vulkan::Abi::X86_64 {
+                    "the Vulkan loader and a driver"
+                } else {
+                    "the 32-bit Vulkan loader and a 32-bit driver (Debian: libvulkan1:i386 and \
+                     mesa-vulkan-drivers:i386), or ignore this if no 32-bit Vulkan game runs here"
+                }),
+            ),
+            vulkan::Abi::OpenGl => (
+                format!("uprobe:glCompileShader ({drivers})"),
+                "compile",
+                "nvbind_compile",
+                format!("cannot resolve OpenGL's compile functions: {e:#}"),
+                "install libglvnd (Debian: libglx0 and libegl1), or ignore this if no OpenGL \
+                 game runs here; programs that ask glXGetProcAddress or eglGetProcAddress are \
+                 still timed from then on"
+                    .to_string(),
+            ),
+        };
+        ProbeStatus {
+            name,
+            family: family.into(),
+            program: program.into(),
+            hook: "uprobe".into(),
+            fallback: None,
+            attached: false,
+            reason: Some(reason),
+            fix: Some(fix),
         }
     }
     /// Hooks a driver's shader or pipeline compile function (see `nvbind_compile`): return probe

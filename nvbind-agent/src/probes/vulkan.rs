@@ -46,27 +46,35 @@ static RESOLVE32: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/resolve32"))
 /// The dynamic linker every i386 program names: a host without it runs no 32-bit games.
 const I386_INTERPRETER: &str = "/lib/ld-linux.so.2";
 
-/// The word size of the drivers a helper loads.
+/// What a helper resolves: the drivers of one word size (a process loads drivers of its own
+/// only), or OpenGL's compile functions (`super::opengl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abi {
     X86_64,
     I386,
+    OpenGl,
 }
 
 impl Abi {
-    /// How doctor and the report name this ABI's drivers as a whole.
+    /// How doctor and the report name what this helper resolves, as a whole.
     pub fn drivers(self) -> &'static str {
         match self {
             Abi::X86_64 => "installed Vulkan drivers",
             Abi::I386 => "installed 32-bit Vulkan drivers",
+            Abi::OpenGl => "installed OpenGL libraries",
         }
     }
 }
 
 /// The functions the helpers look up in each driver: the present function, and the shader and
-/// pipeline compile calls nvbind times (`nvbind_common::compile_call`).
+/// pipeline compile calls nvbind times (`nvbind_common::compile_call`) that are Vulkan's.
 fn driver_functions() -> impl Iterator<Item = &'static str> {
-    std::iter::once(PRESENT_FUNCTION).chain(compile_call::NAMES.iter().map(|(_, name)| *name))
+    std::iter::once(PRESENT_FUNCTION).chain(
+        compile_call::NAMES
+            .iter()
+            .filter(|(call, _)| !compile_call::is_gl(*call))
+            .map(|(_, name)| *name),
+    )
 }
 
 /// The present function's name.
@@ -185,7 +193,7 @@ pub fn parse_line(line: &str) -> Option<(u64, String, String)> {
 /// can run, and there is nothing to say.
 pub fn resolve_installed(timeout: Duration) -> Vec<Resolution> {
     let deadline = Instant::now() + timeout;
-    let mut abis = vec![Abi::X86_64];
+    let mut abis = vec![Abi::X86_64, Abi::OpenGl];
     if Path::new(I386_INTERPRETER).exists() {
         abis.push(Abi::I386);
     }
@@ -221,16 +229,22 @@ impl Helper {
                 let (cmd, fd) = resolve32_command()?;
                 (cmd, Some(fd))
             }
+            Abi::OpenGl => {
+                let exe = std::env::current_exe().context("cannot find the agent's own binary")?;
+                let mut cmd = Command::new(exe);
+                cmd.arg("__resolve-gl");
+                (cmd, None)
+            }
         };
-        without_caller_vulkan_env(&mut cmd, std::env::vars_os().map(|(key, _)| key));
+        without_callers_library_env(&mut cmd, std::env::vars_os().map(|(key, _)| key));
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("cannot start the Vulkan resolver")?;
+            .context("cannot start the resolver")?;
         let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            bail!("the Vulkan resolver's output was not piped");
+            bail!("the resolver's output was not piped");
         };
         let (send, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -314,10 +328,12 @@ impl Helper {
 
 /// The helpers answer for the host, not for the caller: none of the caller's Vulkan loader
 /// variables (driver and layer lists and filters) reach them, and layers are off (the driver's own
-/// function is wanted; layers call down to it anyway).
-fn without_caller_vulkan_env(cmd: &mut Command, caller: impl Iterator<Item = OsString>) {
+/// function is wanted; layers call down to it anyway). Nor do the dynamic linker's: a library
+/// path or preload of the caller's would answer for its copies, not the host's.
+fn without_callers_library_env(cmd: &mut Command, caller: impl Iterator<Item = OsString>) {
     for key in caller {
-        if key.as_encoded_bytes().starts_with(b"VK_") {
+        let bytes = key.as_encoded_bytes();
+        if bytes.starts_with(b"VK_") || bytes == b"LD_LIBRARY_PATH" || bytes == b"LD_PRELOAD" {
             cmd.env_remove(&key);
         }
     }
@@ -385,17 +401,24 @@ mod tests {
     }
 
     #[test]
-    fn the_resolvers_get_none_of_the_callers_vulkan_variables() {
+    fn the_resolvers_get_none_of_the_callers_vulkan_or_linker_variables() {
         let mut cmd = Command::new("true");
         let caller = [
             "VK_ICD_FILENAMES",
             "VK_DRIVER_FILES",
             "HOME",
             "XDG_DATA_DIRS",
+            "LD_LIBRARY_PATH",
+            "LD_PRELOAD",
         ];
-        without_caller_vulkan_env(&mut cmd, caller.iter().map(OsString::from));
+        without_callers_library_env(&mut cmd, caller.iter().map(OsString::from));
         let envs: Vec<_> = cmd.get_envs().collect();
-        for removed in ["VK_ICD_FILENAMES", "VK_DRIVER_FILES"] {
+        for removed in [
+            "VK_ICD_FILENAMES",
+            "VK_DRIVER_FILES",
+            "LD_LIBRARY_PATH",
+            "LD_PRELOAD",
+        ] {
             assert!(envs.contains(&(OsStr::new(removed), None)), "{envs:?}");
         }
         for kept in ["HOME", "XDG_DATA_DIRS"] {

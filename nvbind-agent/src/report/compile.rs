@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{stutters::StutterReport, units::ms};
 use crate::{
-    frames::{Capture, CompileRecord, Frame, ProcessRecord},
+    frames::{Capture, CompileRecord, DriverFeedback, Frame, ProcessRecord},
     stutter::Cause,
 };
 
@@ -27,8 +27,12 @@ pub struct CompileReport {
     /// Time inside them, all threads together.
     pub time_ms: f64,
     /// Of them, calls that were given a pipeline cache. Whether the cache held the pipelines is
-    /// not seen (see docs/stutter.md).
+    /// known only where the driver says so (`driver_feedback`; see docs/stutter.md).
     pub calls_with_cache: u64,
+    /// What the driver said of the pipelines it was asked about through creation feedback
+    /// (summed over the calls whose game asked); absent when no call had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_feedback: Option<DriverFeedback>,
     /// Calls the agent gave up when the process made more than it keeps (the shortest first).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub calls_dropped: u64,
@@ -80,6 +84,9 @@ pub struct CompileCall {
     pub cache_given: bool,
     /// Its `VkResult` (0: success).
     pub result: i32,
+    /// The driver's creation feedback on its pipelines, where the game asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_feedback: Option<DriverFeedback>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -151,6 +158,11 @@ pub fn report(
         pipelines: p.compiles.iter().map(|c| u64::from(c.pipelines)).sum(),
         time_ms: round3(p.compiles.iter().map(|c| ms(c.duration_ns())).sum()),
         calls_with_cache: p.compiles.iter().filter(|c| c.cache_given).count() as u64,
+        driver_feedback: p
+            .compiles
+            .iter()
+            .filter_map(CompileRecord::driver_feedback)
+            .reduce(|a, b| a + b),
         calls_dropped: p.compiles_dropped,
         by_call,
         frames_affected,
@@ -182,6 +194,7 @@ pub fn report(
                 pipelines: c.pipelines,
                 cache_given: c.cache_given,
                 result: c.result,
+                driver_feedback: c.driver_feedback(),
             })
             .collect(),
     })
@@ -221,7 +234,7 @@ mod tests {
             end_ns: (start_ms + took_ms) * 1_000_000,
             pipelines,
             cache_given,
-            result: 0,
+            ..Default::default()
         };
         // Frames every 10 ms from 0 to 100; the render thread (5) compiles 25..65 (frames 3..7),
         // a worker (9) 82..88 (frame 9).

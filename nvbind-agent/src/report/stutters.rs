@@ -249,6 +249,7 @@ fn compiles_in(
             duration_ms: round3(ms(c.duration_ns())),
             pipelines: c.pipelines,
             cache_given: c.cache_given,
+            driver_feedback: c.driver_feedback(),
             presenting_thread: c.tid == presenting,
         })
         .collect()

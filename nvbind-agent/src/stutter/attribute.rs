@@ -1,7 +1,10 @@
 //! Why a frame stuttered: a verdict from a fixed vocabulary, made from the evidence the kernel
 //! gathered inside that frame's interval. See docs/stutter.md for the rules in prose.
 
+use nvbind_common::compile_call;
 use serde::{Deserialize, Serialize};
+
+use crate::frames::DriverFeedback;
 
 /// The verdict vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -89,7 +92,7 @@ pub struct CompileEvidence {
     pub tid: u32,
     /// The thread's name.
     pub thread: String,
-    /// The Vulkan function (`vkCreateGraphicsPipelines`, …).
+    /// The function (`vkCreateGraphicsPipelines`, `glLinkProgram`, …).
     pub call: String,
     /// How much of the frame it spent in the call.
     pub in_frame_ms: f64,
@@ -97,9 +100,12 @@ pub struct CompileEvidence {
     pub duration_ms: f64,
     /// Pipelines it was asked to create (0 for a call that creates none).
     pub pipelines: u32,
-    /// Whether the game gave it a pipeline cache (whether the cache held the pipelines is the
-    /// driver's secret: see docs/stutter.md).
+    /// Whether the game gave it a pipeline cache (whether the cache held the pipelines only the
+    /// driver knows: `driver_feedback`, see docs/stutter.md).
     pub cache_given: bool,
+    /// What the driver said of its pipelines, where the game asked (creation feedback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_feedback: Option<DriverFeedback>,
     /// Whether it is the presenting thread's.
     pub presenting_thread: bool,
 }
@@ -474,7 +480,10 @@ fn describe_calls(listed: &[&CompileEvidence], calls: u64) -> String {
             if calls == 1 { "" } else { "s" }
         );
     };
-    let one = format!("{} ({})", longest.call, call_details(longest));
+    let one = match call_details(longest) {
+        Some(details) => format!("{} ({details})", longest.call),
+        None => longest.call.clone(),
+    };
     if calls <= 1 && listed.len() <= 1 {
         one
     } else {
@@ -486,19 +495,26 @@ fn describe_calls(listed: &[&CompileEvidence], calls: u64) -> String {
     }
 }
 
-/// "3 pipelines, no cache", "1 pipeline, with a pipeline cache"; for a call that creates no
-/// pipeline, nothing about pipelines.
-fn call_details(c: &CompileEvidence) -> String {
-    let cache = if c.cache_given {
-        "with a pipeline cache"
-    } else {
-        "no cache"
+/// "3 pipelines, no cache", "1 pipeline, with a pipeline cache"; nothing for a call that
+/// creates no pipeline (a shader module, OpenGL's compile and link: no cache argument either).
+fn call_details(c: &CompileEvidence) -> Option<String> {
+    let creates_pipelines =
+        compile_call::from_name(&c.call).is_some_and(compile_call::creates_pipelines);
+    if !creates_pipelines {
+        return None;
+    }
+    let cache = match (c.cache_given, c.driver_feedback) {
+        (false, _) => "no cache".to_string(),
+        (true, None) => "with a pipeline cache".to_string(),
+        (true, Some(f)) => format!(
+            "with a pipeline cache, {} of {} from it by the driver's feedback",
+            f.cache_hits, f.pipelines
+        ),
     };
-    match c.pipelines {
-        0 => cache.to_string(),
+    Some(match c.pipelines {
         1 => format!("1 pipeline, {cache}"),
         n => format!("{n} pipelines, {cache}"),
-    }
+    })
 }
 
 /// The culprit for a sentence: "`sh` (pid 812, `sh -c while …`, through the children it started
@@ -700,6 +716,7 @@ mod tests {
             duration_ms: in_frame_ms,
             pipelines,
             cache_given: false,
+            driver_feedback: None,
             presenting_thread: tid == 7,
         }
     }
@@ -735,6 +752,33 @@ mod tests {
                 "spent 84.0 ms in 3 compile calls, 84.0 ms of it in vkCreateGraphicsPipelines \
                  (3 pipelines, no cache)"
             ),
+            "{}",
+            v.summary
+        );
+        // With a cache, and the driver's word on it.
+        e.compiles[0].cache_given = true;
+        e.compiles[0].driver_feedback = Some(DriverFeedback {
+            pipelines: 3,
+            cache_hits: 1,
+        });
+        let v = attribute(812, 96.0, 16.0, &e);
+        assert!(
+            v.summary.ends_with(
+                "vkCreateGraphicsPipelines (3 pipelines, with a pipeline cache, 1 of 3 from it \
+                 by the driver's feedback)"
+            ),
+            "{}",
+            v.summary
+        );
+        // OpenGL's calls create no pipeline and take no cache: the sentence says neither.
+        e.compiles = vec![CompileEvidence {
+            call: "glLinkProgram".into(),
+            ..compile(7, "render", 84.0, 0)
+        }];
+        e.presenting_thread.compile_calls = 1;
+        let v = attribute(812, 96.0, 16.0, &e);
+        assert!(
+            v.summary.ends_with("spent 84.0 ms in glLinkProgram"),
             "{}",
             v.summary
         );

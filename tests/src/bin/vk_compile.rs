@@ -5,11 +5,13 @@
 //!
 //! It writes its own ground truth to `--log`, one line per event, times on CLOCK_MONOTONIC:
 //! - `frame BEFORE AFTER`: just before and just after each present call;
-//! - `compile CALL TID START END COUNT CACHE HIT`: each shader-module and pipeline creation call
-//!   (`vkCreateShaderModule`, `vkCreateGraphicsPipelines`), the thread that made it, how many
-//!   pipelines it created (0 for a shader module), whether a pipeline cache was given (1/0), and
-//!   whether the driver says the cache held the pipeline (`hit`, `miss`, or `unknown` where it
-//!   does not say: VK_EXT_pipeline_creation_feedback).
+//! - `compile CALL TID START END COUNT CACHE HIT [VALID HITS]`: each shader-module and pipeline
+//!   creation call (`vkCreateShaderModule`, `vkCreateGraphicsPipelines`), the thread that made
+//!   it, how many pipelines it created (0 for a shader module), whether a pipeline cache was
+//!   given (1/0), whether the driver says the cache held the pipelines (`hit`, `miss`, or
+//!   `unknown` where it does not say: VK_EXT_pipeline_creation_feedback), and for a pipeline
+//!   call the pipelines whose feedback the driver filled in and, of them, those it says came
+//!   from the cache.
 //!
 //! `--compile-on worker`: the pipelines are built on a worker thread while the render thread
 //! waits for them (a renderer that needs the pipeline for this frame). `--pipeline-cache PATH`:
@@ -24,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use ash::vk;
 use clap::{Parser, ValueEnum};
 use libloading::Library;
-use nvbind_tests::monotonic_ns;
+use nvbind_tests::{gettid, monotonic_ns};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -118,12 +120,6 @@ fn spirv(wgsl: &str) -> Result<Vec<u32>> {
         .context("write SPIR-V")
 }
 
-/// The calling thread's id.
-fn tid() -> i64 {
-    // SAFETY: a syscall without arguments.
-    unsafe { libc::syscall(libc::SYS_gettid) }
-}
-
 /// Builds one batch of pipelines; appends the calls to `log`.
 struct Builder {
     device: ash::Device,
@@ -142,7 +138,7 @@ impl Builder {
             .batches
             .get(batch as usize)
             .context("a batch beyond those made")?;
-        let tid = tid();
+        let tid = gettid();
         let module = |words: &[u32], log: &mut String| -> Result<vk::ShaderModule> {
             let info = vk::ShaderModuleCreateInfo::default().code(words);
             let start = monotonic_ns();
@@ -252,9 +248,22 @@ impl Builder {
         } else {
             "unknown"
         };
+        let valid = feedback
+            .iter()
+            .filter(|f| f.flags.contains(vk::PipelineCreationFeedbackFlags::VALID))
+            .count();
+        let hits = feedback
+            .iter()
+            .filter(|f| {
+                f.flags.contains(
+                    vk::PipelineCreationFeedbackFlags::VALID
+                        | vk::PipelineCreationFeedbackFlags::APPLICATION_PIPELINE_CACHE_HIT,
+                )
+            })
+            .count();
         let _ = writeln!(
             log,
-            "compile vkCreateGraphicsPipelines {tid} {start} {end} {} {cached} {hit}",
+            "compile vkCreateGraphicsPipelines {tid} {start} {end} {} {cached} {hit} {valid} {hits}",
             fragments.len()
         );
         // SAFETY: the modules are no longer needed once the pipelines exist.

@@ -490,6 +490,8 @@ impl Tracker {
                         pipelines: e.pipelines,
                         cache_given: e.cache_given != 0,
                         result: e.result,
+                        feedback_pipelines: e.feedback_pipelines,
+                        cache_hits: e.cache_hits,
                     });
                 }
             }
