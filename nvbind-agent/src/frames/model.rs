@@ -116,6 +116,8 @@ pub struct ProcessRecord {
     /// The kernel's count of lost records (all processes') when tracking started, or when the
     /// last part of its session was cut: a session's report says how many were lost during it.
     pub dropped_events_at_start: u64,
+    /// The same for the kernel's count of long compile calls not sent (`COMPILES_NOT_SENT`).
+    pub compiles_not_sent_at_start: u64,
     /// Frames presented beyond its user's frame-rate cap (the kernel counted them but did not
     /// send them) in this session or part, per present source; `over_rate_at_start` is the
     /// kernel's count when the last part was cut.
@@ -285,6 +287,9 @@ pub struct Capture {
     /// The stutter thresholds the capture was recorded with.
     pub stutter: DetectorConfig,
     pub dropped_events: u64,
+    /// Long compile calls the kernel counted but did not send while this capture's processes
+    /// were tracked (the ring buffer was a quarter full; frames come first).
+    pub compiles_not_sent: u64,
     pub program_costs: Vec<ProgramCost>,
     pub probe_statuses: Vec<ProbeStatus>,
     pub drm_counts: [u64; 5],

@@ -289,6 +289,10 @@ impl Probes {
     pub fn dropped_events(&self) -> u64 {
         self.sum_per_cpu("DROPPED_EVENTS", 0)
     }
+    /// Long compile calls counted but not sent (the ring buffer was a quarter full).
+    pub fn compiles_not_sent(&self) -> u64 {
+        self.sum_per_cpu("COMPILES_NOT_SENT", 0)
+    }
     /// Inserts the kernel refused because a tracking map was full, per
     /// `nvbind_common::map_full` slot.
     pub fn map_full_counts(&self) -> [u64; nvbind_common::map_full::COUNT as usize] {

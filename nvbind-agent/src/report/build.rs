@@ -446,6 +446,7 @@ fn capture_info(capture: &Capture) -> CaptureInfo {
         target: capture.target.clone(),
         sources: capture.probe_statuses.clone(),
         dropped_events: capture.dropped_events,
+        compiles_not_sent: capture.compiles_not_sent,
         drm: DrmInfo {
             available: capture
                 .probe_statuses

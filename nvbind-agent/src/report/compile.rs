@@ -34,7 +34,7 @@ pub struct CompileReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver_feedback: Option<DriverFeedback>,
     /// Calls the agent gave up when the process made more than it keeps (the shortest first).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "super::model::is_zero")]
     pub calls_dropped: u64,
     /// The same, per Vulkan function.
     pub by_call: BTreeMap<String, CallTotals>,
@@ -87,10 +87,6 @@ pub struct CompileCall {
     /// The driver's creation feedback on its pipelines, where the game asked for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver_feedback: Option<DriverFeedback>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 fn round3(x: f64) -> f64 {

@@ -137,6 +137,9 @@ pub struct CaptureInfo {
     pub sources: Vec<ProbeStatus>,
     /// Ring-buffer records lost because the buffer was full.
     pub dropped_events: u64,
+    /// Long compile calls the kernel did not send (the ring buffer was a quarter full).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compiles_not_sent: u64,
     /// DRM display events seen, or why there were none.
     pub drm: DrmInfo,
     /// Things a reader should know about this capture.
@@ -446,6 +449,6 @@ pub struct FrameRow {
 }
 
 /// For fields written only when they count something.
-fn is_zero(n: &u64) -> bool {
+pub(super) fn is_zero(n: &u64) -> bool {
     *n == 0
 }

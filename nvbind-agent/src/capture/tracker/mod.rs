@@ -347,6 +347,7 @@ impl Tracker {
         // Records lost from before this drain on count as the new process's: its own first
         // records may be among them (a new process is known from its first record).
         let dropped_now = self.dropped_before_drain;
+        let compiles_not_sent_now = self.probes.compiles_not_sent();
         let record = self
             .capture
             .processes
@@ -356,6 +357,7 @@ impl Tracker {
                 ppid,
                 tracked_at_ns: now,
                 dropped_events_at_start: dropped_now,
+                compiles_not_sent_at_start: compiles_not_sent_now,
                 preexisting,
                 comm,
                 ..Default::default()

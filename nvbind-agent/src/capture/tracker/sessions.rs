@@ -26,6 +26,7 @@ impl Tracker {
         gpu_period_ns: u64,
     ) -> Option<Capture> {
         let dropped_now = self.probes.dropped_events();
+        let compiles_not_sent_now = self.probes.compiles_not_sent();
         let record = self.capture.processes.get_mut(&pid)?;
         let last = *record.frames.last()?;
         let mut part = ProcessRecord {
@@ -42,6 +43,7 @@ impl Tracker {
         part.exited_ns = None;
         record.tracked_at_ns = last.ts_ns;
         record.dropped_events_at_start = dropped_now;
+        record.compiles_not_sent_at_start = compiles_not_sent_now;
         let over_rate_before = record.over_rate_at_start.clone();
         let started_ns = part.frames.first().map_or(part.tracked_at_ns, |f| f.ts_ns);
         let mut capture = self.session_capture(
@@ -262,6 +264,16 @@ impl Tracker {
             .min()
             .unwrap_or(0);
         capture.dropped_events = self.probes.dropped_events().saturating_sub(dropped_before);
+        let not_sent_before = capture
+            .processes
+            .values()
+            .map(|p| p.compiles_not_sent_at_start)
+            .min()
+            .unwrap_or(0);
+        capture.compiles_not_sent = self
+            .probes
+            .compiles_not_sent()
+            .saturating_sub(not_sent_before);
         capture.program_costs = self.probes.program_costs();
         capture.probe_statuses = self.probes.statuses().to_vec();
         capture.drm_counts = self.probes.drm_event_counts();
@@ -319,6 +331,14 @@ impl Tracker {
                 "{} kernel records were lost (ring buffer full) while this capture ran: frame \
                  counts are lower bounds",
                 capture.dropped_events
+            ));
+        }
+        if capture.compiles_not_sent > 0 {
+            capture.notes.push(format!(
+                "{} long shader or pipeline compile call(s) were not sent (the ring buffer was a \
+                 quarter full, and frames come first): their time is in the frames' compile_ms, \
+                 but the shader_compile sections and stutter evidence lack them",
+                capture.compiles_not_sent
             ));
         }
         Ok(())
