@@ -18,6 +18,15 @@ pub fn agent_bin() -> PathBuf {
     bin_from_env("NVBIND_AGENT_BIN", "nvbind-agent")
 }
 
+/// `prometheus`, the server (setup extracts it into `target/tools`; `NVBIND_PROMETHEUS`
+/// overrides).
+pub fn prometheus_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NVBIND_PROMETHEUS") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/prometheus")
+}
+
 /// `promtool` (setup extracts it into `target/tools`; `NVBIND_PROMTOOL` overrides).
 pub fn promtool_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NVBIND_PROMTOOL") {

@@ -22,7 +22,9 @@ pub use agent::{
     agent, agent_command, agent_with_env, assert_one_line_error, spawn_agent, stderr,
     wait_with_deadline, WatchedAgent,
 };
-pub use bins::{agent_bin, game_bin, hog_bin, probe_bin, promtool_bin, require_root, tick_bin};
+pub use bins::{
+    agent_bin, game_bin, hog_bin, probe_bin, prometheus_bin, promtool_bin, require_root, tick_bin,
+};
 pub use game::{
     assert_frames_accounted, presents_so_far, progress_path, read_rusage, read_truth, record_game,
     rusage_path, GameRun, GameRusage, PresentWindow, Rusage,
@@ -42,5 +44,5 @@ pub use timing::{
 pub use wine::{game_threads, second_window_truth, Wine, WINE64};
 pub use workloads::{
     gettid, monotonic_ns, pids_named, pin_to_cpu, wait_for_presents, wait_for_process,
-    wait_until_presenting, Resident, Xvfb, X_WRITES_WHILE_PRESENTING,
+    wait_until_presenting, with_ground_truth, Resident, Xvfb, X_WRITES_WHILE_PRESENTING,
 };

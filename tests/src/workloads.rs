@@ -170,6 +170,18 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Runs a test program's body with a log of its ground truth, and writes the log to `path`
+/// whatever happened: a test reads what was done before a failure.
+pub fn with_ground_truth(
+    path: &std::path::Path,
+    body: impl FnOnce(&mut String) -> Result<()>,
+) -> Result<()> {
+    let mut log = String::new();
+    let result = body(&mut log);
+    std::fs::write(path, &log).with_context(|| format!("write {}", path.display()))?;
+    result
+}
+
 /// The calling thread's id (what the kernel's probes and reports call a thread).
 pub fn gettid() -> u32 {
     // SAFETY: a syscall without arguments.

@@ -2797,3 +2797,274 @@ fn a_games_shader_compiles_are_counted_while_it_runs_and_in_its_session() {
         "the session names its compile stutters: {section}"
     );
 }
+
+/// A Prometheus server of Debian's, on a private port and data directory (never the system
+/// service), scraping one daemon every second with the shipped rules; stopped when dropped.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(daemon_port: u16, rules: &Path) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: nvbind\n    static_configs:\n      - targets: \
+                 ['127.0.0.1:{daemon_port}']\n",
+                rules.display()
+            ),
+        )
+        .expect("write the Prometheus config");
+        let child = Command::new(nvbind_tests::prometheus_bin())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("log")).expect("log file"))
+            .spawn()
+            .expect("run prometheus (cargo xtask setup extracts it into target/tools)");
+        let p = Prometheus {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + HANG;
+        while curl(&[&p.url("/-/ready")]).0 != 200 {
+            assert!(Instant::now() < deadline, "Prometheus is not ready");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// An instant query, now: its result vector.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let (status, body) = curl(&[
+            "-G",
+            &self.url("/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={expr}"),
+        ]);
+        assert_eq!(status, 200, "{expr}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of an instant vector's only sample.
+fn sample_value(result: &[Value]) -> f64 {
+    result
+        .first()
+        .and_then(|s| s["value"][1].as_str())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample: {result:?}"))
+}
+
+/// The fleet view on real engines: Debian's Prometheus scrapes a daemon tracking a real Vulkan
+/// game (with shader-compile stutters) and the fixture's AMD card; `promtool` checks the shipped
+/// rules; `histogram_quantile` over the scraped cumulative buckets, after the game's last frame,
+/// agrees with its session report's p99 within the bucket width; every recording rule and every
+/// query of every panel of the Grafana dashboard returns data.
+#[test]
+fn prometheus_scrapes_the_daemon_and_every_dashboard_query_returns_data() {
+    require_root();
+    let _one = serial();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rules = fs::canonicalize(root.join("dist/prometheus/rules.yml")).expect("rules");
+    let check = Command::new(nvbind_tests::promtool_bin())
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .expect("run promtool");
+    assert!(
+        check.status.success(),
+        "promtool check rules: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let example = Command::new(nvbind_tests::promtool_bin())
+        .arg("check")
+        .arg("config")
+        .arg(root.join("dist/prometheus/prometheus.yml"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        example.status.success(),
+        "promtool check config: {}",
+        String::from_utf8_lossy(&example.stdout)
+    );
+
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    fs::write(
+        host.path("sys/bus/pci/devices/0000:0c:00.0/power/runtime_status"),
+        "active\n",
+    )
+    .expect("wake the fixture's AMD card");
+    let bpffs = Bpffs::mount();
+    let daemon = Daemon::start(&fixture_gpu_config(&host, &bpffs));
+    let prometheus = Prometheus::start(daemon.port, &rules);
+    let x = Xvfb::start().expect("Xvfb");
+    let work = tempfile::tempdir().expect("tempdir");
+    let shader_cache = tempfile::tempdir().expect("shader cache dir");
+    // 400 frames, a pipeline built every 100th (a shader-compile stutter each), then the game
+    // stays alive presenting nothing, so its series stay on /metrics to be scraped whole.
+    let mut game = Game::new(
+        Command::new(env!("CARGO_BIN_EXE_vk-compile"))
+            .args(["--frames", "400", "--interval-ms", "10"])
+            .args(["--compile-every", "100", "--shader-ops", "2000"])
+            .args(["--linger-ms", "15000"])
+            .arg("--log")
+            .arg(work.path().join("game.log"))
+            .env("DISPLAY", &x.display)
+            .env("MESA_SHADER_CACHE_DIR", shader_cache.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vk-compile"),
+    );
+    let pid = game.pid;
+    daemon.wait_until_tracked(pid);
+    let labels = format!("pid=\"{pid}\"");
+    // The last frame: the count stops moving for 2 s (the longest pause between frames is a
+    // pipeline build of well under a second).
+    let deadline = Instant::now() + HANG;
+    let mut last = (
+        metric(&daemon, "nvbind_frames_total", &labels),
+        Instant::now(),
+    );
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = metric(&daemon, "nvbind_frames_total", &labels);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if now > 0.0 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the game never finished");
+    }
+    // Three more scrapes and rule evaluations (1 s each) hold the final buckets.
+    std::thread::sleep(Duration::from_millis(3500));
+    let scraped_p99 = sample_value(&prometheus.query(&format!(
+        "histogram_quantile(0.99, sum by (le) (nvbind_frame_time_seconds_bucket{{{labels}}}))"
+    )));
+    // The buckets' bounds as the daemon exposes them (0 before the first).
+    let mut bounds: Vec<f64> = prometheus
+        .query(&format!("nvbind_frame_time_seconds_bucket{{{labels}}}"))
+        .iter()
+        .filter_map(|s| s["metric"]["le"].as_str()?.parse().ok())
+        .filter(|le: &f64| le.is_finite())
+        .collect();
+    bounds.push(0.0);
+    bounds.sort_by(f64::total_cmp);
+    assert!(bounds.len() > 10, "{bounds:?}");
+
+    // Every recording rule has data.
+    let rules_text = fs::read_to_string(&rules).expect("rules");
+    let recorded: Vec<&str> = rules_text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record: "))
+        .collect();
+    assert!(recorded.len() >= 4, "{rules_text}");
+    for name in &recorded {
+        assert!(
+            !prometheus.query(name).is_empty(),
+            "recording rule {name} has no data"
+        );
+    }
+    // The dashboard: well formed, its variables answerable, and every panel's every query
+    // returns data (the variables set to "all", Grafana's $__rate_interval to a minute).
+    let dashboard: Value = serde_json::from_str(
+        &fs::read_to_string(root.join("dist/grafana/nvbind.json")).expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    for wanted in ["datasource", "instance", "game"] {
+        assert!(
+            variables.iter().any(|v| v["name"] == wanted),
+            "variable {wanted}"
+        );
+    }
+    for v in variables.iter().filter(|v| v["type"] == "query") {
+        // label_values(METRIC{…}, LABEL)
+        let query = v["query"].as_str().expect("a variable's query");
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not label_values: {query}"));
+        let (series, label) = inner.rsplit_once(',').expect("label_values(series, label)");
+        let series = series.replace("$instance", ".+");
+        let found = prometheus.query(&format!("count by ({}) ({series})", label.trim()));
+        assert!(!found.is_empty(), "variable {}: no values", v["name"]);
+    }
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    let mut queries = 0;
+    for panel in panels {
+        let title = panel["title"].as_str().expect("a title");
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$instance", ".+")
+                .replace("$game", ".+")
+                .replace("$__rate_interval", "1m");
+            assert!(
+                !prometheus.query(&expr).is_empty(),
+                "panel {title:?}: no data for {expr}"
+            );
+            queries += 1;
+        }
+    }
+    eprintln!("{} panels, {queries} queries, all with data", panels.len());
+
+    // The session report, written when the game exits: the scraped p99 lies within the bucket
+    // that holds the report's own (Prometheus interpolates inside a bucket).
+    game.wait_exit();
+    let (_, report) = daemon.wait_for_report(pid);
+    let report_p99 = report["processes"][0]["frames"]["frame_time_ms"]["p99"]
+        .as_f64()
+        .expect("p99")
+        / 1e3;
+    let width = |v: f64| {
+        bounds
+            .windows(2)
+            .find(|w| v > w[0] && v <= w[1])
+            .map_or(f64::INFINITY, |w| w[1] - w[0])
+    };
+    assert!(
+        (scraped_p99 - report_p99).abs() <= width(report_p99).max(width(scraped_p99)),
+        "p99 by Prometheus {scraped_p99} s, by the session report {report_p99} s"
+    );
+    eprintln!(
+        "p99: {scraped_p99:.6} s by Prometheus, {report_p99:.6} s by the session report \
+         (bucket width {:.6} s)",
+        width(report_p99)
+    );
+}

@@ -216,3 +216,68 @@ fn a_v1_report_is_still_read() {
     roxmltree::Document::parse(&doc).expect("well-formed SVG");
     assert!(doc.contains("vkcube (pid"), "the chart names the game");
 }
+
+/// Two runs of the test game compared: the same run against itself is "no change" on every row;
+/// a run paced 40 % slower is worse on fps and the median frame time, by intervals the noise of
+/// this machine cannot cross. The overlaid chart holds both runs.
+#[test]
+fn two_runs_compared_side_by_side() {
+    require_root();
+    let fast_dir = tempfile::tempdir().expect("tempdir");
+    let slow_dir = tempfile::tempdir().expect("tempdir");
+    let pace = |ms: &'static str| ["--frames", "300", "--interval-ms", ms];
+    let fast = record_game(fast_dir.path(), &[], &pace("10"), || {});
+    let slow = record_game(slow_dir.path(), &[], &pace("14"), || {});
+    let (a, b) = (
+        fast.out.display().to_string(),
+        slow.out.display().to_string(),
+    );
+
+    let same = agent(&["report", &a, &a]);
+    assert!(same.status.success(), "{}", stderr(&same));
+    let text = String::from_utf8_lossy(&same.stdout);
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" ms ") || l.contains(" fps ") || l.contains("/min "))
+        .collect();
+    assert!(rows.len() >= 7, "{text}");
+    for row in &rows {
+        assert!(
+            row.contains("no change"),
+            "a run against itself: {row}\n{text}"
+        );
+    }
+
+    let svg = fast_dir.path().join("compare.svg");
+    let svg_s = svg.display().to_string();
+    let out = agent(&["report", &a, &b, "--svg", &svg_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |metric: &str| {
+        text.lines()
+            .find(|l| l.starts_with(metric))
+            .unwrap_or_else(|| panic!("no {metric} row: {text}"))
+            .to_string()
+    };
+    assert!(row("fps (average)").contains("worse ("), "{text}");
+    assert!(row("frame time p50").contains("worse ("), "{text}");
+    assert!(
+        text.contains("moving-block bootstrap"),
+        "the test is named: {text}"
+    );
+    let doc = std::fs::read_to_string(&svg).expect("svg written");
+    let tree = roxmltree::Document::parse(&doc).expect("well-formed SVG");
+    for colour in ["#1F77B4", "#FF7F0E"] {
+        assert!(
+            tree.descendants().any(|n| n.has_tag_name("polyline")
+                && n.attribute("stroke")
+                    .is_some_and(|s| s.eq_ignore_ascii_case(colour))),
+            "run coloured {colour} drawn"
+        );
+    }
+
+    // --pid picks a process of one report: refused with several, in one line.
+    let refused = agent(&["report", &a, &b, "--pid", "1"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--pid"), "{}", stderr(&refused));
+}

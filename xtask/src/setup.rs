@@ -131,15 +131,25 @@ pub fn promtool_path() -> Result<PathBuf> {
     Ok(util::target_dir(&util::workspace_root()?).join("tools/promtool"))
 }
 
-/// `promtool` from Debian's `prometheus` package, extracted rather than installed: installing
-/// the package would also start a Prometheus server on port 9090, the agent's own default port.
+/// Where setup puts the `prometheus` server the fleet-view test runs on a private port.
+pub fn prometheus_path() -> Result<PathBuf> {
+    Ok(util::target_dir(&util::workspace_root()?).join("tools/prometheus"))
+}
+
+/// `promtool` and `prometheus` from Debian's `prometheus` package, extracted rather than
+/// installed: installing the package would also start a Prometheus server on port 9090 (the
+/// agent's own default port) as a system service; the tests run their own, on a private port.
 fn promtool() -> Result<()> {
     let dest = promtool_path()?;
-    if dest.is_file() {
-        eprintln!("    skip: promtool at {}", dest.display());
+    let server = prometheus_path()?;
+    if dest.is_file() && server.is_file() {
+        eprintln!(
+            "    skip: promtool and prometheus at {}",
+            dest.with_file_name("").display()
+        );
         return Ok(());
     }
-    eprintln!("    do: extract promtool from Debian's prometheus package");
+    eprintln!("    do: extract promtool and prometheus from Debian's prometheus package");
     let work = dest.with_file_name("prometheus-deb");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
@@ -161,6 +171,8 @@ fn promtool() -> Result<()> {
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&work))?;
     fs::copy(work.join("usr/bin/promtool"), &dest)
         .with_context(|| format!("cannot copy promtool to {}", dest.display()))?;
+    fs::copy(work.join("usr/bin/prometheus"), &server)
+        .with_context(|| format!("cannot copy prometheus to {}", server.display()))?;
     let _ = fs::remove_dir_all(&work);
     Ok(())
 }

@@ -425,11 +425,11 @@ fn root_tests(
                 .env("NVBIND_VM_CONSOLE", &paths.vm_console)
                 .env("NVBIND_VM_RUN_ID", &run_id)
                 .env("NVBIND_I386_SYSROOT", crate::i386::sysroot(&paths.target));
-            match setup::promtool_path() {
-                Ok(p) => {
-                    c.env("NVBIND_PROMTOOL", p);
+            match (setup::promtool_path(), setup::prometheus_path()) {
+                (Ok(p), Ok(server)) => {
+                    c.env("NVBIND_PROMTOOL", p).env("NVBIND_PROMETHEUS", server);
                 }
-                Err(e) => return StepOutcome::Err(e),
+                (Err(e), _) | (_, Err(e)) => return StepOutcome::Err(e),
             }
             harness(c, counts)
         });

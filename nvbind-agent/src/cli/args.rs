@@ -327,13 +327,15 @@ pub enum CdiCommand {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// A report written by `nvbind-agent record`.
-    pub file: PathBuf,
+    /// A report written by `nvbind-agent record` (or the daemon). Give two or more to compare
+    /// runs side by side: each one's busiest presenting process, against the first.
+    #[arg(required = true, num_args = 1.., value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     /// Also draw frame time over the capture (stutters coloured by cause) and the frame-time
-    /// distribution into this SVG file.
+    /// distribution into this SVG file; with several reports, every run overlaid.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
-    /// Which process to draw (default: the one with the most frames).
+    /// Which process to draw (default: the one with the most frames; one report only).
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
     /// How many of the worst stutters to describe per process.

@@ -97,9 +97,9 @@ pub const LIBRARY_KINDS: &[LibraryKind] = &[
         hooks: &[
             present("glXSwapBuffers", present_source::GLX),
             // GL programs get the compile calls from here: libglvnd's dispatch stubs, which no
-            // library exports by name (see the "gl" kind).
-            proc_addr("glXGetProcAddressARB", "nvbind_vk_procaddr_ret", NAME_FIRST),
-            proc_addr("glXGetProcAddressARB", "nvbind_vk_procaddr", NAME_FIRST),
+            // library exports by name (see the "gl" kind). libglvnd's glXGetProcAddressARB
+            // jumps to glXGetProcAddress, so one function carries both (each uprobe costs the
+            // agent ~0.1 s at exit, when the kernel removes it).
             proc_addr("glXGetProcAddress", "nvbind_vk_procaddr_ret", NAME_FIRST),
             proc_addr("glXGetProcAddress", "nvbind_vk_procaddr", NAME_FIRST),
         ],
@@ -134,14 +134,10 @@ pub const LIBRARY_KINDS: &[LibraryKind] = &[
             compile("glCompileShader", compile_call::GL_COMPILE_SHADER),
             plain("glLinkProgram", "nvbind_compile_ret"),
             compile("glLinkProgram", compile_call::GL_LINK_PROGRAM),
-            plain("glCompileShaderARB", "nvbind_compile_ret"),
-            compile("glCompileShaderARB", compile_call::GL_COMPILE_SHADER),
-            plain("glLinkProgramARB", "nvbind_compile_ret"),
-            compile("glLinkProgramARB", compile_call::GL_LINK_PROGRAM),
         ],
     },
     LibraryKind {
-        // libglvnd's core-profile library (EGL programs): the same stubs, without the ARB names.
+        // libglvnd's core-profile library (EGL programs): the same stubs.
         name: "opengl",
         family: "compile",
         main_program: "nvbind_compile",

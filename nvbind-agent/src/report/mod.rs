@@ -3,6 +3,7 @@
 //! summary and the SVG chart.
 
 mod build;
+pub mod compare;
 mod compile;
 mod display;
 mod export;
@@ -21,7 +22,7 @@ pub use model::*;
 pub use output::{write_outputs, ExportFailure, Outputs};
 pub use stutters::{verdict_now, StutterReport};
 pub use summary::render as render_summary;
-pub use svg::render as render_svg;
+pub use svg::{render as render_svg, render_comparison as render_comparison_svg};
 pub use write::{
     check_writable, read_report, sweep_debris, text as write_text, ReadError, WriteError,
 };

@@ -186,3 +186,136 @@ fn draw_distribution(
         .map_err(draw_err)?;
     Ok(())
 }
+
+/// Colours of compared runs, in order (Tableau 10's first, skipping the cause colours' reds).
+const RUN_COLOURS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+
+/// `report A B … --svg OUT`: every run's frame time over its own time (from its first present)
+/// overlaid, above their frame-time distributions as cumulative curves (the share of frames at
+/// or below each frame time), one colour per run.
+pub fn render_comparison(runs: &[super::compare::Run]) -> Result<String, SvgError> {
+    let series: Vec<(String, Vec<(f64, f64)>)> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let times = r
+                .process
+                .frames
+                .timeline
+                .as_ref()
+                .map(|t| t.frame_times_ms.as_slice())
+                .unwrap_or_default();
+            let mut t = 0.0;
+            let points = times
+                .iter()
+                .map(|&ft| {
+                    t += ft / 1e3;
+                    (t, ft)
+                })
+                .collect();
+            let letter = char::from(b'A' + (i % 26) as u8);
+            (format!("{letter}: {}", r.process.label()), points)
+        })
+        .collect();
+    if let Some(empty) = runs.iter().zip(&series).find(|(_, s)| s.1.is_empty()) {
+        return Err(SvgError::NoFrames(empty.0.process.pid));
+    }
+    let x1 = series
+        .iter()
+        .filter_map(|s| s.1.last().map(|p| p.0))
+        .fold(1e-3, f64::max);
+    let y1 = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.08;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (top, bottom) = root.split_vertically(TIMELINE_HEIGHT);
+        let mut chart = ChartBuilder::on(&top)
+            .caption("frame time, runs overlaid", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x1, 0.0..y1)
+            .map_err(draw_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("time since the run's first present (s)")
+            .y_desc("frame time (ms)")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(draw_err)?;
+        for (i, (label, points)) in series.iter().enumerate() {
+            let colour = RUN_COLOURS[i % RUN_COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    colour.stroke_width(1),
+                ))
+                .map_err(draw_err)?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(draw_err)?;
+        // Cumulative distributions, up to the longest run's 99.9th percentile × 1.5.
+        let sorted: Vec<Vec<f64>> = series
+            .iter()
+            .map(|(_, points)| {
+                let mut v: Vec<f64> = points.iter().map(|p| p.1).collect();
+                v.sort_by(f64::total_cmp);
+                v
+            })
+            .collect();
+        let top_ms = sorted
+            .iter()
+            .map(|v| v[((v.len() - 1) as f64 * 0.999) as usize])
+            .fold(1.0, f64::max)
+            * 1.5;
+        let mut cdf = ChartBuilder::on(&bottom)
+            .caption(
+                "frame-time distribution: share of frames at or below",
+                ("sans-serif", 16),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..top_ms, 0.0..100.0)
+            .map_err(draw_err)?;
+        cdf.configure_mesh()
+            .x_desc("frame time (ms)")
+            .y_desc("frames (%)")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(draw_err)?;
+        for (i, v) in sorted.iter().enumerate() {
+            let colour = RUN_COLOURS[i % RUN_COLOURS.len()];
+            let n = v.len() as f64;
+            cdf.draw_series(LineSeries::new(
+                v.iter()
+                    .enumerate()
+                    .filter(|(_, &ms)| ms <= top_ms)
+                    .map(|(k, &ms)| (ms, 100.0 * (k + 1) as f64 / n)),
+                colour.stroke_width(2),
+            ))
+            .map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    Ok(svg)
+}

@@ -25,7 +25,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use libloading::Library;
-use nvbind_tests::{gettid, monotonic_ns};
+use nvbind_tests::{gettid, monotonic_ns, with_ground_truth};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -133,11 +133,7 @@ unsafe fn as_function<F: Copy>(address: *mut c_void) -> F {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let mut log = String::new();
-    let result = run(&args, &mut log);
-    // The ground truth is written whatever happened: a test reads what was done before a failure.
-    std::fs::write(&args.log, &log).with_context(|| format!("write {}", args.log.display()))?;
-    result
+    with_ground_truth(&args.log, |log| run(&args, log))
 }
 
 /// The fragment shader of batch `batch`: `ops` dependent operations with constants of its own

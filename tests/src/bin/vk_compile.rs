@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use ash::vk;
 use clap::{Parser, ValueEnum};
 use libloading::Library;
-use nvbind_tests::{gettid, monotonic_ns};
+use nvbind_tests::{gettid, monotonic_ns, with_ground_truth};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -62,6 +62,10 @@ struct Args {
     /// Do not present (no window): only build the pipelines, for measuring a driver.
     #[arg(long)]
     no_present: bool,
+    /// Stay alive this long after the last frame, presenting nothing (a game in a menu): its
+    /// series stay on the daemon's /metrics meanwhile.
+    #[arg(long, default_value_t = 0)]
+    linger_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,11 +87,7 @@ const COLOR_FORMAT: vk::Format = vk::Format::B8G8R8A8_UNORM;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let mut log = String::new();
-    let result = run(&args, &mut log);
-    // The ground truth is written whatever happened: a test reads what was done before a failure.
-    std::fs::write(&args.log, &log).with_context(|| format!("write {}", args.log.display()))?;
-    result
+    with_ground_truth(&args.log, |log| run(&args, log))
 }
 
 /// The fragment shader of pipeline `index` of batch `batch`: `ops` dependent operations on the
@@ -535,6 +535,7 @@ fn run(args: &Args, log: &mut String) -> Result<()> {
         drop(channels);
         Ok(())
     })?;
+    std::thread::sleep(Duration::from_millis(args.linger_ms));
 
     // SAFETY: the device is idle after the last present's fence; everything made here is
     // destroyed before the device.
