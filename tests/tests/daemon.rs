@@ -1525,7 +1525,8 @@ fn a_user_mapping_two_hundred_library_copies_spends_only_their_own_budget() {
     let fds_mapped = daemon.open_fds();
     assert!(fds_mapped < 512);
 
-    // The attacker leaves: the hooks of its 16 copies are released (two uprobes, two fds, each),
+    // The attacker leaves: the hooks of its 16 copies are released (four uprobes, four fds, each:
+    // eglSwapBuffers and eglGetProcAddress, entry and return),
     // and its budget given back...
     drop(attacker);
     let released = "hooked for uid 65534)";
