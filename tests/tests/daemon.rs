@@ -2710,25 +2710,22 @@ fn a_games_shader_compiles_are_counted_while_it_runs_and_in_its_session() {
     let daemon = Daemon::start("");
     let x = Xvfb::start().expect("Xvfb");
     let work = tempfile::tempdir().expect("tempdir");
-    let shader_cache = tempfile::tempdir().expect("shader cache dir");
     let log = work.path().join("game.log");
     let stop = work.path().join("stop");
+    let stop_s = stop.display().to_string();
     // A Vulkan game (lavapipe) that builds a pipeline from a large shader every 20th frame, and
     // goes on until the test has seen the counters move.
-    let mut game = Game::new(
-        Command::new(env!("CARGO_BIN_EXE_vk-compile"))
-            .args(["--frames", "100000", "--interval-ms", "10"])
-            .args(["--compile-every", "20", "--shader-ops", "2000"])
-            .arg("--log")
-            .arg(&log)
-            .arg("--stop-file")
-            .arg(&stop)
-            .env("DISPLAY", &x.display)
-            .env("MESA_SHADER_CACHE_DIR", shader_cache.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start vk-compile"),
+    let mut game = start_vk_compile(
+        &x,
+        work.path(),
+        &[
+            "--frames",
+            "100000",
+            "--compile-every",
+            "20",
+            "--stop-file",
+            &stop_s,
+        ],
     );
     let pid = game.pid;
     daemon.wait_until_tracked(pid);
@@ -2797,6 +2794,25 @@ fn a_games_shader_compiles_are_counted_while_it_runs_and_in_its_session() {
         section["stutters"].as_u64() >= Some(1),
         "the session names its compile stutters: {section}"
     );
+}
+
+/// `vk-compile` on `x`, a frame every 10 ms and pipelines from 2,000-operation shaders, its log
+/// in `work/game.log` and Mesa's shader cache in `work/shader-cache` (fresh): `args` say how many
+/// frames, how often it compiles and when it stops.
+fn start_vk_compile(x: &Xvfb, work: &Path, args: &[&str]) -> Game {
+    Game::new(
+        Command::new(env!("CARGO_BIN_EXE_vk-compile"))
+            .args(["--interval-ms", "10", "--shader-ops", "2000"])
+            .args(args)
+            .arg("--log")
+            .arg(work.join("game.log"))
+            .env("DISPLAY", &x.display)
+            .env("MESA_SHADER_CACHE_DIR", work.join("shader-cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vk-compile"),
+    )
 }
 
 /// A Prometheus server of Debian's, on a private port and data directory (never the system
@@ -2930,22 +2946,19 @@ fn prometheus_scrapes_the_daemon_and_every_dashboard_query_returns_data() {
     let prometheus = Prometheus::start(daemon.port, &rules);
     let x = Xvfb::start().expect("Xvfb");
     let work = tempfile::tempdir().expect("tempdir");
-    let shader_cache = tempfile::tempdir().expect("shader cache dir");
     // 400 frames, a pipeline built every 100th (a shader-compile stutter each), then the game
     // stays alive presenting nothing, so its series stay on /metrics to be scraped whole.
-    let mut game = Game::new(
-        Command::new(env!("CARGO_BIN_EXE_vk-compile"))
-            .args(["--frames", "400", "--interval-ms", "10"])
-            .args(["--compile-every", "100", "--shader-ops", "2000"])
-            .args(["--linger-ms", "15000"])
-            .arg("--log")
-            .arg(work.path().join("game.log"))
-            .env("DISPLAY", &x.display)
-            .env("MESA_SHADER_CACHE_DIR", shader_cache.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start vk-compile"),
+    let mut game = start_vk_compile(
+        &x,
+        work.path(),
+        &[
+            "--frames",
+            "400",
+            "--compile-every",
+            "100",
+            "--linger-ms",
+            "15000",
+        ],
     );
     let pid = game.pid;
     daemon.wait_until_tracked(pid);
