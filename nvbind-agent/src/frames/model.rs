@@ -83,6 +83,40 @@ impl std::ops::Add for DriverFeedback {
     }
 }
 
+/// Notes on hooks a process asked for and could not get, at most this many in one capture: any
+/// process can ask again and again, under as many pids as it likes.
+pub const MAX_REFUSAL_NOTES: usize = 32;
+
+/// Marks a refusal note (`Capture::note_refusal`).
+const REFUSAL_MARK: &str = ": cannot hook its ";
+
+impl Capture {
+    /// Notes that `pid` could not get its `function` hooked, and why: once per process and
+    /// function, and no more than [`MAX_REFUSAL_NOTES`] in all (then one line says the rest
+    /// went unlisted). Returns whether the note is new (worth a log line).
+    pub fn note_refusal(&mut self, pid: u32, function: &str, why: &str) -> bool {
+        let note = format!("pid {pid}{REFUSAL_MARK}{function}: {why}");
+        if self.notes.contains(&note) {
+            return false;
+        }
+        let refusals = self
+            .notes
+            .iter()
+            .filter(|n| n.contains(REFUSAL_MARK))
+            .count();
+        if refusals < MAX_REFUSAL_NOTES {
+            self.notes.push(note);
+            return true;
+        }
+        let more = "more processes could not get the functions they asked for hooked: \
+                    not listed (the agent's log has them)";
+        if !self.notes.iter().any(|n| n == more) {
+            self.notes.push(more.to_string());
+        }
+        false
+    }
+}
+
 impl CompileRecord {
     /// The driver's feedback on the call, if the game asked for it and the driver gave it.
     pub fn driver_feedback(&self) -> Option<DriverFeedback> {
@@ -356,6 +390,18 @@ mod tests {
         assert!(p.compiles[1..]
             .iter()
             .all(|c| c.duration_ns() > 1_000 + MAX_COMPILES_KEPT as u64 / 2));
+    }
+
+    #[test]
+    fn refusal_notes_are_said_once_each_and_bounded() {
+        let mut c = Capture::default();
+        assert!(c.note_refusal(7, "glLinkProgram", "full"));
+        assert!(!c.note_refusal(7, "glLinkProgram", "full"), "said once");
+        for pid in 8..1000 {
+            c.note_refusal(pid, "glLinkProgram", "full");
+        }
+        assert_eq!(c.notes.len(), MAX_REFUSAL_NOTES + 1, "{:?}", c.notes.last());
+        assert!(c.notes.last().is_some_and(|n| n.contains("not listed")));
     }
 
     #[test]

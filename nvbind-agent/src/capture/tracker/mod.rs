@@ -410,11 +410,10 @@ impl Tracker {
                     }
                     Ok(None) => {}
                     Err(why) => {
-                        // Said once per process and function, however often it asks.
-                        let note = format!("pid {pid}: cannot hook its {function}: {why}");
-                        if !self.capture.notes.contains(&note) {
-                            log::warn!("{note}");
-                            self.capture.notes.push(note);
+                        // Said once per process and function, however often it asks, and
+                        // bounded in all (any process can ask under many pids).
+                        if self.capture.note_refusal(pid, function, &why) {
+                            log::warn!("pid {pid}: cannot hook its {function}: {why}");
                         }
                     }
                 }
