@@ -1913,17 +1913,23 @@ fn fixture_gpu_config(host: &FixtureHost, bpffs: &Bpffs) -> String {
     )
 }
 
-#[test]
-fn fixture_gpus_are_served_and_binding_is_on_the_root_only_socket() {
-    require_root();
-    let _one = serial();
+/// The fixture host with an NVIDIA and an AMD card, the AMD card awake: it sleeps
+/// (runtime-suspended, so it is not read) until woken.
+fn awake_mixed_fixture_host() -> FixtureHost {
     let host = FixtureHost::new("mixed-nvidia-amd");
-    // The fixture's AMD card sleeps (runtime-suspended, so it is not read); wake it.
     fs::write(
         host.path("sys/bus/pci/devices/0000:0c:00.0/power/runtime_status"),
         "active\n",
     )
     .expect("wake the fixture's AMD card");
+    host
+}
+
+#[test]
+fn fixture_gpus_are_served_and_binding_is_on_the_root_only_socket() {
+    require_root();
+    let _one = serial();
+    let host = awake_mixed_fixture_host();
     let bpffs = Bpffs::mount();
     let mut daemon = Daemon::start(&fixture_gpu_config(&host, &bpffs));
     // The fixture's GPUs, with the AMD card's counters read from its sysfs files: wait for its
@@ -2935,12 +2941,7 @@ fn prometheus_scrapes_the_daemon_and_every_dashboard_query_returns_data() {
         String::from_utf8_lossy(&example.stdout)
     );
 
-    let host = FixtureHost::new("mixed-nvidia-amd");
-    fs::write(
-        host.path("sys/bus/pci/devices/0000:0c:00.0/power/runtime_status"),
-        "active\n",
-    )
-    .expect("wake the fixture's AMD card");
+    let host = awake_mixed_fixture_host();
     let bpffs = Bpffs::mount();
     let daemon = Daemon::start(&fixture_gpu_config(&host, &bpffs));
     let prometheus = Prometheus::start(daemon.port, &rules);
