@@ -30,3 +30,4 @@ pub mod probes;
 pub mod report;
 pub mod stutter;
 pub mod target;
+pub mod top;

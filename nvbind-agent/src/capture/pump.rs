@@ -26,6 +26,8 @@ pub const IDLE_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 pub enum StopSignal {
     Interrupt,
     Terminate,
+    /// The program that runs the capture in-process asked (`top --standalone` quitting).
+    Requested,
 }
 
 impl StopSignal {
@@ -33,6 +35,7 @@ impl StopSignal {
         match self {
             StopSignal::Interrupt => "SIGINT",
             StopSignal::Terminate => "SIGTERM",
+            StopSignal::Requested => "stop requested",
         }
     }
 }
@@ -42,6 +45,8 @@ impl StopSignal {
 pub struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
+    /// Turns true when the program running the capture in-process wants it stopped.
+    requested: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl StopSignals {
@@ -49,8 +54,25 @@ impl StopSignals {
         Ok(StopSignals {
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            requested: None,
         })
     }
+
+    /// Also stops when `requested` turns true.
+    pub fn or_when(mut self, requested: tokio::sync::watch::Receiver<bool>) -> StopSignals {
+        self.requested = Some(requested);
+        self
+    }
+}
+
+/// Waits until `requested` turns true (forever when there is none, or its sender is gone).
+async fn stop_requested(requested: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(rx) = requested {
+        if rx.wait_for(|&stop| stop).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Why the pump woke its owner.
@@ -115,6 +137,7 @@ impl EventPump {
             }
             _ = self.signals.interrupt.recv() => Wake::Stop(StopSignal::Interrupt),
             _ = self.signals.terminate.recv() => Wake::Stop(StopSignal::Terminate),
+            _ = stop_requested(&mut self.signals.requested) => Wake::Stop(StopSignal::Requested),
         }
     }
 

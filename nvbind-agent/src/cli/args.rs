@@ -75,6 +75,27 @@ pub struct DaemonArgs {
     pub mount_tracefs: bool,
 }
 
+/// `top`'s flags.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The daemon's API (address:port); default: the config's api.listen, else 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR", conflicts_with = "standalone")]
+    pub api: Option<String>,
+    /// Record in this process instead of reading a daemon (root; sessions are written as the
+    /// daemon writes them).
+    #[arg(long)]
+    pub standalone: bool,
+    /// Refresh every this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub interval_ms: u64,
+    /// The configuration file (the API's address; with --standalone, the capture's settings).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// With --standalone: write session reports here.
+    #[arg(long, value_name = "DIR", requires = "standalone")]
+    pub reports_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List every probe as attached or unavailable, with the reason and the fix.
@@ -91,6 +112,9 @@ pub enum Command {
     },
     /// Record a game's frames and what the scheduler and GPU driver did to its threads.
     Record(RecordArgs),
+    /// A live terminal monitor of the games the daemon tracks: fps, frame times, lows,
+    /// stutters with their causes, and the GPU.
+    Top(TopArgs),
     /// Summarise a recorded report for people; optionally draw it as an SVG chart.
     Report(ReportArgs),
     /// List the GPUs: vendor, name, PCI address, driver, UUID, device nodes and counters now.

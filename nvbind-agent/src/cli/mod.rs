@@ -8,20 +8,21 @@ mod doctor;
 mod gpus;
 mod record;
 mod report;
+mod top;
 mod validate;
 
 use anyhow::Result;
 
 pub use args::{
     BindArgs, BpffsArg, CdiCommand, CgroupArg, Cli, Command, DaemonArgs, NvmlMode, RecordArgs,
-    ReportArgs, RootArgs, UnbindArgs,
+    ReportArgs, RootArgs, TopArgs, UnbindArgs,
 };
 
 impl Command {
     /// Commands that print and exit (as opposed to `record`, which holds sockets, pipes and
-    /// files open for a long time).
+    /// files open for a long time, and `top`, which may run the daemon's API in-process).
     pub fn prints_and_exits(&self) -> bool {
-        !matches!(self, Command::Record(_))
+        !matches!(self, Command::Record(_) | Command::Top(_))
     }
 }
 
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             kernel_hooks,
         } => doctor::doctor(json, mount_tracefs, kernel_hooks),
         Command::Record(args) => record::record(args),
+        Command::Top(args) => top::run(args),
         Command::Report(args) => report::show(args),
         Command::Gpus { json, roots } => gpus::list(json, &roots),
         Command::Bind(args) => binding::bind(args),

@@ -26,6 +26,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{
     config::Config,
+    history::History,
     live::{self, Audience, Live, ProcessView},
     metrics::Metrics,
 };
@@ -51,6 +52,8 @@ pub struct Shared {
     pub drain_request: Notify,
     /// ...and wait for this counter of completed reads to move.
     pub drained: watch::Sender<u64>,
+    /// The sessions this daemon wrote, for the page.
+    pub history: std::sync::Mutex<History>,
 }
 
 impl Shared {
@@ -58,10 +61,24 @@ impl Shared {
         self.live.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(super) fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn config(&self) -> Config {
         self.config
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Names the TCP API answers to besides addresses, `localhost` and the host name.
+    pub(super) fn allowed_hosts(&self) -> Vec<String> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .api
+            .allowed_hosts
             .clone()
     }
 
@@ -82,18 +99,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn not_found(message: impl Into<String>) -> ApiError {
+    pub(super) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
 }
@@ -124,6 +141,7 @@ fn reads() -> Router<Arc<Shared>> {
         .route("/api/containers/{id}/gpu", get(container_gpu))
         .route("/metrics", get(metrics))
         .route("/metrics/{target}", get(stream))
+        .merge(super::page::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -132,6 +150,10 @@ fn reads() -> Router<Arc<Shared>> {
 pub fn read_routes(shared: Arc<Shared>) -> Router {
     reads()
         .route("/api/bindings", axum::routing::any(binding_not_here))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            super::origin::same_host_only,
+        ))
         .with_state(shared)
         .layer(Extension(Audience::AnyLocalUser))
 }
@@ -199,19 +221,46 @@ struct ProcessesBody {
     processes: Vec<ProcessView>,
 }
 
+/// `?frames=N`: the newest N frames and the recent stutters with each process (a chart's data).
+#[derive(Debug, Deserialize)]
+struct ViewQuery {
+    frames: Option<usize>,
+}
+
+impl ViewQuery {
+    fn parse(query: Result<Query<ViewQuery>, QueryRejection>) -> ApiResult<usize> {
+        let Query(query) = query.map_err(|e| {
+            ApiError::bad_request(format!(
+                "{}: frames is a whole number of frames",
+                e.body_text()
+            ))
+        })?;
+        let frames = query.frames.unwrap_or(0);
+        if frames > live::MAX_VIEW_FRAMES {
+            return Err(ApiError::bad_request(format!(
+                "frames must be at most {}, not {frames}",
+                live::MAX_VIEW_FRAMES
+            )));
+        }
+        Ok(frames)
+    }
+}
+
 async fn processes(
     State(shared): State<Arc<Shared>>,
     Extension(audience): Extension<Audience>,
-) -> Json<ProcessesBody> {
+    query: Result<Query<ViewQuery>, QueryRejection>,
+) -> ApiResult<Json<ProcessesBody>> {
+    let frames = ViewQuery::parse(query)?;
     let live = shared.live();
-    Json(ProcessesBody {
+    Ok(Json(ProcessesBody {
         window_s: live.window.as_secs_f64(),
         processes: live
             .processes
             .values()
-            .map(|p| live::process_view(p, live.window, &live.gpus, audience))
+            .map(|p| live::process_view(p, live.window, &live.gpus, audience, frames))
             .collect(),
-    })
+    }))
 }
 
 fn parse_pid(text: &str) -> ApiResult<u32> {
@@ -221,11 +270,16 @@ fn parse_pid(text: &str) -> ApiResult<u32> {
         .ok_or_else(|| ApiError::bad_request(format!("{text:?} is not a process id")))
 }
 
-fn process_view(shared: &Shared, pid: u32, audience: Audience) -> ApiResult<ProcessView> {
+fn process_view(
+    shared: &Shared,
+    pid: u32,
+    audience: Audience,
+    frames: usize,
+) -> ApiResult<ProcessView> {
     let live = shared.live();
     live.processes
         .get(&pid)
-        .map(|p| live::process_view(p, live.window, &live.gpus, audience))
+        .map(|p| live::process_view(p, live.window, &live.gpus, audience, frames))
         .ok_or_else(|| {
             let why = if crate::target::is_alive(pid) {
                 "runs but has not presented a frame (or is excluded by the config)"
@@ -240,9 +294,16 @@ async fn process(
     State(shared): State<Arc<Shared>>,
     Extension(audience): Extension<Audience>,
     pid: Result<UrlPath<String>, PathRejection>,
+    query: Result<Query<ViewQuery>, QueryRejection>,
 ) -> ApiResult<Json<ProcessView>> {
     let UrlPath(pid) = pid.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok(Json(process_view(&shared, parse_pid(&pid)?, audience)?))
+    let frames = ViewQuery::parse(query)?;
+    Ok(Json(process_view(
+        &shared,
+        parse_pid(&pid)?,
+        audience,
+        frames,
+    )?))
 }
 
 /// A container's GPUs and games.
@@ -409,7 +470,7 @@ fn container_body_of(
         .processes
         .values()
         .filter(|p| inside(&p.cgroup))
-        .map(|p| live::process_view(p, live.window, &live.gpus, audience))
+        .map(|p| live::process_view(p, live.window, &live.gpus, audience, 0))
         .collect();
     if processes.is_empty() && binding.is_none() && id.starts_with('/') {
         let exists = binding::cgroup2_mount()
@@ -486,10 +547,13 @@ enum StreamTarget {
 #[derive(Debug, Deserialize)]
 struct StreamQuery {
     interval_ms: Option<u64>,
+    /// Each message of a process's stream carries its newest N frames and recent stutters.
+    frames: Option<usize>,
 }
 
-/// `GET /metrics/{pid-or-container-id}?interval_ms=N`: a WebSocket of JSON messages, one per
-/// interval: the process view (as `/api/processes/{pid}`) or the container view.
+/// `GET /metrics/{pid-or-container-id}?interval_ms=N&frames=M`: a WebSocket of JSON messages,
+/// one per interval: the process view (as `/api/processes/{pid}?frames=M`) or the container
+/// view.
 async fn stream(
     State(shared): State<Arc<Shared>>,
     Extension(audience): Extension<Audience>,
@@ -500,10 +564,17 @@ async fn stream(
     let UrlPath(target) = target.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let Query(query) = query.map_err(|e| {
         ApiError::bad_request(format!(
-            "{}: interval_ms is a whole number of milliseconds",
+            "{}: interval_ms and frames are whole numbers",
             e.body_text()
         ))
     })?;
+    let frames = query.frames.unwrap_or(0);
+    if frames > live::MAX_VIEW_FRAMES {
+        return Err(ApiError::bad_request(format!(
+            "frames must be at most {}, not {frames}",
+            live::MAX_VIEW_FRAMES
+        )));
+    }
     let interval_ms = query.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
     if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&interval_ms) {
         return Err(ApiError::bad_request(format!(
@@ -513,7 +584,7 @@ async fn stream(
     // Resolve the target before upgrading, so a bad one is a plain 4xx.
     let target = if target.bytes().all(|b| b.is_ascii_digit()) && target.len() < 10 {
         let pid = parse_pid(&target)?;
-        process_view(&shared, pid, audience)?;
+        process_view(&shared, pid, audience, 0)?;
         StreamTarget::Process(pid)
     } else {
         let body = container_body(Arc::clone(&shared), target.clone(), audience).await?;
@@ -537,7 +608,7 @@ async fn stream(
     Ok(upgrade
         .max_message_size(WS_MAX_INCOMING_BYTES)
         .max_frame_size(WS_MAX_INCOMING_BYTES)
-        .on_upgrade(move |socket| run_stream(socket, shared, target, interval, audience)))
+        .on_upgrade(move |socket| run_stream(socket, shared, target, interval, audience, frames)))
 }
 
 /// The largest message or frame a WebSocket client may send (a close with its reason, a ping).
@@ -563,6 +634,7 @@ async fn run_stream(
     target: StreamTarget,
     interval: Duration,
     audience: Audience,
+    frames: usize,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -579,7 +651,7 @@ async fn run_stream(
         shared.fresh().await;
         let (text, live) = match &target {
             StreamTarget::Process(pid) => {
-                let view = process_view(&shared, *pid, audience).ok();
+                let view = process_view(&shared, *pid, audience, frames).ok();
                 let live = view.is_some();
                 (message(seq, live, view), live)
             }

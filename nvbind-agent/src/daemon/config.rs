@@ -62,6 +62,10 @@ pub struct ApiConfig {
     pub window_s: f64,
     /// Where GPU bindings are pinned (a BPF filesystem).
     pub bpffs: PathBuf,
+    /// Names (besides addresses, `localhost` and the host name) a browser or scraper may use
+    /// for this host in `Host`, e.g. `"gamebox.lan"`: other names are refused, so another
+    /// site's page cannot read the API by pointing its own name at 127.0.0.1.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Which processes count as games. A process is tracked from its first present when it matches
@@ -167,6 +171,7 @@ impl Default for ApiConfig {
             socket: "/run/nvbind/agent.sock".into(),
             window_s: 10.0,
             bpffs: "/sys/fs/bpf".into(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

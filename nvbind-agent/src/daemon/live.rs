@@ -9,7 +9,7 @@ use crate::{
     clock::monotonic_ns,
     frames::{
         stats::{FrameTimeStats, LowFps},
-        LiveProcess,
+        LiveProcess, LiveStutter, RecentFrameView,
     },
     gpu::{GpuInfo, GpuSample},
     probes::ProgramCost,
@@ -34,12 +34,17 @@ impl Audience {
     }
 }
 
-/// A live process's JSON view over the last `window`, for `audience`.
+/// The most recent frames a view may carry (`?frames=N`): a chart's width, not a session.
+pub const MAX_VIEW_FRAMES: usize = 2_000;
+
+/// A live process's JSON view over the last `window`, for `audience`, with its newest
+/// `frames` frames and its recent stutters when `frames` > 0 (a live chart's data).
 pub fn process_view(
     p: &LiveProcess,
     window: Duration,
     gpus: &[GpuStatus],
     audience: Audience,
+    frames: usize,
 ) -> ProcessView {
     let now = monotonic_ns();
     let w = p.window(window, now);
@@ -67,6 +72,9 @@ pub fn process_view(
             .iter()
             .map(|(c, n)| (c.name(), *n))
             .collect(),
+        last_stutter: p.recent_stutters.back().cloned(),
+        recent_stutters: (frames > 0).then(|| p.recent_stutters.iter().cloned().collect()),
+        recent_frames: (frames > 0).then(|| p.last_frames(frames.min(MAX_VIEW_FRAMES)).collect()),
         last_frame_ns: w.last_frame_ns,
         last_frame_age_ms: w.last_frame_ns.map(|t| now.saturating_sub(t) as f64 / 1e6),
         gpu: p.gpu.as_ref().and_then(|pci| {
@@ -174,6 +182,14 @@ pub struct ProcessView {
     pub stutters_total: u64,
     /// Live verdicts (the session report's, made with all the evidence, can differ).
     pub stutters_by_cause: BTreeMap<&'static str, u64>,
+    /// The newest stutter with its live verdict and sentence.
+    pub last_stutter: Option<LiveStutter>,
+    /// The newest stutters (up to 32, oldest first), when frames were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_stutters: Option<Vec<LiveStutter>>,
+    /// The newest frames (oldest first), when asked for with `?frames=N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_frames: Option<Vec<RecentFrameView>>,
     /// CLOCK_MONOTONIC nanoseconds of the newest frame (the clock of the kernel's timestamps).
     pub last_frame_ns: Option<u64>,
     pub last_frame_age_ms: Option<f64>,

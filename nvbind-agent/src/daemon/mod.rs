@@ -11,11 +11,14 @@
 mod api;
 mod config;
 mod guard;
+mod history;
 mod housekeeping;
 mod listeners;
 mod live;
 mod metrics;
 mod options;
+mod origin;
+mod page;
 mod processes;
 mod reload;
 mod serve;
@@ -25,4 +28,4 @@ mod tracking;
 
 pub use config::{Config, DEFAULT_PATH};
 pub use options::{DaemonOptions, Overrides};
-pub use serve::run;
+pub use serve::{run, run_embedded};

@@ -38,6 +38,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns the exit code.
 pub fn run(options: DaemonOptions) -> Result<u8> {
+    run_until(options, None)
+}
+
+/// Runs the daemon in this process (on the calling thread) until SIGTERM, SIGINT or `stop`
+/// turns true: `top --standalone`. Returns the exit code.
+pub fn run_embedded(options: DaemonOptions, stop: watch::Receiver<bool>) -> Result<u8> {
+    run_until(options, Some(stop))
+}
+
+fn run_until(options: DaemonOptions, stop: Option<watch::Receiver<bool>>) -> Result<u8> {
     let config = options.load_config()?;
     if !crate::probes::is_root() {
         anyhow::bail!(
@@ -62,7 +72,7 @@ pub fn run(options: DaemonOptions) -> Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(options, config, gpu_roots, notes))
+    runtime.block_on(serve(options, config, gpu_roots, notes, stop))
 }
 
 /// `notes`: what the start-up found worth saying, said once the daemon serves (so that a
@@ -72,8 +82,12 @@ async fn serve(
     config: Config,
     gpu_roots: gpu::Roots,
     notes: Vec<String>,
+    requested_stop: Option<watch::Receiver<bool>>,
 ) -> Result<u8> {
-    let stop_signals = StopSignals::install()?;
+    let mut stop_signals = StopSignals::install()?;
+    if let Some(requested) = requested_stop {
+        stop_signals = stop_signals.or_when(requested);
+    }
     let sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let mut probes = Probes::load(LoadOptions {
@@ -173,6 +187,7 @@ fn shared_state(
         gpu_roots,
         drain_request: Notify::new(),
         drained,
+        history: Default::default(),
     })
 }
 

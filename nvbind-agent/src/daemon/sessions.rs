@@ -33,6 +33,8 @@ pub struct Written {
     pub report: Option<PathBuf>,
     /// Per-frame logs that could not be written (the report was).
     pub failed_exports: Vec<String>,
+    /// The session as the dashboard page lists it.
+    pub session: Option<super::history::WrittenSession>,
 }
 
 /// Makes sure the reports directory exists, is readable by root and `config.group` only, and
@@ -209,6 +211,11 @@ pub fn write(
         written.failed_exports.push(failure.export.to_string());
     }
     let path = outputs.report;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    written.session = super::history::WrittenSession::of(&report, file_name);
     written.report = Some(path);
     Ok(written)
 }

@@ -254,14 +254,18 @@ impl Daemon {
             capture,
             record,
             previous,
-            frame,
+            (index, frame),
             baseline_ms,
             &gpus,
             self.gpu_period_ns,
         );
         let mut live = self.live();
         if let Some(lp) = live.processes.get_mut(&pid) {
-            lp.count_stutter(verdict.cause);
+            lp.count_stutter(
+                frame.ts_ns,
+                frame.ts_ns.saturating_sub(previous.ts_ns) as f64 / 1e6,
+                &verdict,
+            );
             self.shared
                 .metrics
                 .stutters
@@ -382,6 +386,9 @@ impl Daemon {
         };
         match result {
             Ok(written) => {
+                if let Some(session) = written.session {
+                    self.shared.history().add(session);
+                }
                 if let Some(path) = written.report {
                     log::info!(
                         "session of {} written to {}",

@@ -11,12 +11,28 @@ use nvbind_common::present_source;
 use super::{stats, Frame, ProcessRecord, SOURCE_PREFERENCE};
 use crate::{
     clock,
-    stutter::{Cause, Detector, DetectorConfig},
+    stutter::{Cause, Detector, DetectorConfig, Verdict},
 };
 
 /// Frames kept per process for the live window, whatever the window: bounds memory at
 /// ~16 bytes × this.
 const MAX_RECENT_FRAMES: usize = 65_536;
+/// Stutters kept per process with their verdicts, for the live views (the newest last).
+pub const MAX_RECENT_STUTTERS: usize = 32;
+
+/// A stutter as the live views show it: when, how long, and the verdict made as it happened.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveStutter {
+    /// CLOCK_MONOTONIC nanoseconds of the late frame's present.
+    #[serde(skip)]
+    pub ts_ns: u64,
+    /// The same instant in wall-clock milliseconds since the Unix epoch (what a page plots).
+    pub t_unix_ms: f64,
+    pub frame_time_ms: f64,
+    pub cause: &'static str,
+    /// The verdict's sentence.
+    pub summary: String,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct RecentFrame {
@@ -48,6 +64,8 @@ pub struct LiveProcess {
     pub frames_total: u64,
     pub stutters_total: u64,
     pub stutters_by_cause: BTreeMap<Cause, u64>,
+    /// The newest stutters with their verdicts (at most `MAX_RECENT_STUTTERS`).
+    pub recent_stutters: VecDeque<LiveStutter>,
     recent: VecDeque<RecentFrame>,
     detector: Detector,
     /// Session part (a long session is written in parts of `reports.max_session_frames`).
@@ -91,6 +109,7 @@ impl LiveProcess {
             frames_total: 0,
             stutters_total: 0,
             stutters_by_cause: BTreeMap::new(),
+            recent_stutters: VecDeque::new(),
             recent: VecDeque::new(),
             detector: Detector::new(stutter),
             part: 0,
@@ -160,9 +179,34 @@ impl LiveProcess {
         }
     }
 
-    pub fn count_stutter(&mut self, cause: Cause) {
+    /// Counts a stutter with its verdict: the late frame presented at `ts_ns` after
+    /// `frame_time_ms`.
+    pub fn count_stutter(&mut self, ts_ns: u64, frame_time_ms: f64, verdict: &Verdict) {
         self.stutters_total += 1;
-        *self.stutters_by_cause.entry(cause).or_insert(0) += 1;
+        *self.stutters_by_cause.entry(verdict.cause).or_insert(0) += 1;
+        if self.recent_stutters.len() == MAX_RECENT_STUTTERS {
+            self.recent_stutters.pop_front();
+        }
+        self.recent_stutters.push_back(LiveStutter {
+            ts_ns,
+            t_unix_ms: clock::unix_time_at(ts_ns) * 1e3,
+            frame_time_ms,
+            cause: verdict.cause.name(),
+            summary: verdict.summary.clone(),
+        });
+    }
+
+    /// The newest `n` frames (oldest first): when each was presented, its frame time and
+    /// whether it was a stutter.
+    pub fn last_frames(&self, n: usize) -> impl Iterator<Item = RecentFrameView> + '_ {
+        self.recent
+            .iter()
+            .skip(self.recent.len().saturating_sub(n))
+            .map(|f| RecentFrameView {
+                t_unix_ms: clock::unix_time_at(f.ts_ns) * 1e3,
+                frame_time_ms: f.frame_time_ns as f64 / 1e6,
+                stutter: f.stutter,
+            })
     }
 
     /// Forgets frames older than the window (the caller's clock).
@@ -201,6 +245,15 @@ impl LiveProcess {
             last_frame_ns: (self.last_present_ns != 0).then_some(self.last_present_ns),
         }
     }
+}
+
+/// One recent frame, for a live chart.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RecentFrameView {
+    /// When it was presented, wall-clock milliseconds since the Unix epoch.
+    pub t_unix_ms: f64,
+    pub frame_time_ms: f64,
+    pub stutter: bool,
 }
 
 /// A live process's frames over a recent window.

@@ -113,13 +113,14 @@ pub fn analyse(capture: &Capture, p: &ProcessRecord, frames: &[Frame]) -> Stutte
 }
 
 /// The verdict on one stutter while the game still runs (the daemon's live counters), with the
-/// evidence available now: the presenting thread's, and GPU samples from `gpus`. The session
-/// report, made with every thread's snapshots, can differ.
+/// evidence available now: the presenting thread's, and GPU samples from `gpus`; `index` is the
+/// frame's place in the record (of the session part). The session report, made with every
+/// thread's snapshots, can differ.
 pub fn verdict_now(
     capture: &Capture,
     p: &ProcessRecord,
     previous: &Frame,
-    frame: &Frame,
+    (index, frame): (usize, &Frame),
     baseline_ms: f64,
     gpus: &[gpu::GpuSeries],
     gpu_period_ns: u64,
@@ -133,7 +134,7 @@ pub fn verdict_now(
         gpu_period_ns,
     );
     let frame_time_ms = ms(frame.ts_ns.saturating_sub(previous.ts_ns));
-    attribute(0, frame_time_ms, baseline_ms, &e)
+    attribute(index as u64, frame_time_ms, baseline_ms, &e)
 }
 
 fn round3(x: f64) -> f64 {

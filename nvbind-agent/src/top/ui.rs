@@ -1,0 +1,457 @@
+//! Draws `top`: a title line, the games' table (or the selected game's detail), the selected
+//! game's stutters and GPU, and the keys. Everything a process can name (its name, a stutter's
+//! sentence) has its control characters escaped before it reaches the terminal.
+
+use ratatui::{
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table, TableState, Wrap},
+    Frame,
+};
+
+use super::{
+    app::{App, Connection},
+    model::{Gpu, Process},
+};
+use crate::identity::escape_controls;
+
+/// Block characters of a one-line sparkline, lowest first.
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+fn safe(text: &str) -> String {
+    escape_controls(text).into_owned()
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".into(), |v| format!("{v:.1}"))
+}
+
+pub fn draw(frame: &mut Frame, app: &App) {
+    let [title, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    frame.render_widget(title_line(app), title);
+    frame.render_widget(keys_line(app), footer);
+    if app.snapshot.processes.is_empty() {
+        frame.render_widget(empty_view(app), body);
+    } else if let (true, Some(p)) = (app.detail, app.selected_process()) {
+        draw_detail(frame, app, p, body);
+    } else {
+        draw_list(frame, app, body);
+    }
+}
+
+fn title_line(app: &App) -> Paragraph<'static> {
+    let mut spans = vec![
+        Span::styled("nvbind top", Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!(" · {} · ", app.source)),
+    ];
+    spans.push(match &app.connection {
+        Connection::Connecting => Span::raw("connecting…"),
+        Connection::Live if app.paused => Span::styled("paused", Style::new().fg(Color::Yellow)),
+        Connection::Live => Span::styled("live", Style::new().fg(Color::Green)),
+        Connection::Lost { .. } => Span::styled(
+            "agent lost, retrying",
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        ),
+    });
+    spans.push(Span::raw(format!(
+        " · {} game{} · sort: {}",
+        app.snapshot.processes.len(),
+        if app.snapshot.processes.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        app.sort.label()
+    )));
+    Paragraph::new(Line::from(spans)).style(Style::new().bg(Color::DarkGray).fg(Color::White))
+}
+
+fn keys_line(app: &App) -> Paragraph<'static> {
+    let keys = if app.detail {
+        "esc/enter back · p pause · q quit"
+    } else {
+        "↑↓ select · enter detail · s sort · p pause · q quit"
+    };
+    Paragraph::new(keys).style(Style::new().fg(Color::Gray))
+}
+
+/// No game (yet), or no daemon: what is going on and what to do.
+fn empty_view(app: &App) -> Paragraph<'static> {
+    let mut lines = Vec::new();
+    match &app.connection {
+        Connection::Lost { error, unreachable } => {
+            lines.push(Line::styled(
+                format!("Cannot read the agent: {}", safe(error)),
+                Style::new().fg(Color::Red),
+            ));
+            lines.push(Line::raw(""));
+            if *unreachable && !app.standalone {
+                lines.push(Line::raw(
+                    "Start the daemon: `sudo nvbind-agent` (or `sudo systemctl start \
+                     nvbind-agent`), or give its address with --api; or record in this \
+                     terminal: `sudo nvbind-agent top --standalone`.",
+                ));
+            }
+            lines.push(Line::raw("Retrying every 2 s."));
+        }
+        Connection::Connecting => lines.push(Line::raw("Connecting to the agent…")),
+        Connection::Live => {
+            lines.push(Line::raw("No process is presenting frames."));
+            lines.push(Line::raw(
+                "Start a game: it appears here from its first frame.",
+            ));
+        }
+    }
+    Paragraph::new(lines)
+        .wrap(Wrap { trim: true })
+        .block(Block::new().borders(Borders::TOP))
+}
+
+fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
+    let [table_area, info_area] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(8)]).areas(area);
+    let widths = [
+        Constraint::Length(7),
+        Constraint::Length(16),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(11),
+        Constraint::Length(5),
+        Constraint::Min(8),
+    ];
+    // The sparkline column's width: what the fixed columns and their gaps leave.
+    let spark_width = (table_area.width as usize).saturating_sub(7 + 16 + 6 + 6 + 6 + 11 + 5 + 7);
+    let header = Row::new([
+        "PID",
+        "NAME",
+        "FPS",
+        "P50",
+        "P99",
+        "1%LOW p/avg",
+        "STUT",
+        "FRAME TIMES",
+    ])
+    .style(Style::new().add_modifier(Modifier::BOLD));
+    let rows: Vec<&Process> = app.rows();
+    let selected = app
+        .selected
+        .and_then(|pid| rows.iter().position(|p| p.pid == pid));
+    let table_rows = rows.iter().map(|p| {
+        let ft = p.frame_time_ms.as_ref();
+        let lows = p.low_fps.as_ref().map_or_else(
+            || "–".into(),
+            |l| format!("{:.0}/{:.0}", l.p1_percentile, l.p1_average),
+        );
+        Row::new([
+            Cell::from(p.pid.to_string()),
+            Cell::from(safe(p.label())),
+            Cell::from(format!("{:.1}", p.fps)),
+            Cell::from(ms(ft.map(|f| f.p50))),
+            Cell::from(ms(ft.map(|f| f.p99))),
+            Cell::from(lows),
+            Cell::from(p.stutters_in_window.to_string()),
+            Cell::from(spark_line(p, spark_width)),
+        ])
+    });
+    let table = Table::new(table_rows, widths)
+        .header(header)
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .block(Block::new().borders(Borders::TOP));
+    let mut state = TableState::default().with_selected(selected);
+    frame.render_stateful_widget(table, table_area, &mut state);
+    if let Some(p) = app.selected_process() {
+        frame.render_widget(summary_panel(p, &app.snapshot.gpus), info_area);
+    }
+}
+
+/// The newest frames as one line of bars (each column the longest frame of its share), the
+/// stutters in red; scaled to the longest frame shown.
+fn spark_line(p: &Process, width: usize) -> Line<'static> {
+    let frames = p.recent_frames.as_deref().unwrap_or_default();
+    if width == 0 || frames.is_empty() {
+        return Line::raw("");
+    }
+    let per_column = frames.len().div_ceil(width).max(1);
+    let columns: Vec<(f64, bool)> = frames
+        .chunks(per_column)
+        .map(|chunk| {
+            chunk.iter().fold((0.0f64, false), |(max, stutter), f| {
+                (max.max(f.frame_time_ms), stutter || f.stutter)
+            })
+        })
+        .collect();
+    let top = columns.iter().map(|c| c.0).fold(1e-3, f64::max);
+    let spans = columns
+        .iter()
+        .skip(columns.len().saturating_sub(width))
+        .map(|&(value, stutter)| {
+            let level = ((value / top) * (BARS.len() - 1) as f64).round() as usize;
+            let bar = BARS[level.min(BARS.len() - 1)].to_string();
+            if stutter {
+                Span::styled(bar, Style::new().fg(Color::Red))
+            } else {
+                Span::styled(bar, Style::new().fg(Color::Cyan))
+            }
+        });
+    Line::from(spans.collect::<Vec<_>>())
+}
+
+/// Under the table: the selected game's stutters by cause, its last stutter's sentence and its
+/// GPU.
+fn summary_panel(p: &Process, gpus: &[Gpu]) -> Paragraph<'static> {
+    let mut lines = vec![Line::from(vec![
+        Span::styled(safe(p.label()), Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!(
+            " (pid {}, {}): {} stutters: {}",
+            p.pid,
+            p.source,
+            p.stutters_total,
+            causes(p)
+        )),
+    ])];
+    match &p.last_stutter {
+        Some(s) => lines.push(Line::raw(format!("last: {}", safe(&s.summary)))),
+        None => lines.push(Line::raw("no stutter yet")),
+    }
+    lines.push(gpu_line(p, gpus));
+    Paragraph::new(lines)
+        .wrap(Wrap { trim: true })
+        .block(Block::new().borders(Borders::TOP))
+}
+
+fn causes(p: &Process) -> String {
+    if p.stutters_by_cause.is_empty() {
+        return "none".into();
+    }
+    p.stutters_by_cause
+        .iter()
+        .map(|(cause, n)| format!("{} {n}", safe(cause)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The game's GPU now (or the only GPU, when the game's is not known yet).
+fn gpu_line(p: &Process, gpus: &[Gpu]) -> Line<'static> {
+    let only = match gpus {
+        [only] => Some(only),
+        _ => None,
+    };
+    let gpu = p.gpu.as_ref().or(only);
+    let Some(gpu) = gpu else {
+        return Line::raw(if gpus.is_empty() {
+            "GPU: none found".to_string()
+        } else {
+            "GPU: not known yet (the game has not opened a GPU's device node)".to_string()
+        });
+    };
+    let mut spans = vec![Span::raw(format!(
+        "GPU {} {}: ",
+        safe(&gpu.pci_address),
+        safe(&gpu.name)
+    ))];
+    let Some(s) = &gpu.sample else {
+        spans.push(Span::raw(safe(
+            gpu.not_sampled.as_deref().unwrap_or("not sampled yet"),
+        )));
+        return Line::from(spans);
+    };
+    if s.suspended {
+        spans.push(Span::raw("runtime-suspended"));
+        return Line::from(spans);
+    }
+    let mut parts = Vec::new();
+    if let Some(u) = s.utilization_ratio {
+        parts.push(format!("{:.0}% busy", u * 100.0));
+    }
+    if let Some(c) = s.graphics_clock_hertz {
+        parts.push(format!("{:.0} MHz", c / 1e6));
+    }
+    if let Some(t) = s.temperature_celsius {
+        parts.push(format!("{t:.0}°C"));
+    }
+    match (s.power_watts, s.power_limit_watts) {
+        (Some(w), Some(l)) => parts.push(format!("{w:.0}/{l:.0} W")),
+        (Some(w), None) => parts.push(format!("{w:.0} W")),
+        _ => {}
+    }
+    if let (Some(used), Some(total)) = (s.vram_used_bytes, s.vram_total_bytes) {
+        parts.push(format!(
+            "VRAM {:.1}/{:.1} GiB",
+            used as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        ));
+    }
+    spans.push(Span::raw(parts.join(" · ")));
+    match &s.throttle_reasons {
+        Some(reasons) if !reasons.is_empty() => spans.push(Span::styled(
+            format!(" · throttled: {}", safe(&reasons.join(", "))),
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        )),
+        Some(_) => spans.push(Span::raw(" · not throttled")),
+        None => {}
+    }
+    Line::from(spans)
+}
+
+/// The selected game alone: its numbers, a taller frame-time chart, its recent stutters and
+/// its GPU.
+fn draw_detail(frame: &mut Frame, app: &App, p: &Process, area: Rect) {
+    let [numbers, chart, stutters, gpu] = Layout::vertical([
+        Constraint::Length(4),
+        Constraint::Length(7),
+        Constraint::Min(3),
+        Constraint::Length(2),
+    ])
+    .areas(area);
+    let ft = p.frame_time_ms.as_ref();
+    let lows = p.low_fps.as_ref();
+    let mut lines = vec![Line::from(vec![
+        Span::styled(safe(p.label()), Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!(" pid {} · {}", p.pid, p.source)),
+    ])];
+    lines.push(Line::raw(format!(
+        "{:.1} fps · frame time p50 {} p95 {} p99 {} p99.9 {} max {} ms",
+        p.fps,
+        ms(ft.map(|f| f.p50)),
+        ms(ft.map(|f| f.p95)),
+        ms(ft.map(|f| f.p99)),
+        ms(ft.map(|f| f.p99_9)),
+        ms(ft.map(|f| f.max)),
+    )));
+    lines.push(Line::raw(format!(
+        "1% low {} / {} fps (percentile / average) · 0.1% low {} / {} fps",
+        ms(lows.map(|l| l.p1_percentile)),
+        ms(lows.map(|l| l.p1_average)),
+        ms(lows.map(|l| l.p0_1_percentile)),
+        ms(lows.map(|l| l.p0_1_average)),
+    )));
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::new().borders(Borders::TOP)),
+        numbers,
+    );
+    let width = chart.width.saturating_sub(2) as usize;
+    let frames = p.recent_frames.as_deref().unwrap_or_default();
+    let data: Vec<u64> = frames
+        .iter()
+        .skip(frames.len().saturating_sub(width))
+        .map(|f| (f.frame_time_ms * 100.0).round() as u64)
+        .collect();
+    let window = app.snapshot.window_s;
+    frame.render_widget(
+        Sparkline::default()
+            .data(&data)
+            .style(Style::new().fg(Color::Cyan))
+            .block(Block::new().borders(Borders::ALL).title(format!(
+                "last {} frames (tallest {:.1} ms; numbers over the last {window:.0} s)",
+                data.len(),
+                data.iter().max().copied().unwrap_or(0) as f64 / 100.0
+            ))),
+        chart,
+    );
+    let mut lines = vec![Line::raw(format!(
+        "{} stutters: {}",
+        p.stutters_total,
+        causes(p)
+    ))];
+    for s in p.recent_stutters.iter().flatten().rev() {
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!("{:>7.1} ms {} ", s.frame_time_ms, safe(&s.cause)),
+                Style::new().fg(Color::Red),
+            ),
+            Span::raw(safe(&s.summary)),
+        ]));
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(Block::new().borders(Borders::TOP)),
+        stutters,
+    );
+    frame.render_widget(
+        Paragraph::new(gpu_line(p, &app.snapshot.gpus)).wrap(Wrap { trim: true }),
+        gpu,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::{backend::TestBackend, Terminal};
+
+    use super::*;
+    use crate::top::model::{FrameTimes, Snapshot, Stutter};
+
+    fn screen(app: &App, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|f| draw(f, app)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        let mut text = String::new();
+        for y in 0..height {
+            for x in 0..width {
+                text.push_str(buffer[(x, y)].symbol());
+            }
+            text.push('\n');
+        }
+        text
+    }
+
+    fn app_with(name: &str) -> App {
+        let mut app = App::new("http://127.0.0.1:9090".into(), false);
+        app.on_update(Ok(Snapshot {
+            processes: vec![Process {
+                pid: 42,
+                name: name.into(),
+                source: "vulkan".into(),
+                fps: 59.9,
+                frame_time_ms: Some(FrameTimes {
+                    p50: 16.7,
+                    p99: 33.4,
+                    ..Default::default()
+                }),
+                stutters_total: 1,
+                last_stutter: Some(Stutter {
+                    cause: "cpu-contention".into(),
+                    summary: "frame 9 took 50 ms: make (pid 7) had its CPU".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }));
+        app
+    }
+
+    #[test]
+    fn a_game_fits_in_80_by_24_with_its_last_stutter() {
+        let text = screen(&app_with("vkcube"), 80, 24);
+        assert!(text.contains("vkcube"), "{text}");
+        assert!(text.contains("59.9"), "{text}");
+        assert!(text.contains("make (pid 7) had its CPU"), "{text}");
+        // Tiny terminals draw what fits, without panicking.
+        screen(&app_with("vkcube"), 20, 5);
+        screen(&app_with("vkcube"), 1, 1);
+    }
+
+    #[test]
+    fn a_hostile_name_reaches_the_terminal_escaped() {
+        let text = screen(&app_with("evil\u{1b}]0;pwned\u{7}"), 80, 24);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("evil\\u{1b}"), "{text}");
+    }
+
+    #[test]
+    fn without_a_daemon_it_says_how_to_start_one() {
+        let mut app = App::new("http://127.0.0.1:9090".into(), false);
+        app.on_update(Err(("connection refused".into(), true)));
+        let text = screen(&app, 80, 24);
+        assert!(text.contains("connection refused"), "{text}");
+        assert!(text.contains("--standalone"), "{text}");
+    }
+}
