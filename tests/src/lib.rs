@@ -9,6 +9,7 @@
 
 mod agent;
 mod bins;
+pub mod daemon;
 mod game;
 mod host;
 mod i386;

@@ -64,8 +64,12 @@ const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     // `systemd-analyze verify` checks the shipped unit file.
     "systemd",
-    // The report's SVG chart is checked in a real browser (a headless screenshot).
+    // The report's SVG chart and the dashboard page are checked in a real browser: a headless
+    // screenshot, and the page driven through WebDriver (chromedriver).
     "chromium",
+    "chromium-driver",
+    // `nvbind-agent top` is checked in a real terminal: tmux (send-keys, capture-pane).
+    "tmux",
     // A multi-threaded launcher that execs a game, in the tests.
     "python3",
     // A build competing with a game: the stutter tests run `make -j` of a small C project.

@@ -57,8 +57,14 @@ class Game {
     this.node = node;
     this.canvas = node.querySelector("canvas");
     this.tooltip = node.querySelector(".tooltip");
-    this.canvas.addEventListener("mousemove", (e) => this.hover(e));
-    this.canvas.addEventListener("mouseleave", () => { this.tooltip.hidden = true; });
+    // The chart holds still under the mouse, so a marker stays where the reader points.
+    this.frozen = false;
+    this.canvas.addEventListener("mousemove", (e) => { this.frozen = true; this.hover(e); });
+    this.canvas.addEventListener("mouseleave", () => {
+      this.frozen = false;
+      this.tooltip.hidden = true;
+      this.draw();
+    });
     document.getElementById("games").appendChild(node);
     this.update(view);
     this.connect();
@@ -147,6 +153,7 @@ class Game {
   // Plots the last CHART_SECONDS: the frame-time line and each stutter as a dot in its cause's
   // colour (hover one for its sentence).
   draw() {
+    if (this.frozen) return;
     const canvas = this.canvas;
     const ratio = window.devicePixelRatio || 1;
     const width = canvas.clientWidth || 900;
@@ -165,7 +172,9 @@ class Game {
     const yMax = Math.max(20, ...shown.map((f) => f.ms)) * 1.1;
     const x = (t) => left + ((t - t0) / (CHART_SECONDS * 1000)) * (width - left - right);
     const y = (ms) => top + (1 - ms / yMax) * (height - top - bottom);
-    this.scale = { x, y, t0 };
+    // Where a stutter's marker is (a frame longer than the axis sits on its top).
+    const marker = (st) => [x(st.t_unix_ms), y(Math.min(st.frame_time_ms, yMax))];
+    this.scale = { marker, t0, tEnd: now };
     ctx.strokeStyle = "#d8dce4";
     ctx.fillStyle = "#5b6475";
     ctx.font = "11px system-ui, sans-serif";
@@ -184,10 +193,11 @@ class Game {
     shown.forEach((f, i) => (i ? ctx.lineTo(x(f.t), y(f.ms)) : ctx.moveTo(x(f.t), y(f.ms))));
     ctx.stroke();
     for (const s of this.stutters.values()) {
-      if (s.t_unix_ms < t0) continue;
+      if (s.t_unix_ms < t0 || s.t_unix_ms > now) continue;
       ctx.fillStyle = CAUSE_COLOURS[s.cause] || CAUSE_COLOURS.unknown;
+      const [mx, my] = marker(s);
       ctx.beginPath();
-      ctx.arc(x(s.t_unix_ms), y(Math.min(s.frame_time_ms, yMax)), 5, 0, 2 * Math.PI);
+      ctx.arc(mx, my, 5, 0, 2 * Math.PI);
       ctx.fill();
     }
   }
@@ -198,11 +208,13 @@ class Game {
     const px = event.clientX - rect.left, py = event.clientY - rect.top;
     let best = null, bestDistance = 10;
     for (const s of this.stutters.values()) {
-      if (s.t_unix_ms < this.scale.t0) continue;
-      const d = Math.hypot(this.scale.x(s.t_unix_ms) - px, this.scale.y(s.frame_time_ms) - py);
+      if (s.t_unix_ms < this.scale.t0 || s.t_unix_ms > this.scale.tEnd) continue;
+      const [mx, my] = this.scale.marker(s);
+      const d = Math.hypot(mx - px, my - py);
       if (d < bestDistance) { best = s; bestDistance = d; }
     }
     if (!best) { this.tooltip.hidden = true; return; }
+    this.tooltip.dataset.stutter = String(best.t_unix_ms);
     this.tooltip.textContent = `${best.frame_time_ms.toFixed(1)} ms, ${best.cause}: ${best.summary}`;
     this.tooltip.style.left = `${Math.min(px + 12, rect.width - 300)}px`;
     this.tooltip.style.top = `${py + 12}px`;
