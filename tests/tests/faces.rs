@@ -537,7 +537,7 @@ fn the_dashboard_page_charts_a_game_and_its_stutters_in_chromium() {
         let item = wait_in_page(
             &browser,
             "a blocked stutter in the game's list",
-            "const li = document.querySelector(arguments[0] + ' ol.stutters li[data-cause=blocked]');
+            "const li = document.querySelector(arguments[0] + ' ul.stutters li[data-cause=blocked]');
              return li ? li.textContent : null;",
             vec![json!(card)],
         )

@@ -162,7 +162,7 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
     });
     let table = Table::new(table_rows, widths)
         .header(header)
-        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .row_highlight_style(Style::new().bg(Color::Blue).add_modifier(Modifier::BOLD))
         .block(Block::new().borders(Borders::TOP));
     let mut state = TableState::default().with_selected(selected);
     frame.render_stateful_widget(table, table_area, &mut state);

@@ -16,6 +16,7 @@ const CAUSE_COLOURS = {
 };
 const CHART_SECONDS = 30;
 const FRAMES_PER_MESSAGE = 600;
+const BACKFILL_FRAMES = 2000;
 const STREAM_INTERVAL_MS = 250;
 const MAX_GAMES = 8;
 const MAX_POINTS = 20000;
@@ -67,7 +68,15 @@ class Game {
     });
     document.getElementById("games").appendChild(node);
     this.update(view);
-    this.connect();
+    this.backfill().finally(() => this.connect());
+  }
+
+  // The chart starts with the frames the daemon still holds (the stream then sends only the
+  // newest of each interval).
+  async backfill() {
+    try {
+      this.update(await getJson(`/api/processes/${this.pid}?frames=${BACKFILL_FRAMES}`));
+    } catch (_) { /* the stream fills the chart anyway */ }
   }
 
   connect() {
@@ -138,7 +147,7 @@ class Game {
   }
 
   addStutterLine(s) {
-    const list = this.node.querySelector("ol.stutters");
+    const list = this.node.querySelector("ul.stutters");
     const item = document.createElement("li");
     item.dataset.cause = s.cause;
     const when = new Date(s.t_unix_ms).toLocaleTimeString();
