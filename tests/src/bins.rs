@@ -18,6 +18,12 @@ pub fn agent_bin() -> PathBuf {
     bin_from_env("NVBIND_AGENT_BIN", "nvbind-agent")
 }
 
+/// The project's task runner (`cargo xtask` builds it): the package tests call
+/// `xtask package` (`NVBIND_XTASK_BIN` overrides).
+pub fn xtask_bin() -> PathBuf {
+    bin_from_env("NVBIND_XTASK_BIN", "xtask")
+}
+
 /// `prometheus`, the server (setup extracts it into `target/tools`; `NVBIND_PROMETHEUS`
 /// overrides).
 pub fn prometheus_bin() -> PathBuf {

@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{agent_bin, game_bin, monotonic_ns, read_json};
+use crate::{agent_bin, game_bin, monotonic_ns, read_json, Bpffs, FixtureHost};
 
 /// One daemon at a time: each would track the others' games.
 pub static ONE_DAEMON: Mutex<()> = Mutex::new(());
@@ -409,3 +409,27 @@ pub fn start_game(dir: &Path, frames: u32, interval_ms: f64) -> Game {
 
 /// Frames enough that a game outlives any test (it is killed when the test is done with it).
 pub const FOREVER: u32 = 1_000_000;
+
+/// The daemon's configuration for a fixture host's GPUs and a private bpffs (lines of its
+/// `[api]` section, then `[gpu]`).
+pub fn fixture_gpu_config(host: &FixtureHost, bpffs: &Bpffs) -> String {
+    format!(
+        "bpffs = \"{}\"\n\n[gpu]\nsysfs_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
+        bpffs.path(),
+        host.path("sys").display(),
+        host.path("dev").display(),
+        host.path("proc").display()
+    )
+}
+
+/// The fixture host with an NVIDIA and an AMD card, the AMD card awake: it sleeps
+/// (runtime-suspended, so it is not read) until woken.
+pub fn awake_mixed_fixture_host() -> FixtureHost {
+    let host = FixtureHost::new("mixed-nvidia-amd");
+    fs::write(
+        host.path("sys/bus/pci/devices/0000:0c:00.0/power/runtime_status"),
+        "active\n",
+    )
+    .expect("wake the fixture's AMD card");
+    host
+}

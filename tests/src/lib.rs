@@ -25,6 +25,7 @@ pub use agent::{
 };
 pub use bins::{
     agent_bin, game_bin, hog_bin, probe_bin, prometheus_bin, promtool_bin, require_root, tick_bin,
+    xtask_bin,
 };
 pub use game::{
     assert_frames_accounted, presents_so_far, progress_path, read_rusage, read_truth, record_game,

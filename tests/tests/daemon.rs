@@ -22,7 +22,8 @@ use std::{
 
 use futures_util::StreamExt;
 use nvbind_tests::daemon::{
-    curl, free_port, serial, start_game, start_game_with, Daemon, Game, FOREVER, HANG,
+    awake_mixed_fixture_host, curl, fixture_gpu_config, free_port, serial, start_game,
+    start_game_with, Daemon, Game, FOREVER, HANG,
 };
 use nvbind_tests::{
     agent, assert_one_line_error, assert_within_windows, frame_bounds_ms, game_bin, monotonic_ns,
@@ -1515,29 +1516,6 @@ fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
     assert_eq!(status, 200);
 }
 
-/// The daemon's configuration for a fixture host's GPUs and a private bpffs.
-fn fixture_gpu_config(host: &FixtureHost, bpffs: &Bpffs) -> String {
-    format!(
-        "bpffs = \"{}\"\n\n[gpu]\nsysfs_root = \"{}\"\ndev_root = \"{}\"\nproc_root = \"{}\"\n",
-        bpffs.path(),
-        host.path("sys").display(),
-        host.path("dev").display(),
-        host.path("proc").display()
-    )
-}
-
-/// The fixture host with an NVIDIA and an AMD card, the AMD card awake: it sleeps
-/// (runtime-suspended, so it is not read) until woken.
-fn awake_mixed_fixture_host() -> FixtureHost {
-    let host = FixtureHost::new("mixed-nvidia-amd");
-    fs::write(
-        host.path("sys/bus/pci/devices/0000:0c:00.0/power/runtime_status"),
-        "active\n",
-    )
-    .expect("wake the fixture's AMD card");
-    host
-}
-
 #[test]
 fn fixture_gpus_are_served_and_binding_is_on_the_root_only_socket() {
     require_root();
@@ -2142,8 +2120,9 @@ fn the_systemd_unit_is_valid() {
         &format!("ExecStart={}", nvbind_tests::agent_bin().display()),
     );
     fs::write(&path, here).expect("write unit");
+    // (Its man: page is installed with the agent, not here: the package tests render it.)
     let out = Command::new("systemd-analyze")
-        .arg("verify")
+        .args(["verify", "--man=no"])
         .arg(&path)
         .output()
         .expect("run systemd-analyze (Debian's systemd package)");

@@ -18,8 +18,11 @@ use fantoccini::{
     actions::{InputSource, MouseActions, PointerAction},
     Client, ClientBuilder, Locator,
 };
-use nvbind_tests::daemon::{curl, free_port, serial, start_game_with, Daemon, Game, FOREVER, HANG};
-use nvbind_tests::{agent_bin, agent_command, require_root};
+use nvbind_tests::daemon::{
+    awake_mixed_fixture_host, curl, fixture_gpu_config, free_port, serial, start_game_with, Daemon,
+    Game, FOREVER, HANG,
+};
+use nvbind_tests::{agent_bin, agent_command, require_root, Bpffs};
 use serde_json::{json, Value};
 
 /// A stalling game: 10 ms frames, every 100th sleeps 80 ms (a `blocked` stutter).
@@ -173,7 +176,11 @@ fn top_command(args: &str) -> String {
 fn top_follows_a_real_game_and_outlives_its_daemon() {
     require_root();
     let _one = serial();
-    let mut daemon = Daemon::start("");
+    // GPUs from the fixture host (an NVIDIA card without NVML here, an AMD card read from its
+    // sysfs files): the game renders on neither, so top shows both.
+    let host = awake_mixed_fixture_host();
+    let bpffs = Bpffs::mount();
+    let mut daemon = Daemon::start(&fixture_gpu_config(&host, &bpffs));
     let port = daemon.port;
     let dir = tempfile::tempdir().expect("tempdir");
     let game = stalling_game(dir.path());
@@ -194,6 +201,12 @@ fn top_follows_a_real_game_and_outlives_its_daemon() {
     let p50: f64 = row[3].parse().unwrap_or_else(|_| panic!("p50 in {row:?}"));
     assert!((5.0..=40.0).contains(&p50), "p50 {p50} ms:\n{screen}");
     assert!(screen.contains("blocked"), "the stutter's cause:\n{screen}");
+    // The AMD card's counters, once sampled, with its throttle state.
+    let screen = tmux.wait_for("the AMD card's counters", |s| {
+        s.lines()
+            .any(|l| l.contains("GPU 0000:0c:00.0") && l.contains("% busy"))
+    });
+    assert!(screen.contains("throttled"), "{screen}");
     assert!(
         screen.lines().all(|l| l.chars().count() <= 80),
         "80 columns:\n{screen}"
@@ -507,7 +520,9 @@ async fn websocket_from_page(browser: &Client, url: &str) -> String {
 fn the_dashboard_page_charts_a_game_and_its_stutters_in_chromium() {
     require_root();
     let _one = serial();
-    let daemon = Daemon::start("");
+    let host = awake_mixed_fixture_host();
+    let bpffs = Bpffs::mount();
+    let daemon = Daemon::start(&fixture_gpu_config(&host, &bpffs));
     let port = daemon.port;
     let dir = tempfile::tempdir().expect("tempdir");
     let game = stalling_game(dir.path());
@@ -603,6 +618,21 @@ fn the_dashboard_page_charts_a_game_and_its_stutters_in_chromium() {
         .await;
         let near = shown[1].as_array().cloned().unwrap_or_default();
         assert!(near.contains(&shown[0]), "{shown}");
+        // The GPU panel: the AMD card's counters (read from the fixture's sysfs files), and
+        // why the NVIDIA card is not read.
+        let amd = wait_in_page(
+            &browser,
+            "the AMD card's counters",
+            "const card = document.querySelector('.gpu[data-pci=\"0000:0c:00.0\"]');
+             return card && card.textContent.includes('utilisation') && card.textContent.includes('%')
+               ? card.textContent : null;",
+            vec![],
+        )
+        .await;
+        assert!(
+            amd.as_str().is_some_and(|t| t.contains("throttled by")),
+            "{amd}"
+        );
         let shot = browser.screenshot().await.expect("a screenshot");
         let artefact = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
         std::fs::write(&artefact, &shot).expect("keep the screenshot");

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask <setup|build|run|test|bench|vm|fuzz>`.
+//! Project tasks: `cargo xtask <setup|build|run|test|bench|vm|fuzz|package|install|uninstall>`.
 
 mod bench;
 mod demo;
+mod dist;
 mod fuzz;
 mod i386;
 mod packages;
@@ -86,6 +87,34 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         seconds: u64,
     },
+    /// Setup, build the release agent, and package it as a Debian package (.deb) in
+    /// target/package/.
+    Package {
+        /// Package this agent binary instead of building the release one.
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+        /// The package's version (default: the workspace's).
+        #[arg(long)]
+        version: Option<String>,
+        /// Where to write the .deb.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Setup, build the release agent, and install it from source: the binary, the systemd
+    /// unit, the example config (when there is none), man pages and completions under PREFIX,
+    /// the `nvbind` group and the reports directory.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install this agent binary instead of building the release one.
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+    },
+    /// Remove what `install` put under PREFIX (the config, the reports and the bindings stay).
+    Uninstall {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -169,6 +198,56 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             print!("{console}");
         }
         Cmd::Fuzz { seconds } => fuzz::fuzz(&root, seconds)?,
+        Cmd::Package {
+            binary,
+            version,
+            out,
+        } => {
+            if !util::is_root() {
+                bail!("packaging installs Debian packages (dpkg-dev, lintian): run as root");
+            }
+            setup::setup(setup::Need::Build)?;
+            let binary = match binary {
+                Some(binary) => binary,
+                None => build(&root)?,
+            };
+            let out = out.unwrap_or_else(|| target_dir(&root).join("package"));
+            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+            let deb = dist::package(
+                &root,
+                &dist::PackageOptions {
+                    binary,
+                    version: version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+                    out,
+                },
+            )?;
+            println!("{}", deb.display());
+        }
+        Cmd::Install { prefix, binary } => {
+            if !util::is_root() {
+                bail!(
+                    "installing writes under {} and /etc: run as root",
+                    prefix.display()
+                );
+            }
+            let binary = match binary {
+                Some(binary) => binary,
+                None => {
+                    setup::setup(setup::Need::Build)?;
+                    build(&root)?
+                }
+            };
+            dist::install(&root, &binary, &prefix)?;
+        }
+        Cmd::Uninstall { prefix } => {
+            if !util::is_root() {
+                bail!(
+                    "uninstalling removes files under {}: run as root",
+                    prefix.display()
+                );
+            }
+            dist::uninstall(&prefix)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

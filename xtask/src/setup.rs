@@ -38,6 +38,8 @@ const BUILD_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
     "bpftool",
+    // `cargo xtask package`: dpkg-deb, and dpkg-shlibdeps for the package's Depends.
+    "dpkg-dev",
 ];
 
 /// The main job's workload: vkcube rendering on the CPU (lavapipe) under a virtual X server.
@@ -70,6 +72,10 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium-driver",
     // `nvbind-agent top` is checked in a real terminal: tmux (send-keys, capture-pane).
     "tmux",
+    // The Debian package is checked with lintian, and installed into an overlay of / with
+    // dpkg; its man pages are rendered with man.
+    "lintian",
+    "man-db",
     // A multi-threaded launcher that execs a game, in the tests.
     "python3",
     // A build competing with a game: the stutter tests run `make -j` of a small C project.

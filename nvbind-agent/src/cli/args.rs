@@ -150,6 +150,13 @@ pub enum Command {
     /// Internal: resolve OpenGL's compile functions as programs get them (run by the agent).
     #[command(name = "__resolve-gl", hide = true)]
     ResolveGl,
+    /// Internal: write the man page and the bash, zsh and fish completions into DIR (run by
+    /// `cargo xtask package` and `cargo xtask install`).
+    #[command(name = "__generate-docs", hide = true)]
+    GenerateDocs {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -68,7 +68,35 @@ pub fn run(cli: Cli) -> Result<u8> {
         }) => binding::cdi_generate(output, &kind, cdi_version.as_deref(), &roots),
         Command::ResolveVulkanPresent => doctor::resolve_vulkan_present(),
         Command::ResolveGl => doctor::resolve_gl(),
+        Command::GenerateDocs { dir } => generate_docs(&dir),
     }
+}
+
+/// The man pages (`nvbind-agent.1` and one per command) and shell completions (`nvbind-agent.bash`,
+/// `_nvbind-agent` for zsh, `nvbind-agent.fish`), made from the command-line definitions so
+/// they never disagree with `--help`.
+fn generate_docs(dir: &std::path::Path) -> Result<u8> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let command = Cli::command();
+    // nvbind-agent.1, and a page per command (nvbind-agent-record.1, ...).
+    clap_mangen::generate_to(command.clone(), dir)
+        .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    };
+    for (shell, name) in [
+        (clap_complete::Shell::Bash, "nvbind-agent.bash"),
+        (clap_complete::Shell::Zsh, "_nvbind-agent"),
+        (clap_complete::Shell::Fish, "nvbind-agent.fish"),
+    ] {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command.clone(), "nvbind-agent", &mut script);
+        write(name, &script)?;
+    }
+    Ok(0)
 }
 
 #[cfg(test)]

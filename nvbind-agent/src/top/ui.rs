@@ -220,7 +220,7 @@ fn summary_panel(p: &Process, gpus: &[Gpu]) -> Paragraph<'static> {
         Some(s) => lines.push(Line::raw(format!("last: {}", safe(&s.summary)))),
         None => lines.push(Line::raw("no stutter yet")),
     }
-    lines.push(gpu_line(p, gpus));
+    lines.extend(gpu_lines(p, gpus));
     Paragraph::new(lines)
         .wrap(Wrap { trim: true })
         .block(Block::new().borders(Borders::TOP))
@@ -237,20 +237,20 @@ fn causes(p: &Process) -> String {
         .join(", ")
 }
 
-/// The game's GPU now (or the only GPU, when the game's is not known yet).
-fn gpu_line(p: &Process, gpus: &[Gpu]) -> Line<'static> {
-    let only = match gpus {
-        [only] => Some(only),
-        _ => None,
-    };
-    let gpu = p.gpu.as_ref().or(only);
-    let Some(gpu) = gpu else {
-        return Line::raw(if gpus.is_empty() {
-            "GPU: none found".to_string()
-        } else {
-            "GPU: not known yet (the game has not opened a GPU's device node)".to_string()
-        });
-    };
+/// The game's GPU now; every GPU when the game's is not known yet (it has not opened a GPU's
+/// device node that the agent could match).
+fn gpu_lines(p: &Process, gpus: &[Gpu]) -> Vec<Line<'static>> {
+    if let Some(gpu) = &p.gpu {
+        return vec![gpu_line(gpu)];
+    }
+    if gpus.is_empty() {
+        return vec![Line::raw("GPU: none found")];
+    }
+    gpus.iter().map(gpu_line).collect()
+}
+
+/// One GPU: its counters now and why its clocks are held down.
+fn gpu_line(gpu: &Gpu) -> Line<'static> {
     let mut spans = vec![Span::raw(format!(
         "GPU {} {}: ",
         safe(&gpu.pci_address),
@@ -307,7 +307,7 @@ fn draw_detail(frame: &mut Frame, app: &App, p: &Process, area: Rect) {
         Constraint::Length(4),
         Constraint::Length(7),
         Constraint::Min(3),
-        Constraint::Length(2),
+        Constraint::Length(3),
     ])
     .areas(area);
     let ft = p.frame_time_ms.as_ref();
@@ -376,7 +376,7 @@ fn draw_detail(frame: &mut Frame, app: &App, p: &Process, area: Rect) {
         stutters,
     );
     frame.render_widget(
-        Paragraph::new(gpu_line(p, &app.snapshot.gpus)).wrap(Wrap { trim: true }),
+        Paragraph::new(gpu_lines(p, &app.snapshot.gpus)).wrap(Wrap { trim: true }),
         gpu,
     );
 }
@@ -386,7 +386,7 @@ mod tests {
     use ratatui::{backend::TestBackend, Terminal};
 
     use super::*;
-    use crate::top::model::{FrameTimes, Snapshot, Stutter};
+    use crate::top::model::{FrameTimes, Gpu, Snapshot, Stutter};
 
     fn screen(app: &App, width: u16, height: u16) -> String {
         let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
@@ -444,6 +444,55 @@ mod tests {
         let text = screen(&app_with("evil\u{1b}]0;pwned\u{7}"), 80, 24);
         assert!(!text.contains('\u{1b}'), "{text}");
         assert!(text.contains("evil\\u{1b}"), "{text}");
+    }
+
+    #[test]
+    fn every_gpu_is_shown_with_its_counters_and_throttle_reasons_until_the_games_is_known() {
+        use crate::top::model::GpuSample;
+        let mut app = app_with("vkcube");
+        app.snapshot.gpus = vec![
+            Gpu {
+                pci_address: "0000:01:00.0".into(),
+                name: "GeForce RTX 4070".into(),
+                sample: Some(GpuSample {
+                    utilization_ratio: Some(0.97),
+                    graphics_clock_hertz: Some(2.505e9),
+                    temperature_celsius: Some(71.0),
+                    power_watts: Some(180.0),
+                    power_limit_watts: Some(200.0),
+                    vram_used_bytes: Some(6 << 30),
+                    vram_total_bytes: Some(12 << 30),
+                    throttle_reasons: Some(vec!["power".into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Gpu {
+                pci_address: "0000:0c:00.0".into(),
+                name: "Radeon".into(),
+                not_sampled: Some("runtime-suspended".into()),
+                ..Default::default()
+            },
+        ];
+        let text = screen(&app, 100, 24);
+        for part in [
+            "97% busy",
+            "2505 MHz",
+            "71°C",
+            "180/200 W",
+            "VRAM 6.0/12.0 GiB",
+            "throttled: power",
+            "0000:0c:00.0 Radeon: runtime-suspended",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        // Once the game's GPU is known, that one alone.
+        app.snapshot.processes[0].gpu = Some(app.snapshot.gpus[0].clone());
+        let text = screen(&app, 100, 24);
+        assert!(
+            text.contains("RTX 4070") && !text.contains("Radeon"),
+            "{text}"
+        );
     }
 
     #[test]
