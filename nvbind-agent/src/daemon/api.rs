@@ -235,15 +235,20 @@ impl ViewQuery {
                 e.body_text()
             ))
         })?;
-        let frames = query.frames.unwrap_or(0);
-        if frames > live::MAX_VIEW_FRAMES {
-            return Err(ApiError::bad_request(format!(
-                "frames must be at most {}, not {frames}",
-                live::MAX_VIEW_FRAMES
-            )));
-        }
-        Ok(frames)
+        frames_asked(query.frames)
     }
+}
+
+/// `?frames=N` checked: how many recent frames a view carries (0 when not asked).
+fn frames_asked(frames: Option<usize>) -> ApiResult<usize> {
+    let frames = frames.unwrap_or(0);
+    if frames > live::MAX_VIEW_FRAMES {
+        return Err(ApiError::bad_request(format!(
+            "frames must be at most {}, not {frames}",
+            live::MAX_VIEW_FRAMES
+        )));
+    }
+    Ok(frames)
 }
 
 async fn processes(
@@ -568,13 +573,7 @@ async fn stream(
             e.body_text()
         ))
     })?;
-    let frames = query.frames.unwrap_or(0);
-    if frames > live::MAX_VIEW_FRAMES {
-        return Err(ApiError::bad_request(format!(
-            "frames must be at most {}, not {frames}",
-            live::MAX_VIEW_FRAMES
-        )));
-    }
+    let frames = frames_asked(query.frames)?;
     let interval_ms = query.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
     if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&interval_ms) {
         return Err(ApiError::bad_request(format!(

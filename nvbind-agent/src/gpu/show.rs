@@ -115,7 +115,8 @@ pub fn render(listing: &GpuListing) -> String {
     out
 }
 
-fn describe(s: &GpuSample) -> String {
+/// One sample's counters in a line (`gpus`, `top`).
+pub fn describe(s: &GpuSample) -> String {
     let mut parts = Vec::new();
     if let Some(u) = s.utilization_ratio {
         parts.push(format!("busy {:.0}%", u * 100.0));

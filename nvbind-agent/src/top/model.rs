@@ -96,21 +96,8 @@ pub struct Gpu {
     pub pci_address: String,
     pub driver: String,
     pub not_sampled: Option<String>,
-    pub sample: Option<GpuSample>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct GpuSample {
-    pub suspended: bool,
-    pub utilization_ratio: Option<f64>,
-    pub graphics_clock_hertz: Option<f64>,
-    pub temperature_celsius: Option<f64>,
-    pub power_watts: Option<f64>,
-    pub power_limit_watts: Option<f64>,
-    pub vram_used_bytes: Option<u64>,
-    pub vram_total_bytes: Option<u64>,
-    pub throttle_reasons: Option<Vec<String>>,
+    /// As the daemon serves it (the agent's own type).
+    pub sample: Option<crate::gpu::GpuSample>,
 }
 
 /// One refresh: the games and the GPUs.

@@ -266,37 +266,16 @@ fn gpu_line(gpu: &Gpu) -> Line<'static> {
         spans.push(Span::raw("runtime-suspended"));
         return Line::from(spans);
     }
-    let mut parts = Vec::new();
-    if let Some(u) = s.utilization_ratio {
-        parts.push(format!("{:.0}% busy", u * 100.0));
-    }
-    if let Some(c) = s.graphics_clock_hertz {
-        parts.push(format!("{:.0} MHz", c / 1e6));
-    }
-    if let Some(t) = s.temperature_celsius {
-        parts.push(format!("{t:.0}°C"));
-    }
-    match (s.power_watts, s.power_limit_watts) {
-        (Some(w), Some(l)) => parts.push(format!("{w:.0}/{l:.0} W")),
-        (Some(w), None) => parts.push(format!("{w:.0} W")),
-        _ => {}
-    }
-    if let (Some(used), Some(total)) = (s.vram_used_bytes, s.vram_total_bytes) {
-        parts.push(format!(
-            "VRAM {:.1}/{:.1} GiB",
-            used as f64 / (1u64 << 30) as f64,
-            total as f64 / (1u64 << 30) as f64
-        ));
-    }
-    spans.push(Span::raw(parts.join(" · ")));
-    match &s.throttle_reasons {
-        Some(reasons) if !reasons.is_empty() => spans.push(Span::styled(
-            format!(" · throttled: {}", safe(&reasons.join(", "))),
+    let throttled = s.throttle_reasons.as_ref().is_some_and(|r| !r.is_empty());
+    let counters = safe(&crate::gpu::show::describe(s));
+    spans.push(if throttled {
+        Span::styled(
+            counters,
             Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
-        )),
-        Some(_) => spans.push(Span::raw(" · not throttled")),
-        None => {}
-    }
+        )
+    } else {
+        Span::raw(counters)
+    });
     Line::from(spans)
 }
 
@@ -448,7 +427,7 @@ mod tests {
 
     #[test]
     fn every_gpu_is_shown_with_its_counters_and_throttle_reasons_until_the_games_is_known() {
-        use crate::top::model::GpuSample;
+        use crate::gpu::GpuSample;
         let mut app = app_with("vkcube");
         app.snapshot.gpus = vec![
             Gpu {
@@ -476,12 +455,12 @@ mod tests {
         ];
         let text = screen(&app, 100, 24);
         for part in [
-            "97% busy",
+            "busy 97%",
             "2505 MHz",
-            "71°C",
-            "180/200 W",
-            "VRAM 6.0/12.0 GiB",
-            "throttled: power",
+            "71.0 °C",
+            "180.0/200 W",
+            "VRAM 6.00/12.00 GiB",
+            "THROTTLED: power",
             "0000:0c:00.0 Radeon: runtime-suspended",
         ] {
             assert!(text.contains(part), "{part}: {text}");
