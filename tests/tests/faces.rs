@@ -267,6 +267,8 @@ fn top_follows_a_real_game_and_outlives_its_daemon() {
 
 #[test]
 fn top_without_a_daemon_says_how_to_start_one_and_needs_a_terminal() {
+    // No daemon of another test may be handed the port meanwhile.
+    let _one = serial();
     let port = free_port();
     let tmux = Tmux::start(&top_command(&format!("--api 127.0.0.1:{port}")), 80, 24);
     let screen = tmux.wait_for("the advice", |s| s.contains("--standalone"));
@@ -342,7 +344,7 @@ fn the_api_refuses_other_sites_and_the_page_lists_written_sessions() {
         let (status, body) = curl(&["-H", &format!("Host: {host}"), &url]);
         assert_eq!(status, 200, "{host}: {body}");
     }
-    let mut game = start_game_with(dir.path(), 300, 5.0, &["--stall-every", "100"]);
+    let mut game = start_game_with(dir.path(), FOREVER, 5.0, &["--stall-every", "100"]);
     daemon.wait_until_tracked(game.pid);
     let ws_upgrade = |origin: &str| {
         curl(&[
@@ -381,7 +383,7 @@ fn the_api_refuses_other_sites_and_the_page_lists_written_sessions() {
 
     // The finished game is listed with its numbers and its chart, and nothing of its command
     // line or its report's path.
-    game.wait_exit();
+    game.kill();
     let (report_path, report) = daemon.wait_for_report(game.pid);
     let sessions = {
         let deadline = Instant::now() + HANG;

@@ -108,9 +108,10 @@ fn files(root: &Path, agent: &Path, layout: &Layout, gzip_man: bool) -> Result<F
     f.add(layout.doc_dir.join("README.md"), read("README.md")?, 0o644);
 
     // Man pages and completions, from the agent's own definitions.
-    let generated = tempfile_dir("nvbind-docs")?;
-    run(Command::new(agent).arg("__generate-docs").arg(&generated))?;
-    let mut pages: Vec<PathBuf> = fs::read_dir(&generated)?
+    let generated = private_dir("nvbind-docs-")?;
+    let generated = generated.path();
+    run(Command::new(agent).arg("__generate-docs").arg(generated))?;
+    let mut pages: Vec<PathBuf> = fs::read_dir(generated)?
         .filter_map(|e| Some(e.ok()?.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "1"))
         .collect();
@@ -144,19 +145,15 @@ fn files(root: &Path, agent: &Path, layout: &Layout, gzip_man: bool) -> Result<F
         completion("nvbind-agent.fish")?,
         0o644,
     );
-    let _ = fs::remove_dir_all(&generated);
     Ok(f)
 }
 
-/// A fresh private directory under the system's temporary directory.
-fn tempfile_dir(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("create {}", dir.display()))?;
-    Ok(dir)
+/// A fresh private directory (0700, a name nobody can guess), removed when dropped.
+fn private_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("create a temporary directory")
 }
 
 /// gzip -9n: no name or time in the header, so the same page compresses to the same bytes.
@@ -306,7 +303,8 @@ fn changelog(version: &str) -> String {
 
 /// What the binary really loads, as Debian package names with versions (dpkg-shlibdeps).
 fn shlib_depends(binary: &Path) -> Result<String> {
-    let work = tempfile_dir("nvbind-shlibdeps")?;
+    let work = private_dir("nvbind-shlibdeps-")?;
+    let work = work.path();
     fs::create_dir_all(work.join("debian"))?;
     fs::write(
         work.join("debian/control"),
@@ -316,10 +314,9 @@ fn shlib_depends(binary: &Path) -> Result<String> {
         Command::new("dpkg-shlibdeps")
             .arg("-O")
             .arg(binary)
-            .current_dir(&work),
+            .current_dir(work),
     )
     .context("dpkg-shlibdeps (package dpkg-dev) could not list the binary's libraries")?;
-    let _ = fs::remove_dir_all(&work);
     out.lines()
         .find_map(|l| l.strip_prefix("shlibs:Depends="))
         .map(|d| d.trim().to_string())
@@ -367,6 +364,7 @@ fn installed_size(stage: &Path) -> Result<u64> {
 /// the unit in /etc/systemd/system), the reports group and directory, and a manifest for
 /// `uninstall`. Starts nothing: it says how.
 pub fn install(root: &Path, agent: &Path, prefix: &Path) -> Result<()> {
+    absolute_prefix(prefix)?;
     step(&format!("install nvbind-agent under {}", prefix.display()));
     let layout = Layout::source(prefix);
     let mut files = files(root, agent, &layout, false)?;
@@ -428,6 +426,7 @@ fn reports_group_and_directory() -> Result<()> {
 /// `cargo xtask uninstall`: removes what `install` put under `prefix` (its manifest), leaving
 /// the configuration, the reports and any binding in force.
 pub fn uninstall(prefix: &Path) -> Result<()> {
+    absolute_prefix(prefix)?;
     step(&format!("uninstall nvbind-agent from {}", prefix.display()));
     let manifest = prefix.join(MANIFEST);
     let listed = match fs::read_to_string(&manifest) {
@@ -454,6 +453,21 @@ pub fn uninstall(prefix: &Path) -> Result<()> {
         }
     }
     fs::remove_file(&manifest).with_context(|| format!("remove {}", manifest.display()))?;
+    if Path::new("/run/systemd/system").is_dir() {
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+    }
     eprintln!("    kept /etc/nvbind, /var/lib/nvbind/reports and the bindings in force");
+    Ok(())
+}
+
+/// The unit's ExecStart must be an absolute path, so the prefix must be one.
+fn absolute_prefix(prefix: &Path) -> Result<()> {
+    if !prefix.is_absolute() {
+        bail!(
+            "--prefix {} is not an absolute path (the systemd unit names the binary by its \
+             full path): give one such as /usr/local",
+            prefix.display()
+        );
+    }
     Ok(())
 }

@@ -239,6 +239,9 @@ impl ViewQuery {
     }
 }
 
+/// The most frames `/api/processes?frames=N` carries over all its processes together.
+const MAX_LIST_FRAMES: usize = 20_000;
+
 /// `?frames=N` checked: how many recent frames a view carries (0 when not asked).
 fn frames_asked(frames: Option<usize>) -> ApiResult<usize> {
     let frames = frames.unwrap_or(0);
@@ -258,6 +261,12 @@ async fn processes(
 ) -> ApiResult<Json<ProcessesBody>> {
     let frames = ViewQuery::parse(query)?;
     let live = shared.live();
+    // The frames of all the processes together are bounded, however many there are.
+    let each = frames.min(MAX_LIST_FRAMES / live.processes.len().max(1));
+    let frames = live::FramesAsked {
+        newest: each,
+        after_ns: 0,
+    };
     Ok(Json(ProcessesBody {
         window_s: live.window.as_secs_f64(),
         processes: live
@@ -279,7 +288,7 @@ fn process_view(
     shared: &Shared,
     pid: u32,
     audience: Audience,
-    frames: usize,
+    frames: live::FramesAsked,
 ) -> ApiResult<ProcessView> {
     let live = shared.live();
     live.processes
@@ -302,7 +311,10 @@ async fn process(
     query: Result<Query<ViewQuery>, QueryRejection>,
 ) -> ApiResult<Json<ProcessView>> {
     let UrlPath(pid) = pid.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let frames = ViewQuery::parse(query)?;
+    let frames = live::FramesAsked {
+        newest: ViewQuery::parse(query)?,
+        after_ns: 0,
+    };
     Ok(Json(process_view(
         &shared,
         parse_pid(&pid)?,
@@ -475,7 +487,7 @@ fn container_body_of(
         .processes
         .values()
         .filter(|p| inside(&p.cgroup))
-        .map(|p| live::process_view(p, live.window, &live.gpus, audience, 0))
+        .map(|p| live::process_view(p, live.window, &live.gpus, audience, Default::default()))
         .collect();
     if processes.is_empty() && binding.is_none() && id.starts_with('/') {
         let exists = binding::cgroup2_mount()
@@ -583,7 +595,7 @@ async fn stream(
     // Resolve the target before upgrading, so a bad one is a plain 4xx.
     let target = if target.bytes().all(|b| b.is_ascii_digit()) && target.len() < 10 {
         let pid = parse_pid(&target)?;
-        process_view(&shared, pid, audience, 0)?;
+        process_view(&shared, pid, audience, Default::default())?;
         StreamTarget::Process(pid)
     } else {
         let body = container_body(Arc::clone(&shared), target.clone(), audience).await?;
@@ -638,6 +650,11 @@ async fn run_stream(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    // Each message carries only the frames presented since the previous one's newest.
+    let mut frames = live::FramesAsked {
+        newest: frames,
+        after_ns: 0,
+    };
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -651,6 +668,9 @@ async fn run_stream(
         let (text, live) = match &target {
             StreamTarget::Process(pid) => {
                 let view = process_view(&shared, *pid, audience, frames).ok();
+                if let Some(newest) = view.as_ref().and_then(|v| v.recent_frames.as_ref()?.last()) {
+                    frames.after_ns = newest.ts_ns;
+                }
                 let live = view.is_some();
                 (message(seq, live, view), live)
             }

@@ -2,7 +2,9 @@
 //! kept in memory (bounded) so that the page never reads the reports directory, whose reports
 //! hold command lines and are for root and the reports group only.
 
-use std::{collections::BTreeMap, collections::VecDeque, sync::Arc};
+use std::collections::{BTreeMap, VecDeque};
+
+use axum::body::Bytes;
 
 use serde::Serialize;
 
@@ -72,7 +74,8 @@ impl SessionSummary {
 #[derive(Debug, Clone)]
 pub struct WrittenSession {
     pub summary: SessionSummary,
-    pub chart: Option<Arc<str>>,
+    /// The SVG (shared, not copied, with each request for it).
+    pub chart: Option<Bytes>,
 }
 
 impl WrittenSession {
@@ -85,7 +88,7 @@ impl WrittenSession {
             .first()
             .and_then(|p| report::render_svg(p).ok())
             .filter(|svg| svg.len() <= MAX_ONE_CHART_BYTES)
-            .map(Arc::from);
+            .map(Bytes::from);
         Some(WrittenSession { summary, chart })
     }
 }
@@ -131,7 +134,7 @@ impl History {
             .collect()
     }
 
-    pub fn chart(&self, id: u64) -> Option<Arc<str>> {
+    pub fn chart(&self, id: u64) -> Option<Bytes> {
         self.sessions
             .iter()
             .find(|s| s.summary.id == id)
@@ -162,7 +165,7 @@ mod tests {
                 stutters_by_cause: BTreeMap::new(),
                 chart: false,
             },
-            chart: (chart_bytes > 0).then(|| Arc::from("x".repeat(chart_bytes))),
+            chart: (chart_bytes > 0).then(|| Bytes::from("x".repeat(chart_bytes))),
         }
     }
 

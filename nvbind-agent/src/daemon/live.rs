@@ -32,19 +32,39 @@ impl Audience {
             Audience::AnyLocalUser => exe.rsplit('/').next().unwrap_or_default().to_string(),
         }
     }
+
+    /// A stutter with the sentence this audience may read (root's names the culprit's
+    /// command line).
+    pub fn stutter(self, s: &LiveStutter) -> LiveStutter {
+        let mut s = s.clone();
+        if self == Audience::Root {
+            s.summary = std::mem::take(&mut s.root_summary);
+        }
+        s.root_summary.clear();
+        s
+    }
 }
 
 /// The most recent frames a view may carry (`?frames=N`): a chart's width, not a session.
 pub const MAX_VIEW_FRAMES: usize = 2_000;
 
-/// A live process's JSON view over the last `window`, for `audience`, with its newest
-/// `frames` frames and its recent stutters when `frames` > 0 (a live chart's data).
+/// The recent frames a view carries: a live chart's data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FramesAsked {
+    /// At most this many of the newest frames (0: none, and no recent stutters either)...
+    pub newest: usize,
+    /// ...presented after this CLOCK_MONOTONIC instant (a stream's previous message).
+    pub after_ns: u64,
+}
+
+/// A live process's JSON view over the last `window`, for `audience`, with the recent frames
+/// and stutters `frames` asks for.
 pub fn process_view(
     p: &LiveProcess,
     window: Duration,
     gpus: &[GpuStatus],
     audience: Audience,
-    frames: usize,
+    frames: FramesAsked,
 ) -> ProcessView {
     let now = monotonic_ns();
     let w = p.window(window, now);
@@ -72,9 +92,15 @@ pub fn process_view(
             .iter()
             .map(|(c, n)| (c.name(), *n))
             .collect(),
-        last_stutter: p.recent_stutters.back().cloned(),
-        recent_stutters: (frames > 0).then(|| p.recent_stutters.iter().cloned().collect()),
-        recent_frames: (frames > 0).then(|| p.last_frames(frames.min(MAX_VIEW_FRAMES)).collect()),
+        last_stutter: p.recent_stutters.back().map(|s| audience.stutter(s)),
+        recent_stutters: (frames.newest > 0).then(|| {
+            p.recent_stutters
+                .iter()
+                .map(|s| audience.stutter(s))
+                .collect()
+        }),
+        recent_frames: (frames.newest > 0)
+            .then(|| p.last_frames(frames.newest.min(MAX_VIEW_FRAMES), frames.after_ns)),
         last_frame_ns: w.last_frame_ns,
         last_frame_age_ms: w.last_frame_ns.map(|t| now.saturating_sub(t) as f64 / 1e6),
         gpu: p.gpu.as_ref().and_then(|pci| {

@@ -105,9 +105,5 @@ async fn chart(
             super::history::MAX_SESSIONS
         ))
     })?;
-    Ok(with_policy(
-        chart.to_string(),
-        "image/svg+xml",
-        CHART_POLICY,
-    ))
+    Ok(with_policy(chart, "image/svg+xml", CHART_POLICY))
 }

@@ -24,14 +24,16 @@ pub const MAX_RECENT_STUTTERS: usize = 32;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LiveStutter {
     /// CLOCK_MONOTONIC nanoseconds of the late frame's present.
-    #[serde(skip)]
     pub ts_ns: u64,
     /// The same instant in wall-clock milliseconds since the Unix epoch (what a page plots).
     pub t_unix_ms: f64,
     pub frame_time_ms: f64,
     pub cause: &'static str,
-    /// The verdict's sentence.
+    /// The verdict's sentence, as any local user may read it (`stutter::public_summary`).
     pub summary: String,
+    /// The sentence with the culprit's command line, for root.
+    #[serde(skip)]
+    pub root_summary: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -192,21 +194,28 @@ impl LiveProcess {
             t_unix_ms: clock::unix_time_at(ts_ns) * 1e3,
             frame_time_ms,
             cause: verdict.cause.name(),
-            summary: verdict.summary.clone(),
+            summary: crate::stutter::public_summary(verdict),
+            root_summary: verdict.summary.clone(),
         });
     }
 
-    /// The newest `n` frames (oldest first): when each was presented, its frame time and
-    /// whether it was a stutter.
-    pub fn last_frames(&self, n: usize) -> impl Iterator<Item = RecentFrameView> + '_ {
-        self.recent
-            .iter()
-            .skip(self.recent.len().saturating_sub(n))
+    /// The newest `n` frames presented after `after_ns` (oldest first): when each was
+    /// presented, its frame time and whether it was a stutter.
+    pub fn last_frames(&self, n: usize, after_ns: u64) -> Vec<RecentFrameView> {
+        // Wall-clock time of monotonic 0, read once: every frame's is that plus its own.
+        let unix_at_zero_s = clock::unix_time_at(0);
+        let newer = self.recent.iter().rev().take_while(|f| f.ts_ns > after_ns);
+        let mut frames: Vec<RecentFrameView> = newer
+            .take(n)
             .map(|f| RecentFrameView {
-                t_unix_ms: clock::unix_time_at(f.ts_ns) * 1e3,
+                ts_ns: f.ts_ns,
+                t_unix_ms: (unix_at_zero_s + f.ts_ns as f64 / 1e9) * 1e3,
                 frame_time_ms: f.frame_time_ns as f64 / 1e6,
                 stutter: f.stutter,
             })
+            .collect();
+        frames.reverse();
+        frames
     }
 
     /// Forgets frames older than the window (the caller's clock).
@@ -250,7 +259,10 @@ impl LiveProcess {
 /// One recent frame, for a live chart.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct RecentFrameView {
-    /// When it was presented, wall-clock milliseconds since the Unix epoch.
+    /// When it was presented: CLOCK_MONOTONIC nanoseconds (exact: what a client orders and
+    /// de-duplicates frames by)...
+    pub ts_ns: u64,
+    /// ...and wall-clock milliseconds since the Unix epoch (what a chart plots).
     pub t_unix_ms: f64,
     pub frame_time_ms: f64,
     pub stutter: bool,

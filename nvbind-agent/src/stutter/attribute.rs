@@ -559,6 +559,24 @@ fn describe(r: &RanInstead) -> String {
     format!("{name} ({})", parts.join(", "))
 }
 
+/// The verdict's sentence as any local user may read it (the daemon's TCP API and its page):
+/// without the culprit's command line, whose arguments can hold another user's secrets (the
+/// session reports and the root-only socket keep it).
+pub fn public_summary(v: &Verdict) -> String {
+    let cmdline = v
+        .culprit
+        .as_ref()
+        .and_then(|b| b.who.cmdline.as_deref())
+        .filter(|c| !c.is_empty());
+    match cmdline {
+        // `describe` writes it as "`CMDLINE`, " before the children it started.
+        Some(cmdline) => v
+            .summary
+            .replacen(&format!("`{}`, ", shorten(cmdline, 60)), "", 1),
+        None => v.summary.clone(),
+    }
+}
+
 /// `text` on one line (runs of whitespace as one space: a shell script's newlines), cut to `max`
 /// characters with an ellipsis when longer.
 fn shorten(text: &str, max: usize) -> String {
@@ -879,6 +897,16 @@ mod tests {
             "{}",
             v.summary
         );
+        // Any local user reads it without the command line.
+        let public = public_summary(&v);
+        assert!(
+            public.contains(
+                "while `sh` (pid 812, through the children it started (longest on the CPU: \
+                 `tick`, pid 900)) held its CPU"
+            ),
+            "{public}"
+        );
+        assert!(!public.contains("while :;"), "{public}");
         // A thread of the process itself is a thread, not a child.
         let e = contention(RanInstead {
             tid: 9098,

@@ -4,7 +4,7 @@ mod attribute;
 mod detect;
 
 pub use attribute::{
-    attribute, Blame, BusyThread, Cause, CompileEvidence, Evidence, GpuEvidence, RanInstead,
-    ThreadEvidence, Verdict, ViaThread, VRAM_PRESSURE_RATIO,
+    attribute, public_summary, Blame, BusyThread, Cause, CompileEvidence, Evidence, GpuEvidence,
+    RanInstead, ThreadEvidence, Verdict, ViaThread, VRAM_PRESSURE_RATIO,
 };
 pub use detect::{Detector, DetectorConfig};

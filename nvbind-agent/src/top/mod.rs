@@ -60,6 +60,7 @@ pub fn run(options: TopOptions) -> Result<u8> {
                 source,
                 false,
                 options.interval,
+                || false,
             )
         }
     }
@@ -94,11 +95,13 @@ fn run_standalone(mut daemon: DaemonOptions, interval: Duration) -> Result<u8> {
     let outcome = if capture.is_finished() {
         Err(anyhow::anyhow!("the capture did not start"))
     } else {
+        // A SIGTERM or SIGINT stops the capture (it writes its sessions): top ends with it.
         monitor(
             Client::new(Endpoint::Unix(socket)),
             "in-process capture".into(),
             true,
             interval,
+            || capture.is_finished(),
         )
     };
     let _ = stop.send(true);
@@ -161,8 +164,15 @@ fn restore_stderr(saved: std::os::fd::OwnedFd) {
     unsafe { libc::dup2(saved.as_raw_fd(), libc::STDERR_FILENO) };
 }
 
-/// Draws until the user quits. The terminal is put back however this ends.
-fn monitor(client: Client, source: String, standalone: bool, interval: Duration) -> Result<u8> {
+/// Draws until the user quits (or `ended` says the source is gone for good). The terminal is
+/// put back however this ends.
+fn monitor(
+    client: Client,
+    source: String,
+    standalone: bool,
+    interval: Duration,
+    ended: impl Fn() -> bool,
+) -> Result<u8> {
     let updates = start_reader(client, interval)?;
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let mut app = App::new(source, standalone);
@@ -180,7 +190,7 @@ fn monitor(client: Client, source: String, standalone: bool, interval: Duration)
                     app.on_key(key);
                 }
             }
-            if app.quit {
+            if app.quit || ended() {
                 return Ok(());
             }
         }

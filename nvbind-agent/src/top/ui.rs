@@ -48,7 +48,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
 fn title_line(app: &App) -> Paragraph<'static> {
     let mut spans = vec![
         Span::styled("nvbind top", Style::new().add_modifier(Modifier::BOLD)),
-        Span::raw(format!(" · {} · ", app.source)),
+        Span::raw(format!(" · {} · ", safe(&app.source))),
     ];
     spans.push(match &app.connection {
         Connection::Connecting => Span::raw("connecting…"),
@@ -211,16 +211,17 @@ fn summary_panel(p: &Process, gpus: &[Gpu]) -> Paragraph<'static> {
         Span::raw(format!(
             " (pid {}, {}): {} stutters: {}",
             p.pid,
-            p.source,
+            safe(&p.source),
             p.stutters_total,
             causes(p)
         )),
     ])];
+    // The GPU before the sentence: a long sentence is what a short panel cuts.
+    lines.extend(gpu_lines(p, gpus));
     match &p.last_stutter {
         Some(s) => lines.push(Line::raw(format!("last: {}", safe(&s.summary)))),
         None => lines.push(Line::raw("no stutter yet")),
     }
-    lines.extend(gpu_lines(p, gpus));
     Paragraph::new(lines)
         .wrap(Wrap { trim: true })
         .block(Block::new().borders(Borders::TOP))
@@ -293,7 +294,7 @@ fn draw_detail(frame: &mut Frame, app: &App, p: &Process, area: Rect) {
     let lows = p.low_fps.as_ref();
     let mut lines = vec![Line::from(vec![
         Span::styled(safe(p.label()), Style::new().add_modifier(Modifier::BOLD)),
-        Span::raw(format!(" pid {} · {}", p.pid, p.source)),
+        Span::raw(format!(" pid {} · {}", p.pid, safe(&p.source))),
     ])];
     lines.push(Line::raw(format!(
         "{:.1} fps · frame time p50 {} p95 {} p99 {} p99.9 {} max {} ms",

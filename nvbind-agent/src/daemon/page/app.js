@@ -47,7 +47,7 @@ class Game {
   constructor(view) {
     this.pid = view.pid;
     this.frames = []; // {t, ms, stutter}
-    this.stutters = new Map(); // t_unix_ms -> stutter
+    this.stutters = new Map(); // ts_ns -> stutter
     this.framesReceived = 0;
     this.socket = null;
     this.closed = false;
@@ -113,17 +113,19 @@ class Game {
     node.querySelector(".low01").textContent = low ? `${text(low.p0_1_percentile, 1)} / ${text(low.p0_1_average, 1)}` : "–";
     node.querySelector(".stutter-count").textContent = String(view.stutters_total ?? 0);
     this.updateCauses(view.stutters_by_cause || {});
-    const last = this.frames.length ? this.frames[this.frames.length - 1].t : -Infinity;
+    // Frames are ordered and de-duplicated by the kernel's timestamp (exact); the wall-clock
+    // time is only where they are drawn.
+    const last = this.frames.length ? this.frames[this.frames.length - 1].ts : -Infinity;
     for (const f of view.recent_frames || []) {
-      if (f.t_unix_ms > last) {
-        this.frames.push({ t: f.t_unix_ms, ms: f.frame_time_ms, stutter: f.stutter });
+      if (f.ts_ns > last) {
+        this.frames.push({ ts: f.ts_ns, t: f.t_unix_ms, ms: f.frame_time_ms, stutter: f.stutter });
         this.framesReceived += 1;
       }
     }
     if (this.frames.length > MAX_POINTS) this.frames.splice(0, this.frames.length - MAX_POINTS);
     for (const s of view.recent_stutters || []) {
-      if (!this.stutters.has(s.t_unix_ms)) {
-        this.stutters.set(s.t_unix_ms, s);
+      if (!this.stutters.has(s.ts_ns)) {
+        this.stutters.set(s.ts_ns, s);
         this.addStutterLine(s);
       }
     }
@@ -250,6 +252,10 @@ async function refreshGames() {
   }
   for (const [pid, game] of games) if (!seen.has(pid)) game.end();
   document.getElementById("no-games").hidden = games.size > 0;
+  const more = document.getElementById("more-games");
+  const hidden = body.processes.length - processes.length;
+  more.hidden = hidden <= 0;
+  more.textContent = `${hidden} more presenting process${hidden === 1 ? "" : "es"} not shown (the first ${MAX_GAMES} by pid are); \`nvbind-agent top\` lists them all.`;
 }
 
 function gpuRow(list, label, value) {
