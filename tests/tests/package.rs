@@ -52,7 +52,9 @@ fn package(dir: &Path, version: &str) -> PathBuf {
         .arg(nvbind_tests::agent_bin())
         .args(["--version", version, "--out"])
         .arg(dir));
-    let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    // Its last line is the package's path (dpkg-deb speaks before it).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let deb = PathBuf::from(stdout.trim().lines().last().unwrap_or_default());
     assert!(deb.is_file(), "xtask package printed {deb:?}");
     deb
 }
@@ -228,10 +230,10 @@ fn the_package_passes_lintian_and_installs_upgrades_and_removes_cleanly() {
     let meta = fs::metadata(&reports).expect("the reports directory");
     assert_eq!((meta.uid(), meta.gid()), (0, gid));
     assert_eq!(meta.mode() & 0o7777, 0o2750);
-    // Enabled for the next boot; nothing started (systemd is not running here).
-    assert!(overlay
-        .path("/etc/systemd/system/multi-user.target.wants/nvbind-agent.service")
-        .exists());
+    // Enabled for the next boot (the link itself: its target is inside the overlay); nothing
+    // started (systemd is not running here).
+    let wants = overlay.path("/etc/systemd/system/multi-user.target.wants/nvbind-agent.service");
+    assert!(wants.symlink_metadata().is_ok(), "enabled");
     let started = Command::new("pgrep")
         .args(["-f", "^/usr/bin/nvbind-agent"])
         .output();
@@ -274,7 +276,8 @@ fn the_package_passes_lintian_and_installs_upgrades_and_removes_cleanly() {
     let completion = run(Command::new("bash").arg("-c").arg(format!(
         "source {} && complete -p nvbind-agent && \
          COMP_WORDS=(nvbind-agent re) COMP_CWORD=1 COMP_LINE='nvbind-agent re' COMP_POINT=15 \
-         && _nvbind-agent nvbind-agent re nvbind-agent && echo \"${{COMPREPLY[@]}}\"",
+         && f=$(complete -p nvbind-agent | sed -n 's/.* -F \\([^ ]*\\).*/\\1/p') \
+         && \"$f\" nvbind-agent re nvbind-agent && echo \"${{COMPREPLY[@]}}\"",
         bash.display()
     )));
     let completion = String::from_utf8_lossy(&completion.stdout);
@@ -339,9 +342,10 @@ fn the_package_passes_lintian_and_installs_upgrades_and_removes_cleanly() {
         reports.join("kept.json").is_file(),
         "purge keeps the reports"
     );
-    assert!(!overlay
-        .path("/etc/systemd/system/multi-user.target.wants/nvbind-agent.service")
-        .exists());
+    assert!(
+        wants.symlink_metadata().is_err(),
+        "purge forgets the enablement"
+    );
     assert_eq!(overlay.installed_version(), None);
 
     // And none of it reached this machine.
