@@ -134,6 +134,23 @@ impl Tmux {
         }
     }
 
+    /// The pid of the program the pane runs (the child of the pane's shell).
+    fn program_pid(&self) -> u32 {
+        let out = self
+            .command()
+            .args(["list-panes", "-t", "top", "-F", "#{pane_pid}"])
+            .output()
+            .expect("tmux list-panes");
+        let shell = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .expect("the pane shell's children");
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("the pane's shell {shell} runs no program"))
+    }
+
     /// Waits for top to end; returns its exit code.
     fn wait_for_exit(&self) -> i32 {
         let deadline = Instant::now() + HANG;
@@ -279,6 +296,19 @@ fn top_without_a_daemon_says_how_to_start_one_and_needs_a_terminal() {
     assert!(words.contains("agent lost, retrying"), "{screen}");
     tmux.keys(&["C-c"]);
     assert_eq!(tmux.wait_for_exit(), 0, "Ctrl-C quits cleanly");
+
+    // SIGTERM (and SIGHUP, a closed SSH session) end it as `q` does: the terminal is put back.
+    let tmux = Tmux::start(&top_command(&format!("--api 127.0.0.1:{port}")), 80, 24);
+    tmux.wait_for("the advice", |s| s.contains("--standalone"));
+    let top = tmux.program_pid();
+    // SAFETY: signalling the top this test started.
+    unsafe { libc::kill(top as i32, libc::SIGTERM) };
+    assert_eq!(tmux.wait_for_exit(), 0, "SIGTERM quits cleanly");
+    let after = tmux.screen();
+    assert!(
+        !after.contains("agent lost"),
+        "the terminal was restored:\n{after}"
+    );
 
     // Not a terminal: one line that says what to do instead.
     let out = agent_command(&["top", "--api", &format!("127.0.0.1:{port}")], &[])

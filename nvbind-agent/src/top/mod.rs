@@ -55,14 +55,39 @@ pub fn run(options: TopOptions) -> Result<u8> {
         Some(daemon) => run_standalone(daemon, options.interval),
         None => {
             let source = options.endpoint.to_string();
+            // SIGTERM and SIGHUP (a closed SSH session) end top as `q` does, so the terminal
+            // is put back. (With --standalone the capture's own handlers take them, and top
+            // ends with the capture.)
+            let stop = termination::install();
             monitor(
                 Client::new(options.endpoint),
                 source,
                 false,
                 options.interval,
-                || false,
+                stop,
             )
         }
+    }
+}
+
+/// A flag raised by SIGTERM or SIGHUP.
+mod termination {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static RAISED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn raise(_signal: libc::c_int) {
+        // Async-signal-safe: one atomic store.
+        RAISED.store(true, Ordering::Relaxed);
+    }
+
+    /// Catches SIGTERM and SIGHUP from now on; the returned check says whether one came.
+    pub fn install() -> impl Fn() -> bool {
+        for signal in [libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: `raise` only stores to an atomic, which is async-signal-safe.
+            unsafe { libc::signal(signal, raise as *const () as libc::sighandler_t) };
+        }
+        || RAISED.load(Ordering::Relaxed)
     }
 }
 
