@@ -81,6 +81,12 @@ enum Cmd {
         /// A shell script to run inside the VM instead (as /test.sh; the agent is /nvbind-agent).
         #[arg(long)]
         script: Option<PathBuf>,
+        /// Share the host's root with the guest (read-only, virtio-9p) and run the script
+        /// chrooted there, with the agent as /tmp/nvbind-agent: a real graphics stack (Weston on
+        /// vkms) instead of the small image. Without --script: Weston and a
+        /// `wp_presentation` client recorded. Exploratory: not part of `cargo xtask test` yet.
+        #[arg(long)]
+        host_root: bool,
     },
     /// Fuzz the gpu_metrics decoder with cargo-fuzz (installed if missing) for SECONDS.
     Fuzz {
@@ -181,20 +187,29 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             let agent = build(&root)?;
             bench::bench(&root, &agent, &target_dir(&root), &only, soak_minutes)?;
         }
-        Cmd::Vm { script } => {
+        Cmd::Vm { script, host_root } => {
             if !util::is_root() {
                 bail!("building the VM installs packages: run as root");
             }
             // The VM's own packages and build are its preparation's (vm::run_script).
             setup::setup(setup::Need::Build)?;
             let agent = build(&root)?;
-            let clients = build_vm_clients(&root)?;
             let text = match script {
-                Some(path) => std::fs::read_to_string(&path)
-                    .with_context(|| format!("read {}", path.display()))?,
-                None => vm::DRM_TEST_SCRIPT.to_string(),
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("read {}", path.display()))?,
+                ),
+                None => None,
             };
-            let console = vm::run_script(&target_dir(&root), &agent, &clients, &text)?;
+            let console = if host_root {
+                packages::debian_packages(vm::DESKTOP_PACKAGES)?;
+                let text = text.unwrap_or_else(|| vm::DESKTOP_SCRIPT.to_string());
+                vm::run_host_root_script(&target_dir(&root), &agent, &text)?
+            } else {
+                let clients = build_vm_clients(&root)?;
+                let text = text.unwrap_or_else(|| vm::DRM_TEST_SCRIPT.to_string());
+                vm::run_script(&target_dir(&root), &agent, &clients, &text)?
+            };
             print!("{console}");
         }
         Cmd::Fuzz { seconds } => fuzz::fuzz(&root, seconds)?,

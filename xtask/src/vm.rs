@@ -319,6 +319,17 @@ fn build_base_initrd(kroot: &Path, version: &str, staging: &Path, out: &Path) ->
 /// Boots the VM with `overlay` (a cpio.gz laid over the base) and returns the serial console's
 /// output. Fails if the VM does not power off within `limit`.
 pub fn boot(vm: &Vm, overlay: &Path, limit: Duration, work: &Path) -> Result<String> {
+    boot_with(vm, overlay, limit, work, &[])
+}
+
+/// As [`boot`], with more QEMU arguments (a shared folder).
+fn boot_with(
+    vm: &Vm,
+    overlay: &Path,
+    limit: Duration,
+    work: &Path,
+    extra: &[&str],
+) -> Result<String> {
     let initrd = work.join("initrd.cpio.gz");
     // Concatenated archives: the kernel unpacks them in order, the overlay last.
     let mut bytes = fs::read(&vm.base_initrd)?;
@@ -355,6 +366,7 @@ pub fn boot(vm: &Vm, overlay: &Path, limit: Duration, work: &Path) -> Result<Str
             "-vga",
             "none",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .context("run qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
@@ -545,6 +557,144 @@ pub fn run_script(
     pack(&staging, &overlay)?;
     step("vm: boot (QEMU, TCG)");
     let console = boot(&vm, &overlay, Duration::from_secs(300), &work)?;
+    fs::write(work.join("console.txt"), &console)?;
+    Ok(console)
+}
+
+/// What the host-root VM's default script runs from the host: Weston and its demo clients.
+pub const DESKTOP_PACKAGES: &[&str] = &["weston"];
+
+/// The modules that mount the host's root in the guest (virtio-9p), in load order.
+const HOST_ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+
+/// The host's root shared with the guest, read-only (`-virtfs`; the guest mounts tag
+/// `hostroot`).
+const HOST_ROOT_SHARE: &str =
+    "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap";
+
+/// Runs in the guest before the desktop script: the host's root over virtio-9p at /host with
+/// the guest's /dev, /proc and /sys bound in and fresh tmpfs for what is written (/tmp, /run,
+/// /var/tmp), the agent copied in, then `/desktop.sh` chrooted there: a real graphics stack
+/// (the host's Weston, Mesa, Wayland clients) on the guest kernel's vkms display.
+const HOST_ROOT_WRAPPER: &str = r#"#!/bin/sh
+for m in $(cat /modules/host-root-order); do
+  insmod /modules/$m 2>/dev/null || echo "nvbind-vm: insmod $m failed"
+done
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || {
+  echo "nvbind-vm: cannot mount the host's root"; exit 1; }
+for d in dev proc sys; do mount --rbind /$d /host/$d; done
+for d in tmp run var/tmp; do mount -t tmpfs tmpfs /host/$d; done
+cp /nvbind-agent /host/tmp/nvbind-agent
+cp /desktop.sh /host/tmp/desktop.sh
+chroot /host /bin/sh /tmp/desktop.sh
+echo "nvbind-vm: desktop.sh exited $?"
+"#;
+
+/// `cargo xtask vm --host-root`'s default script: Weston on vkms (DRM backend, pixman), and
+/// the agent recording `weston-presentation-shm` (a client that asks for `wp_presentation`
+/// feedback of every frame) beside the kernel's own trace of the flips. Exploratory: what the
+/// compositor join (issue "What the player sees") will be built on.
+pub const DESKTOP_SCRIPT: &str = r#"#!/bin/sh
+export XDG_RUNTIME_DIR=/run/xdg
+mkdir -p -m 0700 $XDG_RUNTIME_DIR
+A=/tmp/nvbind-agent
+T=/sys/kernel/tracing
+echo 1 > $T/events/drm/drm_vblank_event_delivered/enable
+weston --backend=drm-backend.so --tty=1 --use-pixman --continue-without-input --idle-time=0   --log=/tmp/weston.log &
+i=0
+while [ ! -S $XDG_RUNTIME_DIR/wayland-1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo "nvbind-vm: weston socket after $((i/10)) s: $(ls $XDG_RUNTIME_DIR)"
+export WAYLAND_DISPLAY=wayland-1
+echo > $T/trace
+$A record --duration 8 --out /tmp/r.json -- weston-presentation-shm -f > /tmp/record.log 2>&1
+echo "nvbind-vm: record exited $?"; tail -5 /tmp/record.log
+echo "nvbind-vm: flips delivered in the trace: $(grep -c drm_vblank_event_delivered $T/trace)"
+$A report /tmp/r.json | head -40
+python3 - <<'PY'
+import json
+r = json.load(open("/tmp/r.json"))
+for p in r["processes"]:
+    f = p["frames"]
+    print("nvbind-vm: process", p["name"], "frames", f["count"], "source", f["source"],
+          "display", json.dumps(f.get("display"))[:400])
+print("nvbind-vm: capture.drm", json.dumps(r["capture"]["drm"])[:400])
+PY
+kill %1 2>/dev/null
+"#;
+
+/// Boots the VM with the host's root shared read-only and runs `script` chrooted into it
+/// (see [`HOST_ROOT_WRAPPER`]), with `agent` as `/tmp/nvbind-agent`; returns the console.
+pub fn run_host_root_script(target: &Path, agent: &Path, script: &str) -> Result<String> {
+    let vm = prepare(target)?;
+    let dir = vm_dir(target);
+    let version = vm
+        .kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("the VM's kernel is named vmlinuz-VERSION")?
+        .to_string();
+    let kroot = dir.join(format!("kernel-{version}"));
+    let work = dir.join("run-host-root");
+    let staging = work.join("overlay");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::create_dir_all(staging.join("modules"))?;
+    // The 9p chain, each module once, in the order modprobe resolves it.
+    let mut order: Vec<String> = Vec::new();
+    for module in HOST_ROOT_MODULES {
+        let deps = output_of(Command::new("modprobe").arg("-d").arg(&kroot).args([
+            "-S",
+            &version,
+            "--show-depends",
+            module,
+        ]))
+        .context("run modprobe --show-depends")?;
+        for line in deps.lines() {
+            let Some(path) = line.strip_prefix("insmod ") else {
+                continue;
+            };
+            let path = PathBuf::from(path.split_whitespace().next().unwrap_or(path));
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("a module path has a name")?
+                .to_string();
+            if !order.contains(&name) {
+                fs::copy(&path, staging.join("modules").join(&name))
+                    .with_context(|| format!("copy {}", path.display()))?;
+                order.push(name);
+            }
+        }
+    }
+    fs::write(
+        staging.join("modules/host-root-order"),
+        order.join("\n") + "\n",
+    )?;
+    let stripped = work.join("nvbind-agent");
+    fs::create_dir_all(&work)?;
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(agent)
+        .arg(&stripped))?;
+    fs::copy(&stripped, staging.join("nvbind-agent"))?;
+    for (name, text) in [("test.sh", HOST_ROOT_WRAPPER), ("desktop.sh", script)] {
+        let path = staging.join(name);
+        fs::write(&path, text)?;
+        run(Command::new("chmod").arg("755").arg(&path))?;
+    }
+    let overlay = work.join("overlay.cpio.gz");
+    pack(&staging, &overlay)?;
+    step("vm: boot with the host's root (QEMU, TCG)");
+    let console = boot_with(
+        &vm,
+        &overlay,
+        Duration::from_secs(600),
+        &work,
+        &["-virtfs", HOST_ROOT_SHARE],
+    )?;
     fs::write(work.join("console.txt"), &console)?;
     Ok(console)
 }
