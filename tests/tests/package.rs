@@ -164,6 +164,21 @@ impl Drop for Overlay {
     }
 }
 
+/// systemd's own checker passes the unit at `unit` inside the overlay. (Its `man:` page is
+/// checked with `man -l`: man here searches the host's pages.)
+fn assert_unit_verifies(overlay: &Overlay, unit: &str) {
+    let verify = Command::new("systemd-analyze")
+        .arg(format!("--root={}", overlay.root().display()))
+        .args(["verify", "--man=no", unit])
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify {unit}: {}",
+        text(&verify)
+    );
+}
+
 /// The group id `name` has inside the overlay.
 fn group_id(overlay: &Overlay, name: &str) -> u32 {
     let line = overlay.chroot_ok(&["getent", "group", name]);
@@ -243,21 +258,7 @@ fn the_package_passes_lintian_and_installs_upgrades_and_removes_cleanly() {
     );
 
     // The installed unit, man pages and completions.
-    let verify = Command::new("systemd-analyze")
-        .arg(format!("--root={}", overlay.root().display()))
-        // Its man: page is checked with `man -l` below (man here searches the host's pages).
-        .args([
-            "verify",
-            "--man=no",
-            "/lib/systemd/system/nvbind-agent.service",
-        ])
-        .output()
-        .expect("systemd-analyze");
-    assert!(
-        verify.status.success() && verify.stderr.is_empty(),
-        "systemd-analyze verify: {}",
-        text(&verify)
-    );
+    assert_unit_verifies(&overlay, "/lib/systemd/system/nvbind-agent.service");
     for page in [
         "nvbind-agent.1.gz",
         "nvbind-agent-top.1.gz",
@@ -382,20 +383,7 @@ fn install_from_source_puts_the_same_files_under_the_prefix_and_uninstall_takes_
         unit.contains("ExecStart=/opt/nvb/bin/nvbind-agent\n"),
         "{unit}"
     );
-    let verify = Command::new("systemd-analyze")
-        .arg(format!("--root={}", overlay.root().display()))
-        .args([
-            "verify",
-            "--man=no",
-            "/etc/systemd/system/nvbind-agent.service",
-        ])
-        .output()
-        .expect("systemd-analyze");
-    assert!(
-        verify.status.success() && verify.stderr.is_empty(),
-        "systemd-analyze verify: {}",
-        text(&verify)
-    );
+    assert_unit_verifies(&overlay, "/etc/systemd/system/nvbind-agent.service");
     let binary = overlay.path("/opt/nvb/bin/nvbind-agent");
     let version = run(Command::new(&binary).arg("--version"));
     assert!(

@@ -46,6 +46,9 @@ const DRM_CLIENTS: &[&str] = &["/usr/bin/modetest", "/usr/bin/vbltest"];
 pub struct Vm {
     pub kernel: PathBuf,
     pub base_initrd: PathBuf,
+    /// The unpacked kernel package (its modules, for what a boot adds to the base).
+    pub kroot: PathBuf,
+    pub version: String,
 }
 
 /// Where the VM's artifacts live.
@@ -106,9 +109,12 @@ pub fn prepare(target: &Path) -> Result<Vm> {
     };
     let kernel = dir.join(format!("vmlinuz-{version}"));
     let base_initrd = dir.join(format!("base-{version}.cpio.gz"));
+    let kroot = dir.join(format!("kernel-{version}"));
     let vm = Vm {
         kernel: kernel.clone(),
         base_initrd: base_initrd.clone(),
+        kroot: kroot.clone(),
+        version: version.clone(),
     };
     debian_packages(&[&format!("linux-headers-{version}")])?;
     if kernel.exists() && base_initrd.exists() {
@@ -120,7 +126,6 @@ pub fn prepare(target: &Path) -> Result<Vm> {
     }
 
     let downloads = dir.join("downloads");
-    let kroot = dir.join(format!("kernel-{version}"));
     let modules = kroot.join("lib/modules").join(&version);
     if !modules.join("modules.dep").exists() {
         let deb = download(&format!("linux-image-{version}-unsigned"), &downloads)?;
@@ -283,37 +288,52 @@ fn build_base_initrd(kroot: &Path, version: &str, staging: &Path, out: &Path) ->
     fs::write(&init, INIT)?;
     run(Command::new("chmod").arg("755").arg(&init))?;
 
-    // The module chain in load order, as modprobe resolves it.
-    let deps = Command::new("modprobe")
-        .arg("-d")
-        .arg(kroot)
-        .args(["-S", version, "--show-depends", "vkms"])
-        .output()
-        .context("run modprobe --show-depends")?;
-    let text = String::from_utf8_lossy(&deps.stdout);
-    let mut order = Vec::new();
-    for line in text.lines() {
-        let Some(path) = line.strip_prefix("insmod ") else {
-            continue;
-        };
-        let path = PathBuf::from(path.split_whitespace().next().unwrap_or(path));
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("a module path has a name")?
-            .to_string();
-        fs::copy(&path, staging.join("modules").join(&name))
-            .with_context(|| format!("copy {}", path.display()))?;
-        order.push(name);
-    }
+    let order = stage_module_chains(kroot, version, &["vkms"], &staging.join("modules"))?;
     if !order.iter().any(|m| m == "vkms.ko") {
-        bail!("modprobe found no vkms in {}: {text}", kroot.display());
+        bail!("modprobe found no vkms in {}", kroot.display());
     }
     fs::write(staging.join("modules/order"), order.join("\n") + "\n")?;
     for client in DRM_CLIENTS {
         stage_binary(Path::new(client), client, staging)?;
     }
     pack(staging, out)
+}
+
+/// Copies into `dir` every module `modules` need, each once, in the load order `modprobe
+/// --show-depends` resolves; returns their file names in that order.
+fn stage_module_chains(
+    kroot: &Path,
+    version: &str,
+    modules: &[&str],
+    dir: &Path,
+) -> Result<Vec<String>> {
+    let mut order: Vec<String> = Vec::new();
+    for module in modules {
+        let deps = output_of(Command::new("modprobe").arg("-d").arg(kroot).args([
+            "-S",
+            version,
+            "--show-depends",
+            module,
+        ]))
+        .context("run modprobe --show-depends")?;
+        for line in deps.lines() {
+            let Some(path) = line.strip_prefix("insmod ") else {
+                continue;
+            };
+            let path = PathBuf::from(path.split_whitespace().next().unwrap_or(path));
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("a module path has a name")?
+                .to_string();
+            if !order.contains(&name) {
+                fs::copy(&path, dir.join(&name))
+                    .with_context(|| format!("copy {}", path.display()))?;
+                order.push(name);
+            }
+        }
+    }
+    Ok(order)
 }
 
 /// Boots the VM with `overlay` (a cpio.gz laid over the base) and returns the serial console's
@@ -627,48 +647,18 @@ kill %1 2>/dev/null
 /// (see [`HOST_ROOT_WRAPPER`]), with `agent` as `/tmp/nvbind-agent`; returns the console.
 pub fn run_host_root_script(target: &Path, agent: &Path, script: &str) -> Result<String> {
     let vm = prepare(target)?;
-    let dir = vm_dir(target);
-    let version = vm
-        .kernel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .context("the VM's kernel is named vmlinuz-VERSION")?
-        .to_string();
-    let kroot = dir.join(format!("kernel-{version}"));
-    let work = dir.join("run-host-root");
+    let work = vm_dir(target).join("run-host-root");
     let staging = work.join("overlay");
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
     fs::create_dir_all(staging.join("modules"))?;
-    // The 9p chain, each module once, in the order modprobe resolves it.
-    let mut order: Vec<String> = Vec::new();
-    for module in HOST_ROOT_MODULES {
-        let deps = output_of(Command::new("modprobe").arg("-d").arg(&kroot).args([
-            "-S",
-            &version,
-            "--show-depends",
-            module,
-        ]))
-        .context("run modprobe --show-depends")?;
-        for line in deps.lines() {
-            let Some(path) = line.strip_prefix("insmod ") else {
-                continue;
-            };
-            let path = PathBuf::from(path.split_whitespace().next().unwrap_or(path));
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .context("a module path has a name")?
-                .to_string();
-            if !order.contains(&name) {
-                fs::copy(&path, staging.join("modules").join(&name))
-                    .with_context(|| format!("copy {}", path.display()))?;
-                order.push(name);
-            }
-        }
-    }
+    let order = stage_module_chains(
+        &vm.kroot,
+        &vm.version,
+        HOST_ROOT_MODULES,
+        &staging.join("modules"),
+    )?;
     fs::write(
         staging.join("modules/host-root-order"),
         order.join("\n") + "\n",

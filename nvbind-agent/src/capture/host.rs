@@ -39,6 +39,11 @@ pub(super) fn describe_host(capture: &mut Capture) {
     capture.cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 }
 
+/// This machine's host name (empty when it cannot be read).
+pub fn hostname() -> String {
+    uname().1
+}
+
 /// (kernel release, hostname).
 fn uname() -> (String, String) {
     // SAFETY: zeroed utsname is a valid out-parameter.

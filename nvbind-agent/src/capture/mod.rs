@@ -11,6 +11,6 @@ mod record;
 mod snapshots;
 mod tracker;
 
-pub use host::{cpu_time_and_peak_rss, yield_to_games, AGENT_NICE};
+pub use host::{cpu_time_and_peak_rss, hostname, yield_to_games, AGENT_NICE};
 pub use record::{record, Outcome, RecordOptions};
 pub use tracker::Tracker;

@@ -7,9 +7,9 @@ use tokio::{sync::watch, task::JoinSet};
 
 use super::{
     api,
-    api::Shared,
     config::Config,
     guard::{GuardedListener, Limits, RequestRates},
+    shared::Shared,
 };
 
 /// Takes the lock that says one daemon serves `socket` (`SOCKET.lock` beside it, flock'd: the

@@ -23,6 +23,7 @@ mod processes;
 mod reload;
 mod serve;
 mod sessions;
+mod shared;
 mod subuids;
 mod tracking;
 

@@ -16,7 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::api::{ApiError, Shared};
+use super::shared::{ApiError, Shared};
 
 /// Refuses requests whose `Host` or `Origin` says a browser sent them for another site.
 pub async fn same_host_only(
@@ -25,7 +25,7 @@ pub async fn same_host_only(
     next: Next,
 ) -> Response {
     let allowed = shared.allowed_hosts();
-    match check(request.headers(), &allowed, &this_host_name()) {
+    match check(request.headers(), &allowed, &crate::capture::hostname()) {
         Ok(()) => next.run(request).await,
         Err(why) => ApiError::new(StatusCode::FORBIDDEN, why).into_response(),
     }
@@ -94,14 +94,6 @@ fn without_port(host: &str) -> &str {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     }
-}
-
-/// This machine's host name (empty when it cannot be read).
-fn this_host_name() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]

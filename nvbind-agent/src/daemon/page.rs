@@ -15,8 +15,8 @@ use axum::{
 use serde::Serialize;
 
 use super::{
-    api::{ApiError, Shared},
     history::SessionSummary,
+    shared::{ApiError, Shared},
 };
 
 const INDEX_HTML: &str = include_str!("page/index.html");

@@ -12,7 +12,6 @@ use tokio::{
 };
 
 use super::{
-    api::Shared,
     config::Config,
     housekeeping::HOUSEKEEPING_INTERVAL,
     listeners::start_servers,
@@ -21,6 +20,7 @@ use super::{
     options::DaemonOptions,
     processes::{list_pids, YoungProcesses, LISTING_GAP, PROCESS_LISTING_INTERVAL},
     sessions,
+    shared::Shared,
     tracking::{Daemon, RETRY_INTERVAL},
 };
 use crate::{

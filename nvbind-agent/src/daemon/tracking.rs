@@ -11,7 +11,6 @@ use std::{
 use tokio::task::JoinSet;
 
 use super::{
-    api::Shared,
     config::{Candidate, Config},
     guard::RateLimited,
     live::Live,
@@ -19,6 +18,7 @@ use super::{
     options::DaemonOptions,
     processes::YoungProcesses,
     sessions,
+    shared::Shared,
 };
 use crate::{
     capture::{cpu_time_and_peak_rss, Tracker},

@@ -18,7 +18,7 @@ use crate::{
 /// ~16 bytes × this.
 const MAX_RECENT_FRAMES: usize = 65_536;
 /// Stutters kept per process with their verdicts, for the live views (the newest last).
-pub const MAX_RECENT_STUTTERS: usize = 32;
+const MAX_RECENT_STUTTERS: usize = 32;
 
 /// A stutter as the live views show it: when, how long, and the verdict made as it happened.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -11,10 +11,7 @@ mod threads;
 
 use nvbind_common::present_source;
 
-pub use live::{
-    FrameOutcome, Identity, LiveProcess, LiveStutter, LiveWindow, RecentFrameView,
-    MAX_RECENT_STUTTERS,
-};
+pub use live::{FrameOutcome, Identity, LiveProcess, LiveStutter, LiveWindow, RecentFrameView};
 pub use model::{
     Capture, CompileRecord, CulpritProcess, DisplayRecord, DriverFeedback, Frame, ProcessRecord,
     MAX_COMPILES_KEPT,
