@@ -324,6 +324,12 @@ pub struct DisplayEvent {
     pub seq: u32,
     /// When the owner last asked for a flip or commit on this file (0: unknown or never).
     pub request_ns: u64,
+    /// When the thread that asked had last been woken before (0: not known).
+    pub woke_ns: u64,
+    /// The time of the vblank the event went out at (`drm_vblank_event`'s own timestamp for this
+    /// CRTC and sequence, the time DRM also writes into the event for the process: what a
+    /// compositor passes on as the presentation time); 0 where that vblank was not seen.
+    pub vblank_ns: u64,
 }
 
 /// The last process to make a display request on a DRM file (`DRM_FILE_OWNERS`, keyed by the
@@ -336,7 +342,26 @@ pub struct DrmFileOwner {
     /// When it last asked for a flip or an atomic commit (`bpf_ktime_get_ns`; 0: never). A
     /// vblank-event request does not move it: the next completed flip is still that request's.
     pub flip_request_ns: u64,
+    /// When the thread that asked for it had last been woken before asking (0: not known): a
+    /// compositor wakes to repaint, and what its clients committed before that is in the flip.
+    pub flip_woke_ns: u64,
 }
+
+/// Threads that asked for flips (compositors), whose wakeups `sched_wakeup` notes for
+/// [`DrmFileOwner::flip_woke_ns`] (`FLIPPERS`, one entry). A few slots, compared on every wakeup
+/// of the host: a display has one compositor thread flipping, a host a few.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flippers {
+    pub tids: [u32; FLIPPER_SLOTS],
+    pub woke_ns: [u64; FLIPPER_SLOTS],
+    /// The slot the next new thread takes (round robin).
+    pub next: u32,
+    pub _pad: u32,
+}
+
+/// Slots of [`Flippers`].
+pub const FLIPPER_SLOTS: usize = 4;
 
 /// The vblanks of one CRTC (`CRTC_VBLANKS`, indexed by CRTC, at most `MAX_CRTCS`).
 #[repr(C)]
@@ -730,6 +755,12 @@ pub struct PresentEvent {
     /// What the frame was handed to: the GLX drawable, the EGL surface, or the first swapchain
     /// of the Vulkan present (0: unreadable). A process can present to several windows.
     pub target: u64,
+    /// When the present call returned (0: not held to its return, as `glXSwapBuffers`): a
+    /// Wayland client's commit of the frame reached the compositor by then.
+    pub end_ns: u64,
+    /// The last `wl_display_flush` of the calling thread inside the present call (0: none): when
+    /// a Wayland client sent the frame's commit to the compositor.
+    pub commit_ns: u64,
 }
 
 /// The `PENDING_PRESENTS` key of thread `tid`'s present call of `source`: Vulkan presents (the
@@ -941,6 +972,7 @@ mod user {
     unsafe impl aya::Pod for super::DisplayEvent {}
     unsafe impl aya::Pod for super::CrtcVblanks {}
     unsafe impl aya::Pod for super::DrmFileOwner {}
+    unsafe impl aya::Pod for super::Flippers {}
     unsafe impl aya::Pod for super::DrmIoctlKey {}
     unsafe impl aya::Pod for super::device_policy::DeviceRuleKey {}
     unsafe impl aya::Pod for super::device_policy::BindingRecord {}
@@ -1094,7 +1126,7 @@ mod tests {
         );
         assert_eq!(
             size_of::<PresentEvent>(),
-            24 + 8 + 16 + size_of::<Culprit>() + size_of::<ThreadCounters>() + 8
+            24 + 8 + 16 + size_of::<Culprit>() + size_of::<ThreadCounters>() + 8 + 16
         );
     }
 }

@@ -11,7 +11,8 @@
 //!   lock, by `drm_send_event_timestamp_locked(dev, event)` (kprobe), which has the event itself:
 //!   its type tells a completed flip or commit (a frame on screen) from a vblank event the process
 //!   asked for. The tracepoint stashes what it knows per CPU; the kprobe finishes the record and
-//!   sends it to the file's owner when the owner is tracked.
+//!   sends it to the file's owner: every kind when the owner is tracked, completed flips of any
+//!   owner (a compositor's flips show other processes' frames; see `request`).
 //!
 //! Each kind is also counted in a per-CPU array for the report's totals.
 
@@ -23,7 +24,8 @@ use aya_ebpf::{
     programs::{ProbeContext, TracePointContext},
 };
 use nvbind_common::{
-    display_kind, event_kind, CrtcVblanks, DisplayEvent, DrmFileOwner, EventHeader,
+    display_kind, event_kind, CrtcVblanks, DisplayEvent, DrmFileOwner, EventHeader, Flippers,
+    FLIPPER_SLOTS,
 };
 
 use crate::state::{
@@ -34,8 +36,8 @@ use crate::state::{
 
 /// Index 0: `drm_vblank_event`, 1: `drm_vblank_event_queued`, 2: `drm_vblank_event_delivered`,
 /// 3: deliveries to a tracked process's file whose event could not be read as DRM lays it out
-/// (sent as flips; the agent warns when this is not 0), 4: deliveries to a tracked process's
-/// file whose send never reached the kprobe (not sent; the report counts them).
+/// (sent as flips; the agent warns when this is not 0), 4: deliveries to a flipping or tracked
+/// process's file whose send never reached the kprobe (not sent; the report counts them).
 #[map]
 pub static DRM_EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(5, 0);
 
@@ -43,13 +45,15 @@ pub static DRM_EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(5,
 #[map]
 pub static DRM_FILE_OWNERS: LruHashMap<u64, DrmFileOwner> = LruHashMap::with_max_entries(1024, 0);
 
-/// A delivery to a tracked process's file, from `drm_vblank_event_delivered` to the
+/// A delivery to an owned DRM file, from `drm_vblank_event_delivered` to the
 /// `drm_send_event_timestamp_locked` that follows it on the same CPU.
 #[derive(Clone, Copy)]
 pub struct PendingDelivery {
     pub file: u64,
     /// When the tracepoint ran; 0 when nothing is pending.
     pub stashed_ns: u64,
+    /// Whether the file's owner is tracked (else only a completed flip is sent).
+    pub owner_tracked: u32,
     pub event: DisplayEvent,
 }
 
@@ -92,6 +96,18 @@ fn display_event(kind: u32, owner: &DrmFileOwner, crtc: u32, seq: u32, now: u64)
         crtc,
         seq,
         request_ns: owner.flip_request_ns,
+        woke_ns: owner.flip_woke_ns,
+        vblank_ns: vblank_time(crtc, seq),
+    }
+}
+
+/// The time of vblank `seq` of `crtc`, when it is the last `drm_vblank_event` seen there (DRM
+/// sends the events of a vblank right after tracing it); 0 otherwise.
+#[inline(always)]
+fn vblank_time(crtc: u32, seq: u32) -> u64 {
+    match CRTC_VBLANKS.get(crtc) {
+        Some(v) if v.count > 0 && v.last_seq == seq => v.last_ns,
+        _ => 0,
     }
 }
 
@@ -125,8 +141,19 @@ pub fn nvbind_drm_event_request(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn request(ctx: &ProbeContext, flip: bool) {
-    let Some((tgid, tid)) = tracked_current() else {
-        return;
+    let (tgid, tid) = if flip {
+        // Any process's: a compositor shows other processes' frames with its flips, and the
+        // config's exclusions govern sessions, not evidence. Only completed flips are sent for
+        // an untracked owner (`nvbind_drm_send_event`), and only the DRM master can flip, so no
+        // process can send more than its display's refresh; a failing request only costs this
+        // LRU update.
+        let id = bpf_get_current_pid_tgid();
+        ((id >> 32) as u32, id as u32)
+    } else {
+        let Some(ids) = tracked_current() else {
+            return;
+        };
+        ids
     };
     let Some(file) = ctx.arg::<u64>(2) else {
         return;
@@ -139,20 +166,77 @@ fn request(ctx: &ProbeContext, flip: bool) {
 fn own(file: u64, tgid: u32, tid: u32, flip: bool) -> DrmFileOwner {
     // SAFETY: plain lookup of a plain value, copied out at once.
     let previous = unsafe { DRM_FILE_OWNERS.get(&file) }.copied();
-    let flip_request_ns = if flip {
-        now_ns()
+    let (flip_request_ns, flip_woke_ns) = if flip {
+        (now_ns(), last_woken(tid))
     } else {
         previous
             .filter(|p| p.tgid == tgid)
-            .map_or(0, |p| p.flip_request_ns)
+            .map_or((0, 0), |p| (p.flip_request_ns, p.flip_woke_ns))
     };
     let owner = DrmFileOwner {
         tgid,
         tid,
         flip_request_ns,
+        flip_woke_ns,
     };
     let _ = DRM_FILE_OWNERS.insert(&file, &owner, 0);
     owner
+}
+
+/// Threads that flip, whose wakeups `sched_wakeup` notes (see [`note_flipper_woken`]).
+#[map]
+pub static FLIPPERS: Array<Flippers> = Array::with_max_entries(1, 0);
+
+/// When flipping thread `tid` was last woken (0: not one of `FLIPPERS`, or not woken since).
+#[inline(always)]
+fn last_woken(tid: u32) -> u64 {
+    let Some(f) = FLIPPERS.get(0) else {
+        return 0;
+    };
+    for i in 0..FLIPPER_SLOTS {
+        if f.tids[i] == tid {
+            return f.woke_ns[i];
+        }
+    }
+    0
+}
+
+/// Makes `tid`, whose flip just completed, one of `FLIPPERS` (replacing the oldest newcomer
+/// when all slots are taken). Only completed flips count: only the DRM master flips, so a
+/// process issuing failing requests cannot take the compositor's slot.
+#[inline(always)]
+fn remember_flipper(tid: u32) {
+    let Some(f) = FLIPPERS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: live map value; racing writers store whole words.
+    let f = unsafe { &mut *f };
+    for i in 0..FLIPPER_SLOTS {
+        if f.tids[i] == tid {
+            return;
+        }
+    }
+    let slot = (f.next as usize) % FLIPPER_SLOTS;
+    f.tids[slot] = tid;
+    f.woke_ns[slot] = 0;
+    f.next = f.next.wrapping_add(1);
+}
+
+/// From `sched_wakeup`, for every task woken on the host: notes the time when it is a thread
+/// that flips. A compositor sleeps until its repaint is due; what its clients committed before it
+/// woke is in the flip it asks for next, what came after waits for the one after.
+#[inline(always)]
+pub fn note_flipper_woken(tid: u32) {
+    let Some(f) = FLIPPERS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: live map value; a plain store of a whole word.
+    let f = unsafe { &mut *f };
+    for i in 0..FLIPPER_SLOTS {
+        if f.tids[i] == tid && tid != 0 {
+            f.woke_ns[i] = now_ns();
+        }
+    }
 }
 
 #[tracepoint]
@@ -226,13 +310,12 @@ pub fn nvbind_drm_delivered(ctx: TracePointContext) -> u32 {
     let Some(owner) = (unsafe { DRM_FILE_OWNERS.get(&file) }).copied() else {
         return 0;
     };
-    // The owner may have stopped being tracked (exited, or the file changed hands since).
+    // An untracked owner (a compositor) gets its completed flips only (`nvbind_drm_send_event`).
     // SAFETY: plain lookup of a u32 value.
-    if unsafe { TRACKED_PROCESSES.get(owner.tgid) }.is_none() {
-        return 0;
-    }
+    let tracked = unsafe { TRACKED_PROCESSES.get(owner.tgid) }.is_some();
     let now = now_ns();
     pending.file = file;
+    pending.owner_tracked = tracked as u32;
     pending.stashed_ns = now;
     pending.event = display_event(
         display_kind::FLIP,
@@ -299,8 +382,23 @@ pub fn nvbind_drm_send_event(ctx: ProbeContext) -> u32 {
         _ => None,
     };
     let mut record = pending.event;
+    // `drm_send_event_timestamp_locked`'s third argument is the time DRM writes into the event:
+    // for a flip, the vblank's (the `drm_vblank_event` of that vblank is traced after its events
+    // are sent). `drm_send_event_locked` (before 5.12) has none: what is in the register then is
+    // not a time of the last second.
+    if let Some(ts) = ctx.arg::<u64>(2) {
+        let now = now_ns();
+        if ts != 0 && ts <= now && now - ts < 1_000_000_000 {
+            record.vblank_ns = ts;
+        }
+    }
+    if kind == Some(display_kind::FLIP) {
+        remember_flipper(record.header.tid);
+    }
     match kind {
+        Some(kind) if kind != display_kind::FLIP && pending.owner_tracked == 0 => return 0,
         Some(kind) => record.header.aux = kind,
+        None if pending.owner_tracked == 0 => return 0,
         // Not laid out as expected: still a delivery to the process, counted apart.
         None if fresh => count(3),
         // An old stash and an event that is not its own: its send was missed.

@@ -178,15 +178,16 @@ fn finish_present(source: u32, taken: bool) {
         return;
     };
     let key = pending_present_key(tid, source);
-    let Some(e) = PENDING_PRESENTS.get_ptr(key) else {
+    let Some(e) = PENDING_PRESENTS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: a live map value, written only by this thread's own present probes.
-    let e = unsafe { &*e };
+    let e = unsafe { &mut *e };
+    e.end_ns = now_ns();
     let sent = taken
         && frame_within_rate(e.header.tgid, source)
         && EVENTS
-            .output::<PresentEvent>(e, frame_wakeup())
+            .output::<PresentEvent>(&*e, frame_wakeup())
             .map_err(|_| count_drop())
             .is_ok();
     if !sent {
@@ -260,6 +261,27 @@ fn fill_present(
     t.totals.since_into(&t.at_last_present, &mut e.delta);
     e.delta.add(&t.carried);
     e.target = target;
+    e.end_ns = 0;
+    e.commit_ns = 0;
+}
+
+/// Entry of libwayland-client's `wl_display_flush` in a tracked thread: inside a held present
+/// call (`eglSwapBuffers`, `vkQueuePresentKHR`) this is Mesa sending the frame's commit to the
+/// compositor (the last flush of the call; an earlier one is its wait for the compositor's frame
+/// callback). The frame records when, for the join to the compositor's flips.
+#[uprobe]
+pub fn nvbind_wayland_flush(_ctx: ProbeContext) -> u32 {
+    let Some((_, tid, _)) = current_thread() else {
+        return 0;
+    };
+    let now = now_ns();
+    for source in [present_source::EGL, present_source::VULKAN_LOADER] {
+        if let Some(e) = PENDING_PRESENTS.get_ptr_mut(pending_present_key(tid, source)) {
+            // SAFETY: a live map value, written only by this thread's own probes.
+            unsafe { (*e).commit_ns = now };
+        }
+    }
+    0
 }
 
 /// Sends the frame of a present call at its entry (a call that says nothing of its success).

@@ -376,6 +376,7 @@ fn woken(args: &impl Wakeup, new_task: bool) {
     if tid <= 0 {
         return;
     }
+    crate::drm::note_flipper_woken(tid as u32);
     let Some(t) = thread(tid as u32) else {
         return;
     };

@@ -16,6 +16,7 @@ mod i386;
 pub mod podman;
 mod report;
 mod timing;
+pub mod vm_console;
 mod wine;
 mod workloads;
 

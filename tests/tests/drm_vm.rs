@@ -11,62 +11,14 @@
 //!   events already passed (delivered under another sequence than asked): every one is a vblank
 //!   event, none a display frame.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::collections::HashMap;
 
 use nvbind_tests::skipped_runs;
 use serde_json::Value;
 
-/// The console's `==BEGIN name==` … `==END name==` sections.
+/// The sections of this run's DRM VM console.
 fn sections() -> HashMap<String, String> {
-    let path = std::env::var_os("NVBIND_VM_CONSOLE")
-        .map(PathBuf::from)
-        .expect(
-            "NOT RUN: NVBIND_VM_CONSOLE is not set: the DRM tests read the console of the test VM \
-         that `sudo cargo xtask test` boots (`cargo xtask vm` shows it)",
-        );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "NOT RUN: no VM console at {} ({e}): `cargo xtask test` boots the VM before the \
-             integration tests",
-            path.display()
-        )
-    });
-    let text = text.replace('\r', "");
-    let mut out = HashMap::new();
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find("==BEGIN ") {
-        let after = &rest[at + 8..];
-        let Some(name_end) = after.find("==\n") else {
-            break;
-        };
-        let name = &after[..name_end];
-        let body = &after[name_end + 3..];
-        let end_marker = format!("==END {name}==");
-        let Some(end) = body.find(&end_marker) else {
-            break;
-        };
-        out.insert(name.to_string(), body[..end].trim().to_string());
-        rest = &body[end + end_marker.len()..];
-    }
-    // The console must be this run's: `cargo xtask test` marks it with an id it also gives the
-    // tests, so a console left by `cargo xtask vm` or an earlier run is never read as this one's.
-    let run_id = std::env::var("NVBIND_VM_RUN_ID").expect(
-        "NOT RUN: NVBIND_VM_RUN_ID is not set: the DRM tests read the console of the test VM \
-         that `sudo cargo xtask test` boots for the same run",
-    );
-    assert_eq!(
-        out.get("run-id").map(String::as_str),
-        Some(run_id.as_str()),
-        "the console at {} is not this run's (run id {run_id})",
-        path.display()
-    );
-    assert!(
-        out.contains_key("doctor"),
-        "the VM's test script did not run; console {}:\n{}",
-        path.display(),
-        text.lines().rev().take(40).collect::<Vec<_>>().join("\n")
-    );
-    out
+    nvbind_tests::vm_console::sections("NVBIND_VM_CONSOLE", "doctor")
 }
 
 fn json(sections: &HashMap<String, String>, name: &str) -> Value {
@@ -242,7 +194,7 @@ fn modetest_flips_are_display_frames_counted_like_the_kernel() {
     let m = process(&report, "modetest");
     let display = &m["frames"]["display"];
     assert_eq!(display["source"], "drm_vblank_event_delivered", "{display}");
-    let ours = display["count"].as_i64().expect("display count");
+    let ours = display["displayed"].as_i64().expect("display count");
     // The kernel's own trace of the run: delivered events in all, and those to a DRM file (the
     // flips; the others are the kernel's own), then all vblanks.
     let kernel: Vec<i64> = s["kernel-trace"]
@@ -267,7 +219,9 @@ fn modetest_flips_are_display_frames_counted_like_the_kernel() {
     let rank = n.div_ceil(2) - 1;
     let low = kernel_ms[rank.saturating_sub(2)] * 0.99 - 0.002;
     let high = kernel_ms[(rank + 2).min(n - 1)] * 1.01 + 0.002;
-    let p50 = display["interval_ms"]["p50"].as_f64().expect("p50");
+    let p50 = display["between_display_changes_ms"]["p50"]
+        .as_f64()
+        .expect("p50");
     assert!(
         (low..=high).contains(&p50),
         "display interval p50 {p50} ms, the kernel's trace allows [{low}, {high}] ms"
@@ -316,7 +270,7 @@ fn vbltest_vblank_events_are_its_own() {
     assert!(queued >= 20, "{display}");
     assert!(delivered >= queued - 2 && delivered <= queued, "{display}");
     assert_eq!(
-        display["count"], 0,
+        display["displayed"], 0,
         "waiting for a vblank is not a flip: {display}"
     );
     let waits = v["ioctl"]["drm"]["requests"]["WAIT_VBLANK"]
@@ -343,7 +297,7 @@ fn sequence_and_late_vblank_events_are_not_display_frames() {
     let p = process(&report, "drm-sequence");
     let display = &p["frames"]["display"];
     assert_eq!(
-        display["count"], 0,
+        display["displayed"], 0,
         "no flip: every event was asked for: {display}"
     );
     // 60 CRTC_QUEUE_SEQUENCE events (no queued tracepoint for those) and 60 late WAIT_VBLANK ones,

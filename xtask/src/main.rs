@@ -83,8 +83,8 @@ enum Cmd {
         script: Option<PathBuf>,
         /// Share the host's root with the guest (read-only, virtio-9p) and run the script
         /// chrooted there, with the agent as /tmp/nvbind-agent: a real graphics stack (Weston on
-        /// vkms) instead of the small image. Without --script: Weston and a
-        /// `wp_presentation` client recorded. Exploratory: not part of `cargo xtask test` yet.
+        /// vkms) instead of the small image. Without --script: the compositor checks of
+        /// `cargo xtask test` (with a release `wl-feedback`).
         #[arg(long)]
         host_root: bool,
     },
@@ -203,7 +203,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             };
             let console = if host_root {
                 packages::debian_packages(vm::DESKTOP_PACKAGES)?;
-                let text = text.unwrap_or_else(|| vm::DESKTOP_SCRIPT.to_string());
+                let text = match text {
+                    Some(text) => text,
+                    None => {
+                        let client = build_wayland_client(&root)?;
+                        vm::compositor_script(&client)?
+                    }
+                };
                 vm::run_host_root_script(&target_dir(&root), &agent, &text)?
             } else {
                 let clients = build_vm_clients(&root)?;
@@ -281,6 +287,20 @@ fn build(root: &Path) -> Result<PathBuf> {
         );
     }
     Ok(agent)
+}
+
+/// The Wayland client of the compositor checks (`wl-feedback`), a release build.
+fn build_wayland_client(root: &Path) -> Result<PathBuf> {
+    step("build the compositor checks' Wayland client (release)");
+    run(cargo_cmd(root).args([
+        "build",
+        "--release",
+        "-p",
+        "nvbind-tests",
+        "--bin",
+        "wl-feedback",
+    ]))?;
+    Ok(target_dir(root).join("release/wl-feedback"))
 }
 
 /// The test clients the VM's script runs besides the distribution's (`drm-sequence`), release

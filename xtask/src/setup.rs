@@ -76,6 +76,10 @@ const TEST_PACKAGES: &[&str] = &[
     // dpkg; its man pages are rendered with man.
     "lintian",
     "man-db",
+    // The compositor checks in the test VM run the host's own Weston (and Wayland clients on
+    // Mesa's EGL and Vulkan) on the guest's vkms display: `vm::DESKTOP_PACKAGES`.
+    "weston",
+    "libwayland-egl1",
     // A multi-threaded launcher that execs a game, in the tests.
     "python3",
     // A build competing with a game: the stutter tests run `make -j` of a small C project.

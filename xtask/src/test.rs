@@ -303,6 +303,7 @@ struct Paths {
     agent: PathBuf,
     drm_client: PathBuf,
     vm_console: PathBuf,
+    compositor_console: PathBuf,
 }
 
 impl Paths {
@@ -313,6 +314,7 @@ impl Paths {
             agent: debug.join("nvbind-agent"),
             drm_client: debug.join("drm-sequence"),
             vm_console: target.join("xtask-test/drm-vm-console.txt"),
+            compositor_console: target.join("xtask-test/compositor-vm-console.txt"),
             debug,
             target,
         }
@@ -407,6 +409,17 @@ fn root_tests(
         )
         .into()
     });
+    let _ = std::fs::remove_file(&paths.compositor_console);
+    runner.step("compositor checks in the test VM (Weston)", |_| {
+        compositor_vm(
+            &paths.target,
+            &paths.agent,
+            &paths.debug.join("wl-feedback"),
+            &run_id,
+            &paths.compositor_console,
+        )
+        .into()
+    });
     for file in files {
         let name = format!("integration tests/{file}.rs");
         runner.step(&name, |counts| {
@@ -423,6 +436,7 @@ fn root_tests(
                 .env("NVBIND_OPEN_PROBE_BIN", paths.debug.join("open-probe"))
                 .env("NVBIND_XVFB", "1")
                 .env("NVBIND_VM_CONSOLE", &paths.vm_console)
+                .env("NVBIND_COMPOSITOR_CONSOLE", &paths.compositor_console)
                 .env("NVBIND_VM_RUN_ID", &run_id)
                 .env("NVBIND_I386_SYSROOT", crate::i386::sysroot(&paths.target));
             match (setup::promtool_path(), setup::prometheus_path()) {
@@ -454,10 +468,33 @@ fn drm_vm(
             .unwrap_or(vm::DRM_TEST_SCRIPT)
     );
     let console = vm::run_script(target, agent, &[drm_client.to_path_buf()], &script)?;
+    save_console(&console, console_out)
+}
+
+/// Boots the test VM with the host's root (Weston, Mesa) and the compositor checks, saving its
+/// console (marked with `run_id`) where `tests/compositor_vm.rs` reads it.
+fn compositor_vm(
+    target: &Path,
+    agent: &Path,
+    client: &Path,
+    run_id: &str,
+    console_out: &Path,
+) -> Result<()> {
+    let checks = vm::compositor_script(client)?;
+    let script = format!(
+        "#!/bin/sh\necho '==BEGIN run-id=='; echo '{run_id}'; echo '==END run-id=='\n{}",
+        checks.strip_prefix("#!/bin/sh\n").unwrap_or(&checks)
+    );
+    let console = vm::run_host_root_script(target, agent, &script)?;
+    save_console(&console, console_out)
+}
+
+/// Writes a VM's console whole under another name, then renames it: the tests never read half
+/// a console.
+fn save_console(console: &str, console_out: &Path) -> Result<()> {
     if let Some(dir) = console_out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    // Written whole under another name, then renamed: the tests never read half a console.
     let partial = PathBuf::from(format!("{}.partial", console_out.display()));
     std::fs::write(&partial, console).with_context(|| format!("write {}", partial.display()))?;
     std::fs::rename(&partial, console_out)

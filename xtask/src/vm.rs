@@ -582,7 +582,7 @@ pub fn run_script(
 }
 
 /// What the host-root VM's default script runs from the host: Weston and its demo clients.
-pub const DESKTOP_PACKAGES: &[&str] = &["weston"];
+pub const DESKTOP_PACKAGES: &[&str] = &["weston", "libwayland-egl1", "vulkan-tools"];
 
 /// The modules that mount the host's root in the guest (virtio-9p), in load order.
 const HOST_ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
@@ -611,37 +611,96 @@ chroot /host /bin/sh /tmp/desktop.sh
 echo "nvbind-vm: desktop.sh exited $?"
 "#;
 
-/// `cargo xtask vm --host-root`'s default script: Weston on vkms (DRM backend, pixman), and
-/// the agent recording `weston-presentation-shm` (a client that asks for `wp_presentation`
-/// feedback of every frame) beside the kernel's own trace of the flips. Exploratory: what the
-/// compositor join (issue "What the player sees") will be built on.
-pub const DESKTOP_SCRIPT: &str = r#"#!/bin/sh
+/// What `cargo xtask test` runs in the host-root VM (`@CLIENT@`: the path of this build's
+/// `wl-feedback`, the same in the guest's chroot): Weston on vkms (DRM backend, pixman), and
+/// one recording of `wl-feedback` (a Wayland client presenting through EGL, with the
+/// compositor's `wp_presentation` feedback on every frame) as a vsynced game, a game faster than
+/// the display and one slower, then `vkcube --wsi wayland` (Vulkan on lavapipe, no feedback);
+/// then the daemon beside Weston. Prints the clients' feedback, the report's display sections
+/// and per frame what the frames CSV and the PresentMon export say, between `==BEGIN name==` /
+/// `==END name==` lines for `tests/tests/compositor_vm.rs`.
+pub const COMPOSITOR_TEST_SCRIPT: &str = r#"#!/bin/sh
 export XDG_RUNTIME_DIR=/run/xdg
 mkdir -p -m 0700 $XDG_RUNTIME_DIR
+ip link set lo up
 A=/tmp/nvbind-agent
-T=/sys/kernel/tracing
-echo 1 > $T/events/drm/drm_vblank_event_delivered/enable
-weston --backend=drm-backend.so --tty=1 --use-pixman --continue-without-input --idle-time=0   --log=/tmp/weston.log &
+C=@CLIENT@
+weston --backend=drm-backend.so --tty=1 --use-pixman --continue-without-input --idle-time=0 \
+  --log=/tmp/weston.log &
 i=0
 while [ ! -S $XDG_RUNTIME_DIR/wayland-1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-echo "nvbind-vm: weston socket after $((i/10)) s: $(ls $XDG_RUNTIME_DIR)"
 export WAYLAND_DISPLAY=wayland-1
-echo > $T/trace
-$A record --duration 8 --out /tmp/r.json -- weston-presentation-shm -f > /tmp/record.log 2>&1
+echo "==BEGIN weston=="; ls $XDG_RUNTIME_DIR; pgrep -x weston; echo "==END weston=="
+section() { echo "==BEGIN $1=="; cat "$2"; echo; echo "==END $1=="; }
+# One recording of the clients one after the other (an agent's start is slow under TCG).
+cat > /tmp/clients.sh <<CLIENTS
+$C --frames 240 --swap-interval 1 --out /tmp/vsync-truth.json
+$C --frames 300 --swap-interval 0 --out /tmp/fast-truth.json
+$C --frames 80 --swap-interval 1 --frame-ms 30 --out /tmp/slow-truth.json
+vkcube-wayland --c 180 > /tmp/vkcube.log 2>&1
+CLIENTS
+$A record --out /tmp/r.json --frames-csv /tmp/frames.csv --presentmon-csv /tmp/pm.csv \
+  -- sh /tmp/clients.sh > /tmp/record.log 2>&1
 echo "nvbind-vm: record exited $?"; tail -5 /tmp/record.log
-echo "nvbind-vm: flips delivered in the trace: $(grep -c drm_vblank_event_delivered $T/trace)"
-$A report /tmp/r.json | head -40
+for n in vsync fast slow; do section $n-truth /tmp/$n-truth.json; done
+echo "==BEGIN vkcube-log=="; head -c 2000 /tmp/vkcube.log; echo "==END vkcube-log=="
+# Per process that presented: the report's display section, and per frame (present, displayed,
+# display time, latency) from the frames CSV and the PresentMon export's display columns.
+echo "==BEGIN agent=="
 python3 - <<'PY'
-import json
+import csv, glob, json
 r = json.load(open("/tmp/r.json"))
+rows = list(csv.DictReader(open("/tmp/frames.csv")))
+pm = {}
+for path in glob.glob("/tmp/pm*.csv"):
+    for x in csv.DictReader(open(path)):
+        pm.setdefault(x["ProcessID"], []).append(
+            [x["Dropped"], x["msUntilDisplayed"], x["msBetweenDisplayChange"]])
+out = []
 for p in r["processes"]:
-    f = p["frames"]
-    print("nvbind-vm: process", p["name"], "frames", f["count"], "source", f["source"],
-          "display", json.dumps(f.get("display"))[:400])
-print("nvbind-vm: capture.drm", json.dumps(r["capture"]["drm"])[:400])
+    if p["frames"]["count"] == 0:
+        continue
+    pid = str(p["pid"])
+    out.append({
+        "pid": p["pid"], "name": p["name"], "frames": p["frames"]["count"],
+        "source": p["frames"]["source"], "display": p["frames"].get("display"),
+        "rows": [[int(x["present_ns"]), x["displayed"], x["display_ns"],
+                  x["present_to_display_ms"]] for x in rows if x["pid"] == pid],
+        "presentmon": pm.get(pid, []),
+    })
+print(json.dumps({"processes": out}))
 PY
+echo "==END agent=="
+# The daemon beside the compositor: its API and /metrics while the client presents.
+$A --listen 127.0.0.1:9191 --socket /run/nvbind-vm.sock --reports-dir /tmp/reports \
+  > /tmp/daemon.log 2>&1 &
+D=$!
+i=0
+until curl -sf http://127.0.0.1:9191/api/processes > /dev/null || [ $i -ge 150 ]; do
+  sleep 0.2; i=$((i+1)); done
+$C --frames 200 --swap-interval 1 --out /tmp/daemon-truth.json > /tmp/daemon-client.log 2>&1 &
+W=$!
+sleep 5
+echo "==BEGIN daemon-api=="; curl -s http://127.0.0.1:9191/api/processes; echo; echo "==END daemon-api=="
+echo "==BEGIN daemon-metrics=="
+curl -s http://127.0.0.1:9191/metrics | grep -E '^nvbind_(present_to_display|frames_displayed|frames_dropped)'
+echo "==END daemon-metrics=="
+wait $W
+kill $D; wait $D
+echo "==BEGIN daemon-log=="; tail -5 /tmp/daemon.log; echo "==END daemon-log=="
+echo "==BEGIN weston-log=="; tail -20 /tmp/weston.log; echo "==END weston-log=="
 kill %1 2>/dev/null
 "#;
+
+/// [`COMPOSITOR_TEST_SCRIPT`] with `client` as the `wl-feedback` it runs (a path the guest's
+/// chroot of the host's root has too).
+pub fn compositor_script(client: &Path) -> Result<String> {
+    let client = client
+        .to_str()
+        .filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_graphic() && ch != '\''))
+        .with_context(|| format!("{} is not a plain path", client.display()))?;
+    Ok(COMPOSITOR_TEST_SCRIPT.replace("@CLIENT@", client))
+}
 
 /// Boots the VM with the host's root shared read-only and runs `script` chrooted into it
 /// (see [`HOST_ROOT_WRAPPER`]), with `agent` as `/tmp/nvbind-agent`; returns the console.

@@ -87,6 +87,11 @@ pub fn process_view(
         stutters_in_window: w.stutters,
         frames_total: p.frames_total,
         stutters_total: p.stutters_total,
+        display: (p.displayed_total + p.dropped_total > 0).then(|| DisplayView {
+            displayed_total: p.displayed_total,
+            dropped_total: p.dropped_total,
+            present_to_display_ms: w.present_to_display.clone(),
+        }),
         stutters_by_cause: p
             .stutters_by_cause
             .iter()
@@ -206,6 +211,9 @@ pub struct ProcessView {
     pub stutters_in_window: u64,
     pub frames_total: u64,
     pub stutters_total: u64,
+    /// What reached the screen, where a compositor's flips showed its frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display: Option<DisplayView>,
     /// Live verdicts (the session report's, made with all the evidence, can differ).
     pub stutters_by_cause: BTreeMap<&'static str, u64>,
     /// The newest stutter with its live verdict and sentence.
@@ -223,6 +231,16 @@ pub struct ProcessView {
     pub gpu_pci_address: Option<String>,
     /// That GPU now.
     pub gpu: Option<GpuView>,
+}
+
+/// A game's frames on the screen through a compositor: counts since it was tracked, latency
+/// over the window.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DisplayView {
+    pub displayed_total: u64,
+    pub dropped_total: u64,
+    /// From present to the flip that showed the frame, over the window's shown frames.
+    pub present_to_display_ms: Option<FrameTimeStats>,
 }
 
 /// A GPU and its newest sample, in base units (ratios, hertz, bytes, watts, degrees Celsius).

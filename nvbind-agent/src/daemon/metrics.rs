@@ -47,6 +47,17 @@ fn frame_time_histogram() -> Histogram {
     Histogram::new(FRAME_TIME_BUCKETS)
 }
 
+/// Present-to-display buckets in seconds: from one short refresh to several long ones (a
+/// compositor adds one or two refreshes to a game's own queue).
+const PRESENT_TO_DISPLAY_BUCKETS: [f64; 14] = [
+    0.002, 0.004, 0.006, 0.008, 0.010, 0.0125, 0.016667, 0.020, 0.025, 0.033333, 0.05, 0.066667,
+    0.1, 0.25,
+];
+
+fn present_to_display_histogram() -> Histogram {
+    Histogram::new(PRESENT_TO_DISPLAY_BUCKETS)
+}
+
 /// The registry and the metrics the capture loop feeds.
 #[derive(Debug)]
 pub struct Metrics {
@@ -56,6 +67,9 @@ pub struct Metrics {
     pub stutters: Family<CauseLabels, Counter>,
     pub shader_compiles: Family<ProcessLabels, Counter>,
     pub shader_compile_time: Family<ProcessLabels, Counter<f64, AtomicU64>>,
+    pub present_to_display: Family<ProcessLabels, Histogram, fn() -> Histogram>,
+    pub frames_displayed: Family<ProcessLabels, Counter>,
+    pub frames_dropped: Family<ProcessLabels, Counter>,
 }
 
 impl Metrics {
@@ -96,6 +110,28 @@ impl Metrics {
             Unit::Seconds,
             shader_compile_time.clone(),
         );
+        let present_to_display =
+            Family::<ProcessLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                present_to_display_histogram,
+            );
+        registry.register_with_unit(
+            "present_to_display",
+            "From a tracked game's present to the compositor's flip that showed the frame",
+            Unit::Seconds,
+            present_to_display.clone(),
+        );
+        let frames_displayed = Family::<ProcessLabels, Counter>::default();
+        registry.register(
+            "frames_displayed",
+            "Frames of a tracked game a compositor's flip showed",
+            frames_displayed.clone(),
+        );
+        let frames_dropped = Family::<ProcessLabels, Counter>::default();
+        registry.register(
+            "frames_dropped",
+            "Frames of a tracked game replaced by a later one before any flip showed them",
+            frames_dropped.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { live }));
         Metrics {
             registry,
@@ -104,6 +140,9 @@ impl Metrics {
             stutters,
             shader_compiles,
             shader_compile_time,
+            present_to_display,
+            frames_displayed,
+            frames_dropped,
         }
     }
 
@@ -113,6 +152,9 @@ impl Metrics {
         self.frames.remove(labels);
         self.shader_compiles.remove(labels);
         self.shader_compile_time.remove(labels);
+        self.present_to_display.remove(labels);
+        self.frames_displayed.remove(labels);
+        self.frames_dropped.remove(labels);
         for cause in crate::stutter::Cause::ALL {
             self.stutters.remove(&CauseLabels {
                 pid: labels.pid.clone(),

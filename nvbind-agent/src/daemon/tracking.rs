@@ -185,6 +185,23 @@ impl Daemon {
                         }
                     }
                 }
+                let dropped_before = lp.dropped_total;
+                let latencies = lp.catch_up_screen(&record.frames, record.screen_from);
+                if !latencies.is_empty() || lp.dropped_total > dropped_before {
+                    let metrics = &self.shared.metrics;
+                    let histogram = metrics.present_to_display.get_or_create(&labels);
+                    for latency in &latencies {
+                        histogram.observe(*latency as f64 / 1e9);
+                    }
+                    metrics
+                        .frames_displayed
+                        .get_or_create(&labels)
+                        .inc_by(latencies.len() as u64);
+                    metrics
+                        .frames_dropped
+                        .get_or_create(&labels)
+                        .inc_by(lp.dropped_total - dropped_before);
+                }
                 let (calls, ns) =
                     lp.new_compiles(record.compile_calls_seen, record.compile_ns_seen);
                 if calls > 0 {
@@ -338,7 +355,12 @@ impl Daemon {
             };
             let written = lp.part.max(1);
             lp.part = written + 1;
-            lp.restart_record();
+            lp.restart_record(
+                self.tracker
+                    .processes()
+                    .get(&pid)
+                    .map_or(0, |r| r.screen_from),
+            );
             written
         };
         self.annotate(pid, &mut capture);

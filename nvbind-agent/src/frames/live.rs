@@ -8,7 +8,7 @@ use std::{
 
 use nvbind_common::present_source;
 
-use super::{stats, Frame, ProcessRecord, SOURCE_PREFERENCE};
+use super::{stats, Frame, ProcessRecord, Screen, SOURCE_PREFERENCE};
 use crate::{
     clock,
     stutter::{Cause, Detector, DetectorConfig, Verdict},
@@ -76,6 +76,13 @@ pub struct LiveProcess {
     seen: usize,
     /// The record's `compile_calls_seen` and `compile_ns_seen` already counted.
     compiles_counted: (u64, u64),
+    /// Frames of the tracker's record whose fate on the screen was already counted.
+    screen_seen: usize,
+    /// Frames of the counted source a compositor's flip showed, and those replaced before any.
+    pub displayed_total: u64,
+    pub dropped_total: u64,
+    /// The newest shown frames: (present, present-to-display ns), at most `MAX_RECENT_FRAMES`.
+    recent_shown: VecDeque<(u64, u64)>,
 }
 
 /// What one new frame meant, for the caller's counters.
@@ -117,6 +124,10 @@ impl LiveProcess {
             part: 0,
             seen: 0,
             compiles_counted: (0, 0),
+            screen_seen: 0,
+            displayed_total: 0,
+            dropped_total: 0,
+            recent_shown: VecDeque::new(),
         }
     }
 
@@ -139,9 +150,40 @@ impl LiveProcess {
             .collect()
     }
 
-    /// The tracker's record now holds only its last frame (a session part was taken out).
-    pub fn restart_record(&mut self) {
+    /// The tracker's record now holds only its last frame (a session part was taken out);
+    /// `screen_from` is the record's first undecided frame now (0: that last frame).
+    pub fn restart_record(&mut self, screen_from: usize) {
         self.seen = 1;
+        self.screen_seen = screen_from;
+    }
+
+    /// Counts the frames of `frames` (the tracker's record) a compositor's flip decided since
+    /// the last call (`decided`: the record's `screen_from`). Returns the present-to-display
+    /// time of each newly shown frame of the counted source, ns.
+    pub fn catch_up_screen(&mut self, frames: &[Frame], decided: usize) -> Vec<u64> {
+        let end = decided.min(frames.len());
+        let start = self.screen_seen.min(end);
+        self.screen_seen = end;
+        let mut latencies = Vec::new();
+        for f in frames[start..end]
+            .iter()
+            .filter(|f| f.source == self.source)
+        {
+            match f.screen {
+                Screen::Shown { at_ns, .. } => {
+                    let latency = at_ns.saturating_sub(f.ts_ns);
+                    self.displayed_total += 1;
+                    if self.recent_shown.len() == MAX_RECENT_FRAMES {
+                        self.recent_shown.pop_front();
+                    }
+                    self.recent_shown.push_back((f.ts_ns, latency));
+                    latencies.push(latency);
+                }
+                Screen::Replaced => self.dropped_total += 1,
+                Screen::Undecided => {}
+            }
+        }
+        latencies
     }
 
     /// Counts a present. Frames from a source better than the counted one switch the count to
@@ -246,7 +288,14 @@ impl LiveProcess {
         } else {
             in_window.len() as f64 / (span_ns as f64 / 1e9)
         };
+        let latencies: Vec<u64> = self
+            .recent_shown
+            .iter()
+            .filter(|(ts, _)| *ts >= from)
+            .map(|(_, latency)| *latency)
+            .collect();
         LiveWindow {
+            present_to_display: stats::summarize(&latencies).map(|s| s.frame_time_ms),
             frames: in_window.len() as u64,
             fps,
             summary: stats::summarize(&frame_times),
@@ -279,6 +328,8 @@ pub struct LiveWindow {
     pub stutters: u64,
     /// CLOCK_MONOTONIC nanoseconds of the newest frame.
     pub last_frame_ns: Option<u64>,
+    /// From present to display of the frames a compositor showed in the window, ms.
+    pub present_to_display: Option<stats::FrameTimeStats>,
 }
 
 /// Who a process is, read from /proc when it is first tracked.

@@ -6,6 +6,7 @@
 
 mod live;
 mod model;
+mod screen;
 pub mod stats;
 mod threads;
 
@@ -16,6 +17,7 @@ pub use model::{
     Capture, CompileRecord, CulpritProcess, DisplayRecord, DriverFeedback, Frame, ProcessRecord,
     MAX_COMPILES_KEPT,
 };
+pub use screen::{CompositorFlip, Screen};
 pub use threads::{ThreadDelta, ThreadWindow};
 
 /// Preference among frame sources when a process shows several: the call closest to the game's

@@ -8,7 +8,7 @@ use nvbind_common::{
     ThreadState,
 };
 
-use super::ThreadWindow;
+use super::{Screen, ThreadWindow};
 use crate::{
     gpu,
     identity::{display_name, ProcessIdentity},
@@ -31,6 +31,12 @@ pub struct Frame {
     pub culprit: Culprit,
     /// What it was handed to: a GLX drawable, an EGL surface, a Vulkan swapchain (0: unknown).
     pub target: u64,
+    /// When the present call returned (0: not known, as for `glXSwapBuffers`).
+    pub end_ns: u64,
+    /// When the call sent the frame's commit to a Wayland compositor (0: not seen).
+    pub commit_ns: u64,
+    /// What became of it on the screen, where a compositor showed it (`super::screen`).
+    pub screen: Screen,
 }
 
 /// The most stutters whose thread windows one process record keeps (a window holds a few
@@ -185,6 +191,10 @@ pub struct ProcessRecord {
     pub compile_ns_seen: u64,
     /// Its DRM ioctls by number (`_IOC_NR`), read at the end.
     pub drm_requests: Vec<(u32, u64)>,
+    /// The first of `frames` no compositor flip has decided yet (`ProcessRecord::join_flip`).
+    pub screen_from: usize,
+    /// The processes whose flips showed its frames (compositors), by pid.
+    pub shown_by: Vec<u32>,
     /// Its threads that exited while it ran, taken out of the kernel's table.
     pub departed: DepartedThreads,
 }
@@ -281,6 +291,10 @@ pub struct DisplayRecord {
     pub seq: u32,
     /// When the process last asked for a flip, a commit or a vblank event (0: unknown).
     pub request_ns: u64,
+    /// When the thread that asked for the flip had last been woken before asking (0: not known).
+    pub woke_ns: u64,
+    /// The time of the vblank the event went out at (0: not seen).
+    pub vblank_ns: u64,
 }
 
 /// A process blamed for keeping tracked threads waiting, as /proc showed it while it ran (read
@@ -329,6 +343,8 @@ pub struct Capture {
     pub drm_counts: [u64; 5],
     /// Vblank cadence per CRTC index.
     pub crtc_vblanks: Vec<(u32, CrtcVblanks)>,
+    /// The processes whose flips showed other processes' frames (compositors): pid → name.
+    pub compositors: BTreeMap<u32, String>,
     pub notes: Vec<String>,
     pub agent_cpu_s: f64,
     pub agent_peak_rss_bytes: u64,

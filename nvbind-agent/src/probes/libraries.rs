@@ -119,6 +119,15 @@ pub const LIBRARY_KINDS: &[LibraryKind] = &[
         ],
     },
     LibraryKind {
+        // A Wayland client's flushes: inside a present, the frame's commit reaching the
+        // compositor (`nvbind_wayland_flush`; docs/probes.md, "Frames through a compositor").
+        name: "wayland",
+        family: "present",
+        main_program: "nvbind_wayland_flush",
+        sonames: &["libwayland-client.so.0"],
+        hooks: &[plain("wl_display_flush", "nvbind_wayland_flush")],
+    },
+    LibraryKind {
         // OpenGL's compile calls as exported for programs linked against libGL (GLX) or
         // libOpenGL (EGL). Each export is a stub that jumps to the current context's driver;
         // a program that asks `glXGetProcAddress` gets libGLdispatch's stub instead (hooked by

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use nvbind_common::{ioctl_class, present_source, ProcessHistograms, ThreadCounters};
+use nvbind_common::{display_kind, ioctl_class, present_source, ProcessHistograms, ThreadCounters};
 
 use super::{
     display,
@@ -13,7 +13,7 @@ use super::{
     ProcessReport, Report, SchedReport, SwapchainReport, ThreadReport, Timeline, SCHEMA,
 };
 use crate::{
-    frames::{stats, Capture, Frame, ProcessRecord, SOURCE_PREFERENCE},
+    frames::{stats, Capture, Frame, ProcessRecord, Screen, SOURCE_PREFERENCE},
     gpu,
     probes::comm_str,
     stutter::GpuEvidence,
@@ -197,6 +197,7 @@ fn frame_rows(
         .iter()
         .map(|e| (e.frame, e.cause.name()))
         .collect();
+    let on_screen = on_screen(p, frames);
     frames
         .iter()
         .enumerate()
@@ -247,6 +248,14 @@ fn frame_rows(
                 ran_instead_process: blamed.map(|r| r.process).unwrap_or_default(),
                 compile_ms: ms(f.delta.compile_ns),
                 compile_calls: f.delta.compile_calls,
+                displayed: on_screen.get(i).copied().flatten().map(|at| at.is_some()),
+                display_ns: on_screen.get(i).copied().flatten().flatten(),
+                present_to_display_ms: on_screen
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .flatten()
+                    .map(|at| ms(at.saturating_sub(f.ts_ns))),
             }
         })
         .collect()
@@ -299,8 +308,47 @@ fn frames_report(
                     .map(|&ns| (ns as f64 / 1e3).round() / 1e3)
                     .collect(),
             }),
-        display: display::report(&p.display, frames, &capture.crtc_vblanks),
+        display: display::report(
+            &p.display,
+            frames,
+            &capture.crtc_vblanks,
+            &capture.compositors,
+            &p.shown_by,
+        ),
     }
+}
+
+/// Per frame: `None` when not known whether it reached the screen, `Some(None)` when it did not,
+/// `Some(Some(t))` when it did at `t`. A process's own flips show the last frame presented
+/// before each was asked for; a compositor's verdicts are on the frames themselves.
+fn on_screen(p: &ProcessRecord, frames: &[Frame]) -> Vec<Option<Option<u64>>> {
+    if !p.flips_itself() {
+        return frames
+            .iter()
+            .map(|f| match f.screen {
+                Screen::Undecided => None,
+                Screen::Replaced => Some(None),
+                Screen::Shown { at_ns, .. } => Some(Some(at_ns)),
+            })
+            .collect();
+    }
+    let mut out = vec![None; frames.len()];
+    for d in p
+        .display
+        .iter()
+        .filter(|d| d.kind == display_kind::FLIP && d.request_ns != 0)
+    {
+        let i = frames.partition_point(|f| f.ts_ns <= d.request_ns);
+        if let Some(slot) = i.checked_sub(1).and_then(|j| out.get_mut(j)) {
+            let at = if d.vblank_ns != 0 {
+                d.vblank_ns
+            } else {
+                d.ts_ns
+            };
+            slot.get_or_insert(Some(at));
+        }
+    }
+    out
 }
 
 fn presenting_tids(frames: &[Frame]) -> Vec<u32> {
@@ -513,6 +561,7 @@ mod tests {
             last_preemptor_tid: 0,
             culprit: Default::default(),
             target: 0,
+            ..Default::default()
         }
     }
 

@@ -1,26 +1,53 @@
 //! The display side of a process's frames (`frames.display`): when its frames reached the screen,
-//! from DRM's vblank events, beside the present side (when it handed them over). PresentMon's
-//! "display change" times are the same thing on Windows.
+//! beside the present side (when it handed them over). PresentMon's "display change" times are
+//! the same thing on Windows.
+//!
+//! Two ways there: a process that flips itself (a KMS client, a game in direct scanout) has its
+//! own DRM flips, each a frame on screen; a process shown by a compositor has its frames joined to
+//! the compositor's flips (`frames::screen`): each frame shown by one, or replaced before any.
+
+use std::collections::BTreeMap;
 
 use nvbind_common::{display_kind, CrtcVblanks};
 use serde::{Deserialize, Serialize};
 
 use crate::frames::stats::{self, FrameTimeStats};
-use crate::frames::{DisplayRecord, Frame};
+use crate::frames::{DisplayRecord, Frame, Screen};
 
-/// Where display-side frames come from.
+/// Where display-side frames come from: the process's own flips.
 pub const DISPLAY_SOURCE: &str = "drm_vblank_event_delivered";
+/// … or a compositor's flips, joined to the process's presents.
+pub const COMPOSITOR_SOURCE: &str = "compositor_flips";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DisplayReport {
-    /// Always `drm_vblank_event_delivered`: a completed page flip or atomic commit of a DRM file
-    /// the process asked on.
+    /// `drm_vblank_event_delivered`: the process's own completed page flips and atomic commits;
+    /// `compositor_flips`: its presents joined to the completed flips of the compositor that
+    /// showed them.
     pub source: String,
-    /// Frames that reached the screen (completed flips and commits).
+    /// Frames that reached the screen (`displayed`, under the name the report first had).
     pub count: u64,
+    /// Frames that reached the screen.
+    #[serde(default)]
+    pub displayed: u64,
+    /// Presented frames replaced by a later one before any flip showed them (compositor only;
+    /// `None` for a process's own flips, each of which is a frame on screen).
+    #[serde(default)]
+    pub dropped: Option<u64>,
+    /// Presented frames no flip decided: the last ones of the capture, or all of them where the
+    /// compositor stopped flipping (compositor only).
+    #[serde(default)]
+    pub undecided: u64,
+    /// The processes whose flips showed its frames (compositor only).
+    #[serde(default)]
+    pub compositors: Vec<Compositor>,
     /// The CRTCs (display pipes) they were shown on.
     pub crtcs: Vec<u32>,
-    /// Time between consecutive display changes on the same CRTC, ms (`None` with fewer than 2).
+    /// Time between consecutive display changes (frames of its reaching the screen), ms (`None`
+    /// with fewer than 2): PresentMon's `MsBetweenDisplayChange`.
+    #[serde(default)]
+    pub between_display_changes_ms: Option<FrameTimeStats>,
+    /// The same (`between_display_changes_ms`, under the name the report first had).
     pub interval_ms: Option<FrameTimeStats>,
     /// The refresh rate of the first of those CRTCs over the capture, from back-to-back vblanks
     /// the kernel reported (`drm_vblank_event`, sequence numbers one apart).
@@ -29,21 +56,53 @@ pub struct DisplayReport {
     /// (those and `DRM_IOCTL_CRTC_QUEUE_SEQUENCE`'s).
     pub vblank_events_queued: u64,
     pub vblank_events_delivered: u64,
-    /// For each displayed frame, from the last present before the process asked for the flip to
-    /// the flip's completion, ms; `None` where the process presents nothing nvbind probes (a
-    /// compositor or a bare KMS client flips without a Vulkan, GLX or EGL present).
+    /// For each displayed frame, from the entry of its present call to the completion of the flip
+    /// that showed it, ms (PresentMon's `MsUntilDisplayed`); `None` where the process presents
+    /// nothing nvbind probes (a bare KMS client flips without a Vulkan, GLX or EGL present).
     pub present_to_display_ms: Option<FrameTimeStats>,
 }
 
-/// The display report of a process, `None` when it had no DRM display events.
+/// A process whose flips showed another's frames.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Compositor {
+    pub pid: u32,
+    pub name: String,
+}
+
+/// The display report of a process, `None` when it had no DRM display events of its own and no
+/// compositor flip showed any of its frames. `frames` are those of the report's present source.
 pub fn report(
     display: &[DisplayRecord],
     frames: &[Frame],
     crtcs: &[(u32, CrtcVblanks)],
+    compositors: &BTreeMap<u32, String>,
+    shown_by: &[u32],
 ) -> Option<DisplayReport> {
-    if display.is_empty() {
+    let own_flips = display.iter().any(|d| d.kind == display_kind::FLIP);
+    let composited = !own_flips && frames.iter().any(|f| f.screen != Screen::Undecided);
+    if display.is_empty() && !composited {
         return None;
     }
+    let count_of = |kind| display.iter().filter(|d| d.kind == kind).count() as u64;
+    let mut r = if composited {
+        through_compositor(frames, compositors, shown_by)
+    } else {
+        own(display, frames)
+    };
+    r.refresh_hz = r
+        .crtcs
+        .iter()
+        .filter_map(|c| crtcs.iter().find(|(i, _)| i == c).map(|(_, v)| v))
+        .find_map(CrtcVblanks::refresh_hz);
+    r.vblank_events_queued = count_of(display_kind::VBLANK_QUEUED);
+    r.vblank_events_delivered = count_of(display_kind::VBLANK_DELIVERED);
+    r.count = r.displayed;
+    r.interval_ms.clone_from(&r.between_display_changes_ms);
+    Some(r)
+}
+
+/// The process's own flips: each a frame on screen.
+fn own(display: &[DisplayRecord], frames: &[Frame]) -> DisplayReport {
     let flips: Vec<&DisplayRecord> = display
         .iter()
         .filter(|d| d.kind == display_kind::FLIP)
@@ -67,10 +126,6 @@ pub fn report(
                 .collect::<Vec<_>>()
         })
         .collect();
-    let refresh_hz = shown_on
-        .iter()
-        .filter_map(|c| crtcs.iter().find(|(i, _)| i == c).map(|(_, v)| v))
-        .find_map(CrtcVblanks::refresh_hz);
     // The frame a flip shows: the last present at or before the flip was asked for.
     let latencies: Vec<u64> = flips
         .iter()
@@ -81,27 +136,97 @@ pub fn report(
             Some(d.ts_ns.saturating_sub(present.ts_ns))
         })
         .collect();
-    let count_of = |kind| display.iter().filter(|d| d.kind == kind).count() as u64;
-    Some(DisplayReport {
+    DisplayReport {
         source: DISPLAY_SOURCE.into(),
-        count: flips.len() as u64,
+        displayed: flips.len() as u64,
+        count: 0,
+        interval_ms: None,
+        dropped: None,
+        undecided: 0,
+        compositors: Vec::new(),
         crtcs: shown_on,
-        interval_ms: stats::summarize(&intervals).map(|s| s.frame_time_ms),
-        refresh_hz,
-        vblank_events_queued: count_of(display_kind::VBLANK_QUEUED),
-        vblank_events_delivered: count_of(display_kind::VBLANK_DELIVERED),
+        between_display_changes_ms: stats::summarize(&intervals).map(|s| s.frame_time_ms),
+        refresh_hz: None,
+        vblank_events_queued: 0,
+        vblank_events_delivered: 0,
         present_to_display_ms: stats::summarize(&latencies).map(|s| s.frame_time_ms),
-    })
+    }
+}
+
+/// Frames a compositor showed: the join's verdict on each.
+fn through_compositor(
+    frames: &[Frame],
+    compositors: &BTreeMap<u32, String>,
+    shown_by: &[u32],
+) -> DisplayReport {
+    let mut shown: Vec<(u64, u64, u32)> = Vec::new();
+    let (mut dropped, mut undecided) = (0, 0);
+    for f in frames {
+        match f.screen {
+            Screen::Shown { at_ns, crtc } => shown.push((f.ts_ns, at_ns, crtc)),
+            Screen::Replaced => dropped += 1,
+            Screen::Undecided => undecided += 1,
+        }
+    }
+    let mut crtcs: Vec<u32> = shown.iter().map(|s| s.2).collect();
+    crtcs.sort_unstable();
+    crtcs.dedup();
+    let latencies: Vec<u64> = shown
+        .iter()
+        .map(|(present, at, _)| at.saturating_sub(*present))
+        .collect();
+    let intervals: Vec<u64> = shown
+        .windows(2)
+        .map(|w| w[1].1.saturating_sub(w[0].1))
+        .collect();
+    DisplayReport {
+        source: COMPOSITOR_SOURCE.into(),
+        displayed: shown.len() as u64,
+        count: 0,
+        interval_ms: None,
+        dropped: Some(dropped),
+        undecided,
+        compositors: shown_by
+            .iter()
+            .map(|&pid| Compositor {
+                pid,
+                name: compositors.get(&pid).cloned().unwrap_or_default(),
+            })
+            .collect(),
+        crtcs,
+        between_display_changes_ms: stats::summarize(&intervals).map(|s| s.frame_time_ms),
+        refresh_hz: None,
+        vblank_events_queued: 0,
+        vblank_events_delivered: 0,
+        present_to_display_ms: stats::summarize(&latencies).map(|s| s.frame_time_ms),
+    }
 }
 
 /// The display side in one line, for `record` and `report`.
 pub fn one_line(d: &DisplayReport) -> String {
-    let mut parts = vec![if d.count == 0 {
-        "no DRM flips of its own".to_string()
-    } else {
-        format!("{} frames on screen (DRM flips)", d.count)
+    // A report written before `displayed` and `between_display_changes_ms` has `count` and
+    // `interval_ms` only.
+    let displayed = d.displayed.max(d.count);
+    let between = d
+        .between_display_changes_ms
+        .as_ref()
+        .or(d.interval_ms.as_ref());
+    let mut parts = vec![match (&d.dropped, displayed) {
+        (None, 0) => "no DRM flips of its own".to_string(),
+        (None, n) => format!("{n} frames on screen (DRM flips)"),
+        (Some(dropped), n) => {
+            let by: Vec<&str> = d.compositors.iter().map(|c| c.name.as_str()).collect();
+            format!(
+                "{n} frames on screen through {} ({dropped} replaced before a flip)",
+                if by.is_empty() {
+                    "a compositor".to_string()
+                } else {
+                    by.join(", ")
+                }
+            )
+        }
     }];
-    if let Some(i) = &d.interval_ms {
+    if let Some(i) = between {
         parts.push(format!(
             "display interval p50 {:.2} ms p99 {:.2} ms",
             i.p50, i.p99
@@ -212,6 +337,8 @@ mod tests {
             crtc: 0,
             seq: 0,
             request_ns: request_ms * 1_000_000,
+            woke_ns: 0,
+            vblank_ns: 0,
         }
     }
 
@@ -236,14 +363,14 @@ mod tests {
                 paired_ns: 1_000_000_000,
             },
         )];
-        let r = report(&display, &[], &crtcs).expect("a report");
-        assert_eq!(r.count, 3);
+        let r = report(&display, &[], &crtcs, &BTreeMap::new(), &[]).expect("a report");
+        assert_eq!(r.displayed, 3);
         assert_eq!((r.vblank_events_queued, r.vblank_events_delivered), (1, 1));
-        let iv = r.interval_ms.expect("intervals");
+        let iv = r.between_display_changes_ms.expect("intervals");
         assert!((iv.min - 17.0).abs() < 0.05 && (iv.max - 17.0).abs() < 0.05);
         assert!((r.refresh_hz.expect("refresh") - 60.0).abs() < 1e-9);
         assert!(r.present_to_display_ms.is_none(), "no presents, no latency");
-        assert!(report(&[], &[], &crtcs).is_none());
+        assert!(report(&[], &[], &crtcs, &BTreeMap::new(), &[]).is_none());
     }
 
     #[test]
@@ -275,9 +402,9 @@ mod tests {
                 paired_ns: 18 * 16_666_667,
             },
         )];
-        let r = report(&display, &[], &crtcs).expect("a report");
+        let r = report(&display, &[], &crtcs, &BTreeMap::new(), &[]).expect("a report");
         assert_eq!(r.crtcs, vec![0, 1]);
-        let iv = r.interval_ms.expect("intervals");
+        let iv = r.between_display_changes_ms.expect("intervals");
         assert!((iv.min - 10.0).abs() < 0.05, "{iv:?}");
         assert!((iv.max - 17.0).abs() < 0.05, "{iv:?}");
         assert!((r.refresh_hz.expect("refresh") - 60.0).abs() < 0.01);
@@ -296,6 +423,7 @@ mod tests {
             last_preemptor_tid: 0,
             culprit: Default::default(),
             target: 0,
+            ..Default::default()
         };
         let frames = vec![frame(1), frame(18), frame(35)];
         let display = vec![
@@ -303,10 +431,61 @@ mod tests {
             d(27, display_kind::FLIP, 19),
             d(44, display_kind::FLIP, 36),
         ];
-        let r = report(&display, &frames, &[]).expect("a report");
+        let r = report(&display, &frames, &[], &BTreeMap::new(), &[]).expect("a report");
         let lat = r.present_to_display_ms.expect("latency");
         assert!((lat.min - 9.0).abs() < 0.05 && (lat.max - 9.0).abs() < 0.05);
         assert!(r.refresh_hz.is_none());
+    }
+
+    #[test]
+    fn a_compositors_flips_give_shown_dropped_and_undecided_frames() {
+        let frame = |ms: u64, screen: Screen| Frame {
+            ts_ns: ms * 1_000_000,
+            screen,
+            ..Default::default()
+        };
+        let shown = |ms: u64| Screen::Shown {
+            at_ns: ms * 1_000_000,
+            crtc: 1,
+        };
+        let frames = vec![
+            frame(0, shown(20)),
+            frame(10, Screen::Replaced),
+            frame(12, shown(37)),
+            frame(30, shown(70)),
+            frame(60, Screen::Undecided),
+        ];
+        let names = BTreeMap::from([(9, "weston".to_string())]);
+        let r = report(&[], &frames, &[], &names, &[9]).expect("a report");
+        assert_eq!(r.source, COMPOSITOR_SOURCE);
+        assert_eq!((r.displayed, r.dropped, r.undecided), (3, Some(1), 1));
+        assert_eq!(r.count, 3, "the name v2 first had");
+        assert_eq!(r.crtcs, vec![1]);
+        assert_eq!(
+            r.compositors,
+            vec![Compositor {
+                pid: 9,
+                name: "weston".into()
+            }]
+        );
+        // Latencies 20, 25, 40 ms; display changes 17 and 33 ms apart.
+        let lat = r.present_to_display_ms.clone().expect("latency");
+        assert!((lat.min - 20.0).abs() < 0.05 && (lat.max - 40.0).abs() < 0.05);
+        let between = r.between_display_changes_ms.clone().expect("between");
+        assert!((between.min - 17.0).abs() < 0.05 && (between.max - 33.0).abs() < 0.05);
+        assert!(r.interval_ms.is_some(), "the name v2 first had");
+        let line = one_line(&r);
+        assert!(
+            line.contains("3 frames on screen through weston (1 replaced"),
+            "{line}"
+        );
+        // A process that flips itself keeps its own flips, whatever its frames say.
+        let own = vec![d(10, display_kind::FLIP, 2)];
+        let r = report(&own, &frames, &[], &names, &[9]).expect("a report");
+        assert_eq!(r.source, DISPLAY_SOURCE);
+        // Nothing decided and no DRM events of its own: no display section.
+        let undecided = vec![frame(0, Screen::Undecided)];
+        assert!(report(&[], &undecided, &[], &names, &[]).is_none());
     }
 
     #[test]

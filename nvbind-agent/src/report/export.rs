@@ -426,9 +426,15 @@ fn runtime(source: &str) -> &'static str {
 /// What nvbind does not know is written as PresentMon writes a present it has no data for: its
 /// `PresentEvent` defaults (swap chain `0x0000000000000000`, `SyncInterval` -1, `PresentFlags` 0,
 /// `AllowsTearing` 0, `PresentMode` `Other`) and 0 for the durations it did not measure
-/// (`msInPresentAPI`, `msUntilRenderComplete`, `msUntilDisplayed`, `msBetweenDisplayChange`).
-/// `Dropped` is 0: PresentMon counts a present as displayed when it does not track the display.
-/// (`NA` belongs to PresentMon 2's new metrics, never to these columns.)
+/// (`msInPresentAPI`, `msUntilRenderComplete`).
+///
+/// The display columns come from `frames.display`'s join (the frame's own flip or the
+/// compositor's): `Dropped` 1 for a frame replaced before any flip, `msUntilDisplayed` from the
+/// present to its flip, `msBetweenDisplayChange` from the previous displayed frame's flip to its
+/// own, both 0 for a dropped frame, as PresentMon writes them. A frame whose fate is not known
+/// (no display tracked, or the capture's last) is written as PresentMon writes a present when it
+/// does not track the display: displayed, with 0s. (`NA` belongs to PresentMon 2's new metrics,
+/// never to these columns.)
 pub fn presentmon_csv(
     path: &Path,
     report: &Report,
@@ -441,7 +447,29 @@ pub fn presentmon_csv(
         let mut csv = csv_writer(&mut *out);
         let err = csv_err(path);
         csv.write_record(PRESENTMON_COLUMNS).map_err(&err)?;
+        // The previous displayed frame's display time, for msBetweenDisplayChange.
+        let mut last_display_ns = rows
+            .iter()
+            .find(|r| r.pid == pid)
+            .and_then(|r| r.display_ns);
         for (row, frame_time_ms) in timed_rows(rows, pid) {
+            let dropped = if row.displayed == Some(false) {
+                "1"
+            } else {
+                "0"
+            };
+            let until_displayed = row
+                .present_to_display_ms
+                .map_or_else(|| unknown_ms.clone(), presentmon_float);
+            let between = match (row.display_ns, last_display_ns) {
+                (Some(now), Some(before)) => {
+                    presentmon_float(now.saturating_sub(before) as f64 / 1e6)
+                }
+                _ => unknown_ms.clone(),
+            };
+            if row.display_ns.is_some() {
+                last_display_ns = row.display_ns;
+            }
             let record: [&str; 15] = [
                 &app,
                 &pid.to_string(),
@@ -449,15 +477,15 @@ pub fn presentmon_csv(
                 runtime(&row.source),
                 "-1",
                 "0",
-                "0",
+                dropped,
                 &presentmon_float(row.t_s),
                 &unknown_ms,
                 &presentmon_float(frame_time_ms),
                 "0",
                 "Other",
                 &unknown_ms,
-                &unknown_ms,
-                &unknown_ms,
+                &until_displayed,
+                &between,
             ];
             csv.write_record(record).map_err(&err)?;
         }
@@ -504,7 +532,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        frames::{Capture, Frame, ProcessRecord},
+        frames::{Capture, Frame, ProcessRecord, Screen},
         gpu::{test_gpu, GpuSeries, Vendor},
         report::build,
     };
@@ -521,6 +549,7 @@ mod tests {
             last_preemptor_tid: 0,
             culprit: Default::default(),
             target: 0,
+            ..Default::default()
         }
     }
 
@@ -724,6 +753,57 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert!(l[1].starts_with("other,20,0x0000000000000000,OpenGL,"));
         assert!(l[1].contains(",50.00000000000000,"));
+    }
+
+    #[test]
+    fn presentmon_display_columns_come_from_the_compositor_join() {
+        let mut c = capture();
+        let frames = &mut c.processes.get_mut(&10).expect("pid 10").frames;
+        // Frame 1 replaced before any flip, frame 2 shown 20 ms after its present; frame 0
+        // (no frame time, so no row) shown 25 ms after it.
+        frames[0].screen = Screen::Shown {
+            at_ns: frames[0].ts_ns + 25_000_000,
+            crtc: 0,
+        };
+        frames[1].screen = Screen::Replaced;
+        frames[2].screen = Screen::Shown {
+            at_ns: frames[2].ts_ns + 20_000_000,
+            crtc: 0,
+        };
+        let (report, rows) = build(&c);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pm.csv");
+        presentmon_csv(&path, &report, &rows, 10).expect("written");
+        let l = lines(&path);
+        let dropped: Vec<&str> = l[1].split(',').collect();
+        assert_eq!(dropped[6], "1", "Dropped");
+        assert_eq!(
+            dropped[13], "0.00000000000000",
+            "msUntilDisplayed of a dropped frame"
+        );
+        assert_eq!(dropped[14], "0.00000000000000");
+        let shown: Vec<&str> = l[2].split(',').collect();
+        assert_eq!(shown[6], "0");
+        assert_eq!(shown[13], "20.00000000000000", "msUntilDisplayed");
+        // From frame 0's display (its present + 25 ms) to frame 2's (its present + 20 ms).
+        let between = 2.0 * 16.667 + 20.0 - 25.0;
+        let written: f64 = shown[14].parse().expect("msBetweenDisplayChange");
+        assert!((written - between).abs() < 1e-9, "{written} vs {between}");
+        // The frames CSV carries the same.
+        let row = rows
+            .iter()
+            .find(|r| r.pid == 10 && r.frame == 2)
+            .expect("row");
+        assert_eq!(row.displayed, Some(true));
+        assert_eq!(row.present_to_display_ms, Some(20.0));
+        let replaced = rows
+            .iter()
+            .find(|r| r.pid == 10 && r.frame == 1)
+            .expect("row");
+        assert_eq!(
+            (replaced.displayed, replaced.display_ns),
+            (Some(false), None)
+        );
     }
 
     #[test]

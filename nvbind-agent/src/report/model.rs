@@ -368,7 +368,7 @@ pub struct ThreadReport {
 }
 
 /// The CSV header, in [`FrameRow`] field order.
-pub const FRAME_CSV_COLUMNS: [&str; 28] = [
+pub const FRAME_CSV_COLUMNS: [&str; 33] = [
     "frame",
     "pid",
     "tid",
@@ -397,6 +397,11 @@ pub const FRAME_CSV_COLUMNS: [&str; 28] = [
     "gpu_throttle_reasons",
     "ran_instead_process_pid",
     "ran_instead_process",
+    "compile_ms",
+    "compile_calls",
+    "displayed",
+    "display_ns",
+    "present_to_display_ms",
 ];
 
 /// One frame of the CSV export.
@@ -446,6 +451,12 @@ pub struct FrameRow {
     /// (every call, however short), and how many calls.
     pub compile_ms: f64,
     pub compile_calls: u64,
+    /// Whether it reached the screen (empty: not known; see `frames.display`).
+    pub displayed: Option<bool>,
+    /// When it reached the screen (CLOCK_MONOTONIC ns of the flip's vblank).
+    pub display_ns: Option<u64>,
+    /// From the entry of its present call to then.
+    pub present_to_display_ms: Option<f64>,
 }
 
 /// For fields written only when they count something.

@@ -33,6 +33,16 @@ pub struct Process {
     pub recent_frames: Option<Vec<Frame>>,
     pub gpu_pci_address: Option<String>,
     pub gpu: Option<Gpu>,
+    pub display: Option<Display>,
+}
+
+/// Its frames on the screen through a compositor.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Display {
+    pub displayed_total: u64,
+    pub dropped_total: u64,
+    pub present_to_display_ms: Option<FrameTimes>,
 }
 
 impl Process {

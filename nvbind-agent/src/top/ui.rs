@@ -216,8 +216,9 @@ fn summary_panel(p: &Process, gpus: &[Gpu]) -> Paragraph<'static> {
             causes(p)
         )),
     ])];
-    // The GPU before the sentence: a long sentence is what a short panel cuts.
+    // The GPU and the display before the sentence: a long sentence is what a short panel cuts.
     lines.extend(gpu_lines(p, gpus));
+    lines.extend(display_line(p));
     match &p.last_stutter {
         Some(s) => lines.push(Line::raw(format!("last: {}", safe(&s.summary)))),
         None => lines.push(Line::raw("no stutter yet")),
@@ -225,6 +226,19 @@ fn summary_panel(p: &Process, gpus: &[Gpu]) -> Paragraph<'static> {
     Paragraph::new(lines)
         .wrap(Wrap { trim: true })
         .block(Block::new().borders(Borders::TOP))
+}
+
+/// Its frames on the screen, where a compositor showed them.
+fn display_line(p: &Process) -> Option<Line<'static>> {
+    let d = p.display.as_ref()?;
+    let latency = d.present_to_display_ms.as_ref();
+    Some(Line::raw(format!(
+        "present to display p50 {} p99 {} ms · {} shown, {} dropped (through the compositor)",
+        ms(latency.map(|l| l.p50)),
+        ms(latency.map(|l| l.p99)),
+        d.displayed_total,
+        d.dropped_total,
+    )))
 }
 
 fn causes(p: &Process) -> String {
@@ -284,7 +298,7 @@ fn gpu_line(gpu: &Gpu) -> Line<'static> {
 /// its GPU.
 fn draw_detail(frame: &mut Frame, app: &App, p: &Process, area: Rect) {
     let [numbers, chart, stutters, gpu] = Layout::vertical([
-        Constraint::Length(4),
+        Constraint::Length(if p.display.is_some() { 5 } else { 4 }),
         Constraint::Length(7),
         Constraint::Min(3),
         Constraint::Length(3),
@@ -312,6 +326,7 @@ fn draw_detail(frame: &mut Frame, app: &App, p: &Process, area: Rect) {
         ms(lows.map(|l| l.p0_1_percentile)),
         ms(lows.map(|l| l.p0_1_average)),
     )));
+    lines.extend(display_line(p));
     frame.render_widget(
         Paragraph::new(lines).block(Block::new().borders(Borders::TOP)),
         numbers,
@@ -366,7 +381,7 @@ mod tests {
     use ratatui::{backend::TestBackend, Terminal};
 
     use super::*;
-    use crate::top::model::{FrameTimes, Gpu, Snapshot, Stutter};
+    use crate::top::model::{Display, FrameTimes, Gpu, Snapshot, Stutter};
 
     fn screen(app: &App, width: u16, height: u16) -> String {
         let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
@@ -396,6 +411,15 @@ mod tests {
                     ..Default::default()
                 }),
                 stutters_total: 1,
+                display: Some(Display {
+                    displayed_total: 590,
+                    dropped_total: 3,
+                    present_to_display_ms: Some(FrameTimes {
+                        p50: 21.5,
+                        p99: 38.2,
+                        ..Default::default()
+                    }),
+                }),
                 last_stutter: Some(Stutter {
                     cause: "cpu-contention".into(),
                     summary: "frame 9 took 50 ms: make (pid 7) had its CPU".into(),
@@ -414,6 +438,10 @@ mod tests {
         assert!(text.contains("vkcube"), "{text}");
         assert!(text.contains("59.9"), "{text}");
         assert!(text.contains("make (pid 7) had its CPU"), "{text}");
+        assert!(
+            text.contains("present to display p50 21.5 p99 38.2 ms · 590 shown, 3 dropped"),
+            "{text}"
+        );
         // Tiny terminals draw what fits, without panicking.
         screen(&app_with("vkcube"), 20, 5);
         screen(&app_with("vkcube"), 1, 1);

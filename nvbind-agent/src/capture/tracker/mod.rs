@@ -2,6 +2,7 @@
 //! up to date from the kernel's records. `record` runs one for a bounded capture; the daemon runs
 //! one for ever and takes each process out when it exits.
 
+mod compositor;
 mod scan;
 mod sessions;
 
@@ -11,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use nvbind_common::{process_tracked, Culprit};
+use nvbind_common::{display_kind, process_tracked, Culprit};
 use procfs::FromRead;
 
 use self::scan::{LastScan, SCAN_INTERVAL};
@@ -393,6 +394,9 @@ impl Tracker {
                         last_preemptor_tid: e.last_preemptor_tid,
                         culprit: e.culprit,
                         target: e.target,
+                        end_ns: e.end_ns,
+                        commit_ns: e.commit_ns,
+                        screen: Default::default(),
                     });
                 }
                 self.note_culprit(&e.culprit);
@@ -497,14 +501,20 @@ impl Tracker {
                 }
             }
             Event::Display(e) => {
+                let record = DisplayRecord {
+                    ts_ns: e.header.ts_ns,
+                    kind: e.header.aux,
+                    crtc: e.crtc,
+                    seq: e.seq,
+                    request_ns: e.request_ns,
+                    woke_ns: e.woke_ns,
+                    vblank_ns: e.vblank_ns,
+                };
+                if record.kind == display_kind::FLIP {
+                    self.join_compositor_flip(e.header.tgid, &record);
+                }
                 if let Some(p) = self.capture.processes.get_mut(&e.header.tgid) {
-                    p.display.push(DisplayRecord {
-                        ts_ns: e.header.ts_ns,
-                        kind: e.header.aux,
-                        crtc: e.crtc,
-                        seq: e.seq,
-                        request_ns: e.request_ns,
-                    });
+                    p.display.push(record);
                 }
             }
         }

@@ -29,6 +29,8 @@ impl Tracker {
         let compiles_not_sent_now = self.probes.compiles_not_sent();
         let record = self.capture.processes.get_mut(&pid)?;
         let last = *record.frames.last()?;
+        // The last frame stays undecided in the record if no flip decided it yet.
+        let last_decided = record.screen_from >= record.frames.len();
         let mut part = ProcessRecord {
             frames: std::mem::replace(&mut record.frames, vec![last]),
             thread_windows: std::mem::take(&mut record.thread_windows),
@@ -41,6 +43,7 @@ impl Tracker {
             ..record.clone()
         };
         part.exited_ns = None;
+        record.screen_from = usize::from(last_decided);
         record.tracked_at_ns = last.ts_ns;
         record.dropped_events_at_start = dropped_now;
         record.compiles_not_sent_at_start = compiles_not_sent_now;
@@ -91,6 +94,13 @@ impl Tracker {
             culprit_cgroups: self.capture.culprit_cgroups.clone(),
             culprit_pids: self.capture.culprit_pids.clone(),
             culprit_processes: self.capture.culprit_processes.clone(),
+            compositors: self
+                .capture
+                .compositors
+                .iter()
+                .filter(|(c, _)| record.shown_by.contains(c))
+                .map(|(c, name)| (*c, name.clone()))
+                .collect(),
             thread_names: self
                 .capture
                 .thread_names

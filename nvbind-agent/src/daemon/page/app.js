@@ -112,6 +112,12 @@ class Game {
     node.querySelector(".low1").textContent = low ? `${text(low.p1_percentile, 1)} / ${text(low.p1_average, 1)}` : "–";
     node.querySelector(".low01").textContent = low ? `${text(low.p0_1_percentile, 1)} / ${text(low.p0_1_average, 1)}` : "–";
     node.querySelector(".stutter-count").textContent = String(view.stutters_total ?? 0);
+    // Only where a compositor's flips showed its frames (absent otherwise).
+    const shown = view.display;
+    const latency = shown ? shown.present_to_display_ms : null;
+    node.querySelector(".display").textContent = shown
+      ? `${latency ? `${text(latency.p50, 1)} / ${text(latency.p99, 1)} ms` : "–"} (${shown.dropped_total})`
+      : "–";
     this.updateCauses(view.stutters_by_cause || {});
     // Frames are ordered and de-duplicated by the kernel's timestamp (exact); the wall-clock
     // time is only where they are drawn.
