@@ -8,7 +8,8 @@
 //!
 //! - a vsynced client (`eglSwapInterval(1)`), one presenting faster than Weston repaints
 //!   (interval 0: most frames replaced before a flip) and one slower than the refresh;
-//! - `vkcube --wsi wayland` (Vulkan on lavapipe, no feedback): its frames are joined too;
+//! - the same client presenting through Vulkan (lavapipe, Mesa's Wayland WSI, FIFO);
+//! - `vkcube-wayland` (Vulkan on lavapipe, no feedback): its frames are joined too;
 //! - the daemon beside Weston: its API and `/metrics` carry the display latency.
 //!
 //! The VM runs under TCG (no KVM): Weston repaints slower than the 60 Hz display there, which
@@ -229,10 +230,15 @@ fn check_against_feedback(c: &Case) {
          / {discarded} discarded: {d}"
     );
 
-    // Frame by frame: the same verdict, and the same vblank.
+    // Frame by frame: the same verdict, and the same vblank. A frame committed in the instant
+    // Weston turns from its flip-complete event to a repaint due already (it does not sleep in
+    // between) is joined one flip off, which swaps the verdicts of two frames: 2 differences
+    // per such race, at most one race in 100 frames.
+    let allowed = 2 * (1 + c.truth.len() / 100);
     assert!(
-        a.flag_mismatches.len() <= 2,
-        "{name}: frames {:?} are displayed for one side and not for the other ({} compared)",
+        a.flag_mismatches.len() <= allowed,
+        "{name}: frames {:?} are displayed for one side and not for the other ({} compared, \
+         {allowed} allowed)",
         a.flag_mismatches,
         a.matched
     );
@@ -248,8 +254,9 @@ fn check_against_feedback(c: &Case) {
         .filter(|&&diff| diff <= 100_000)
         .count();
     assert!(
-        exact + 2 >= a.display_diffs_ns.len(),
-        "{name}: only {exact} of {} display times within 0.1 ms of Weston's (diffs {:?} ns)",
+        exact + allowed >= a.display_diffs_ns.len(),
+        "{name}: only {exact} of {} display times within 0.1 ms of Weston's (diffs {:?} ns, \
+         {allowed} allowed off)",
         a.display_diffs_ns.len(),
         &a.display_diffs_ns[a.display_diffs_ns.len().saturating_sub(5)..]
     );
@@ -364,13 +371,19 @@ fn a_client_slower_than_the_refresh_has_every_frame_displayed_once() {
 }
 
 #[test]
-fn a_vulkan_wayland_client_has_its_frames_joined() {
+fn a_vulkan_wayland_client_agrees_with_westons_feedback() {
+    let c = case(&sections(), "vulkan");
+    check_against_feedback(&c);
+}
+
+#[test]
+fn vkcube_on_wayland_has_its_frames_joined() {
     let s = sections();
     let log = s.get("vkcube-log").cloned().unwrap_or_default();
     let vkcube = &recorded(
         &s,
-        |p| p["name"] == "vkcube",
-        &format!("vkcube (vkcube --wsi wayland on lavapipe; its output: {log})"),
+        |p| p["name"].as_str().is_some_and(|n| n.starts_with("vkcube")),
+        &format!("vkcube (vkcube-wayland on lavapipe; its output: {log})"),
     );
     assert!(vkcube["source"]
         .as_str()

@@ -168,8 +168,11 @@ fn injected_stalls(
         dir.path(),
         agent_args,
         &[
+            // Ten frames after the last stall (before frame 299): what the game's other
+            // threads did around a stall is read after it, and a game that exits on a stall's
+            // frame is gone by then.
             "--frames",
-            "300",
+            "310",
             "--interval-ms",
             "16.7",
             "--work-ms",
@@ -186,7 +189,7 @@ fn injected_stalls(
     let w = run.windows;
     assert_eq!(
         w.len(),
-        300,
+        310,
         "the game presents every frame it is asked for"
     );
     let p = busiest(&run.report).clone();

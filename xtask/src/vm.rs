@@ -615,7 +615,8 @@ echo "nvbind-vm: desktop.sh exited $?"
 /// `wl-feedback`, the same in the guest's chroot): Weston on vkms (DRM backend, pixman), and
 /// one recording of `wl-feedback` (a Wayland client presenting through EGL, with the
 /// compositor's `wp_presentation` feedback on every frame) as a vsynced game, a game faster than
-/// the display and one slower, then `vkcube --wsi wayland` (Vulkan on lavapipe, no feedback);
+/// the display and one slower, then through Vulkan (lavapipe, Mesa's Wayland WSI), then
+/// `vkcube-wayland` (no feedback);
 /// then the daemon beside Weston. Prints the clients' feedback, the report's display sections
 /// and per frame what the frames CSV and the PresentMon export say, between `==BEGIN name==` /
 /// `==END name==` lines for `tests/tests/compositor_vm.rs`.
@@ -632,17 +633,21 @@ while [ ! -S $XDG_RUNTIME_DIR/wayland-1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((
 export WAYLAND_DISPLAY=wayland-1
 echo "==BEGIN weston=="; ls $XDG_RUNTIME_DIR; pgrep -x weston; echo "==END weston=="
 section() { echo "==BEGIN $1=="; cat "$2"; echo; echo "==END $1=="; }
+at() { echo "nvbind-vm: $(cut -d' ' -f1 /proc/uptime) s: $*"; }
+at "weston up"
 # One recording of the clients one after the other (an agent's start is slow under TCG).
 cat > /tmp/clients.sh <<CLIENTS
-$C --frames 240 --swap-interval 1 --out /tmp/vsync-truth.json
+$C --frames 180 --swap-interval 1 --out /tmp/vsync-truth.json
 $C --frames 300 --swap-interval 0 --out /tmp/fast-truth.json
 $C --frames 80 --swap-interval 1 --frame-ms 30 --out /tmp/slow-truth.json
-vkcube-wayland --c 180 > /tmp/vkcube.log 2>&1
+$C --api vulkan --frames 120 --swap-interval 1 --out /tmp/vulkan-truth.json
+vkcube-wayland --c 120 > /tmp/vkcube.log 2>&1
 CLIENTS
+at "recording"
 $A record --out /tmp/r.json --frames-csv /tmp/frames.csv --presentmon-csv /tmp/pm.csv \
   -- sh /tmp/clients.sh > /tmp/record.log 2>&1
 echo "nvbind-vm: record exited $?"; tail -5 /tmp/record.log
-for n in vsync fast slow; do section $n-truth /tmp/$n-truth.json; done
+for n in vsync fast slow vulkan; do section $n-truth /tmp/$n-truth.json; done
 echo "==BEGIN vkcube-log=="; head -c 2000 /tmp/vkcube.log; echo "==END vkcube-log=="
 # Per process that presented: the report's display section, and per frame (present, displayed,
 # display time, latency) from the frames CSV and the PresentMon export's display columns.
@@ -672,21 +677,30 @@ print(json.dumps({"processes": out}))
 PY
 echo "==END agent=="
 # The daemon beside the compositor: its API and /metrics while the client presents.
+at "daemon"
 $A --listen 127.0.0.1:9191 --socket /run/nvbind-vm.sock --reports-dir /tmp/reports \
   > /tmp/daemon.log 2>&1 &
 D=$!
 i=0
 until curl -sf http://127.0.0.1:9191/api/processes > /dev/null || [ $i -ge 150 ]; do
   sleep 0.2; i=$((i+1)); done
-$C --frames 200 --swap-interval 1 --out /tmp/daemon-truth.json > /tmp/daemon-client.log 2>&1 &
+at "daemon up"
+$C --frames 300 --swap-interval 1 --out /tmp/daemon-truth.json > /tmp/daemon-client.log 2>&1 &
 W=$!
-sleep 5
+# Until the daemon has counted 30 frames on screen (or 60 s).
+i=0
+until curl -s http://127.0.0.1:9191/api/processes | python3 -c '
+import json, sys
+p = json.load(sys.stdin)["processes"]
+sys.exit(0 if any((x.get("display") or {}).get("displayed_total", 0) >= 30 for x in p) else 1)
+' 2>/dev/null || [ $i -ge 60 ]; do sleep 1; i=$((i+1)); done
 echo "==BEGIN daemon-api=="; curl -s http://127.0.0.1:9191/api/processes; echo; echo "==END daemon-api=="
 echo "==BEGIN daemon-metrics=="
 curl -s http://127.0.0.1:9191/metrics | grep -E '^nvbind_(present_to_display|frames_displayed|frames_dropped)'
 echo "==END daemon-metrics=="
 wait $W
 kill $D; wait $D
+at "daemon stopped"
 echo "==BEGIN daemon-log=="; tail -5 /tmp/daemon.log; echo "==END daemon-log=="
 echo "==BEGIN weston-log=="; tail -20 /tmp/weston.log; echo "==END weston-log=="
 kill %1 2>/dev/null

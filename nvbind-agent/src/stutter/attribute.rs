@@ -302,6 +302,21 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
     parts.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (dominant, amount) = parts[0];
     let second = parts[1].1;
+    if t.compile_ms >= MIN_SHARE_OF_EXCESS * excess && t.compile_ms >= t.runq_wait_ms {
+        // Inside the driver's compiler: whatever the thread did there (ran, waited for the
+        // compiler's own threads), the frame waited for a pipeline. The compile calls are timed
+        // by their own probes, so this holds even where the kernel missed a context switch.
+        return Verdict {
+            cause: Cause::ShaderCompile,
+            culprit: None,
+            confidence: round2((t.compile_ms / excess).min(1.0)),
+            summary: format!(
+                "{head}: {who} spent {:.1} ms in {}",
+                t.compile_ms,
+                presenting_thread_calls(e, t.compile_calls)
+            ),
+        };
+    }
     if t.unseen_ms > amount && t.unseen_ms >= MIN_SHARE_OF_EXCESS * excess {
         // The kernel did not report what the thread did over most of the frame: say so rather
         // than judge it on the part that was seen.
@@ -321,20 +336,6 @@ pub fn attribute(frame: u64, frame_time_ms: f64, baseline_ms: f64, e: &Evidence)
                 t.on_cpu_ms,
                 t.runq_wait_ms,
                 t.blocked_ms
-            ),
-        };
-    }
-    if t.compile_ms >= MIN_SHARE_OF_EXCESS * excess && t.compile_ms >= t.runq_wait_ms {
-        // Inside the driver's compiler: whatever the thread did there (ran, waited for the
-        // compiler's own threads), the frame waited for a pipeline.
-        return Verdict {
-            cause: Cause::ShaderCompile,
-            culprit: None,
-            confidence: round2((t.compile_ms / excess).min(1.0)),
-            summary: format!(
-                "{head}: {who} spent {:.1} ms in {}",
-                t.compile_ms,
-                presenting_thread_calls(e, t.compile_calls)
             ),
         };
     }
@@ -1082,6 +1083,24 @@ mod tests {
         e.presenting_thread.runq_wait_ms = 70.0;
         e.presenting_thread.unseen_ms = 8.0;
         assert_eq!(attribute(3, 80.0, 16.0, &e).cause, Cause::CpuContention);
+        // Compile calls are timed by their own probes: a missed switch does not hide them (a
+        // 312 ms frame with 292 ms in glCompileShader and glLinkProgram, 240 ms of it unseen by
+        // the scheduler probes, seen in the suite).
+        let mut e = evidence(ThreadEvidence {
+            on_cpu_ms: 52.9,
+            blocked_ms: 19.7,
+            unseen_ms: 240.0,
+            missed_switches: 1,
+            compile_ms: 292.4,
+            compile_calls: 2,
+            ..Default::default()
+        });
+        e.compiles.push(CompileEvidence {
+            call: "glLinkProgram".into(),
+            ..compile(7, "render", 145.2, 0)
+        });
+        let v = attribute(90, 312.7, 19.6, &e);
+        assert_eq!(v.cause, Cause::ShaderCompile, "{v:?}");
     }
 
     #[test]

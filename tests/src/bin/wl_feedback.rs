@@ -9,8 +9,9 @@
 //! verdict.
 //!
 //! Kinds of game it plays: `--swap-interval 1` (the default) waits for the compositor like a
-//! vsynced game; `--swap-interval 0 --frames-per-refresh` … presents faster than the display;
-//! `--frame-ms` makes each frame take at least that long (a game that cannot keep up).
+//! vsynced game (Vulkan: FIFO); `--swap-interval 0` presents as fast as it can (Vulkan: MAILBOX
+//! or IMMEDIATE); `--frame-ms` makes each frame take at least that long (a game that cannot keep
+//! up). `--api vulkan` presents through `vkQueuePresentKHR` (Mesa's Wayland WSI) instead.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +20,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use ash::vk;
 use clap::Parser;
 use libloading::{Library, Symbol};
 use serde_json::json;
@@ -50,6 +52,23 @@ struct Args {
     /// Surface size.
     #[arg(long, default_value_t = 256)]
     size: i32,
+    /// What presents: EGL (`eglSwapBuffers`) or Vulkan (`vkQueuePresentKHR`).
+    #[arg(long, value_enum, default_value_t = Api::Egl)]
+    api: Api,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Api {
+    Egl,
+    Vulkan,
+}
+
+/// A way to draw and present frames on the surface.
+trait Presenter {
+    /// Draws frame `i` (not yet presented).
+    fn draw(&mut self, i: u32) -> Result<()>;
+    /// Presents it: the call nvbind hooks.
+    fn present(&mut self) -> Result<()>;
 }
 
 /// What the compositor said about one frame.
@@ -344,6 +363,264 @@ impl Egl {
     }
 }
 
+impl Presenter for Egl {
+    fn draw(&mut self, i: u32) -> Result<()> {
+        let shade = (i % 64) as f32 / 64.0;
+        // SAFETY: the context is current on this thread.
+        unsafe {
+            (self.clear_color)(shade, 0.3, 1.0 - shade, 1.0);
+            (self.clear)(GL_COLOR_BUFFER_BIT);
+        }
+        Ok(())
+    }
+
+    fn present(&mut self) -> Result<()> {
+        // SAFETY: display and surface are live; the context is current.
+        if unsafe { (self.swap)(self.display, self.surface) } == 0 {
+            bail!("eglSwapBuffers failed");
+        }
+        Ok(())
+    }
+}
+
+/// Vulkan (Mesa's lavapipe or a GPU) on the Wayland surface: a swapchain cleared and presented.
+struct Vulkan {
+    _entry: ash::Entry,
+    device: ash::Device,
+    swapchain_fn: ash::khr::swapchain::Device,
+    swapchain: vk::SwapchainKHR,
+    images: Vec<vk::Image>,
+    queue: vk::Queue,
+    pool: vk::CommandPool,
+    acquired: vk::Semaphore,
+    fence: vk::Fence,
+    /// The image drawn and not yet presented.
+    index: u32,
+}
+
+impl Vulkan {
+    /// # Safety
+    /// `display` and `surface` are live `wl_display*` and `wl_surface*` of this connection.
+    unsafe fn open(
+        display: *mut c_void,
+        surface: *mut c_void,
+        size: u32,
+        interval: i32,
+    ) -> Result<Vulkan> {
+        let entry = ash::Entry::load().context("no Vulkan loader (libvulkan.so.1)")?;
+        let app = vk::ApplicationInfo::default()
+            .application_name(c"wl-feedback")
+            .api_version(vk::API_VERSION_1_1);
+        let extensions = [
+            ash::khr::surface::NAME.as_ptr(),
+            ash::khr::wayland_surface::NAME.as_ptr(),
+        ];
+        let instance = entry
+            .create_instance(
+                &vk::InstanceCreateInfo::default()
+                    .application_info(&app)
+                    .enabled_extension_names(&extensions),
+                None,
+            )
+            .context("vkCreateInstance with VK_KHR_wayland_surface")?;
+        let physical = *instance
+            .enumerate_physical_devices()?
+            .first()
+            .context("no Vulkan device")?;
+        let wayland_fn = ash::khr::wayland_surface::Instance::new(&entry, &instance);
+        let surface = wayland_fn
+            .create_wayland_surface(
+                &vk::WaylandSurfaceCreateInfoKHR::default()
+                    .display(display)
+                    .surface(surface),
+                None,
+            )
+            .context("vkCreateWaylandSurfaceKHR")?;
+        let surface_fn = ash::khr::surface::Instance::new(&entry, &instance);
+        if !surface_fn.get_physical_device_surface_support(physical, 0, surface)? {
+            bail!("queue family 0 cannot present to the Wayland surface");
+        }
+        let priorities = [1.0f32];
+        let queue_info = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(0)
+            .queue_priorities(&priorities)];
+        let device_extensions = [ash::khr::swapchain::NAME.as_ptr()];
+        let device = instance
+            .create_device(
+                physical,
+                &vk::DeviceCreateInfo::default()
+                    .queue_create_infos(&queue_info)
+                    .enabled_extension_names(&device_extensions),
+                None,
+            )
+            .context("vkCreateDevice")?;
+        let caps = surface_fn.get_physical_device_surface_capabilities(physical, surface)?;
+        let formats = surface_fn.get_physical_device_surface_formats(physical, surface)?;
+        let format = formats
+            .iter()
+            .find(|f| f.format == vk::Format::B8G8R8A8_UNORM)
+            .or(formats.first())
+            .copied()
+            .context("the surface has no format")?;
+        let modes = surface_fn.get_physical_device_surface_present_modes(physical, surface)?;
+        // Interval 0: a mode that never waits for the compositor, where the driver has one.
+        let mode = if interval == 0 {
+            [vk::PresentModeKHR::MAILBOX, vk::PresentModeKHR::IMMEDIATE]
+                .into_iter()
+                .find(|m| modes.contains(m))
+                .unwrap_or(vk::PresentModeKHR::FIFO)
+        } else {
+            vk::PresentModeKHR::FIFO
+        };
+        // A Wayland surface has no size of its own (0xFFFFFFFF): the swapchain gives it one.
+        let extent = if caps.current_extent.width == u32::MAX {
+            vk::Extent2D {
+                width: size,
+                height: size,
+            }
+        } else {
+            caps.current_extent
+        };
+        let swapchain_fn = ash::khr::swapchain::Device::new(&instance, &device);
+        let swapchain = swapchain_fn
+            .create_swapchain(
+                &vk::SwapchainCreateInfoKHR::default()
+                    .surface(surface)
+                    .min_image_count(caps.min_image_count.max(3))
+                    .image_format(format.format)
+                    .image_color_space(format.color_space)
+                    .image_extent(extent)
+                    .image_array_layers(1)
+                    .image_usage(vk::ImageUsageFlags::TRANSFER_DST)
+                    .pre_transform(caps.current_transform)
+                    .composite_alpha(vk::CompositeAlphaFlagsKHR::OPAQUE)
+                    .present_mode(mode)
+                    .clipped(true),
+                None,
+            )
+            .context("vkCreateSwapchainKHR")?;
+        let images = swapchain_fn.get_swapchain_images(swapchain)?;
+        let queue = device.get_device_queue(0, 0);
+        let pool = device.create_command_pool(
+            &vk::CommandPoolCreateInfo::default()
+                .queue_family_index(0)
+                .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
+            None,
+        )?;
+        let acquired = device.create_semaphore(&vk::SemaphoreCreateInfo::default(), None)?;
+        let fence = device.create_fence(&vk::FenceCreateInfo::default(), None)?;
+        Ok(Vulkan {
+            _entry: entry,
+            device,
+            swapchain_fn,
+            swapchain,
+            images,
+            queue,
+            pool,
+            acquired,
+            fence,
+            index: 0,
+        })
+    }
+}
+
+impl Presenter for Vulkan {
+    fn draw(&mut self, i: u32) -> Result<()> {
+        let shade = (i % 64) as f32 / 64.0;
+        // SAFETY: valid handles; the fence is waited for before anything is reused.
+        unsafe {
+            let (index, _) = self
+                .swapchain_fn
+                .acquire_next_image(self.swapchain, u64::MAX, self.acquired, vk::Fence::null())
+                .context("vkAcquireNextImageKHR")?;
+            self.index = index;
+            let image = self.images[index as usize];
+            let device = &self.device;
+            let cmd = device.allocate_command_buffers(
+                &vk::CommandBufferAllocateInfo::default()
+                    .command_pool(self.pool)
+                    .command_buffer_count(1),
+            )?[0];
+            device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default())?;
+            let range = vk::ImageSubresourceRange::default()
+                .aspect_mask(vk::ImageAspectFlags::COLOR)
+                .level_count(1)
+                .layer_count(1);
+            let barrier = |from, to, src, dst| {
+                vk::ImageMemoryBarrier::default()
+                    .old_layout(from)
+                    .new_layout(to)
+                    .src_access_mask(src)
+                    .dst_access_mask(dst)
+                    .image(image)
+                    .subresource_range(range)
+            };
+            device.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::TOP_OF_PIPE,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &[],
+                &[],
+                &[barrier(
+                    vk::ImageLayout::UNDEFINED,
+                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    vk::AccessFlags::empty(),
+                    vk::AccessFlags::TRANSFER_WRITE,
+                )],
+            );
+            device.cmd_clear_color_image(
+                cmd,
+                image,
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                &vk::ClearColorValue {
+                    float32: [shade, 0.3, 1.0 - shade, 1.0],
+                },
+                &[range],
+            );
+            device.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+                vk::DependencyFlags::empty(),
+                &[],
+                &[],
+                &[barrier(
+                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    vk::ImageLayout::PRESENT_SRC_KHR,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::empty(),
+                )],
+            );
+            device.end_command_buffer(cmd)?;
+            let waits = [self.acquired];
+            let stages = [vk::PipelineStageFlags::TRANSFER];
+            let cmds = [cmd];
+            let submit = vk::SubmitInfo::default()
+                .wait_semaphores(&waits)
+                .wait_dst_stage_mask(&stages)
+                .command_buffers(&cmds);
+            device.queue_submit(self.queue, &[submit], self.fence)?;
+            device.wait_for_fences(&[self.fence], true, u64::MAX)?;
+            device.reset_fences(&[self.fence])?;
+            device.free_command_buffers(self.pool, &cmds);
+        }
+        Ok(())
+    }
+
+    fn present(&mut self) -> Result<()> {
+        let swapchains = [self.swapchain];
+        let indices = [self.index];
+        let info = vk::PresentInfoKHR::default()
+            .swapchains(&swapchains)
+            .image_indices(&indices);
+        // SAFETY: valid handles; the image was acquired and drawn.
+        unsafe { self.swapchain_fn.queue_present(self.queue, &info) }
+            .context("vkQueuePresentKHR")?;
+        Ok(())
+    }
+}
+
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -384,15 +661,25 @@ fn main() -> Result<()> {
         bail!("the compositor presents on clock {clock_id}, not CLOCK_MONOTONIC");
     }
 
+    let display = connection.backend().display_ptr() as *mut c_void;
+    let wl_surface = surface.id().as_ptr() as *mut c_void;
     // SAFETY: both pointers are this connection's live objects (libwayland's, the system
-    // backend), and outlive the EGL surface (the process ends first).
-    let egl = unsafe {
-        Egl::open(
-            connection.backend().display_ptr() as *mut c_void,
-            surface.id().as_ptr() as *mut c_void,
-            args.size,
-            args.swap_interval,
-        )?
+    // backend), and outlive the EGL or Vulkan surface (the process ends first).
+    let mut presenter: Box<dyn Presenter> = unsafe {
+        match args.api {
+            Api::Egl => Box::new(Egl::open(
+                display,
+                wl_surface,
+                args.size,
+                args.swap_interval,
+            )?),
+            Api::Vulkan => Box::new(Vulkan::open(
+                display,
+                wl_surface,
+                args.size.max(1) as u32,
+                args.swap_interval,
+            )?),
+        }
     };
 
     let mut frames = Vec::with_capacity(args.frames as usize);
@@ -402,12 +689,7 @@ fn main() -> Result<()> {
             break;
         }
         let frame_start = Instant::now();
-        let shade = (i % 64) as f32 / 64.0;
-        // SAFETY: the context is current on this thread.
-        unsafe {
-            (egl.clear_color)(shade, 0.3, 1.0 - shade, 1.0);
-            (egl.clear)(GL_COLOR_BUFFER_BIT);
-        }
+        presenter.draw(i)?;
         if args.frame_ms > 0.0 {
             let least = Duration::from_secs_f64(args.frame_ms / 1000.0);
             if let Some(left) = least.checked_sub(frame_start.elapsed()) {
@@ -417,12 +699,10 @@ fn main() -> Result<()> {
         // Asked before the swap: the feedback belongs to the next commit, which is the swap's.
         let _feedback = presentation.feedback(&surface, &qh, i);
         let entry_ns = monotonic_ns();
-        // SAFETY: display and surface are live; the context is current.
-        let taken = unsafe { (egl.swap)(egl.display, egl.surface) } != 0;
+        presenter
+            .present()
+            .with_context(|| format!("presenting frame {i}"))?;
         let return_ns = monotonic_ns();
-        if !taken {
-            bail!("eglSwapBuffers failed at frame {i}");
-        }
         frames.push((i, entry_ns, return_ns));
         connection.flush().ok();
         queue
@@ -479,6 +759,7 @@ fn main() -> Result<()> {
         "pid": std::process::id(),
         "clock_id": clock_id,
         "swap_interval": args.swap_interval,
+        "api": format!("{:?}", args.api).to_lowercase(),
         "frame_ms": args.frame_ms,
         "seconds": elapsed.as_secs_f64(),
         "presented": presented,
