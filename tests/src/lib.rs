@@ -17,6 +17,7 @@ pub mod podman;
 mod report;
 mod timing;
 pub mod vm_console;
+pub mod vulkan_frame;
 mod wine;
 mod workloads;
 

@@ -262,10 +262,11 @@ fn check_against_feedback(c: &Case) {
     );
     eprintln!(
         "{name}: {} frames, {presented} presented / {discarded} discarded by Weston, \
-         {displayed} / {dropped} by nvbind; {} verdicts differ; display times: {exact} of {} \
-         within 0.1 ms, worst {:.3} ms",
+         {displayed} / {dropped} by nvbind; {} verdicts differ {:?}; display times: {exact} of \
+         {} within 0.1 ms, worst {:.3} ms",
         c.truth.len(),
         a.flag_mismatches.len(),
+        a.flag_mismatches,
         a.display_diffs_ns.len(),
         worst as f64 / 1e6
     );

@@ -206,13 +206,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 let text = match text {
                     Some(text) => text,
                     None => {
-                        let client = build_wayland_client(&root)?;
+                        let client = build_vm_client(&root, "wl-feedback")?;
                         vm::compositor_script(&client)?
                     }
                 };
                 vm::run_host_root_script(&target_dir(&root), &agent, &text)?
             } else {
-                let clients = build_vm_clients(&root)?;
+                let clients = vec![build_vm_client(&root, "drm-sequence")?];
                 let text = text.unwrap_or_else(|| vm::DRM_TEST_SCRIPT.to_string());
                 vm::run_script(&target_dir(&root), &agent, &clients, &text)?
             };
@@ -289,31 +289,10 @@ fn build(root: &Path) -> Result<PathBuf> {
     Ok(agent)
 }
 
-/// The Wayland client of the compositor checks (`wl-feedback`), a release build.
-fn build_wayland_client(root: &Path) -> Result<PathBuf> {
-    step("build the compositor checks' Wayland client (release)");
-    run(cargo_cmd(root).args([
-        "build",
-        "--release",
-        "-p",
-        "nvbind-tests",
-        "--bin",
-        "wl-feedback",
-    ]))?;
-    Ok(target_dir(root).join("release/wl-feedback"))
-}
-
-/// The test clients the VM's script runs besides the distribution's (`drm-sequence`), release
-/// builds.
-fn build_vm_clients(root: &Path) -> Result<Vec<PathBuf>> {
-    step("build the VM's test clients (release)");
-    run(cargo_cmd(root).args([
-        "build",
-        "--release",
-        "-p",
-        "nvbind-tests",
-        "--bin",
-        "drm-sequence",
-    ]))?;
-    Ok(vec![target_dir(root).join("release/drm-sequence")])
+/// A test client the VM's script runs (tests/src/bin: `drm-sequence` for the DRM checks,
+/// `wl-feedback` for the compositor's), a release build.
+fn build_vm_client(root: &Path, name: &str) -> Result<PathBuf> {
+    step(&format!("build the VM's test client {name} (release)"));
+    run(cargo_cmd(root).args(["build", "--release", "-p", "nvbind-tests", "--bin", name]))?;
+    Ok(target_dir(root).join("release").join(name))
 }

@@ -673,7 +673,8 @@ for p in r["processes"]:
                   x["present_to_display_ms"]] for x in rows if x["pid"] == pid],
         "presentmon": pm.get(pid, []),
     })
-print(json.dumps({"processes": out}))
+drm = {k: v for k, v in r["capture"].get("drm", {}).items() if k != "crtcs"}
+print(json.dumps({"processes": out, "drm": drm}))
 PY
 echo "==END agent=="
 # The daemon beside the compositor: its API and /metrics while the client presents.

@@ -26,7 +26,11 @@ use anyhow::{bail, Context, Result};
 use ash::vk;
 use clap::{Parser, ValueEnum};
 use libloading::Library;
-use nvbind_tests::{gettid, monotonic_ns, with_ground_truth};
+use nvbind_tests::{
+    gettid, monotonic_ns,
+    vulkan_frame::{clear_for_present, FrameTools},
+    with_ground_truth,
+};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -629,68 +633,18 @@ fn present(device: &ash::Device, p: &Presenter) -> Result<(u64, u64)> {
             .swapchain_fn
             .acquire_next_image(p.swapchain, u64::MAX, p.acquired, vk::Fence::null())
             .context("vkAcquireNextImageKHR")?;
-        let image = p.images[index as usize];
-        let cmd = device.allocate_command_buffers(
-            &vk::CommandBufferAllocateInfo::default()
-                .command_pool(p.pool)
-                .command_buffer_count(1),
-        )?[0];
-        device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default())?;
-        let range = vk::ImageSubresourceRange::default()
-            .aspect_mask(vk::ImageAspectFlags::COLOR)
-            .level_count(1)
-            .layer_count(1);
-        let to_clear = vk::ImageMemoryBarrier::default()
-            .old_layout(vk::ImageLayout::UNDEFINED)
-            .new_layout(vk::ImageLayout::TRANSFER_DST_OPTIMAL)
-            .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .image(image)
-            .subresource_range(range);
-        device.cmd_pipeline_barrier(
-            cmd,
-            vk::PipelineStageFlags::TOP_OF_PIPE,
-            vk::PipelineStageFlags::TRANSFER,
-            vk::DependencyFlags::empty(),
-            &[],
-            &[],
-            &[to_clear],
-        );
-        device.cmd_clear_color_image(
-            cmd,
-            image,
-            vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-            &vk::ClearColorValue {
-                float32: [0.1, 0.2, 0.3, 1.0],
-            },
-            &[range],
-        );
-        let to_present = vk::ImageMemoryBarrier::default()
-            .old_layout(vk::ImageLayout::TRANSFER_DST_OPTIMAL)
-            .new_layout(vk::ImageLayout::PRESENT_SRC_KHR)
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .image(image)
-            .subresource_range(range);
-        device.cmd_pipeline_barrier(
-            cmd,
-            vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-            vk::DependencyFlags::empty(),
-            &[],
-            &[],
-            &[to_present],
-        );
-        device.end_command_buffer(cmd)?;
-        let waits = [p.acquired];
-        let stages = [vk::PipelineStageFlags::TRANSFER];
-        let cmds = [cmd];
-        let submit = vk::SubmitInfo::default()
-            .wait_semaphores(&waits)
-            .wait_dst_stage_mask(&stages)
-            .command_buffers(&cmds);
-        device.queue_submit(p.queue, &[submit], p.fence)?;
-        device.wait_for_fences(&[p.fence], true, u64::MAX)?;
-        device.reset_fences(&[p.fence])?;
-        device.free_command_buffers(p.pool, &cmds);
+        let tools = FrameTools {
+            device,
+            queue: p.queue,
+            pool: p.pool,
+            fence: p.fence,
+        };
+        clear_for_present(
+            &tools,
+            p.acquired,
+            p.images[index as usize],
+            [0.1, 0.2, 0.3, 1.0],
+        )?;
         let swapchains = [p.swapchain];
         let indices = [index];
         let info = vk::PresentInfoKHR::default()

@@ -23,6 +23,10 @@ use anyhow::{bail, Context, Result};
 use ash::vk;
 use clap::Parser;
 use libloading::{Library, Symbol};
+use nvbind_tests::{
+    monotonic_ns,
+    vulkan_frame::{clear_for_present, FrameTools},
+};
 use serde_json::json;
 use wayland_client::{
     globals::{registry_queue_init, GlobalListContents},
@@ -534,78 +538,19 @@ impl Presenter for Vulkan {
                 .acquire_next_image(self.swapchain, u64::MAX, self.acquired, vk::Fence::null())
                 .context("vkAcquireNextImageKHR")?;
             self.index = index;
-            let image = self.images[index as usize];
-            let device = &self.device;
-            let cmd = device.allocate_command_buffers(
-                &vk::CommandBufferAllocateInfo::default()
-                    .command_pool(self.pool)
-                    .command_buffer_count(1),
-            )?[0];
-            device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default())?;
-            let range = vk::ImageSubresourceRange::default()
-                .aspect_mask(vk::ImageAspectFlags::COLOR)
-                .level_count(1)
-                .layer_count(1);
-            let barrier = |from, to, src, dst| {
-                vk::ImageMemoryBarrier::default()
-                    .old_layout(from)
-                    .new_layout(to)
-                    .src_access_mask(src)
-                    .dst_access_mask(dst)
-                    .image(image)
-                    .subresource_range(range)
+            let tools = FrameTools {
+                device: &self.device,
+                queue: self.queue,
+                pool: self.pool,
+                fence: self.fence,
             };
-            device.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TOP_OF_PIPE,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &[barrier(
-                    vk::ImageLayout::UNDEFINED,
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    vk::AccessFlags::empty(),
-                    vk::AccessFlags::TRANSFER_WRITE,
-                )],
-            );
-            device.cmd_clear_color_image(
-                cmd,
-                image,
-                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                &vk::ClearColorValue {
-                    float32: [shade, 0.3, 1.0 - shade, 1.0],
-                },
-                &[range],
-            );
-            device.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &[barrier(
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    vk::ImageLayout::PRESENT_SRC_KHR,
-                    vk::AccessFlags::TRANSFER_WRITE,
-                    vk::AccessFlags::empty(),
-                )],
-            );
-            device.end_command_buffer(cmd)?;
-            let waits = [self.acquired];
-            let stages = [vk::PipelineStageFlags::TRANSFER];
-            let cmds = [cmd];
-            let submit = vk::SubmitInfo::default()
-                .wait_semaphores(&waits)
-                .wait_dst_stage_mask(&stages)
-                .command_buffers(&cmds);
-            device.queue_submit(self.queue, &[submit], self.fence)?;
-            device.wait_for_fences(&[self.fence], true, u64::MAX)?;
-            device.reset_fences(&[self.fence])?;
-            device.free_command_buffers(self.pool, &cmds);
+            clear_for_present(
+                &tools,
+                self.acquired,
+                self.images[index as usize],
+                [shade, 0.3, 1.0 - shade, 1.0],
+            )
         }
-        Ok(())
     }
 
     fn present(&mut self) -> Result<()> {
@@ -619,16 +564,6 @@ impl Presenter for Vulkan {
             .context("vkQueuePresentKHR")?;
         Ok(())
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn main() -> Result<()> {
