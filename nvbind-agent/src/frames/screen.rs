@@ -11,6 +11,8 @@
 //! last `wl_display_flush`; the repaint's beginning, the compositor thread's last wakeup before
 //! it asked for the flip.
 
+use std::collections::HashSet;
+
 use super::{Frame, ProcessRecord};
 
 /// What became of a frame on the screen.
@@ -66,13 +68,12 @@ impl ProcessRecord {
         if joined == 0 {
             return 0;
         }
-        let batch = &mut undecided[..joined];
-        for i in 0..batch.len() {
-            let (source, target) = (batch[i].source, batch[i].target);
-            let replaced_later = batch[i + 1..]
-                .iter()
-                .any(|f| f.source == source && f.target == target);
-            batch[i].screen = if replaced_later {
+        // From the newest back: the first frame met of each window is the one shown. (A batch
+        // can be long: a game presenting while the compositor did not flip for minutes, or to
+        // a new target every frame.)
+        let mut windows_met: HashSet<(u32, u64)> = HashSet::new();
+        for f in undecided[..joined].iter_mut().rev() {
+            f.screen = if !windows_met.insert((f.source, f.target)) {
                 Screen::Replaced
             } else {
                 Screen::Shown {
