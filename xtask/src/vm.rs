@@ -704,7 +704,7 @@ kill $D; wait $D
 at "daemon stopped"
 echo "==BEGIN daemon-log=="; tail -5 /tmp/daemon.log; echo "==END daemon-log=="
 echo "==BEGIN weston-log=="; tail -20 /tmp/weston.log; echo "==END weston-log=="
-kill %1 2>/dev/null
+kill %1 2>/dev/null || true
 "#;
 
 /// [`COMPOSITOR_TEST_SCRIPT`] with `client` as the `wl-feedback` it runs (a path the guest's
