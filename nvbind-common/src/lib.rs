@@ -326,9 +326,9 @@ pub struct DisplayEvent {
     pub request_ns: u64,
     /// When the thread that asked had last been woken before (0: not known).
     pub woke_ns: u64,
-    /// The time of the vblank the event went out at (`drm_vblank_event`'s own timestamp for this
-    /// CRTC and sequence, the time DRM also writes into the event for the process: what a
-    /// compositor passes on as the presentation time); 0 where that vblank was not seen.
+    /// The time of the vblank the event went out at (the timestamp DRM writes into the event for
+    /// the process: what a compositor passes on as the presentation time); 0 where the kernel's
+    /// send does not say (before Linux 5.12).
     pub vblank_ns: u64,
 }
 

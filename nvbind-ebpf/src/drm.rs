@@ -97,17 +97,9 @@ fn display_event(kind: u32, owner: &DrmFileOwner, crtc: u32, seq: u32, now: u64)
         seq,
         request_ns: owner.flip_request_ns,
         woke_ns: owner.flip_woke_ns,
-        vblank_ns: vblank_time(crtc, seq),
-    }
-}
-
-/// The time of vblank `seq` of `crtc`, when it is the last `drm_vblank_event` seen there (DRM
-/// sends the events of a vblank right after tracing it); 0 otherwise.
-#[inline(always)]
-fn vblank_time(crtc: u32, seq: u32) -> u64 {
-    match CRTC_VBLANKS.get(crtc) {
-        Some(v) if v.count > 0 && v.last_seq == seq => v.last_ns,
-        _ => 0,
+        // Filled in by `nvbind_drm_send_event` from the send's timestamp: the vblank's own
+        // `drm_vblank_event` is traced after its events are sent, too late to be read here.
+        vblank_ns: 0,
     }
 }
 
@@ -383,9 +375,8 @@ pub fn nvbind_drm_send_event(ctx: ProbeContext) -> u32 {
     };
     let mut record = pending.event;
     // `drm_send_event_timestamp_locked`'s third argument is the time DRM writes into the event:
-    // for a flip, the vblank's (the `drm_vblank_event` of that vblank is traced after its events
-    // are sent). `drm_send_event_locked` (before 5.12) has none: what is in the register then is
-    // not a time of the last second.
+    // for a flip, the vblank's. `drm_send_event_locked` (before 5.12) has none: what is in the
+    // register then is not a time of the last second, and the delivery's time stands in.
     if let Some(ts) = ctx.arg::<u64>(2) {
         let now = now_ns();
         if ts != 0 && ts <= now && now - ts < 1_000_000_000 {
