@@ -37,7 +37,9 @@ fn json(sections: &HashMap<String, String>, name: &str) -> Value {
 #[derive(Debug, Clone)]
 struct Truth {
     frame: u64,
+    /// The client's clock just before and just after its present call.
     entry_ns: u64,
+    return_ns: u64,
     /// The vblank it was presented at (`None`: discarded).
     display_ns: Option<u64>,
     refresh_ns: u64,
@@ -93,6 +95,7 @@ fn case(s: &HashMap<String, String>, name: &str) -> Case {
             Truth {
                 frame: f["frame"].as_u64().expect("frame"),
                 entry_ns: f["entry_ns"].as_u64().expect("entry_ns"),
+                return_ns: f["return_ns"].as_u64().expect("return_ns"),
                 display_ns: (verdict == "presented").then(|| f["display_ns"].as_u64().expect("t")),
                 refresh_ns: f["refresh_ns"].as_u64().unwrap_or(16_666_667),
             }
@@ -139,26 +142,21 @@ fn case(s: &HashMap<String, String>, name: &str) -> Case {
     }
 }
 
-/// Each truth frame with the agent's frame of the same `eglSwapBuffers` call: the probe's entry
-/// time and the client's clock read just before the call, both CLOCK_MONOTONIC, differ by the
-/// call's first instructions and the probe (well under a millisecond even under TCG; frames are
-/// 16 ms or more apart).
+/// Each truth frame with the agent's frame of the same present call: the probe fires inside the
+/// call, so its time lies between the client's clock reads just before and just after it (one
+/// thread presents, so the calls never overlap). No margin to guess: under TCG a vCPU can be
+/// descheduled for milliseconds between the client's clock read and the probe.
 fn pairs(c: &Case) -> Vec<(&Truth, &Ours)> {
-    const SAME_CALL_NS: u64 = 2_000_000;
-    let mut out = Vec::new();
-    let mut j = 0;
-    for t in &c.truth {
-        while j < c.ours.len() && c.ours[j].present_ns + SAME_CALL_NS < t.entry_ns {
-            j += 1;
-        }
-        if let Some(o) = c.ours.get(j) {
-            if o.present_ns.abs_diff(t.entry_ns) <= SAME_CALL_NS {
-                out.push((t, o));
-                j += 1;
-            }
-        }
-    }
-    out
+    c.truth
+        .iter()
+        .filter_map(|t| {
+            let i = c.ours.partition_point(|o| o.present_ns < t.entry_ns);
+            c.ours
+                .get(i)
+                .filter(|o| o.present_ns <= t.return_ns)
+                .map(|o| (t, o))
+        })
+        .collect()
 }
 
 /// Nearest-rank percentile of sorted values.
